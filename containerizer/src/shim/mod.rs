@@ -1,0 +1,1 @@
+//! `cella-shim`: the task's parent.

@@ -1,0 +1,69 @@
+//! The launch specification the launcher writes for `cella-shim`: everything the
+//! shim needs, fully resolved (uids, capability mask, compiled seccomp program), so
+//! the shim does no lookups and no compilation between clone and exec.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::cgroups::Placement;
+use crate::task::{NetMode, Rlimit, Stdio};
+
+/// A bind mount to set up inside the task's mount namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BindMount {
+    /// Source on the host.
+    pub source: PathBuf,
+    /// Target path as the task sees it (inside the rootfs when there is one).
+    pub target: PathBuf,
+    pub read_only: bool,
+}
+
+/// The filesystem the task sees.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FilesystemSpec {
+    /// pivot_root into this directory; `None`: the host's tree, read-only.
+    pub rootfs: Option<PathBuf>,
+    /// Writable bind mounts (the sandbox) and volumes, in order.
+    pub binds: Vec<BindMount>,
+    /// Size limit of the private /tmp (tmpfs); `None`: the tmpfs default.
+    pub tmp_size_bytes: Option<u64>,
+}
+
+/// The identity the task runs as.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+}
+
+/// Everything `cella-shim` needs to start one task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShimSpec {
+    pub task_id: String,
+    /// The task's run directory: the shim writes `shim.pid`, `task.pid` and
+    /// `exit_status` there, and reports events on the `events` FIFO.
+    pub run_dir: PathBuf,
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    /// Working directory inside the task.
+    pub cwd: PathBuf,
+    pub hostname: Option<String>,
+    pub net: NetMode,
+    pub filesystem: FilesystemSpec,
+    /// `None`: keep root.
+    pub identity: Option<Identity>,
+    pub rlimits: Vec<Rlimit>,
+    /// Capabilities the task keeps, as a bit mask of `CAP_*` numbers.
+    pub capabilities: u64,
+    /// A compiled seccomp program (`struct sock_filter` as u64: code<<48 | jt<<40 |
+    /// jf<<32 | k), loaded last before exec; `None`: unconfined.
+    pub seccomp: Option<Vec<u64>>,
+    pub cgroup: Placement,
+    pub stdio: Stdio,
+    /// When the launcher is gone by the time the task ends, the shim kills what is
+    /// left in the task's cgroups, removes them and the run directory (`cella exec`,
+    /// whose launcher is not coming back). The agent sets this to false: it recovers.
+    pub cleanup_if_orphaned: bool,
+}

@@ -1,0 +1,1 @@
+//! The Cella master. The cluster work (issue 3) builds it: registry, DRF allocator, APIs.
