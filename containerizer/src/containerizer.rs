@@ -1,6 +1,375 @@
-//! The launcher side.
-pub struct Containerizer;
-pub struct ContainerizerConfig;
-pub struct LaunchError;
-pub struct Running;
-pub struct Termination;
+//! The launcher side of the containerizer: runs the isolator pipeline, starts
+//! `cella-shim`, samples usage, enforces limits and cleans up.
+
+use std::fs;
+use std::io::{self, Read};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio as ProcStdio};
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+
+use crate::cgroups::{CgroupError, CgroupRoot, Placement};
+use crate::isolators::{
+    CapabilitiesIsolator, CgroupsIsolator, DiskIsolator, FilesystemIsolator, Isolator, IsolatorError,
+    NamespacesIsolator, PosixIsolator, SeccompIsolator,
+};
+use crate::paths::RunDir;
+use crate::shim::ExitStatus;
+use crate::spec::{FilesystemSpec, ShimSpec};
+use crate::task::{NetMode, Stdio, TaskConfig, TaskId};
+use crate::usage::{Limitation, Peaks, Usage};
+
+/// How the containerizer is set up on this machine.
+#[derive(Debug, Clone)]
+pub struct ContainerizerConfig {
+    /// The `cella-shim` binary.
+    pub shim_path: PathBuf,
+    /// Run directories go to `<runtime_dir>/tasks/<id>`.
+    pub runtime_dir: PathBuf,
+    /// `--cgroup-root`: see [`CgroupRoot::discover`].
+    pub cgroup_root: Option<PathBuf>,
+    /// The shim cleans up after a task whose launcher died (`cella exec`); the agent
+    /// recovers its tasks instead.
+    pub cleanup_if_orphaned: bool,
+}
+
+impl ContainerizerConfig {
+    /// The shim next to the running executable, or `$CELLA_SHIM`.
+    pub fn default_shim_path() -> PathBuf {
+        if let Some(path) = std::env::var_os("CELLA_SHIM") {
+            return PathBuf::from(path);
+        }
+        std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(|d| d.join("cella-shim")))
+            .unwrap_or_else(|| PathBuf::from("cella-shim"))
+    }
+}
+
+/// Why a launch did not produce a running task.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    /// The task's configuration is wrong; nothing was created.
+    #[error("{0}")]
+    Invalid(IsolatorError),
+    /// The machine could not set the task up (exit code 125).
+    #[error("{0}")]
+    Setup(String),
+    /// The task was set up but its command could not run: 126 (not executable) or
+    /// 127 (not found), or 125 for a failure inside the new namespaces.
+    #[error("{message}")]
+    Start { code: i32, message: String },
+}
+
+impl LaunchError {
+    fn setup(what: &str, e: impl std::fmt::Display) -> Self {
+        Self::Setup(format!("{what}: {e}"))
+    }
+}
+
+/// A task that is running (or has just ended and is not yet collected).
+pub struct Running {
+    pub id: TaskId,
+    /// The task's pid in the launcher's pid namespace.
+    pub pid: i32,
+    shim: Child,
+    shim_pidfd: OwnedFd,
+    run_dir: RunDir,
+    /// Kept open so the shim knows its launcher is alive (see `cleanup_if_orphaned`).
+    _events: fs::File,
+    started: Instant,
+    peaks: Peaks,
+    last: Usage,
+    limitation: Option<Limitation>,
+    exited_at: Option<Instant>,
+}
+
+impl Running {
+    /// A descriptor that becomes readable when the task has ended (its shim exited).
+    pub fn exit_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.shim_pidfd.as_fd()
+    }
+
+    pub fn run_dir(&self) -> &RunDir {
+        &self.run_dir
+    }
+
+    /// The largest figures seen so far.
+    pub fn peaks(&self) -> &Peaks {
+        &self.peaks
+    }
+
+    /// The limit that ended (or is ending) the task, if any.
+    pub fn limitation(&self) -> Option<Limitation> {
+        self.limitation
+    }
+}
+
+/// How a task ended, with what it used.
+#[derive(Debug, Clone)]
+pub struct Termination {
+    pub status: ExitStatus,
+    pub limitation: Option<Limitation>,
+    /// The last sample (cumulative figures such as CPU time are final).
+    pub usage: Usage,
+    pub peaks: Peaks,
+    /// From the launch request to the task's end.
+    pub wall: Duration,
+}
+
+/// The isolation pipeline of one machine.
+pub struct Containerizer {
+    config: ContainerizerConfig,
+    cgroups: CgroupRoot,
+    isolators: Vec<Box<dyn Isolator>>,
+}
+
+impl Containerizer {
+    pub fn new(config: ContainerizerConfig) -> Result<Self, CgroupError> {
+        let cgroups = CgroupRoot::discover(config.cgroup_root.as_deref())?;
+        // prepare runs in this order, cleanup in reverse. Only the cgroups isolator
+        // creates anything in prepare, so it goes last.
+        let isolators: Vec<Box<dyn Isolator>> = vec![
+            Box::new(FilesystemIsolator),
+            Box::new(NamespacesIsolator),
+            Box::new(PosixIsolator),
+            Box::new(CapabilitiesIsolator),
+            Box::new(SeccompIsolator::new()),
+            Box::new(DiskIsolator::new()),
+            Box::new(CgroupsIsolator::new(cgroups.clone())),
+        ];
+        Ok(Self { config, cgroups, isolators })
+    }
+
+    pub fn cgroups(&self) -> &CgroupRoot {
+        &self.cgroups
+    }
+
+    /// Starts `config` as task `id`. Returns once the task has exec'd its command.
+    pub fn launch(&self, id: &TaskId, config: &TaskConfig) -> Result<Running, LaunchError> {
+        let started = Instant::now();
+        if config.command.is_empty() {
+            return Err(LaunchError::Invalid(IsolatorError::invalid("command", "no command given")));
+        }
+        let run_dir = RunDir::new(&self.config.runtime_dir, id.as_str());
+        let mut spec = ShimSpec {
+            task_id: id.to_string(),
+            run_dir: run_dir.path().to_path_buf(),
+            args: config.command.clone(),
+            env: Vec::new(),
+            cwd: PathBuf::from("/"),
+            hostname: None,
+            net: NetMode::Host,
+            filesystem: FilesystemSpec { rootfs: None, binds: Vec::new(), tmp_size_bytes: None },
+            identity: None,
+            rlimits: Vec::new(),
+            capabilities: 0,
+            seccomp: None,
+            cgroup: Placement::V1 { procs_files: Vec::new() },
+            stdio: config.stdio.clone(),
+            cleanup_if_orphaned: self.config.cleanup_if_orphaned,
+        };
+        let mut prepared = 0;
+        for isolator in &self.isolators {
+            if let Err(e) = isolator.prepare(id, config, &mut spec) {
+                self.cleanup_isolators(id, prepared);
+                return Err(match e {
+                    IsolatorError::Invalid { .. } => LaunchError::Invalid(e),
+                    IsolatorError::Failed { .. } => LaunchError::Setup(e.to_string()),
+                });
+            }
+            prepared += 1;
+        }
+        match self.start_shim(id, &spec, &run_dir, config, started) {
+            Ok(running) => Ok(running),
+            Err(e) => {
+                self.cleanup_isolators(id, prepared);
+                let _ = fs::remove_dir_all(run_dir.path());
+                Err(e)
+            }
+        }
+    }
+
+    fn start_shim(
+        &self,
+        id: &TaskId,
+        spec: &ShimSpec,
+        run_dir: &RunDir,
+        config: &TaskConfig,
+        started: Instant,
+    ) -> Result<Running, LaunchError> {
+        let dir = run_dir.path();
+        if dir.exists() {
+            return Err(LaunchError::Setup(format!(
+                "run directory {} already exists: task {id} is running or was not cleaned up",
+                dir.display()
+            )));
+        }
+        fs::create_dir_all(dir).map_err(|e| LaunchError::setup(&dir.display().to_string(), e))?;
+        let spec_json = serde_json::to_vec(spec).map_err(|e| LaunchError::setup("encoding the launch spec", e))?;
+        fs::write(run_dir.spec(), spec_json).map_err(|e| LaunchError::setup(&run_dir.spec().display().to_string(), e))?;
+        let events_path = run_dir.events();
+        nix::unistd::mkfifo(&events_path, nix::sys::stat::Mode::from_bits_truncate(0o600))
+            .map_err(|e| LaunchError::setup(&events_path.display().to_string(), e))?;
+        let mut events = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(&events_path)
+            .map_err(|e| LaunchError::setup(&events_path.display().to_string(), e))?;
+
+        let mut command = Command::new(&self.config.shim_path);
+        command.arg(dir);
+        if let Stdio::Files { .. } = config.stdio {
+            let log = fs::File::create(run_dir.shim_log())
+                .map_err(|e| LaunchError::setup(&run_dir.shim_log().display().to_string(), e))?;
+            command.stdin(ProcStdio::null()).stdout(ProcStdio::null()).stderr(log);
+        }
+        let mut shim = command.spawn().map_err(|e| {
+            LaunchError::setup(&format!("starting the shim {}", self.config.shim_path.display()), e)
+        })?;
+        let shim_pid = i32::try_from(shim.id()).map_err(|e| LaunchError::setup("shim pid", e))?;
+        let shim_pidfd = crate::sys::pidfd_open(shim_pid).map_err(|e| LaunchError::setup("pidfd_open", e))?;
+
+        // Wait for the shim's first event: the task exec'd, or why it did not.
+        let mut line = Vec::new();
+        let event = loop {
+            if let Some(end) = line.iter().position(|b| *b == b'\n') {
+                break String::from_utf8_lossy(&line[..end]).into_owned();
+            }
+            let mut fds = [
+                PollFd::new(events.as_fd(), PollFlags::POLLIN),
+                PollFd::new(shim_pidfd.as_fd(), PollFlags::POLLIN),
+            ];
+            match poll(&mut fds, PollTimeout::from(1000u16)) {
+                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(LaunchError::setup("waiting for the shim", e)),
+            }
+            let mut buf = [0u8; 4096];
+            match events.read(&mut buf) {
+                Ok(n) if n > 0 => {
+                    line.extend_from_slice(&buf[..n]);
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(LaunchError::setup("reading shim events", e)),
+            }
+            if let Some(status) = shim.try_wait().map_err(|e| LaunchError::setup("waiting for the shim", e))? {
+                let log = fs::read_to_string(run_dir.shim_log()).unwrap_or_default();
+                return Err(LaunchError::Setup(format!(
+                    "the shim exited ({status}) before starting the task{}{}",
+                    if log.is_empty() { "" } else { ": " },
+                    log.trim()
+                )));
+            }
+        };
+        let running = |pid| Running {
+            id: id.clone(),
+            pid,
+            shim,
+            shim_pidfd,
+            run_dir: run_dir.clone(),
+            _events: events,
+            started,
+            peaks: Peaks::default(),
+            last: Usage::default(),
+            limitation: None,
+            exited_at: None,
+        };
+        if let Some(pid) = event.strip_prefix("running ") {
+            let pid: i32 = pid.trim().parse().map_err(|_| LaunchError::Setup(format!("shim said {event:?}")))?;
+            for isolator in &self.isolators {
+                isolator.isolate(id, pid);
+            }
+            return Ok(running(pid));
+        }
+        if let Some(rest) = event.strip_prefix("failed ") {
+            let (code, message) = rest.split_once(' ').unwrap_or((rest, ""));
+            let code = code.parse().unwrap_or(125);
+            let mut r = running(0);
+            let _ = r.shim.wait();
+            return Err(LaunchError::Start { code, message: message.to_string() });
+        }
+        Err(LaunchError::Setup(format!("unexpected event from the shim: {event:?}")))
+    }
+
+    fn cleanup_isolators(&self, id: &TaskId, prepared: usize) {
+        for isolator in self.isolators[..prepared].iter().rev() {
+            if let Err(e) = isolator.cleanup(id) {
+                tracing::warn!(task = %id, isolator = isolator.name(), "cleanup failed: {e}");
+            }
+        }
+    }
+
+    /// Takes a usage sample, folds it into the peaks, and enforces limits: a task
+    /// over a limit that the kernel does not enforce itself (disk) is killed.
+    pub fn sample(&self, running: &mut Running) -> Usage {
+        let mut usage = Usage::default();
+        for isolator in &self.isolators {
+            isolator.usage(&running.id, &mut usage);
+        }
+        running.peaks.observe(&usage);
+        if running.limitation.is_none() {
+            running.limitation = self.isolators.iter().find_map(|i| i.watch(&running.id, &usage));
+            if running.limitation == Some(Limitation::DiskLimit) {
+                let _ = self.kill(running);
+            }
+        }
+        running.last = usage.clone();
+        usage
+    }
+
+    /// Waits up to `timeout` for the task to end; true when it has.
+    pub fn wait(&self, running: &mut Running, timeout: Duration) -> bool {
+        if running.exited_at.is_some() {
+            return true;
+        }
+        let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
+        let mut fds = [PollFd::new(running.shim_pidfd.as_fd(), PollFlags::POLLIN)];
+        let ready = matches!(poll(&mut fds, PollTimeout::from(ms)), Ok(n) if n > 0);
+        if ready {
+            running.exited_at = Some(Instant::now());
+        }
+        ready
+    }
+
+    /// Kills every process of the task (through its cgroups, so daemonized ones too).
+    pub fn kill(&self, running: &Running) -> Result<(), CgroupError> {
+        self.cgroups.open(running.id.as_str()).kill()
+    }
+
+    /// Waits for the task to end, collects its status and final usage, and removes
+    /// everything the launch created.
+    pub fn finish(&self, mut running: Running) -> Termination {
+        while !self.wait(&mut running, Duration::from_secs(1)) {}
+        let _ = running.shim.wait();
+        let wall = running.exited_at.unwrap_or_else(Instant::now) - running.started;
+        let usage = self.sample(&mut running);
+        let status = fs::read(running.run_dir.exit_status())
+            .ok()
+            .and_then(|raw| serde_json::from_slice::<ExitStatus>(&raw).ok())
+            .unwrap_or_else(|| ExitStatus {
+                code: None,
+                signal: None,
+                launch_failure: Some((125, "the shim ended without recording the task's exit status".into())),
+            });
+        let failed = status.code != Some(0);
+        let limitation = running.limitation.filter(|_| failed).or_else(|| {
+            let pids_hit = running.last.pids_limit_hits.is_some_and(|n| n > 0);
+            (failed && pids_hit).then_some(Limitation::PidsLimit)
+        });
+        self.destroy(&running.id);
+        Termination { status, limitation, usage, peaks: running.peaks.clone(), wall }
+    }
+
+    /// Removes everything of task `id`: kills what is left, cleans up every
+    /// isolator and the run directory. Idempotent.
+    pub fn destroy(&self, id: &TaskId) {
+        self.cleanup_isolators(id, self.isolators.len());
+        let _ = fs::remove_dir_all(RunDir::new(&self.config.runtime_dir, id.as_str()).path());
+        self.cgroups.remove_base_if_empty();
+    }
+}

@@ -14,6 +14,7 @@ pub mod paths;
 pub mod seccomp;
 pub mod shim;
 pub mod spec;
+mod sys;
 pub mod task;
 pub mod units;
 pub mod usage;

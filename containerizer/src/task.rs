@@ -129,6 +129,9 @@ pub struct TaskConfig {
     pub rlimits: Vec<Rlimit>,
     /// Where the task's stdout/stderr go.
     pub stdio: Stdio,
+    /// Measure the disk space used under the sandbox even without a disk limit
+    /// (it walks the tree, so callers that do not report it can turn it off).
+    pub measure_disk: bool,
 }
 
 /// The task's standard streams.
@@ -160,6 +163,7 @@ impl TaskConfig {
             cap_drop: Vec::new(),
             rlimits: Vec::new(),
             stdio: Stdio::Inherit,
+            measure_disk: true,
         }
     }
 }

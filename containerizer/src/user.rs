@@ -1,5 +1,15 @@
 //! Resolving `--user NAME|UID[:GID]` against the passwd/group files of the host or of
 //! the task's rootfs. HELPER-OWNED.
+//!
+//! Follows Docker (runc's `GetExecUser`):
+//! * the user part matches a passwd entry by name, or by uid when it is numeric; a
+//!   numeric uid missing from passwd is accepted with gid 0;
+//! * an explicit group (name or number) sets the primary gid and then no supplementary
+//!   groups are added; a numeric gid missing from the group file is accepted;
+//! * without a group, the gid is the passwd entry's, and the supplementary groups are
+//!   the groups of `/etc/group` whose member list names the user.
+
+use std::path::{Path, PathBuf};
 
 use crate::spec::Identity;
 
@@ -11,10 +21,293 @@ pub enum UserError {
     UnknownGroup(String, String),
     #[error("invalid --user {0:?}: use NAME, UID or UID:GID")]
     Invalid(String),
+    #[error("reading {path}: {source} (check that the file is readable, or use a numeric UID:GID)")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// One line of `/etc/passwd`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PasswdEntry {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// One line of `/etc/group`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupEntry {
+    pub name: String,
+    pub gid: u32,
+    pub members: Vec<String>,
+}
+
+/// Parses passwd lines `name:password:uid:gid:gecos:home:shell`; comments, blank and
+/// malformed lines are skipped (as libc does).
+pub fn parse_passwd(text: &str) -> Vec<PasswdEntry> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .filter_map(|line| {
+            let mut f = line.split(':');
+            let name = f.next()?.trim();
+            let _password = f.next()?;
+            let uid = f.next()?.trim().parse().ok()?;
+            let gid = f.next()?.trim().parse().ok()?;
+            (!name.is_empty()).then(|| PasswdEntry {
+                name: name.to_string(),
+                uid,
+                gid,
+            })
+        })
+        .collect()
+}
+
+/// Parses group lines `name:password:gid:member,member`; comments, blank and malformed
+/// lines are skipped.
+pub fn parse_group(text: &str) -> Vec<GroupEntry> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .filter_map(|line| {
+            let mut f = line.split(':');
+            let name = f.next()?.trim();
+            let _password = f.next()?;
+            let gid = f.next()?.trim().parse().ok()?;
+            let members = f
+                .next()
+                .unwrap_or("")
+                .split(',')
+                .map(str::trim)
+                .filter(|m| !m.is_empty())
+                .map(str::to_string)
+                .collect();
+            (!name.is_empty()).then(|| GroupEntry {
+                name: name.to_string(),
+                gid,
+                members,
+            })
+        })
+        .collect()
+}
+
+/// Reads a file, `None` if it does not exist.
+fn read_optional(path: &Path) -> Result<Option<String>, UserError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(UserError::Read {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// A decimal id; `Err` for numbers that do not fit (or are negative).
+fn numeric(spec: &str, s: &str) -> Result<Option<u32>, UserError> {
+    if !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Ok(None);
+    }
+    s.parse::<u32>()
+        .map(Some)
+        .map_err(|_| UserError::Invalid(spec.to_string()))
 }
 
 /// Resolves a user spec; `root` is `/` or the task's rootfs.
 pub fn resolve(spec: &str, root: &std::path::Path) -> Result<Identity, UserError> {
-    let _ = (spec, root);
-    todo!("helper")
+    let (user, group) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    if user.is_empty() || group.is_some_and(|g| g.is_empty() || g.contains(':')) {
+        return Err(UserError::Invalid(spec.to_string()));
+    }
+    let passwd_path = root.join("etc/passwd");
+    let group_path = root.join("etc/group");
+
+    let user_num = numeric(spec, user)?;
+    let passwd = read_optional(&passwd_path)?
+        .map(|t| parse_passwd(&t))
+        .unwrap_or_default();
+    let found = passwd
+        .iter()
+        .find(|p| p.name == user || user_num.is_some_and(|uid| p.uid == uid));
+    let (uid, mut gid, name) = match (found, user_num) {
+        (Some(p), _) => (p.uid, p.gid, Some(p.name.as_str())),
+        // Docker: a numeric uid that passwd does not list runs with gid 0.
+        (None, Some(uid)) => (uid, 0, None),
+        (None, None) => {
+            return Err(UserError::UnknownUser(
+                user.to_string(),
+                passwd_path.display().to_string(),
+            ));
+        }
+    };
+
+    let groups_text = read_optional(&group_path)?;
+    let groups_file = groups_text.as_deref().map(parse_group).unwrap_or_default();
+    let mut groups = Vec::new();
+    match group {
+        Some(g) => {
+            let g_num = numeric(spec, g)?;
+            match groups_file
+                .iter()
+                .find(|e| e.name == g || g_num.is_some_and(|n| e.gid == n))
+            {
+                Some(entry) => gid = entry.gid,
+                None => match g_num {
+                    Some(n) => gid = n,
+                    None => {
+                        return Err(UserError::UnknownGroup(
+                            g.to_string(),
+                            group_path.display().to_string(),
+                        ));
+                    }
+                },
+            }
+        }
+        None => {
+            if let Some(name) = name {
+                for entry in &groups_file {
+                    if entry.members.iter().any(|m| m == name) && !groups.contains(&entry.gid) {
+                        groups.push(entry.gid);
+                    }
+                }
+            }
+        }
+    }
+    Ok(Identity { uid, gid, groups })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rootfs() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("etc")).unwrap();
+        std::fs::write(
+            dir.path().join("etc/passwd"),
+            "# comment\n\
+             root:x:0:0:root:/root:/bin/bash\n\
+             daemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n\
+             broken line\n\
+             alice:x:1000:1000:Alice,,,:/home/alice:/bin/bash\n\
+             bob:x:1001:100::/home/bob:/bin/sh\n\
+             \n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("etc/group"),
+            "root:x:0:\n\
+             users:x:100:alice\n\
+             alice:x:1000:\n\
+             docker:x:998:alice, bob\n\
+             wheel:x:10:bob\n\
+             nogid:x:zz:alice\n",
+        )
+        .unwrap();
+        dir
+    }
+
+    fn id(uid: u32, gid: u32, groups: &[u32]) -> Identity {
+        Identity {
+            uid,
+            gid,
+            groups: groups.to_vec(),
+        }
+    }
+
+    #[test]
+    fn by_name_with_supplementary_groups() {
+        let r = rootfs();
+        assert_eq!(
+            resolve("alice", r.path()).unwrap(),
+            id(1000, 1000, &[100, 998])
+        );
+        assert_eq!(resolve("bob", r.path()).unwrap(), id(1001, 100, &[998, 10]));
+        assert_eq!(resolve("root", r.path()).unwrap(), id(0, 0, &[]));
+    }
+
+    #[test]
+    fn by_uid() {
+        let r = rootfs();
+        assert_eq!(
+            resolve("1000", r.path()).unwrap(),
+            id(1000, 1000, &[100, 998])
+        );
+        // Unknown numeric uid: accepted with gid 0 (Docker).
+        assert_eq!(resolve("4242", r.path()).unwrap(), id(4242, 0, &[]));
+        assert_eq!(resolve("4242:4243", r.path()).unwrap(), id(4242, 4243, &[]));
+    }
+
+    #[test]
+    fn explicit_group_replaces_supplementary_groups() {
+        let r = rootfs();
+        assert_eq!(
+            resolve("alice:docker", r.path()).unwrap(),
+            id(1000, 998, &[])
+        );
+        assert_eq!(resolve("alice:10", r.path()).unwrap(), id(1000, 10, &[]));
+        assert_eq!(resolve("1001:users", r.path()).unwrap(), id(1001, 100, &[]));
+        assert_eq!(resolve("alice:777", r.path()).unwrap(), id(1000, 777, &[]));
+    }
+
+    #[test]
+    fn errors() {
+        let r = rootfs();
+        let err = resolve("mallory", r.path()).unwrap_err();
+        assert!(
+            matches!(err, UserError::UnknownUser(ref u, ref f) if u == "mallory" && f.ends_with("etc/passwd"))
+        );
+        assert!(err.to_string().contains("etc/passwd"), "{err}");
+        let err = resolve("alice:staff", r.path()).unwrap_err();
+        assert!(
+            matches!(err, UserError::UnknownGroup(ref g, ref f) if g == "staff" && f.ends_with("etc/group"))
+        );
+        for bad in [
+            "",
+            ":",
+            "alice:",
+            ":10",
+            "a:b:c",
+            "99999999999",
+            "1:99999999999",
+        ] {
+            assert!(
+                matches!(resolve(bad, r.path()), Err(UserError::Invalid(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn missing_files() {
+        let empty = tempfile::tempdir().unwrap();
+        assert_eq!(resolve("0", empty.path()).unwrap(), id(0, 0, &[]));
+        assert_eq!(
+            resolve("1000:1000", empty.path()).unwrap(),
+            id(1000, 1000, &[])
+        );
+        assert!(matches!(
+            resolve("alice", empty.path()),
+            Err(UserError::UnknownUser(..))
+        ));
+    }
+
+    #[test]
+    fn parsers() {
+        let g = parse_group("a:x:1:u1,u2\nb:x:2\n");
+        assert_eq!(g[0].members, vec!["u1", "u2"]);
+        assert_eq!(g[1].members, Vec::<String>::new());
+        let p = parse_passwd("a:x:1:2\nb:x:-1:2:::\n");
+        assert_eq!(
+            p,
+            vec![PasswdEntry {
+                name: "a".into(),
+                uid: 1,
+                gid: 2
+            }]
+        );
+    }
 }

@@ -1,1 +1,4 @@
-fn main() {}
+//! `cella-shim`: see `cella_containerizer::shim`.
+fn main() {
+    cella_containerizer::shim::main()
+}

@@ -1,24 +1,452 @@
-//! cgroup v1 backend. HELPER-OWNED.
-use std::path::Path;
-use super::*;
+//! cgroup v1 backend: one directory per controller hierarchy (cpu and cpuacct may be
+//! one hierarchy or two).
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::mode::System;
+use super::{CgroupError, CgroupLimits, CgroupStats, Placement, fsx};
+
+/// CFS period; quotas are expressed per this period.
+const PERIOD_US: u64 = 100_000;
+/// The kernel refuses a CFS quota below 1 ms.
+const MIN_QUOTA_US: u64 = 1_000;
+/// `cpuacct.stat` counts in USER_HZ, which the kernel's ABI fixes at 100.
+const NS_PER_USER_HZ_TICK: u64 = 1_000_000_000 / 100;
+const KILL_WAIT: Duration = Duration::from_secs(2);
+const FREEZE_WAIT: Duration = Duration::from_secs(1);
+
+/// Which entry of the hierarchy list holds each controller.
+#[derive(Debug, Clone, Copy)]
+struct Roles {
+    cpu: usize,
+    cpuacct: Option<usize>,
+    memory: usize,
+    pids: usize,
+    blkio: Option<usize>,
+    freezer: Option<usize>,
+}
 
 #[derive(Debug, Clone)]
-pub struct Hierarchies;
+pub struct Hierarchies {
+    /// The base cgroup in each distinct hierarchy Cella uses.
+    bases: Vec<PathBuf>,
+    roles: Roles,
+}
+
 #[derive(Debug, Clone)]
-pub struct TaskGroup;
+pub struct TaskGroup {
+    /// The task's directory in each hierarchy, indexed like [`Hierarchies::bases`].
+    dirs: Vec<PathBuf>,
+    roles: Roles,
+}
+
+/// The index of the base for `controller`, adding it unless a co-mounted controller
+/// already brought the same hierarchy in.
+fn locate(
+    sys: &System,
+    controller: &str,
+    root: Option<&Path>,
+    bases: &mut Vec<PathBuf>,
+) -> Result<Option<usize>, CgroupError> {
+    let has = |list: &[String]| list.iter().any(|c| c == controller);
+    let Some(mount) = sys
+        .mounts
+        .iter()
+        .find(|m| m.fstype == "cgroup" && has(&m.controllers))
+    else {
+        return Ok(None);
+    };
+    let Some(own) = sys.own.iter().find(|o| has(&o.controllers)) else {
+        return Err(CgroupError::Mounts {
+            path: PathBuf::from("/proc/self/cgroup"),
+            why: format!(
+                "the {controller} hierarchy is mounted but this process has no cgroup in it"
+            ),
+        });
+    };
+    let dir = System::base_dir(mount, &own.path, root)?;
+    if let Some(i) = bases.iter().position(|b| *b == dir) {
+        return Ok(Some(i));
+    }
+    bases.push(dir);
+    Ok(Some(bases.len() - 1))
+}
+
+fn required(controller: &str, index: Option<usize>) -> Result<usize, CgroupError> {
+    index.ok_or_else(|| CgroupError::MissingController(controller.to_string()))
+}
+
+/// A task name must be one path component: it becomes a directory in every hierarchy.
+pub(super) fn check_name(base: &Path, name: &str) -> Result<PathBuf, CgroupError> {
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
+        return Err(fsx::io(
+            &base.join(name),
+            std::io::Error::new(
+                ErrorKind::InvalidInput,
+                "a task cgroup name must be a single path component",
+            ),
+        ));
+    }
+    Ok(base.join(name))
+}
+
+/// Names of the directories beneath `base`; a base that does not exist has none.
+pub(super) fn list_dir(base: &Path) -> Result<Vec<String>, CgroupError> {
+    let entries = match std::fs::read_dir(base) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(fsx::io(base, e)),
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| fsx::io(base, e))?;
+        if entry
+            .file_type()
+            .map_err(|e| fsx::io(&entry.path(), e))?
+            .is_dir()
+        {
+            names.push(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    names.sort();
+    Ok(names)
+}
 
 impl Hierarchies {
-    pub fn discover(_root: Option<&Path>) -> Result<Self, CgroupError> { todo!() }
-    pub fn base_dirs(&self) -> Vec<PathBuf> { todo!() }
-    pub fn create(&self, _name: &str, _limits: &CgroupLimits) -> Result<TaskGroup, CgroupError> { todo!() }
-    pub fn open(&self, _name: &str) -> TaskGroup { todo!() }
-    pub fn list(&self) -> Result<Vec<String>, CgroupError> { todo!() }
+    pub fn discover(root: Option<&Path>) -> Result<Self, CgroupError> {
+        let sys = System::read()?;
+        let mut bases = Vec::new();
+        let memory = required("memory", locate(&sys, "memory", root, &mut bases)?)?;
+        let cpu = required("cpu", locate(&sys, "cpu", root, &mut bases)?)?;
+        let pids = required("pids", locate(&sys, "pids", root, &mut bases)?)?;
+        let cpuacct = locate(&sys, "cpuacct", root, &mut bases)?;
+        let blkio = locate(&sys, "blkio", root, &mut bases)?;
+        let freezer = locate(&sys, "freezer", root, &mut bases)?;
+        Ok(Self {
+            bases,
+            roles: Roles {
+                cpu,
+                cpuacct,
+                memory,
+                pids,
+                blkio,
+                freezer,
+            },
+        })
+    }
+
+    pub fn base_dirs(&self) -> Vec<PathBuf> {
+        self.bases.clone()
+    }
+
+    pub fn create(&self, name: &str, limits: &CgroupLimits) -> Result<TaskGroup, CgroupError> {
+        let mut dirs = Vec::with_capacity(self.bases.len());
+        for base in &self.bases {
+            dirs.push(check_name(base, name)?);
+        }
+        let mut created = Vec::new();
+        let result = make_dirs(&self.bases, &dirs, &mut created).and_then(|()| {
+            let group = TaskGroup {
+                dirs,
+                roles: self.roles,
+            };
+            group.write_limits(limits, false).map(|()| group)
+        });
+        if result.is_err() {
+            fsx::rmdirs_quietly(&created);
+        }
+        result
+    }
+
+    pub fn open(&self, name: &str) -> TaskGroup {
+        TaskGroup {
+            dirs: self.bases.iter().map(|b| b.join(name)).collect(),
+            roles: self.roles,
+        }
+    }
+
+    pub fn list(&self) -> Result<Vec<String>, CgroupError> {
+        list_dir(&self.bases[self.roles.pids])
+    }
 }
+
+/// Creates each task dir, and its base only when missing (the first task after start),
+/// recording in `created` everything made, outermost first.
+fn make_dirs(
+    bases: &[PathBuf],
+    dirs: &[PathBuf],
+    created: &mut Vec<PathBuf>,
+) -> Result<(), CgroupError> {
+    for (base, dir) in bases.iter().zip(dirs) {
+        let made = match fsx::mkdir(dir) {
+            Err(e) if fsx::is_kind(&e, ErrorKind::NotFound) => {
+                created.extend(fsx::mkdir_all(base)?);
+                fsx::mkdir(dir)?
+            }
+            other => other?,
+        };
+        if !made {
+            return Err(fsx::io(dir, ErrorKind::AlreadyExists.into()));
+        }
+        created.push(dir.clone());
+    }
+    Ok(())
+}
+
 impl TaskGroup {
-    pub fn placement(&self) -> Placement { todo!() }
-    pub fn update(&self, _l: &CgroupLimits) -> Result<(), CgroupError> { todo!() }
-    pub fn stats(&self) -> CgroupStats { todo!() }
-    pub fn pids(&self) -> Result<Vec<i32>, CgroupError> { todo!() }
-    pub fn kill(&self) -> Result<(), CgroupError> { todo!() }
-    pub fn remove(&self) -> Result<(), CgroupError> { todo!() }
+    fn dir(&self, index: usize) -> &Path {
+        &self.dirs[index]
+    }
+
+    /// Writes `limits`; with `reset`, an unset limit is set back to "unlimited".
+    fn write_limits(&self, limits: &CgroupLimits, reset: bool) -> Result<(), CgroupError> {
+        let cpu = self.dir(self.roles.cpu);
+        if let Some(cpus) = limits.cpus {
+            let quota = cpus.0.saturating_mul(PERIOD_US / 1000).max(MIN_QUOTA_US);
+            let shares = (cpus.0.saturating_mul(1024) / 1000).clamp(2, 262_144);
+            fsx::write(&cpu.join("cpu.cfs_period_us"), &PERIOD_US.to_string())?;
+            fsx::write(&cpu.join("cpu.cfs_quota_us"), &quota.to_string())?;
+            fsx::write(&cpu.join("cpu.shares"), &shares.to_string())?;
+        } else if reset {
+            fsx::write(&cpu.join("cpu.cfs_quota_us"), "-1")?;
+            fsx::write(&cpu.join("cpu.shares"), "1024")?;
+        }
+
+        let memory = self.dir(self.roles.memory);
+        let limit = memory.join("memory.limit_in_bytes");
+        let memsw = memory.join("memory.memsw.limit_in_bytes");
+        if let Some(bytes) = limits.memory_bytes {
+            let value = bytes.to_string();
+            // memsw must stay >= the memory limit: raising needs memsw first,
+            // lowering needs the memory limit first.
+            match fsx::write(&limit, &value) {
+                Err(e) if fsx::is_errno(&e, libc::EINVAL) => {
+                    if !fsx::write_optional(&memsw, &value)? {
+                        return Err(e);
+                    }
+                    fsx::write(&limit, &value)?;
+                }
+                other => {
+                    other?;
+                    fsx::write_optional(&memsw, &value)?;
+                }
+            }
+            // Only a preference once memsw caps swap; some kernels refuse it.
+            let _ = fsx::write(&memory.join("memory.swappiness"), "0");
+        } else if reset {
+            fsx::write_optional(&memsw, "-1")?;
+            fsx::write(&limit, "-1")?;
+        }
+
+        let pids = self.dir(self.roles.pids).join("pids.max");
+        match limits.pids {
+            Some(n) => fsx::write(&pids, &n.to_string())?,
+            None if reset => fsx::write(&pids, "max")?,
+            None => {}
+        }
+        Ok(())
+    }
+
+    pub fn placement(&self) -> Placement {
+        Placement::V1 {
+            procs_files: self.dirs.iter().map(|d| d.join("cgroup.procs")).collect(),
+        }
+    }
+
+    pub fn update(&self, limits: &CgroupLimits) -> Result<(), CgroupError> {
+        self.write_limits(limits, true)
+    }
+
+    pub fn stats(&self) -> CgroupStats {
+        let mut s = CgroupStats::default();
+
+        if let Some(i) = self.roles.cpuacct {
+            let d = self.dir(i);
+            let user = fsx::read_u64(&d.join("cpuacct.usage_user"));
+            let system = fsx::read_u64(&d.join("cpuacct.usage_sys"));
+            if user.is_some() && system.is_some() {
+                (s.cpu_user_ns, s.cpu_system_ns) = (user, system);
+            } else if let Some(text) = fsx::read(&d.join("cpuacct.stat")) {
+                let ticks =
+                    |key| fsx::keyed(&text, key).map(|t| t.saturating_mul(NS_PER_USER_HZ_TICK));
+                (s.cpu_user_ns, s.cpu_system_ns) = (ticks("user"), ticks("system"));
+            }
+        }
+        if let Some(text) = fsx::read(&self.dir(self.roles.cpu).join("cpu.stat")) {
+            s.cpu_nr_throttled = fsx::keyed(&text, "nr_throttled");
+            s.cpu_throttled_ns = fsx::keyed(&text, "throttled_time");
+        }
+
+        let m = self.dir(self.roles.memory);
+        s.mem_current_bytes = fsx::read_u64(&m.join("memory.usage_in_bytes"));
+        s.mem_peak_bytes = fsx::read_u64(&m.join("memory.max_usage_in_bytes"));
+        if let Some(text) = fsx::read(&m.join("memory.stat")) {
+            // total_rss already includes transparent huge pages (total_rss_huge is a
+            // subset of it, see Documentation/admin-guide/cgroup-v1/memory.rst).
+            s.mem_anon_bytes = fsx::keyed(&text, "total_rss");
+            s.mem_file_bytes = fsx::keyed(&text, "total_cache");
+            // Present only when swap is accounted, exactly like the memsw files.
+            s.mem_swap_bytes = fsx::keyed(&text, "total_swap");
+        }
+        if s.mem_swap_bytes.is_none()
+            && let (Some(memsw), Some(usage)) = (
+                fsx::read_u64(&m.join("memory.memsw.usage_in_bytes")),
+                s.mem_current_bytes,
+            )
+        {
+            s.mem_swap_bytes = Some(memsw.saturating_sub(usage));
+        }
+        s.mem_kernel_bytes = fsx::read_u64(&m.join("memory.kmem.usage_in_bytes"));
+        s.oom_kills = fsx::keyed_file(&m.join("memory.oom_control"), "oom_kill");
+
+        let p = self.dir(self.roles.pids);
+        s.pids_current = fsx::read_u64(&p.join("pids.current"));
+        s.pids_peak = fsx::read_u64(&p.join("pids.peak"));
+        s.pids_limit_hits = fsx::keyed_file(&p.join("pids.events"), "max");
+
+        if let Some(i) = self.roles.blkio {
+            let d = self.dir(i);
+            let text = fsx::read(&d.join("blkio.throttle.io_service_bytes_recursive"))
+                .or_else(|| fsx::read(&d.join("blkio.throttle.io_service_bytes")));
+            if let Some(text) = text {
+                (s.io_read_bytes, s.io_write_bytes) = blkio_totals(&text);
+            }
+        }
+        s
+    }
+
+    pub fn pids(&self) -> Result<Vec<i32>, CgroupError> {
+        fsx::pids(&self.dir(self.roles.pids).join("cgroup.procs"))
+    }
+
+    /// Pids in any of the task's hierarchies: a crashed shim may have placed a child
+    /// in some hierarchies only.
+    fn all_pids(&self) -> Result<Vec<i32>, CgroupError> {
+        let mut all = Vec::new();
+        for dir in &self.dirs {
+            for pid in fsx::pids(&dir.join("cgroup.procs"))? {
+                if !all.contains(&pid) {
+                    all.push(pid);
+                }
+            }
+        }
+        Ok(all)
+    }
+
+    /// SIGKILLs until a pass finds no process it has not signalled yet.
+    fn kill_all(&self, killed: &mut Vec<i32>) -> Result<(), CgroupError> {
+        let mut failed = None;
+        fsx::wait_until(KILL_WAIT, || match self.all_pids() {
+            Ok(pids) => fsx::sigkill_new(&pids, killed) == 0,
+            Err(e) => {
+                failed = Some(e);
+                true
+            }
+        });
+        failed.map_or(Ok(()), Err)
+    }
+
+    pub fn kill(&self) -> Result<(), CgroupError> {
+        let mut killed = Vec::new();
+        let state = self
+            .roles
+            .freezer
+            .map(|i| self.dir(i).join("freezer.state"));
+        // Freezing first stops a fork loop from outrunning us.
+        let frozen = match &state {
+            Some(state) => fsx::write_optional(state, "FROZEN")?,
+            None => false,
+        };
+        if let (true, Some(state)) = (frozen, &state) {
+            // A task stuck in FREEZING (e.g. in uninterruptible sleep) still gets its
+            // SIGKILL; the loop below catches whatever forks meanwhile.
+            fsx::wait_until(FREEZE_WAIT, || {
+                fsx::read(state).is_some_and(|s| s.trim() == "FROZEN")
+            });
+        }
+        let killing = self.kill_all(&mut killed);
+        let thawing = match (frozen, &state) {
+            (true, Some(state)) => fsx::write(state, "THAWED"),
+            _ => Ok(()),
+        };
+        killing?;
+        thawing?;
+
+        let mut last = Ok(Vec::new());
+        let empty = fsx::wait_until(KILL_WAIT, || {
+            last = self.all_pids();
+            match &last {
+                Ok(pids) => {
+                    fsx::sigkill_new(pids, &mut killed);
+                    pids.is_empty()
+                }
+                Err(_) => true,
+            }
+        });
+        last?;
+        if empty {
+            Ok(())
+        } else {
+            Err(CgroupError::Busy {
+                path: self.dir(self.roles.pids).to_path_buf(),
+            })
+        }
+    }
+
+    pub fn remove(&self) -> Result<(), CgroupError> {
+        if !self.all_pids()?.is_empty() {
+            self.kill()?;
+        }
+        let mut first = None;
+        for dir in self.dirs.iter().rev() {
+            if let Err(e) = fsx::rmdir(dir) {
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+}
+
+/// Read and Write byte totals over all devices of a `blkio.*io_service_bytes` file
+/// (`MAJ:MIN Op value` lines plus a `Total value` line).
+fn blkio_totals(text: &str) -> (Option<u64>, Option<u64>) {
+    let (mut read, mut write) = (0u64, 0u64);
+    for line in text.lines() {
+        let mut parts = line.split_whitespace();
+        let (Some(_dev), Some(op), Some(value)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        let Ok(value) = value.parse::<u64>() else {
+            continue;
+        };
+        match op {
+            "Read" => read = read.saturating_add(value),
+            "Write" => write = write.saturating_add(value),
+            _ => {}
+        }
+    }
+    (Some(read), Some(write))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blkio_sums_devices() {
+        let text =
+            "8:0 Read 4096\n8:0 Write 100\n8:0 Sync 1\n8:16 Read 10\n8:16 Write 0\nTotal 4206\n";
+        assert_eq!(blkio_totals(text), (Some(4106), Some(100)));
+        assert_eq!(blkio_totals("Total 0\n"), (Some(0), Some(0)));
+    }
+
+    #[test]
+    fn names_are_single_components() {
+        let base = Path::new("/sys/fs/cgroup/memory/cella");
+        assert!(check_name(base, "task-1").is_ok());
+        for bad in ["", ".", "..", "a/b", "/abs"] {
+            assert!(check_name(base, bad).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -1,24 +1,415 @@
-//! cgroup v2 backend. HELPER-OWNED.
-use std::path::Path;
-use super::*;
+//! cgroup v2 backend (Documentation/admin-guide/cgroup-v2.rst): one tree, controllers
+//! handed down through `cgroup.subtree_control`, processes only in leaves.
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::mode::System;
+use super::v1::{check_name, list_dir};
+use super::{CgroupError, CgroupLimits, CgroupStats, Placement, fsx};
+
+const PERIOD_US: u64 = 100_000;
+/// The kernel refuses a CFS quota below 1 ms.
+const MIN_QUOTA_US: u64 = 1_000;
+/// Controllers Cella enables for task cgroups; `io` is optional.
+const WANTED: [&str; 4] = ["cpu", "memory", "pids", "io"];
+const REQUIRED: [&str; 3] = ["cpu", "memory", "pids"];
+const KILL_WAIT: Duration = Duration::from_secs(2);
+const FREEZE_WAIT: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone)]
-pub struct Base;
+pub struct Base {
+    dir: PathBuf,
+    /// The cgroup2 mount point (the root cgroup as this process sees it).
+    mount: PathBuf,
+    /// This process's cgroup when discovered.
+    own: PathBuf,
+}
+
 #[derive(Debug, Clone)]
-pub struct TaskGroup;
+pub struct TaskGroup {
+    dir: PathBuf,
+}
+
+/// v1 `cpu.shares` from milli-cpus, then the conversion to `cpu.weight` that runc,
+/// crun and systemd share, so a task weighs the same whichever runtime placed it.
+fn cpu_weight(millis: u64) -> u64 {
+    let shares = (millis.saturating_mul(1024) / 1000).clamp(2, 262_144);
+    1 + ((shares - 2) * 9999) / 262_142
+}
+
+fn words(path: &Path) -> Vec<String> {
+    fsx::read(path)
+        .map(|t| t.split_whitespace().map(String::from).collect())
+        .unwrap_or_default()
+}
+
+fn setup_error(dir: &Path, what: &str) -> CgroupError {
+    CgroupError::V2Setup(format!(
+        "{what} in {}. Cella needs the cpu, memory and pids controllers delegated to its base cgroup, \
+         and cgroup v2 only hands controllers to children of a cgroup that holds no processes itself: \
+         run the agent in a delegated cgroup (systemd: Delegate=yes in its unit) and let it move itself \
+         into a leaf, or pass --cgroup-root naming a cgroup whose parent has +cpu +memory +pids in \
+         cgroup.subtree_control",
+        dir.display()
+    ))
+}
 
 impl Base {
-    pub fn discover(_root: Option<&Path>) -> Result<Self, CgroupError> { todo!() }
-    pub fn dir(&self) -> &Path { todo!() }
-    pub fn create(&self, _name: &str, _limits: &CgroupLimits) -> Result<TaskGroup, CgroupError> { todo!() }
-    pub fn open(&self, _name: &str) -> TaskGroup { todo!() }
-    pub fn list(&self) -> Result<Vec<String>, CgroupError> { todo!() }
+    pub fn discover(root: Option<&Path>) -> Result<Self, CgroupError> {
+        let sys = System::read()?;
+        let Some(mount) = sys.mounts.iter().find(|m| m.fstype == "cgroup2") else {
+            return Err(CgroupError::Mounts {
+                path: PathBuf::from("/proc/self/mountinfo"),
+                why: "no cgroup2 filesystem is mounted".into(),
+            });
+        };
+        let Some(own) = sys.own.iter().find(|o| o.controllers.is_empty()) else {
+            return Err(CgroupError::Mounts {
+                path: PathBuf::from("/proc/self/cgroup"),
+                why: "this process has no cgroup v2 (0::) entry".into(),
+            });
+        };
+        Ok(Self {
+            dir: System::base_dir(mount, &own.path, root)?,
+            mount: mount.mount_point.clone(),
+            own: System::own_dir(mount, &own.path)?,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn create(&self, name: &str, limits: &CgroupLimits) -> Result<TaskGroup, CgroupError> {
+        let group = TaskGroup {
+            dir: check_name(&self.dir, name)?,
+        };
+        let mut created = Vec::new();
+        let mut enabled = false;
+        let result = (|| {
+            // The base exists for every task but the first: try the task dir alone.
+            let made = match fsx::mkdir(&group.dir) {
+                Err(e) if fsx::is_kind(&e, ErrorKind::NotFound) => {
+                    created = fsx::mkdir_all(&self.dir)?;
+                    self.enable_controllers(&created)?;
+                    enabled = true;
+                    fsx::mkdir(&group.dir)?
+                }
+                other => other?,
+            };
+            if !made {
+                return Err(fsx::io(&group.dir, ErrorKind::AlreadyExists.into()));
+            }
+            created.push(group.dir.clone());
+            match group.write_limits(limits, false) {
+                // A base made by someone else may lack the controllers; enabling them
+                // now makes their files appear in the task dir too.
+                Err(e) if !enabled && fsx::is_kind(&e, ErrorKind::NotFound) => {
+                    self.enable_controllers(&[])?;
+                    group.write_limits(limits, false)
+                }
+                other => other,
+            }
+        })();
+        match result {
+            Ok(()) => Ok(group),
+            Err(e) => {
+                fsx::rmdirs_quietly(&created);
+                Err(e)
+            }
+        }
+    }
+
+    /// Enables the wanted controllers in `cgroup.subtree_control` from the parent of
+    /// the outermost directory just created (or of the base) down to the base.
+    fn enable_controllers(&self, created: &[PathBuf]) -> Result<(), CgroupError> {
+        let top = created.first().unwrap_or(&self.dir);
+        let mut chain: Vec<&Path> = Vec::new();
+        if let Some(parent) = top.parent().filter(|p| p.starts_with(&self.mount)) {
+            chain.push(parent);
+        }
+        chain.extend(created.iter().map(PathBuf::as_path));
+        if created.is_empty() {
+            chain.push(&self.dir);
+        }
+        for dir in chain {
+            let available = words(&dir.join("cgroup.controllers"));
+            let control = dir.join("cgroup.subtree_control");
+            let enabled = words(&control);
+            let missing: Vec<&str> = WANTED
+                .into_iter()
+                .filter(|c| available.iter().any(|a| a == c) && !enabled.iter().any(|e| e == c))
+                .collect();
+            if missing.is_empty() {
+                continue;
+            }
+            let request: Vec<String> = missing.iter().map(|c| format!("+{c}")).collect();
+            if let Err(e) = fsx::write(&control, &request.join(" ")) {
+                return Err(setup_error(
+                    dir,
+                    &format!("cannot enable {} ({e})", request.join(" ")),
+                ));
+            }
+        }
+        let enabled = words(&self.dir.join("cgroup.subtree_control"));
+        let lacking: Vec<&str> = REQUIRED
+            .into_iter()
+            .filter(|c| !enabled.iter().any(|e| e == c))
+            .collect();
+        if !lacking.is_empty() {
+            return Err(setup_error(
+                &self.dir,
+                &format!("the {} controller(s) are not available", lacking.join(", ")),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn open(&self, name: &str) -> TaskGroup {
+        TaskGroup {
+            dir: self.dir.join(name),
+        }
+    }
+
+    pub fn list(&self) -> Result<Vec<String>, CgroupError> {
+        list_dir(&self.dir)
+    }
+
+    /// Moves the processes of this process's own cgroup into `<own>/<leaf>` when the
+    /// base lies directly beneath it, so the own cgroup may hand controllers down.
+    pub fn move_self_into_leaf(&self, leaf: &str) -> Result<Option<PathBuf>, CgroupError> {
+        // The root cgroup is exempt from the no-internal-processes rule.
+        if self.dir.parent() != Some(self.own.as_path()) || self.own == self.mount {
+            return Ok(None);
+        }
+        let leaf = check_name(&self.own, leaf)?;
+        fsx::mkdir(&leaf)?;
+        let procs = leaf.join("cgroup.procs");
+        // Ourselves first, then anything else that lives with us (helpers started
+        // before us); a process that exits meanwhile is fine.
+        fsx::write(&procs, "0")?;
+        for pid in fsx::pids(&self.own.join("cgroup.procs"))? {
+            match fsx::write(&procs, &pid.to_string()) {
+                Err(e) if fsx::is_errno(&e, libc::ESRCH) => {}
+                other => other?,
+            }
+        }
+        Ok(Some(leaf))
+    }
 }
+
 impl TaskGroup {
-    pub fn placement(&self) -> Placement { todo!() }
-    pub fn update(&self, _l: &CgroupLimits) -> Result<(), CgroupError> { todo!() }
-    pub fn stats(&self) -> CgroupStats { todo!() }
-    pub fn pids(&self) -> Result<Vec<i32>, CgroupError> { todo!() }
-    pub fn kill(&self) -> Result<(), CgroupError> { todo!() }
-    pub fn remove(&self) -> Result<(), CgroupError> { todo!() }
+    fn file(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Writes `limits`; with `reset`, an unset limit is set back to "unlimited".
+    fn write_limits(&self, limits: &CgroupLimits, reset: bool) -> Result<(), CgroupError> {
+        if let Some(cpus) = limits.cpus {
+            let quota = cpus.0.saturating_mul(PERIOD_US / 1000).max(MIN_QUOTA_US);
+            fsx::write(&self.file("cpu.max"), &format!("{quota} {PERIOD_US}"))?;
+            fsx::write(&self.file("cpu.weight"), &cpu_weight(cpus.0).to_string())?;
+        } else if reset {
+            fsx::write(&self.file("cpu.max"), &format!("max {PERIOD_US}"))?;
+            fsx::write(&self.file("cpu.weight"), "100")?;
+        }
+        if let Some(bytes) = limits.memory_bytes {
+            fsx::write(&self.file("memory.max"), &bytes.to_string())?;
+            // Absent without swap accounting: then there is no swap to cap.
+            fsx::write_optional(&self.file("memory.swap.max"), "0")?;
+        } else if reset {
+            fsx::write(&self.file("memory.max"), "max")?;
+            fsx::write_optional(&self.file("memory.swap.max"), "max")?;
+        }
+        if !reset {
+            // An OOM in a task kills the whole task, not one process of it (≥ 4.19).
+            fsx::write_optional(&self.file("memory.oom.group"), "1")?;
+        }
+        match limits.pids {
+            Some(n) => fsx::write(&self.file("pids.max"), &n.to_string())?,
+            None if reset => fsx::write(&self.file("pids.max"), "max")?,
+            None => {}
+        }
+        Ok(())
+    }
+
+    pub fn placement(&self) -> Placement {
+        Placement::V2 {
+            dir: self.dir.clone(),
+        }
+    }
+
+    pub fn update(&self, limits: &CgroupLimits) -> Result<(), CgroupError> {
+        self.write_limits(limits, true)
+    }
+
+    pub fn stats(&self) -> CgroupStats {
+        let mut s = CgroupStats::default();
+        let us = |v: Option<u64>| v.map(|v| v.saturating_mul(1000));
+
+        if let Some(text) = fsx::read(&self.file("cpu.stat")) {
+            s.cpu_user_ns = us(fsx::keyed(&text, "user_usec"));
+            s.cpu_system_ns = us(fsx::keyed(&text, "system_usec"));
+            // These two only exist while the cpu controller is enabled.
+            s.cpu_nr_throttled = fsx::keyed(&text, "nr_throttled");
+            s.cpu_throttled_ns = us(fsx::keyed(&text, "throttled_usec"));
+        }
+
+        s.mem_current_bytes = fsx::read_u64(&self.file("memory.current"));
+        s.mem_peak_bytes = fsx::read_u64(&self.file("memory.peak"));
+        if let Some(text) = fsx::read(&self.file("memory.stat")) {
+            s.mem_anon_bytes = fsx::keyed(&text, "anon");
+            s.mem_file_bytes = fsx::keyed(&text, "file");
+            s.mem_kernel_bytes = fsx::keyed(&text, "kernel").or_else(|| kernel_parts(&text));
+        }
+        s.mem_swap_bytes = fsx::read_u64(&self.file("memory.swap.current"));
+        s.oom_kills = fsx::keyed_file(&self.file("memory.events"), "oom_kill");
+
+        s.pids_current = fsx::read_u64(&self.file("pids.current"));
+        s.pids_peak = fsx::read_u64(&self.file("pids.peak"));
+        s.pids_limit_hits = fsx::keyed_file(&self.file("pids.events"), "max");
+
+        if let Some(text) = fsx::read(&self.file("io.stat")) {
+            (s.io_read_bytes, s.io_write_bytes) = io_totals(&text);
+        }
+        s
+    }
+
+    pub fn pids(&self) -> Result<Vec<i32>, CgroupError> {
+        fsx::pids(&self.file("cgroup.procs"))
+    }
+
+    /// Whether any process is in the cgroup or below it; a missing cgroup is empty.
+    fn populated(&self) -> bool {
+        fsx::keyed_file(&self.file("cgroup.events"), "populated").is_some_and(|v| v != 0)
+    }
+
+    fn exists(&self) -> bool {
+        self.dir.is_dir()
+    }
+
+    pub fn kill(&self) -> Result<(), CgroupError> {
+        // cgroup.kill (≥ 5.14) also catches processes forked while it runs.
+        if !fsx::write_optional(&self.file("cgroup.kill"), "1")? {
+            if !self.exists() {
+                return Ok(());
+            }
+            self.freeze_and_kill()?;
+        }
+        let mut killed = Vec::new();
+        let empty = fsx::wait_until(KILL_WAIT, || {
+            if !self.populated() {
+                return true;
+            }
+            // Without cgroup.kill a straggler may have forked after the last pass.
+            if let Ok(pids) = self.pids() {
+                fsx::sigkill_new(&pids, &mut killed);
+            }
+            false
+        });
+        if empty {
+            Ok(())
+        } else {
+            Err(CgroupError::Busy {
+                path: self.dir.clone(),
+            })
+        }
+    }
+
+    /// The fallback for kernels without cgroup.kill: freeze so nothing forks while we
+    /// signal, SIGKILL every pid (frozen tasks still die of it), thaw.
+    fn freeze_and_kill(&self) -> Result<(), CgroupError> {
+        let freeze = self.file("cgroup.freeze");
+        let frozen = fsx::write_optional(&freeze, "1")?;
+        if frozen {
+            fsx::wait_until(FREEZE_WAIT, || {
+                fsx::keyed_file(&self.file("cgroup.events"), "frozen") == Some(1)
+            });
+        }
+        let mut killed = Vec::new();
+        let mut failed = None;
+        fsx::wait_until(KILL_WAIT, || match self.pids() {
+            Ok(pids) => fsx::sigkill_new(&pids, &mut killed) == 0,
+            Err(e) => {
+                failed = Some(e);
+                true
+            }
+        });
+        let thawed = if frozen {
+            fsx::write_optional(&freeze, "0").map(|_| ())
+        } else {
+            Ok(())
+        };
+        failed.map_or(Ok(()), Err)?;
+        thawed
+    }
+
+    pub fn remove(&self) -> Result<(), CgroupError> {
+        if self.populated() {
+            self.kill()?;
+        }
+        fsx::rmdir(&self.dir)
+    }
+}
+
+/// Kernel memory before 5.18 added the `kernel` key: the sum of its parts.
+fn kernel_parts(stat: &str) -> Option<u64> {
+    let parts: Vec<u64> = ["kernel_stack", "slab", "sock", "percpu", "pagetables"]
+        .into_iter()
+        .filter_map(|k| fsx::keyed(stat, k))
+        .collect();
+    if parts.is_empty() {
+        None
+    } else {
+        Some(parts.iter().fold(0u64, |a, b| a.saturating_add(*b)))
+    }
+}
+
+/// `rbytes` and `wbytes` summed over the devices of `io.stat`
+/// (`MAJ:MIN rbytes=N wbytes=N rios=N ...` per line).
+fn io_totals(text: &str) -> (Option<u64>, Option<u64>) {
+    let (mut read, mut write) = (0u64, 0u64);
+    for field in text.split_whitespace() {
+        let Some((key, value)) = field.split_once('=') else {
+            continue;
+        };
+        let Ok(value) = value.parse::<u64>() else {
+            continue;
+        };
+        match key {
+            "rbytes" => read = read.saturating_add(value),
+            "wbytes" => write = write.saturating_add(value),
+            _ => {}
+        }
+    }
+    (Some(read), Some(write))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weights_match_the_usual_conversion() {
+        assert_eq!(cpu_weight(1000), 39); // 1024 shares
+        assert_eq!(cpu_weight(500), 20);
+        assert_eq!(cpu_weight(1), 1); // shares clamp to 2
+        assert_eq!(cpu_weight(1_000_000), 10_000); // shares clamp to 262144
+    }
+
+    #[test]
+    fn io_stat_sums_devices() {
+        let text = "8:0 rbytes=4096 wbytes=512 rios=1 wios=1 dbytes=0 dios=0\n\
+                    253:0 rbytes=100 wbytes=0 rios=1 wios=0 dbytes=0 dios=0\n";
+        assert_eq!(io_totals(text), (Some(4196), Some(512)));
+        assert_eq!(io_totals(""), (Some(0), Some(0)));
+    }
+
+    #[test]
+    fn kernel_memory_fallback() {
+        let stat = "anon 10\nfile 20\nkernel_stack 1\npagetables 2\npercpu 3\nsock 4\nslab 5\n";
+        assert_eq!(kernel_parts(stat), Some(15));
+        assert_eq!(kernel_parts("anon 1\n"), None);
+    }
 }

@@ -1,3 +1,85 @@
-//! The isolator pipeline (modelled on Mesos' `Isolator`): each isolator contributes
-//! to the launch in `prepare`, places the waiting child in `isolate`, reports limits
-//! hit in `watch`, figures in `usage`, and undoes its work in `cleanup`.
+//! The isolator pipeline, modelled on Mesos' `Isolator`. Each isolator owns one
+//! aspect of isolation; the containerizer runs `prepare` in order and `cleanup` in
+//! reverse. Every step but `prepare` is optional.
+//!
+//! | step | here |
+//! |---|---|
+//! | `recover` | re-adopt tasks after a restart of the launcher |
+//! | `prepare` | check the task's configuration and contribute to the [`ShimSpec`] |
+//! | `isolate` | the task's pid is known (the shim already placed it in its cgroups) |
+//! | `watch` | given the latest usage, name the limit the task hit, if any |
+//! | `update` | change the limits of a running task |
+//! | `usage` | add measured figures |
+//! | `cleanup` | undo everything; idempotent, unknown ids are fine |
+//!
+//! Only the cgroups isolator creates anything in `prepare`, and it runs last, so a
+//! configuration error is reported before anything exists on the machine.
+//! Placing the child into its cgroups (`isolate` in Mesos) is done by the shim from
+//! the [`crate::cgroups::Placement`] the cgroups isolator prepared: that saves a
+//! round trip between the launcher and the shim on every launch.
+
+mod cgroups;
+mod disk;
+mod filesystem;
+mod namespaces;
+mod posix;
+mod security;
+
+pub use cgroups::CgroupsIsolator;
+pub use disk::{DiskIsolator, disk_usage};
+pub use filesystem::FilesystemIsolator;
+pub use namespaces::NamespacesIsolator;
+pub use posix::PosixIsolator;
+pub use security::{CapabilitiesIsolator, SeccompIsolator};
+
+use crate::spec::ShimSpec;
+use crate::task::{Resources, TaskConfig, TaskId};
+use crate::usage::{Limitation, Usage};
+
+/// Why an isolator refused or failed a task.
+#[derive(Debug, thiserror::Error)]
+pub enum IsolatorError {
+    /// The task's configuration is wrong; `field` names the option to fix.
+    #[error("{field}: {message}")]
+    Invalid { field: &'static str, message: String },
+    /// The machine could not do what was asked (a cgroup could not be created…).
+    #[error("{isolator}: {message}")]
+    Failed { isolator: &'static str, message: String },
+}
+
+impl IsolatorError {
+    pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
+        Self::Invalid { field, message: message.into() }
+    }
+}
+
+/// One aspect of isolation.
+pub trait Isolator: Send + Sync {
+    fn name(&self) -> &'static str;
+
+    /// Re-adopts tasks that survived a restart of the launcher.
+    fn recover(&self, _tasks: &[(TaskId, TaskConfig)]) -> Result<(), IsolatorError> {
+        Ok(())
+    }
+
+    /// Checks `config` and fills in this isolator's part of `spec`.
+    fn prepare(&self, id: &TaskId, config: &TaskConfig, spec: &mut ShimSpec) -> Result<(), IsolatorError>;
+
+    /// The task runs as `pid` (in the launcher's pid namespace).
+    fn isolate(&self, _id: &TaskId, _pid: i32) {}
+
+    /// The limit the task has hit, judged from its latest usage.
+    fn watch(&self, _id: &TaskId, _usage: &Usage) -> Option<Limitation> {
+        None
+    }
+
+    fn update(&self, _id: &TaskId, _resources: &Resources) -> Result<(), IsolatorError> {
+        Ok(())
+    }
+
+    fn usage(&self, _id: &TaskId, _usage: &mut Usage) {}
+
+    fn cleanup(&self, _id: &TaskId) -> Result<(), IsolatorError> {
+        Ok(())
+    }
+}

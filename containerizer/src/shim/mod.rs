@@ -1,1 +1,282 @@
-//! `cella-shim`: the task's parent.
+//! `cella-shim`: the task's parent. A small, single-threaded, synchronous process
+//! (no tokio) started by the launcher with the task's run directory as its only
+//! argument. It reads `spec.json`, clones the task into new namespaces, places it in
+//! its cgroups, lets it run, waits for it and records its exit status atomically. It
+//! does not need the launcher: it runs in its own session and survives its death.
+//!
+//! Events for the launcher go to the `events` FIFO of the run directory, one line
+//! each: `running PID` once the task has exec'd, or `failed CODE MESSAGE` when it
+//! could not start (CODE 125: setup failed, 126: not executable, 127: not found).
+
+mod child;
+mod mounts;
+
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use nix::sys::signal::{SigHandler, Signal, signal};
+use nix::sys::wait::{WaitStatus, waitpid};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+
+use crate::cgroups::Placement;
+use crate::paths::RunDir;
+use crate::spec::ShimSpec;
+use crate::sys;
+use crate::task::NetMode;
+
+/// How the task ended, as recorded in `exit_status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitStatus {
+    /// The exit code, when the task exited by itself.
+    pub code: Option<i32>,
+    /// The signal that killed the task.
+    pub signal: Option<i32>,
+    /// Set when the task never ran: (125|126|127, why).
+    pub launch_failure: Option<(i32, String)>,
+}
+
+impl ExitStatus {
+    /// The shell convention: the code, or 128 + the signal.
+    pub fn shell_code(&self) -> i32 {
+        match (&self.launch_failure, self.code, self.signal) {
+            (Some((code, _)), _, _) => *code,
+            (None, Some(code), _) => code,
+            (None, None, Some(sig)) => 128 + sig,
+            (None, None, None) => 125,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ShimError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{what}: {source}")]
+    Sys { what: &'static str, source: io::Error },
+    #[error("{path}: invalid launch spec: {source}")]
+    Spec { path: PathBuf, source: serde_json::Error },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ShimError + '_ {
+    move |source| ShimError::Io { path: path.to_path_buf(), source }
+}
+
+fn sys_err(what: &'static str) -> impl FnOnce(io::Error) -> ShimError {
+    move |source| ShimError::Sys { what, source }
+}
+
+/// Entry point of the `cella-shim` binary. Never returns.
+pub fn main() -> ! {
+    let mut args = std::env::args_os().skip(1);
+    let (Some(run_dir), None) = (args.next(), args.next()) else {
+        eprintln!("usage: cella-shim RUN_DIR (started by cella, not by hand)");
+        std::process::exit(2);
+    };
+    let run_dir = RunDir::from_path(PathBuf::from(run_dir));
+    match run(&run_dir) {
+        Ok(()) => std::process::exit(0),
+        Err(e) => {
+            let line = format!("cella-shim: {e}\n");
+            let _ = fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(run_dir.shim_log())
+                .and_then(|mut f| f.write_all(line.as_bytes()));
+            eprint!("{line}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn run(run_dir: &RunDir) -> Result<(), ShimError> {
+    let spec_path = run_dir.spec();
+    let raw = fs::read(&spec_path).map_err(io_err(&spec_path))?;
+    let spec: ShimSpec =
+        serde_json::from_slice(&raw).map_err(|source| ShimError::Spec { path: spec_path.clone(), source })?;
+
+    // The shim must outlive a launcher that dies or is interrupted: a terminal's
+    // Ctrl-C goes to the launcher, which kills the task through its cgroup.
+    for sig in [Signal::SIGPIPE, Signal::SIGINT, Signal::SIGHUP, Signal::SIGQUIT, Signal::SIGTSTP] {
+        // SAFETY: SIG_IGN installs no handler code; nothing can run concurrently.
+        unsafe { signal(sig, SigHandler::SigIgn) }.map_err(|e| sys_err("ignoring signals")(e.into()))?;
+    }
+    let _ = nix::unistd::setsid();
+
+    // Opening without a reader fails with ENXIO: the launcher is already gone.
+    let events_path = run_dir.events();
+    let mut events = fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(&events_path)
+        .ok();
+
+    let me = nix::unistd::getpid().as_raw();
+    write_atomic(&run_dir.shim_pid(), &pid_record(me))?;
+
+    let status = match start_task(&spec, run_dir) {
+        Ok((pid, failure)) => {
+            let msg = match &failure {
+                None => format!("running {pid}\n"),
+                Some((code, why)) => format!("failed {code} {}\n", why.replace('\n', " ")),
+            };
+            send(&mut events, &msg);
+            let mut status = wait_task(pid)?;
+            status.launch_failure = failure;
+            status
+        }
+        Err(e) => {
+            let why = e.to_string();
+            send(&mut events, &format!("failed 125 {why}\n"));
+            ExitStatus { code: None, signal: None, launch_failure: Some((125, why)) }
+        }
+    };
+    let json = serde_json::to_vec(&status).map_err(|e| sys_err("encoding exit status")(io::Error::other(e)))?;
+    write_atomic(&run_dir.exit_status(), &json)?;
+
+    // A launcher that is gone will never clean up (cella exec killed with SIGKILL):
+    // the shim does it, so nothing is left behind.
+    let launcher_alive = send(&mut events, "exited\n");
+    if !launcher_alive && spec.cleanup_if_orphaned {
+        cleanup_orphan(&spec.cgroup, run_dir.path());
+    }
+    Ok(())
+}
+
+/// Writes one event; false when nobody reads the FIFO any more.
+fn send(events: &mut Option<fs::File>, line: &str) -> bool {
+    match events {
+        Some(f) => f.write_all(line.as_bytes()).is_ok(),
+        None => false,
+    }
+}
+
+/// Clones the task and lets it run. Returns its pid and, when it never reached
+/// exec, why (the child reports through a close-on-exec pipe: EOF means exec'd).
+fn start_task(spec: &ShimSpec, run_dir: &RunDir) -> Result<(i32, Option<(i32, String)>), ShimError> {
+    let (go_r, go_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| sys_err("pipe")(e.into()))?;
+    let (err_r, err_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| sys_err("pipe")(e.into()))?;
+
+    let mut flags = (libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC) as u64;
+    if spec.net == NetMode::None {
+        flags |= libc::CLONE_NEWNET as u64;
+    }
+    let cgroup_dir: Option<OwnedFd> = match &spec.cgroup {
+        Placement::V2 { dir } => Some(
+            fs::File::open(dir).map(OwnedFd::from).map_err(io_err(dir))?,
+        ),
+        Placement::V1 { .. } => None,
+    };
+    let forked = sys::fork_with_flags(flags, cgroup_dir.as_ref().map(AsRawFd::as_raw_fd))
+        .map_err(sys_err("clone3 (new namespaces)"))?;
+    let pid = match forked {
+        sys::Forked::Child => {
+            drop(go_w);
+            drop(err_r);
+            child::run(spec, go_r, err_w)
+        }
+        sys::Forked::Parent(pid) => pid,
+    };
+    drop(go_r);
+    drop(err_w);
+    drop(cgroup_dir);
+
+    let placed = place_in_cgroups(&spec.cgroup, pid);
+    if let Err(e) = placed {
+        // The child is still waiting for the go byte: it must not run unconfined.
+        let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+        let _ = waitpid(Pid::from_raw(pid), None);
+        return Err(e);
+    }
+    let start = sys::process_start_time(pid).unwrap_or(0);
+    write_atomic(&run_dir.task_pid(), format!("{pid} {start}\n").as_bytes())?;
+    nix::unistd::write(&go_w, b"g").map_err(|e| sys_err("starting the task")(e.into()))?;
+    drop(go_w);
+
+    let mut report = Vec::new();
+    let mut err_r = fs::File::from(err_r);
+    let _ = err_r.read_to_end(&mut report);
+    if report.is_empty() {
+        return Ok((pid, None));
+    }
+    let code = i32::from(report[0]);
+    let why = String::from_utf8_lossy(&report[1..]).into_owned();
+    Ok((pid, Some((code, why))))
+}
+
+fn place_in_cgroups(placement: &Placement, pid: i32) -> Result<(), ShimError> {
+    if let Placement::V1 { procs_files } = placement {
+        let pid = pid.to_string();
+        for file in procs_files {
+            fs::write(file, &pid).map_err(io_err(file))?;
+        }
+    }
+    Ok(())
+}
+
+fn wait_task(pid: i32) -> Result<ExitStatus, ShimError> {
+    loop {
+        match waitpid(Pid::from_raw(pid), None) {
+            Ok(WaitStatus::Exited(_, code)) => {
+                return Ok(ExitStatus { code: Some(code), signal: None, launch_failure: None });
+            }
+            Ok(WaitStatus::Signaled(_, sig, _)) => {
+                return Ok(ExitStatus { code: None, signal: Some(sig as i32), launch_failure: None });
+            }
+            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(sys_err("waiting for the task")(e.into())),
+        }
+    }
+}
+
+fn pid_record(pid: i32) -> Vec<u8> {
+    format!("{pid} {}\n", sys::process_start_time(pid).unwrap_or(0)).into_bytes()
+}
+
+/// Writes `path` so that readers see the old content or the new, never a part:
+/// temp file, fsync, rename.
+pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<(), ShimError> {
+    let tmp = path.with_extension("tmp");
+    let mut f = fs::File::create(&tmp).map_err(io_err(&tmp))?;
+    f.write_all(data).and_then(|()| f.sync_all()).map_err(io_err(&tmp))?;
+    fs::rename(&tmp, path).map_err(io_err(path))?;
+    Ok(())
+}
+
+/// Kills what is left in the task's cgroups (daemonized processes), removes them and
+/// the run directory. Best effort: the shim has nobody to report to.
+fn cleanup_orphan(placement: &Placement, run_dir: &Path) {
+    let dirs = placement.dirs();
+    // Without the launcher's freezer handling: SIGKILL until no pid is left. The task
+    // (the namespace's init) is dead, so its namespace's processes are being killed
+    // by the kernel already; this catches any that were mid-exit.
+    for _ in 0..200 {
+        let mut left = false;
+        for dir in &dirs {
+            let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                left = true;
+                let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+        if !left {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    for dir in &dirs {
+        for _ in 0..200 {
+            match fs::remove_dir(dir) {
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                _ => break,
+            }
+        }
+    }
+    let _ = fs::remove_dir_all(run_dir);
+}

@@ -1,0 +1,51 @@
+//! pid, mount, uts and ipc namespaces always (the shim clones with them); the
+//! network namespace per task; the hostname.
+
+use super::{Isolator, IsolatorError};
+use crate::spec::ShimSpec;
+use crate::task::{TaskConfig, TaskId};
+
+pub struct NamespacesIsolator;
+
+/// A hostname per RFC 1123: labels of letters, digits and '-', at most 64 bytes.
+pub fn valid_hostname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+impl Isolator for NamespacesIsolator {
+    fn name(&self) -> &'static str {
+        "namespaces"
+    }
+
+    fn prepare(&self, _id: &TaskId, config: &TaskConfig, spec: &mut ShimSpec) -> Result<(), IsolatorError> {
+        if let Some(name) = &config.hostname {
+            if !valid_hostname(name) {
+                return Err(IsolatorError::invalid(
+                    "--hostname",
+                    format!("{name:?} is not a valid hostname (letters, digits, '-' and '.', at most 64 characters)"),
+                ));
+            }
+        }
+        spec.hostname = config.hostname.clone();
+        spec.net = config.net;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn hostnames() {
+        assert!(super::valid_hostname("task-1.example"));
+        for bad in ["", "-a", "a-", "a..b", "a_b", &"x".repeat(65)] {
+            assert!(!super::valid_hostname(bad), "{bad:?}");
+        }
+    }
+}

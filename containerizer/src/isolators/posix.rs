@@ -1,0 +1,37 @@
+//! The task's identity (`--user`), rlimits and environment.
+
+use std::path::Path;
+
+use super::{Isolator, IsolatorError};
+use crate::spec::ShimSpec;
+use crate::task::{TaskConfig, TaskId};
+
+/// The PATH a task gets when its environment names none.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+pub struct PosixIsolator;
+
+impl Isolator for PosixIsolator {
+    fn name(&self) -> &'static str {
+        "posix"
+    }
+
+    fn prepare(&self, _id: &TaskId, config: &TaskConfig, spec: &mut ShimSpec) -> Result<(), IsolatorError> {
+        if let Some(user) = &config.user {
+            let root = config.rootfs.as_deref().unwrap_or(Path::new("/"));
+            let id = crate::user::resolve(user, root).map_err(|e| IsolatorError::invalid("--user", e.to_string()))?;
+            spec.identity = Some(id);
+        }
+        for kv in &config.env {
+            if !kv.contains('=') || kv.starts_with('=') {
+                return Err(IsolatorError::invalid("--env", format!("{kv:?} is not KEY=VALUE")));
+            }
+        }
+        spec.env = config.env.clone();
+        if !spec.env.iter().any(|e| e.starts_with("PATH=")) {
+            spec.env.push(format!("PATH={DEFAULT_PATH}"));
+        }
+        spec.rlimits = config.rlimits.clone();
+        Ok(())
+    }
+}

@@ -1,0 +1,204 @@
+//! The task side of the clone: runs in the new namespaces, in a copy of the
+//! single-threaded shim, and ends in execve. Order (as Mesos' launcher and runc):
+//! wait to be placed in the cgroups → stdio → filesystem → hostname → network →
+//! rlimits → working directory → capability bounding set → user → capabilities →
+//! no_new_privs → close-on-exec for every fd but 0-2 → seccomp → execve.
+//!
+//! Any failure is written to the error pipe as one code byte and a message, and the
+//! child exits with that code; a successful execve closes the pipe (O_CLOEXEC).
+
+use std::ffi::CString;
+use std::fs;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use crate::spec::ShimSpec;
+use crate::task::{NetMode, Stdio};
+
+/// Exit codes of a task that never ran, as shells use them.
+pub const SETUP_FAILED: u8 = 125;
+pub const NOT_EXECUTABLE: u8 = 126;
+pub const NOT_FOUND: u8 = 127;
+
+/// A failed step: the code to exit with and a message for the person who ran it.
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn setup(what: &str, err: impl std::fmt::Display) -> Self {
+        Self { code: SETUP_FAILED, message: format!("{what}: {err}") }
+    }
+}
+
+pub fn run(spec: &ShimSpec, go: OwnedFd, err_pipe: OwnedFd) -> ! {
+    let failure = match setup_and_exec(spec, go) {
+        Ok(never) => match never {},
+        Err(f) => f,
+    };
+    let mut report = Vec::with_capacity(failure.message.len() + 1);
+    report.push(failure.code);
+    report.extend_from_slice(failure.message.as_bytes());
+    let _ = nix::unistd::write(&err_pipe, &report);
+    // SAFETY: _exit ends this forked copy without running the shim's atexit handlers
+    // or flushing buffers that belong to the parent.
+    unsafe { libc::_exit(i32::from(failure.code)) }
+}
+
+enum Never {}
+
+fn setup_and_exec(spec: &ShimSpec, go: OwnedFd) -> Result<Never, Failure> {
+    // Block until the shim has put us in the task's cgroups: nothing runs unconfined.
+    let mut byte = [0u8; 1];
+    match nix::unistd::read(&go, &mut byte) {
+        Ok(1) => {}
+        _ => return Err(Failure::setup("waiting to be placed in the cgroups", "the shim went away")),
+    }
+    drop(go);
+
+    set_stdio(&spec.stdio)?;
+    super::mounts::setup(&spec.filesystem).map_err(|e| Failure::setup("filesystem", e))?;
+    if let Some(name) = &spec.hostname {
+        nix::unistd::sethostname(name).map_err(|e| Failure::setup("setting the hostname", e))?;
+    }
+    if spec.net == NetMode::None {
+        loopback_up().map_err(|e| Failure::setup("bringing up lo", e))?;
+    }
+    for limit in &spec.rlimits {
+        let rlim = libc::rlimit { rlim_cur: limit.soft, rlim_max: limit.hard };
+        // SAFETY: setrlimit reads one valid rlimit struct.
+        if unsafe { libc::setrlimit(limit.resource as _, &rlim) } != 0 {
+            return Err(Failure::setup("setrlimit", io::Error::last_os_error()));
+        }
+    }
+    std::env::set_current_dir(&spec.cwd)
+        .map_err(|e| Failure::setup(&format!("working directory {}", spec.cwd.display()), e))?;
+
+    // The program is looked up before privileges drop and the filter is loaded, so a
+    // missing command is reported as such (127) and not as a seccomp denial.
+    let program = resolve_program(spec)?;
+    let argv: Vec<CString> = spec.args.iter().map(|a| cstring(a)).collect::<Result<_, _>>()?;
+    let envp: Vec<CString> = spec.env.iter().map(|e| cstring(e)).collect::<Result<_, _>>()?;
+
+    if let Some(id) = &spec.identity {
+        // The bounding set shrinks while we still hold CAP_SETPCAP; setuid to a
+        // non-root uid then clears the permitted and effective sets, as with Docker.
+        crate::capabilities::limit_bounding(spec.capabilities)
+            .map_err(|e| Failure::setup("capabilities", e))?;
+        let groups: Vec<nix::unistd::Gid> = id.groups.iter().map(|g| nix::unistd::Gid::from_raw(*g)).collect();
+        nix::unistd::setgroups(&groups).map_err(|e| Failure::setup("setgroups", e))?;
+        nix::unistd::setgid(nix::unistd::Gid::from_raw(id.gid)).map_err(|e| Failure::setup("setgid", e))?;
+        nix::unistd::setuid(nix::unistd::Uid::from_raw(id.uid)).map_err(|e| Failure::setup("setuid", e))?;
+    }
+    if spec.identity.as_ref().is_none_or(|id| id.uid == 0) {
+        crate::capabilities::apply(spec.capabilities).map_err(|e| Failure::setup("capabilities", e))?;
+    }
+    // SAFETY: prctl(PR_SET_NO_NEW_PRIVS) takes integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(Failure::setup("no_new_privs", io::Error::last_os_error()));
+    }
+    crate::sys::cloexec_from(3).map_err(|e| Failure::setup("closing inherited descriptors", e))?;
+    if let Some(program) = &spec.seccomp {
+        crate::seccomp::install(program).map_err(|e| Failure::setup("seccomp", e))?;
+    }
+
+    let err = nix::unistd::execve(&program, &argv, &envp).unwrap_err();
+    let code = match err {
+        nix::errno::Errno::ENOENT => NOT_FOUND,
+        _ => NOT_EXECUTABLE,
+    };
+    Err(Failure { code, message: format!("{}: {}", program.to_string_lossy(), err.desc()) })
+}
+
+fn cstring(s: &str) -> Result<CString, Failure> {
+    CString::new(s).map_err(|_| Failure::setup("argument or environment", format!("{s:?} contains a NUL byte")))
+}
+
+fn set_stdio(stdio: &Stdio) -> Result<(), Failure> {
+    let Stdio::Files { stdout, stderr } = stdio else { return Ok(()) };
+    let open_out = |path: &Path| {
+        fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| Failure::setup(&format!("opening {}", path.display()), e))
+    };
+    let null = fs::File::open("/dev/null").map_err(|e| Failure::setup("opening /dev/null", e))?;
+    let out = open_out(stdout)?;
+    let err = open_out(stderr)?;
+    for (file, target) in [(null.as_raw_fd(), 0), (out.as_raw_fd(), 1), (err.as_raw_fd(), 2)] {
+        // SAFETY: dup2 on descriptors we own; 0-2 are replaced atomically.
+        if unsafe { libc::dup2(file, target) } < 0 {
+            return Err(Failure::setup("redirecting stdio", io::Error::last_os_error()));
+        }
+    }
+    Ok(())
+}
+
+/// Finds the program as execvp would: a name with a slash is used as is, otherwise
+/// each directory of the task's PATH is tried.
+fn resolve_program(spec: &ShimSpec) -> Result<CString, Failure> {
+    let name = spec.args.first().ok_or_else(|| Failure::setup("command", "empty"))?;
+    let not_found = || Failure { code: NOT_FOUND, message: format!("{name}: command not found") };
+    let candidates: Vec<PathBuf> = if name.contains('/') {
+        vec![PathBuf::from(name)]
+    } else {
+        let path = spec
+            .env
+            .iter()
+            .find_map(|e| e.strip_prefix("PATH="))
+            .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+        path.split(':').filter(|d| !d.is_empty()).map(|d| Path::new(d).join(name)).collect()
+    };
+    let mut not_executable = None;
+    for candidate in candidates {
+        match fs::metadata(&candidate) {
+            Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => {
+                return CString::new(candidate.as_os_str().as_bytes()).map_err(|_| not_found());
+            }
+            Ok(_) => not_executable.get_or_insert(candidate),
+            Err(_) => continue,
+        };
+    }
+    match not_executable {
+        Some(path) => Err(Failure {
+            code: NOT_EXECUTABLE,
+            message: format!("{}: permission denied (not an executable file)", path.display()),
+        }),
+        None if name.contains('/') => {
+            Err(Failure { code: NOT_FOUND, message: format!("{name}: no such file or directory") })
+        }
+        None => Err(not_found()),
+    }
+}
+
+/// A new network namespace has `lo` down; programs expect 127.0.0.1 to work.
+fn loopback_up() -> io::Result<()> {
+    let sock = nix::sys::socket::socket(
+        nix::sys::socket::AddressFamily::Inet,
+        nix::sys::socket::SockType::Datagram,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    // SAFETY: ifreq is plain old data; zeroed is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write the ifreq we own.
+    unsafe {
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &raw mut req) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &raw mut req) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+

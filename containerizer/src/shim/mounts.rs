@@ -1,0 +1,256 @@
+//! The task's filesystem, set up in its private mount namespace.
+//!
+//! Without a rootfs the task sees the host's tree, read-only: a single recursive
+//! mount_setattr turns every mount read-only, then only the sandbox, the volumes
+//! given read-write, a private /tmp and /dev/shm, and the new /proc are made writable
+//! again, each `nodev,nosuid` so a root task cannot create a device node and open the
+//! host's disk through it. With a rootfs the same is done after pivot_root, with a
+//! minimal /dev (read-only tmpfs holding bind mounts of the harmless devices).
+
+use std::ffi::CString;
+use std::fs;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use std::os::fd::AsRawFd;
+
+use nix::fcntl::OFlag;
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sys::stat::Mode;
+
+use crate::spec::FilesystemSpec;
+use crate::sys::{MOUNT_ATTR_NODEV, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY, mount_setattr};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error("{what} {path}: {source}")]
+    Mount { what: &'static str, path: PathBuf, source: io::Error },
+}
+
+fn err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(nix::errno::Errno) -> MountError + 'a {
+    move |e| MountError::Mount { what, path: path.to_path_buf(), source: e.into() }
+}
+
+fn ioerr<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> MountError + 'a {
+    move |source| MountError::Mount { what, path: path.to_path_buf(), source }
+}
+
+const NONE: Option<&str> = None;
+
+/// Paths under /proc a task may read but never write (as Docker's defaults).
+const PROC_READ_ONLY: [&str; 5] = ["sys", "sysrq-trigger", "irq", "bus", "fs"];
+/// Paths under /proc that reveal the host's kernel; hidden behind /dev/null.
+const PROC_MASKED: [&str; 4] = ["kcore", "keys", "timer_list", "sched_debug"];
+/// Device nodes a rootfs task gets in its /dev.
+const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+
+pub fn setup(fs_spec: &FilesystemSpec) -> Result<(), MountError> {
+    let root = Path::new("/");
+    // Nothing mounted from here on may propagate back to the host.
+    mount(NONE, root, NONE, MsFlags::MS_REC | MsFlags::MS_PRIVATE, NONE)
+        .map_err(err("making mounts private", root))?;
+
+    // Everything is laid out under `base` first: the rootfs, or the host's `/`.
+    let base: PathBuf = match &fs_spec.rootfs {
+        Some(rootfs) => {
+            mount(Some(rootfs), rootfs, NONE, MsFlags::MS_BIND | MsFlags::MS_REC, NONE)
+                .map_err(err("binding the rootfs", rootfs))?;
+            rootfs.clone()
+        }
+        None => PathBuf::from("/"),
+    };
+    let at = |p: &Path| base.join(p.strip_prefix("/").unwrap_or(p));
+    let mut writable: Vec<PathBuf> = Vec::new();
+
+    // Bind sources are opened before /tmp is replaced: a sandbox under /tmp would
+    // otherwise be hidden by the private tmpfs. Binding from /proc/self/fd/N reaches
+    // the directory through the descriptor, whatever is mounted over its path.
+    let mut sources = Vec::with_capacity(fs_spec.binds.len());
+    for bind in &fs_spec.binds {
+        let fd = nix::fcntl::open(&bind.source, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty())
+            .map_err(err("opening", &bind.source))?;
+        sources.push((fd, bind.source.is_dir()));
+    }
+
+    let tmp = at(Path::new("/tmp"));
+    let tmp_opts = match fs_spec.tmp_size_bytes {
+        Some(size) => format!("mode=1777,size={size}"),
+        None => "mode=1777".to_string(),
+    };
+    let private = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    fs::create_dir_all(&tmp).map_err(ioerr("creating", &tmp))?;
+    mount(Some("tmpfs"), &tmp, Some("tmpfs"), private, Some(tmp_opts.as_str()))
+        .map_err(err("mounting a private /tmp on", &tmp))?;
+    writable.push(PathBuf::from("/tmp"));
+
+    for (bind, (fd, is_dir)) in fs_spec.binds.iter().zip(&sources) {
+        let target = at(&bind.target);
+        make_mount_point(*is_dir, &target)?;
+        let via = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+        mount(Some(&via), &target, NONE, MsFlags::MS_BIND | MsFlags::MS_REC, NONE)
+            .map_err(err("bind mounting", &bind.target))?;
+        if !bind.read_only {
+            writable.push(bind.target.clone());
+        }
+    }
+    drop(sources);
+
+    let proc = at(Path::new("/proc"));
+    fs::create_dir_all(&proc).map_err(ioerr("creating", &proc))?;
+    mount(Some("proc"), &proc, Some("proc"), private | MsFlags::MS_NOEXEC, NONE)
+        .map_err(err("mounting /proc on", &proc))?;
+    writable.push(PathBuf::from("/proc"));
+
+    if fs_spec.rootfs.is_some() {
+        setup_dev(&at(Path::new("/dev")))?;
+        let sys = at(Path::new("/sys"));
+        fs::create_dir_all(&sys).map_err(ioerr("creating", &sys))?;
+        mount(Some("/sys"), &sys, NONE, MsFlags::MS_BIND | MsFlags::MS_REC, NONE)
+            .map_err(err("binding /sys on", &sys))?;
+        writable.push(PathBuf::from("/dev/pts"));
+    }
+    let shm = at(Path::new("/dev/shm"));
+    if shm.is_dir() {
+        mount(Some("shm"), &shm, Some("tmpfs"), private | MsFlags::MS_NOEXEC, Some("mode=1777"))
+            .map_err(err("mounting a private /dev/shm on", &shm))?;
+        writable.push(PathBuf::from("/dev/shm"));
+    }
+
+    if let Some(rootfs) = &fs_spec.rootfs {
+        pivot_into(rootfs)?;
+    }
+
+    // Now, as the task sees it: everything read-only, then the writable exceptions.
+    make_read_only("/", true)?;
+    for path in &writable {
+        let c = cpath(path)?;
+        mount_setattr(&c, false, MOUNT_ATTR_NODEV | MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY)
+            .map_err(ioerr("making writable", path))?;
+    }
+    harden_proc()?;
+    Ok(())
+}
+
+/// Makes `path` (and with `recursive` every mount below it) read-only.
+fn make_read_only(path: &str, recursive: bool) -> Result<(), MountError> {
+    let c = cpath(Path::new(path))?;
+    match mount_setattr(&c, recursive, MOUNT_ATTR_RDONLY, 0) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => remount_read_only_each(path),
+        Err(e) => Err(ioerr("making read-only", Path::new(path))(e)),
+    }
+}
+
+/// Kernels before 5.12: remount each mount point under `prefix` read-only, keeping
+/// its other flags (a bind remount that dropped nosuid/nodev would be refused).
+fn remount_read_only_each(prefix: &str) -> Result<(), MountError> {
+    let info = fs::read_to_string("/proc/self/mountinfo").map_err(ioerr("reading", Path::new("/proc/self/mountinfo")))?;
+    for line in info.lines() {
+        let mut fields = line.split(' ');
+        let (Some(point), Some(opts)) = (fields.nth(4), fields.next()) else { continue };
+        let point = point.replace("\\040", " ");
+        if !point.starts_with(prefix) {
+            continue;
+        }
+        let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+        for (name, flag) in [("nosuid", MsFlags::MS_NOSUID), ("nodev", MsFlags::MS_NODEV), ("noexec", MsFlags::MS_NOEXEC)] {
+            if opts.split(',').any(|o| o == name) {
+                flags |= flag;
+            }
+        }
+        let path = Path::new(&point);
+        mount(NONE, path, NONE, flags, NONE).map_err(err("remounting read-only", path))?;
+    }
+    Ok(())
+}
+
+fn harden_proc() -> Result<(), MountError> {
+    for name in PROC_READ_ONLY {
+        let path = Path::new("/proc").join(name);
+        if !path.exists() {
+            continue;
+        }
+        mount(Some(&path), &path, NONE, MsFlags::MS_BIND | MsFlags::MS_REC, NONE)
+            .map_err(err("binding", &path))?;
+        make_read_only(&path.to_string_lossy(), true)?;
+    }
+    for name in PROC_MASKED {
+        let path = Path::new("/proc").join(name);
+        if path.exists() {
+            mount(Some("/dev/null"), &path, NONE, MsFlags::MS_BIND, NONE).map_err(err("masking", &path))?;
+        }
+    }
+    Ok(())
+}
+
+/// A minimal /dev for a rootfs: a tmpfs with the harmless devices bound from the
+/// host, a private devpts and the usual symlinks. Made read-only with the rest.
+fn setup_dev(dev: &Path) -> Result<(), MountError> {
+    fs::create_dir_all(dev).map_err(ioerr("creating", dev))?;
+    mount(Some("tmpfs"), dev, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("mode=755,size=65536"))
+        .map_err(err("mounting a tmpfs on", dev))?;
+    for name in DEVICES {
+        let target = dev.join(name);
+        fs::File::create(&target).map_err(ioerr("creating", &target))?;
+        let source = Path::new("/dev").join(name);
+        mount(Some(&source), &target, NONE, MsFlags::MS_BIND, NONE).map_err(err("binding", &target))?;
+    }
+    for (link, to) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+        ("ptmx", "pts/ptmx"),
+    ] {
+        let path = dev.join(link);
+        std::os::unix::fs::symlink(to, &path).map_err(ioerr("creating", &path))?;
+    }
+    let pts = dev.join("pts");
+    fs::create_dir(&pts).map_err(ioerr("creating", &pts))?;
+    mount(
+        Some("devpts"),
+        &pts,
+        Some("devpts"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620"),
+    )
+    .map_err(err("mounting devpts on", &pts))?;
+    let shm = dev.join("shm");
+    fs::create_dir(&shm).map_err(ioerr("creating", &shm))?;
+    Ok(())
+}
+
+/// A bind target inside a rootfs must exist: a directory for a directory, a file
+/// for a file.
+fn make_mount_point(is_dir: bool, target: &Path) -> Result<(), MountError> {
+    if target.exists() {
+        return Ok(());
+    }
+    if is_dir {
+        fs::create_dir_all(target).map_err(ioerr("creating", target))
+    } else {
+        if let Some(parent) = target.parent() {
+            fs::create_dir_all(parent).map_err(ioerr("creating", parent))?;
+        }
+        fs::File::create(target).map(drop).map_err(ioerr("creating", target))
+    }
+}
+
+/// pivot_root into `rootfs` and detach the old root: the host's tree is gone from
+/// the task's view.
+fn pivot_into(rootfs: &Path) -> Result<(), MountError> {
+    std::env::set_current_dir(rootfs).map_err(ioerr("entering", rootfs))?;
+    nix::unistd::pivot_root(".", ".").map_err(err("pivot_root into", rootfs))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(err("detaching the old root at", rootfs))?;
+    std::env::set_current_dir("/").map_err(ioerr("entering", Path::new("/")))?;
+    Ok(())
+}
+
+fn cpath(path: &Path) -> Result<CString, MountError> {
+    CString::new(path.as_os_str().as_bytes()).map_err(|_| MountError::Mount {
+        what: "path",
+        path: path.to_path_buf(),
+        source: io::Error::from_raw_os_error(libc::EINVAL),
+    })
+}

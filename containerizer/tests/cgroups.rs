@@ -1,0 +1,443 @@
+//! The cgroup backends against the real kernel: real cgroups, real processes. Needs
+//! root and a cgroup v1, hybrid or v2 host; it fails (never skips) otherwise. Each test
+//! works under its own base `cella-test-<pid>-<n>` beneath this process's cgroups, so
+//! tests run in parallel, and a guard removes everything even when an assertion fails.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use cella_containerizer::cgroups::{CgroupLimits, CgroupRoot, CgroupStats, TaskCgroup};
+use cella_containerizer::units::MilliCpus;
+
+const MIB: u64 = 1024 * 1024;
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// One test's base cgroup, its task cgroups and child processes; dropping it kills and
+/// removes them all.
+struct Fixture {
+    root: CgroupRoot,
+    tasks: Vec<TaskCgroup>,
+    children: Vec<Child>,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "the cgroup tests create real cgroups: run them as root"
+        );
+        let name = format!(
+            "cella-test-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let root = CgroupRoot::discover(Some(Path::new(&name))).expect("discover cgroups");
+        for dir in root.base_dirs() {
+            assert!(dir.ends_with(&name), "{} is not our base", dir.display());
+            assert!(!dir.exists(), "discover must not create {}", dir.display());
+        }
+        Self {
+            root,
+            tasks: Vec::new(),
+            children: Vec::new(),
+        }
+    }
+
+    fn create(&mut self, name: &str, limits: CgroupLimits) -> TaskCgroup {
+        let task = self.root.create(name, &limits).expect("create task cgroup");
+        self.tasks.push(task.clone());
+        task
+    }
+
+    /// Starts `sh -c script` inside `task`: the shell waits for a line on stdin until
+    /// it has been placed, as the shim does before exec.
+    fn spawn(&mut self, task: &TaskCgroup, script: &str) -> usize {
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(format!("read x; {script}"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn sh");
+        let pid = i32::try_from(child.id()).expect("pid fits i32");
+        let placed = task.placement().attach(pid);
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        let go = stdin.write_all(b"\n");
+        self.children.push(child);
+        placed.expect("attach the child to its cgroup");
+        go.expect("release the child");
+        self.children.len() - 1
+    }
+
+    fn child_pid(&self, index: usize) -> i32 {
+        i32::try_from(self.children[index].id()).expect("pid fits i32")
+    }
+
+    /// Waits up to `limit` for child `index` to exit; true if it did.
+    fn wait_child(&mut self, index: usize, limit: Duration) -> Option<std::process::ExitStatus> {
+        let child = &mut self.children[index];
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+
+    fn cleanup(&mut self) -> Vec<String> {
+        let mut errors = Vec::new();
+        for task in self.tasks.drain(..) {
+            if let Err(e) = task.remove() {
+                errors.push(e.to_string());
+            }
+        }
+        for mut child in self.children.drain(..) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.root.remove_base_if_empty();
+        errors
+    }
+
+    /// Cleans up and checks that nothing is left behind.
+    fn finish(mut self) {
+        let errors = self.cleanup();
+        assert!(errors.is_empty(), "cleanup failed: {errors:?}");
+        for dir in self.root.base_dirs() {
+            assert!(!dir.exists(), "{} left behind", dir.display());
+        }
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        self.cleanup();
+    }
+}
+
+/// Polls `f` for up to `limit` until it returns `Some`.
+fn eventually<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if start.elapsed() > limit {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The interface file `name` in whichever of the task's directories has it.
+fn file(task: &TaskCgroup, name: &str) -> PathBuf {
+    task.placement()
+        .dirs()
+        .into_iter()
+        .map(|d| d.join(name))
+        .find(|f| f.exists())
+        .unwrap_or_else(|| panic!("no {name} in {:?}", task.placement().dirs()))
+}
+
+fn read(task: &TaskCgroup, name: &str) -> String {
+    let path = file(task, name);
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .trim()
+        .to_string()
+}
+
+fn has(task: &TaskCgroup, name: &str) -> bool {
+    task.placement()
+        .dirs()
+        .iter()
+        .any(|d| d.join(name).exists())
+}
+
+fn alive(pid: i32) -> bool {
+    // A zombie has released its cgroup and memory already: it counts as dead.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+#[test]
+fn limits_are_written_and_updated() {
+    let mut fx = Fixture::new();
+    let limits = CgroupLimits {
+        cpus: Some(MilliCpus(500)),
+        memory_bytes: Some(64 * MIB),
+        pids: Some(10),
+    };
+    let task = fx.create("limits", limits);
+    assert_eq!(fx.root.list().expect("list"), vec!["limits".to_string()]);
+    assert!(
+        fx.root.create("limits", &limits).is_err(),
+        "a second create of the same name must fail"
+    );
+    assert_eq!(task.pids().expect("pids"), Vec::<i32>::new());
+
+    if fx.root.version() == 1 {
+        assert_eq!(read(&task, "cpu.cfs_period_us"), "100000");
+        assert_eq!(read(&task, "cpu.cfs_quota_us"), "50000");
+        assert_eq!(read(&task, "cpu.shares"), "512");
+        assert_eq!(read(&task, "memory.limit_in_bytes"), (64 * MIB).to_string());
+        if has(&task, "memory.memsw.limit_in_bytes") {
+            assert_eq!(
+                read(&task, "memory.memsw.limit_in_bytes"),
+                (64 * MIB).to_string()
+            );
+        }
+        assert_eq!(read(&task, "pids.max"), "10");
+    } else {
+        assert_eq!(read(&task, "cpu.max"), "50000 100000");
+        assert_eq!(read(&task, "cpu.weight"), "20");
+        assert_eq!(read(&task, "memory.max"), (64 * MIB).to_string());
+        if has(&task, "memory.swap.max") {
+            assert_eq!(read(&task, "memory.swap.max"), "0");
+        }
+        assert_eq!(read(&task, "memory.oom.group"), "1");
+        assert_eq!(read(&task, "pids.max"), "10");
+    }
+
+    // Raising memory exercises the memsw ordering on v1; pids back to unlimited.
+    let raised = CgroupLimits {
+        cpus: Some(MilliCpus(2000)),
+        memory_bytes: Some(128 * MIB),
+        pids: None,
+    };
+    task.update(&raised).expect("raise limits");
+    let (quota, memory) = if fx.root.version() == 1 {
+        assert_eq!(read(&task, "cpu.shares"), "2048");
+        (
+            read(&task, "cpu.cfs_quota_us"),
+            read(&task, "memory.limit_in_bytes"),
+        )
+    } else {
+        assert_eq!(read(&task, "cpu.weight"), "79");
+        (read(&task, "cpu.max"), read(&task, "memory.max"))
+    };
+    assert!(quota.starts_with("200000"), "{quota}");
+    assert_eq!(memory, (128 * MIB).to_string());
+    assert_eq!(read(&task, "pids.max"), "max");
+
+    let lowered = CgroupLimits {
+        cpus: None,
+        memory_bytes: Some(32 * MIB),
+        pids: Some(3),
+    };
+    task.update(&lowered).expect("lower limits");
+    let memory_file = if fx.root.version() == 1 {
+        "memory.limit_in_bytes"
+    } else {
+        "memory.max"
+    };
+    assert_eq!(read(&task, memory_file), (32 * MIB).to_string());
+    assert_eq!(read(&task, "pids.max"), "3");
+    if fx.root.version() == 1 {
+        assert_eq!(read(&task, "cpu.cfs_quota_us"), "-1");
+    } else {
+        assert_eq!(read(&task, "cpu.max"), "max 100000");
+    }
+    fx.finish();
+}
+
+#[test]
+fn failed_create_leaves_nothing_behind() {
+    let fx = Fixture::new();
+    // pids.max refuses a value this large, after the directories were made.
+    let bad = CgroupLimits {
+        pids: Some(u64::MAX),
+        ..CgroupLimits::default()
+    };
+    assert!(fx.root.create("bad", &bad).is_err());
+    for dir in fx.root.base_dirs() {
+        assert!(!dir.exists(), "{} survived a failed create", dir.display());
+    }
+    fx.finish();
+}
+
+#[test]
+fn stats_of_sleeping_and_busy_processes() {
+    let mut fx = Fixture::new();
+    let limits = CgroupLimits {
+        cpus: Some(MilliCpus(1000)),
+        memory_bytes: Some(256 * MIB),
+        pids: Some(20),
+    };
+    let sleeper = fx.create("sleeper", limits);
+    let index = fx.spawn(&sleeper, "exec sleep 1000");
+    let pid = fx.child_pid(index);
+    assert_eq!(sleeper.pids().expect("pids"), vec![pid]);
+    let stats = sleeper.stats();
+    assert_eq!(stats.pids_current, Some(1), "{stats:?}");
+    assert!(stats.mem_current_bytes.is_some(), "{stats:?}");
+    assert!(
+        stats.mem_anon_bytes.is_some() && stats.mem_file_bytes.is_some(),
+        "{stats:?}"
+    );
+    assert!(
+        stats.mem_peak_bytes.is_some() || fx.root.version() == 2,
+        "{stats:?}"
+    );
+    assert!(
+        stats.cpu_user_ns.is_some() && stats.cpu_system_ns.is_some(),
+        "{stats:?}"
+    );
+    assert!(
+        stats.cpu_nr_throttled.is_some() && stats.cpu_throttled_ns.is_some(),
+        "{stats:?}"
+    );
+    assert!(
+        stats.pids_limit_hits.is_some() || !has(&sleeper, "pids.events"),
+        "{stats:?}"
+    );
+
+    let busy = fx.create("busy", limits);
+    fx.spawn(&busy, "while :; do :; done");
+    std::thread::sleep(Duration::from_millis(300));
+    let used = eventually(Duration::from_secs(10), || {
+        busy.stats().cpu_user_ns.filter(|&ns| ns > 0)
+    });
+    assert!(
+        used.is_some(),
+        "no user CPU time after a busy loop: {:?}",
+        busy.stats()
+    );
+
+    // A cgroup that does not exist has no figures at all, rather than zeros.
+    assert_eq!(
+        fx.root.open("never-created").stats(),
+        CgroupStats::default()
+    );
+    fx.finish();
+}
+
+#[test]
+fn kill_reaches_daemonized_processes() {
+    let mut fx = Fixture::new();
+    let task = fx.create("daemon", CgroupLimits::default());
+    let shell = fx.spawn(&task, "sleep 1000 & exit 0");
+    let status = fx
+        .wait_child(shell, Duration::from_secs(10))
+        .expect("the shell exits");
+    assert!(status.success());
+    let orphans = eventually(Duration::from_secs(5), || {
+        let pids = task.pids().expect("pids");
+        (pids.len() == 1).then_some(pids)
+    })
+    .expect("the daemonized sleep stays in the cgroup");
+    let orphan = orphans[0];
+    assert!(alive(orphan));
+
+    task.kill().expect("kill");
+    assert_eq!(task.pids().expect("pids"), Vec::<i32>::new());
+    assert!(
+        eventually(Duration::from_secs(5), || (!alive(orphan)).then_some(())).is_some(),
+        "{orphan} survived"
+    );
+
+    task.remove().expect("remove");
+    task.remove().expect("remove is idempotent");
+    for dir in task.placement().dirs() {
+        assert!(!dir.exists(), "{} still exists", dir.display());
+    }
+    let never = fx.root.open("never-created");
+    never
+        .remove()
+        .expect("removing a never-created cgroup is fine");
+    never
+        .kill()
+        .expect("killing a never-created cgroup is fine");
+    assert_eq!(never.pids().expect("pids"), Vec::<i32>::new());
+    fx.finish();
+}
+
+#[test]
+fn remove_kills_what_is_left() {
+    let mut fx = Fixture::new();
+    let task = fx.create("leftover", CgroupLimits::default());
+    fx.spawn(&task, "sleep 1000 & sleep 1000 & wait");
+    assert!(
+        eventually(Duration::from_secs(5), || (task.pids().ok()?.len() == 3)
+            .then_some(()))
+        .is_some()
+    );
+    task.remove().expect("remove a populated cgroup");
+    for dir in task.placement().dirs() {
+        assert!(!dir.exists(), "{} still exists", dir.display());
+    }
+    fx.finish();
+}
+
+#[test]
+fn memory_limit_is_enforced() {
+    let mut fx = Fixture::new();
+    let task = fx.create(
+        "oom",
+        CgroupLimits {
+            memory_bytes: Some(32 * MIB),
+            ..CgroupLimits::default()
+        },
+    );
+    // tail keeps the whole (newline-free) input in memory: ~100 MB against 32 MiB.
+    let index = fx.spawn(&task, "head -c 100000000 /dev/zero | tail");
+    let status = fx
+        .wait_child(index, Duration::from_secs(60))
+        .expect("the allocation ends");
+    assert!(!status.success(), "allocating past the limit succeeded");
+    let kills = eventually(Duration::from_secs(5), || {
+        task.stats().oom_kills.filter(|&n| n >= 1)
+    });
+    assert!(kills.is_some(), "no OOM kill counted: {:?}", task.stats());
+    let peak = task.stats().mem_peak_bytes;
+    assert!(
+        peak.is_none_or(|p| p <= 32 * MIB),
+        "peak {peak:?} above the limit"
+    );
+    fx.finish();
+}
+
+#[test]
+fn pids_limit_is_enforced() {
+    let mut fx = Fixture::new();
+    let task = fx.create(
+        "forks",
+        CgroupLimits {
+            pids: Some(5),
+            ..CgroupLimits::default()
+        },
+    );
+    fx.spawn(
+        &task,
+        "i=0; while [ $i -lt 20 ]; do sleep 1000 & i=$((i+1)); done; wait",
+    );
+    let offered = has(&task, "pids.events");
+    let hit = eventually(Duration::from_secs(20), || {
+        let stats = task.stats();
+        if offered {
+            stats.pids_limit_hits.filter(|&n| n >= 1)
+        } else {
+            stats.pids_current.filter(|&n| n == 5)
+        }
+    });
+    assert!(
+        hit.is_some(),
+        "fork limit never reached: {:?}",
+        task.stats()
+    );
+    let current = task.stats().pids_current.expect("pids.current");
+    assert!(current <= 5, "{current} processes under pids.max 5");
+    assert!(task.pids().expect("pids").len() <= 5);
+    fx.finish();
+}

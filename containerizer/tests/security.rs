@@ -1,0 +1,379 @@
+//! Real checks of seccomp and capabilities: each check runs in a child process (this
+//! test binary run again with `CELLA_SECURITY_CHILD` set, filtered to the same test),
+//! which installs the filter / applies the mask and then tries syscalls. The parent
+//! only asserts that the child succeeded and shows its output.
+
+use std::io::Write as _;
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use cella_containerizer::{capabilities, seccomp};
+
+const CHILD_ENV: &str = "CELLA_SECURITY_CHILD";
+const PROFILE_ENV: &str = "CELLA_SECURITY_PROFILE";
+
+/// In the parent: runs test `name` in a child and asserts it passed. In the child:
+/// returns true, and the caller runs the checks.
+fn in_child(name: &str, extra_env: &[(&str, &Path)]) -> bool {
+    if std::env::var(CHILD_ENV).as_deref() == Ok(name) {
+        return true;
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut cmd = Command::new(exe);
+    cmd.args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, name);
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("spawning the child");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "child {name} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        out.status
+    );
+    println!("{stdout}");
+    false
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+fn no_new_privs() {
+    // SAFETY: PR_SET_NO_NEW_PRIVS takes integer arguments only.
+    let rc = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+    assert_eq!(rc, 0, "no_new_privs: {}", std::io::Error::last_os_error());
+}
+
+/// A raw syscall returning (rc, errno).
+fn sys(rc: libc::c_long) -> (libc::c_long, i32) {
+    (rc, if rc < 0 { errno() } else { 0 })
+}
+
+#[test]
+fn default_profile_denies_dangerous_syscalls_and_allows_normal_ones() {
+    if !in_child(
+        "default_profile_denies_dangerous_syscalls_and_allows_normal_ones",
+        &[],
+    ) {
+        return;
+    }
+    no_new_privs();
+    seccomp::install(&seccomp::default_program()).expect("install");
+
+    // Denied: EPERM.
+    let src = c"none";
+    let target = c"/tmp";
+    let fstype = c"tmpfs";
+    // SAFETY: valid NUL-terminated strings, null data.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    assert_eq!((rc, errno()), (-1, libc::EPERM), "mount");
+    // SAFETY: unshare takes flags only.
+    let rc = unsafe { libc::unshare(libc::CLONE_NEWUTS) };
+    assert_eq!((rc, errno()), (-1, libc::EPERM), "unshare");
+    // SAFETY: umount2 with a valid string; denied before the kernel looks at it.
+    let rc = unsafe { libc::umount2(target.as_ptr(), 0) };
+    assert_eq!((rc, errno()), (-1, libc::EPERM), "umount2");
+    // SAFETY: keyctl/bpf/kexec with harmless arguments; all denied by the filter.
+    unsafe {
+        assert_eq!(
+            sys(libc::syscall(libc::SYS_keyctl, 0, 0, 0, 0, 0)).1,
+            libc::EPERM,
+            "keyctl"
+        );
+        assert_eq!(
+            sys(libc::syscall(libc::SYS_bpf, 0, 0, 0)).1,
+            libc::EPERM,
+            "bpf"
+        );
+        assert_eq!(
+            sys(libc::syscall(libc::SYS_kexec_load, 0, 0, 0, 0)).1,
+            libc::EPERM,
+            "kexec_load"
+        );
+        assert_eq!(
+            sys(libc::syscall(libc::SYS_setns, -1, 0)).1,
+            libc::EPERM,
+            "setns"
+        );
+    }
+
+    // clone3: ENOSYS so that libc falls back to clone.
+    // SAFETY: clone3 is refused by the filter before the kernel reads the (null) args.
+    let r = sys(unsafe { libc::syscall(libc::SYS_clone3, std::ptr::null::<u8>(), 0usize) });
+    assert_eq!(r, (-1, libc::ENOSYS), "clone3");
+
+    // clone with a namespace flag: EPERM (argument condition).
+    let flags = libc::CLONE_NEWUSER | libc::SIGCHLD;
+    // SAFETY: fork-like clone (no CLONE_VM, null stack); if it ever succeeded, the
+    // child exits at once.
+    let rc = unsafe { libc::syscall(libc::SYS_clone, flags, 0, 0, 0, 0) };
+    if rc == 0 {
+        // SAFETY: leaving the unexpected child without running any Rust code.
+        unsafe { libc::_exit(0) };
+    }
+    assert_eq!((rc, errno()), (-1, libc::EPERM), "clone(CLONE_NEWUSER)");
+
+    // personality: query and PER_LINUX allowed, other personas denied.
+    // SAFETY: personality takes an integer.
+    unsafe {
+        assert!(libc::personality(0xffff_ffff) >= 0, "personality query");
+        assert_eq!(libc::personality(0), 0, "personality(PER_LINUX)");
+        assert_eq!(
+            (libc::personality(0x0006), errno()),
+            (-1, libc::EPERM),
+            "PER_BSD"
+        );
+    }
+
+    // AF_VSOCK denied, other sockets fine.
+    // SAFETY: socket takes integers; the descriptor is closed.
+    unsafe {
+        assert_eq!(
+            (libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM, 0), errno()),
+            (-1, libc::EPERM)
+        );
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(
+            fd >= 0,
+            "AF_INET socket: {}",
+            std::io::Error::last_os_error()
+        );
+        libc::close(fd);
+    }
+
+    // Normal syscalls work.
+    // SAFETY: getpid has no preconditions.
+    assert!(unsafe { libc::getpid() } > 0);
+    let status = std::fs::read_to_string("/proc/thread-self/status").expect("open/read");
+    assert!(status.contains("Seccomp:\t2"), "{status}");
+    // Threads (glibc tries clone3, then clone) and processes (posix_spawn).
+    let t = std::thread::spawn(|| 6 * 7).join().expect("thread");
+    assert_eq!(t, 42);
+    let st = Command::new("/bin/sh")
+        .args(["-c", "exit 3"])
+        .status()
+        .expect("spawn");
+    assert_eq!(st.code(), Some(3));
+    println!("default profile: denied and allowed syscalls behave");
+}
+
+#[test]
+fn sys_admin_opens_namespace_syscalls() {
+    if !in_child("sys_admin_opens_namespace_syscalls", &[]) {
+        return;
+    }
+    if !is_root() {
+        println!("not root: skipped");
+        return;
+    }
+    let mask = capabilities::default_mask() | (1 << 21); // CAP_SYS_ADMIN
+    let program = seccomp::default_program_for(mask).expect("compile");
+    no_new_privs();
+    seccomp::install(&program).expect("install");
+    // SAFETY: unshare takes flags only; the new UTS namespace is this child's alone.
+    let rc = unsafe { libc::unshare(libc::CLONE_NEWUTS) };
+    assert_eq!(
+        rc,
+        0,
+        "unshare with CAP_SYS_ADMIN: {}",
+        std::io::Error::last_os_error()
+    );
+    // clone3 is allowed too (no ENOSYS), proven by glibc creating a thread either way.
+    assert_eq!(std::thread::spawn(|| 1).join().expect("thread"), 1);
+}
+
+const MKDIR_PROFILE: &str = r#"{
+    "defaultAction": "SCMP_ACT_ALLOW",
+    "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86"],
+    "syscalls": [
+        {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13},
+        {"names": ["getpriority"], "action": "SCMP_ACT_ERRNO", "errnoRet": 22,
+         "args": [{"index": 0, "value": 2, "op": "SCMP_CMP_EQ"}]},
+        {"names": ["umask"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1,
+         "args": [{"index": 0, "value": 7, "valueTwo": 7, "op": "SCMP_CMP_MASKED_EQ"}]}
+    ]
+}"#;
+
+#[test]
+fn custom_profile_denies_mkdir_with_eacces() {
+    const NAME: &str = "custom_profile_denies_mkdir_with_eacces";
+    if std::env::var(CHILD_ENV).as_deref() != Ok(NAME) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        in_child(NAME, &[(PROFILE_ENV, &dir.path().join("no-mkdir.json"))]);
+        return;
+    }
+    // Child: the parent's temp dir is where the profile lives.
+    let path = std::env::var_os(PROFILE_ENV).expect("profile path");
+    let path = Path::new(&path);
+    std::fs::File::create(path)
+        .and_then(|mut f| f.write_all(MKDIR_PROFILE.as_bytes()))
+        .expect("write profile");
+    let program = seccomp::load_profile(path).expect("compile custom profile");
+    let target = path.with_file_name("new-dir");
+
+    no_new_privs();
+    seccomp::install(&program).expect("install");
+    let err = std::fs::create_dir(&target).expect_err("mkdir must fail");
+    assert_eq!(err.raw_os_error(), Some(libc::EACCES), "{err}");
+    assert!(!target.exists());
+    // Other file operations still work.
+    std::fs::write(path.with_file_name("file"), b"ok").expect("write");
+    assert_eq!(
+        std::fs::read(path.with_file_name("file")).expect("read"),
+        b"ok"
+    );
+
+    // Argument conditions: EQ and MASKED_EQ.
+    // SAFETY: getpriority/umask take integers.
+    unsafe {
+        assert_eq!(
+            sys(libc::syscall(libc::SYS_getpriority, 2, 0)),
+            (-1, libc::EINVAL),
+            "PRIO_USER"
+        );
+        assert!(
+            libc::syscall(libc::SYS_getpriority, 0, 0) >= 0,
+            "PRIO_PROCESS"
+        );
+        assert!(libc::syscall(libc::SYS_umask, 0o022) >= 0, "umask 022");
+        assert_eq!(
+            sys(libc::syscall(libc::SYS_umask, 0o077)),
+            (-1, libc::EPERM),
+            "umask 077"
+        );
+    }
+}
+
+#[test]
+fn malformed_profiles_give_clear_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, "{\n  \"defaultAction\": \"SCMP_ACT_ERRNO\",\n  \"syscalls\": [\n    {\"names\": [\"read\"],}\n  ]\n}\n")
+        .expect("write");
+    let err = seccomp::load_profile(&bad).expect_err("malformed");
+    let msg = err.to_string();
+    println!("{msg}");
+    assert!(matches!(err, seccomp::SeccompError::Profile { .. }));
+    assert!(
+        msg.contains("bad.json") && msg.contains("line 4 column"),
+        "{msg}"
+    );
+
+    let wrong_type = dir.path().join("type.json");
+    std::fs::write(
+        &wrong_type,
+        r#"{"defaultAction": "SCMP_ACT_ERRNO", "defaultErrnoRet": "EPERM"}"#,
+    )
+    .expect("write");
+    let msg = seccomp::load_profile(&wrong_type)
+        .expect_err("type")
+        .to_string();
+    println!("{msg}");
+    assert!(
+        msg.contains("type.json") && msg.contains("invalid type"),
+        "{msg}"
+    );
+
+    let unknown = dir.path().join("action.json");
+    std::fs::write(
+        &unknown,
+        r#"{"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [
+            {"names": ["read"], "action": "SCMP_ACT_ALLOW"},
+            {"names": ["write"], "action": "SCMP_ACT_NOTIFY"}]}"#,
+    )
+    .expect("write");
+    let msg = seccomp::load_profile(&unknown)
+        .expect_err("notify")
+        .to_string();
+    println!("{msg}");
+    assert!(
+        msg.contains("syscalls[1].action") && msg.contains("SCMP_ACT_NOTIFY"),
+        "{msg}"
+    );
+
+    let missing = dir.path().join("missing.json");
+    let msg = seccomp::load_profile(&missing)
+        .expect_err("missing")
+        .to_string();
+    assert!(msg.contains("missing.json"), "{msg}");
+}
+
+/// Reads a hex capability line (`CapEff:` …) of this thread.
+fn cap_line(status: &str, key: &str) -> u64 {
+    let line = status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .unwrap_or_else(|| panic!("{key} missing"));
+    u64::from_str_radix(line.trim(), 16).expect("hex")
+}
+
+#[test]
+fn capabilities_are_applied_exactly() {
+    if !in_child("capabilities_are_applied_exactly", &[]) {
+        return;
+    }
+    if !is_root() {
+        println!("not root: skipped");
+        return;
+    }
+    let mask = capabilities::resolve(&[], &["NET_RAW".into()]).expect("resolve");
+    assert_eq!(mask, capabilities::default_mask() & !(1 << 13));
+    capabilities::apply(mask).expect("apply");
+    // Capabilities are per thread: read this thread's view.
+    let status = std::fs::read_to_string("/proc/thread-self/status").expect("status");
+    for key in ["CapEff:", "CapPrm:", "CapInh:", "CapBnd:"] {
+        assert_eq!(
+            cap_line(&status, key),
+            mask,
+            "{key} is {:?}, wanted {:?}",
+            capabilities::names(cap_line(&status, key)),
+            capabilities::names(mask)
+        );
+    }
+    assert_eq!(cap_line(&status, "CapAmb:"), 0);
+    println!("caps: {}", capabilities::names(mask).join(","));
+    // Without CAP_NET_RAW, raw sockets are refused.
+    // SAFETY: socket takes integers.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) };
+    assert_eq!(
+        (fd, errno()),
+        (-1, libc::EPERM),
+        "raw socket without CAP_NET_RAW"
+    );
+}
+
+#[test]
+fn runtime_compile_time_of_the_default_profile() {
+    let mask = capabilities::default_mask();
+    let start = Instant::now();
+    let mut len = 0;
+    let rounds = 20u32;
+    for _ in 0..rounds {
+        len = seccomp::compile_profile(seccomp::DEFAULT_PROFILE_JSON, mask)
+            .expect("compile")
+            .len();
+    }
+    let each = start.elapsed() / rounds;
+    println!(
+        "compiling the default profile at run time: {each:?} per compile ({len} instructions); \
+         the build-time program is loaded for free"
+    );
+    assert_eq!(len, seccomp::default_program().len());
+}

@@ -1,0 +1,326 @@
+#!/usr/bin/env bash
+# Run Rust test binaries inside a qemu VM whose kernel has cgroup v2 with every
+# controller (see tests/vm/README.md and shared/vm-recipe.md, section 1).
+#
+#   tests/vm/run.sh                    build and run the default set (all test binaries
+#                                      of cella-containerizer and cella-cli)
+#   tests/vm/run.sh BINARY [BINARY...] run these test binaries (cella and cella-shim are
+#                                      built and included as well)
+#
+# Exit status: 0 only if the VM printed "CELLA-VM-RESULT: N passed, 0 failed" with N > 0.
+#
+# Environment (all optional):
+#   CELLA_VM_TIMEOUT=1200      seconds for the whole boot + run (qemu is killed after)
+#   CELLA_VM_BIN_TIMEOUT=600   seconds per test binary inside the VM (0 = none)
+#   CELLA_VM_TEST_THREADS=1    libtest --test-threads inside the VM
+#   CELLA_VM_TEST_ARGS=        extra libtest arguments, e.g. a test name filter or "--exact x"
+#   CELLA_VM_KEEP=1            keep the work dir (tests/vm/work/run.*) for inspection
+#   CELLA_VM_KERNEL=/boot/...  kernel image (default: newest /boot/vmlinuz-*)
+#   CELLA_VM_MEM=2048 CELLA_VM_SMP=2
+#   CELLA_VM_MODULES="veth overlay loop"  kernel modules to load (with their dependencies)
+#   CELLA_VM_EXTRA_FILES="..." more host files (e.g. /usr/bin/crun) to put in the image at
+#                              the same path, with the libraries ldd lists for them
+#   CELLA_VM_NO_BUILD=1        do not run cargo (only with explicit binaries)
+#   CELLA_VM_DIAG=1            print cgroup/shell diagnostics from inside the VM first
+# Passed into the VM: CELLA_IN_VM=1, RUST_BACKTRACE (default 1), RUST_LOG, RUST_MIN_STACK
+# and every CELLA_TEST_* variable.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+workbase="$here/work"
+
+timeout_s=${CELLA_VM_TIMEOUT:-1200}
+mem=${CELLA_VM_MEM:-2048}
+smp=${CELLA_VM_SMP:-2}
+modules=${CELLA_VM_MODULES-veth overlay loop}
+
+log() { printf '[vm] %s\n' "$*" >&2; }
+die() { printf '[vm] ERROR: %s\n' "$*" >&2; exit 1; }
+
+for tool in qemu-system-x86_64 busybox cpio ldd timeout python3 cargo; do
+    command -v "$tool" >/dev/null 2>&1 \
+        || die "$tool not found; run scripts/install-test-deps.sh (as root)"
+done
+busybox_bin=$(command -v busybox)
+if ldd "$busybox_bin" >/dev/null 2>&1; then
+    die "$busybox_bin is dynamically linked; install busybox-static"
+fi
+
+kernel=${CELLA_VM_KERNEL:-}
+if [ -z "$kernel" ]; then
+    kernel=$(find /boot -maxdepth 1 -name 'vmlinuz-*' -print 2>/dev/null | sort -V | tail -n 1)
+fi
+[ -n "$kernel" ] && [ -r "$kernel" ] \
+    || die "no readable kernel (/boot/vmlinuz-*); install linux-image-amd64 or set CELLA_VM_KERNEL"
+kver=${kernel##*/vmlinuz-}
+
+# ---------------------------------------------------------------------------
+# Work dir and cleanup (qemu, tail, work dir) -- also on failure and on signals.
+mkdir -p "$workbase"
+run=$(mktemp -d "$workbase/run.XXXXXX")
+console="$run/console.log"
+qemu_pid=
+tail_pid=
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM HUP
+    if [ -n "$qemu_pid" ] && kill -0 "$qemu_pid" 2>/dev/null; then
+        kill -TERM "$qemu_pid" 2>/dev/null || true
+        for _ in 1 2 3 4 5 6 7 8 9 10; do
+            kill -0 "$qemu_pid" 2>/dev/null || break
+            sleep 0.5
+        done
+        kill -KILL "$qemu_pid" 2>/dev/null || true
+        wait "$qemu_pid" 2>/dev/null || true
+    fi
+    if [ -n "$tail_pid" ]; then
+        kill "$tail_pid" 2>/dev/null || true
+        wait "$tail_pid" 2>/dev/null || true
+    fi
+    if [ -f "$console" ]; then
+        cp "$console" "$workbase/console.log" 2>/dev/null || true
+    fi
+    if [ "${CELLA_VM_KEEP:-0}" = 1 ]; then
+        log "kept work dir $run"
+    else
+        rm -rf "$run"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'log "interrupted"; exit 130' INT
+trap 'log "terminated"; exit 143' TERM HUP
+
+# ---------------------------------------------------------------------------
+# Select and build binaries.
+# tests: lines "<cwd>|<binary>"
+tests_list="$run/tests.list"
+: > "$tests_list"
+project_bins=()
+
+json_field() {
+    # stdin: cargo --message-format=json; $1 = "tests" or "bins"
+    python3 -c '
+import json, os, sys
+want = sys.argv[1]
+for line in sys.stdin:
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    if m.get("reason") != "compiler-artifact" or not m.get("executable"):
+        continue
+    kinds = m["target"]["kind"]
+    if "bench" in kinds:
+        continue
+    is_test = m["profile"]["test"]
+    if want == "tests" and is_test:
+        print(os.path.dirname(m["manifest_path"]) + "|" + m["executable"])
+    elif want == "bins" and not is_test and "bin" in kinds:
+        print(m["executable"])
+' "$1"
+}
+
+cd "$repo"
+if [ "$#" -eq 0 ]; then
+    log "building test binaries: cargo test --no-run -p cella-containerizer -p cella-cli"
+    cargo test --no-run --message-format=json-render-diagnostics -p cella-containerizer -p cella-cli \
+        > "$run/cargo-tests.json" || die "cargo test --no-run failed"
+    json_field tests < "$run/cargo-tests.json" | sort -u > "$tests_list"
+    [ -s "$tests_list" ] || die "cargo produced no test binaries"
+fi
+if [ "$#" -eq 0 ] || [ "${CELLA_VM_NO_BUILD:-0}" != 1 ]; then
+    log "building binaries: cargo build -p cella-cli -p cella-containerizer --bins"
+    cargo build --message-format=json-render-diagnostics -p cella-cli -p cella-containerizer --bins \
+        > "$run/cargo-bins.json" || die "cargo build failed"
+    mapfile -t project_bins < <(json_field bins < "$run/cargo-bins.json" | sort -u)
+else
+    target_dir=${CARGO_TARGET_DIR:-$repo/target}
+    for b in "$target_dir/debug/cella" "$target_dir/debug/cella-shim"; do
+        [ -x "$b" ] && project_bins+=("$b")
+    done
+fi
+for arg in "$@"; do
+    [ -f "$arg" ] && [ -x "$arg" ] || die "not an executable file: $arg"
+    abs="$(cd "$(dirname "$arg")" && pwd)/$(basename "$arg")"
+    printf '%s|%s\n' "${CELLA_VM_CWD:-$repo}" "$abs" >> "$tests_list"
+done
+log "test binaries:"
+sed 's/^[^|]*|/[vm]   /' "$tests_list" >&2
+log "project binaries: ${project_bins[*]:-(none)}"
+
+# ---------------------------------------------------------------------------
+# Build the initramfs tree.
+root="$run/root"
+mkdir -p "$root"/{bin,dev,etc,proc,sys,tmp,run,root,usr/lib,cella-vm,var}
+chmod 1777 "$root/tmp"
+ln -s bin "$root/sbin"
+ln -s ../bin "$root/usr/bin"
+ln -s ../bin "$root/usr/sbin"
+cp "$busybox_bin" "$root/bin/busybox"
+# A link for every applet busybox has (sh, mount, ip, poweroff, ...).
+while read -r applet; do
+    case "$applet" in ''|busybox|*/*) continue ;; esac
+    [ -e "$root/bin/$applet" ] || ln -s busybox "$root/bin/$applet"
+done < <("$busybox_bin" --list)
+
+cat > "$root/etc/passwd" <<'EOF'
+root:x:0:0:root:/root:/bin/sh
+nobody:x:65534:65534:nobody:/nonexistent:/bin/false
+cella-test:x:1000:1000:cella test user:/tmp:/bin/sh
+EOF
+cat > "$root/etc/group" <<'EOF'
+root:x:0:
+nogroup:x:65534:
+cella-test:x:1000:
+EOF
+cat > "$root/etc/nsswitch.conf" <<'EOF'
+passwd: files
+group: files
+hosts: files
+EOF
+printf '127.0.0.1 localhost cella-vm\n::1 localhost\n' > "$root/etc/hosts"
+echo cella-vm > "$root/etc/hostname"
+: > "$root/etc/fstab"
+
+# copy_with_libs FILE: FILE and every library ldd lists, at their host paths.
+declare -A copied=()
+copy_at_same_path() {
+    local src=$1
+    [ -n "${copied[$src]:-}" ] && return 0
+    copied[$src]=1
+    mkdir -p "$root$(dirname "$src")"
+    cp -L "$src" "$root$src"
+}
+copy_with_libs() {
+    local f=$1 lib
+    copy_at_same_path "$f"
+    # ldd fails for static binaries and non-ELF files: then there is nothing to add.
+    while read -r lib; do
+        [ -n "$lib" ] && [ -e "$lib" ] && copy_at_same_path "$lib"
+    done < <(ldd "$f" 2>/dev/null | awk '
+        $2 == "=>" && $3 ~ /^\// { print $3; next }
+        $1 ~ /^\// { print $1 }' || true)
+}
+
+while IFS='|' read -r _ bin; do
+    copy_with_libs "$bin"
+done < "$tests_list"
+for b in "${project_bins[@]}"; do
+    copy_with_libs "$b"
+done
+# shellcheck disable=SC2086 # space-separated list
+for f in ${CELLA_VM_EXTRA_FILES:-}; do
+    [ -e "$f" ] || die "CELLA_VM_EXTRA_FILES: no such file: $f"
+    copy_with_libs "$f"
+done
+
+# The repository's sources (no target/, .git/), so tests can cd to their package
+# directory and read fixtures relative to it.
+tar -C / --exclude="${repo#/}/target" --exclude="${repo#/}/.git" \
+    --exclude="${repo#/}/tests/vm/work" -cf - "${repo#/}" | tar -C "$root" -xf -
+
+# Kernel modules (with dependencies, in load order).
+: > "$root/cella-vm/modules"
+moddir=/lib/modules/$kver
+if [ -n "$modules" ] && [ -f "$moddir/modules.dep" ]; then
+    declare -A mod_done=()
+    add_module() { # $1 = path relative to $moddir
+        local rel=$1 dep deps
+        [ -n "${mod_done[$rel]:-}" ] && return 0
+        mod_done[$rel]=1
+        deps=$(awk -v m="$rel:" '$1 == m { $1 = ""; print }' "$moddir/modules.dep")
+        for dep in $deps; do add_module "$dep"; done
+        mkdir -p "$root$moddir/$(dirname "$rel")"
+        cp "$moddir/$rel" "$root$moddir/$rel"
+        echo "$moddir/$rel" >> "$root/cella-vm/modules"
+    }
+    for m in $modules; do
+        rel=$(awk -v m="$m" '{ f = $1; sub(/:$/, "", f); n = f; sub(/.*\//, "", n); sub(/\.ko.*$/, "", n);
+                 gsub(/-/, "_", n); mm = m; gsub(/-/, "_", mm); if (n == mm) { print f; exit } }' \
+              "$moddir/modules.dep")
+        if [ -z "$rel" ]; then
+            log "module $m: not found in $moddir (built in?), skipped"
+            continue
+        fi
+        case "$rel" in
+            *.ko) add_module "$rel" ;;
+            *) log "module $m: compressed module ($rel) not supported by busybox insmod, skipped" ;;
+        esac
+    done
+elif [ -n "$modules" ]; then
+    log "no $moddir/modules.dep: not loading modules"
+fi
+
+# Environment for /init.
+shq() { local s=${1//\'/\'\\\'\'}; printf "'%s'" "$s"; }
+{
+    for v in CELLA_VM_TEST_THREADS CELLA_VM_BIN_TIMEOUT CELLA_VM_TEST_ARGS CELLA_VM_DIAG; do
+        if [ -n "${!v+x}" ]; then printf '%s=%s\n' "$v" "$(shq "${!v}")"; fi
+    done
+    printf 'export RUST_BACKTRACE=%s\n' "$(shq "${RUST_BACKTRACE:-1}")"
+    while read -r v; do
+        printf 'export %s=%s\n' "$v" "$(shq "${!v}")"
+    done < <(compgen -e | grep -E '^(CELLA_TEST_[A-Za-z0-9_]*|RUST_LOG|RUST_MIN_STACK)$' || true)
+} > "$root/cella-vm/env"
+cp "$tests_list" "$root/cella-vm/tests"
+cp "$here/init.sh" "$root/init"
+chmod 0755 "$root/init"
+
+# Uncompressed cpio: the guest (emulated CPU) unpacks it faster than a gzip.
+initrd="$run/initrd.cpio"
+(cd "$root" && find . -print0 | cpio --null -o -H newc --quiet) > "$initrd"
+log "initramfs: $(du -h "$initrd" | cut -f1), kernel $kernel"
+
+# ---------------------------------------------------------------------------
+# Boot.
+# The console without the firmware's terminal-control sequences (which would reset
+# or clear a terminal) and without CRs.
+clean_console() {
+    sed -u -e 's/\x1b\[[0-9;?]*[A-Za-z]//g' -e 's/\x1b[()][0-9A-Za-z]//g' \
+        -e 's/\x1b[c78=>]//g' -e 's/\r//g'
+}
+log "booting qemu (tcg, ${mem} MiB, ${smp} CPUs, timeout ${timeout_s}s); console: tests/vm/work/console.log"
+start=$(date +%s)
+: > "$console"
+timeout -k 10 "$timeout_s" qemu-system-x86_64 \
+    -accel tcg -m "$mem" -smp "$smp" -nographic -no-reboot -nic none \
+    -kernel "$kernel" -initrd "$initrd" \
+    -append "console=ttyS0 quiet panic=-1" \
+    < /dev/null > "$console" 2>&1 &
+qemu_pid=$!
+# Stream the console to stdout.
+tail -n +1 -f --pid="$qemu_pid" "$console" | clean_console &
+tail_pid=$!
+qemu_rc=0
+wait "$qemu_pid" || qemu_rc=$?
+qemu_pid=
+wait "$tail_pid" 2>/dev/null || true
+tail_pid=
+elapsed=$(($(date +%s) - start))
+
+result=$(clean_console < "$console" | grep -a '^CELLA-VM-RESULT:' | tail -n 1 || true)
+fail_tail() {
+    printf '[vm] ----- last 60 lines of the console (full log: tests/vm/work/console.log) -----\n' >&2
+    clean_console < "$console" | tail -n 60 >&2
+    printf '[vm] -----\n' >&2
+}
+if [ -z "$result" ]; then
+    fail_tail
+    if [ "$qemu_rc" = 124 ] || [ "$qemu_rc" = 137 ]; then
+        die "VM timed out after ${timeout_s}s without a result line (raise CELLA_VM_TIMEOUT?)"
+    fi
+    die "VM stopped after ${elapsed}s without a result line (kernel panic or /init failure; qemu exit $qemu_rc)"
+fi
+passed=$(sed -n 's/^CELLA-VM-RESULT: \([0-9]*\) passed, \([0-9]*\) failed.*/\1/p' <<< "$result")
+failed=$(sed -n 's/^CELLA-VM-RESULT: \([0-9]*\) passed, \([0-9]*\) failed.*/\2/p' <<< "$result")
+if [ "${failed:-1}" != 0 ]; then
+    fail_tail
+    die "VM tests failed: $passed passed, $failed failed (${elapsed}s)"
+fi
+if [ "${passed:-0}" -le 0 ]; then
+    die "VM ran no test (0 passed): nothing was checked (${elapsed}s)"
+fi
+log "VM tests ok: $passed passed, 0 failed (${elapsed}s boot + run)"
