@@ -171,6 +171,23 @@ fn default_profile_denies_dangerous_syscalls_and_allows_normal_ones() {
         .status()
         .expect("spawn");
     assert_eq!(st.code(), Some(3));
+    // Ordinary programs run normally under the profile.
+    let out = Command::new("/bin/sh")
+        .args([
+            "-c",
+            "set -e; d=$(mktemp -d); cd \"$d\"; ls / >/dev/null; date >/dev/null; \
+             echo hi > f; cat f; mkdir sub; rmdir sub; rm f; cd /; rmdir \"$d\"; \
+             sleep 0.01 & wait; grep Seccomp: /proc/self/status",
+        ])
+        .output()
+        .expect("spawn sh");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.starts_with("hi\nSeccomp:\t2"), "{stdout}");
     println!("default profile: denied and allowed syscalls behave");
 }
 

@@ -113,9 +113,10 @@ enum Backend {
 }
 
 impl CgroupRoot {
-    /// Finds the base cgroup in each hierarchy. `root` is `--cgroup-root`: a path
-    /// relative to each hierarchy's mount point (e.g. `/cella`); `None` means the
-    /// calling process's own cgroup plus `cella`. Nothing is created yet.
+    /// Finds the base cgroup in each hierarchy. `root` is `--cgroup-root`: an absolute
+    /// path is taken from each hierarchy's mount point (`/cella` →
+    /// `/sys/fs/cgroup/memory/cella`), a relative one from the calling process's own
+    /// cgroup; `None` means the own cgroup plus `cella`. Nothing is created yet.
     pub fn discover(root: Option<&Path>) -> Result<Self, CgroupError> {
         let mode = detect_mode()?;
         let backend = match mode {

@@ -412,4 +412,112 @@ mod tests {
         assert_eq!(kernel_parts(stat), Some(15));
         assert_eq!(kernel_parts("anon 1\n"), None);
     }
+
+    /// Kills and removes whatever a test left in a v2 cgroup, even after a failure.
+    struct Cleanup(Vec<PathBuf>);
+
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            for dir in self.0.iter().rev() {
+                let _ = TaskGroup { dir: dir.clone() }.remove();
+            }
+        }
+    }
+
+    fn spawn_daemon(task: &TaskGroup) -> i32 {
+        use std::io::Write;
+        let mut shell = std::process::Command::new("sh")
+            .args(["-c", "read x; sleep 1000 & exit 0"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn sh");
+        let pid = i32::try_from(shell.id()).expect("pid");
+        task.placement().attach(pid).expect("attach");
+        shell
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(b"\n")
+            .expect("release");
+        assert!(shell.wait().expect("wait").success());
+        let pids = task.pids().expect("pids");
+        assert_eq!(pids.len(), 1, "the daemonized sleep stays: {pids:?}");
+        pids[0]
+    }
+
+    /// On a hybrid host the cgroup2 mount carries no cpu/memory/pids, which lets the
+    /// controller-free half of this backend run against the real kernel: the setup
+    /// error, cgroup.kill, the freeze fallback and removal. Unified hosts run all of
+    /// it through tests/cgroups.rs instead.
+    #[test]
+    fn controller_free_parts_on_a_hybrid_host() {
+        let Ok(sys) = System::read() else { return };
+        if super::super::detect_mode().ok() != Some(super::super::Mode::Hybrid)
+            || !nix::unistd::geteuid().is_root()
+        {
+            eprintln!("not a hybrid host with root: covered by tests/cgroups.rs under v2");
+            return;
+        }
+        let mount = sys
+            .mounts
+            .iter()
+            .find(|m| m.fstype == "cgroup2")
+            .expect("cgroup2 mount");
+        let own = sys
+            .own
+            .iter()
+            .find(|o| o.controllers.is_empty())
+            .expect("0:: line");
+        let own = System::own_dir(mount, &own.path).expect("own dir");
+        let base = Base {
+            dir: own.join(format!("cella-v2-unit-{}", std::process::id())),
+            mount: mount.mount_point.clone(),
+            own,
+        };
+
+        let err = base
+            .create("t", &CgroupLimits::default())
+            .expect_err("no controllers to enable");
+        assert!(
+            matches!(&err, CgroupError::V2Setup(m) if m.contains("Delegate=yes")),
+            "{err}"
+        );
+        assert!(
+            !base.dir.exists(),
+            "a failed create left {}",
+            base.dir.display()
+        );
+
+        let task = base.open("t");
+        let _cleanup = Cleanup(vec![base.dir.clone(), task.dir.clone()]);
+        fsx::mkdir(&base.dir).expect("mkdir base");
+        fsx::mkdir(&task.dir).expect("mkdir task");
+
+        let orphan = spawn_daemon(&task);
+        task.kill().expect("kill");
+        assert!(!task.populated());
+        assert!(
+            task.pids().expect("pids").is_empty(),
+            "{orphan} survived cgroup.kill"
+        );
+
+        let orphan = spawn_daemon(&task);
+        task.freeze_and_kill().expect("freeze and kill");
+        assert!(
+            fsx::wait_until(Duration::from_secs(2), || !task.populated()),
+            "{orphan} survived"
+        );
+        assert_eq!(
+            fsx::read(&task.file("cgroup.freeze"))
+                .as_deref()
+                .map(str::trim),
+            Some("0")
+        );
+        assert!(task.stats().cpu_user_ns.is_some());
+
+        task.remove().expect("remove");
+        task.remove().expect("remove again");
+        fsx::rmdir(&base.dir).expect("rmdir base");
+        assert!(!base.dir.exists());
+    }
 }

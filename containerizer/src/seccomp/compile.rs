@@ -22,7 +22,9 @@
 //! compiled with a sentinel mismatch action whose `RET` instructions are then rewritten
 //! into jumps to the next segment; the last segment is followed by `RET defaultAction`.
 //! Names that do not exist on x86_64 (`_llseek`, `chown32`, ...) are skipped, as
-//! libseccomp does.
+//! libseccomp does. seccompiler's architecture check kills the process on a syscall
+//! made through another ABI (i386 `int 0x80`): the program covers x86_64 only. x32
+//! syscall numbers (bit 30 set) match no rule and get the default action.
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -187,14 +187,15 @@ fn loopback_up() -> io::Result<()> {
     // SAFETY: ifreq is plain old data; zeroed is a valid value.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
-        *dst = *src as libc::c_char;
+        *dst = libc::c_char::from_ne_bytes([*src]);
     }
     // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write the ifreq we own.
     unsafe {
         if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &raw mut req) < 0 {
             return Err(io::Error::last_os_error());
         }
-        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        // IFF_UP is 1: it fits the short flags field.
+        req.ifr_ifru.ifru_flags |= libc::c_short::try_from(libc::IFF_UP).unwrap_or(1);
         if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &raw mut req) < 0 {
             return Err(io::Error::last_os_error());
         }
