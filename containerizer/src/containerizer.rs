@@ -13,8 +13,8 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use crate::cgroups::{CgroupError, CgroupRoot, Placement};
 use crate::isolators::{
-    CapabilitiesIsolator, CgroupsIsolator, DiskIsolator, FilesystemIsolator, Isolator, IsolatorError,
-    NamespacesIsolator, PosixIsolator, SeccompIsolator,
+    CapabilitiesIsolator, CgroupsIsolator, DiskIsolator, FilesystemIsolator, Isolator,
+    IsolatorError, NamespacesIsolator, PosixIsolator, SeccompIsolator,
 };
 use crate::paths::RunDir;
 use crate::shim::ExitStatus;
@@ -141,7 +141,11 @@ impl Containerizer {
             Box::new(DiskIsolator::new()),
             Box::new(CgroupsIsolator::new(cgroups.clone())),
         ];
-        Ok(Self { config, cgroups, isolators })
+        Ok(Self {
+            config,
+            cgroups,
+            isolators,
+        })
     }
 
     pub fn cgroups(&self) -> &CgroupRoot {
@@ -152,7 +156,10 @@ impl Containerizer {
     pub fn launch(&self, id: &TaskId, config: &TaskConfig) -> Result<Running, LaunchError> {
         let started = Instant::now();
         if config.command.is_empty() {
-            return Err(LaunchError::Invalid(IsolatorError::invalid("command", "no command given")));
+            return Err(LaunchError::Invalid(IsolatorError::invalid(
+                "command",
+                "no command given",
+            )));
         }
         let run_dir = RunDir::new(&self.config.runtime_dir, id.as_str());
         let mut spec = ShimSpec {
@@ -163,12 +170,18 @@ impl Containerizer {
             cwd: PathBuf::from("/"),
             hostname: None,
             net: NetMode::Host,
-            filesystem: FilesystemSpec { rootfs: None, binds: Vec::new(), tmp_size_bytes: None },
+            filesystem: FilesystemSpec {
+                rootfs: None,
+                binds: Vec::new(),
+                tmp_size_bytes: None,
+            },
             identity: None,
             rlimits: Vec::new(),
             capabilities: 0,
             seccomp: None,
-            cgroup: Placement::V1 { procs_files: Vec::new() },
+            cgroup: Placement::V1 {
+                procs_files: Vec::new(),
+            },
             stdio: config.stdio.clone(),
             cleanup_if_orphaned: self.config.cleanup_if_orphaned,
         };
@@ -209,11 +222,16 @@ impl Containerizer {
             )));
         }
         fs::create_dir_all(dir).map_err(|e| LaunchError::setup(&dir.display().to_string(), e))?;
-        let spec_json = serde_json::to_vec(spec).map_err(|e| LaunchError::setup("encoding the launch spec", e))?;
-        fs::write(run_dir.spec(), spec_json).map_err(|e| LaunchError::setup(&run_dir.spec().display().to_string(), e))?;
+        let spec_json = serde_json::to_vec(spec)
+            .map_err(|e| LaunchError::setup("encoding the launch spec", e))?;
+        fs::write(run_dir.spec(), spec_json)
+            .map_err(|e| LaunchError::setup(&run_dir.spec().display().to_string(), e))?;
         let events_path = run_dir.events();
-        nix::unistd::mkfifo(&events_path, nix::sys::stat::Mode::from_bits_truncate(0o600))
-            .map_err(|e| LaunchError::setup(&events_path.display().to_string(), e))?;
+        nix::unistd::mkfifo(
+            &events_path,
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .map_err(|e| LaunchError::setup(&events_path.display().to_string(), e))?;
         let mut events = fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
@@ -225,13 +243,20 @@ impl Containerizer {
         if let Stdio::Files { .. } = config.stdio {
             let log = fs::File::create(run_dir.shim_log())
                 .map_err(|e| LaunchError::setup(&run_dir.shim_log().display().to_string(), e))?;
-            command.stdin(ProcStdio::null()).stdout(ProcStdio::null()).stderr(log);
+            command
+                .stdin(ProcStdio::null())
+                .stdout(ProcStdio::null())
+                .stderr(log);
         }
         let mut shim = command.spawn().map_err(|e| {
-            LaunchError::setup(&format!("starting the shim {}", self.config.shim_path.display()), e)
+            LaunchError::setup(
+                &format!("starting the shim {}", self.config.shim_path.display()),
+                e,
+            )
         })?;
         let shim_pid = i32::try_from(shim.id()).map_err(|e| LaunchError::setup("shim pid", e))?;
-        let shim_pidfd = crate::sys::pidfd_open(shim_pid).map_err(|e| LaunchError::setup("pidfd_open", e))?;
+        let shim_pidfd =
+            crate::sys::pidfd_open(shim_pid).map_err(|e| LaunchError::setup("pidfd_open", e))?;
 
         // Wait for the shim's first event: the task exec'd, or why it did not.
         let mut line = Vec::new();
@@ -257,7 +282,10 @@ impl Containerizer {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(LaunchError::setup("reading shim events", e)),
             }
-            if let Some(status) = shim.try_wait().map_err(|e| LaunchError::setup("waiting for the shim", e))? {
+            if let Some(status) = shim
+                .try_wait()
+                .map_err(|e| LaunchError::setup("waiting for the shim", e))?
+            {
                 let log = fs::read_to_string(run_dir.shim_log()).unwrap_or_default();
                 return Err(LaunchError::Setup(format!(
                     "the shim exited ({status}) before starting the task{}{}",
@@ -280,7 +308,10 @@ impl Containerizer {
             exited_at: None,
         };
         if let Some(pid) = event.strip_prefix("running ") {
-            let pid: i32 = pid.trim().parse().map_err(|_| LaunchError::Setup(format!("shim said {event:?}")))?;
+            let pid: i32 = pid
+                .trim()
+                .parse()
+                .map_err(|_| LaunchError::Setup(format!("shim said {event:?}")))?;
             for isolator in &self.isolators {
                 isolator.isolate(id, pid);
             }
@@ -291,9 +322,14 @@ impl Containerizer {
             let code = code.parse().unwrap_or(125);
             let mut r = running(0);
             let _ = r.shim.wait();
-            return Err(LaunchError::Start { code, message: message.to_string() });
+            return Err(LaunchError::Start {
+                code,
+                message: message.to_string(),
+            });
         }
-        Err(LaunchError::Setup(format!("unexpected event from the shim: {event:?}")))
+        Err(LaunchError::Setup(format!(
+            "unexpected event from the shim: {event:?}"
+        )))
     }
 
     fn cleanup_isolators(&self, id: &TaskId, prepared: usize) {
@@ -313,7 +349,10 @@ impl Containerizer {
         }
         running.peaks.observe(&usage);
         if running.limitation.is_none() {
-            running.limitation = self.isolators.iter().find_map(|i| i.watch(&running.id, &usage));
+            running.limitation = self
+                .isolators
+                .iter()
+                .find_map(|i| i.watch(&running.id, &usage));
             if running.limitation == Some(Limitation::DiskLimit) {
                 let _ = self.kill(running);
             }
@@ -354,7 +393,10 @@ impl Containerizer {
             .unwrap_or_else(|| ExitStatus {
                 code: None,
                 signal: None,
-                launch_failure: Some((125, "the shim ended without recording the task's exit status".into())),
+                launch_failure: Some((
+                    125,
+                    "the shim ended without recording the task's exit status".into(),
+                )),
             });
         let failed = status.code != Some(0);
         let limitation = running.limitation.filter(|_| failed).or_else(|| {
@@ -362,7 +404,13 @@ impl Containerizer {
             (failed && pids_hit).then_some(Limitation::PidsLimit)
         });
         self.destroy(&running.id);
-        Termination { status, limitation, usage, peaks: running.peaks.clone(), wall }
+        Termination {
+            status,
+            limitation,
+            usage,
+            peaks: running.peaks.clone(),
+            wall,
+        }
     }
 
     /// Removes everything of task `id`: kills what is left, cleans up every

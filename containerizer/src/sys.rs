@@ -50,12 +50,26 @@ pub fn fork_with_flags(flags: u64, cgroup_fd: Option<RawFd>) -> io::Result<Forke
     // long as the process is single-threaded (documented requirement of this fn).
     // `args` is a valid clone_args of the size passed.
     let ret = unsafe {
-        libc::syscall(libc::SYS_clone3, &raw mut args, std::mem::size_of::<CloneArgs>())
+        libc::syscall(
+            libc::SYS_clone3,
+            &raw mut args,
+            std::mem::size_of::<CloneArgs>(),
+        )
     };
-    let ret = if ret == -1 && io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS) && cgroup_fd.is_none() {
+    let ret = if ret == -1
+        && io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS)
+        && cgroup_fd.is_none()
+    {
         // SAFETY: as above; the raw clone syscall with a null stack is fork-like.
         unsafe {
-            libc::syscall(libc::SYS_clone, flags | libc::SIGCHLD as u64, 0usize, 0usize, 0usize, 0usize)
+            libc::syscall(
+                libc::SYS_clone,
+                flags | libc::SIGCHLD as u64,
+                0usize,
+                0usize,
+                0usize,
+                0usize,
+            )
         }
     } else {
         ret
@@ -63,7 +77,9 @@ pub fn fork_with_flags(flags: u64, cgroup_fd: Option<RawFd>) -> io::Result<Forke
     match ret {
         -1 => Err(io::Error::last_os_error()),
         0 => Ok(Forked::Child),
-        pid => Ok(Forked::Parent(i32::try_from(pid).map_err(|_| io::Error::other("pid out of range"))?)),
+        pid => Ok(Forked::Parent(
+            i32::try_from(pid).map_err(|_| io::Error::other("pid out of range"))?,
+        )),
     }
 }
 
@@ -81,9 +97,23 @@ struct MountAttr {
 
 /// mount_setattr(2) on `path` (recursively with `recursive`): one system call to make a
 /// whole tree read-only, instead of a remount per mount point. Kernel ≥ 5.12.
-pub fn mount_setattr(path: &std::ffi::CStr, recursive: bool, set: u64, clear: u64) -> io::Result<()> {
-    let mut attr = MountAttr { attr_set: set, attr_clr: clear, propagation: 0, userns_fd: 0 };
-    let flags: libc::c_uint = if recursive { libc::AT_RECURSIVE as libc::c_uint } else { 0 };
+pub fn mount_setattr(
+    path: &std::ffi::CStr,
+    recursive: bool,
+    set: u64,
+    clear: u64,
+) -> io::Result<()> {
+    let mut attr = MountAttr {
+        attr_set: set,
+        attr_clr: clear,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    let flags: libc::c_uint = if recursive {
+        libc::AT_RECURSIVE as libc::c_uint
+    } else {
+        0
+    };
     // SAFETY: `path` is a valid NUL-terminated string and `attr` a valid mount_attr of
     // the size passed; the kernel only reads them.
     let ret = unsafe {
@@ -96,16 +126,28 @@ pub fn mount_setattr(path: &std::ffi::CStr, recursive: bool, set: u64, clear: u6
             std::mem::size_of::<MountAttr>(),
         )
     };
-    if ret == -1 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    if ret == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 /// Marks every descriptor from `first` up close-on-exec (close_range with
 /// CLOSE_RANGE_CLOEXEC, kernel ≥ 5.11), falling back to walking /proc/self/fd.
 pub fn cloexec_from(first: RawFd) -> io::Result<()> {
     const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
-    let first_u = libc::c_uint::try_from(first).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+    let first_u =
+        libc::c_uint::try_from(first).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
     // SAFETY: close_range only changes descriptor flags; no memory is passed.
-    let ret = unsafe { libc::syscall(libc::SYS_close_range, first_u, libc::c_uint::MAX, CLOSE_RANGE_CLOEXEC) };
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first_u,
+            libc::c_uint::MAX,
+            CLOSE_RANGE_CLOEXEC,
+        )
+    };
     if ret == 0 {
         return Ok(());
     }

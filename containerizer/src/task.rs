@@ -14,7 +14,9 @@ use crate::units::MilliCpus;
 pub struct TaskId(String);
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("invalid task id {0:?}: use 1 to 128 characters from A-Z a-z 0-9 . _ - (not starting with '.')")]
+#[error(
+    "invalid task id {0:?}: use 1 to 128 characters from A-Z a-z 0-9 . _ - (not starting with '.')"
+)]
 pub struct InvalidTaskId(pub String);
 
 impl TaskId {
@@ -23,8 +25,14 @@ impl TaskId {
         let ok = !id.is_empty()
             && id.len() <= 128
             && !id.starts_with('.')
-            && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-        if ok { Ok(Self(id)) } else { Err(InvalidTaskId(id)) }
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        if ok {
+            Ok(Self(id))
+        } else {
+            Err(InvalidTaskId(id))
+        }
     }
 
     pub fn as_str(&self) -> &str {

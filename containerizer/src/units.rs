@@ -16,12 +16,21 @@ pub enum UnitError {
 /// Binary units (KiB, MiB, GiB, TiB; also K, M, G, T and KB… as in `docker --memory`)
 /// are powers of 1024. Zero is refused: no limit of zero bytes makes sense.
 pub fn parse_size(input: &str) -> Result<u64, UnitError> {
-    let err = |why| UnitError::Size { input: input.to_string(), why };
+    let err = |why| UnitError::Size {
+        input: input.to_string(),
+        why,
+    };
     let s = input.trim();
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
     let (number, unit) = s.split_at(split);
     if number.is_empty() {
-        return Err(err(if s.starts_with('-') { "must be positive" } else { "no number" }));
+        return Err(err(if s.starts_with('-') {
+            "must be positive"
+        } else {
+            "no number"
+        }));
     }
     let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
@@ -46,7 +55,9 @@ pub fn parse_size(input: &str) -> Result<u64, UnitError> {
         whole
     } else {
         let value: u64 = number.parse().map_err(|_| err("too large"))?;
-        value.checked_mul(multiplier).ok_or_else(|| err("too large"))?
+        value
+            .checked_mul(multiplier)
+            .ok_or_else(|| err("too large"))?
     };
     if bytes == 0 {
         return Err(err("must be greater than zero"));
@@ -55,7 +66,9 @@ pub fn parse_size(input: &str) -> Result<u64, UnitError> {
 }
 
 /// A CPU amount in thousandths of a CPU, the unit CFS quotas are computed from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct MilliCpus(pub u64);
 
 impl MilliCpus {
@@ -80,7 +93,10 @@ impl fmt::Display for MilliCpus {
 
 /// Parses a decimal CPU count (`0.5`, `2`, `1.25`), to a precision of 1/1000 CPU.
 pub fn parse_cpus(input: &str) -> Result<MilliCpus, UnitError> {
-    let err = |why| UnitError::Cpus { input: input.to_string(), why };
+    let err = |why| UnitError::Cpus {
+        input: input.to_string(),
+        why,
+    };
     let s = input.trim();
     if s.starts_with('-') {
         return Err(err("must be positive"));
@@ -95,7 +111,11 @@ pub fn parse_cpus(input: &str) -> Result<MilliCpus, UnitError> {
     if frac.len() > 3 && frac[3..].bytes().any(|b| b != b'0') {
         return Err(err("more precise than 0.001"));
     }
-    let whole: u64 = if int.is_empty() { 0 } else { int.parse().map_err(|_| err("too large"))? };
+    let whole: u64 = if int.is_empty() {
+        0
+    } else {
+        int.parse().map_err(|_| err("too large"))?
+    };
     let mut millis = 0u64;
     for (i, b) in frac.bytes().take(3).enumerate() {
         millis += u64::from(b - b'0') * [100, 10, 1][i];
@@ -141,7 +161,19 @@ mod tests {
         assert_eq!(parse_size("4096"), Ok(4096));
         assert_eq!(parse_size("1.5G"), Ok(3 << 29));
         assert_eq!(parse_size(" 2kb "), Ok(2048));
-        for bad in ["", "0", "0MiB", "-1", "-5M", "abc", "12XB", "1..5M", ".", "99999999999999999999", "20000000TiB"] {
+        for bad in [
+            "",
+            "0",
+            "0MiB",
+            "-1",
+            "-5M",
+            "abc",
+            "12XB",
+            "1..5M",
+            ".",
+            "99999999999999999999",
+            "20000000TiB",
+        ] {
             assert!(parse_size(bad).is_err(), "{bad:?} accepted");
         }
     }
@@ -152,7 +184,18 @@ mod tests {
         assert_eq!(parse_cpus("2"), Ok(MilliCpus(2000)));
         assert_eq!(parse_cpus(".25"), Ok(MilliCpus(250)));
         assert_eq!(parse_cpus("1.2500"), Ok(MilliCpus(1250)));
-        for bad in ["", "0", "0.0", "-1", "abc", "1.0001", "1e3", ".", "1.2.3", "99999999999"] {
+        for bad in [
+            "",
+            "0",
+            "0.0",
+            "-1",
+            "abc",
+            "1.0001",
+            "1e3",
+            ".",
+            "1.2.3",
+            "99999999999",
+        ] {
             assert!(parse_cpus(bad).is_err(), "{bad:?} accepted");
         }
         assert_eq!(MilliCpus(1500).to_string(), "1.5");

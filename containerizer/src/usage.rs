@@ -71,7 +71,10 @@ pub struct Peaks {
 impl Peaks {
     pub fn observe(&mut self, u: &Usage) {
         // The kernel's own peak where it keeps one, else the largest current value seen.
-        self.mem_peak_bytes = max_opt(self.mem_peak_bytes, max_opt(u.mem_peak_bytes, u.mem_current_bytes));
+        self.mem_peak_bytes = max_opt(
+            self.mem_peak_bytes,
+            max_opt(u.mem_peak_bytes, u.mem_current_bytes),
+        );
         self.mem_anon_bytes = max_opt(self.mem_anon_bytes, u.mem_anon_bytes);
         self.mem_file_bytes = max_opt(self.mem_file_bytes, u.mem_file_bytes);
         self.mem_kernel_bytes = max_opt(self.mem_kernel_bytes, u.mem_kernel_bytes);
@@ -88,8 +91,15 @@ mod tests {
     #[test]
     fn peaks_keep_none_distinct_from_zero() {
         let mut p = Peaks::default();
-        p.observe(&Usage { mem_anon_bytes: Some(10), ..Default::default() });
-        p.observe(&Usage { mem_anon_bytes: Some(4), mem_current_bytes: Some(7), ..Default::default() });
+        p.observe(&Usage {
+            mem_anon_bytes: Some(10),
+            ..Default::default()
+        });
+        p.observe(&Usage {
+            mem_anon_bytes: Some(4),
+            mem_current_bytes: Some(7),
+            ..Default::default()
+        });
         assert_eq!(p.mem_anon_bytes, Some(10));
         assert_eq!(p.mem_peak_bytes, Some(7));
         assert_eq!(p.mem_swap_bytes, None);

@@ -14,7 +14,8 @@ use cella_containerizer::containerizer::Termination;
 use cella_containerizer::task::{Resources, Stdio};
 use cella_containerizer::units::{self, MilliCpus, format_bytes};
 use cella_containerizer::{
-    Containerizer, ContainerizerConfig, LaunchError, Limitation, NetMode, SeccompChoice, TaskConfig, TaskId, Volume,
+    Containerizer, ContainerizerConfig, LaunchError, Limitation, NetMode, SeccompChoice,
+    TaskConfig, TaskId, Volume,
 };
 use clap::Args;
 use serde::Serialize;
@@ -31,8 +32,10 @@ const RUNTIME_DIR: &str = "/run/cella/exec";
 
 /// Run a command isolated, limited and measured, like a Cella task.
 #[derive(Args, Debug)]
-#[command(after_help = "Exit status: the command's; 128+N if killed by signal N; 125 if Cella failed; \
-126 if the command is not executable; 127 if not found; 2 for invalid options.")]
+#[command(
+    after_help = "Exit status: the command's; 128+N if killed by signal N; 125 if Cella failed; \
+126 if the command is not executable; 127 if not found; 2 for invalid options."
+)]
 pub struct ExecArgs {
     /// CPUs (decimal, e.g. 0.5): a CFS quota and a proportional weight.
     #[arg(long, value_name = "N", value_parser = parse_cpus)]
@@ -103,7 +106,9 @@ fn parse_cpus(s: &str) -> Result<MilliCpus, String> {
 fn parse_pids(s: &str) -> Result<u64, String> {
     match s.trim().parse::<u64>() {
         Ok(n) if n > 0 => Ok(n),
-        _ => Err(format!("invalid process count {s:?}: use a whole number greater than zero")),
+        _ => Err(format!(
+            "invalid process count {s:?}: use a whole number greater than zero"
+        )),
     }
 }
 
@@ -136,7 +141,11 @@ fn parse_volume(s: &str) -> Result<Volume, String> {
     if host.is_empty() || task.is_empty() {
         return Err(bad());
     }
-    Ok(Volume { host: PathBuf::from(host), task: PathBuf::from(task), read_only })
+    Ok(Volume {
+        host: PathBuf::from(host),
+        task: PathBuf::from(task),
+        read_only,
+    })
 }
 
 static SIGNAL: AtomicI32 = AtomicI32::new(0);
@@ -147,7 +156,11 @@ extern "C" fn remember_signal(sig: libc::c_int) {
 
 fn catch_stop_signals() {
     use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
-    let action = SigAction::new(SigHandler::Handler(remember_signal), SaFlags::empty(), SigSet::empty());
+    let action = SigAction::new(
+        SigHandler::Handler(remember_signal),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
     for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
         // SAFETY: the handler only stores into an atomic, which is async-signal-safe.
         let _ = unsafe { sigaction(sig, &action) };
@@ -166,12 +179,22 @@ pub fn run(args: ExecArgs) -> i32 {
     };
     let sandbox = match sandbox {
         Ok(dir) => dir,
-        Err(e) => return fail(EXIT_CELLA_FAILED, format!("cannot read the current directory: {e}")),
+        Err(e) => {
+            return fail(
+                EXIT_CELLA_FAILED,
+                format!("cannot read the current directory: {e}"),
+            );
+        }
     };
     let want_usage = args.usage || args.usage_json.is_some();
     let mut config = TaskConfig::new(args.command.clone(), sandbox);
     config.env = args.env.clone();
-    config.resources = Resources { cpus: args.cpus, memory_bytes: args.mem, pids: args.pids, disk_bytes: args.disk };
+    config.resources = Resources {
+        cpus: args.cpus,
+        memory_bytes: args.mem,
+        pids: args.pids,
+        disk_bytes: args.disk,
+    };
     config.net = args.net;
     config.rootfs = args.rootfs.clone();
     if args.rootfs.is_some() {
@@ -312,7 +335,10 @@ fn usage_json(end: &Termination, cgroup_version: u8) -> UsageJson {
         io_read_bytes: u.io_read_bytes,
         io_write_bytes: u.io_write_bytes,
         disk_peak_bytes: p.disk_peak_bytes,
-        exit_code: end.status.code.or(end.status.launch_failure.as_ref().map(|(c, _)| *c)),
+        exit_code: end
+            .status
+            .code
+            .or(end.status.launch_failure.as_ref().map(|(c, _)| *c)),
         signal: end.status.signal,
         limitation: end.limitation.map(Limitation::as_str),
         cgroup_version,
@@ -321,14 +347,23 @@ fn usage_json(end: &Termination, cgroup_version: u8) -> UsageJson {
 
 fn usage_table(end: &Termination, cgroup_version: u8) -> String {
     let j = usage_json(end, cgroup_version);
-    let secs = |ns: Option<u64>| ns.map_or_else(|| "-".to_string(), |ns| format!("{:.3} s", ns as f64 / 1e9));
+    let secs = |ns: Option<u64>| {
+        ns.map_or_else(|| "-".to_string(), |ns| format!("{:.3} s", ns as f64 / 1e9))
+    };
     let bytes = |b: Option<u64>| b.map_or_else(|| "-".to_string(), format_bytes);
     let count = |n: Option<u64>| n.map_or_else(|| "-".to_string(), |n| n.to_string());
     let rows: [(&str, String); 17] = [
         ("wall time", secs(Some(j.wall_ns))),
         ("cpu user", secs(j.cpu_user_ns)),
         ("cpu system", secs(j.cpu_system_ns)),
-        ("cpu throttled", format!("{} ({} periods)", secs(j.cpu_throttled_ns), count(j.cpu_nr_throttled))),
+        (
+            "cpu throttled",
+            format!(
+                "{} ({} periods)",
+                secs(j.cpu_throttled_ns),
+                count(j.cpu_nr_throttled)
+            ),
+        ),
         ("memory peak", bytes(j.mem_peak_bytes)),
         ("memory anon", bytes(j.mem_anon_bytes)),
         ("memory file", bytes(j.mem_file_bytes)),
@@ -364,7 +399,10 @@ mod tests {
     #[test]
     fn volumes() {
         let v = parse_volume("/a:/b:ro").unwrap();
-        assert_eq!((v.host, v.task, v.read_only), (PathBuf::from("/a"), PathBuf::from("/b"), true));
+        assert_eq!(
+            (v.host, v.task, v.read_only),
+            (PathBuf::from("/a"), PathBuf::from("/b"), true)
+        );
         assert!(!parse_volume("/a:/b").unwrap().read_only);
         for bad in ["", "/a", ":/b", "/a:", "/a:/b:x", "/a:/b:ro:rw"] {
             assert!(parse_volume(bad).is_err(), "{bad:?}");

@@ -21,11 +21,18 @@ impl CgroupsIsolator {
 }
 
 fn limits(r: &Resources) -> CgroupLimits {
-    CgroupLimits { cpus: r.cpus, memory_bytes: r.memory_bytes, pids: r.pids }
+    CgroupLimits {
+        cpus: r.cpus,
+        memory_bytes: r.memory_bytes,
+        pids: r.pids,
+    }
 }
 
 fn failed(e: impl std::fmt::Display) -> IsolatorError {
-    IsolatorError::Failed { isolator: "cgroups", message: e.to_string() }
+    IsolatorError::Failed {
+        isolator: "cgroups",
+        message: e.to_string(),
+    }
 }
 
 impl Isolator for CgroupsIsolator {
@@ -33,18 +40,32 @@ impl Isolator for CgroupsIsolator {
         "cgroups"
     }
 
-    fn prepare(&self, id: &TaskId, config: &TaskConfig, spec: &mut ShimSpec) -> Result<(), IsolatorError> {
-        let cgroup = self.root.create(id.as_str(), &limits(&config.resources)).map_err(failed)?;
+    fn prepare(
+        &self,
+        id: &TaskId,
+        config: &TaskConfig,
+        spec: &mut ShimSpec,
+    ) -> Result<(), IsolatorError> {
+        let cgroup = self
+            .root
+            .create(id.as_str(), &limits(&config.resources))
+            .map_err(failed)?;
         spec.cgroup = cgroup.placement();
         Ok(())
     }
 
     fn watch(&self, _id: &TaskId, usage: &Usage) -> Option<Limitation> {
-        usage.oom_kills.filter(|n| *n > 0).map(|_| Limitation::MemoryLimit)
+        usage
+            .oom_kills
+            .filter(|n| *n > 0)
+            .map(|_| Limitation::MemoryLimit)
     }
 
     fn update(&self, id: &TaskId, resources: &Resources) -> Result<(), IsolatorError> {
-        self.root.open(id.as_str()).update(&limits(resources)).map_err(failed)
+        self.root
+            .open(id.as_str())
+            .update(&limits(resources))
+            .map_err(failed)
     }
 
     fn usage(&self, id: &TaskId, usage: &mut Usage) {

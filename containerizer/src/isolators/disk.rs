@@ -33,7 +33,10 @@ impl DiskIsolator {
 
     fn with<R>(&self, f: impl FnOnce(&mut HashMap<TaskId, Watched>) -> R) -> R {
         // A poisoned lock only means another thread panicked mid-update of plain data.
-        let mut guard = self.tasks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut guard = self
+            .tasks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         f(&mut guard)
     }
 }
@@ -47,7 +50,9 @@ pub fn disk_usage(root: &Path) -> io::Result<u64> {
     let mut total = top.blocks() * 512;
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
         for entry in entries.flatten() {
             let Ok(meta) = entry.metadata() else { continue };
             if meta.dev() != dev {
@@ -69,7 +74,9 @@ pub fn disk_usage(root: &Path) -> io::Result<u64> {
 fn tmp_usage(pid: i32) -> Option<u64> {
     let stat = nix::sys::statfs::statfs(format!("/proc/{pid}/root/tmp").as_str()).ok()?;
     let used_blocks = stat.blocks().saturating_sub(stat.blocks_free());
-    u64::try_from(stat.block_size()).ok().map(|bs| used_blocks * bs)
+    u64::try_from(stat.block_size())
+        .ok()
+        .map(|bs| used_blocks * bs)
 }
 
 impl Isolator for DiskIsolator {
@@ -77,7 +84,12 @@ impl Isolator for DiskIsolator {
         "disk"
     }
 
-    fn prepare(&self, id: &TaskId, config: &TaskConfig, spec: &mut ShimSpec) -> Result<(), IsolatorError> {
+    fn prepare(
+        &self,
+        id: &TaskId,
+        config: &TaskConfig,
+        spec: &mut ShimSpec,
+    ) -> Result<(), IsolatorError> {
         let limit = config.resources.disk_bytes;
         spec.filesystem.tmp_size_bytes = limit;
         let watched = Watched {
@@ -95,8 +107,11 @@ impl Isolator for DiskIsolator {
     }
 
     fn usage(&self, id: &TaskId, usage: &mut Usage) {
-        let Some((sandbox, pid)) = self.with(|t| t.get(id).filter(|w| w.measure).map(|w| (w.sandbox.clone(), w.pid)))
-        else {
+        let Some((sandbox, pid)) = self.with(|t| {
+            t.get(id)
+                .filter(|w| w.measure)
+                .map(|w| (w.sandbox.clone(), w.pid))
+        }) else {
             return;
         };
         let tmp = pid.and_then(tmp_usage).unwrap_or(0);
@@ -105,7 +120,10 @@ impl Isolator for DiskIsolator {
 
     fn watch(&self, id: &TaskId, usage: &Usage) -> Option<Limitation> {
         let limit = self.with(|t| t.get(id).and_then(|w| w.limit))?;
-        usage.disk_used_bytes.filter(|used| *used > limit).map(|_| Limitation::DiskLimit)
+        usage
+            .disk_used_bytes
+            .filter(|used| *used > limit)
+            .map(|_| Limitation::DiskLimit)
     }
 
     fn cleanup(&self, id: &TaskId) -> Result<(), IsolatorError> {
@@ -124,6 +142,9 @@ mod tests {
         std::fs::hard_link(dir.path().join("a"), dir.path().join("b")).unwrap();
         let after = super::disk_usage(dir.path()).unwrap();
         let grown = after - before;
-        assert!((1 << 20..(1 << 20) + 65536).contains(&grown), "grew by {grown}");
+        assert!(
+            (1 << 20..(1 << 20) + 65536).contains(&grown),
+            "grew by {grown}"
+        );
     }
 }

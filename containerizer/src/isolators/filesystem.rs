@@ -17,7 +17,10 @@ fn existing_dir(field: &'static str, path: &Path, what: &str) -> Result<PathBuf,
         .canonicalize()
         .map_err(|e| IsolatorError::invalid(field, format!("{what} {}: {e}", path.display())))?;
     if !canonical.is_dir() {
-        return Err(IsolatorError::invalid(field, format!("{what} {} is not a directory", path.display())));
+        return Err(IsolatorError::invalid(
+            field,
+            format!("{what} {} is not a directory", path.display()),
+        ));
     }
     Ok(canonical)
 }
@@ -27,7 +30,12 @@ impl Isolator for FilesystemIsolator {
         "filesystem"
     }
 
-    fn prepare(&self, _id: &TaskId, config: &TaskConfig, spec: &mut ShimSpec) -> Result<(), IsolatorError> {
+    fn prepare(
+        &self,
+        _id: &TaskId,
+        config: &TaskConfig,
+        spec: &mut ShimSpec,
+    ) -> Result<(), IsolatorError> {
         let rootfs = match &config.rootfs {
             Some(dir) => Some(existing_dir("--rootfs", dir, "root filesystem")?),
             None => None,
@@ -44,15 +52,26 @@ impl Isolator for FilesystemIsolator {
             (None, _) => sandbox.clone(),
             (Some(_), _) => PathBuf::from(SANDBOX_IN_ROOTFS),
         };
-        let mut binds = vec![BindMount { source: sandbox, target: sandbox_target.clone(), read_only: false }];
+        let mut binds = vec![BindMount {
+            source: sandbox,
+            target: sandbox_target.clone(),
+            read_only: false,
+        }];
         for v in &config.volumes {
             let source = v.host.canonicalize().map_err(|e| {
                 IsolatorError::invalid("--volume", format!("host path {}: {e}", v.host.display()))
             })?;
-            if !v.task.is_absolute() || v.task.components().any(|c| c == std::path::Component::ParentDir) {
+            if !v.task.is_absolute()
+                || v.task
+                    .components()
+                    .any(|c| c == std::path::Component::ParentDir)
+            {
                 return Err(IsolatorError::invalid(
                     "--volume",
-                    format!("task path {} must be absolute, without '..'", v.task.display()),
+                    format!(
+                        "task path {} must be absolute, without '..'",
+                        v.task.display()
+                    ),
                 ));
             }
             if rootfs.is_none() && !v.task.exists() {
@@ -65,13 +84,24 @@ impl Isolator for FilesystemIsolator {
                     ),
                 ));
             }
-            binds.push(BindMount { source, target: v.task.clone(), read_only: v.read_only });
+            binds.push(BindMount {
+                source,
+                target: v.task.clone(),
+                read_only: v.read_only,
+            });
         }
         spec.cwd = config.workdir_in_task.clone().unwrap_or(sandbox_target);
         if !spec.cwd.is_absolute() {
-            return Err(IsolatorError::invalid("--workdir", format!("{} must be absolute", spec.cwd.display())));
+            return Err(IsolatorError::invalid(
+                "--workdir",
+                format!("{} must be absolute", spec.cwd.display()),
+            ));
         }
-        spec.filesystem = FilesystemSpec { rootfs, binds, tmp_size_bytes: spec.filesystem.tmp_size_bytes };
+        spec.filesystem = FilesystemSpec {
+            rootfs,
+            binds,
+            tmp_size_bytes: spec.filesystem.tmp_size_bytes,
+        };
         Ok(())
     }
 }

@@ -41,15 +41,24 @@ use crate::usage::{Limitation, Usage};
 pub enum IsolatorError {
     /// The task's configuration is wrong; `field` names the option to fix.
     #[error("{field}: {message}")]
-    Invalid { field: &'static str, message: String },
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
     /// The machine could not do what was asked (a cgroup could not be created…).
     #[error("{isolator}: {message}")]
-    Failed { isolator: &'static str, message: String },
+    Failed {
+        isolator: &'static str,
+        message: String,
+    },
 }
 
 impl IsolatorError {
     pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
-        Self::Invalid { field, message: message.into() }
+        Self::Invalid {
+            field,
+            message: message.into(),
+        }
     }
 }
 
@@ -63,7 +72,12 @@ pub trait Isolator: Send + Sync {
     }
 
     /// Checks `config` and fills in this isolator's part of `spec`.
-    fn prepare(&self, id: &TaskId, config: &TaskConfig, spec: &mut ShimSpec) -> Result<(), IsolatorError>;
+    fn prepare(
+        &self,
+        id: &TaskId,
+        config: &TaskConfig,
+        spec: &mut ShimSpec,
+    ) -> Result<(), IsolatorError>;
 
     /// The task runs as `pid` (in the launcher's pid namespace).
     fn isolate(&self, _id: &TaskId, _pid: i32) {}

@@ -15,7 +15,9 @@ pub fn valid_hostname(name: &str) -> bool {
             !label.is_empty()
                 && !label.starts_with('-')
                 && !label.ends_with('-')
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         })
 }
 
@@ -24,12 +26,19 @@ impl Isolator for NamespacesIsolator {
         "namespaces"
     }
 
-    fn prepare(&self, _id: &TaskId, config: &TaskConfig, spec: &mut ShimSpec) -> Result<(), IsolatorError> {
+    fn prepare(
+        &self,
+        _id: &TaskId,
+        config: &TaskConfig,
+        spec: &mut ShimSpec,
+    ) -> Result<(), IsolatorError> {
         if let Some(name) = &config.hostname {
             if !valid_hostname(name) {
                 return Err(IsolatorError::invalid(
                     "--hostname",
-                    format!("{name:?} is not a valid hostname (letters, digits, '-' and '.', at most 64 characters)"),
+                    format!(
+                        "{name:?} is not a valid hostname (letters, digits, '-' and '.', at most 64 characters)"
+                    ),
                 ));
             }
         }

@@ -16,15 +16,24 @@ impl Isolator for PosixIsolator {
         "posix"
     }
 
-    fn prepare(&self, _id: &TaskId, config: &TaskConfig, spec: &mut ShimSpec) -> Result<(), IsolatorError> {
+    fn prepare(
+        &self,
+        _id: &TaskId,
+        config: &TaskConfig,
+        spec: &mut ShimSpec,
+    ) -> Result<(), IsolatorError> {
         if let Some(user) = &config.user {
             let root = config.rootfs.as_deref().unwrap_or(Path::new("/"));
-            let id = crate::user::resolve(user, root).map_err(|e| IsolatorError::invalid("--user", e.to_string()))?;
+            let id = crate::user::resolve(user, root)
+                .map_err(|e| IsolatorError::invalid("--user", e.to_string()))?;
             spec.identity = Some(id);
         }
         for kv in &config.env {
             if !kv.contains('=') || kv.starts_with('=') {
-                return Err(IsolatorError::invalid("--env", format!("{kv:?} is not KEY=VALUE")));
+                return Err(IsolatorError::invalid(
+                    "--env",
+                    format!("{kv:?} is not KEY=VALUE"),
+                ));
             }
         }
         spec.env = config.env.clone();

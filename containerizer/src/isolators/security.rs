@@ -13,7 +13,12 @@ impl Isolator for CapabilitiesIsolator {
         "capabilities"
     }
 
-    fn prepare(&self, _id: &TaskId, config: &TaskConfig, spec: &mut ShimSpec) -> Result<(), IsolatorError> {
+    fn prepare(
+        &self,
+        _id: &TaskId,
+        config: &TaskConfig,
+        spec: &mut ShimSpec,
+    ) -> Result<(), IsolatorError> {
         spec.capabilities = crate::capabilities::resolve(&config.cap_add, &config.cap_drop)
             .map_err(|e| IsolatorError::invalid("--cap-add/--cap-drop", e.to_string()))?;
         Ok(())
@@ -26,7 +31,9 @@ pub struct SeccompIsolator {
 
 impl SeccompIsolator {
     pub fn new() -> Self {
-        Self { default: crate::seccomp::default_program() }
+        Self {
+            default: crate::seccomp::default_program(),
+        }
     }
 }
 
@@ -41,12 +48,18 @@ impl Isolator for SeccompIsolator {
         "seccomp"
     }
 
-    fn prepare(&self, _id: &TaskId, config: &TaskConfig, spec: &mut ShimSpec) -> Result<(), IsolatorError> {
+    fn prepare(
+        &self,
+        _id: &TaskId,
+        config: &TaskConfig,
+        spec: &mut ShimSpec,
+    ) -> Result<(), IsolatorError> {
         spec.seccomp = match &config.seccomp {
             SeccompChoice::Default => Some(self.default.clone()),
             SeccompChoice::Unconfined => None,
             SeccompChoice::Profile(path) => Some(
-                crate::seccomp::load_profile(path).map_err(|e| IsolatorError::invalid("--seccomp", e.to_string()))?,
+                crate::seccomp::load_profile(path)
+                    .map_err(|e| IsolatorError::invalid("--seccomp", e.to_string()))?,
             ),
         };
         Ok(())

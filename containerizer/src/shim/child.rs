@@ -31,7 +31,10 @@ pub struct Failure {
 
 impl Failure {
     pub fn setup(what: &str, err: impl std::fmt::Display) -> Self {
-        Self { code: SETUP_FAILED, message: format!("{what}: {err}") }
+        Self {
+            code: SETUP_FAILED,
+            message: format!("{what}: {err}"),
+        }
     }
 }
 
@@ -56,7 +59,12 @@ fn setup_and_exec(spec: &ShimSpec, go: OwnedFd) -> Result<Never, Failure> {
     let mut byte = [0u8; 1];
     match nix::unistd::read(&go, &mut byte) {
         Ok(1) => {}
-        _ => return Err(Failure::setup("waiting to be placed in the cgroups", "the shim went away")),
+        _ => {
+            return Err(Failure::setup(
+                "waiting to be placed in the cgroups",
+                "the shim went away",
+            ));
+        }
     }
     drop(go);
 
@@ -69,7 +77,10 @@ fn setup_and_exec(spec: &ShimSpec, go: OwnedFd) -> Result<Never, Failure> {
         loopback_up().map_err(|e| Failure::setup("bringing up lo", e))?;
     }
     for limit in &spec.rlimits {
-        let rlim = libc::rlimit { rlim_cur: limit.soft, rlim_max: limit.hard };
+        let rlim = libc::rlimit {
+            rlim_cur: limit.soft,
+            rlim_max: limit.hard,
+        };
         // SAFETY: setrlimit reads one valid rlimit struct.
         if unsafe { libc::setrlimit(limit.resource as _, &rlim) } != 0 {
             return Err(Failure::setup("setrlimit", io::Error::last_os_error()));
@@ -81,21 +92,36 @@ fn setup_and_exec(spec: &ShimSpec, go: OwnedFd) -> Result<Never, Failure> {
     // The program is looked up before privileges drop and the filter is loaded, so a
     // missing command is reported as such (127) and not as a seccomp denial.
     let program = resolve_program(spec)?;
-    let argv: Vec<CString> = spec.args.iter().map(|a| cstring(a)).collect::<Result<_, _>>()?;
-    let envp: Vec<CString> = spec.env.iter().map(|e| cstring(e)).collect::<Result<_, _>>()?;
+    let argv: Vec<CString> = spec
+        .args
+        .iter()
+        .map(|a| cstring(a))
+        .collect::<Result<_, _>>()?;
+    let envp: Vec<CString> = spec
+        .env
+        .iter()
+        .map(|e| cstring(e))
+        .collect::<Result<_, _>>()?;
 
     if let Some(id) = &spec.identity {
         // The bounding set shrinks while we still hold CAP_SETPCAP; setuid to a
         // non-root uid then clears the permitted and effective sets, as with Docker.
         crate::capabilities::limit_bounding(spec.capabilities)
             .map_err(|e| Failure::setup("capabilities", e))?;
-        let groups: Vec<nix::unistd::Gid> = id.groups.iter().map(|g| nix::unistd::Gid::from_raw(*g)).collect();
+        let groups: Vec<nix::unistd::Gid> = id
+            .groups
+            .iter()
+            .map(|g| nix::unistd::Gid::from_raw(*g))
+            .collect();
         nix::unistd::setgroups(&groups).map_err(|e| Failure::setup("setgroups", e))?;
-        nix::unistd::setgid(nix::unistd::Gid::from_raw(id.gid)).map_err(|e| Failure::setup("setgid", e))?;
-        nix::unistd::setuid(nix::unistd::Uid::from_raw(id.uid)).map_err(|e| Failure::setup("setuid", e))?;
+        nix::unistd::setgid(nix::unistd::Gid::from_raw(id.gid))
+            .map_err(|e| Failure::setup("setgid", e))?;
+        nix::unistd::setuid(nix::unistd::Uid::from_raw(id.uid))
+            .map_err(|e| Failure::setup("setuid", e))?;
     }
     if spec.identity.as_ref().is_none_or(|id| id.uid == 0) {
-        crate::capabilities::apply(spec.capabilities).map_err(|e| Failure::setup("capabilities", e))?;
+        crate::capabilities::apply(spec.capabilities)
+            .map_err(|e| Failure::setup("capabilities", e))?;
     }
     // SAFETY: prctl(PR_SET_NO_NEW_PRIVS) takes integer arguments only.
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
@@ -111,15 +137,25 @@ fn setup_and_exec(spec: &ShimSpec, go: OwnedFd) -> Result<Never, Failure> {
         nix::errno::Errno::ENOENT => NOT_FOUND,
         _ => NOT_EXECUTABLE,
     };
-    Err(Failure { code, message: format!("{}: {}", program.to_string_lossy(), err.desc()) })
+    Err(Failure {
+        code,
+        message: format!("{}: {}", program.to_string_lossy(), err.desc()),
+    })
 }
 
 fn cstring(s: &str) -> Result<CString, Failure> {
-    CString::new(s).map_err(|_| Failure::setup("argument or environment", format!("{s:?} contains a NUL byte")))
+    CString::new(s).map_err(|_| {
+        Failure::setup(
+            "argument or environment",
+            format!("{s:?} contains a NUL byte"),
+        )
+    })
 }
 
 fn set_stdio(stdio: &Stdio) -> Result<(), Failure> {
-    let Stdio::Files { stdout, stderr } = stdio else { return Ok(()) };
+    let Stdio::Files { stdout, stderr } = stdio else {
+        return Ok(());
+    };
     let open_out = |path: &Path| {
         fs::OpenOptions::new()
             .create(true)
@@ -130,10 +166,17 @@ fn set_stdio(stdio: &Stdio) -> Result<(), Failure> {
     let null = fs::File::open("/dev/null").map_err(|e| Failure::setup("opening /dev/null", e))?;
     let out = open_out(stdout)?;
     let err = open_out(stderr)?;
-    for (file, target) in [(null.as_raw_fd(), 0), (out.as_raw_fd(), 1), (err.as_raw_fd(), 2)] {
+    for (file, target) in [
+        (null.as_raw_fd(), 0),
+        (out.as_raw_fd(), 1),
+        (err.as_raw_fd(), 2),
+    ] {
         // SAFETY: dup2 on descriptors we own; 0-2 are replaced atomically.
         if unsafe { libc::dup2(file, target) } < 0 {
-            return Err(Failure::setup("redirecting stdio", io::Error::last_os_error()));
+            return Err(Failure::setup(
+                "redirecting stdio",
+                io::Error::last_os_error(),
+            ));
         }
     }
     Ok(())
@@ -142,8 +185,14 @@ fn set_stdio(stdio: &Stdio) -> Result<(), Failure> {
 /// Finds the program as execvp would: a name with a slash is used as is, otherwise
 /// each directory of the task's PATH is tried.
 fn resolve_program(spec: &ShimSpec) -> Result<CString, Failure> {
-    let name = spec.args.first().ok_or_else(|| Failure::setup("command", "empty"))?;
-    let not_found = || Failure { code: NOT_FOUND, message: format!("{name}: command not found") };
+    let name = spec
+        .args
+        .first()
+        .ok_or_else(|| Failure::setup("command", "empty"))?;
+    let not_found = || Failure {
+        code: NOT_FOUND,
+        message: format!("{name}: command not found"),
+    };
     let candidates: Vec<PathBuf> = if name.contains('/') {
         vec![PathBuf::from(name)]
     } else {
@@ -152,7 +201,10 @@ fn resolve_program(spec: &ShimSpec) -> Result<CString, Failure> {
             .iter()
             .find_map(|e| e.strip_prefix("PATH="))
             .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
-        path.split(':').filter(|d| !d.is_empty()).map(|d| Path::new(d).join(name)).collect()
+        path.split(':')
+            .filter(|d| !d.is_empty())
+            .map(|d| Path::new(d).join(name))
+            .collect()
     };
     let mut not_executable = None;
     for candidate in candidates {
@@ -167,11 +219,15 @@ fn resolve_program(spec: &ShimSpec) -> Result<CString, Failure> {
     match not_executable {
         Some(path) => Err(Failure {
             code: NOT_EXECUTABLE,
-            message: format!("{}: permission denied (not an executable file)", path.display()),
+            message: format!(
+                "{}: permission denied (not an executable file)",
+                path.display()
+            ),
         }),
-        None if name.contains('/') => {
-            Err(Failure { code: NOT_FOUND, message: format!("{name}: no such file or directory") })
-        }
+        None if name.contains('/') => Err(Failure {
+            code: NOT_FOUND,
+            message: format!("{name}: no such file or directory"),
+        }),
         None => Err(not_found()),
     }
 }
@@ -202,4 +258,3 @@ fn loopback_up() -> io::Result<()> {
     }
     Ok(())
 }
-

@@ -56,13 +56,22 @@ pub enum ShimError {
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
     #[error("{what}: {source}")]
-    Sys { what: &'static str, source: io::Error },
+    Sys {
+        what: &'static str,
+        source: io::Error,
+    },
     #[error("{path}: invalid launch spec: {source}")]
-    Spec { path: PathBuf, source: serde_json::Error },
+    Spec {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ShimError + '_ {
-    move |source| ShimError::Io { path: path.to_path_buf(), source }
+    move |source| ShimError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 fn sys_err(what: &'static str) -> impl FnOnce(io::Error) -> ShimError {
@@ -95,14 +104,23 @@ pub fn main() -> ! {
 fn run(run_dir: &RunDir) -> Result<(), ShimError> {
     let spec_path = run_dir.spec();
     let raw = fs::read(&spec_path).map_err(io_err(&spec_path))?;
-    let spec: ShimSpec =
-        serde_json::from_slice(&raw).map_err(|source| ShimError::Spec { path: spec_path.clone(), source })?;
+    let spec: ShimSpec = serde_json::from_slice(&raw).map_err(|source| ShimError::Spec {
+        path: spec_path.clone(),
+        source,
+    })?;
 
     // The shim must outlive a launcher that dies or is interrupted: a terminal's
     // Ctrl-C goes to the launcher, which kills the task through its cgroup.
-    for sig in [Signal::SIGPIPE, Signal::SIGINT, Signal::SIGHUP, Signal::SIGQUIT, Signal::SIGTSTP] {
+    for sig in [
+        Signal::SIGPIPE,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+        Signal::SIGTSTP,
+    ] {
         // SAFETY: SIG_IGN installs no handler code; nothing can run concurrently.
-        unsafe { signal(sig, SigHandler::SigIgn) }.map_err(|e| sys_err("ignoring signals")(e.into()))?;
+        unsafe { signal(sig, SigHandler::SigIgn) }
+            .map_err(|e| sys_err("ignoring signals")(e.into()))?;
     }
     let _ = nix::unistd::setsid();
 
@@ -131,10 +149,15 @@ fn run(run_dir: &RunDir) -> Result<(), ShimError> {
         Err(e) => {
             let why = e.to_string();
             send(&mut events, &format!("failed 125 {why}\n"));
-            ExitStatus { code: None, signal: None, launch_failure: Some((125, why)) }
+            ExitStatus {
+                code: None,
+                signal: None,
+                launch_failure: Some((125, why)),
+            }
         }
     };
-    let json = serde_json::to_vec(&status).map_err(|e| sys_err("encoding exit status")(io::Error::other(e)))?;
+    let json = serde_json::to_vec(&status)
+        .map_err(|e| sys_err("encoding exit status")(io::Error::other(e)))?;
     write_atomic(&run_dir.exit_status(), &json)?;
 
     // A launcher that is gone will never clean up (cella exec killed with SIGKILL):
@@ -156,18 +179,25 @@ fn send(events: &mut Option<fs::File>, line: &str) -> bool {
 
 /// Clones the task and lets it run. Returns its pid and, when it never reached
 /// exec, why (the child reports through a close-on-exec pipe: EOF means exec'd).
-fn start_task(spec: &ShimSpec, run_dir: &RunDir) -> Result<(i32, Option<(i32, String)>), ShimError> {
-    let (go_r, go_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| sys_err("pipe")(e.into()))?;
+fn start_task(
+    spec: &ShimSpec,
+    run_dir: &RunDir,
+) -> Result<(i32, Option<(i32, String)>), ShimError> {
+    let (go_r, go_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| sys_err("pipe")(e.into()))?;
     let (err_r, err_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| sys_err("pipe")(e.into()))?;
 
-    let mut flags = (libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC) as u64;
+    let mut flags =
+        (libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC) as u64;
     if spec.net == NetMode::None {
         flags |= libc::CLONE_NEWNET as u64;
     }
     let cgroup_dir: Option<OwnedFd> = match &spec.cgroup {
         Placement::V2 { dir } => Some(
-            fs::File::open(dir).map(OwnedFd::from).map_err(io_err(dir))?,
+            fs::File::open(dir)
+                .map(OwnedFd::from)
+                .map_err(io_err(dir))?,
         ),
         Placement::V1 { .. } => None,
     };
@@ -222,10 +252,18 @@ fn wait_task(pid: i32) -> Result<ExitStatus, ShimError> {
     loop {
         match waitpid(Pid::from_raw(pid), None) {
             Ok(WaitStatus::Exited(_, code)) => {
-                return Ok(ExitStatus { code: Some(code), signal: None, launch_failure: None });
+                return Ok(ExitStatus {
+                    code: Some(code),
+                    signal: None,
+                    launch_failure: None,
+                });
             }
             Ok(WaitStatus::Signaled(_, sig, _)) => {
-                return Ok(ExitStatus { code: None, signal: Some(sig as i32), launch_failure: None });
+                return Ok(ExitStatus {
+                    code: None,
+                    signal: Some(sig as i32),
+                    launch_failure: None,
+                });
             }
             Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => return Err(sys_err("waiting for the task")(e.into())),
@@ -242,7 +280,9 @@ fn pid_record(pid: i32) -> Vec<u8> {
 pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<(), ShimError> {
     let tmp = path.with_extension("tmp");
     let mut f = fs::File::create(&tmp).map_err(io_err(&tmp))?;
-    f.write_all(data).and_then(|()| f.sync_all()).map_err(io_err(&tmp))?;
+    f.write_all(data)
+        .and_then(|()| f.sync_all())
+        .map_err(io_err(&tmp))?;
     fs::rename(&tmp, path).map_err(io_err(path))?;
     Ok(())
 }

@@ -25,15 +25,30 @@ use crate::sys::{MOUNT_ATTR_NODEV, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY, mount_s
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {
     #[error("{what} {path}: {source}")]
-    Mount { what: &'static str, path: PathBuf, source: io::Error },
+    Mount {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
 }
 
-fn err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(nix::errno::Errno) -> MountError + 'a {
-    move |e| MountError::Mount { what, path: path.to_path_buf(), source: e.into() }
+fn err<'a>(
+    what: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(nix::errno::Errno) -> MountError + 'a {
+    move |e| MountError::Mount {
+        what,
+        path: path.to_path_buf(),
+        source: e.into(),
+    }
 }
 
 fn ioerr<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> MountError + 'a {
-    move |source| MountError::Mount { what, path: path.to_path_buf(), source }
+    move |source| MountError::Mount {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 const NONE: Option<&str> = None;
@@ -48,14 +63,26 @@ const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
 pub fn setup(fs_spec: &FilesystemSpec) -> Result<(), MountError> {
     let root = Path::new("/");
     // Nothing mounted from here on may propagate back to the host.
-    mount(NONE, root, NONE, MsFlags::MS_REC | MsFlags::MS_PRIVATE, NONE)
-        .map_err(err("making mounts private", root))?;
+    mount(
+        NONE,
+        root,
+        NONE,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        NONE,
+    )
+    .map_err(err("making mounts private", root))?;
 
     // Everything is laid out under `base` first: the rootfs, or the host's `/`.
     let base: PathBuf = match &fs_spec.rootfs {
         Some(rootfs) => {
-            mount(Some(rootfs), rootfs, NONE, MsFlags::MS_BIND | MsFlags::MS_REC, NONE)
-                .map_err(err("binding the rootfs", rootfs))?;
+            mount(
+                Some(rootfs),
+                rootfs,
+                NONE,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                NONE,
+            )
+            .map_err(err("binding the rootfs", rootfs))?;
             rootfs.clone()
         }
         None => PathBuf::from("/"),
@@ -68,8 +95,12 @@ pub fn setup(fs_spec: &FilesystemSpec) -> Result<(), MountError> {
     // the directory through the descriptor, whatever is mounted over its path.
     let mut sources = Vec::with_capacity(fs_spec.binds.len());
     for bind in &fs_spec.binds {
-        let fd = nix::fcntl::open(&bind.source, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty())
-            .map_err(err("opening", &bind.source))?;
+        let fd = nix::fcntl::open(
+            &bind.source,
+            OFlag::O_PATH | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(err("opening", &bind.source))?;
         sources.push((fd, bind.source.is_dir()));
     }
 
@@ -80,16 +111,28 @@ pub fn setup(fs_spec: &FilesystemSpec) -> Result<(), MountError> {
     };
     let private = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     fs::create_dir_all(&tmp).map_err(ioerr("creating", &tmp))?;
-    mount(Some("tmpfs"), &tmp, Some("tmpfs"), private, Some(tmp_opts.as_str()))
-        .map_err(err("mounting a private /tmp on", &tmp))?;
+    mount(
+        Some("tmpfs"),
+        &tmp,
+        Some("tmpfs"),
+        private,
+        Some(tmp_opts.as_str()),
+    )
+    .map_err(err("mounting a private /tmp on", &tmp))?;
     writable.push(PathBuf::from("/tmp"));
 
     for (bind, (fd, is_dir)) in fs_spec.binds.iter().zip(&sources) {
         let target = at(&bind.target);
         make_mount_point(*is_dir, &target)?;
         let via = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
-        mount(Some(&via), &target, NONE, MsFlags::MS_BIND | MsFlags::MS_REC, NONE)
-            .map_err(err("bind mounting", &bind.target))?;
+        mount(
+            Some(&via),
+            &target,
+            NONE,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            NONE,
+        )
+        .map_err(err("bind mounting", &bind.target))?;
         if !bind.read_only {
             writable.push(bind.target.clone());
         }
@@ -98,22 +141,40 @@ pub fn setup(fs_spec: &FilesystemSpec) -> Result<(), MountError> {
 
     let proc = at(Path::new("/proc"));
     fs::create_dir_all(&proc).map_err(ioerr("creating", &proc))?;
-    mount(Some("proc"), &proc, Some("proc"), private | MsFlags::MS_NOEXEC, NONE)
-        .map_err(err("mounting /proc on", &proc))?;
+    mount(
+        Some("proc"),
+        &proc,
+        Some("proc"),
+        private | MsFlags::MS_NOEXEC,
+        NONE,
+    )
+    .map_err(err("mounting /proc on", &proc))?;
     writable.push(PathBuf::from("/proc"));
 
     if fs_spec.rootfs.is_some() {
         setup_dev(&at(Path::new("/dev")))?;
         let sys = at(Path::new("/sys"));
         fs::create_dir_all(&sys).map_err(ioerr("creating", &sys))?;
-        mount(Some("/sys"), &sys, NONE, MsFlags::MS_BIND | MsFlags::MS_REC, NONE)
-            .map_err(err("binding /sys on", &sys))?;
+        mount(
+            Some("/sys"),
+            &sys,
+            NONE,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            NONE,
+        )
+        .map_err(err("binding /sys on", &sys))?;
         writable.push(PathBuf::from("/dev/pts"));
     }
     let shm = at(Path::new("/dev/shm"));
     if shm.is_dir() {
-        mount(Some("shm"), &shm, Some("tmpfs"), private | MsFlags::MS_NOEXEC, Some("mode=1777"))
-            .map_err(err("mounting a private /dev/shm on", &shm))?;
+        mount(
+            Some("shm"),
+            &shm,
+            Some("tmpfs"),
+            private | MsFlags::MS_NOEXEC,
+            Some("mode=1777"),
+        )
+        .map_err(err("mounting a private /dev/shm on", &shm))?;
         writable.push(PathBuf::from("/dev/shm"));
     }
 
@@ -125,8 +186,13 @@ pub fn setup(fs_spec: &FilesystemSpec) -> Result<(), MountError> {
     make_read_only("/", true)?;
     for path in &writable {
         let c = cpath(path)?;
-        mount_setattr(&c, false, MOUNT_ATTR_NODEV | MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY)
-            .map_err(ioerr("making writable", path))?;
+        mount_setattr(
+            &c,
+            false,
+            MOUNT_ATTR_NODEV | MOUNT_ATTR_NOSUID,
+            MOUNT_ATTR_RDONLY,
+        )
+        .map_err(ioerr("making writable", path))?;
     }
     harden_proc()?;
     Ok(())
@@ -145,16 +211,23 @@ fn make_read_only(path: &str, recursive: bool) -> Result<(), MountError> {
 /// Kernels before 5.12: remount each mount point under `prefix` read-only, keeping
 /// its other flags (a bind remount that dropped nosuid/nodev would be refused).
 fn remount_read_only_each(prefix: &str) -> Result<(), MountError> {
-    let info = fs::read_to_string("/proc/self/mountinfo").map_err(ioerr("reading", Path::new("/proc/self/mountinfo")))?;
+    let info = fs::read_to_string("/proc/self/mountinfo")
+        .map_err(ioerr("reading", Path::new("/proc/self/mountinfo")))?;
     for line in info.lines() {
         let mut fields = line.split(' ');
-        let (Some(point), Some(opts)) = (fields.nth(4), fields.next()) else { continue };
+        let (Some(point), Some(opts)) = (fields.nth(4), fields.next()) else {
+            continue;
+        };
         let point = point.replace("\\040", " ");
         if !point.starts_with(prefix) {
             continue;
         }
         let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
-        for (name, flag) in [("nosuid", MsFlags::MS_NOSUID), ("nodev", MsFlags::MS_NODEV), ("noexec", MsFlags::MS_NOEXEC)] {
+        for (name, flag) in [
+            ("nosuid", MsFlags::MS_NOSUID),
+            ("nodev", MsFlags::MS_NODEV),
+            ("noexec", MsFlags::MS_NOEXEC),
+        ] {
             if opts.split(',').any(|o| o == name) {
                 flags |= flag;
             }
@@ -171,14 +244,21 @@ fn harden_proc() -> Result<(), MountError> {
         if !path.exists() {
             continue;
         }
-        mount(Some(&path), &path, NONE, MsFlags::MS_BIND | MsFlags::MS_REC, NONE)
-            .map_err(err("binding", &path))?;
+        mount(
+            Some(&path),
+            &path,
+            NONE,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            NONE,
+        )
+        .map_err(err("binding", &path))?;
         make_read_only(&path.to_string_lossy(), true)?;
     }
     for name in PROC_MASKED {
         let path = Path::new("/proc").join(name);
         if path.exists() {
-            mount(Some("/dev/null"), &path, NONE, MsFlags::MS_BIND, NONE).map_err(err("masking", &path))?;
+            mount(Some("/dev/null"), &path, NONE, MsFlags::MS_BIND, NONE)
+                .map_err(err("masking", &path))?;
         }
     }
     Ok(())
@@ -188,13 +268,20 @@ fn harden_proc() -> Result<(), MountError> {
 /// host, a private devpts and the usual symlinks. Made read-only with the rest.
 fn setup_dev(dev: &Path) -> Result<(), MountError> {
     fs::create_dir_all(dev).map_err(ioerr("creating", dev))?;
-    mount(Some("tmpfs"), dev, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("mode=755,size=65536"))
-        .map_err(err("mounting a tmpfs on", dev))?;
+    mount(
+        Some("tmpfs"),
+        dev,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("mode=755,size=65536"),
+    )
+    .map_err(err("mounting a tmpfs on", dev))?;
     for name in DEVICES {
         let target = dev.join(name);
         fs::File::create(&target).map_err(ioerr("creating", &target))?;
         let source = Path::new("/dev").join(name);
-        mount(Some(&source), &target, NONE, MsFlags::MS_BIND, NONE).map_err(err("binding", &target))?;
+        mount(Some(&source), &target, NONE, MsFlags::MS_BIND, NONE)
+            .map_err(err("binding", &target))?;
     }
     for (link, to) in [
         ("fd", "/proc/self/fd"),
@@ -233,7 +320,9 @@ fn make_mount_point(is_dir: bool, target: &Path) -> Result<(), MountError> {
         if let Some(parent) = target.parent() {
             fs::create_dir_all(parent).map_err(ioerr("creating", parent))?;
         }
-        fs::File::create(target).map(drop).map_err(ioerr("creating", target))
+        fs::File::create(target)
+            .map(drop)
+            .map_err(ioerr("creating", target))
     }
 }
 
