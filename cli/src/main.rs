@@ -1,6 +1,7 @@
 //! `cella`: the Cella command-line tool.
 
 mod commands;
+mod profile;
 
 use clap::{Parser, Subcommand};
 
@@ -14,7 +15,20 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run one command isolated, limited and measured, right here.
     Exec(commands::exec::ExecArgs),
+    /// Run a command as a task on the cluster and follow it.
+    Run(commands::run::RunArgs),
+    /// List tasks.
+    Tasks(commands::tasks::TasksArgs),
+    /// List agents with their resources.
+    Agents(commands::tasks::AgentsArgs),
+    /// Kill a task.
+    Kill(commands::tasks::KillArgs),
+    /// Show a task's output.
+    Logs(commands::logs::LogsArgs),
+    /// Create certificates for a cluster.
+    Certs(commands::certs::CertsArgs),
 }
 
 fn main() {
@@ -28,6 +42,12 @@ fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Exec(args) => commands::exec::run(args),
+        Command::Run(args) => commands::run::run(args),
+        Command::Tasks(args) => commands::tasks::tasks(args),
+        Command::Agents(args) => commands::tasks::agents(args),
+        Command::Kill(args) => commands::tasks::kill(args),
+        Command::Logs(args) => commands::logs::run(args),
+        Command::Certs(args) => commands::certs::run(args),
     };
     std::process::exit(code);
 }

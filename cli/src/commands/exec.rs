@@ -95,6 +95,18 @@ pub struct ExecArgs {
     command: Vec<String>,
 }
 
+pub fn parse_size_arg(s: &str) -> Result<u64, String> {
+    parse_size(s)
+}
+
+pub fn parse_cpus_arg(s: &str) -> Result<MilliCpus, String> {
+    parse_cpus(s)
+}
+
+pub fn parse_pids_arg(s: &str) -> Result<u64, String> {
+    parse_pids(s)
+}
+
 fn parse_size(s: &str) -> Result<u64, String> {
     units::parse_size(s).map_err(|e| e.to_string())
 }

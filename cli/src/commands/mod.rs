@@ -1,2 +1,6 @@
 //! One module per subcommand.
+pub mod certs;
 pub mod exec;
+pub mod logs;
+pub mod run;
+pub mod tasks;

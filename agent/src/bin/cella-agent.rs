@@ -1,0 +1,66 @@
+//! `cella-agent`: the Cella node daemon.
+//!
+//! SIGTERM and SIGINT stop the agent WITHOUT killing its tasks: they keep running
+//! under their shims (re-attaching after a restart comes with recovery). Use
+//! `--kill-tasks-on-exit` (development) to kill them on the way out.
+
+use clap::Parser;
+
+/// The Cella node agent: offers this machine's resources to a Cella master and runs
+/// its tasks in isolated containers.
+#[derive(Debug, Parser)]
+#[command(name = "cella-agent", version)]
+struct Cli {
+    #[command(flatten)]
+    args: cella_agent::AgentArgs,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CELLA_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = match cli.args.resolve() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cella-agent: {e}");
+            std::process::exit(cella_agent::ConfigError::EXIT_CODE);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("cella-agent")
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cella-agent: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let result = runtime.block_on(cella_agent::run(config, shutdown_signal()));
+    if let Err(e) = result {
+        eprintln!("cella-agent: {e}");
+        std::process::exit(e.exit_code());
+    }
+}
+
+/// SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop the agent with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping (tasks keep running)"),
+        _ = int.recv() => tracing::info!("SIGINT: stopping (tasks keep running)"),
+    }
+}

@@ -1,0 +1,385 @@
+//! The agent's HTTPS API (TLS with the agent's certificate, `--http-listen`):
+//!
+//! * `GET /health`: no authentication.
+//! * `GET /metrics`: Prometheus text.
+//! * `GET /api/v1/containers`: tasks with their latest usage (JSON).
+//! * `GET /api/v1/tasks/{id}/files/{name}?offset=N&length=M`: a chunk of a file in
+//!   the task's sandbox (for `cella logs`).
+//!
+//! All but `/health` need a client certificate signed by the cluster CA.
+//!
+//! # File reads
+//!
+//! `name` is a path relative to the sandbox; absolute paths and `..` are refused, and
+//! the file is opened with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS |
+//! RESOLVE_NO_MAGICLINKS)` relative to the sandbox directory, so no symlink a task
+//! creates can lead outside it. Only regular files are read.
+//!
+//! The answer is `{"data", "offset", "length", "next_offset", "size", "eof"}`:
+//! `data` is text (UTF-8). A chunk never ends inside a UTF-8 character: up to 3
+//! trailing bytes of an incomplete character are left for the next read, so a
+//! follower that asks again from `next_offset` reassembles valid text exactly. Bytes
+//! that are not UTF-8 at all are replaced by U+FFFD (logs are text; binary files
+//! are not what this endpoint is for). `length` is the number of file bytes the
+//! chunk covers; `size` the file's size when it was read; `eof` whether the chunk
+//! reaches it. `length` defaults to 64 KiB and is capped at 1 MiB; an `offset`
+//! beyond the end gives empty data.
+
+use std::ffi::CString;
+use std::io::Read;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path};
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::agent::{Core, lock, state_name};
+
+const DEFAULT_LENGTH: u64 = 64 << 10;
+const MAX_LENGTH: u64 = 1 << 20;
+
+pub async fn serve(
+    core: Arc<Core>,
+    listener: tokio::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let shutdown = async move {
+        while !*stop.borrow() {
+            if stop.changed().await.is_err() {
+                break;
+            }
+        }
+    };
+    if let Err(e) = cella_proto::tls::serve(listener, tls, router(core), shutdown).await {
+        tracing::error!("the HTTP API stopped: {e}");
+    }
+}
+
+pub fn router(core: Arc<Core>) -> Router {
+    let protected = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/api/v1/containers", get(containers))
+        .route("/api/v1/tasks/{id}/files/{*name}", get(read_file))
+        .layer(axum::middleware::from_fn(
+            cella_proto::tls::require_principal,
+        ));
+    Router::new()
+        .route("/health", get(health))
+        .merge(protected)
+        .with_state(core)
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (
+        status,
+        axum::Json(serde_json::json!({ "error": message.into() })),
+    )
+        .into_response()
+}
+
+async fn health(State(core): State<Arc<Core>>) -> Response {
+    let connected = lock(&core.updates).conn().is_some();
+    axum::Json(serde_json::json!({
+        "status": "ok",
+        "agent_id": lock(&core.agent_id).clone(),
+        "master_connected": connected,
+        "version": env!("CARGO_PKG_VERSION"),
+    }))
+    .into_response()
+}
+
+async fn metrics(State(core): State<Arc<Core>>) -> Response {
+    core.update_task_gauges();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        core.metrics.encode(),
+    )
+        .into_response()
+}
+
+#[derive(Serialize)]
+struct ContainerJson {
+    task_id: String,
+    framework_id: String,
+    name: String,
+    state: &'static str,
+    pid: i32,
+    sandbox: String,
+    resources: Option<cella_proto::v1::Resources>,
+    usage: Option<cella_proto::v1::TaskUsage>,
+}
+
+async fn containers(State(core): State<Arc<Core>>) -> Response {
+    let tasks = lock(&core.tasks);
+    let mut out: Vec<ContainerJson> = tasks
+        .iter()
+        .filter(|(_, t)| t.running.is_some())
+        .map(|(id, t)| ContainerJson {
+            task_id: id.clone(),
+            framework_id: t.framework_id.clone(),
+            name: t.info.name.clone(),
+            state: state_name(t.state),
+            pid: t.pid,
+            sandbox: t.sandbox.display().to_string(),
+            resources: t.info.resources.clone(),
+            usage: t.usage.clone(),
+        })
+        .collect();
+    drop(tasks);
+    out.sort_by(|a, b| a.task_id.cmp(&b.task_id));
+    axum::Json(out).into_response()
+}
+
+#[derive(Deserialize)]
+struct ReadQuery {
+    offset: Option<u64>,
+    length: Option<u64>,
+}
+
+/// A chunk of a sandbox file.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FileChunk {
+    pub data: String,
+    pub offset: u64,
+    pub length: u64,
+    pub next_offset: u64,
+    pub size: u64,
+    pub eof: bool,
+}
+
+/// Checks a sandbox-relative path: not empty, not absolute, no `..`.
+pub fn check_relative(name: &str) -> Result<&Path, String> {
+    let path = Path::new(name);
+    if name.is_empty() || name.contains('\0') {
+        return Err("give a file name, e.g. stdout".into());
+    }
+    if path.is_absolute() {
+        return Err(format!(
+            "{name:?} is absolute: give a path relative to the task's sandbox, e.g. stdout"
+        ));
+    }
+    if path
+        .components()
+        .any(|c| matches!(c, Component::ParentDir | Component::RootDir | Component::Prefix(_)))
+    {
+        return Err(format!(
+            "{name:?} contains '..': only files inside the task's sandbox can be read"
+        ));
+    }
+    Ok(path)
+}
+
+async fn read_file(
+    State(core): State<Arc<Core>>,
+    UrlPath((id, name)): UrlPath<(String, String)>,
+    Query(q): Query<ReadQuery>,
+) -> Response {
+    let rel = match check_relative(&name) {
+        Ok(p) => p.to_path_buf(),
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    if cella_containerizer::TaskId::new(id.clone()).is_err() {
+        return error(StatusCode::BAD_REQUEST, format!("invalid task id {id:?}"));
+    }
+    // Tasks still held, or ended and forgotten: the sandbox directory stays.
+    let sandbox = lock(&core.tasks)
+        .get(&id)
+        .map(|t| t.sandbox.clone())
+        .unwrap_or_else(|| core.sandbox_dir(&id));
+    let offset = q.offset.unwrap_or(0);
+    let length = q.length.unwrap_or(DEFAULT_LENGTH).min(MAX_LENGTH);
+    let result =
+        tokio::task::spawn_blocking(move || read_chunk(&sandbox, &rel, offset, length)).await;
+    match result {
+        Ok(Ok(chunk)) => axum::Json(chunk).into_response(),
+        Ok(Err((status, message))) => error(status, message),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// Opens `rel` beneath `dir` without following any symlink.
+pub fn open_beneath(dir: &Path, rel: &Path) -> std::io::Result<std::fs::File> {
+    let dir = std::fs::File::open(dir)?;
+    let name = CString::new(rel.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: `open_how` is a plain struct of integers, for which all zeroes is valid
+    // (and what the kernel expects of fields and padding we do not set).
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = u64::try_from(libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK)
+        .unwrap_or(0);
+    how.resolve =
+        libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
+    use std::os::fd::AsRawFd;
+    // SAFETY: `dir` is an open directory descriptor for the whole call, `name` is a
+    // NUL-terminated string, and `how` is a valid `open_how` whose size is passed.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            &raw const how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let fd = i32::try_from(fd).map_err(|_| std::io::Error::from_raw_os_error(libc::EBADF))?;
+    // SAFETY: openat2 returned a new descriptor that nothing else owns.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    Ok(std::fs::File::from(owned))
+}
+
+fn read_chunk(
+    sandbox: &Path,
+    rel: &Path,
+    offset: u64,
+    length: u64,
+) -> Result<FileChunk, (StatusCode, String)> {
+    let shown = rel.display().to_string();
+    let mut file = open_beneath(sandbox, rel).map_err(|e| match e.raw_os_error() {
+        Some(libc::ENOENT) => (
+            StatusCode::NOT_FOUND,
+            format!("{shown}: no such file in the task's sandbox"),
+        ),
+        Some(libc::ELOOP) | Some(libc::EXDEV) => (
+            StatusCode::FORBIDDEN,
+            format!("{shown}: symbolic links are not followed: only files inside the task's sandbox can be read"),
+        ),
+        Some(libc::ENOSYS) => (
+            StatusCode::NOT_IMPLEMENTED,
+            "this kernel lacks openat2 (Linux 5.6+): sandbox files cannot be read safely".into(),
+        ),
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, format!("{shown}: {e}")),
+    })?;
+    let meta = file
+        .metadata()
+        .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("{shown}: {e}")))?;
+    if !meta.is_file() {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            format!("{shown} is not a regular file"),
+        ));
+    }
+    let size = meta.len();
+    let mut buf = Vec::new();
+    if offset < size {
+        use std::io::Seek;
+        file.seek(std::io::SeekFrom::Start(offset))
+            .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("{shown}: {e}")))?;
+        file.take(length.min(size - offset))
+            .read_to_end(&mut buf)
+            .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("{shown}: {e}")))?;
+    }
+    let read = u64::try_from(buf.len()).unwrap_or(0);
+    let reached_end = offset.saturating_add(read) >= size;
+    let keep = if reached_end {
+        buf.len()
+    } else {
+        utf8_complete_prefix(&buf)
+    };
+    buf.truncate(keep);
+    let covered = u64::try_from(keep).unwrap_or(0);
+    let start = offset.min(size);
+    Ok(FileChunk {
+        data: String::from_utf8_lossy(&buf).into_owned(),
+        offset: start,
+        length: covered,
+        next_offset: start + covered,
+        size,
+        eof: start + covered >= size,
+    })
+}
+
+/// The length of `buf` without a trailing incomplete UTF-8 sequence (at most 3
+/// bytes are held back; invalid bytes elsewhere are left to lossy decoding).
+pub fn utf8_complete_prefix(buf: &[u8]) -> usize {
+    let n = buf.len();
+    for back in 1..=3.min(n) {
+        let b = buf[n - back];
+        if b & 0b1100_0000 == 0b1000_0000 {
+            continue; // a continuation byte: look further back for the lead byte
+        }
+        let need = if b & 0b1110_0000 == 0b1100_0000 {
+            2
+        } else if b & 0b1111_0000 == 0b1110_0000 {
+            3
+        } else if b & 0b1111_1000 == 0b1111_0000 {
+            4
+        } else {
+            return n; // ASCII or invalid: nothing to hold back
+        };
+        return if back < need { n - back } else { n };
+    }
+    n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_paths() {
+        assert!(check_relative("stdout").is_ok());
+        assert!(check_relative("logs/app.log").is_ok());
+        for bad in ["", "/etc/passwd", "../x", "a/../../x", "a/.."] {
+            assert!(check_relative(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn utf8_boundaries() {
+        let s = "héllo €".as_bytes();
+        assert_eq!(utf8_complete_prefix(s), s.len());
+        assert_eq!(utf8_complete_prefix(&s[..s.len() - 1]), s.len() - 3);
+        assert_eq!(utf8_complete_prefix(&s[..2]), 1);
+        assert_eq!(utf8_complete_prefix(b""), 0);
+        assert_eq!(utf8_complete_prefix(b"\xff"), 1);
+    }
+
+    #[test]
+    fn chunks_and_confinement() {
+        let dir = tempfile::tempdir().unwrap();
+        let sandbox = dir.path().join("sb");
+        std::fs::create_dir(&sandbox).unwrap();
+        std::fs::write(sandbox.join("stdout"), "hi €\n").unwrap();
+        std::fs::write(dir.path().join("secret"), "no").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("secret"), sandbox.join("link")).unwrap();
+        std::os::unix::fs::symlink("stdout", sandbox.join("inner-link")).unwrap();
+        std::fs::create_dir(sandbox.join("d")).unwrap();
+
+        let c = read_chunk(&sandbox, Path::new("stdout"), 0, 100).unwrap();
+        assert_eq!(c.data, "hi €\n");
+        assert!(c.eof);
+        assert_eq!(c.size, 8);
+        // Cut inside "€": the partial character waits for the next read.
+        let c = read_chunk(&sandbox, Path::new("stdout"), 0, 5).unwrap();
+        assert_eq!((c.data.as_str(), c.next_offset, c.eof), ("hi ", 3, false));
+        let c = read_chunk(&sandbox, Path::new("stdout"), 3, 5).unwrap();
+        assert_eq!(c.data, "€\n");
+        let c = read_chunk(&sandbox, Path::new("stdout"), 100, 5).unwrap();
+        assert_eq!((c.data.as_str(), c.offset, c.eof), ("", 8, true));
+
+        let (status, _) = read_chunk(&sandbox, Path::new("link"), 0, 10).unwrap_err();
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        let (status, _) = read_chunk(&sandbox, Path::new("inner-link"), 0, 10).unwrap_err();
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        let (status, _) = read_chunk(&sandbox, Path::new("../secret"), 0, 10).unwrap_err();
+        assert_ne!(status, StatusCode::OK);
+        let (status, _) = read_chunk(&sandbox, Path::new("nope"), 0, 10).unwrap_err();
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        let (status, _) = read_chunk(&sandbox, Path::new("d"), 0, 10).unwrap_err();
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+    }
+}

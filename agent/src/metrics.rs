@@ -1,0 +1,123 @@
+//! Prometheus metrics of the agent (`GET /metrics`).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    /// Tasks the agent holds, by their latest state (set when scraped).
+    pub tasks: Family<StateLabel, Gauge>,
+    /// Launches by outcome: running, failed, error.
+    pub launches: Family<OutcomeLabel, Counter>,
+    /// From the Launch message to the task's exec (or its failure).
+    pub launch_seconds: Histogram,
+    /// Status updates written but not yet acknowledged.
+    pub updates_pending: Gauge,
+    pub updates_sent: Counter,
+    pub updates_acknowledged: Counter,
+    pub master_connected: Gauge,
+    pub registrations: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("cella_agent");
+        let m = Self {
+            registry: Registry::default(),
+            tasks: Family::default(),
+            launches: Family::default(),
+            // 100 µs … ~30 s
+            launch_seconds: Histogram::new(exponential_buckets(1e-4, 2.5, 14)),
+            updates_pending: Gauge::default(),
+            updates_sent: Counter::default(),
+            updates_acknowledged: Counter::default(),
+            master_connected: Gauge::default(),
+            registrations: Counter::default(),
+        };
+        registry.register("tasks", "Tasks on this agent by state", m.tasks.clone());
+        registry.register(
+            "task_launches",
+            "Task launches by outcome (running, failed, error)",
+            m.launches.clone(),
+        );
+        registry.register(
+            "launch_duration_seconds",
+            "Time from the launch request to the task's exec",
+            m.launch_seconds.clone(),
+        );
+        registry.register(
+            "status_updates_pending",
+            "Status updates checkpointed and not yet acknowledged",
+            m.updates_pending.clone(),
+        );
+        registry.register(
+            "status_updates_sent",
+            "Status updates sent to the master, re-sends included",
+            m.updates_sent.clone(),
+        );
+        registry.register(
+            "status_updates_acknowledged",
+            "Status updates acknowledged by schedulers",
+            m.updates_acknowledged.clone(),
+        );
+        registry.register(
+            "master_connected",
+            "1 while the agent is registered with the master",
+            m.master_connected.clone(),
+        );
+        registry.register(
+            "registrations",
+            "Registrations with the master (first and re-registrations)",
+            m.registrations.clone(),
+        );
+        Self { registry, ..m }
+    }
+
+    /// Sets the per-state task gauges (every state is listed, zeros included).
+    pub fn set_tasks(&self, counts: &[(&str, i64)]) {
+        for (state, n) in counts {
+            self.tasks
+                .get_or_create(&StateLabel {
+                    state: (*state).to_string(),
+                })
+                .set(*n);
+        }
+    }
+
+    pub fn launched(&self, outcome: &str, seconds: f64) {
+        self.launches
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.to_string(),
+            })
+            .inc();
+        self.launch_seconds.observe(seconds);
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,281 @@
+//! `cella run`: a small scheduler (like `mesos-execute`). It subscribes, waits for
+//! an offer that fits, launches one task, prints its state changes on stderr,
+//! streams its stdout and stderr, and exits with its exit code.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use cella_containerizer::units::{MilliCpus, format_bytes};
+use cella_proto::v1::{self, call, event, scheduler_service_client::SchedulerServiceClient};
+use clap::Args;
+use futures::StreamExt;
+use tokio::sync::mpsc;
+
+use super::logs::{LogFollower, agent_endpoint};
+use crate::profile::ClusterArgs;
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    /// CPUs for the task (decimal).
+    #[arg(long, default_value = "0.1", value_parser = super::exec::parse_cpus_arg)]
+    cpus: MilliCpus,
+    /// Memory limit (e.g. 64MiB).
+    #[arg(long, default_value = "128MiB", value_parser = super::exec::parse_size_arg)]
+    mem: u64,
+    /// Disk limit for the task's sandbox.
+    #[arg(long, value_parser = super::exec::parse_size_arg)]
+    disk: Option<u64>,
+    /// Maximum number of processes.
+    #[arg(long, value_parser = super::exec::parse_pids_arg)]
+    pids: Option<u64>,
+    /// The role to get offers for (DRF across roles).
+    #[arg(long, default_value = "*")]
+    role: String,
+    /// A name for the task (its id gets a unique suffix).
+    #[arg(long)]
+    name: Option<String>,
+    /// Run as NAME, UID or UID:GID on the agent.
+    #[arg(long)]
+    user: Option<String>,
+    /// A root filesystem directory on the agent.
+    #[arg(long, value_name = "DIR")]
+    rootfs: Option<PathBuf>,
+    /// Environment variable K=V (repeatable).
+    #[arg(long = "env", short = 'e', value_name = "K=V")]
+    env: Vec<String>,
+    /// Network: host or none.
+    #[arg(long, default_value = "host", value_parser = ["host", "none"])]
+    net: String,
+    /// Print the task id once it is RUNNING and exit 0; the task keeps running.
+    #[arg(long, short = 'd')]
+    detach: bool,
+    /// The command and its arguments.
+    #[arg(required = true, last = true, value_name = "COMMAND")]
+    command: Vec<String>,
+}
+
+/// Exit status when Cella could not run the task (ERROR, LOST, launch failures).
+const EXIT_NOT_RUN: i32 = 125;
+/// How long a failover timeout a detached task's framework gets (it never comes back).
+const DETACHED_FAILOVER: f64 = 7.0 * 24.0 * 3600.0;
+
+pub fn run(args: RunArgs) -> i32 {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cella: starting the runtime: {e}");
+            return EXIT_NOT_RUN;
+        }
+    };
+    match runtime.block_on(run_async(args)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("cella: {e:#}");
+            EXIT_NOT_RUN
+        }
+    }
+}
+
+fn state_name(state: v1::TaskState) -> &'static str {
+    cella_master::state::state_name(state)
+}
+
+async fn run_async(args: RunArgs) -> anyhow::Result<i32> {
+    let cluster = args.cluster.resolve()?;
+    let channel = cella_proto::tls::grpc_channel(&cluster.master, &cluster.tls)
+        .await
+        .with_context(|| format!("connecting to the master at {}", cluster.master))?;
+    let mut client = SchedulerServiceClient::new(channel);
+    let (calls, rx) = mpsc::unbounded_channel::<v1::Call>();
+    let send = |c: call::Call| {
+        let _ = calls.send(v1::Call { call: Some(c) });
+    };
+    send(call::Call::Subscribe(call::Subscribe {
+        framework: Some(v1::FrameworkInfo {
+            framework_id: String::new(),
+            name: "cella-run".into(),
+            role: args.role.clone(),
+            failover_timeout_secs: if args.detach { DETACHED_FAILOVER } else { 10.0 },
+        }),
+    }));
+    let mut events = client
+        .subscribe(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+        .await
+        .context("subscribing to the master")?
+        .into_inner();
+
+    let base = args.name.clone().unwrap_or_else(|| "run".into());
+    let task_id = format!(
+        "{base}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    let need = v1::Resources {
+        cpus: args.cpus.as_cpus(),
+        mem_bytes: args.mem,
+        disk_bytes: args.disk.unwrap_or(0),
+    };
+    let task = v1::TaskInfo {
+        task_id: task_id.clone(),
+        name: base,
+        command: args.command.clone(),
+        env: args.env.clone(),
+        resources: Some(need),
+        pids_limit: args.pids.unwrap_or(0),
+        net: if args.net == "none" {
+            v1::NetMode::None as i32
+        } else {
+            v1::NetMode::Host as i32
+        },
+        rootfs: args
+            .rootfs
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+        user: args.user.clone().unwrap_or_default(),
+        volumes: Vec::new(),
+        hostname: String::new(),
+    };
+
+    let started = Instant::now();
+    let mut launched = false;
+    let mut waiting_told = false;
+    let mut largest_seen: Option<v1::Resources> = None;
+    let mut follower: Option<LogFollower> = None;
+    let mut interrupted = false;
+    let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
+    let mut log_tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            event = events.next() => {
+                let Some(event) = event else {
+                    anyhow::bail!("the master closed the connection");
+                };
+                let event = event.context("the master's stream failed")?;
+                match event.event {
+                    Some(event::Event::Subscribed(s)) => tracing::debug!("subscribed as {}", s.framework_id),
+                    Some(event::Event::Offers(offers)) => {
+                        let mut decline = Vec::new();
+                        for offer in offers.offers {
+                            let r = offer.resources.clone().unwrap_or_default();
+                            if !launched && fits(&r, &need) {
+                                launched = true;
+                                eprintln!("cella: launching {task_id} on {} ({})", offer.hostname, offer.agent_id);
+                                send(call::Call::Accept(call::Accept {
+                                    offer_ids: vec![offer.offer_id],
+                                    tasks: vec![task.clone()],
+                                    refuse_seconds: None,
+                                }));
+                            } else {
+                                if largest_seen.as_ref().is_none_or(|l| r.mem_bytes > l.mem_bytes) {
+                                    largest_seen = Some(r);
+                                }
+                                decline.push(offer.offer_id);
+                            }
+                        }
+                        if !decline.is_empty() {
+                            send(call::Call::Decline(call::Decline { offer_ids: decline, refuse_seconds: Some(1.0) }));
+                        }
+                        if launched {
+                            send(call::Call::Suppress(call::Suppress {}));
+                        }
+                    }
+                    Some(event::Event::Rescind(_)) | Some(event::Event::Heartbeat(_)) => {}
+                    Some(event::Event::Error(e)) => eprintln!("cella: the master says: {}", e.message),
+                    Some(event::Event::Update(update)) => {
+                        let Some(status) = update.status else { continue };
+                        if status.task_id != task_id {
+                            continue;
+                        }
+                        if !status.uuid.is_empty() {
+                            send(call::Call::Acknowledge(call::Acknowledge {
+                                agent_id: status.agent_id.clone(),
+                                task_id: status.task_id.clone(),
+                                uuid: status.uuid.clone(),
+                            }));
+                        }
+                        let state = status.state();
+                        eprintln!("cella: {task_id} {}{}", state_name(state),
+                            if status.message.is_empty() { String::new() } else { format!(": {}", status.message) });
+                        if state == v1::TaskState::TaskRunning {
+                            if args.detach {
+                                println!("{task_id}");
+                                return Ok(0);
+                            }
+                            if follower.is_none() {
+                                if let Ok(endpoint) = agent_endpoint(&cluster, &status.agent_id).await {
+                                    follower = Some(LogFollower::new(&cluster, endpoint, &task_id));
+                                }
+                            }
+                        }
+                        if cella_master::state::is_terminal(state) {
+                            if follower.is_none() && !status.agent_id.is_empty() {
+                                if let Ok(endpoint) = agent_endpoint(&cluster, &status.agent_id).await {
+                                    follower = Some(LogFollower::new(&cluster, endpoint, &task_id));
+                                }
+                            }
+                            if let Some(f) = follower.as_mut() {
+                                f.drain(&cluster.tls).await;
+                            }
+                            send(call::Call::Teardown(call::Teardown {}));
+                            return Ok(exit_code(&status, interrupted));
+                        }
+                    }
+                    None => {}
+                }
+            }
+            _ = log_tick.tick() => {
+                if let Some(f) = follower.as_mut() {
+                    f.poll(&cluster.tls).await;
+                }
+                if !launched && !waiting_told && started.elapsed() > Duration::from_secs(3) {
+                    waiting_told = true;
+                    eprintln!("cella: waiting for an offer with {} cpus, {} memory, {} disk{}",
+                        need.cpus, format_bytes(need.mem_bytes), format_bytes(need.disk_bytes),
+                        largest_seen.as_ref().map(|l| format!("; the offers so far are too small (largest: {} cpus, {} memory, {} disk)",
+                            l.cpus, format_bytes(l.mem_bytes), format_bytes(l.disk_bytes))).unwrap_or_else(|| "; no agent has offered resources yet (is an agent connected? see `cella agents`)".into()));
+                }
+            }
+            _ = &mut ctrl_c, if !interrupted => {
+                interrupted = true;
+                if launched {
+                    eprintln!("cella: interrupted: killing {task_id}");
+                    send(call::Call::Kill(call::Kill { task_id: task_id.clone() }));
+                } else {
+                    send(call::Call::Teardown(call::Teardown {}));
+                    return Ok(130);
+                }
+            }
+        }
+    }
+}
+
+fn fits(offer: &v1::Resources, need: &v1::Resources) -> bool {
+    offer.cpus + 1e-9 >= need.cpus
+        && offer.mem_bytes >= need.mem_bytes
+        && offer.disk_bytes >= need.disk_bytes
+}
+
+/// The task's exit code, 128+N for a signal, and 125–127 when it never ran.
+fn exit_code(status: &v1::TaskStatus, interrupted: bool) -> i32 {
+    if let Some(code) = status.exit_code {
+        return code;
+    }
+    if let Some(signal) = status.signal {
+        return 128 + signal;
+    }
+    match (status.state(), status.reason()) {
+        (v1::TaskState::TaskFinished, _) => 0,
+        (_, v1::Reason::CommandNotFound) => 127,
+        (_, v1::Reason::CommandNotExecutable) => 126,
+        (v1::TaskState::TaskKilled, _) if interrupted => 130,
+        (v1::TaskState::TaskKilled, _) => 137,
+        _ => EXIT_NOT_RUN,
+    }
+}

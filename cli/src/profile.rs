@@ -1,0 +1,112 @@
+//! Where the master is and which certificate to present: `--master`/`--tls-dir`,
+//! then `CELLA_MASTER`/`CELLA_TLS_DIR`, then the client profile written by
+//! `cella dev` (`$CELLA_CONFIG`, default `~/.config/cella/config.toml`).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+
+/// The client profile file.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Profile {
+    /// e.g. `https://127.0.0.1:5050`
+    pub master: String,
+    /// Directory with ca.pem, client.pem and client-key.pem.
+    pub tls_dir: PathBuf,
+}
+
+/// Options every cluster command accepts.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct ClusterArgs {
+    /// The master's URL (default: $CELLA_MASTER, then the profile).
+    #[arg(long, global = true, value_name = "URL")]
+    pub master: Option<String>,
+    /// Directory with ca.pem, client.pem, client-key.pem (default: $CELLA_TLS_DIR, then the profile).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub tls_dir: Option<PathBuf>,
+}
+
+pub fn profile_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("CELLA_CONFIG") {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
+    home.join(".config/cella/config.toml")
+}
+
+pub fn read_profile(path: &Path) -> anyhow::Result<Option<Profile>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let profile = toml::from_str(&text).with_context(|| {
+                format!(
+                    "{}: not a valid profile (fields: master, tls_dir)",
+                    path.display()
+                )
+            })?;
+            Ok(Some(profile))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+pub fn write_profile(path: &Path, profile: &Profile) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let text = format!(
+        "# Written by `cella dev`; used by cella run, tasks, logs…\n{}",
+        toml::to_string(profile)?
+    );
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+/// A resolved connection to the master.
+pub struct Cluster {
+    pub master: String,
+    pub tls: rustls::ClientConfig,
+}
+
+impl ClusterArgs {
+    pub fn resolve(&self) -> anyhow::Result<Cluster> {
+        let path = profile_path();
+        let profile = read_profile(&path)?;
+        let master = self
+            .master
+            .clone()
+            .or_else(|| std::env::var("CELLA_MASTER").ok())
+            .or_else(|| profile.as_ref().map(|p| p.master.clone()));
+        let tls_dir = self
+            .tls_dir
+            .clone()
+            .or_else(|| std::env::var_os("CELLA_TLS_DIR").map(PathBuf::from))
+            .or_else(|| profile.as_ref().map(|p| p.tls_dir.clone()));
+        let (Some(master), Some(tls_dir)) = (master, tls_dir) else {
+            bail!(
+                "no master configured: start one with `cella dev` (it writes {}), or pass --master URL and --tls-dir DIR",
+                path.display()
+            );
+        };
+        let master = master.trim_end_matches('/').to_string();
+        let tls = cella_proto::tls::client_config(
+            &tls_dir.join("ca.pem"),
+            &tls_dir.join("client.pem"),
+            &tls_dir.join("client-key.pem"),
+        )
+        .with_context(|| format!("loading the client certificate from {}", tls_dir.display()))?;
+        Ok(Cluster { master, tls })
+    }
+}
+
+impl Cluster {
+    pub async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        let url = format!("{}{path}", self.master);
+        Ok(cella_proto::tls::https_get_json(&url, &self.tls).await?)
+    }
+
+    pub async fn post<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        let url = format!("{}{path}", self.master);
+        Ok(cella_proto::tls::https_post_json(&url, &serde_json::json!({}), &self.tls).await?)
+    }
+}

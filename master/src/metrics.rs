@@ -1,0 +1,166 @@
+//! Prometheus metrics of the master (`GET /metrics`).
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: String,
+}
+
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    agents: Family<StateLabel, Gauge>,
+    frameworks: Family<StateLabel, Gauge>,
+    tasks: Family<StateLabel, Gauge>,
+    offers_outstanding: Gauge,
+    pub offers_sent: Counter,
+    pub offers_rescinded: Counter,
+    pub tasks_launched: Counter,
+    pub tasks_invalid: Counter,
+    pub status_updates: Counter,
+    pub agents_lost: Counter,
+    pub allocation_seconds: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("cella_master");
+        let m = Self {
+            registry: Mutex::new(Registry::default()),
+            agents: Family::default(),
+            frameworks: Family::default(),
+            tasks: Family::default(),
+            offers_outstanding: Gauge::default(),
+            offers_sent: Counter::default(),
+            offers_rescinded: Counter::default(),
+            tasks_launched: Counter::default(),
+            tasks_invalid: Counter::default(),
+            status_updates: Counter::default(),
+            agents_lost: Counter::default(),
+            // 10 µs … ~5 s
+            allocation_seconds: Histogram::new(exponential_buckets(1e-5, 2.5, 15)),
+        };
+        registry.register("agents", "Registered agents by state", m.agents.clone());
+        registry.register(
+            "frameworks",
+            "Frameworks by state (connected, disconnected)",
+            m.frameworks.clone(),
+        );
+        registry.register(
+            "tasks",
+            "Tasks known to the master by state",
+            m.tasks.clone(),
+        );
+        registry.register(
+            "offers_outstanding",
+            "Offers sent and not yet answered",
+            m.offers_outstanding.clone(),
+        );
+        registry.register(
+            "offers_sent",
+            "Offers sent to frameworks",
+            m.offers_sent.clone(),
+        );
+        registry.register(
+            "offers_rescinded",
+            "Offers rescinded",
+            m.offers_rescinded.clone(),
+        );
+        registry.register(
+            "tasks_launched",
+            "Tasks sent to agents",
+            m.tasks_launched.clone(),
+        );
+        registry.register(
+            "tasks_invalid",
+            "Tasks refused with INVALID_TASK",
+            m.tasks_invalid.clone(),
+        );
+        registry.register(
+            "status_updates",
+            "Status updates received from agents",
+            m.status_updates.clone(),
+        );
+        registry.register("agents_lost", "Agents marked lost", m.agents_lost.clone());
+        registry.register(
+            "allocation_cycle_seconds",
+            "Duration of one allocation cycle",
+            m.allocation_seconds.clone(),
+        );
+        *m.registry
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = registry;
+        m
+    }
+
+    fn set_family(family: &Family<StateLabel, Gauge>, values: &[(&str, usize)]) {
+        for (state, n) in values {
+            family
+                .get_or_create(&StateLabel {
+                    state: (*state).to_string(),
+                })
+                .set(i64::try_from(*n).unwrap_or(i64::MAX));
+        }
+    }
+
+    pub fn set_agents(&self, connected: usize, unreachable: usize) {
+        Self::set_family(
+            &self.agents,
+            &[("connected", connected), ("unreachable", unreachable)],
+        );
+    }
+
+    pub fn set_frameworks(&self, connected: usize, total: usize) {
+        Self::set_family(
+            &self.frameworks,
+            &[
+                ("connected", connected),
+                ("disconnected", total - connected),
+            ],
+        );
+    }
+
+    pub fn set_offers(&self, n: usize) {
+        self.offers_outstanding
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    pub fn set_tasks(&self, by_state: &BTreeMap<&'static str, usize>) {
+        for state in [
+            "STAGING", "STARTING", "RUNNING", "FINISHED", "FAILED", "KILLED", "LOST", "ERROR",
+        ] {
+            Self::set_family(
+                &self.tasks,
+                &[(state, by_state.get(state).copied().unwrap_or(0))],
+            );
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let registry = self
+            .registry
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if encode(&mut out, &registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

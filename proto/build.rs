@@ -1,0 +1,23 @@
+//! Compiles `proto/cella/v1/cella.proto` with protox (a pure-Rust protobuf compiler, so
+//! no system `protoc` is needed) and generates prost messages plus tonic clients and
+//! servers with tonic-prost-build.
+
+use std::io;
+
+fn main() -> io::Result<()> {
+    let proto = "proto/cella/v1/cella.proto";
+    println!("cargo:rerun-if-changed={proto}");
+    println!("cargo:rerun-if-changed=build.rs");
+    let fds = protox::compile([proto], ["proto"])
+        .map_err(|e| io::Error::other(format!("compiling {proto}: {e:?}")))?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        // No `XClient::connect(url)` constructors: they would build channels without our
+        // TLS configuration; clients use `cella_proto::tls::grpc_channel` (mutual TLS).
+        .build_transport(false)
+        // JSON views of protocol messages (operator API, `--json` output). Enum-typed
+        // fields are `i32` in prost messages and serialize as numbers.
+        .type_attribute(".", "#[derive(serde::Serialize)]")
+        .compile_fds(fds)
+}

@@ -1,0 +1,133 @@
+//! rustls configurations: TLS 1.3 and 1.2 only, the `ring` provider, the cluster CA as
+//! the only trust anchor.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig, SupportedProtocolVersion};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use super::{Error, Result};
+
+/// ALPN protocol id of HTTP/2 (gRPC).
+pub const ALPN_H2: &[u8] = b"h2";
+/// ALPN protocol id of HTTP/1.1 (JSON API).
+pub const ALPN_HTTP11: &[u8] = b"http/1.1";
+
+/// TLS 1.3 first; TLS 1.2 is the lowest version offered or accepted.
+static PROTOCOL_VERSIONS: &[&SupportedProtocolVersion] =
+    &[&rustls::version::TLS13, &rustls::version::TLS12];
+
+/// The crypto provider used by every configuration of this module (`ring`).
+pub fn crypto_provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Client authentication policy of a server configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// Clients may present no certificate; a presented certificate must chain to the CA.
+    /// Routes enforce a principal themselves (see [`super::require_principal`]).
+    Optional,
+    /// Every client must present a certificate that chains to the CA.
+    Required,
+}
+
+/// Reads every certificate of a PEM file.
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
+    let pem_err = |message: String| Error::Pem {
+        path: path.to_owned(),
+        message,
+    };
+    let data = std::fs::read(path).map_err(|source| Error::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let certs = CertificateDer::pem_slice_iter(&data)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| pem_err(format!("invalid PEM certificate: {e}")))?;
+    if certs.is_empty() {
+        return Err(pem_err("no CERTIFICATE in the file".into()));
+    }
+    Ok(certs)
+}
+
+/// Reads the first private key (PKCS#8, SEC1 or PKCS#1) of a PEM file.
+pub fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
+    let data = std::fs::read(path).map_err(|source| Error::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    PrivateKeyDer::from_pem_slice(&data).map_err(|e| Error::Pem {
+        path: path.to_owned(),
+        message: format!("no usable private key: {e}"),
+    })
+}
+
+fn root_store(ca_path: &Path) -> Result<RootCertStore> {
+    let mut roots = RootCertStore::empty();
+    for cert in load_certs(ca_path)? {
+        roots.add(cert).map_err(|e| Error::Pem {
+            path: ca_path.to_owned(),
+            message: format!("not a usable CA certificate: {e}"),
+        })?;
+    }
+    Ok(roots)
+}
+
+/// Server configuration for the one Cella port: certificate `cert_path` / `key_path`,
+/// client certificates verified against the CA in `ca_path` but optional at the TLS layer
+/// ([`ClientAuth::Optional`], so that `GET /health` works without one), TLS 1.3/1.2,
+/// ALPN `h2` and `http/1.1`.
+pub fn server_config(ca_path: &Path, cert_path: &Path, key_path: &Path) -> Result<ServerConfig> {
+    server_config_with(ca_path, cert_path, key_path, ClientAuth::Optional)
+}
+
+/// [`server_config`] with an explicit client authentication policy.
+pub fn server_config_with(
+    ca_path: &Path,
+    cert_path: &Path,
+    key_path: &Path,
+    auth: ClientAuth,
+) -> Result<ServerConfig> {
+    let provider = crypto_provider();
+    let roots = Arc::new(root_store(ca_path)?);
+    let builder = WebPkiClientVerifier::builder_with_provider(roots, provider.clone());
+    let verifier = match auth {
+        ClientAuth::Optional => builder.allow_unauthenticated().build()?,
+        ClientAuth::Required => builder.build()?,
+    };
+    let certs = load_certs(cert_path)?;
+    let key = load_private_key(key_path)?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(PROTOCOL_VERSIONS)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)?;
+    config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP11.to_vec()];
+    Ok(config)
+}
+
+/// Client configuration presenting `cert_path` / `key_path` and trusting only the CA in
+/// `ca_path`; TLS 1.3/1.2. ALPN is left empty: [`super::grpc_channel`] sets `h2` and the
+/// HTTPS helpers set `http/1.1` on their own copies.
+pub fn client_config(ca_path: &Path, cert_path: &Path, key_path: &Path) -> Result<ClientConfig> {
+    let roots = root_store(ca_path)?;
+    let certs = load_certs(cert_path)?;
+    let key = load_private_key(key_path)?;
+    Ok(ClientConfig::builder_with_provider(crypto_provider())
+        .with_protocol_versions(PROTOCOL_VERSIONS)?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, key)?)
+}
+
+/// Client configuration without a client certificate (enough for `GET /health`).
+pub fn client_config_anonymous(ca_path: &Path) -> Result<ClientConfig> {
+    let roots = root_store(ca_path)?;
+    Ok(ClientConfig::builder_with_provider(crypto_provider())
+        .with_protocol_versions(PROTOCOL_VERSIONS)?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}

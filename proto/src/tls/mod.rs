@@ -1,0 +1,120 @@
+//! Mutual TLS for Cella: the cluster PKI, rustls configurations, the single-port server
+//! and its clients.
+//!
+//! # One port for everything
+//!
+//! The master serves gRPC (agents, schedulers) and the HTTP/JSON operator API on a single
+//! TLS port (default `127.0.0.1:5050`). One port means one certificate, one firewall rule
+//! and one URL for people and programs alike. [`serve`] accepts TCP connections, runs
+//! the TLS handshake (ALPN `h2` and `http/1.1`) and hands the connection to hyper's
+//! *auto* connection builder, which speaks HTTP/1.1 and HTTP/2 on the same socket. gRPC
+//! services (tonic) and JSON handlers live in one [`axum::Router`]; see [`grpc_router`].
+//! Plaintext is never served: a connection that does not complete a TLS handshake is
+//! closed without an HTTP answer.
+//!
+//! # Principals
+//!
+//! Agents, schedulers and operators present client certificates signed by the cluster
+//! CA. The subject common name (CN) of the verified leaf certificate is the
+//! [`Principal`] (e.g. `agent`, `scheduler`, `client:alice`); a certificate without a CN
+//! falls back to its first subject alternative name. [`serve`] inserts a [`Peer`]
+//! (principal and remote address) into every request's extensions.
+//!
+//! # Why the TLS layer allows clients without a certificate
+//!
+//! `GET /health` must answer without authentication (load balancers, `curl -k`,
+//! readiness probes). TLS client authentication is per connection, not per path, so
+//! [`server_config`] verifies every certificate a client *does* present against the
+//! cluster CA (a certificate from another CA fails the handshake) but also accepts
+//! clients that present none. Authorization is then enforced per route: everything
+//! except `/health` goes behind [`require_principal`] (JSON: `401`, gRPC:
+//! `UNAUTHENTICATED`), and gRPC handlers can also call [`grpc_principal`]. Use
+//! [`server_config_with`] and [`ClientAuth::Required`] where no route is public (e.g. an
+//! agent API that only the master and operators reach).
+//!
+//! # Protocol versions
+//!
+//! TLS 1.3 and TLS 1.2 only (rustls supports nothing older), with the `ring` crypto
+//! provider passed explicitly so the result never depends on a process-wide default.
+//!
+//! # Files
+//!
+//! [`init_dir`] writes `ca.pem`, `ca-key.pem`, and `<name>.pem` / `<name>-key.pem` for
+//! `master`, `agent` and `client`; private keys are created with mode `0600`, and existing
+//! files are never overwritten.
+
+mod client;
+mod config;
+mod pki;
+mod server;
+
+use std::path::PathBuf;
+
+pub use client::{HttpResponse, grpc_channel, https_get_json, https_post_json, https_request};
+pub use config::{
+    ALPN_H2, ALPN_HTTP11, ClientAuth, client_config, client_config_anonymous, crypto_provider,
+    load_certs, load_private_key, server_config, server_config_with,
+};
+pub use pki::{CertKind, IssuedCert, Layout, Pki, default_master_sans, init_dir, init_or_load_dir};
+pub use server::{
+    DEFAULT_DRAIN_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, Peer, Principal, ServeOptions,
+    grpc_principal, grpc_router, require_principal, serve, serve_with,
+};
+
+/// Errors of the TLS layer: files, certificates, configurations and client requests.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{} already exists; refusing to overwrite it (use another directory or delete the existing files)",
+        path.display()
+    )]
+    Exists { path: PathBuf },
+    #[error("{}: {message}", path.display())]
+    Pem { path: PathBuf, message: String },
+    #[error("certificate generation: {0}")]
+    Rcgen(#[from] rcgen::Error),
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("client certificate verifier: {0}")]
+    Verifier(#[from] rustls::server::VerifierBuilderError),
+    #[error("invalid URL {url:?}: {message}")]
+    Url { url: String, message: String },
+    #[error("cannot reach {url}: {message}")]
+    Connect { url: String, message: String },
+    #[error("{url}: HTTP {status}: {message}")]
+    Http {
+        url: String,
+        status: u16,
+        message: String,
+    },
+    #[error("{url}: invalid JSON answer: {source}")]
+    Json {
+        url: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// Result type of this module.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Formats an error with all its sources, `outer: inner: innermost`.
+pub(crate) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        let s = e.to_string();
+        if !out.contains(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        source = e.source();
+    }
+    out
+}
