@@ -4,12 +4,16 @@
 use std::path::PathBuf;
 
 #[allow(dead_code)]
+#[path = "src/seccomp/codegen.rs"]
+mod codegen;
+#[allow(dead_code)]
 #[path = "src/seccomp/compile.rs"]
 mod compile;
 
 fn main() {
     println!("cargo::rerun-if-changed=profiles/default.json");
     println!("cargo::rerun-if-changed=src/seccomp/compile.rs");
+    println!("cargo::rerun-if-changed=src/seccomp/codegen.rs");
     println!("cargo::rerun-if-changed=build.rs");
 
     let profile = "profiles/default.json";

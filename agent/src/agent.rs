@@ -129,7 +129,21 @@ pub struct Core {
 impl Core {
     /// Checkpoints `status` (with the task's record, if it still exists), then sends it
     /// when it heads its task's queue. Returns once it is durable.
-    pub async fn send_status(&self, mut status: v1::TaskStatus) -> Result<(), StoreError> {
+    pub async fn send_status(&self, status: v1::TaskStatus) -> Result<(), StoreError> {
+        self.send_status_inner(status, true).await
+    }
+
+    /// Like [`Core::send_status`], without touching the task's record: for an update
+    /// about a launch that was refused because its id is taken by another task.
+    pub async fn send_status_detached(&self, status: v1::TaskStatus) -> Result<(), StoreError> {
+        self.send_status_inner(status, false).await
+    }
+
+    async fn send_status_inner(
+        &self,
+        mut status: v1::TaskStatus,
+        update_task: bool,
+    ) -> Result<(), StoreError> {
         if status.uuid.is_empty() {
             status.uuid = uuid::Uuid::new_v4().to_string();
         }
@@ -140,7 +154,9 @@ impl Core {
             status.agent_id = id;
         }
         let state = status.state();
-        let record = {
+        let record = if !update_task {
+            None
+        } else {
             let mut tasks = lock(&self.tasks);
             tasks.get_mut(&status.task_id).map(|t| {
                 t.state = state;
@@ -176,7 +192,11 @@ impl Core {
         };
         match acked {
             Acked::Unknown => {
-                tracing::debug!(task = task_id, uuid, "acknowledgement of an unknown update ignored");
+                tracing::debug!(
+                    task = task_id,
+                    uuid,
+                    "acknowledgement of an unknown update ignored"
+                );
             }
             Acked::Forgotten {
                 seq,
@@ -381,22 +401,20 @@ impl Agent {
         );
 
         let (stop, stop_rx) = watch::channel(false);
-        let mut background = Vec::new();
-        background.push(tokio::spawn(crate::http::serve(
-            core.clone(),
-            listener,
-            Arc::new(server_tls),
-            stop_rx.clone(),
-        )));
-        background.push(tokio::spawn(crate::connection::run(
-            core.clone(),
-            client_tls,
-            stop_rx.clone(),
-        )));
-        background.push(tokio::spawn(crate::tasks::usage_loop(
-            core.clone(),
-            stop_rx.clone(),
-        )));
+        let background = vec![
+            tokio::spawn(crate::http::serve(
+                core.clone(),
+                listener,
+                Arc::new(server_tls),
+                stop_rx.clone(),
+            )),
+            tokio::spawn(crate::connection::run(
+                core.clone(),
+                client_tls,
+                stop_rx.clone(),
+            )),
+            tokio::spawn(crate::tasks::usage_loop(core.clone(), stop_rx.clone())),
+        ];
         Ok(Agent {
             core,
             http_addr,

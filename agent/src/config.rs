@@ -58,7 +58,8 @@ pub fn parse_resources(input: &str, allow_zero: bool) -> Result<ResourceSpec, St
             return Err(format!("{item:?} is not NAME:AMOUNT; {FORMAT}"));
         };
         let value = value.trim();
-        let is_zero = allow_zero && !value.is_empty() && value.bytes().all(|b| b == b'0' || b == b'.');
+        let is_zero =
+            allow_zero && !value.is_empty() && value.bytes().all(|b| b == b'0' || b == b'.');
         match key.trim().to_ascii_lowercase().as_str() {
             "cpus" | "cpu" => {
                 if spec.cpus.is_some() {
@@ -329,7 +330,9 @@ impl Default for AgentConfig {
 
 fn check_master_url(url: &str) -> Result<(), String> {
     let rest = url.strip_prefix("https://").ok_or_else(|| {
-        format!("{url:?}: the master speaks only TLS; use https://HOST:PORT (e.g. {DEFAULT_MASTER})")
+        format!(
+            "{url:?}: the master speaks only TLS; use https://HOST:PORT (e.g. {DEFAULT_MASTER})"
+        )
     })?;
     if rest.is_empty() || rest.starts_with('/') || rest.starts_with(':') {
         return Err(format!("{url:?}: no host; use https://HOST:PORT"));
@@ -378,7 +381,11 @@ impl AgentArgs {
         if let Some(dir) = self.work_dir.clone().or_else(|| file.work_dir.clone()) {
             config.work_dir = dir;
         }
-        if let Some(dir) = self.runtime_dir.clone().or_else(|| file.runtime_dir.clone()) {
+        if let Some(dir) = self
+            .runtime_dir
+            .clone()
+            .or_else(|| file.runtime_dir.clone())
+        {
             config.runtime_dir = dir;
         }
         for (name, dir) in [
@@ -401,8 +408,8 @@ impl AgentArgs {
                 .map_err(|m| ConfigError::new(origin("reserve", self.reserve.is_some()), m))?;
         }
         if let Some(attrs) = &self.attributes {
-            config.attributes = parse_attributes(attrs)
-                .map_err(|m| ConfigError::new("--attributes", m))?;
+            config.attributes =
+                parse_attributes(attrs).map_err(|m| ConfigError::new("--attributes", m))?;
         } else if let Some(attrs) = &file.attributes {
             let field = origin("attributes", false);
             config.attributes = match attrs {
@@ -422,7 +429,9 @@ impl AgentArgs {
         if let Some(hostname) = self.hostname.clone().or_else(|| file.hostname.clone()) {
             let ok = !hostname.is_empty()
                 && hostname.len() <= 253
-                && !hostname.chars().any(|c| c.is_whitespace() || c.is_control());
+                && !hostname
+                    .chars()
+                    .any(|c| c.is_whitespace() || c.is_control());
             if !ok {
                 return Err(ConfigError::new(
                     origin("hostname", self.hostname.is_some()),
@@ -431,7 +440,11 @@ impl AgentArgs {
             }
             config.hostname = Some(hostname);
         }
-        if let Some(listen) = self.http_listen.clone().or_else(|| file.http_listen.clone()) {
+        if let Some(listen) = self
+            .http_listen
+            .clone()
+            .or_else(|| file.http_listen.clone())
+        {
             config.http_listen = listen.trim().parse().map_err(|_| {
                 ConfigError::new(
                     origin("http-listen", self.http_listen.is_some()),
@@ -439,7 +452,11 @@ impl AgentArgs {
                 )
             })?;
         }
-        if let Some(root) = self.cgroup_root.clone().or_else(|| file.cgroup_root.clone()) {
+        if let Some(root) = self
+            .cgroup_root
+            .clone()
+            .or_else(|| file.cgroup_root.clone())
+        {
             let bad = root.as_os_str().is_empty()
                 || root
                     .components()
@@ -447,7 +464,10 @@ impl AgentArgs {
             if bad {
                 return Err(ConfigError::new(
                     origin("cgroup-root", self.cgroup_root.is_some()),
-                    format!("{}: give a path without '..', e.g. /cella or cella", root.display()),
+                    format!(
+                        "{}: give a path without '..', e.g. /cella or cella",
+                        root.display()
+                    ),
                 ));
             }
             config.cgroup_root = Some(root);

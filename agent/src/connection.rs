@@ -5,7 +5,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cella_proto::v1::{self, agent_message, agent_service_client::AgentServiceClient, master_to_agent};
+use cella_proto::v1::{
+    self, agent_message, agent_service_client::AgentServiceClient, master_to_agent,
+};
 use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::UnboundedReceiverStream;
@@ -229,7 +231,10 @@ fn handle(
             });
         }
         master_to_agent::Message::Shutdown(shutdown) => {
-            tracing::warn!("the master asks this agent to shut down: {}", shutdown.message);
+            tracing::warn!(
+                "the master asks this agent to shut down: {}",
+                shutdown.message
+            );
             let why = if shutdown.message.is_empty() {
                 "the master removed this agent".to_string()
             } else {
@@ -250,7 +255,10 @@ mod tests {
     fn jitter_stays_in_range() {
         for _ in 0..1000 {
             let d = jittered(Duration::from_secs(10));
-            assert!(d >= Duration::from_secs(5) && d < Duration::from_secs(10), "{d:?}");
+            assert!(
+                d >= Duration::from_secs(5) && d < Duration::from_secs(10),
+                "{d:?}"
+            );
         }
     }
 }

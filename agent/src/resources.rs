@@ -53,10 +53,7 @@ pub fn detect(work_dir: &Path) -> Detected {
         mem_bytes = mem_bytes.min(limit);
     }
     let disk_bytes = nix::sys::statvfs::statvfs(work_dir)
-        .map(|s| {
-            u64::from(s.blocks())
-                .saturating_mul(u64::from(s.fragment_size()))
-        })
+        .map(|s| s.blocks().saturating_mul(s.fragment_size()))
         .unwrap_or(0);
     Detected {
         cpus,
@@ -184,7 +181,9 @@ fn unescape_mount(s: &str) -> String {
     while i < bytes.len() {
         if bytes[i] == b'\\'
             && i + 3 < bytes.len()
-            && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b))
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
         {
             let v = bytes[i + 1..i + 4]
                 .iter()
@@ -334,7 +333,9 @@ mod tests {
         );
         assert_eq!(
             dirs.memory.as_ref().map(|d| d.0.clone()),
-            Some(PathBuf::from("/sys/fs/cgroup/memory/system.slice/agent.service"))
+            Some(PathBuf::from(
+                "/sys/fs/cgroup/memory/system.slice/agent.service"
+            ))
         );
         assert!(dirs.unified.is_some());
         let v1 = dirs;
@@ -377,7 +378,10 @@ mod tests {
         let dirs = cgroup_dirs("0::/a/b\n", mountinfo);
         assert_eq!(
             dirs.unified,
-            Some((PathBuf::from("/sys/fs/cgroup/a/b"), PathBuf::from("/sys/fs/cgroup")))
+            Some((
+                PathBuf::from("/sys/fs/cgroup/a/b"),
+                PathBuf::from("/sys/fs/cgroup")
+            ))
         );
         let files: HashMap<&str, &str> = [
             ("/sys/fs/cgroup/a/b/cpu.max", "max 100000\n"),

@@ -49,7 +49,7 @@ pub fn task_config(info: &v1::TaskInfo, sandbox: &Path) -> Result<TaskConfig, St
         }
     }
     config.env = info.env.clone();
-    let r = info.resources.clone().unwrap_or_default();
+    let r = info.resources.unwrap_or_default();
     if !r.cpus.is_finite() || r.cpus < 0.0 || r.cpus > 1e6 {
         return Err(format!("resources.cpus: {} is not a CPU count", r.cpus));
     }
@@ -108,7 +108,8 @@ pub async fn launch(core: Arc<Core>, framework_id: String, info: v1::TaskInfo) {
     let task_id = match TaskId::new(id.clone()) {
         Ok(t) => t,
         Err(e) => {
-            core.metrics.launched("error", started.elapsed().as_secs_f64());
+            core.metrics
+                .launched("error", started.elapsed().as_secs_f64());
             let mut s = status(&id, &framework_id, v1::TaskState::TaskError);
             s.reason = v1::Reason::InvalidTask as i32;
             s.message = e.to_string();
@@ -119,20 +120,23 @@ pub async fn launch(core: Arc<Core>, framework_id: String, info: v1::TaskInfo) {
     let sandbox = core.sandbox_dir(&id);
     let duplicate = lock(&core.tasks).contains_key(&id);
     if duplicate {
-        core.metrics.launched("error", started.elapsed().as_secs_f64());
+        core.metrics
+            .launched("error", started.elapsed().as_secs_f64());
         let mut s = status(&id, &framework_id, v1::TaskState::TaskError);
         s.reason = v1::Reason::InvalidTask as i32;
-        s.message = format!(
-            "task id {id:?} is already used on this agent: task ids must be unique"
-        );
+        s.message =
+            format!("task id {id:?} is already used on this agent: task ids must be unique");
         // Sent for the id, not recorded against the existing task.
-        send(&core, s).await;
+        if let Err(e) = core.send_status_detached(s).await {
+            tracing::error!("status update not checkpointed (it is not sent): {e}");
+        }
         return;
     }
     let config = match task_config(&info, &sandbox) {
         Ok(c) => c,
         Err(message) => {
-            core.metrics.launched("error", started.elapsed().as_secs_f64());
+            core.metrics
+                .launched("error", started.elapsed().as_secs_f64());
             let mut s = status(&id, &framework_id, v1::TaskState::TaskError);
             s.reason = v1::Reason::InvalidTask as i32;
             s.message = message;
@@ -174,11 +178,9 @@ pub async fn launch(core: Arc<Core>, framework_id: String, info: v1::TaskInfo) {
         Ok(Ok(running)) => running,
         Ok(Err(e)) => {
             let (state, reason, outcome) = match &e {
-                LaunchError::Invalid(_) => (
-                    v1::TaskState::TaskError,
-                    v1::Reason::InvalidTask,
-                    "error",
-                ),
+                LaunchError::Invalid(_) => {
+                    (v1::TaskState::TaskError, v1::Reason::InvalidTask, "error")
+                }
                 LaunchError::Start { code: 127, .. } => (
                     v1::TaskState::TaskFailed,
                     v1::Reason::CommandNotFound,
@@ -358,7 +360,7 @@ pub fn terminal_status(
         (None, Some(s)) => format!("killed by {}", signal_name(s)),
         (None, None) => "ended without an exit status".to_string(),
     };
-    let resources = info.resources.clone().unwrap_or_default();
+    let resources = info.resources.unwrap_or_default();
     let (state, reason, message) = if let Some((code, why)) = &t.status.launch_failure {
         let reason = match code {
             127 => v1::Reason::CommandNotFound,
@@ -473,9 +475,7 @@ pub async fn kill_all(core: &Arc<Core>, timeout: Duration) {
     }
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
-        let live = lock(&core.tasks)
-            .values()
-            .any(|t| !is_terminal(t.state));
+        let live = lock(&core.tasks).values().any(|t| !is_terminal(t.state));
         if !live {
             return;
         }
@@ -611,7 +611,9 @@ mod tests {
         assert_eq!(c.net, NetMode::None);
         assert_eq!(c.user.as_deref(), Some("nobody"));
         assert_eq!(c.sandbox, PathBuf::from("/sb"));
-        assert!(matches!(c.stdio, Stdio::Files { ref stdout, .. } if stdout == Path::new("/sb/stdout")));
+        assert!(
+            matches!(c.stdio, Stdio::Files { ref stdout, .. } if stdout == Path::new("/sb/stdout"))
+        );
         let bad = v1::TaskInfo {
             env: vec!["NOPE".into()],
             ..info.clone()
@@ -652,7 +654,8 @@ mod tests {
         );
         assert_eq!(s.reason(), v1::Reason::MemoryLimit);
         assert!(
-            s.message.starts_with("memory limit of 64 MiB reached: the kernel killed the task"),
+            s.message
+                .starts_with("memory limit of 64 MiB reached: the kernel killed the task"),
             "{}",
             s.message
         );

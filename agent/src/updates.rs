@@ -48,11 +48,12 @@ pub enum Acked {
     },
 }
 
-fn message(status: &v1::TaskStatus) -> v1::AgentMessage {
+fn message(status: &v1::TaskStatus, latest_state: i32) -> v1::AgentMessage {
     v1::AgentMessage {
         message: Some(agent_message::Message::StatusUpdate(
             agent_message::StatusUpdate {
                 status: Some(status.clone()),
+                latest_state,
             },
         )),
     }
@@ -62,7 +63,7 @@ impl Updates {
     /// Picks up the unacknowledged updates of a checkpoint, in sequence order.
     pub fn restore(&mut self, updates: Vec<(u64, v1::TaskStatus)>) {
         for (seq, status) in updates {
-            self.next_seq = self.next_seq.max(seq + 1);
+            self.next_seq = self.next_seq.max(seq);
             self.insert(seq, status);
         }
     }
@@ -102,10 +103,18 @@ impl Updates {
         let Some(conn) = &self.conn else {
             return false;
         };
+        // The newest state of the task: that of the last update in its queue.
+        let latest_state = self
+            .pending
+            .get(&seq)
+            .and_then(|p| self.by_task.get(&p.status.task_id))
+            .and_then(|queue| queue.back())
+            .and_then(|last| self.pending.get(last))
+            .map_or(0, |p| p.status.state);
         let Some(p) = self.pending.get_mut(&seq) else {
             return false;
         };
-        if conn.send(message(&p.status)).is_err() {
+        if conn.send(message(&p.status, latest_state)).is_err() {
             return false;
         }
         p.next_retry = Some(now + p.backoff);
@@ -260,10 +269,7 @@ mod tests {
         u.add(seq3, s3.clone(), now);
         // Registration sends each task's head only.
         assert_eq!(u.connected(tx, now), 2);
-        assert_eq!(
-            sent(&mut rx),
-            vec![("a".into(), 2), ("b".into(), 2)]
-        );
+        assert_eq!(sent(&mut rx), vec![("a".into(), 2), ("b".into(), 2)]);
         // Nothing is due before the backoff; then both heads are re-sent.
         assert_eq!(u.retry_due(now + Duration::from_millis(500)), 0);
         assert_eq!(u.retry_due(now + Duration::from_secs(1)), 2);

@@ -119,7 +119,8 @@ def render(workdir):
     out = []
     out.append("### Launch-to-exit of `/bin/true`")
     out.append("")
-    out.append(f"- date: {m('date')}; cella {m('git')}; {m('rustc')}")
+    note = f" ({m('git_note')})" if "git_note" in meta else ""
+    out.append(f"- date: {m('date')}; cella {m('git')}{note}; {m('rustc')}")
     out.append(f"- machine: {m('cpu')}, {m('nproc')} CPUs, {m('mem')} RAM; kernel {m('kernel')}; "
                f"cgroups {m('cgroup_mode')}; /run on {m('run_fs')}")
     out.append(f"- tools: {m('crun')}; {m('hyperfine')}; rootfs: {m('busybox')} (static)")

@@ -24,7 +24,8 @@
 #     refuses hybrid hosts otherwise);
 #  5. the shim's resident memory (VmRSS, Pss) while `cella exec -- sleep 5` runs;
 #  6. if cella misses the 3.5 ms goal (or with --breakdown) and strace is installed,
-#     a phase breakdown of a cella launch (benches/launch/breakdown.py);
+#     a phase breakdown of a cella launch (benches/launch/breakdown.py), then, with a
+#     C compiler, mechanism probes (probes.c: seccomp load, cgroup v1 attach);
 #  7. prints a Markdown report on stdout (and to --out FILE). Progress goes to stderr.
 set -euo pipefail
 
@@ -41,7 +42,7 @@ GOAL_MS=3.5
 
 log() { printf '[launch-bench] %s\n' "$*" >&2; }
 die() { printf '[launch-bench] ERROR: %s\n' "$*" >&2; exit 1; }
-usage() { sed -n '2,31p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit "${1:-2}"; }
+usage() { sed -n '2,29p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit "${1:-2}"; }
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -173,6 +174,7 @@ loadavg() { # load average, and CPU / IO pressure (avg10) when the kernel has PS
 }
 meta date "$(date -u '+%Y-%m-%d %H:%M UTC')"
 meta git "$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$REPO" status --porcelain 2>/dev/null | grep -q . && echo ' (working tree with uncommitted changes)')"
+[ "$BUILD" = 1 ] || meta git_note "binaries not rebuilt (--no-build): cella built $(date -u -r "$TARGET/release/cella" '+%Y-%m-%d %H:%M UTC')"
 meta rustc "$(rustc --version 2>/dev/null || echo 'rustc ?')"
 meta cpu "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')"
 meta nproc "$(nproc)"

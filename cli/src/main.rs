@@ -17,6 +17,8 @@ struct Cli {
 enum Command {
     /// Run one command isolated, limited and measured, right here.
     Exec(commands::exec::ExecArgs),
+    /// Start a master and an agent on this machine, for trying Cella.
+    Dev(commands::dev::DevArgs),
     /// Run a command as a task on the cluster and follow it.
     Run(commands::run::RunArgs),
     /// List tasks.
@@ -42,6 +44,7 @@ fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Exec(args) => commands::exec::run(args),
+        Command::Dev(args) => commands::dev::run(args),
         Command::Run(args) => commands::run::run(args),
         Command::Tasks(args) => commands::tasks::tasks(args),
         Command::Agents(args) => commands::tasks::agents(args),

@@ -201,6 +201,7 @@ impl Containerizer {
             Err(e) => {
                 self.cleanup_isolators(id, prepared);
                 let _ = fs::remove_dir_all(run_dir.path());
+                self.cgroups.remove_base_if_empty();
                 Err(e)
             }
         }

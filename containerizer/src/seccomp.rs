@@ -1,13 +1,18 @@
 //! Seccomp: Cella's default allowlist (equivalent to Docker's default profile),
-//! profiles in Docker's JSON format, compiled to classic BPF with `seccompiler`.
+//! profiles in Docker's JSON format, compiled to compact classic BPF (a binary search
+//! over syscall-number ranges, see [`codegen`]).
 //! The default profile is compiled at build time (build.rs), never per launch.
 //!
-//! The compiler lives in [`compile`] (shared with `build.rs`); see its documentation
-//! for how profile entries, capabilities and argument conditions are evaluated.
+//! The compiler lives in [`compile`] and [`codegen`] (shared with `build.rs`); see
+//! their documentation for how profile entries, capabilities and argument conditions
+//! are evaluated and how the program is laid out.
 
 use std::path::{Path, PathBuf};
 
+pub(crate) mod codegen;
 pub(crate) mod compile;
+#[cfg(test)]
+mod equivalence;
 
 /// A compiled filter: `struct sock_filter` instructions packed as
 /// `code<<48 | jt<<40 | jf<<32 | k` (the form carried in [`crate::spec::ShimSpec`]).
@@ -109,13 +114,8 @@ pub fn load_profile_for(path: &Path, caps_mask: u64) -> Result<Program, SeccompE
 
 /// Splits a packed instruction into a `sock_filter`, without integer casts.
 fn unpack(ins: u64) -> libc::sock_filter {
-    let b = ins.to_be_bytes();
-    libc::sock_filter {
-        code: u16::from_be_bytes([b[0], b[1]]),
-        jt: b[2],
-        jf: b[3],
-        k: u32::from_be_bytes([b[4], b[5], b[6], b[7]]),
-    }
+    let codegen::Insn { code, jt, jf, k } = codegen::Insn::unpack(ins);
+    libc::sock_filter { code, jt, jf, k }
 }
 
 /// Sets no_new_privs must already be done; installs `program` for the calling thread.
@@ -177,14 +177,15 @@ mod tests {
 
     #[test]
     fn pack_unpack_roundtrip() {
-        let ins = seccompiler::sock_filter {
+        let ins = codegen::Insn {
             code: 0x15,
             jt: 3,
             jf: 250,
             k: 0xdead_beef,
         };
-        let packed = compile::pack(&ins);
+        let packed = ins.pack();
         assert_eq!(packed, 0x0015_03fa_dead_beef);
+        assert_eq!(codegen::Insn::unpack(packed), ins);
         let back = unpack(packed);
         assert_eq!(
             (back.code, back.jt, back.jf, back.k),

@@ -30,6 +30,16 @@ pub struct FilesystemSpec {
     pub tmp_size_bytes: Option<u64>,
 }
 
+/// A seccomp program for the shim to load.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SeccompProgram {
+    /// The default program, compiled into the shim when Cella was built: the spec
+    /// stays small and nothing is compiled or copied per launch.
+    Default,
+    /// A compiled program (`struct sock_filter` as u64: code<<48 | jt<<40 | jf<<32 | k).
+    Custom(Vec<u64>),
+}
+
 /// The identity the task runs as.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Identity {
@@ -57,9 +67,8 @@ pub struct ShimSpec {
     pub rlimits: Vec<Rlimit>,
     /// Capabilities the task keeps, as a bit mask of `CAP_*` numbers.
     pub capabilities: u64,
-    /// A compiled seccomp program (`struct sock_filter` as u64: code<<48 | jt<<40 |
-    /// jf<<32 | k), loaded last before exec; `None`: unconfined.
-    pub seccomp: Option<Vec<u64>>,
+    /// The seccomp filter loaded last before exec; `None`: unconfined.
+    pub seccomp: Option<SeccompProgram>,
     pub cgroup: Placement,
     pub stdio: Stdio,
     /// When the launcher is gone by the time the task ends, the shim kills what is

@@ -474,14 +474,20 @@ impl Master {
                 }
             }
             agent_message::Message::StatusUpdate(update) => {
+                let latest_state = update.latest_state();
                 if let Some(status) = update.status {
-                    self.status_update(id, status);
+                    self.status_update(id, status, latest_state);
                 }
             }
         }
     }
 
-    fn status_update(&mut self, agent: &AgentId, mut status: v1::TaskStatus) {
+    fn status_update(
+        &mut self,
+        agent: &AgentId,
+        mut status: v1::TaskStatus,
+        latest_state: v1::TaskState,
+    ) {
         status.agent_id = agent.to_string();
         let Some(task) = self.tasks.get_mut(&status.task_id) else {
             // Unknown to this master: forward if the framework is known, and
@@ -495,16 +501,25 @@ impl Master {
         };
         let was_terminal = is_terminal(task.state());
         status.framework_id = task.framework.to_string();
+        // A late non-terminal update must not resurrect a finished task; a terminal
+        // one brings the details (exit code, reason) of how it ended.
         if !was_terminal || is_terminal(status.state()) {
-            // A late non-terminal update must not resurrect a finished task.
-            if !was_terminal {
-                task.status = status.clone();
-            }
+            task.status = status.clone();
+        }
+        // Updates of a task reach the master one at a time, each after the previous
+        // one was acknowledged; the agent's newest state may be ahead (the task ended
+        // while a scheduler was away). The master's view follows the newest state.
+        if is_terminal(latest_state) && !is_terminal(task.state()) {
+            task.status.state = latest_state as i32;
+            task.status.message = format!(
+                "{} on the agent; the update with the details waits for the scheduler's \
+                 acknowledgement of earlier updates",
+                state_name(latest_state)
+            );
         }
         let framework = task.framework.clone();
         let resources = task.resources;
-        let now_terminal = is_terminal(task.state());
-        if !was_terminal && now_terminal {
+        if !was_terminal && is_terminal(task.state()) {
             self.task_ended(&status.task_id, agent, &framework, resources);
         }
         self.metrics.status_updates.inc();
@@ -957,7 +972,7 @@ impl Master {
             .iter()
             .filter_map(|(_, v)| v.as_ref().ok())
             .fold(Resources::default(), |acc, r| acc.saturating_add(r));
-        if !offered.fits(&needed) && problem.is_none() {
+        if !needed.fits(&offered) && problem.is_none() {
             let why = format!(
                 "the tasks need {} cpus, {} bytes of memory and {} bytes of disk; the offers hold {} cpus, {} and {}",
                 needed.cpus(),
@@ -978,7 +993,7 @@ impl Master {
         // framework's allocation, the rest is refused for `refuse_for`.
         let mut remaining = needed;
         for (offer, _, resources) in &offers {
-            if !offered.fits(&needed) {
+            if !needed.fits(&offered) {
                 let _ = self.allocator.decline_offer(*offer, Duration::ZERO, now);
             } else {
                 let used = remaining.min(resources);

@@ -14,6 +14,22 @@ umask 022
 
 say() { echo "CELLA-VM: $*"; }
 
+# pivot_root(2) refuses to move away from the initial ramfs, and Cella's --rootfs
+# uses it: first copy the image into a tmpfs and switch_root there (once).
+if [ -z "${CELLA_VM_SWITCHED:-}" ]; then
+    mkdir -p /newroot
+    mount -t tmpfs -o mode=0755 tmpfs /newroot
+    for e in /*; do
+        case "$e" in
+            /newroot|/proc|/sys|/dev) ;;
+            *) cp -a "$e" /newroot/ ;;
+        esac
+    done
+    mkdir -p /newroot/proc /newroot/sys /newroot/dev
+    export CELLA_VM_SWITCHED=1
+    exec switch_root /newroot /init
+fi
+
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev

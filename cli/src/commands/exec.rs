@@ -38,16 +38,16 @@ const RUNTIME_DIR: &str = "/run/cella/exec";
 )]
 pub struct ExecArgs {
     /// CPUs (decimal, e.g. 0.5): a CFS quota and a proportional weight.
-    #[arg(long, value_name = "N", value_parser = parse_cpus)]
+    #[arg(long, value_name = "N", value_parser = parse_cpus, allow_negative_numbers = true)]
     cpus: Option<MilliCpus>,
     /// Memory limit, e.g. 64MiB, 1GiB, 500M or bytes; the kernel kills the task past it.
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, allow_hyphen_values = true)]
     mem: Option<u64>,
     /// Maximum number of processes and threads.
-    #[arg(long, value_name = "N", value_parser = parse_pids)]
+    #[arg(long, value_name = "N", value_parser = parse_pids, allow_negative_numbers = true)]
     pids: Option<u64>,
     /// Disk limit for the working directory and /tmp; Cella kills the task past it.
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, allow_hyphen_values = true)]
     disk: Option<u64>,
     /// Network: the host's stack, or a private namespace with only loopback.
     #[arg(long, value_name = "host|none", default_value = "host", value_parser = parse_net)]

@@ -1,5 +1,6 @@
 //! One module per subcommand.
 pub mod certs;
+pub mod dev;
 pub mod exec;
 pub mod logs;
 pub mod run;

@@ -201,11 +201,19 @@ async fn run_async(args: RunArgs) -> anyhow::Result<i32> {
                             }));
                         }
                         let state = status.state();
-                        eprintln!("cella: {task_id} {}{}", state_name(state),
-                            if status.message.is_empty() { String::new() } else { format!(": {}", status.message) });
+                        let terminal = cella_master::state::is_terminal(state);
+                        if !terminal {
+                            print_state(&task_id, &status);
+                        }
                         if state == v1::TaskState::TaskRunning {
                             if args.detach {
                                 println!("{task_id}");
+                                // Let the acknowledgement reach the master before leaving.
+                                drop(calls);
+                                let _ = tokio::time::timeout(Duration::from_millis(500), async {
+                                    while events.next().await.is_some() {}
+                                })
+                                .await;
                                 return Ok(0);
                             }
                             if follower.is_none() {
@@ -214,7 +222,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<i32> {
                                 }
                             }
                         }
-                        if cella_master::state::is_terminal(state) {
+                        if terminal {
                             if follower.is_none() && !status.agent_id.is_empty() {
                                 if let Ok(endpoint) = agent_endpoint(&cluster, &status.agent_id).await {
                                     follower = Some(LogFollower::new(&cluster, endpoint, &task_id));
@@ -223,7 +231,15 @@ async fn run_async(args: RunArgs) -> anyhow::Result<i32> {
                             if let Some(f) = follower.as_mut() {
                                 f.drain(&cluster.tls).await;
                             }
+                            // After the output, so the reason is the last thing said.
+                            print_state(&task_id, &status);
                             send(call::Call::Teardown(call::Teardown {}));
+                            // Let the acknowledgement and teardown reach the master.
+                            drop(calls);
+                            let _ = tokio::time::timeout(Duration::from_millis(500), async {
+                                while events.next().await.is_some() {}
+                            })
+                            .await;
                             return Ok(exit_code(&status, interrupted));
                         }
                     }
@@ -254,6 +270,15 @@ async fn run_async(args: RunArgs) -> anyhow::Result<i32> {
             }
         }
     }
+}
+
+fn print_state(task_id: &str, status: &v1::TaskStatus) {
+    let message = if status.message.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", status.message)
+    };
+    eprintln!("cella: {task_id} {}{message}", state_name(status.state()));
 }
 
 fn fits(offer: &v1::Resources, need: &v1::Resources) -> bool {

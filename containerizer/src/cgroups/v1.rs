@@ -263,15 +263,21 @@ impl TaskGroup {
 
         if let Some(i) = self.roles.cpuacct {
             let d = self.dir(i);
+            // cpuacct.usage is exact (scheduler runtime); the user/system split the
+            // kernel keeps is sampled at ticks and can be off by several percent. So
+            // the total comes from cpuacct.usage, divided in the ticks' proportion.
+            let total = fsx::read_u64(&d.join("cpuacct.usage"));
             let user = fsx::read_u64(&d.join("cpuacct.usage_user"));
             let system = fsx::read_u64(&d.join("cpuacct.usage_sys"));
-            if user.is_some() && system.is_some() {
-                (s.cpu_user_ns, s.cpu_system_ns) = (user, system);
-            } else if let Some(text) = fsx::read(&d.join("cpuacct.stat")) {
-                let ticks =
-                    |key| fsx::keyed(&text, key).map(|t| t.saturating_mul(NS_PER_USER_HZ_TICK));
-                (s.cpu_user_ns, s.cpu_system_ns) = (ticks("user"), ticks("system"));
-            }
+            let (user, system) = match (user, system) {
+                (Some(u), Some(s)) => (Some(u), Some(s)),
+                _ => fsx::read(&d.join("cpuacct.stat")).map_or((None, None), |text| {
+                    let ticks =
+                        |key| fsx::keyed(&text, key).map(|t| t.saturating_mul(NS_PER_USER_HZ_TICK));
+                    (ticks("user"), ticks("system"))
+                }),
+            };
+            (s.cpu_user_ns, s.cpu_system_ns) = split_exact_total(total, user, system);
         }
         if let Some(text) = fsx::read(&self.dir(self.roles.cpu).join("cpu.stat")) {
             s.cpu_nr_throttled = fsx::keyed(&text, "nr_throttled");
@@ -448,5 +454,47 @@ mod tests {
         for bad in ["", ".", "..", "a/b", "/abs"] {
             assert!(check_name(base, bad).is_err(), "{bad:?}");
         }
+    }
+}
+
+/// Scales a sampled user/system split so that it adds up to the exact `total`.
+fn split_exact_total(
+    total: Option<u64>,
+    user: Option<u64>,
+    system: Option<u64>,
+) -> (Option<u64>, Option<u64>) {
+    match (total, user, system) {
+        (Some(total), Some(user), Some(system)) => {
+            let sampled = u128::from(user) + u128::from(system);
+            if sampled == 0 {
+                // No tick landed yet (a short task): without evidence of the split,
+                // the time is counted as user time.
+                return (Some(total), Some(0));
+            }
+            let user_share = u128::from(total) * u128::from(user) / sampled;
+            let user_share = u64::try_from(user_share).unwrap_or(total);
+            (Some(user_share), Some(total - user_share.min(total)))
+        }
+        (_, user, system) => (user, system),
+    }
+}
+
+#[cfg(test)]
+mod split_tests {
+    #[test]
+    fn split_adds_up_to_the_exact_total() {
+        assert_eq!(
+            super::split_exact_total(Some(1000), Some(300), Some(100)),
+            (Some(750), Some(250))
+        );
+        assert_eq!(
+            super::split_exact_total(Some(1000), Some(0), Some(0)),
+            (Some(1000), Some(0))
+        );
+        assert_eq!(
+            super::split_exact_total(None, Some(3), Some(4)),
+            (Some(3), Some(4))
+        );
+        assert_eq!(super::split_exact_total(Some(10), None, None), (None, None));
     }
 }

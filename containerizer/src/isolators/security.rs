@@ -2,8 +2,7 @@
 //! was built; only a custom profile file is compiled, once, at prepare.
 
 use super::{Isolator, IsolatorError};
-use crate::seccomp::Program;
-use crate::spec::ShimSpec;
+use crate::spec::{SeccompProgram, ShimSpec};
 use crate::task::{SeccompChoice, TaskConfig, TaskId};
 
 pub struct CapabilitiesIsolator;
@@ -25,15 +24,11 @@ impl Isolator for CapabilitiesIsolator {
     }
 }
 
-pub struct SeccompIsolator {
-    default: Program,
-}
+pub struct SeccompIsolator;
 
 impl SeccompIsolator {
     pub fn new() -> Self {
-        Self {
-            default: crate::seccomp::default_program(),
-        }
+        Self
     }
 }
 
@@ -55,12 +50,12 @@ impl Isolator for SeccompIsolator {
         spec: &mut ShimSpec,
     ) -> Result<(), IsolatorError> {
         spec.seccomp = match &config.seccomp {
-            SeccompChoice::Default => Some(self.default.clone()),
+            SeccompChoice::Default => Some(SeccompProgram::Default),
             SeccompChoice::Unconfined => None,
-            SeccompChoice::Profile(path) => Some(
+            SeccompChoice::Profile(path) => Some(SeccompProgram::Custom(
                 crate::seccomp::load_profile(path)
                     .map_err(|e| IsolatorError::invalid("--seccomp", e.to_string()))?,
-            ),
+            )),
         };
         Ok(())
     }

@@ -1,10 +1,10 @@
 //! Compiling seccomp profiles in Docker's JSON format to classic BPF.
 //!
 //! This file is shared: the library includes it as `crate::seccomp::compile`, and
-//! `build.rs` includes it with `#[path]` to compile `profiles/default.json` at build
-//! time. It may therefore only use `std`, `serde`, `serde_json`, `seccompiler` and
-//! `caps` (all of them are both dependencies and build-dependencies), and no `crate::`
-//! paths.
+//! `build.rs` includes it with `#[path]` (next to [`super::codegen`]) to compile
+//! `profiles/default.json` at build time. It may therefore only use `std`, `serde`,
+//! `serde_json`, `seccompiler` and `caps` (all of them are both dependencies and
+//! build-dependencies), and no `crate::` paths.
 //!
 //! # Semantics
 //!
@@ -14,27 +14,28 @@
 //!   none), `includes.arches` must name x86_64 (and `excludes.arches` must not),
 //!   `includes.minKernel` must be at most the running kernel;
 //! * for one syscall, rules with argument conditions are tried before the
-//!   unconditional rule, in profile order, first match wins;
+//!   unconditional rule, in profile order, first match wins (conditions of one rule are
+//!   ANDed; arguments are compared as unsigned 64-bit numbers);
 //! * a syscall without a matching rule gets `defaultAction`.
 //!
-//! seccompiler's `SeccompFilter` has one match action, so the program is built from one
-//! seccompiler filter per run of rules sharing an action ("segment"). Every segment is
-//! compiled with a sentinel mismatch action whose `RET` instructions are then rewritten
-//! into jumps to the next segment; the last segment is followed by `RET defaultAction`.
-//! Names that do not exist on x86_64 (`_llseek`, `chown32`, ...) are skipped, as
-//! libseccomp does. seccompiler's architecture check kills the process on a syscall
-//! made through another ABI (i386 `int 0x80`): the program covers x86_64 only. x32
-//! syscall numbers (bit 30 set) match no rule and get the default action.
+//! The profile is reduced to a [`Policy`] (per-syscall actions and rules) and compiled
+//! by [`super::codegen`]: an architecture check (another ABI, e.g. i386 `int 0x80`,
+//! kills the process), a `jeq` per syscall with argument conditions leading to its
+//! rules, then a balanced binary search over the ranges of syscall numbers sharing an
+//! action. Names that do not exist on x86_64 (`_llseek`, `chown32`, ...) are skipped,
+//! as libseccomp does. x32 syscall numbers (bit 30 set) match no rule and get the
+//! default action. seccompiler only provides [`SeccompAction`]'s `SECCOMP_RET_*`
+//! values (and, in the tests, the linear program Cella generated before, as a
+//! reference).
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
-use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-    SeccompRule, TargetArch, sock_filter,
-};
+use seccompiler::SeccompAction;
 use serde::Deserialize;
+
+use super::codegen::{CmpOp, Cond, Policy, Rule};
 
 /// Largest program the kernel accepts (`BPF_MAXINSNS`).
 pub const MAX_INSTRUCTIONS: usize = 4096;
@@ -44,10 +45,6 @@ const DEFAULT_ERRNO: u32 = 1;
 
 /// Largest errno a filter may return (`MAX_ERRNO`).
 const MAX_ERRNO: u32 = 4095;
-
-/// `BPF_RET | BPF_K` and `BPF_JMP | BPF_JA`.
-const BPF_RET_K: u16 = 0x06;
-const BPF_JMP_JA: u16 = 0x05;
 
 /// Docker's default capability set (14 capabilities).
 pub const DOCKER_DEFAULT_CAPS: [caps::Capability; 14] = [
@@ -312,7 +309,7 @@ fn parse_action(
     })
 }
 
-fn parse_arg(field: &str, arg: &Arg) -> Result<SeccompCondition, ProfileError> {
+fn parse_arg(field: &str, arg: &Arg) -> Result<Cond, ProfileError> {
     let index = u8::try_from(arg.index)
         .ok()
         .filter(|i| *i <= 5)
@@ -324,14 +321,14 @@ fn parse_arg(field: &str, arg: &Arg) -> Result<SeccompCondition, ProfileError> {
         })?;
     // libseccomp compares the whole 64-bit register; so do we.
     let (op, value) = match arg.op.as_str() {
-        "SCMP_CMP_NE" => (SeccompCmpOp::Ne, arg.value),
-        "SCMP_CMP_LT" => (SeccompCmpOp::Lt, arg.value),
-        "SCMP_CMP_LE" => (SeccompCmpOp::Le, arg.value),
-        "SCMP_CMP_EQ" => (SeccompCmpOp::Eq, arg.value),
-        "SCMP_CMP_GE" => (SeccompCmpOp::Ge, arg.value),
-        "SCMP_CMP_GT" => (SeccompCmpOp::Gt, arg.value),
+        "SCMP_CMP_NE" => (CmpOp::Ne, arg.value),
+        "SCMP_CMP_LT" => (CmpOp::Lt, arg.value),
+        "SCMP_CMP_LE" => (CmpOp::Le, arg.value),
+        "SCMP_CMP_EQ" => (CmpOp::Eq, arg.value),
+        "SCMP_CMP_GE" => (CmpOp::Ge, arg.value),
+        "SCMP_CMP_GT" => (CmpOp::Gt, arg.value),
         // (arg & value) == valueTwo
-        "SCMP_CMP_MASKED_EQ" => (SeccompCmpOp::MaskedEq(arg.value), arg.value_two),
+        "SCMP_CMP_MASKED_EQ" => (CmpOp::MaskedEq(arg.value), arg.value_two),
         other => {
             return Err(field_err(
                 format!("{field}.op"),
@@ -342,63 +339,51 @@ fn parse_arg(field: &str, arg: &Arg) -> Result<SeccompCondition, ProfileError> {
             ));
         }
     };
-    SeccompCondition::new(index, SeccompCmpArgLen::Qword, op, value)
-        .map_err(|e| field_err(field, e.to_string()))
+    Ok(Cond { index, op, value })
 }
 
-/// Packs one instruction as `code<<48 | jt<<40 | jf<<32 | k`.
-pub fn pack(ins: &sock_filter) -> u64 {
-    (u64::from(ins.code) << 48)
-        | (u64::from(ins.jt) << 40)
-        | (u64::from(ins.jf) << 32)
-        | u64::from(ins.k)
+/// A profile reduced to what applies to the task on x86_64.
+#[derive(Debug, Clone)]
+pub struct Parsed {
+    pub default_action: SeccompAction,
+    /// Rules with argument conditions, in profile order: (action, number, conditions).
+    pub conditional: Vec<(SeccompAction, u32, Vec<Cond>)>,
+    /// Unconditional actions by syscall number.
+    pub unconditional: BTreeMap<u32, SeccompAction>,
+    /// Syscall names that were skipped because x86_64 has no such syscall.
+    pub skipped: Vec<String>,
 }
 
-/// One run of rules sharing a match action.
-struct Segment {
-    action: SeccompAction,
-    rules: BTreeMap<i64, Vec<SeccompRule>>,
-}
-
-/// Compiles `segment` and appends it to `out`, turning its mismatch returns into jumps
-/// past its end.
-fn emit_segment(segment: Segment, out: &mut Vec<u64>) -> Result<(), ProfileError> {
-    // A mismatch action different from the match action, recognisable afterwards.
-    let sentinel = if segment.action == SeccompAction::Trace(0xffff) {
-        SeccompAction::Trace(0xfffe)
-    } else {
-        SeccompAction::Trace(0xffff)
-    };
-    let sentinel_k = u32::from(sentinel.clone());
-    let filter = SeccompFilter::new(segment.rules, sentinel, segment.action, TargetArch::x86_64)
-        .map_err(|e| ProfileError::Backend(format!("seccompiler refused the rules: {e}")))?;
-    let bpf: BpfProgram = filter.try_into().map_err(|e| {
-        ProfileError::Backend(format!("seccompiler could not compile the rules: {e}"))
-    })?;
-    let len = bpf.len();
-    for (i, mut ins) in bpf.into_iter().enumerate() {
-        if ins.code == BPF_RET_K && ins.k == sentinel_k {
-            // Jump to the first instruction after this segment.
-            ins = sock_filter {
-                code: BPF_JMP_JA,
-                jt: 0,
-                jf: 0,
-                k: u32::try_from(len - i - 1)
-                    .map_err(|_| ProfileError::Backend("segment too large".into()))?,
-            };
+impl Parsed {
+    /// The per-syscall view the code generator works from.
+    pub fn policy(&self) -> Policy {
+        let mut policy = Policy {
+            default_action: u32::from(self.default_action.clone()),
+            unconditional: self
+                .unconditional
+                .iter()
+                .map(|(nr, action)| (*nr, u32::from(action.clone())))
+                .collect(),
+            conditional: BTreeMap::new(),
+        };
+        for (action, nr, conds) in &self.conditional {
+            policy.conditional.entry(*nr).or_default().push(Rule {
+                action: u32::from(action.clone()),
+                conds: conds.clone(),
+            });
         }
-        out.push(pack(&ins));
+        policy
     }
-    Ok(())
 }
 
-/// Compiles a Docker JSON profile for a task holding the capabilities in `caps_mask`,
-/// on x86_64, for the kernel version `kernel` (`None`: `minKernel` conditions fail).
-pub fn compile(
+/// Parses a Docker JSON profile and keeps the entries that apply to a task holding
+/// the capabilities in `caps_mask`, on x86_64, on the kernel version `kernel` (`None`:
+/// `minKernel` conditions fail).
+pub fn parse(
     json: &str,
     caps_mask: u64,
     kernel: Option<(u32, u32)>,
-) -> Result<Compiled, ProfileError> {
+) -> Result<Parsed, ProfileError> {
     let profile: Profile = serde_json::from_str(json).map_err(ProfileError::Json)?;
     let default_action = parse_action(
         "defaultAction",
@@ -406,9 +391,10 @@ pub fn compile(
         profile.default_errno_ret,
     )?;
 
-    // Conditional rules in profile order; unconditional ones by syscall number.
-    let mut conditional: Vec<(SeccompAction, i64, SeccompRule)> = Vec::new();
-    let mut unconditional: BTreeMap<i64, (SeccompAction, usize, String)> = BTreeMap::new();
+    // Conditional rules in profile order; unconditional ones by syscall number (with
+    // the entry that set them, for errors).
+    let mut conditional: Vec<(SeccompAction, u32, Vec<Cond>)> = Vec::new();
+    let mut unconditional: BTreeMap<u32, (SeccompAction, usize)> = BTreeMap::new();
     let mut skipped = Vec::new();
 
     for (i, entry) in profile.syscalls.iter().flatten().enumerate() {
@@ -440,7 +426,7 @@ pub fn compile(
             .map(|(a, arg)| parse_arg(&format!("syscalls[{i}].args[{a}]"), arg))
             .collect::<Result<Vec<_>, _>>()?;
         for name in names {
-            let Some(nr) = syscall_number(name) else {
+            let Some(nr) = syscall_number(name).and_then(|nr| u32::try_from(nr).ok()) else {
                 if !skipped.contains(name) {
                     skipped.push(name.clone());
                 }
@@ -448,7 +434,7 @@ pub fn compile(
             };
             if conditions.is_empty() {
                 match unconditional.get(&nr) {
-                    Some((earlier, j, _)) if *earlier != action => {
+                    Some((earlier, j)) if *earlier != action => {
                         return Err(field_err(
                             format!("syscalls[{i}].action"),
                             format!(
@@ -459,70 +445,34 @@ pub fn compile(
                     }
                     Some(_) => {}
                     None => {
-                        unconditional.insert(nr, (action.clone(), i, name.clone()));
+                        unconditional.insert(nr, (action.clone(), i));
                     }
                 }
             } else {
-                let rule = SeccompRule::new(conditions.clone())
-                    .map_err(|e| field_err(format!("syscalls[{i}].args"), e.to_string()))?;
-                conditional.push((action.clone(), nr, rule));
+                conditional.push((action.clone(), nr, conditions.clone()));
             }
         }
     }
+    Ok(Parsed {
+        default_action,
+        conditional,
+        unconditional: unconditional
+            .into_iter()
+            .map(|(nr, (action, _))| (nr, action))
+            .collect(),
+        skipped,
+    })
+}
 
-    let mut segments: Vec<Segment> = Vec::new();
-    for (action, nr, rule) in conditional {
-        match segments.last_mut() {
-            Some(last) if last.action == action => last.rules.entry(nr).or_default().push(rule),
-            _ => segments.push(Segment {
-                action,
-                rules: BTreeMap::from([(nr, vec![rule])]),
-            }),
-        }
-    }
-    // Unconditional rules, one segment per action (each syscall has one such action, so
-    // their order does not matter). Rules equal to the default action are no-ops.
-    let mut by_action: Vec<Segment> = Vec::new();
-    for (nr, (action, _, _)) in unconditional {
-        if action == default_action {
-            continue;
-        }
-        match by_action.iter_mut().find(|s| s.action == action) {
-            Some(segment) => {
-                segment.rules.insert(nr, Vec::new());
-            }
-            None => by_action.push(Segment {
-                action,
-                rules: BTreeMap::from([(nr, Vec::new())]),
-            }),
-        }
-    }
-    segments.extend(by_action);
-
-    let mut program = Vec::new();
-    if segments.is_empty() {
-        // seccompiler always adds the architecture check; keep it for an empty profile.
-        emit_segment(
-            Segment {
-                action: if default_action == SeccompAction::Allow {
-                    SeccompAction::Log
-                } else {
-                    SeccompAction::Allow
-                },
-                rules: BTreeMap::new(),
-            },
-            &mut program,
-        )?;
-    }
-    for segment in segments {
-        emit_segment(segment, &mut program)?;
-    }
-    program.push(pack(&sock_filter {
-        code: BPF_RET_K,
-        jt: 0,
-        jf: 0,
-        k: u32::from(default_action),
-    }));
+/// Compiles a Docker JSON profile for a task holding the capabilities in `caps_mask`,
+/// on x86_64, for the kernel version `kernel` (`None`: `minKernel` conditions fail).
+pub fn compile(
+    json: &str,
+    caps_mask: u64,
+    kernel: Option<(u32, u32)>,
+) -> Result<Compiled, ProfileError> {
+    let parsed = parse(json, caps_mask, kernel)?;
+    let program = super::codegen::generate(&parsed.policy());
     if program.len() > MAX_INSTRUCTIONS {
         return Err(ProfileError::Backend(format!(
             "the profile compiles to {} BPF instructions, more than the kernel's limit of \
@@ -530,7 +480,10 @@ pub fn compile(
             program.len()
         )));
     }
-    Ok(Compiled { program, skipped })
+    Ok(Compiled {
+        program,
+        skipped: parsed.skipped,
+    })
 }
 
 /// The x86_64 number of syscall `name`, if x86_64 has it.
@@ -925,6 +878,140 @@ pub const SYSCALLS_X86_64: &[(&str, i64)] = &[
     ("removexattrat", 466),
     ("open_tree_attr", 467),
 ];
+
+/// The program Cella generated before [`super::codegen`]: one seccompiler filter per run
+/// of rules sharing an action, chained (a linear search, 1628 instructions for the
+/// default profile). Kept as a reference for the equivalence tests.
+#[cfg(test)]
+pub mod seccompiler_reference {
+    use std::collections::BTreeMap;
+
+    use seccompiler::{
+        BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+        SeccompRule, TargetArch, sock_filter,
+    };
+
+    use super::{CmpOp, Cond, Parsed, ProfileError};
+
+    const BPF_RET_K: u16 = 0x06;
+    const BPF_JMP_JA: u16 = 0x05;
+
+    /// Packs one instruction as `code<<48 | jt<<40 | jf<<32 | k`.
+    pub fn pack(ins: &sock_filter) -> u64 {
+        (u64::from(ins.code) << 48)
+            | (u64::from(ins.jt) << 40)
+            | (u64::from(ins.jf) << 32)
+            | u64::from(ins.k)
+    }
+
+    fn condition(cond: &Cond) -> SeccompCondition {
+        let op = match cond.op {
+            CmpOp::Eq => SeccompCmpOp::Eq,
+            CmpOp::Ne => SeccompCmpOp::Ne,
+            CmpOp::Lt => SeccompCmpOp::Lt,
+            CmpOp::Le => SeccompCmpOp::Le,
+            CmpOp::Gt => SeccompCmpOp::Gt,
+            CmpOp::Ge => SeccompCmpOp::Ge,
+            CmpOp::MaskedEq(mask) => SeccompCmpOp::MaskedEq(mask),
+        };
+        SeccompCondition::new(cond.index, SeccompCmpArgLen::Qword, op, cond.value)
+            .expect("index checked by parse_arg")
+    }
+
+    /// One run of rules sharing a match action.
+    struct Segment {
+        action: SeccompAction,
+        rules: BTreeMap<i64, Vec<SeccompRule>>,
+    }
+
+    /// Compiles `segment` and appends it to `out`, turning its mismatch returns into
+    /// jumps past its end.
+    fn emit_segment(segment: Segment, out: &mut Vec<u64>) -> Result<(), ProfileError> {
+        let sentinel = if segment.action == SeccompAction::Trace(0xffff) {
+            SeccompAction::Trace(0xfffe)
+        } else {
+            SeccompAction::Trace(0xffff)
+        };
+        let sentinel_k = u32::from(sentinel.clone());
+        let filter =
+            SeccompFilter::new(segment.rules, sentinel, segment.action, TargetArch::x86_64)
+                .map_err(|e| ProfileError::Backend(format!("seccompiler: {e}")))?;
+        let bpf: BpfProgram = filter
+            .try_into()
+            .map_err(|e| ProfileError::Backend(format!("seccompiler: {e}")))?;
+        let len = bpf.len();
+        for (i, mut ins) in bpf.into_iter().enumerate() {
+            if ins.code == BPF_RET_K && ins.k == sentinel_k {
+                ins = sock_filter {
+                    code: BPF_JMP_JA,
+                    jt: 0,
+                    jf: 0,
+                    k: u32::try_from(len - i - 1).expect("small segment"),
+                };
+            }
+            out.push(pack(&ins));
+        }
+        Ok(())
+    }
+
+    /// The seccompiler program for `parsed`.
+    pub fn program(parsed: &Parsed) -> Result<Vec<u64>, ProfileError> {
+        let mut segments: Vec<Segment> = Vec::new();
+        for (action, nr, conds) in &parsed.conditional {
+            let rule = SeccompRule::new(conds.iter().map(condition).collect())
+                .map_err(|e| ProfileError::Backend(e.to_string()))?;
+            match segments.last_mut() {
+                Some(last) if last.action == *action => {
+                    last.rules.entry(i64::from(*nr)).or_default().push(rule);
+                }
+                _ => segments.push(Segment {
+                    action: action.clone(),
+                    rules: BTreeMap::from([(i64::from(*nr), vec![rule])]),
+                }),
+            }
+        }
+        let mut by_action: Vec<Segment> = Vec::new();
+        for (nr, action) in &parsed.unconditional {
+            if *action == parsed.default_action {
+                continue;
+            }
+            match by_action.iter_mut().find(|s| s.action == *action) {
+                Some(segment) => {
+                    segment.rules.insert(i64::from(*nr), Vec::new());
+                }
+                None => by_action.push(Segment {
+                    action: action.clone(),
+                    rules: BTreeMap::from([(i64::from(*nr), Vec::new())]),
+                }),
+            }
+        }
+        segments.extend(by_action);
+        let mut program = Vec::new();
+        if segments.is_empty() {
+            emit_segment(
+                Segment {
+                    action: if parsed.default_action == SeccompAction::Allow {
+                        SeccompAction::Log
+                    } else {
+                        SeccompAction::Allow
+                    },
+                    rules: BTreeMap::new(),
+                },
+                &mut program,
+            )?;
+        }
+        for segment in segments {
+            emit_segment(segment, &mut program)?;
+        }
+        program.push(pack(&sock_filter {
+            code: BPF_RET_K,
+            jt: 0,
+            jf: 0,
+            k: u32::from(parsed.default_action.clone()),
+        }));
+        Ok(program)
+    }
+}
 
 #[cfg(test)]
 mod tests {

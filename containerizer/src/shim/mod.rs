@@ -142,6 +142,7 @@ fn run(run_dir: &RunDir) -> Result<(), ShimError> {
                 Some((code, why)) => format!("failed {code} {}\n", why.replace('\n', " ")),
             };
             send(&mut events, &msg);
+            release_memory();
             let mut status = wait_task(pid)?;
             status.launch_failure = failure;
             status
@@ -183,10 +184,16 @@ fn start_task(
     spec: &ShimSpec,
     run_dir: &RunDir,
 ) -> Result<(i32, Option<(i32, String)>), ShimError> {
-    let (go_r, go_w) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| sys_err("pipe")(e.into()))?;
     let (err_r, err_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| sys_err("pipe")(e.into()))?;
+    let stdio = match child::open_stdio(&spec.stdio) {
+        Ok(files) => files,
+        Err(failure) => {
+            return Err(sys_err("the task's stdio")(io::Error::other(
+                failure.message,
+            )));
+        }
+    };
 
     let mut flags =
         (libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC) as u64;
@@ -205,27 +212,17 @@ fn start_task(
         .map_err(sys_err("clone3 (new namespaces)"))?;
     let pid = match forked {
         sys::Forked::Child => {
-            drop(go_w);
             drop(err_r);
-            child::run(spec, go_r, err_w)
+            child::run(spec, stdio.as_ref(), err_w)
         }
         sys::Forked::Parent(pid) => pid,
     };
-    drop(go_r);
     drop(err_w);
     drop(cgroup_dir);
-
-    let placed = place_in_cgroups(&spec.cgroup, pid);
-    if let Err(e) = placed {
-        // The child is still waiting for the go byte: it must not run unconfined.
-        let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
-        let _ = waitpid(Pid::from_raw(pid), None);
-        return Err(e);
-    }
+    drop(stdio);
+    // The child enters its v1 cgroups itself before anything else (see child.rs).
     let start = sys::process_start_time(pid).unwrap_or(0);
     write_atomic(&run_dir.task_pid(), format!("{pid} {start}\n").as_bytes())?;
-    nix::unistd::write(&go_w, b"g").map_err(|e| sys_err("starting the task")(e.into()))?;
-    drop(go_w);
 
     let mut report = Vec::new();
     let mut err_r = fs::File::from(err_r);
@@ -236,16 +233,6 @@ fn start_task(
     let code = i32::from(report[0]);
     let why = String::from_utf8_lossy(&report[1..]).into_owned();
     Ok((pid, Some((code, why))))
-}
-
-fn place_in_cgroups(placement: &Placement, pid: i32) -> Result<(), ShimError> {
-    if let Placement::V1 { procs_files } = placement {
-        let pid = pid.to_string();
-        for file in procs_files {
-            fs::write(file, &pid).map_err(io_err(file))?;
-        }
-    }
-    Ok(())
 }
 
 fn wait_task(pid: i32) -> Result<ExitStatus, ShimError> {
@@ -271,18 +258,66 @@ fn wait_task(pid: i32) -> Result<ExitStatus, ShimError> {
     }
 }
 
+/// The shim now only waits, possibly for days, once per running task: give back
+/// what start-up touched. Freed heap goes back to the kernel, and the pages of the
+/// read-only file mappings (the shim's code, libc) leave its page tables; they stay
+/// in the page cache and fault back in if the shim runs that code again.
+fn release_memory() {
+    // SAFETY: malloc_trim only releases free heap memory; nothing else runs.
+    unsafe { libc::malloc_trim(0) };
+    let Ok(smaps) = fs::read_to_string("/proc/self/smaps") else {
+        return;
+    };
+    let mut candidate: Option<(usize, usize)> = None;
+    for line in smaps.lines() {
+        let mut fields = line.split_whitespace();
+        let Some(first) = fields.next() else { continue };
+        if let Some((start, end)) = first.split_once('-') {
+            // A mapping's header: range, perms, offset, dev, inode, path.
+            let perms = fields.next().unwrap_or("");
+            let path = fields.nth(3).unwrap_or("");
+            let read_only_private_file = perms.as_bytes().get(1) == Some(&b'-')
+                && perms.ends_with('p')
+                && path.starts_with('/');
+            candidate = match (
+                usize::from_str_radix(start, 16),
+                usize::from_str_radix(end, 16),
+            ) {
+                (Ok(start), Ok(end)) if read_only_private_file => Some((start, end)),
+                _ => None,
+            };
+        } else if first == "Anonymous:" {
+            // Relocated (RELRO) pages are private copies: dropping them would lose
+            // the relocations. Only mappings with no anonymous page are released.
+            let anonymous_kb = fields
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(1);
+            if let (Some((start, end)), 0) = (candidate.take(), anonymous_kb) {
+                // SAFETY: the range is a whole read-only private file mapping of this
+                // process without modified pages (from /proc/self/smaps); MADV_DONTNEED
+                // unmaps clean pages, which the kernel maps again from the file on the
+                // next access.
+                unsafe {
+                    libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED)
+                };
+            }
+        }
+    }
+}
+
 fn pid_record(pid: i32) -> Vec<u8> {
     format!("{pid} {}\n", sys::process_start_time(pid).unwrap_or(0)).into_bytes()
 }
 
 /// Writes `path` so that readers see the old content or the new, never a part:
-/// temp file, fsync, rename.
+/// temp file, then rename. No fsync: the run directory describes processes that do
+/// not survive a power loss either (it is on a tmpfs by design), and an fsync on a
+/// busy disk cost milliseconds per launch (measured).
 pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<(), ShimError> {
     let tmp = path.with_extension("tmp");
     let mut f = fs::File::create(&tmp).map_err(io_err(&tmp))?;
-    f.write_all(data)
-        .and_then(|()| f.sync_all())
-        .map_err(io_err(&tmp))?;
+    f.write_all(data).map_err(io_err(&tmp))?;
     fs::rename(&tmp, path).map_err(io_err(path))?;
     Ok(())
 }
@@ -317,6 +352,10 @@ fn cleanup_orphan(placement: &Placement, run_dir: &Path) {
                 _ => break,
             }
         }
+    }
+    // The base (`<own cgroup>/cella`) goes too when this was its last task.
+    for base in dirs.iter().filter_map(|d| d.parent()) {
+        let _ = fs::remove_dir(base);
     }
     let _ = fs::remove_dir_all(run_dir);
 }

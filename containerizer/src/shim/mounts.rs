@@ -330,7 +330,21 @@ fn make_mount_point(is_dir: bool, target: &Path) -> Result<(), MountError> {
 /// the task's view.
 fn pivot_into(rootfs: &Path) -> Result<(), MountError> {
     std::env::set_current_dir(rootfs).map_err(ioerr("entering", rootfs))?;
-    nix::unistd::pivot_root(".", ".").map_err(err("pivot_root into", rootfs))?;
+    nix::unistd::pivot_root(".", ".").map_err(|e| {
+        let source = if e == nix::errno::Errno::EINVAL {
+            io::Error::other(
+                "invalid argument (is the host's / the initial ramfs? pivot_root cannot move away \
+                 from it: boot with a real root filesystem, or switch_root first)",
+            )
+        } else {
+            e.into()
+        };
+        MountError::Mount {
+            what: "pivot_root into",
+            path: rootfs.to_path_buf(),
+            source,
+        }
+    })?;
     umount2(".", MntFlags::MNT_DETACH).map_err(err("detaching the old root at", rootfs))?;
     std::env::set_current_dir("/").map_err(ioerr("entering", Path::new("/")))?;
     Ok(())

@@ -1,0 +1,531 @@
+//! The agent against a scripted master: a real AgentService over real TLS whose
+//! every message the test sends and inspects. Needs root and `cella-shim`.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cella_agent::{Agent, AgentConfig};
+use cella_proto::v1::{
+    self, agent_message,
+    agent_service_server::{AgentService, AgentServiceServer},
+    master_to_agent,
+};
+use futures::{Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+/// One agent stream as the test sees it.
+struct Session {
+    register: agent_message::Register,
+    to_agent: mpsc::UnboundedSender<v1::MasterToAgent>,
+    from_agent: mpsc::UnboundedReceiver<agent_message::Message>,
+}
+
+struct Fake {
+    sessions: mpsc::UnboundedSender<Session>,
+}
+
+type Out = std::pin::Pin<Box<dyn Stream<Item = Result<v1::MasterToAgent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AgentService for Fake {
+    type SessionStream = Out;
+    async fn session(
+        &self,
+        request: Request<Streaming<v1::AgentMessage>>,
+    ) -> Result<Response<Out>, Status> {
+        let mut inbound = request.into_inner();
+        let first = inbound
+            .next()
+            .await
+            .ok_or_else(|| Status::aborted("no Register"))??;
+        let Some(agent_message::Message::Register(register)) = first.message else {
+            return Err(Status::invalid_argument("first message must be Register"));
+        };
+        let (to_agent, rx) = mpsc::unbounded_channel();
+        let (tx, from_agent) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(Ok(m)) = inbound.next().await {
+                if let Some(m) = m.message
+                    && tx.send(m).is_err()
+                {
+                    break;
+                }
+            }
+        });
+        let _ = self.sessions.send(Session {
+            register,
+            to_agent,
+            from_agent,
+        });
+        Ok(Response::new(Box::pin(
+            UnboundedReceiverStream::new(rx).map(Ok),
+        )))
+    }
+}
+
+struct Rig {
+    cgroup: String,
+    _dir: tempfile::TempDir,
+    work_dir: std::path::PathBuf,
+    sessions: mpsc::UnboundedReceiver<Session>,
+    agent: Option<Agent>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(100);
+
+impl Rig {
+    async fn start() -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = cella_proto::tls::init_dir(&dir.path().join("tls"), &[]).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let tls = cella_proto::tls::server_config(
+            &layout.ca_cert,
+            &layout.master_cert,
+            &layout.master_key,
+        )
+        .unwrap();
+        let (sessions_tx, sessions) = mpsc::unbounded_channel();
+        let router = cella_proto::tls::grpc_router(tonic::service::Routes::new(
+            AgentServiceServer::new(Fake {
+                sessions: sessions_tx,
+            }),
+        ));
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(cella_proto::tls::serve(
+            listener,
+            Arc::new(tls),
+            router,
+            async {
+                let _ = stop_rx.await;
+            },
+        ));
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let work_dir = dir.path().join("work");
+        let cgroup = format!("cella-test-{}-{n}", std::process::id());
+        let config = AgentConfig {
+            master: format!("https://{addr}"),
+            tls_dir: layout.dir.clone(),
+            work_dir: work_dir.clone(),
+            runtime_dir: dir.path().join("run"),
+            resources: cella_agent::config::parse_resources("cpus:2;mem:2GiB;disk:5GiB", false)
+                .unwrap(),
+            http_listen: "127.0.0.1:0".parse().unwrap(),
+            cgroup_root: Some(cgroup.clone().into()),
+            usage_interval: Duration::from_millis(300),
+            shim_path: Some(common::shim_path()),
+            ..Default::default()
+        };
+        let agent = Agent::start(config).await.unwrap();
+        Rig {
+            cgroup,
+            _dir: dir,
+            work_dir,
+            sessions,
+            agent: Some(agent),
+            stop: Some(stop),
+        }
+    }
+
+    async fn session(&mut self) -> Session {
+        tokio::time::timeout(common::WAIT, self.sessions.recv())
+            .await
+            .expect("the agent connects")
+            .unwrap()
+    }
+
+    async fn stop(mut self) {
+        if let Some(a) = self.agent.take() {
+            a.shutdown(true).await.unwrap();
+        }
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        drop(self.agent.take());
+        common::cleanup_cgroups(&self.cgroup);
+    }
+}
+
+fn registered(s: &Session, id: &str) {
+    s.to_agent
+        .send(v1::MasterToAgent {
+            message: Some(master_to_agent::Message::Registered(
+                master_to_agent::Registered {
+                    agent_id: id.into(),
+                    ping_interval_ms: 1000,
+                },
+            )),
+        })
+        .unwrap();
+}
+
+fn send(s: &Session, m: master_to_agent::Message) {
+    s.to_agent
+        .send(v1::MasterToAgent { message: Some(m) })
+        .unwrap();
+}
+
+fn launch(s: &Session, info: v1::TaskInfo) {
+    send(
+        s,
+        master_to_agent::Message::Launch(master_to_agent::LaunchTask {
+            framework_id: "fw-1".into(),
+            task: Some(info),
+        }),
+    );
+}
+
+fn ack(s: &Session, st: &v1::TaskStatus) {
+    send(
+        s,
+        master_to_agent::Message::Acknowledge(master_to_agent::Acknowledge {
+            task_id: st.task_id.clone(),
+            uuid: st.uuid.clone(),
+        }),
+    );
+}
+
+/// The next status update (other messages are skipped; Usage reports are kept
+/// aside in `usage`).
+async fn next_status(s: &mut Session, timeout: Duration) -> Option<v1::TaskStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.checked_duration_since(Instant::now())?;
+        match tokio::time::timeout(left, s.from_agent.recv()).await {
+            Ok(Some(agent_message::Message::StatusUpdate(u))) => return u.status,
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => return None,
+        }
+    }
+}
+
+/// Collects (and acknowledges) updates until `task` is terminal.
+async fn run_to_end(s: &mut Session, task: &str) -> Vec<v1::TaskStatus> {
+    let mut out = Vec::new();
+    loop {
+        let st = next_status(s, common::WAIT)
+            .await
+            .unwrap_or_else(|| panic!("{task}: no terminal update; got {out:?}"));
+        ack(s, &st);
+        if st.task_id != task {
+            continue;
+        }
+        let terminal = !matches!(
+            st.state(),
+            v1::TaskState::TaskStarting | v1::TaskState::TaskRunning
+        );
+        out.push(st);
+        if terminal {
+            return out;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn launch_exit_code_memory_limit_kill_and_errors() {
+    let mut rig = Rig::start().await;
+    let mut s = rig.session().await;
+    assert_eq!(s.register.agent_id, "");
+    assert_eq!(s.register.total.unwrap().mem_bytes, 2 << 30);
+    assert!(s.register.http_endpoint.starts_with("https://127.0.0.1:"));
+    registered(&s, "agent-x");
+
+    // Ping → Pong.
+    send(
+        &s,
+        master_to_agent::Message::Ping(master_to_agent::Ping { nonce: 7 }),
+    );
+    loop {
+        match tokio::time::timeout(common::WAIT, s.from_agent.recv())
+            .await
+            .unwrap()
+        {
+            Some(agent_message::Message::Pong(p)) => {
+                assert_eq!(p.nonce, 7);
+                break;
+            }
+            Some(_) => {}
+            None => panic!("stream ended"),
+        }
+    }
+
+    launch(
+        &s,
+        common::task("t3", &["sh", "-c", "echo hi; exit 3"], 64 << 20),
+    );
+    let seen = run_to_end(&mut s, "t3").await;
+    let states: Vec<_> = seen.iter().map(|u| u.state()).collect();
+    assert_eq!(
+        states,
+        vec![
+            v1::TaskState::TaskStarting,
+            v1::TaskState::TaskRunning,
+            v1::TaskState::TaskFailed
+        ],
+        "{seen:?}"
+    );
+    let end = seen.last().unwrap();
+    assert_eq!(
+        (end.exit_code, end.reason()),
+        (Some(3), v1::Reason::CommandExited)
+    );
+    assert_eq!(end.agent_id, "agent-x");
+    assert_eq!(
+        std::fs::read_to_string(rig.work_dir.join("sandboxes/t3/stdout")).unwrap(),
+        "hi\n"
+    );
+
+    launch(
+        &s,
+        common::task(
+            "hog",
+            &["sh", "-c", "head -c 100000000 /dev/zero | tail > /dev/null"],
+            32 << 20,
+        ),
+    );
+    let end = run_to_end(&mut s, "hog").await.pop().unwrap();
+    assert_eq!(end.state(), v1::TaskState::TaskFailed, "{end:?}");
+    assert_eq!(end.reason(), v1::Reason::MemoryLimit, "{end:?}");
+    assert!(
+        end.message
+            .starts_with("memory limit of 32 MiB reached: the kernel killed the task"),
+        "{}",
+        end.message
+    );
+
+    launch(&s, common::task("nf", &["/no/such/program"], 16 << 20));
+    let end = run_to_end(&mut s, "nf").await.pop().unwrap();
+    assert_eq!(
+        (end.state(), end.reason(), end.exit_code),
+        (
+            v1::TaskState::TaskFailed,
+            v1::Reason::CommandNotFound,
+            Some(127)
+        ),
+        "{end:?}"
+    );
+
+    launch(&s, common::task("bad id/x", &["true"], 16 << 20));
+    let end = run_to_end(&mut s, "bad id/x").await.pop().unwrap();
+    assert_eq!(
+        (end.state(), end.reason()),
+        (v1::TaskState::TaskError, v1::Reason::InvalidTask)
+    );
+
+    launch(&s, common::task("sl", &["sleep", "100"], 16 << 20));
+    let mut seen = Vec::new();
+    while !seen
+        .iter()
+        .any(|u: &v1::TaskStatus| u.state() == v1::TaskState::TaskRunning)
+    {
+        let st = next_status(&mut s, common::WAIT).await.unwrap();
+        ack(&s, &st);
+        seen.push(st);
+    }
+    // A duplicate launch is refused.
+    launch(&s, common::task("sl", &["sleep", "100"], 16 << 20));
+    let dup = next_status(&mut s, common::WAIT).await.unwrap();
+    ack(&s, &dup);
+    assert_eq!(
+        (dup.state(), dup.reason()),
+        (v1::TaskState::TaskError, v1::Reason::InvalidTask)
+    );
+    assert!(dup.message.contains("already used"), "{}", dup.message);
+
+    send(
+        &s,
+        master_to_agent::Message::Kill(master_to_agent::KillTask {
+            framework_id: "fw-1".into(),
+            task_id: "sl".into(),
+        }),
+    );
+    let end = run_to_end(&mut s, "sl").await.pop().unwrap();
+    assert_eq!(
+        (end.state(), end.reason(), end.signal),
+        (
+            v1::TaskState::TaskKilled,
+            v1::Reason::KilledByRequest,
+            Some(9)
+        ),
+        "{end:?}"
+    );
+
+    // Kill of an unknown task: LOST, with a message.
+    send(
+        &s,
+        master_to_agent::Message::Kill(master_to_agent::KillTask {
+            framework_id: "fw-1".into(),
+            task_id: "ghost".into(),
+        }),
+    );
+    let end = run_to_end(&mut s, "ghost").await.pop().unwrap();
+    assert_eq!(end.state(), v1::TaskState::TaskLost);
+    assert!(end.message.contains("does not know"), "{}", end.message);
+
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resent_with_backoff_and_after_reconnecting() {
+    let mut rig = Rig::start().await;
+    let mut s = rig.session().await;
+    registered(&s, "agent-r");
+    launch(&s, common::task("r1", &["sleep", "100"], 16 << 20));
+    let starting = next_status(&mut s, common::WAIT).await.unwrap();
+    assert_eq!(starting.state(), v1::TaskState::TaskStarting);
+    // Not acknowledged: the same update again after ~1 s, and nothing else.
+    let t0 = Instant::now();
+    let again = next_status(&mut s, Duration::from_secs(3)).await.unwrap();
+    assert_eq!(again.uuid, starting.uuid);
+    assert!(
+        t0.elapsed() >= Duration::from_millis(700),
+        "{:?}",
+        t0.elapsed()
+    );
+
+    // The stream breaks; the agent comes back with its id, the task, and the update.
+    drop(s);
+    let mut s = rig.session().await;
+    assert_eq!(s.register.agent_id, "agent-r");
+    let listed: Vec<_> = s
+        .register
+        .tasks
+        .iter()
+        .map(|t| (t.task.as_ref().unwrap().task_id.clone(), t.state()))
+        .collect();
+    assert_eq!(listed, vec![("r1".to_string(), v1::TaskState::TaskRunning)]);
+    registered(&s, "agent-r");
+    let resent = next_status(&mut s, common::WAIT).await.unwrap();
+    assert_eq!(resent.uuid, starting.uuid);
+    ack(&s, &resent);
+    ack(&s, &resent); // a duplicate acknowledgement is harmless
+    let running = next_status(&mut s, common::WAIT).await.unwrap();
+    assert_eq!(running.state(), v1::TaskState::TaskRunning);
+    ack(&s, &running);
+
+    // The checkpoint holds no acknowledged update, and the task.
+    send(
+        &s,
+        master_to_agent::Message::Kill(master_to_agent::KillTask {
+            framework_id: "fw-1".into(),
+            task_id: "r1".into(),
+        }),
+    );
+    let end = next_status(&mut s, common::WAIT).await.unwrap();
+    assert_eq!(end.state(), v1::TaskState::TaskKilled);
+    // Unacknowledged terminal update: still listed on the next registration.
+    drop(s);
+    let s = rig.session().await;
+    assert_eq!(s.register.tasks.len(), 1);
+    assert_eq!(s.register.tasks[0].state(), v1::TaskState::TaskKilled);
+    registered(&s, "agent-r");
+    let mut s = s;
+    let end2 = next_status(&mut s, common::WAIT).await.unwrap();
+    assert_eq!(end2.uuid, end.uuid);
+    ack(&s, &end2);
+    // Acknowledged: forgotten, also in the checkpoint.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(s);
+    let s = rig.session().await;
+    assert!(s.register.tasks.is_empty(), "{:?}", s.register.tasks);
+    drop(s);
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_from_the_master_kills_everything() {
+    let mut rig = Rig::start().await;
+    let mut s = rig.session().await;
+    registered(&s, "agent-s");
+    launch(&s, common::task("z", &["sleep", "100"], 16 << 20));
+    loop {
+        let st = next_status(&mut s, common::WAIT).await.unwrap();
+        ack(&s, &st);
+        if st.state() == v1::TaskState::TaskRunning {
+            break;
+        }
+    }
+    send(
+        &s,
+        master_to_agent::Message::Shutdown(master_to_agent::Shutdown {
+            message: "agent removed".into(),
+        }),
+    );
+    let agent = rig.agent.take().unwrap();
+    let why = tokio::time::timeout(common::WAIT, agent.stopped_by_master())
+        .await
+        .unwrap();
+    assert_eq!(why, "agent removed");
+    let stopping = tokio::spawn(agent.shutdown(true));
+    let end = run_to_end(&mut s, "z").await.pop().unwrap();
+    assert_eq!(end.state(), v1::TaskState::TaskKilled);
+    stopping.await.unwrap().unwrap();
+    rig.stop().await;
+}
+
+/// The issue's benchmark, at the agent: 1,000 sleeping tasks until all are RUNNING,
+/// then all killed. Run with `--ignored` (prints the figures).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: cargo test -p cella-agent --test fake_master -- --ignored --nocapture"]
+async fn thousand_tasks() {
+    let n: usize = std::env::var("CELLA_BENCH_TASKS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let mut rig = Rig::start().await;
+    let mut s = rig.session().await;
+    registered(&s, "agent-b");
+    let t0 = Instant::now();
+    for i in 0..n {
+        launch(
+            &s,
+            common::task(&format!("b{i}"), &["sleep", "1000"], 4 << 20),
+        );
+    }
+    let mut running = 0;
+    while running < n {
+        let st = next_status(&mut s, Duration::from_secs(120))
+            .await
+            .expect("updates");
+        ack(&s, &st);
+        match st.state() {
+            v1::TaskState::TaskRunning => running += 1,
+            v1::TaskState::TaskStarting => {}
+            other => panic!("{}: {other:?} {}", st.task_id, st.message),
+        }
+    }
+    let up = t0.elapsed();
+    let t1 = Instant::now();
+    for i in 0..n {
+        send(
+            &s,
+            master_to_agent::Message::Kill(master_to_agent::KillTask {
+                framework_id: "fw-1".into(),
+                task_id: format!("b{i}"),
+            }),
+        );
+    }
+    let mut killed = 0;
+    while killed < n {
+        let st = next_status(&mut s, Duration::from_secs(120))
+            .await
+            .expect("updates");
+        ack(&s, &st);
+        if st.state() == v1::TaskState::TaskKilled {
+            killed += 1;
+        }
+    }
+    let down = t1.elapsed();
+    println!("{n} tasks: all RUNNING after {up:?}, all KILLED after {down:?}");
+    rig.stop().await;
+}

@@ -1,0 +1,165 @@
+//! `cella dev`: a master and an agent in one process, for trying Cella on one
+//! machine. It creates a development CA and certificates on first start, binds
+//! loopback only, and writes the client profile so that `cella run` in another
+//! terminal needs no flags. Ctrl-C stops both and kills their tasks.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use cella_agent::{Agent, AgentConfig};
+use clap::Args;
+
+use crate::profile::{Profile, profile_path, write_profile};
+
+#[derive(Args, Debug)]
+pub struct DevArgs {
+    /// Where the development cluster keeps its certificates, checkpoint and sandboxes.
+    #[arg(long, value_name = "DIR")]
+    work_dir: Option<PathBuf>,
+    /// The master's address (loopback).
+    #[arg(long, default_value = "127.0.0.1:5050")]
+    listen: SocketAddr,
+    /// The agent's HTTP API address (loopback).
+    #[arg(long, default_value = "127.0.0.1:5051")]
+    agent_listen: SocketAddr,
+    /// Resources the agent offers instead of what it detects, e.g. "cpus:2;mem:4GiB".
+    #[arg(long, value_name = "SPEC")]
+    resources: Option<String>,
+    /// Where task cgroups go (default: <own cgroup>/cella).
+    #[arg(long, value_name = "PATH")]
+    cgroup_root: Option<PathBuf>,
+}
+
+fn default_work_dir() -> PathBuf {
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
+    home.join(".local/share/cella/dev")
+}
+
+pub fn run(args: DevArgs) -> i32 {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cella: starting the runtime: {e}");
+            return 1;
+        }
+    };
+    match runtime.block_on(dev(args)) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("cella dev: {e:#}");
+            1
+        }
+    }
+}
+
+async fn dev(args: DevArgs) -> anyhow::Result<()> {
+    for addr in [args.listen, args.agent_listen] {
+        if !addr.ip().is_loopback() {
+            anyhow::bail!("cella dev binds loopback only; {addr} is not a loopback address");
+        }
+    }
+    let work_dir = args.work_dir.clone().unwrap_or_else(default_work_dir);
+    std::fs::create_dir_all(&work_dir)
+        .with_context(|| format!("creating {}", work_dir.display()))?;
+    let tls_dir = work_dir.join("tls");
+    let layout =
+        cella_proto::tls::init_or_load_dir(&tls_dir, &cella_proto::tls::default_master_sans())
+            .with_context(|| format!("development certificates in {}", tls_dir.display()))?;
+    let server_tls =
+        cella_proto::tls::server_config(&layout.ca_cert, &layout.master_cert, &layout.master_key)?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "binding {} (is another cella dev or master running?)",
+                args.listen
+            )
+        })?;
+
+    let (stop_master, master_stopped) = tokio::sync::oneshot::channel::<()>();
+    let master = tokio::spawn(cella_master::run(
+        listener,
+        Arc::new(server_tls),
+        cella_master::MasterConfig::default(),
+        async {
+            let _ = master_stopped.await;
+        },
+    ));
+
+    let mut config = AgentConfig {
+        master: format!("https://{}", args.listen),
+        tls_dir: tls_dir.clone(),
+        work_dir: work_dir.join("agent"),
+        runtime_dir: work_dir.join("run"),
+        http_listen: args.agent_listen,
+        cgroup_root: args.cgroup_root.clone(),
+        kill_tasks_on_exit: true,
+        ..AgentConfig::default()
+    };
+    if let Some(spec) = &args.resources {
+        config.resources = cella_agent::config::parse_resources(spec, false)
+            .map_err(|e| anyhow::anyhow!("--resources: {e}"))?;
+    }
+    let agent = Agent::start(config).await.context("starting the agent")?;
+
+    let profile = profile_path();
+    write_profile(
+        &profile,
+        &Profile {
+            master: format!("https://{}", args.listen),
+            tls_dir: tls_dir.clone(),
+        },
+    )?;
+
+    eprintln!("cella dev: a master and an agent are running on this machine");
+    eprintln!("  master      https://{}", args.listen);
+    eprintln!(
+        "  agent       https://{} (its tasks' sandboxes: {})",
+        agent.http_addr(),
+        work_dir.join("agent/sandboxes").display()
+    );
+    eprintln!("  state       {}", work_dir.display());
+    eprintln!("  certificates {}", tls_dir.display());
+    eprintln!(
+        "  profile     {} (cella run, tasks, agents, logs and kill read it)",
+        profile.display()
+    );
+    eprintln!("try, in another terminal:  cella run -- echo hello");
+    eprintln!("Ctrl-C stops both and kills their tasks.");
+
+    let stopped_by_master = tokio::select! {
+        _ = shutdown_signal() => None,
+        why = agent.stopped_by_master() => Some(why),
+    };
+    if let Some(why) = stopped_by_master {
+        eprintln!("cella dev: the agent was stopped by the master: {why}");
+    }
+    eprintln!("cella dev: stopping; killing tasks");
+    agent.shutdown(true).await.context("stopping the agent")?;
+    let _ = stop_master.send(());
+    master
+        .await
+        .context("the master task")?
+        .context("the master")?;
+    eprintln!("cella dev: stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
