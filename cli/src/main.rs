@@ -33,14 +33,28 @@ enum Command {
     Certs(commands::certs::CertsArgs),
 }
 
+/// `cella exec` alone, parsed without building the other subcommands: `exec` is on
+/// the launch path, where every fraction of a millisecond counts.
+#[derive(Parser)]
+#[command(name = "cella exec", version)]
+struct ExecOnly {
+    #[command(flatten)]
+    args: commands::exec::ExecArgs,
+}
+
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CELLA_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    if std::env::args_os().nth(1).is_some_and(|a| a == "exec") {
+        // Logging stays off unless asked for: setting it up costs time on every launch.
+        if std::env::var_os("CELLA_LOG").is_some() {
+            init_logging();
+        }
+        let args = ExecOnly::parse_from(
+            std::iter::once(std::ffi::OsString::from("cella exec"))
+                .chain(std::env::args_os().skip(2)),
+        );
+        std::process::exit(commands::exec::run(args.args));
+    }
+    init_logging();
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Exec(args) => commands::exec::run(args),
@@ -53,4 +67,14 @@ fn main() {
         Command::Certs(args) => commands::certs::run(args),
     };
     std::process::exit(code);
+}
+
+fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CELLA_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
 }

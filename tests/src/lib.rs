@@ -1,1 +1,1043 @@
 //! Shared helpers of the integration tests.
+//!
+//! [`Cluster`] runs a real `cella-master` and `cella-agent`s (or a `cella dev`) as
+//! separate processes on 127.0.0.1 with ephemeral ports, in a temporary directory of
+//! their own (certificates from `cella certs init`, work and runtime dirs, a client
+//! profile for `CELLA_CONFIG`), with a cgroup root named `cella-test-<pid>-<n>-…`.
+//! Dropping it kills everything it started, every task shim of its runtime dirs and
+//! every process in its cgroups, and removes those cgroups, also when a test fails.
+//! [`Cluster::finish`] stops the processes gracefully first and asserts that they left
+//! nothing behind.
+//!
+//! [`Scheduler`] is a small scheduler on the gRPC scheduler API for tests that speak the
+//! protocol directly.
+
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cella_proto::v1::{self, call, event, scheduler_service_client::SchedulerServiceClient};
+use futures::StreamExt;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+/// Generous deadline for anything the cluster should do "soon".
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// Short timeouts of the test masters.
+pub const MASTER_FLAGS: &[&str] = &[
+    "--ping-interval",
+    "200ms",
+    "--agent-unreachable-after",
+    "1s",
+    "--agent-timeout",
+    "2s",
+    "--allocation-interval",
+    "100ms",
+    "--offer-timeout",
+    "5s",
+];
+
+// ------------------------------------------------------------------ binaries
+
+/// Paths of the workspace binaries the tests run.
+#[derive(Clone, Debug)]
+pub struct Bins {
+    pub cella: PathBuf,
+    pub master: PathBuf,
+    pub agent: PathBuf,
+    pub shim: PathBuf,
+}
+
+/// Finds the binaries next to the test executable (`target/debug/deps/..`).
+///
+/// # Panics
+/// If one is missing, saying how to build them.
+pub fn bins() -> Bins {
+    let exe = std::env::current_exe().expect("the test executable's path");
+    let mut dir = exe
+        .parent()
+        .expect("the test executable's directory")
+        .to_path_buf();
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.pop();
+    }
+    let bins = Bins {
+        cella: dir.join("cella"),
+        master: dir.join("cella-master"),
+        agent: dir.join("cella-agent"),
+        shim: dir.join("cella-shim"),
+    };
+    for path in [&bins.cella, &bins.master, &bins.agent, &bins.shim] {
+        assert!(
+            path.is_file(),
+            "{} is missing: run `cargo build --workspace --bins` first",
+            path.display()
+        );
+    }
+    bins
+}
+
+/// A port that was free a moment ago (bind port 0 and release it).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding 127.0.0.1:0")
+}
+
+// ------------------------------------------------------------------ processes
+
+/// A process a [`Cluster`] started.
+pub struct Proc {
+    pub name: String,
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn pid(&self) -> i32 {
+        i32::try_from(self.child.id()).expect("pid fits i32")
+    }
+
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    fn signal(&mut self, signal: Signal) {
+        if self.exited().is_none() {
+            let _ = kill(Pid::from_raw(self.pid()), signal);
+        }
+    }
+
+    /// Waits up to `timeout` for the process to exit.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.exited() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The last `lines` lines of its log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+/// An agent process of a [`Cluster`].
+#[derive(Clone, Debug)]
+pub struct AgentInfo {
+    /// Index into the cluster's processes.
+    pub proc: usize,
+    pub hostname: String,
+    /// The id the master gave it.
+    pub id: String,
+    pub http: SocketAddr,
+    pub cgroup_root: String,
+}
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// One test's processes, files and cgroups; see the module documentation.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    /// Prefix of every cgroup root of this cluster: `cella-test-<pid>-<n>`.
+    pub name: String,
+    pub bins: Bins,
+    pub tls_dir: PathBuf,
+    /// The client profile (`CELLA_CONFIG`).
+    pub profile: PathBuf,
+    /// `https://127.0.0.1:PORT`, once a master runs.
+    pub master_url: String,
+    pub procs: Vec<Proc>,
+    pub agents: Vec<AgentInfo>,
+    pub client_tls: rustls::ClientConfig,
+    master_proc: Option<usize>,
+}
+
+fn ensure_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Runs `cella certs init DIR`.
+pub fn certs_init(bins: &Bins, dir: &Path) {
+    let out = Command::new(&bins.cella)
+        .args(["certs", "init"])
+        .arg(dir)
+        .output()
+        .expect("running cella certs init");
+    assert!(
+        out.status.success(),
+        "cella certs init {} failed: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The client TLS configuration of a `cella certs init` directory.
+pub fn client_tls(dir: &Path) -> rustls::ClientConfig {
+    ensure_crypto_provider();
+    cella_proto::tls::client_config(
+        &dir.join("ca.pem"),
+        &dir.join("client.pem"),
+        &dir.join("client-key.pem"),
+    )
+    .expect("loading the client certificate")
+}
+
+impl Cluster {
+    /// A temporary directory with certificates and nothing running yet.
+    pub fn new() -> Cluster {
+        ensure_crypto_provider();
+        let bins = bins();
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let name = format!("cella-test-{}-{n}", std::process::id());
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{name}."))
+            .tempdir()
+            .expect("creating a temporary directory");
+        let tls_dir = dir.path().join("tls");
+        certs_init(&bins, &tls_dir);
+        std::fs::create_dir_all(dir.path().join("logs")).expect("creating logs/");
+        let client_tls = client_tls(&tls_dir);
+        let profile = dir.path().join("profile.toml");
+        Cluster {
+            dir,
+            name,
+            bins,
+            tls_dir,
+            profile,
+            master_url: String::new(),
+            procs: Vec::new(),
+            agents: Vec::new(),
+            client_tls,
+            master_proc: None,
+        }
+    }
+
+    /// A master and `agents` agents, each offering `resources`.
+    pub async fn start(agents: usize, resources: &str) -> Cluster {
+        let mut cluster = Cluster::new();
+        cluster.start_master().await;
+        for _ in 0..agents {
+            cluster.start_agent(resources).await;
+        }
+        cluster
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Starts a process with its stdout and stderr in `logs/<name>.log`.
+    pub fn spawn(&mut self, name: &str, command: &mut Command) -> usize {
+        let log = self.path().join("logs").join(format!("{name}.log"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("creating a log file");
+        let child = command
+            .env_remove("CELLA_MASTER")
+            .env_remove("CELLA_TLS_DIR")
+            .env("CELLA_CONFIG", &self.profile)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("dup log fd"))
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        self.procs.push(Proc {
+            name: name.to_string(),
+            child,
+            log,
+        });
+        self.procs.len() - 1
+    }
+
+    /// Starts `cella-master` with [`MASTER_FLAGS`] and waits for `/health`; writes the
+    /// client profile.
+    pub async fn start_master(&mut self) {
+        for attempt in 0..5 {
+            let port = free_port();
+            let addr = format!("127.0.0.1:{port}");
+            let mut command = Command::new(&self.bins.master);
+            command
+                .arg("--listen")
+                .arg(&addr)
+                .arg("--tls-dir")
+                .arg(&self.tls_dir)
+                .args(MASTER_FLAGS);
+            let idx = self.spawn(&format!("master-{attempt}"), &mut command);
+            let url = format!("https://{addr}");
+            if self.wait_healthy(idx, &url).await {
+                self.master_url = url;
+                self.master_proc = Some(idx);
+                std::fs::write(
+                    &self.profile,
+                    format!(
+                        "master = \"{}\"\ntls_dir = \"{}\"\n",
+                        self.master_url,
+                        self.tls_dir.display()
+                    ),
+                )
+                .expect("writing the profile");
+                return;
+            }
+            // Most likely the port was taken in between: try another one.
+        }
+        panic!(
+            "cella-master did not become healthy; its log:\n{}",
+            self.procs
+                .last()
+                .map(|p| p.log_tail(40))
+                .unwrap_or_default()
+        );
+    }
+
+    /// Polls `GET url/health` until it answers 200 (true) or the process exits (false).
+    async fn wait_healthy(&mut self, idx: usize, url: &str) -> bool {
+        let anonymous =
+            cella_proto::tls::client_config_anonymous(&self.tls_dir.join("ca.pem")).expect("CA");
+        let deadline = Instant::now() + DEADLINE;
+        while Instant::now() < deadline {
+            if self.procs[idx].exited().is_some() {
+                return false;
+            }
+            if let Ok(r) = cella_proto::tls::https_request(
+                cella_proto_method_get(),
+                &format!("{url}/health"),
+                None,
+                &anonymous,
+            )
+            .await
+            {
+                if r.status.is_success() {
+                    return true;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = self.procs[idx].child.kill();
+        false
+    }
+
+    /// Starts a `cella-agent` offering `resources` (e.g. `cpus:2;mem:2GiB;disk:1GiB`)
+    /// and waits until the master lists it as connected.
+    pub async fn start_agent(&mut self, resources: &str) -> AgentInfo {
+        let k = self.agents.len();
+        let hostname = format!("{}-a{k}", self.name);
+        let cgroup_root = hostname.clone();
+        let base = self.path().join(format!("agent{k}"));
+        for attempt in 0..5 {
+            let http: SocketAddr = format!("127.0.0.1:{}", free_port())
+                .parse()
+                .expect("address");
+            let mut command = Command::new(&self.bins.agent);
+            command
+                .arg("--master")
+                .arg(&self.master_url)
+                .arg("--tls-dir")
+                .arg(&self.tls_dir)
+                .arg("--work-dir")
+                .arg(base.join("work"))
+                .arg("--runtime-dir")
+                .arg(base.join("run"))
+                .arg("--resources")
+                .arg(resources)
+                .arg("--hostname")
+                .arg(&hostname)
+                .arg("--http-listen")
+                .arg(http.to_string())
+                .arg("--cgroup-root")
+                .arg(&cgroup_root)
+                .arg("--kill-tasks-on-exit");
+            let idx = self.spawn(&format!("agent{k}-{attempt}"), &mut command);
+            if !self.wait_healthy(idx, &format!("https://{http}")).await {
+                continue;
+            }
+            let deadline = Instant::now() + DEADLINE;
+            while Instant::now() < deadline {
+                assert!(
+                    self.procs[idx].exited().is_none(),
+                    "agent {hostname} exited; its log:\n{}",
+                    self.procs[idx].log_tail(40)
+                );
+                let agents = self.api_get("/api/v1/agents").await;
+                let found = agents.as_array().and_then(|a| {
+                    a.iter()
+                        .find(|a| a["hostname"] == hostname.as_str() && a["state"] == "CONNECTED")
+                });
+                if let Some(a) = found {
+                    let info = AgentInfo {
+                        proc: idx,
+                        hostname,
+                        id: a["id"].as_str().expect("agent id").to_string(),
+                        http,
+                        cgroup_root,
+                    };
+                    self.agents.push(info.clone());
+                    return info;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!(
+                "agent {hostname} did not register with the master; its log:\n{}",
+                self.procs[idx].log_tail(40)
+            );
+        }
+        panic!(
+            "cella-agent did not become healthy; its log:\n{}",
+            self.procs
+                .last()
+                .map(|p| p.log_tail(40))
+                .unwrap_or_default()
+        );
+    }
+
+    // -------------------------------------------------------------- the CLI
+
+    /// A `cella` command using this cluster's profile (through `CELLA_CONFIG`).
+    pub fn cella_command(&self) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new(&self.bins.cella);
+        command
+            .env_remove("CELLA_MASTER")
+            .env_remove("CELLA_TLS_DIR")
+            .env("CELLA_CONFIG", &self.profile)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        command
+    }
+
+    /// Runs `cella ARGS` to completion (killed after [`DEADLINE`]).
+    pub async fn cella(&self, args: &[&str]) -> CliOutput {
+        let mut command = self.cella_command();
+        command.args(args);
+        run_cli(command, args).await
+    }
+
+    // -------------------------------------------------------------- the API
+
+    /// `GET master_url + path` as the cluster's client; panics unless 2xx JSON.
+    pub async fn api_get(&self, path: &str) -> Value {
+        let url = format!("{}{path}", self.master_url);
+        cella_proto::tls::https_get_json(&url, &self.client_tls)
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+    }
+
+    /// The master's view of a task, if it knows it.
+    pub async fn task(&self, id: &str) -> Option<Value> {
+        let url = format!("{}/api/v1/tasks/{id}", self.master_url);
+        let r =
+            cella_proto::tls::https_request(cella_proto_method_get(), &url, None, &self.client_tls)
+                .await
+                .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+        if r.status.as_u16() == 404 {
+            return None;
+        }
+        assert!(r.status.is_success(), "GET {url}: {}", r.status);
+        Some(serde_json::from_slice(&r.body).expect("task JSON"))
+    }
+
+    /// Polls the master until task `id` is in `state`; returns the task's JSON.
+    pub async fn wait_task_state(&self, id: &str, state: &str) -> Value {
+        let deadline = Instant::now() + DEADLINE;
+        let mut last = None;
+        while Instant::now() < deadline {
+            last = self.task(id).await;
+            if last.as_ref().is_some_and(|t| t["state"] == state) {
+                return last.unwrap_or_default();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!(
+            "task {id} did not become {state} within {DEADLINE:?}; last seen: {}\n{}",
+            last.map_or("unknown to the master".into(), |t| t.to_string()),
+            self.log_tails()
+        );
+    }
+
+    /// Every task the master knows.
+    pub async fn tasks(&self) -> Vec<Value> {
+        match self.api_get("/api/v1/tasks").await {
+            Value::Array(a) => a,
+            other => panic!("/api/v1/tasks is not an array: {other}"),
+        }
+    }
+
+    /// `GET /api/v1/containers` of an agent.
+    pub async fn agent_containers(&self, agent: &AgentInfo) -> Vec<Value> {
+        let url = format!("https://{}/api/v1/containers", agent.http);
+        match cella_proto::tls::https_get_json(&url, &self.client_tls).await {
+            Ok(Value::Array(a)) => a,
+            Ok(other) => panic!("{url} is not an array: {other}"),
+            Err(e) => panic!("GET {url}: {e}"),
+        }
+    }
+
+    /// Opens a scheduler stream to the master.
+    pub async fn subscribe(&self, info: v1::FrameworkInfo) -> Scheduler {
+        Scheduler::subscribe(&self.master_url, &self.client_tls, info)
+            .await
+            .unwrap_or_else(|e| panic!("SUBSCRIBE: {e}"))
+    }
+
+    // -------------------------------------------------------------- leftovers
+
+    /// Pids of `cella-shim` processes whose run directory is in this cluster's
+    /// directory.
+    pub fn shims(&self) -> Vec<i32> {
+        processes_under(self.path())
+            .into_iter()
+            .filter(|(_, argv)| {
+                argv.first().is_some_and(|a| {
+                    a.ends_with("cella-shim") || a.ends_with("cella-shim (deleted)")
+                })
+            })
+            .map(|(pid, _)| pid)
+            .collect()
+    }
+
+    /// Cgroup directories anywhere under /sys/fs/cgroup whose name starts with this
+    /// cluster's name.
+    pub fn cgroups(&self) -> Vec<PathBuf> {
+        let mut found = Vec::new();
+        find_cgroups(Path::new("/sys/fs/cgroup"), &self.name, &mut found, 0);
+        found
+    }
+
+    /// SIGKILLs the shims and every process in this cluster's cgroups, then removes
+    /// the cgroups (deepest first).
+    pub fn kill_tasks_and_cgroups(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            for pid in self.shims() {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+            let mut dirs = Vec::new();
+            for root in self.cgroups() {
+                collect_dirs(&root, &mut dirs);
+            }
+            for dir in &dirs {
+                let _ = std::fs::write(dir.join("freezer.state"), "THAWED");
+                for pid in read_pids(dir) {
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                }
+            }
+            dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+            for dir in &dirs {
+                let _ = std::fs::remove_dir(dir);
+            }
+            if (self.cgroups().is_empty() && self.shims().is_empty()) || Instant::now() > deadline {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILLs process `idx` and waits for it.
+    pub fn kill_hard(&mut self, idx: usize) {
+        let p = &mut self.procs[idx];
+        p.signal(Signal::SIGKILL);
+        let _ = p.wait_timeout(Duration::from_secs(10));
+    }
+
+    /// Stops every process: SIGTERM (SIGINT for `cella dev`), then SIGKILL after
+    /// 15 s. Agents first (they kill their tasks), the master last.
+    pub fn stop_all(&mut self) -> Vec<(String, Option<ExitStatus>)> {
+        let master = self.master_proc;
+        let order: Vec<usize> = (0..self.procs.len())
+            .filter(|i| Some(*i) != master)
+            .chain(master)
+            .collect();
+        let mut statuses = Vec::new();
+        for i in order {
+            let p = &mut self.procs[i];
+            if p.exited().is_none() {
+                p.signal(if p.name.starts_with("dev") {
+                    Signal::SIGINT
+                } else {
+                    Signal::SIGTERM
+                });
+            }
+            let status = p.wait_timeout(Duration::from_secs(15));
+            if status.is_none() {
+                p.signal(Signal::SIGKILL);
+                let _ = p.wait_timeout(Duration::from_secs(5));
+            }
+            statuses.push((p.name.clone(), status));
+        }
+        statuses
+    }
+
+    /// Stops everything gracefully and asserts that no shim and no cgroup of this
+    /// cluster is left (waiting up to 10 s for them to go).
+    pub fn finish(mut self) {
+        self.stop_all();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline && !(self.shims().is_empty() && self.cgroups().is_empty()) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let shims = self.shims();
+        let cgroups = self.cgroups();
+        let logs = self.log_tails();
+        assert!(
+            shims.is_empty() && cgroups.is_empty(),
+            "left behind after stopping the cluster: cella-shim pids {shims:?}, cgroups {cgroups:?}\n{logs}"
+        );
+    }
+
+    /// The ends of every process log, for failure messages.
+    pub fn log_tails(&self) -> String {
+        let mut out = String::new();
+        for p in &self.procs {
+            out.push_str(&format!(
+                "---- {} ({})\n{}\n",
+                p.name,
+                p.log.display(),
+                p.log_tail(30)
+            ));
+        }
+        out
+    }
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Cluster::new()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "cluster {} at {}:\n{}",
+                self.name,
+                self.path().display(),
+                self.log_tails()
+            );
+        }
+        for p in &mut self.procs {
+            p.signal(Signal::SIGKILL);
+            let _ = p.wait_timeout(Duration::from_secs(5));
+        }
+        self.kill_tasks_and_cgroups();
+    }
+}
+
+fn cella_proto_method_get() -> cella_proto_http::Method {
+    cella_proto_http::Method::GET
+}
+
+/// The `http` crate as `cella_proto`'s helpers take it.
+mod cella_proto_http {
+    pub use tonic::codegen::http::Method;
+}
+
+/// `(pid, argv)` of processes with an argument inside `dir`.
+fn processes_under(dir: &Path) -> Vec<(i32, Vec<String>)> {
+    let needle = dir.to_string_lossy().to_string();
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let argv: Vec<String> = raw
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if argv.iter().skip(1).any(|a| a.starts_with(&needle)) {
+            out.push((pid, argv));
+        }
+    }
+    out
+}
+
+fn find_cgroups(dir: &Path, prefix: &str, found: &mut Vec<PathBuf>, depth: usize) {
+    if depth > 12 {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Ok(ft) = entry.file_type() else { continue };
+        if !ft.is_dir() || ft.is_symlink() {
+            continue;
+        }
+        let path = entry.path();
+        if entry.file_name().to_string_lossy().starts_with(prefix) {
+            found.push(path);
+        } else {
+            find_cgroups(&path, prefix, found, depth + 1);
+        }
+    }
+}
+
+fn collect_dirs(dir: &Path, out: &mut Vec<PathBuf>) {
+    out.push(dir.to_path_buf());
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry
+                .file_type()
+                .is_ok_and(|t| t.is_dir() && !t.is_symlink())
+            {
+                collect_dirs(&entry.path(), out);
+            }
+        }
+    }
+}
+
+fn read_pids(dir: &Path) -> Vec<i32> {
+    std::fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+// ------------------------------------------------------------------ CLI runs
+
+/// The result of a `cella` run.
+#[derive(Debug)]
+pub struct CliOutput {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CliOutput {
+    pub fn describe(&self) -> String {
+        format!(
+            "exit code {:?}\n--- stdout:\n{}\n--- stderr:\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+impl From<Output> for CliOutput {
+    fn from(o: Output) -> Self {
+        CliOutput {
+            code: o.status.code(),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+/// Runs a prepared `cella` command with a [`DEADLINE`] (it is killed after it).
+pub async fn run_cli(mut command: tokio::process::Command, args: &[&str]) -> CliOutput {
+    let child = command
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting cella {args:?}: {e}"));
+    match tokio::time::timeout(DEADLINE, child.wait_with_output()).await {
+        Ok(Ok(out)) => out.into(),
+        Ok(Err(e)) => panic!("waiting for cella {args:?}: {e}"),
+        Err(_) => panic!("cella {args:?} did not finish within {DEADLINE:?}"),
+    }
+}
+
+/// Reads lines of a child's stream in a thread, keeping them all.
+pub struct LineCollector {
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl LineCollector {
+    pub fn new(stream: impl Read + Send + 'static) -> Self {
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines() {
+                let Ok(line) = line else { break };
+                sink.lock().map(|mut l| l.push(line)).ok();
+            }
+        });
+        LineCollector { lines }
+    }
+
+    pub fn text(&self) -> String {
+        self.lines.lock().map(|l| l.join("\n")).unwrap_or_default()
+    }
+
+    /// Waits until a line contains `needle`.
+    pub async fn wait_for(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.text().contains(needle) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+}
+
+/// The text of `path` from byte `offset` on (for following logs).
+pub fn read_from(path: &Path, offset: u64) -> String {
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    let _ = f.seek(SeekFrom::Start(offset));
+    let mut s = String::new();
+    let _ = f.read_to_string(&mut s);
+    s
+}
+
+// ------------------------------------------------------------------ scheduler
+
+/// A scheduler stream, driven by the test.
+pub struct Scheduler {
+    pub framework_id: String,
+    calls: mpsc::UnboundedSender<v1::Call>,
+    events: tonic::Streaming<v1::Event>,
+    /// Events read while looking for something else, in order.
+    backlog: std::collections::VecDeque<v1::Event>,
+}
+
+/// A framework description.
+pub fn framework(name: &str, role: &str, failover_secs: f64) -> v1::FrameworkInfo {
+    v1::FrameworkInfo {
+        framework_id: String::new(),
+        name: name.into(),
+        role: role.into(),
+        failover_timeout_secs: failover_secs,
+    }
+}
+
+/// A task running `command` with `cpus` and `mem_mib`.
+pub fn task(id: &str, command: &[&str], cpus: f64, mem_mib: u64) -> v1::TaskInfo {
+    v1::TaskInfo {
+        task_id: id.into(),
+        name: id.into(),
+        command: command.iter().map(|s| (*s).to_string()).collect(),
+        resources: Some(v1::Resources {
+            cpus,
+            mem_bytes: mem_mib << 20,
+            disk_bytes: 0,
+        }),
+        ..Default::default()
+    }
+}
+
+impl Scheduler {
+    /// Connects, sends SUBSCRIBE and waits for SUBSCRIBED.
+    pub async fn subscribe(
+        url: &str,
+        tls: &rustls::ClientConfig,
+        info: v1::FrameworkInfo,
+    ) -> Result<Scheduler, String> {
+        let channel = cella_proto::tls::grpc_channel(url, tls)
+            .await
+            .map_err(|e| format!("connecting: {e}"))?;
+        let mut client = SchedulerServiceClient::new(channel);
+        let (calls, rx) = mpsc::unbounded_channel();
+        let _ = calls.send(v1::Call {
+            call: Some(call::Call::Subscribe(call::Subscribe {
+                framework: Some(info),
+            })),
+        });
+        let mut events = client
+            .subscribe(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+            .await
+            .map_err(|s| format!("status {:?}: {}", s.code(), s.message()))?
+            .into_inner();
+        let first = tokio::time::timeout(DEADLINE, events.next())
+            .await
+            .map_err(|_| "no SUBSCRIBED within the deadline".to_string())?
+            .ok_or("the stream ended before SUBSCRIBED")?
+            .map_err(|s| format!("status {:?}: {}", s.code(), s.message()))?;
+        match first.event {
+            Some(event::Event::Subscribed(s)) => Ok(Scheduler {
+                framework_id: s.framework_id,
+                calls,
+                events,
+                backlog: Default::default(),
+            }),
+            other => Err(format!("expected SUBSCRIBED first, got {other:?}")),
+        }
+    }
+
+    pub fn send(&self, c: call::Call) {
+        self.calls
+            .send(v1::Call { call: Some(c) })
+            .expect("the scheduler stream is closed");
+    }
+
+    pub fn accept(&self, offer_ids: &[String], tasks: Vec<v1::TaskInfo>) {
+        self.send(call::Call::Accept(call::Accept {
+            offer_ids: offer_ids.to_vec(),
+            tasks,
+            refuse_seconds: Some(0.0),
+        }));
+    }
+
+    pub fn decline(&self, offer_ids: &[String]) {
+        self.send(call::Call::Decline(call::Decline {
+            offer_ids: offer_ids.to_vec(),
+            refuse_seconds: Some(0.0),
+        }));
+    }
+
+    pub fn kill(&self, task_id: &str) {
+        self.send(call::Call::Kill(call::Kill {
+            task_id: task_id.into(),
+        }));
+    }
+
+    pub fn reconcile(&self, task_ids: &[&str]) {
+        self.send(call::Call::Reconcile(call::Reconcile {
+            task_ids: task_ids.iter().map(|s| (*s).to_string()).collect(),
+        }));
+    }
+
+    /// The next event (heartbeats skipped), or `None` after `timeout` or at the end
+    /// of the stream. Status updates that carry a uuid are acknowledged.
+    pub async fn next(&mut self, timeout: Duration) -> Option<v1::Event> {
+        if let Some(e) = self.backlog.pop_front() {
+            return Some(e);
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let e = tokio::time::timeout_at(deadline, self.events.next())
+                .await
+                .ok()??
+                .ok()?;
+            match &e.event {
+                Some(event::Event::Heartbeat(_)) | None => continue,
+                Some(event::Event::Update(u)) => {
+                    if let Some(s) = u.status.as_ref().filter(|s| !s.uuid.is_empty()) {
+                        let _ = self.calls.send(v1::Call {
+                            call: Some(call::Call::Acknowledge(call::Acknowledge {
+                                agent_id: s.agent_id.clone(),
+                                task_id: s.task_id.clone(),
+                                uuid: s.uuid.clone(),
+                            })),
+                        });
+                    }
+                }
+                _ => {}
+            }
+            return Some(e);
+        }
+    }
+
+    /// Waits for an event `pick` accepts; other events are kept for later.
+    pub async fn wait_for<T>(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut pick: impl FnMut(&v1::Event) -> Option<T>,
+    ) -> T {
+        let deadline = Instant::now() + timeout;
+        let mut skipped = Vec::new();
+        // Look at the backlog first.
+        let mut i = 0;
+        while i < self.backlog.len() {
+            if let Some(t) = pick(&self.backlog[i]) {
+                self.backlog.remove(i);
+                return t;
+            }
+            i += 1;
+        }
+        let backlog = std::mem::take(&mut self.backlog);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Some(e) = self.next(left).await else {
+                self.backlog = backlog;
+                self.backlog.extend(skipped);
+                panic!(
+                    "framework {}: no {what} within {timeout:?}; events meanwhile: {:?}",
+                    self.framework_id, self.backlog
+                );
+            };
+            if let Some(t) = pick(&e) {
+                self.backlog = backlog;
+                self.backlog.extend(skipped);
+                return t;
+            }
+            skipped.push(e);
+        }
+    }
+
+    /// Waits for OFFERS (any), returning them.
+    pub async fn offers(&mut self) -> Vec<v1::Offer> {
+        self.wait_for("OFFERS", DEADLINE, |e| match &e.event {
+            Some(event::Event::Offers(o)) => Some(o.offers.clone()),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Waits for an UPDATE of `task_id` with `state`.
+    pub async fn update(&mut self, task_id: &str, state: v1::TaskState) -> v1::TaskStatus {
+        self.wait_for(
+            &format!("UPDATE {task_id} {}", state.as_str_name()),
+            DEADLINE,
+            |e| match &e.event {
+                Some(event::Event::Update(u))
+                    if u.status
+                        .as_ref()
+                        .is_some_and(|s| s.task_id == task_id && s.state == state as i32) =>
+                {
+                    u.status.clone()
+                }
+                _ => None,
+            },
+        )
+        .await
+    }
+
+    /// Waits for the first UPDATE of `task_id`.
+    pub async fn any_update(&mut self, task_id: &str) -> v1::TaskStatus {
+        self.wait_for(&format!("UPDATE {task_id}"), DEADLINE, |e| match &e.event {
+            Some(event::Event::Update(u))
+                if u.status.as_ref().is_some_and(|s| s.task_id == task_id) =>
+            {
+                u.status.clone()
+            }
+            _ => None,
+        })
+        .await
+    }
+
+    /// Drops every event read so far but not consumed.
+    pub fn clear_backlog(&mut self) {
+        self.backlog.clear();
+    }
+
+    /// Drops the updates of `task_id` read so far but not consumed.
+    pub fn forget_updates(&mut self, task_id: &str) {
+        self.backlog.retain(|e| {
+            !matches!(&e.event, Some(event::Event::Update(u))
+                if u.status.as_ref().is_some_and(|s| s.task_id == task_id))
+        });
+    }
+}

@@ -81,7 +81,7 @@ pub enum ProfileError {
         /// What is wrong and what is expected.
         why: String,
     },
-    /// seccompiler refused the rules, or the program is too large.
+    /// The program is too large for the kernel.
     Backend(String),
 }
 

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Cluster benchmarks of issue 3: launch latency, 1,000 tasks on one agent, master
+# memory per agent and per task. Builds in release mode and prints Markdown tables.
+#
+#   sudo benches/cluster/run.sh [--only launch|many|memory] [--quick] [--no-build]
+#
+# Needs root (the agent creates cgroups and namespaces). Real master and agent
+# processes over mutual TLS on 127.0.0.1; scratch directories under
+# $CELLA_BENCH_DIR (default /var/tmp), removed afterwards. Raw results (JSON lines)
+# go to $CELLA_BENCH_OUT (default target/bench-cluster/results.jsonl).
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+target="$root/target/bench-cluster"
+only="" quick=0 build=1
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --only) only="$2"; shift 2 ;;
+    --quick) quick=1; shift ;;
+    --no-build) build=0; shift ;;
+    *) echo "usage: $0 [--only launch|many|memory] [--quick] [--no-build]" >&2; exit 2 ;;
+  esac
+done
+[ "$(id -u)" = 0 ] || { echo "run.sh: needs root (cgroups, namespaces)" >&2; exit 1; }
+
+if [ "$build" = 1 ]; then
+  # The shim from the workspace (shared target dir), the benches in their own.
+  (cd "$root" && cargo build --release -p cella-containerizer --bin cella-shim)
+  cargo bench --manifest-path "$here/Cargo.toml" --target-dir "$target" --no-run
+fi
+export CELLA_SHIM="${CELLA_SHIM:-$root/target/release/cella-shim}"
+export CELLA_BENCH_OUT="${CELLA_BENCH_OUT:-$target/results.jsonl}"
+mkdir -p "$(dirname "$CELLA_BENCH_OUT")"
+
+echo "## Cluster benchmarks ($(date -u '+%Y-%m-%d %H:%M UTC'), $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo '?'))"
+echo
+echo "- machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo) RAM, kernel $(uname -r)"
+echo "- scratch: ${CELLA_BENCH_DIR:-/var/tmp} ($(df -T "${CELLA_BENCH_DIR:-/var/tmp}" | awk 'NR==2 {print $2}'))"
+echo "- load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+
+bench() {
+  local name="$1"; shift
+  [ -z "$only" ] || [ "$only" = "$name" ] || return 0
+  echo
+  echo "### $name"
+  # Only the Markdown (and RESULT lines) on stdout; progress goes to stderr.
+  cargo bench --manifest-path "$here/Cargo.toml" --target-dir "$target" -q --bench "$name" -- "$@" \
+    | grep -v '^RESULT '
+}
+if [ "$quick" = 1 ]; then
+  bench launch --runs 20 --warmup 3
+  bench many --tasks 200 --concurrency default,8 --repeats 1
+  bench memory --sizes 200x0,400x0,200x10 --repeats 1
+else
+  bench launch --runs 60 --warmup 5
+  bench many --tasks 1000 --concurrency default,2,4,8,16 --repeats 2
+  bench memory --sizes 500x0,1000x0,2000x0,1000x10,1000x20,2000x10 --repeats 2
+fi
+echo
+echo "- load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -1,0 +1,499 @@
+//! Helpers shared by the cluster benchmarks: certificates, master and agent
+//! processes (the `cluster-node` binary), a minimal scheduler over the real gRPC API,
+//! statistics, and clean-up checks.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, Result, bail};
+use cella_proto::v1::{self, call, event, scheduler_service_client::SchedulerServiceClient};
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+
+/// Nanoseconds since the Unix epoch (the clock the agent stamps updates with).
+pub fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// The workspace root (two levels above this package).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap_or_else(|_| PathBuf::from("../.."))
+}
+
+/// Raises the soft open-file limit to the hard one (thousands of connections).
+pub fn raise_nofile() {
+    // SAFETY: getrlimit/setrlimit with a valid, initialised struct.
+    unsafe {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+/// A directory removed on drop (unless `CELLA_BENCH_KEEP` is set).
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    /// `$CELLA_BENCH_DIR` (default `/var/tmp`, on the root disk like
+    /// `/var/lib/cella`) / `cella-bench-<tag>-<pid>-<n>`.
+    pub fn new(tag: &str) -> Result<TempDir> {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let base = std::env::var_os("CELLA_BENCH_DIR").map_or_else(|| "/var/tmp".into(), PathBuf::from);
+        let dir = base.join(format!(
+            "cella-bench-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).with_context(|| dir.display().to_string())?;
+        Ok(TempDir(dir))
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if std::env::var_os("CELLA_BENCH_KEEP").is_none() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// CA, master, agent and client certificates in `dir`.
+pub fn certs(dir: &Path) -> Result<()> {
+    cella_proto::tls::init_dir(dir, &cella_proto::tls::default_master_sans())
+        .context("creating certificates")?;
+    Ok(())
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// A child process stopped with SIGTERM (then SIGKILL after 15 s) on drop.
+pub struct Proc {
+    pub child: Child,
+    pub name: &'static str,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM and wait (SIGKILL after `grace`). Returns the time it took.
+    pub fn stop(&mut self, grace: Duration) -> Duration {
+        let started = Instant::now();
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return Duration::ZERO;
+        }
+        let pid = i32::try_from(self.child.id()).unwrap_or(0);
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+        while started.elapsed() < grace {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return started.elapsed();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        eprintln!("{} did not stop in {grace:?}: SIGKILL", self.name);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        started.elapsed()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(15));
+    }
+}
+
+/// Resident set size of a process in bytes (VmRSS).
+pub fn rss_bytes(pid: u32) -> Result<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("VmRSS:") {
+            let kb: u64 = rest.trim().trim_end_matches("kB").trim().parse()?;
+            return Ok(kb * 1024);
+        }
+    }
+    bail!("no VmRSS for {pid}")
+}
+
+fn wait_port(port: u16, child: &mut Child, timeout: Duration) -> Result<()> {
+    let started = Instant::now();
+    loop {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            bail!("the process exited early: {status}");
+        }
+        if started.elapsed() > timeout {
+            bail!("port {port} not open after {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn log_file(path: &Path) -> Result<Stdio> {
+    Ok(std::fs::File::create(path)
+        .with_context(|| path.display().to_string())?
+        .into())
+}
+
+/// Starts `cluster-node master` on 127.0.0.1:`port`; returns once it listens.
+pub fn spawn_master(node: &Path, tls_dir: &Path, port: u16, log: &Path) -> Result<Proc> {
+    let mut cmd = Command::new(node);
+    cmd.arg("master")
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--tls-dir")
+        .arg(tls_dir)
+        .stdin(Stdio::null())
+        .stdout(log_file(log)?)
+        .stderr(log_file(&log.with_extension("err"))?);
+    if std::env::var_os("CELLA_LOG").is_none() {
+        cmd.env("CELLA_LOG", "warn");
+    }
+    let mut child = cmd.spawn().context("starting the master")?;
+    wait_port(port, &mut child, Duration::from_secs(20))?;
+    Ok(Proc {
+        child,
+        name: "master",
+    })
+}
+
+/// How to start an agent.
+pub struct AgentOpts<'a> {
+    pub master_url: &'a str,
+    pub tls_dir: &'a Path,
+    pub work_dir: &'a Path,
+    pub runtime_dir: &'a Path,
+    pub resources: &'a str,
+    /// Absolute from each hierarchy's root, e.g. `/cella-bench-1234`.
+    pub cgroup_root: &'a str,
+    pub launch_concurrency: Option<usize>,
+    pub shim: &'a Path,
+    pub log: &'a Path,
+}
+
+/// Starts `cluster-node agent` (the real agent, containerizer and shim).
+pub fn spawn_agent(node: &Path, o: &AgentOpts<'_>) -> Result<Proc> {
+    let mut cmd = Command::new(node);
+    cmd.arg("agent")
+        .arg("--master")
+        .arg(o.master_url)
+        .arg("--tls-dir")
+        .arg(o.tls_dir)
+        .arg("--work-dir")
+        .arg(o.work_dir)
+        .arg("--runtime-dir")
+        .arg(o.runtime_dir)
+        .arg("--resources")
+        .arg(o.resources)
+        .arg("--cgroup-root")
+        .arg(o.cgroup_root)
+        .arg("--http-listen")
+        .arg("127.0.0.1:0")
+        .arg("--kill-tasks-on-exit")
+        .env("CELLA_SHIM", o.shim)
+        .stdin(Stdio::null())
+        .stdout(log_file(o.log)?)
+        .stderr(log_file(&o.log.with_extension("err"))?);
+    if let Some(n) = o.launch_concurrency {
+        cmd.arg("--launch-concurrency").arg(n.to_string());
+    }
+    if std::env::var_os("CELLA_LOG").is_none() {
+        cmd.env("CELLA_LOG", "warn");
+    }
+    let child = cmd.spawn().context("starting the agent")?;
+    Ok(Proc {
+        child,
+        name: "agent",
+    })
+}
+
+/// A scheduler on the real gRPC API.
+pub struct Scheduler {
+    tx: mpsc::UnboundedSender<v1::Call>,
+    events: tonic::Streaming<v1::Event>,
+    pub framework_id: String,
+}
+
+impl Scheduler {
+    /// Connects with the `client` certificate and subscribes.
+    pub async fn subscribe(url: &str, tls_dir: &Path, name: &str) -> Result<Scheduler> {
+        let tls = cella_proto::tls::client_config(
+            &tls_dir.join("ca.pem"),
+            &tls_dir.join("client.pem"),
+            &tls_dir.join("client-key.pem"),
+        )?;
+        let channel = cella_proto::tls::grpc_channel(url, &tls).await?;
+        let mut client = SchedulerServiceClient::new(channel)
+            .max_decoding_message_size(256 << 20)
+            .max_encoding_message_size(256 << 20);
+        let (tx, rx) = mpsc::unbounded_channel();
+        tx.send(v1::Call {
+            call: Some(call::Call::Subscribe(call::Subscribe {
+                framework: Some(v1::FrameworkInfo {
+                    name: name.into(),
+                    ..Default::default()
+                }),
+            })),
+        })?;
+        let mut events = client
+            .subscribe(UnboundedReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        loop {
+            let e = tokio::time::timeout(Duration::from_secs(10), events.next())
+                .await
+                .context("no SUBSCRIBED")?;
+            match e {
+                Some(Ok(v1::Event {
+                    event: Some(event::Event::Subscribed(s)),
+                })) => {
+                    return Ok(Scheduler {
+                        tx,
+                        events,
+                        framework_id: s.framework_id,
+                    });
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => bail!("subscribe: {e}"),
+                None => bail!("subscribe: stream closed"),
+            }
+        }
+    }
+
+    pub fn call(&self, c: call::Call) -> Result<()> {
+        self.tx
+            .send(v1::Call { call: Some(c) })
+            .map_err(|_| anyhow::anyhow!("scheduler stream closed"))
+    }
+
+    /// The next event (within `timeout`).
+    pub async fn next(&mut self, timeout: Duration) -> Result<event::Event> {
+        loop {
+            match tokio::time::timeout(timeout, self.events.next()).await {
+                Err(_) => bail!("no event within {timeout:?}"),
+                Ok(None) => bail!("the master closed the scheduler stream"),
+                Ok(Some(Err(e))) => bail!("scheduler stream: {e}"),
+                Ok(Some(Ok(v1::Event { event: Some(e) }))) => return Ok(e),
+                Ok(Some(Ok(_))) => {}
+            }
+        }
+    }
+
+    pub fn accept(&self, offer_id: &str, tasks: Vec<v1::TaskInfo>) -> Result<()> {
+        self.call(call::Call::Accept(call::Accept {
+            offer_ids: vec![offer_id.to_string()],
+            tasks,
+            refuse_seconds: Some(0.0),
+        }))
+    }
+
+    /// Acknowledges an update that needs it.
+    pub fn ack(&self, s: &v1::TaskStatus) -> Result<()> {
+        if s.uuid.is_empty() {
+            return Ok(());
+        }
+        self.call(call::Call::Acknowledge(call::Acknowledge {
+            agent_id: s.agent_id.clone(),
+            task_id: s.task_id.clone(),
+            uuid: s.uuid.clone(),
+        }))
+    }
+
+    pub fn kill(&self, task_id: &str) -> Result<()> {
+        self.call(call::Call::Kill(call::Kill {
+            task_id: task_id.to_string(),
+        }))
+    }
+
+    /// Waits for an offer (acknowledging updates meanwhile).
+    pub async fn wait_offer(&mut self, timeout: Duration) -> Result<v1::Offer> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next(left).await? {
+                event::Event::Offers(o) if !o.offers.is_empty() => {
+                    return Ok(o.offers.into_iter().next().unwrap_or_default());
+                }
+                event::Event::Update(u) => {
+                    if let Some(s) = u.status {
+                        self.ack(&s)?;
+                    }
+                }
+                event::Event::Error(e) => bail!("master error: {}", e.message),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// A tiny sleeping task.
+pub fn sleep_task(id: &str, cpus: f64, mem_bytes: u64) -> v1::TaskInfo {
+    v1::TaskInfo {
+        task_id: id.to_string(),
+        name: id.to_string(),
+        command: vec!["sleep".into(), "1000".into()],
+        resources: Some(v1::Resources {
+            cpus,
+            mem_bytes,
+            disk_bytes: 0,
+        }),
+        ..Default::default()
+    }
+}
+
+/// Sorted-sample statistics.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Stats {
+    pub n: usize,
+    pub min: f64,
+    pub median: f64,
+    pub p90: f64,
+    pub max: f64,
+    pub mean: f64,
+}
+
+pub fn stats(samples: &[f64]) -> Stats {
+    if samples.is_empty() {
+        return Stats::default();
+    }
+    let mut v = samples.to_vec();
+    v.sort_by(f64::total_cmp);
+    let q = |p: f64| {
+        let pos = p * (v.len() - 1) as f64;
+        let lo = pos.floor() as usize;
+        let hi = pos.ceil() as usize;
+        v[lo] + (v[hi] - v[lo]) * (pos - lo as f64)
+    };
+    Stats {
+        n: v.len(),
+        min: v[0],
+        median: q(0.5),
+        p90: q(0.9),
+        max: v[v.len() - 1],
+        mean: v.iter().sum::<f64>() / v.len() as f64,
+    }
+}
+
+pub fn median(samples: &[f64]) -> f64 {
+    stats(samples).median
+}
+
+/// The 1-, 5- and 15-minute load averages.
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// Processes whose command line mentions `needle` (e.g. a runtime directory).
+pub fn processes_mentioning(needle: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    let me = std::process::id();
+    for e in entries.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        if let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(needle) && !cmd.contains("cluster-node") && !cmd.contains("--bench") {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
+/// Cgroup directories left under `/sys/fs/cgroup/*/<root>` (the root excluded), then
+/// removes the (empty) roots. Returns the leftovers.
+pub fn cgroup_leftovers_and_remove(root: &str) -> Vec<PathBuf> {
+    let root = root.trim_start_matches('/');
+    let mut left = Vec::new();
+    let mut roots = Vec::new();
+    if let Ok(hier) = std::fs::read_dir("/sys/fs/cgroup") {
+        for h in hier.flatten() {
+            let r = h.path().join(root);
+            if r.is_dir() {
+                collect_dirs(&r, &mut left);
+                roots.push(r);
+            }
+        }
+    }
+    // Deepest first.
+    let mut all = left.clone();
+    all.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for d in all.iter().chain(roots.iter()) {
+        let _ = std::fs::remove_dir(d);
+    }
+    left
+}
+
+fn collect_dirs(dir: &Path, out: &mut Vec<PathBuf>) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                out.push(e.path());
+                collect_dirs(&e.path(), out);
+            }
+        }
+    }
+}
+
+/// Appends one JSON line to `$CELLA_BENCH_OUT` (if set) and prints it.
+pub fn emit(value: &serde_json::Value) {
+    println!("RESULT {value}");
+    if let Some(path) = std::env::var_os("CELLA_BENCH_OUT")
+        && let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+    {
+        let _ = writeln!(f, "{value}");
+    }
+}
+
+/// `--name value` from the arguments (after cargo's own `--bench`).
+pub fn arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+/// The shim: `$CELLA_SHIM` or the workspace's `target/release/cella-shim`.
+pub fn shim_path() -> PathBuf {
+    std::env::var_os("CELLA_SHIM")
+        .map_or_else(|| workspace_root().join("target/release/cella-shim"), PathBuf::from)
+}

@@ -1,0 +1,888 @@
+//! End-to-end tests of the cluster: a real `cella-master`, real `cella-agent`s and the
+//! `cella` CLI as separate processes over mutual TLS on 127.0.0.1, launching real
+//! isolated tasks. Needs root and `cargo build --workspace --bins`.
+
+use std::time::{Duration, Instant};
+
+use cella_proto::v1::{self, call, event, scheduler_service_client::SchedulerServiceClient};
+use cella_tests::{Cluster, DEADLINE, Scheduler, framework, free_port, task};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+/// What each test agent offers.
+const RES: &str = "cpus:2;mem:2GiB;disk:1GiB";
+
+/// The task id `cella run` printed ("cella: launching ID on …").
+fn launched_id(stderr: &str) -> String {
+    stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("cella: launching "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("cella run did not say which task it launched:\n{stderr}"))
+        .to_string()
+}
+
+fn offer_number(offer: &v1::Offer) -> u64 {
+    offer
+        .offer_id
+        .strip_prefix("offer-")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("offer id {:?} is not offer-N", offer.offer_id))
+}
+
+fn is_event<'a>(e: &'a v1::Event) -> Option<&'a event::Event> {
+    e.event.as_ref()
+}
+
+// ------------------------------------------------------------------ 1. exit codes
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_streams_output_and_propagates_exit_code() {
+    let c = Cluster::start(1, RES).await;
+    let out = c
+        .cella(&["run", "--", "sh", "-c", "echo hi; echo oops >&2; exit 3"])
+        .await;
+    assert_eq!(
+        out.code,
+        Some(3),
+        "cella run must exit with the task's code 3; {}",
+        out.describe()
+    );
+    assert_eq!(
+        out.stdout,
+        "hi\n",
+        "the task's stdout, and only it, on stdout; {}",
+        out.describe()
+    );
+    assert!(
+        out.stderr.lines().any(|l| l == "oops"),
+        "the task's stderr line on stderr; {}",
+        out.describe()
+    );
+    let id = launched_id(&out.stderr);
+
+    let list = c.cella(&["tasks", "--all", "--json"]).await;
+    assert_eq!(
+        list.code,
+        Some(0),
+        "cella tasks --all --json; {}",
+        list.describe()
+    );
+    let tasks: Vec<Value> = serde_json::from_str(&list.stdout).unwrap_or_else(|e| {
+        panic!(
+            "cella tasks --json is not a JSON array ({e}): {}",
+            list.stdout
+        )
+    });
+    let t = tasks
+        .iter()
+        .find(|t| t["id"] == id.as_str())
+        .unwrap_or_else(|| panic!("task {id} missing from cella tasks --all: {tasks:?}"));
+    assert_eq!(t["state"], "FAILED", "state of {id}: {t}");
+    assert_eq!(t["exit_code"], 3, "exit_code of {id}: {t}");
+    assert_eq!(t["reason"], "COMMAND_EXITED", "reason of {id}: {t}");
+
+    // Without --all, the ended task is not listed.
+    let list = c.cella(&["tasks", "--json"]).await;
+    assert_eq!(list.code, Some(0), "{}", list.describe());
+    let running: Vec<Value> = serde_json::from_str(&list.stdout).expect("JSON");
+    assert!(
+        running.is_empty(),
+        "cella tasks lists ended tasks without --all: {running:?}"
+    );
+    c.finish();
+}
+
+// ------------------------------------------------------------------ 2. memory limit
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_over_its_memory_limit_fails_with_memory_limit() {
+    let c = Cluster::start(1, RES).await;
+    let out = c
+        .cella(&[
+            "run",
+            "--mem",
+            "32MiB",
+            "--",
+            "sh",
+            "-c",
+            "head -c 100000000 /dev/zero | tail",
+        ])
+        .await;
+    assert_eq!(
+        out.code,
+        Some(137),
+        "an OOM-killed task exits 137 (128+SIGKILL); {}",
+        out.describe()
+    );
+    let lower = out.stderr.to_lowercase();
+    assert!(
+        out.stderr.contains("MEMORY_LIMIT") || lower.contains("memory limit"),
+        "cella run must say the memory limit was hit; {}",
+        out.describe()
+    );
+    let id = launched_id(&out.stderr);
+    let t = c
+        .task(&id)
+        .await
+        .unwrap_or_else(|| panic!("the master does not know {id}"));
+    assert_eq!(t["state"], "FAILED", "{t}");
+    assert_eq!(t["reason"], "MEMORY_LIMIT", "{t}");
+    c.finish();
+}
+
+// ------------------------------------------------------------------ 3. kill and logs
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn detach_kill_and_logs() {
+    let c = Cluster::start(1, RES).await;
+    let out = c.cella(&["run", "--detach", "--", "sleep", "100"]).await;
+    assert_eq!(
+        out.code,
+        Some(0),
+        "cella run --detach exits 0 once RUNNING; {}",
+        out.describe()
+    );
+    let id = out.stdout.trim().to_string();
+    assert!(
+        !id.is_empty() && !id.contains(char::is_whitespace),
+        "cella run --detach prints the task id alone on stdout; {}",
+        out.describe()
+    );
+    c.wait_task_state(&id, "RUNNING").await;
+    assert!(!c.shims().is_empty(), "a running task has a cella-shim");
+
+    let k = c.cella(&["kill", &id]).await;
+    assert_eq!(k.code, Some(0), "cella kill {id}; {}", k.describe());
+    let t = c.wait_task_state(&id, "KILLED").await;
+    assert_eq!(t["reason"], "KILLED_BY_REQUEST", "{t}");
+
+    // Killing it again is refused with a message.
+    let again = c.cella(&["kill", &id]).await;
+    assert_ne!(
+        again.code,
+        Some(0),
+        "killing an ended task must fail; {}",
+        again.describe()
+    );
+    assert!(again.stderr.contains("cella:"), "{}", again.describe());
+
+    // Logs of a task that printed something, on stdout and stderr.
+    let out = c
+        .cella(&[
+            "run",
+            "--detach",
+            "--",
+            "sh",
+            "-c",
+            "echo to-stdout; echo to-stderr >&2; sleep 100",
+        ])
+        .await;
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    let id2 = out.stdout.trim().to_string();
+    let deadline = Instant::now() + DEADLINE;
+    let (mut stdout_log, mut stderr_log);
+    loop {
+        stdout_log = c.cella(&["logs", &id2]).await;
+        stderr_log = c.cella(&["logs", &id2, "--stderr"]).await;
+        if (stdout_log.stdout.contains("to-stdout") && stderr_log.stderr.contains("to-stderr"))
+            || Instant::now() > deadline
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        stdout_log.code,
+        Some(0),
+        "cella logs {id2}; {}",
+        stdout_log.describe()
+    );
+    assert_eq!(
+        stdout_log.stdout,
+        "to-stdout\n",
+        "cella logs {id2}; {}",
+        stdout_log.describe()
+    );
+    assert_eq!(
+        stderr_log.code,
+        Some(0),
+        "cella logs --stderr; {}",
+        stderr_log.describe()
+    );
+    // Like `docker logs`, the task's stderr goes to cella's stderr.
+    assert!(
+        stderr_log.stderr.lines().any(|l| l == "to-stderr")
+            && !stderr_log.stdout.contains("to-stdout"),
+        "cella logs {id2} --stderr shows the task's stderr only; {}",
+        stderr_log.describe()
+    );
+    // Unknown task: a clear failure.
+    let missing = c.cella(&["logs", "no-such-task"]).await;
+    assert_ne!(missing.code, Some(0), "{}", missing.describe());
+
+    let k = c.cella(&["kill", &id2]).await;
+    assert_eq!(k.code, Some(0), "{}", k.describe());
+    c.wait_task_state(&id2, "KILLED").await;
+    c.finish();
+}
+
+// ------------------------------------------------------------------ 4. DRF
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offers_go_to_the_framework_with_the_lower_dominant_share() {
+    let c = Cluster::start(2, RES).await;
+    let agents: Vec<String> = c.agents.iter().map(|a| a.id.clone()).collect();
+
+    // A alone: it gets both agents and launches, on each, 60% of the agent's cpus,
+    // memory and disk. Its dominant share is then ~0.6; all that is left (0.4 of
+    // everything) cannot lift another framework above it.
+    let mut a = c.subscribe(framework("drf-a", "*", 30.0)).await;
+    let mut launched = Vec::new();
+    while launched.len() < agents.len() {
+        for offer in a.offers().await {
+            if launched.contains(&offer.agent_id) {
+                a.decline(&[offer.offer_id.clone()]);
+                continue;
+            }
+            let mut t = task(
+                &format!("drf-a-{}", launched.len()),
+                &["sleep", "100"],
+                1.2,
+                1236,
+            );
+            if let Some(r) = t.resources.as_mut() {
+                r.disk_bytes = 620 << 20;
+            }
+            a.accept(&[offer.offer_id.clone()], vec![t]);
+            launched.push(offer.agent_id.clone());
+        }
+    }
+    for i in 0..agents.len() {
+        a.update(&format!("drf-a-{i}"), v1::TaskState::TaskRunning)
+            .await;
+    }
+
+    // B subscribes: from its first offer on, every offer must go to B (share ≤ 0.4)
+    // and none to A (share ~0.6). Offer ids grow with each allocation, so an offer
+    // made to A after B's first one shows in its number.
+    let mut b = c.subscribe(framework("drf-b", "*", 0.0)).await;
+    let mut first_b: Option<u64> = None;
+    let mut a_after: Vec<v1::Offer> = Vec::new();
+    let mut b_offers: Vec<v1::Offer> = Vec::new();
+    let mut a_total = 0usize;
+    let deadline = Instant::now() + DEADLINE;
+    let mut window_end: Option<Instant> = None;
+    loop {
+        let now = Instant::now();
+        if window_end.is_some_and(|w| now >= w) {
+            break;
+        }
+        assert!(
+            now < deadline,
+            "B received no offers within {DEADLINE:?}\n{}",
+            c.log_tails()
+        );
+        tokio::select! {
+            e = a.next(Duration::from_millis(50)) => {
+                if let Some(event::Event::Offers(o)) = e.as_ref().and_then(is_event) {
+                    for offer in &o.offers {
+                        a_total += 1;
+                        if first_b.is_some_and(|n| offer_number(offer) > n) {
+                            a_after.push(offer.clone());
+                        }
+                        a.decline(&[offer.offer_id.clone()]);
+                    }
+                }
+            }
+            e = b.next(Duration::from_millis(50)) => {
+                if let Some(event::Event::Offers(o)) = e.as_ref().and_then(is_event) {
+                    for offer in &o.offers {
+                        if first_b.is_none() {
+                            first_b = Some(offer_number(offer));
+                            // Observe for 1.5 s (about 15 allocation cycles).
+                            window_end = Some(Instant::now() + Duration::from_millis(1500));
+                        }
+                        b_offers.push(offer.clone());
+                        b.decline(&[offer.offer_id.clone()]);
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        a_after.is_empty(),
+        "framework A (dominant share ~0.6) got offers after B (share ≤ 0.4) got its first \
+         (offer-{}): {a_after:?}",
+        first_b.unwrap_or_default()
+    );
+    assert!(
+        b_offers.len() >= 4,
+        "framework B should be offered both agents again and again over ~15 allocation cycles, \
+         got {} offers: {b_offers:?}",
+        b_offers.len()
+    );
+    for agent in &agents {
+        assert!(
+            b_offers.iter().any(|o| &o.agent_id == agent),
+            "B was never offered agent {agent}: {b_offers:?}"
+        );
+    }
+    // What B is offered is total − allocated of each agent.
+    for o in &b_offers {
+        let r = o.resources.clone().unwrap_or_default();
+        assert!(
+            (r.cpus - 0.8).abs() < 1e-6
+                && r.mem_bytes == (2048 - 1236) << 20
+                && r.disk_bytes == (1024 - 620) << 20,
+            "an offer to B should hold the agent's unallocated 0.8 cpus, 812 MiB and 404 MiB: {o:?}"
+        );
+    }
+
+    // Once B leaves, A (which declined with refuse 0 all along) is offered again.
+    b.send(call::Call::Teardown(call::Teardown {}));
+    let after = first_b.unwrap_or_default();
+    let offer = a
+        .wait_for(
+            "an offer after B's teardown",
+            DEADLINE,
+            |e| match is_event(e) {
+                Some(event::Event::Offers(o)) => {
+                    o.offers.iter().find(|o| offer_number(o) > after).cloned()
+                }
+                _ => None,
+            },
+        )
+        .await;
+    assert!(agents.contains(&offer.agent_id), "{offer:?}");
+    assert!(a_total > 0);
+    for i in 0..agents.len() {
+        a.kill(&format!("drf-a-{i}"));
+    }
+    for i in 0..agents.len() {
+        a.update(&format!("drf-a-{i}"), v1::TaskState::TaskKilled)
+            .await;
+    }
+    c.finish();
+}
+
+// ------------------------------------------------------------------ 5. failover
+
+/// Subscribes, launches `sleep 100` as `task_id` and waits until it is RUNNING.
+async fn launch_sleep(c: &Cluster, s: &mut Scheduler, task_id: &str) {
+    let offers = s.offers().await;
+    let (first, rest) = offers.split_first().expect("OFFERS with no offer");
+    s.accept(
+        &[first.offer_id.clone()],
+        vec![task(task_id, &["sleep", "100"], 0.1, 32)],
+    );
+    let rest: Vec<String> = rest.iter().map(|o| o.offer_id.clone()).collect();
+    if !rest.is_empty() {
+        s.decline(&rest);
+    }
+    s.update(task_id, v1::TaskState::TaskRunning).await;
+    c.wait_task_state(task_id, "RUNNING").await;
+}
+
+async fn wait_framework(c: &Cluster, id: &str, connected: Option<bool>) {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let frameworks = c.api_get("/api/v1/frameworks").await;
+        let f = frameworks
+            .as_array()
+            .and_then(|a| a.iter().find(|f| f["id"] == id))
+            .cloned();
+        let ok = match connected {
+            Some(want) => f.as_ref().is_some_and(|f| f["connected"] == want),
+            None => f.is_none(),
+        };
+        if ok {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "framework {id}: expected {}, the master shows {f:?}",
+            match connected {
+                Some(true) => "connected",
+                Some(false) => "disconnected",
+                None => "removed",
+            }
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduler_that_reconnects_within_its_failover_timeout_keeps_its_tasks() {
+    let c = Cluster::start(1, RES).await;
+    let mut s = c.subscribe(framework("failover", "*", 30.0)).await;
+    let fid = s.framework_id.clone();
+    launch_sleep(&c, &mut s, "fo-keep").await;
+
+    drop(s);
+    wait_framework(&c, &fid, Some(false)).await;
+    let t = c.task("fo-keep").await.expect("task");
+    assert_eq!(
+        t["state"], "RUNNING",
+        "the task of a disconnected framework keeps running: {t}"
+    );
+
+    let mut info = framework("failover", "*", 30.0);
+    info.framework_id = fid.clone();
+    let mut s = c.subscribe(info).await;
+    assert_eq!(s.framework_id, fid, "re-subscribing keeps the framework id");
+    wait_framework(&c, &fid, Some(true)).await;
+
+    s.reconcile(&["fo-keep"]);
+    let status = s
+        .wait_for(
+            "a RECONCILE answer for fo-keep",
+            DEADLINE,
+            |e| match is_event(e) {
+                Some(event::Event::Update(u)) => u
+                    .status
+                    .clone()
+                    .filter(|st| st.task_id == "fo-keep" && st.uuid.is_empty()),
+                _ => None,
+            },
+        )
+        .await;
+    assert_eq!(
+        status.state(),
+        v1::TaskState::TaskRunning,
+        "explicit reconciliation after failover: {status:?}"
+    );
+    assert_eq!(status.framework_id, fid, "{status:?}");
+
+    s.kill("fo-keep");
+    let killed = s.update("fo-keep", v1::TaskState::TaskKilled).await;
+    assert_eq!(killed.reason(), v1::Reason::KilledByRequest, "{killed:?}");
+    let t = c.wait_task_state("fo-keep", "KILLED").await;
+    assert_eq!(t["reason"], "KILLED_BY_REQUEST", "{t}");
+    c.finish();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_are_killed_when_the_failover_timeout_passes() {
+    let c = Cluster::start(1, RES).await;
+    let mut s = c.subscribe(framework("failover-short", "*", 1.0)).await;
+    let fid = s.framework_id.clone();
+    launch_sleep(&c, &mut s, "fo-short").await;
+    let dropped = Instant::now();
+    drop(s);
+    let t = c.wait_task_state("fo-short", "KILLED").await;
+    assert!(
+        dropped.elapsed() >= Duration::from_millis(900),
+        "the task was killed {:?} after the disconnect, before the 1 s failover timeout: {t}",
+        dropped.elapsed()
+    );
+    wait_framework(&c, &fid, None).await;
+    c.finish();
+}
+
+// ------------------------------------------------------------------ 6. invalid calls
+
+fn error_status(status: &v1::TaskStatus, what: &str) {
+    assert_eq!(
+        status.state(),
+        v1::TaskState::TaskError,
+        "{what}: expected TASK_ERROR, got {status:?}"
+    );
+    assert_eq!(
+        status.reason(),
+        v1::Reason::InvalidTask,
+        "{what}: expected INVALID_TASK, got {status:?}"
+    );
+    assert!(
+        !status.message.trim().is_empty(),
+        "{what}: the error needs a message: {status:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_accepts_get_invalid_task_and_launch_nothing() {
+    let c = Cluster::start(1, RES).await;
+    let agent = c.agents[0].clone();
+    let mut s = c.subscribe(framework("invalid", "*", 0.0)).await;
+    eprintln!("T 3 {:?}", std::time::SystemTime::now());
+    let sleep = |id: &str| task(id, &["sleep", "100"], 0.1, 32);
+    eprintln!("T 4 {:?}", std::time::SystemTime::now());
+
+    // Unknown offer.
+    let offer = s.offers().await.remove(0);
+    eprintln!("T 7 {:?}", std::time::SystemTime::now());
+    s.accept(&["offer-999999999".into()], vec![sleep("bad-offer")]);
+    eprintln!("T 8 {:?}", std::time::SystemTime::now());
+    let st = s.any_update("bad-offer").await;
+    eprintln!("T 9 {:?}", std::time::SystemTime::now());
+    error_status(&st, "ACCEPT of an unknown offer");
+    eprintln!("T 10 {:?}", std::time::SystemTime::now());
+
+    // Resources beyond the offer (the real offer, still outstanding).
+    s.accept(
+        &[offer.offer_id.clone()],
+        vec![task("too-big", &["sleep", "100"], 64.0, 32)],
+    );
+    eprintln!("T 16 {:?}", std::time::SystemTime::now());
+    let st = s.any_update("too-big").await;
+    eprintln!("T 17 {:?}", std::time::SystemTime::now());
+    error_status(&st, "a task needing 64 cpus on an offer of 2");
+    eprintln!("T 18 {:?}", std::time::SystemTime::now());
+
+    // Empty command, and a malformed task id.
+    let offer = s.offers().await.remove(0);
+    eprintln!("T 21 {:?}", std::time::SystemTime::now());
+    s.accept(
+        &[offer.offer_id.clone()],
+        vec![task("empty-command", &[], 0.1, 32), sleep("../escape")],
+    );
+    eprintln!("T 25 {:?}", std::time::SystemTime::now());
+    error_status(&s.any_update("empty-command").await, "an empty command");
+    eprintln!("T 26 {:?}", std::time::SystemTime::now());
+    error_status(&s.any_update("../escape").await, "task id ../escape");
+    eprintln!("T 27 {:?}", std::time::SystemTime::now());
+
+    // Nothing launched anywhere.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    eprintln!("T 30 {:?}", std::time::SystemTime::now());
+    let containers = c.agent_containers(&agent).await;
+    eprintln!("T 31 {:?}", std::time::SystemTime::now());
+    assert!(
+        containers.is_empty(),
+        "invalid tasks reached the agent: {containers:?}"
+    );
+    eprintln!("T 35 {:?}", std::time::SystemTime::now());
+    let tasks = c.tasks().await;
+    eprintln!("T 36 {:?}", std::time::SystemTime::now());
+    assert!(
+        tasks.is_empty(),
+        "the master keeps invalid tasks as if launched: {tasks:?}"
+    );
+    eprintln!("T 40 {:?}", std::time::SystemTime::now());
+
+    // A valid task, then the same id again.
+    let offer = s.offers().await.remove(0);
+    eprintln!("T 43 {:?}", std::time::SystemTime::now());
+    s.accept(&[offer.offer_id.clone()], vec![sleep("t-ok")]);
+    eprintln!("T 44 {:?}", std::time::SystemTime::now());
+    s.update("t-ok", v1::TaskState::TaskRunning).await;
+    eprintln!("T 45 {:?}", std::time::SystemTime::now());
+    // Forget t-ok's earlier updates: the next one answers the duplicate.
+    s.forget_updates("t-ok");
+    eprintln!("T 47 {:?}", std::time::SystemTime::now());
+    let offer = s.offers().await.remove(0);
+    eprintln!("T 48 {:?}", std::time::SystemTime::now());
+    s.accept(
+        &[offer.offer_id.clone()],
+        vec![task("t-ok", &["sh", "-c", "echo second"], 0.1, 32)],
+    );
+    eprintln!("T 52 {:?}", std::time::SystemTime::now());
+    error_status(&s.any_update("t-ok").await, "a duplicate task id");
+    eprintln!("T 53 {:?}", std::time::SystemTime::now());
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    eprintln!("T 55 {:?}", std::time::SystemTime::now());
+    let containers = c.agent_containers(&agent).await;
+    eprintln!("T 56 {:?}", std::time::SystemTime::now());
+    assert_eq!(
+        containers.len(),
+        1,
+        "exactly t-ok runs on the agent: {containers:?}"
+    );
+    eprintln!("T 61 {:?}", std::time::SystemTime::now());
+    assert_eq!(containers[0]["task_id"], "t-ok", "{containers:?}");
+    eprintln!("T 62 {:?}", std::time::SystemTime::now());
+    let tasks = c.tasks().await;
+    eprintln!("T 63 {:?}", std::time::SystemTime::now());
+    assert_eq!(tasks.len(), 1, "the master knows only t-ok: {tasks:?}");
+    eprintln!("T 64 {:?}", std::time::SystemTime::now());
+    assert_eq!(tasks[0]["state"], "RUNNING", "{tasks:?}");
+    eprintln!("T 65 {:?}", std::time::SystemTime::now());
+    assert_eq!(
+        tasks[0]["command"],
+        serde_json::json!(["sleep", "100"]),
+        "{tasks:?}"
+    );
+    eprintln!("T 70 {:?}", std::time::SystemTime::now());
+
+    s.kill("t-ok");
+    eprintln!("T 72 {:?}", std::time::SystemTime::now());
+    s.update("t-ok", v1::TaskState::TaskKilled).await;
+    eprintln!("T 73 {:?}", std::time::SystemTime::now());
+    c.finish();
+    eprintln!("T 74 {:?}", std::time::SystemTime::now());
+}
+
+// ------------------------------------------------------------------ 7. certificates
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_without_a_valid_certificate_are_refused() {
+    let c = Cluster::start(0, RES).await;
+    let get = tonic::codegen::http::Method::GET;
+    let anonymous =
+        cella_proto::tls::client_config_anonymous(&c.tls_dir.join("ca.pem")).expect("CA");
+
+    let health = cella_proto::tls::https_request(
+        get.clone(),
+        &format!("{}/health", c.master_url),
+        None,
+        &anonymous,
+    )
+    .await
+    .expect("GET /health without a certificate");
+    assert_eq!(health.status.as_u16(), 200, "/health needs no certificate");
+
+    for path in ["/api/v1/state", "/api/v1/tasks", "/metrics"] {
+        let r = cella_proto::tls::https_request(
+            get.clone(),
+            &format!("{}{path}", c.master_url),
+            None,
+            &anonymous,
+        )
+        .await
+        .expect("the request itself");
+        assert_eq!(r.status.as_u16(), 401, "GET {path} without a certificate");
+    }
+
+    // The scheduler API without a certificate.
+    let channel = cella_proto::tls::grpc_channel(&c.master_url, &anonymous)
+        .await
+        .expect("TLS without a client certificate is allowed; the API refuses");
+    let mut client = SchedulerServiceClient::new(channel);
+    let subscribe = v1::Call {
+        call: Some(call::Call::Subscribe(call::Subscribe {
+            framework: Some(framework("anonymous", "*", 0.0)),
+        })),
+    };
+    let result = client
+        .subscribe(tokio_stream::iter(vec![subscribe.clone()]))
+        .await;
+    match result {
+        Err(status) => assert_eq!(
+            status.code(),
+            tonic::Code::Unauthenticated,
+            "SUBSCRIBE without a certificate: {status:?}"
+        ),
+        Ok(mut stream) => {
+            let first = stream.get_mut().message().await;
+            match first {
+                Err(status) => {
+                    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}")
+                }
+                Ok(m) => panic!("SUBSCRIBE without a certificate was answered: {m:?}"),
+            }
+        }
+    }
+
+    // A client certificate of another CA.
+    let other = c.path().join("other-tls");
+    cella_tests::certs_init(&c.bins, &other);
+    let foreign = cella_proto::tls::client_config(
+        &c.tls_dir.join("ca.pem"),
+        &other.join("client.pem"),
+        &other.join("client-key.pem"),
+    )
+    .expect("config");
+    match cella_proto::tls::https_request(
+        get.clone(),
+        &format!("{}/api/v1/state", c.master_url),
+        None,
+        &foreign,
+    )
+    .await
+    {
+        Err(_) => {}
+        Ok(r) => panic!(
+            "a certificate of another CA was accepted: {} {}",
+            r.status,
+            String::from_utf8_lossy(&r.body)
+        ),
+    }
+    let grpc = async {
+        let channel = cella_proto::tls::grpc_channel(&c.master_url, &foreign)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut client = SchedulerServiceClient::new(channel);
+        let mut stream = client
+            .subscribe(tokio_stream::iter(vec![subscribe.clone()]))
+            .await
+            .map_err(|e| e.to_string())?
+            .into_inner();
+        stream.message().await.map_err(|e| e.to_string())
+    };
+    if let Ok(m) = grpc.await {
+        panic!("SUBSCRIBE with a certificate of another CA was answered: {m:?}");
+    }
+
+    // The CLI with the wrong certificates: a clear message, a non-zero status.
+    let wrong = c
+        .cella(&[
+            "tasks",
+            "--master",
+            &c.master_url,
+            "--tls-dir",
+            other.to_str().expect("utf-8"),
+        ])
+        .await;
+    assert_ne!(
+        wrong.code,
+        Some(0),
+        "cella tasks with another CA's certificates; {}",
+        wrong.describe()
+    );
+    assert!(
+        wrong.stderr.starts_with("cella: ") && wrong.stderr.to_lowercase().contains("certificate"),
+        "cella tasks with another CA's certificates should say it is a certificate problem; {}",
+        wrong.describe()
+    );
+    let missing = c.path().join("no-such-dir");
+    let none = c
+        .cella(&[
+            "tasks",
+            "--master",
+            &c.master_url,
+            "--tls-dir",
+            missing.to_str().expect("utf-8"),
+        ])
+        .await;
+    assert_ne!(none.code, Some(0), "{}", none.describe());
+    assert!(
+        none.stderr.contains(missing.to_str().expect("utf-8")),
+        "the message should name the missing directory; {}",
+        none.describe()
+    );
+    // And the right ones work.
+    let ok = c.cella(&["tasks"]).await;
+    assert_eq!(ok.code, Some(0), "{}", ok.describe());
+    c.finish();
+}
+
+// ------------------------------------------------------------------ 8. agent lost
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_agent_gets_its_tasks_lost_and_its_offers_rescinded() {
+    let mut c = Cluster::start(1, RES).await;
+    let agent = c.agents[0].clone();
+    let mut s = c.subscribe(framework("lost", "*", 30.0)).await;
+    launch_sleep(&c, &mut s, "lost-task").await;
+    // Hold an offer for the agent's remaining resources without answering it.
+    let held = s
+        .wait_for("an offer of the agent", DEADLINE, |e| match is_event(e) {
+            Some(event::Event::Offers(o)) => {
+                o.offers.iter().find(|o| o.agent_id == agent.id).cloned()
+            }
+            _ => None,
+        })
+        .await;
+
+    c.kill_hard(agent.proc);
+    assert!(
+        !c.shims().is_empty(),
+        "the task should keep running under its shim when its agent dies"
+    );
+    let rescinded = s
+        .wait_for("RESCIND of the held offer", DEADLINE, |e| {
+            match is_event(e) {
+                Some(event::Event::Rescind(r)) if r.offer_id == held.offer_id => Some(r.clone()),
+                _ => None,
+            }
+        })
+        .await;
+    assert_eq!(rescinded.offer_id, held.offer_id);
+
+    let lost = s.update("lost-task", v1::TaskState::TaskLost).await;
+    assert_eq!(lost.reason(), v1::Reason::AgentLost, "{lost:?}");
+    let t = c.wait_task_state("lost-task", "LOST").await;
+    assert_eq!(t["reason"], "AGENT_LOST", "{t}");
+    let agents = c.api_get("/api/v1/agents").await;
+    assert!(
+        agents
+            .as_array()
+            .is_some_and(|a| a.iter().all(|a| a["id"] != agent.id.as_str())),
+        "a lost agent is removed: {agents}"
+    );
+
+    // Nobody is left to kill the task: the test does.
+    c.kill_tasks_and_cgroups();
+    c.finish();
+}
+
+// ------------------------------------------------------------------ 9. cella dev
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cella_dev_runs_tasks_and_stops_cleanly() {
+    let mut c = Cluster::new();
+    let work = c.path().join("dev");
+    let mut dev = None;
+    for attempt in 0..5 {
+        let (listen, agent_listen) = (free_port(), free_port());
+        let mut command = std::process::Command::new(&c.bins.cella);
+        command
+            .arg("dev")
+            .arg("--work-dir")
+            .arg(&work)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{listen}"))
+            .arg("--agent-listen")
+            .arg(format!("127.0.0.1:{agent_listen}"))
+            .arg("--cgroup-root")
+            .arg(format!("{}-dev", c.name));
+        let idx = c.spawn(&format!("dev-{attempt}"), &mut command);
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if std::fs::read_to_string(&c.procs[idx].log)
+                .unwrap_or_default()
+                .contains("are running")
+            {
+                dev = Some((idx, listen));
+                break;
+            }
+            if c.procs[idx].exited().is_some() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cella dev did not say it is running:\n{}",
+                c.procs[idx].log_tail(40)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if dev.is_some() {
+            break;
+        }
+    }
+    let (idx, listen) =
+        dev.unwrap_or_else(|| panic!("cella dev did not start:\n{}", c.log_tails()));
+    c.master_url = format!("https://127.0.0.1:{listen}");
+    c.client_tls = cella_tests::client_tls(&work.join("tls"));
+    let profile = std::fs::read_to_string(&c.profile).expect("cella dev writes the profile");
+    assert!(profile.contains(&c.master_url), "profile: {profile}");
+
+    let out = c
+        .cella(&["run", "--mem", "64MiB", "--", "sh", "-c", "echo hi"])
+        .await;
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    assert_eq!(out.stdout, "hi\n", "{}", out.describe());
+
+    let out = c.cella(&["run", "--detach", "--", "sleep", "100"]).await;
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    let id = out.stdout.trim().to_string();
+    c.wait_task_state(&id, "RUNNING").await;
+    assert!(!c.shims().is_empty(), "the detached task runs under a shim");
+
+    kill(Pid::from_raw(c.procs[idx].pid()), Signal::SIGINT).expect("SIGINT to cella dev");
+    let status = c.procs[idx].wait_timeout(DEADLINE);
+    let log = c.procs[idx].log_tail(40);
+    let status = status.unwrap_or_else(|| panic!("cella dev did not stop on SIGINT:\n{log}"));
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "cella dev exit status after SIGINT:\n{log}"
+    );
+    assert!(
+        c.shims().is_empty(),
+        "cella dev left its task's shim running:\n{log}"
+    );
+    c.finish();
+}
