@@ -52,6 +52,7 @@ fn samples() -> Vec<Vec<u8>> {
             message: Some(agent_message::Message::StatusUpdate(
                 agent_message::StatusUpdate {
                     status: Some(status.clone()),
+                    latest_state: cella_proto::v1::TaskState::TaskRunning as i32,
                 },
             )),
         }

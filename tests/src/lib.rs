@@ -891,17 +891,19 @@ impl Scheduler {
             .expect("the scheduler stream is closed");
     }
 
-    pub fn accept(&self, offer_ids: &[String], tasks: Vec<v1::TaskInfo>) {
+    /// ACCEPT of one offer, refusing nothing (refuse_seconds 0).
+    pub fn accept(&self, offer_id: &str, tasks: Vec<v1::TaskInfo>) {
         self.send(call::Call::Accept(call::Accept {
-            offer_ids: offer_ids.to_vec(),
+            offer_ids: vec![offer_id.to_string()],
             tasks,
             refuse_seconds: Some(0.0),
         }));
     }
 
-    pub fn decline(&self, offer_ids: &[String]) {
+    /// DECLINE of one offer, refusing nothing (refuse_seconds 0).
+    pub fn decline(&self, offer_id: &str) {
         self.send(call::Call::Decline(call::Decline {
-            offer_ids: offer_ids.to_vec(),
+            offer_ids: vec![offer_id.to_string()],
             refuse_seconds: Some(0.0),
         }));
     }
