@@ -75,11 +75,13 @@ pub struct Running {
     pub id: TaskId,
     /// The task's pid in the launcher's pid namespace.
     pub pid: i32,
-    shim: Child,
+    /// The shim as our child (None after a recovery: it is no longer our child).
+    shim: Option<Child>,
+    shim_pid: i32,
     shim_pidfd: OwnedFd,
     run_dir: RunDir,
     /// Kept open so the shim knows its launcher is alive (see `cleanup_if_orphaned`).
-    _events: fs::File,
+    _events: Option<fs::File>,
     started: Instant,
     peaks: Peaks,
     last: Usage,
@@ -91,6 +93,11 @@ impl Running {
     /// A descriptor that becomes readable when the task has ended (its shim exited).
     pub fn exit_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self.shim_pidfd.as_fd()
+    }
+
+    /// The shim's pid (with the start time in `shim.pid` of the run directory).
+    pub fn shim_pid(&self) -> i32 {
+        self.shim_pid
     }
 
     pub fn run_dir(&self) -> &RunDir {
@@ -106,6 +113,17 @@ impl Running {
     pub fn limitation(&self) -> Option<Limitation> {
         self.limitation
     }
+}
+
+/// What [`Containerizer::recover`] found.
+pub enum Recovered {
+    /// The shim is alive: the task runs (or is ending) and is watched again.
+    Running(Running),
+    /// The task ended while the launcher was away; its exit status was recorded.
+    /// Everything it left (cgroups, run directory) has been removed.
+    Ended(Termination),
+    /// Its outcome cannot be known (why); whatever was left has been removed.
+    Unknown(String),
 }
 
 /// How a task ended, with what it used.
@@ -298,10 +316,11 @@ impl Containerizer {
         let running = |pid| Running {
             id: id.clone(),
             pid,
-            shim,
+            shim: Some(shim),
+            shim_pid,
             shim_pidfd,
             run_dir: run_dir.clone(),
-            _events: events,
+            _events: Some(events),
             started,
             peaks: Peaks::default(),
             last: Usage::default(),
@@ -322,7 +341,9 @@ impl Containerizer {
             let (code, message) = rest.split_once(' ').unwrap_or((rest, ""));
             let code = code.parse().unwrap_or(125);
             let mut r = running(0);
-            let _ = r.shim.wait();
+            if let Some(shim) = r.shim.as_mut() {
+                let _ = shim.wait();
+            }
             return Err(LaunchError::Start {
                 code,
                 message: message.to_string(),
@@ -385,7 +406,9 @@ impl Containerizer {
     /// everything the launch created.
     pub fn finish(&self, mut running: Running) -> Termination {
         while !self.wait(&mut running, Duration::from_secs(1)) {}
-        let _ = running.shim.wait();
+        if let Some(shim) = running.shim.as_mut() {
+            let _ = shim.wait();
+        }
         let wall = running.exited_at.unwrap_or_else(Instant::now) - running.started;
         let usage = self.sample(&mut running);
         let status = fs::read(running.run_dir.exit_status())
@@ -411,6 +434,97 @@ impl Containerizer {
             usage,
             peaks: running.peaks.clone(),
             wall,
+        }
+    }
+
+    /// Re-attaches to task `id` after a restart of the launcher (the agent), from its
+    /// run directory: a live shim is identified by pid **and** start time, so a pid
+    /// reused by an unrelated process is never taken for it. `config` is the task's
+    /// configuration as it was launched (isolators rebuild their state from it).
+    pub fn recover(&self, id: &TaskId, config: &TaskConfig) -> Recovered {
+        let run_dir = RunDir::new(&self.config.runtime_dir, id.as_str());
+        let record = |path: PathBuf| -> Option<(i32, u64)> {
+            let text = fs::read_to_string(path).ok()?;
+            let mut fields = text.split_whitespace();
+            Some((fields.next()?.parse().ok()?, fields.next()?.parse().ok()?))
+        };
+        let shim = record(run_dir.shim_pid());
+        let alive = shim.filter(|(pid, start)| {
+            crate::sys::process_start_time(*pid) == Some(*start)
+                && !crate::sys::process_is_zombie(*pid)
+        });
+        if let Some((shim_pid, _)) = alive {
+            let task_pid = record(run_dir.task_pid()).map_or(0, |(pid, _)| pid);
+            if let Ok(shim_pidfd) = crate::sys::pidfd_open(shim_pid) {
+                for isolator in &self.isolators {
+                    if let Err(e) = isolator.recover(&[(id.clone(), config.clone())]) {
+                        tracing::warn!(task = %id, isolator = isolator.name(), "recover: {e}");
+                    }
+                    isolator.isolate(id, task_pid);
+                }
+                // Reopened so the shim's last event finds a reader (it tells the shim
+                // its launcher is alive again).
+                let events = fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+                    .open(run_dir.events())
+                    .ok();
+                return Recovered::Running(Running {
+                    id: id.clone(),
+                    pid: task_pid,
+                    shim: None,
+                    shim_pid,
+                    shim_pidfd,
+                    run_dir,
+                    _events: events,
+                    started: Instant::now(),
+                    peaks: Peaks::default(),
+                    last: Usage::default(),
+                    limitation: None,
+                    exited_at: None,
+                });
+            }
+        }
+        // The shim is gone: its exit status says how the task ended, if it got that far.
+        let status = fs::read(run_dir.exit_status())
+            .ok()
+            .and_then(|raw| serde_json::from_slice::<ExitStatus>(&raw).ok());
+        let why = match (&status, shim) {
+            (Some(_), _) => String::new(),
+            (None, Some(_)) => "its shim ended without recording an exit status".to_string(),
+            (None, None) => {
+                "its run directory is missing or incomplete (was the machine rebooted, \
+                             or the runtime directory removed?)"
+                    .to_string()
+            }
+        };
+        // What the cgroups still know (CPU time, OOM kills) is collected before they go.
+        let mut usage = Usage::default();
+        for isolator in &self.isolators {
+            isolator.usage(id, &mut usage);
+        }
+        let mut peaks = Peaks::default();
+        peaks.observe(&usage);
+        self.destroy(id);
+        match status {
+            Some(status) => {
+                let failed = status.code != Some(0);
+                let limitation = if failed && usage.oom_kills.is_some_and(|n| n > 0) {
+                    Some(Limitation::MemoryLimit)
+                } else if failed && usage.pids_limit_hits.is_some_and(|n| n > 0) {
+                    Some(Limitation::PidsLimit)
+                } else {
+                    None
+                };
+                Recovered::Ended(Termination {
+                    status,
+                    limitation,
+                    usage,
+                    peaks,
+                    wall: Duration::ZERO,
+                })
+            }
+            None => Recovered::Unknown(why),
         }
     }
 

@@ -20,6 +20,8 @@ pub mod units;
 pub mod usage;
 pub mod user;
 
-pub use containerizer::{Containerizer, ContainerizerConfig, LaunchError, Running, Termination};
+pub use containerizer::{
+    Containerizer, ContainerizerConfig, LaunchError, Recovered, Running, Termination,
+};
 pub use task::{NetMode, SeccompChoice, TaskConfig, TaskId, Volume};
 pub use usage::{Limitation, Usage};

@@ -155,7 +155,8 @@ static COUNTER: AtomicUsize = AtomicUsize::new(0);
 /// One test's processes, files and cgroups; see the module documentation.
 pub struct Cluster {
     pub dir: tempfile::TempDir,
-    /// Prefix of every cgroup root of this cluster: `cella-test-<pid>-<n>`.
+    /// Every cgroup root of this cluster is this or starts with it and `-`:
+    /// `cella-test-<pid>-<n>-<random>`.
     pub name: String,
     pub bins: Bins,
     pub tls_dir: PathBuf,
@@ -205,7 +206,15 @@ impl Cluster {
         ensure_crypto_provider();
         let bins = bins();
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let name = format!("cella-test-{}-{n}", std::process::id());
+        // A random tag too: other test processes (maybe in other pid namespaces,
+        // sharing the host's cgroups) must never match this name.
+        let tag = {
+            use std::hash::{BuildHasher, Hasher};
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_usize(n);
+            h.finish() & 0xff_ffff
+        };
+        let name = format!("cella-test-{}-{n}-{tag:06x}", std::process::id());
         let dir = tempfile::Builder::new()
             .prefix(&format!("{name}."))
             .tempdir()
@@ -514,8 +523,8 @@ impl Cluster {
             .collect()
     }
 
-    /// Cgroup directories anywhere under /sys/fs/cgroup whose name starts with this
-    /// cluster's name.
+    /// Cgroup directories anywhere under /sys/fs/cgroup named after this cluster
+    /// (its name, or its name followed by `-`).
     pub fn cgroups(&self) -> Vec<PathBuf> {
         let mut found = Vec::new();
         find_cgroups(Path::new("/sys/fs/cgroup"), &self.name, &mut found, 0);
@@ -694,7 +703,12 @@ fn find_cgroups(dir: &Path, prefix: &str, found: &mut Vec<PathBuf>, depth: usize
             continue;
         }
         let path = entry.path();
-        if entry.file_name().to_string_lossy().starts_with(prefix) {
+        let file_name = entry.file_name().to_string_lossy().into_owned();
+        if file_name == prefix
+            || file_name
+                .strip_prefix(prefix)
+                .is_some_and(|rest| rest.starts_with('-'))
+        {
             found.push(path);
         } else {
             find_cgroups(&path, prefix, found, depth + 1);

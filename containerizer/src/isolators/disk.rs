@@ -102,6 +102,19 @@ impl Isolator for DiskIsolator {
         Ok(())
     }
 
+    fn recover(&self, tasks: &[(TaskId, TaskConfig)]) -> Result<(), IsolatorError> {
+        for (id, config) in tasks {
+            let watched = Watched {
+                sandbox: config.sandbox.clone(),
+                limit: config.resources.disk_bytes,
+                measure: config.measure_disk || config.resources.disk_bytes.is_some(),
+                pid: None,
+            };
+            self.with(|t| t.insert(id.clone(), watched));
+        }
+        Ok(())
+    }
+
     fn isolate(&self, id: &TaskId, pid: i32) {
         self.with(|t| t.get_mut(id).map(|w| w.pid = Some(pid)));
     }

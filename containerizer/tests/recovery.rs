@@ -1,0 +1,183 @@
+//! Re-attaching to tasks after the launcher (the agent) went away: real shims, real
+//! cgroups, a launcher that is dropped without collecting its task.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use cella_containerizer::task::Stdio;
+use cella_containerizer::{Containerizer, ContainerizerConfig, Recovered, TaskConfig, TaskId};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+fn shim_path() -> PathBuf {
+    // target/debug/deps/recovery-… → target/debug/cella-shim
+    let exe = std::env::current_exe().expect("current_exe");
+    let shim = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("cella-shim");
+    assert!(
+        shim.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first",
+        shim.display()
+    );
+    shim
+}
+
+/// A launcher with its own runtime dir and cgroup root, removed on drop.
+struct Launcher {
+    dir: tempfile::TempDir,
+    cgroup_root: PathBuf,
+}
+
+impl Launcher {
+    fn new() -> Self {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "these tests need root (cgroups, namespaces)"
+        );
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let dir = tempfile::tempdir().expect("tempdir");
+        Self {
+            dir,
+            cgroup_root: PathBuf::from(format!("cella-test-{}-r{n}", std::process::id())),
+        }
+    }
+
+    /// A fresh containerizer on the same runtime dir: what an agent restart creates.
+    fn containerizer(&self) -> Containerizer {
+        Containerizer::new(ContainerizerConfig {
+            shim_path: shim_path(),
+            runtime_dir: self.dir.path().join("run"),
+            cgroup_root: Some(self.cgroup_root.clone()),
+            cleanup_if_orphaned: false,
+        })
+        .expect("containerizer")
+    }
+
+    fn task(&self, name: &str, script: &str) -> (TaskId, TaskConfig) {
+        let sandbox = self.dir.path().join(name);
+        std::fs::create_dir_all(&sandbox).expect("sandbox");
+        let mut config = TaskConfig::new(
+            vec!["sh".into(), "-c".into(), script.into()],
+            sandbox.clone(),
+        );
+        config.stdio = Stdio::Files {
+            stdout: sandbox.join("stdout"),
+            stderr: sandbox.join("stderr"),
+        };
+        (TaskId::new(name).expect("id"), config)
+    }
+}
+
+impl Drop for Launcher {
+    fn drop(&mut self) {
+        let c = self.containerizer();
+        if let Ok(names) = c.cgroups().list() {
+            for name in names {
+                if let Ok(id) = TaskId::new(name) {
+                    c.destroy(&id);
+                }
+            }
+        }
+        c.cgroups().remove_base_if_empty();
+    }
+}
+
+#[test]
+fn a_running_task_is_re_attached_and_can_be_killed() {
+    let l = Launcher::new();
+    let (id, config) = l.task("t-running", "echo up; exec sleep 1000");
+    let first = l.containerizer();
+    let running = first.launch(&id, &config).expect("launch");
+    let task_pid = running.pid;
+    // The launcher dies: nothing is collected, the shim and the task go on.
+    drop(running);
+    drop(first);
+
+    let second = l.containerizer();
+    let Recovered::Running(mut running) = second.recover(&id, &config) else {
+        panic!("a live task must be re-attached");
+    };
+    assert_eq!(running.pid, task_pid, "the same task, not a new one");
+    assert!(
+        !second.wait(&mut running, Duration::from_millis(200)),
+        "the task still runs"
+    );
+    let usage = second.sample(&mut running);
+    assert!(
+        usage.pids_current.is_some_and(|n| n >= 1),
+        "usage still measured: {usage:?}"
+    );
+    second.kill(&running).expect("kill");
+    let end = second.finish(running);
+    assert_eq!(
+        end.status.signal,
+        Some(9),
+        "killed by SIGKILL: {:?}",
+        end.status
+    );
+    let out = std::fs::read_to_string(l.dir.path().join("t-running/stdout")).expect("stdout");
+    assert_eq!(out, "up\n");
+}
+
+#[test]
+fn a_task_that_ended_meanwhile_reports_its_real_exit_code() {
+    let l = Launcher::new();
+    let (id, config) = l.task("t-ended", "sleep 0.3; exit 7");
+    let first = l.containerizer();
+    let running = first.launch(&id, &config).expect("launch");
+    let shim_pid = running.shim_pid();
+    drop(running);
+    drop(first);
+    // Wait for the shim to finish on its own (it records the exit status).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cella_containerizer_process_alive(shim_pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let second = l.containerizer();
+    match second.recover(&id, &config) {
+        Recovered::Ended(end) => assert_eq!(end.status.code, Some(7), "{:?}", end.status),
+        Recovered::Running(_) => panic!("the task had ended"),
+        Recovered::Unknown(why) => panic!("the exit status was recorded, yet: {why}"),
+    }
+    assert!(
+        second.cgroups().list().unwrap_or_default().is_empty(),
+        "its cgroups are gone"
+    );
+}
+
+#[test]
+fn a_missing_run_directory_or_a_reused_pid_is_not_taken_for_the_task() {
+    let l = Launcher::new();
+    let (id, config) = l.task("t-missing", "true");
+    let c = l.containerizer();
+    assert!(
+        matches!(c.recover(&id, &config), Recovered::Unknown(_)),
+        "no run directory: unknown"
+    );
+
+    // A run directory whose shim pid now belongs to an unrelated process (this test
+    // process, with another start time): not ours.
+    let run = l.dir.path().join("run/tasks/t-missing");
+    std::fs::create_dir_all(&run).expect("run dir");
+    std::fs::write(run.join("shim.pid"), format!("{} 1\n", std::process::id())).expect("shim.pid");
+    match c.recover(&id, &config) {
+        Recovered::Unknown(why) => assert!(why.contains("exit status"), "{why}"),
+        _ => panic!("a pid with another start time must not be re-attached"),
+    }
+    assert!(!run.exists(), "the leftovers were removed");
+}
+
+fn cella_containerizer_process_alive(pid: i32) -> bool {
+    // A zombie (our dropped child) counts as ended.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
