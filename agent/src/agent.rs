@@ -6,12 +6,12 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
-use cella_containerizer::{Containerizer, ContainerizerConfig, Running, TaskId};
+use cella_containerizer::{Containerizer, ContainerizerConfig, Recovered, Running, TaskId};
 use cella_proto::v1;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
-use crate::config::{AgentConfig, ConfigError};
+use crate::config::{AgentConfig, ConfigError, RecoverMode};
 use crate::metrics::Metrics;
 use crate::resources::{self, Totals};
 use crate::store::{self, Checkpoint, Store, StoreError, StoreOwner, TaskRecord, Write};
@@ -30,10 +30,27 @@ pub enum AgentError {
     Tls(String),
     #[error("containerizer: {0}")]
     Containerizer(String),
+    /// Another agent holds the work directory's lock.
+    #[error("{}", locked_message(dir, *pid))]
+    Locked { dir: PathBuf, pid: Option<i32> },
+}
+
+fn locked_message(dir: &std::path::Path, pid: Option<i32>) -> String {
+    let who = pid.map_or_else(
+        || "another agent".to_string(),
+        |p| format!("another agent (pid {p})"),
+    );
+    format!(
+        "the work directory {} is in use by {who}: it holds {}; stop it first, or give this \
+         agent its own --work-dir",
+        dir.display(),
+        dir.join("meta/lock").display()
+    )
 }
 
 impl AgentError {
-    /// The process exit status: 2 for configuration problems, 1 otherwise.
+    /// The process exit status: 2 for configuration problems, 1 otherwise (a work
+    /// directory locked by another agent, a damaged checkpoint with `--strict`, ...).
     pub fn exit_code(&self) -> i32 {
         match self {
             AgentError::Config(_) => ConfigError::EXIT_CODE,
@@ -50,7 +67,10 @@ pub struct Task {
     pub state: v1::TaskState,
     pub sandbox: PathBuf,
     pub pid: i32,
+    pub shim_pid: i32,
     pub launched_ns: u64,
+    /// When its terminal state was generated (0 while it runs).
+    pub ended_ns: u64,
     /// A Kill arrived: the end is reported KILLED.
     pub kill_requested: bool,
     /// The containerizer's handle while the task runs.
@@ -67,6 +87,8 @@ impl Task {
             sandbox: self.sandbox.display().to_string(),
             pid: self.pid,
             launched_ns: self.launched_ns,
+            shim_pid: self.shim_pid,
+            ended_ns: self.ended_ns,
         }
     }
 }
@@ -124,6 +146,9 @@ pub struct Core {
     pub launch_permits: Semaphore,
     /// Set when the master sent Shutdown.
     pub stopped_by_master: watch::Sender<Option<String>>,
+    /// `--recover cleanup` is killing the recovered tasks: no launches, and the
+    /// kills are reported with reason AGENT_RESTARTED.
+    pub cleaning_up: std::sync::atomic::AtomicBool,
 }
 
 impl Core {
@@ -160,6 +185,9 @@ impl Core {
             let mut tasks = lock(&self.tasks);
             tasks.get_mut(&status.task_id).map(|t| {
                 t.state = state;
+                if is_terminal(state) && t.ended_ns == 0 {
+                    t.ended_ns = now_ns();
+                }
                 t.record()
             })
         };
@@ -275,6 +303,8 @@ pub struct Agent {
     background: Vec<JoinHandle<()>>,
     store_owner: Option<StoreOwner>,
     stopped: watch::Receiver<Option<String>>,
+    /// The work directory's lock, held for the agent's lifetime.
+    _lock: std::fs::File,
 }
 
 impl Agent {
@@ -292,6 +322,7 @@ impl Agent {
                 message: format!("cannot create the directory: {e}"),
             })?;
         }
+        let work_lock = lock_work_dir(&config.work_dir)?;
         let layout = cella_proto::tls::Layout::new(&config.tls_dir);
         let missing: Vec<String> = [&layout.ca_cert, &layout.agent_cert, &layout.agent_key]
             .iter()
@@ -362,7 +393,28 @@ impl Agent {
             message: e.to_string(),
         })?;
 
-        let (store, store_owner, checkpoint) = Store::open(&config.work_dir)?;
+        let work_dir = config.work_dir.clone();
+        let strict = config.strict;
+        let (store, store_owner, checkpoint) =
+            tokio::task::spawn_blocking(move || Store::open_with(&work_dir, strict))
+                .await
+                .map_err(|e| AgentError::Containerizer(format!("opening the checkpoint: {e}")))?
+                .map_err(|e| {
+                    if strict {
+                        AgentError::Io {
+                            path: e.path().to_path_buf(),
+                            message: format!(
+                                "{e}\nThe checkpoint is damaged. To start anyway, either run with \
+                                 --strict=false (recover what can be read), or move {} aside to start \
+                                 fresh (the agent then loses track of the tasks it recorded: kill them \
+                                 or let them end).",
+                                e.path().display()
+                            ),
+                        }
+                    } else {
+                        e.into()
+                    }
+                })?;
         let hostname = config.hostname.clone().unwrap_or_else(|| {
             nix::unistd::gethostname()
                 .ok()
@@ -389,6 +441,7 @@ impl Agent {
             updates: Mutex::new(Updates::default()),
             launch_permits: Semaphore::new(concurrency),
             stopped_by_master: stopped_tx,
+            cleaning_up: std::sync::atomic::AtomicBool::new(false),
         });
         restore(&core, checkpoint).await?;
         tracing::info!(
@@ -414,6 +467,7 @@ impl Agent {
                 stop_rx.clone(),
             )),
             tokio::spawn(crate::tasks::usage_loop(core.clone(), stop_rx.clone())),
+            tokio::spawn(crate::tasks::gc_loop(core.clone(), stop_rx.clone())),
         ];
         Ok(Agent {
             core,
@@ -422,6 +476,7 @@ impl Agent {
             background,
             store_owner: Some(store_owner),
             stopped,
+            _lock: work_lock,
         })
     }
 
@@ -507,12 +562,21 @@ impl Drop for Agent {
 
 /// Runs an agent until `shutdown` completes (or the master tells it to shut down).
 /// On `shutdown`, tasks are killed only if `config.kill_tasks_on_exit`.
+///
+/// With `--recover cleanup` it recovers the previous run's tasks, kills them all,
+/// reports them (KILLED, reason AGENT_RESTARTED; sent if the master is reachable
+/// within a few seconds, otherwise left in the checkpoint for the next agent to
+/// send) and returns.
 pub async fn run(
     config: AgentConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), AgentError> {
     let kill = config.kill_tasks_on_exit;
+    let cleanup = config.recover == RecoverMode::Cleanup;
     let agent = Agent::start(config).await?;
+    if cleanup {
+        return agent.cleanup().await;
+    }
     tokio::select! {
         () = shutdown => {
             tracing::info!(kill_tasks = kill, "agent stopping");
@@ -525,29 +589,141 @@ pub async fn run(
     }
 }
 
-/// Takes over what a previous agent left in the checkpoint. Until recovery (issue 4)
-/// exists, tasks that were still running cannot be re-attached: they are destroyed
-/// (killed, cleaned up) and reported LOST, never silently dropped. Unacknowledged
-/// updates are kept and re-sent after registration.
+impl Agent {
+    /// `--recover cleanup`: kills every recovered task, waits (bounded) for their
+    /// updates to be acknowledged, and stops.
+    pub async fn cleanup(self) -> Result<(), AgentError> {
+        self.core
+            .cleaning_up
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let n = lock(&self.core.tasks)
+            .values()
+            .filter(|t| !is_terminal(t.state))
+            .count();
+        tracing::info!(tasks = n, "--recover cleanup: killing every recovered task");
+        crate::tasks::kill_all(&self.core, Duration::from_secs(10)).await;
+        // A terminal state is set before its update is checkpointed and queued: wait
+        // (briefly) until every ended task's update is queued or acknowledged.
+        let queued = Instant::now();
+        while queued.elapsed() < Duration::from_secs(2) {
+            let all = {
+                let tasks = lock(&self.core.tasks);
+                let updates = lock(&self.core.updates);
+                tasks
+                    .iter()
+                    .all(|(id, t)| !is_terminal(t.state) || updates.has_pending(id))
+            };
+            if all {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Up to 5 s to reach the master, then up to 10 s for the acknowledgements.
+        let start = Instant::now();
+        loop {
+            let (empty, connected) = {
+                let u = lock(&self.core.updates);
+                (u.is_empty(), u.conn().is_some())
+            };
+            if empty {
+                break;
+            }
+            let waited = start.elapsed();
+            if (!connected && waited > Duration::from_secs(5)) || waited > Duration::from_secs(15) {
+                tracing::warn!(
+                    pending = lock(&self.core.updates).len(),
+                    "--recover cleanup: some status updates were not acknowledged; they stay in \
+                     the checkpoint and the next agent sends them"
+                );
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.shutdown(false).await
+    }
+}
+
+/// Takes `<work-dir>/meta/lock` (flock, exclusive, non-blocking) and writes this
+/// process's pid into it. The lock lasts as long as the returned file is open (the
+/// kernel releases it when the process dies, even with SIGKILL).
+fn lock_work_dir(work_dir: &std::path::Path) -> Result<std::fs::File, AgentError> {
+    use std::io::{Read, Seek, Write as _};
+    use std::os::fd::AsRawFd;
+    let meta = work_dir.join("meta");
+    std::fs::create_dir_all(&meta).map_err(|e| AgentError::Io {
+        path: meta.clone(),
+        message: format!("cannot create the directory: {e}"),
+    })?;
+    let path = meta.join("lock");
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| AgentError::Io {
+            path: path.clone(),
+            message: format!("cannot open the work directory's lock: {e}"),
+        })?;
+    // SAFETY: flock on a descriptor we own; no memory is involved.
+    let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r != 0 {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            let mut text = String::new();
+            let _ = file.read_to_string(&mut text);
+            return Err(AgentError::Locked {
+                dir: work_dir.to_path_buf(),
+                pid: text.trim().parse().ok(),
+            });
+        }
+        return Err(AgentError::Io {
+            path,
+            message: format!("cannot lock the work directory: {err}"),
+        });
+    }
+    let _ = file.set_len(0);
+    let _ = file.rewind();
+    let _ = writeln!(file, "{}", std::process::id());
+    Ok(file)
+}
+
+/// What recovery decided for one task of the checkpoint.
+enum Outcome {
+    Running(Box<Running>),
+    Ended(v1::TaskStatus),
+    Lost(String),
+}
+
+/// Takes over what a previous agent left in the checkpoint: re-attaches to every
+/// live task (monitored again like a launched one), reports the real end of tasks
+/// that ended meanwhile and LOST (AGENT_RESTARTED) for those whose outcome cannot be
+/// known. After a reboot no old pid is trusted: every unfinished task is LOST and its
+/// leftovers are removed. Unacknowledged updates are kept and re-sent after
+/// registration.
 async fn restore(core: &Arc<Core>, checkpoint: Checkpoint) -> Result<(), AgentError> {
+    use futures::StreamExt;
     let Checkpoint {
         agent_id,
         boot_id,
         tasks,
         updates,
+        errors,
     } = checkpoint;
+    for e in &errors {
+        tracing::error!(checkpoint = %core.store.path().display(), "not recovered: {e}");
+        core.metrics.recovery_errors.inc();
+    }
     *lock(&core.agent_id) = agent_id;
     let now_boot = store::boot_id();
-    if let (Some(old), Some(new)) = (&boot_id, &now_boot)
-        && old != new
-    {
-        tracing::info!("the machine rebooted since the checkpoint was written");
-    }
-    if let Some(b) = now_boot {
-        core.store.write(vec![Write::BootId(b)]).await?;
+    let rebooted = matches!((&boot_id, &now_boot), (Some(old), Some(new)) if old != new);
+    if rebooted {
+        tracing::warn!(
+            "the machine rebooted since the checkpoint was written: the tasks of the previous boot are reported LOST"
+        );
     }
     lock(&core.updates).restore(updates);
-    let mut orphans = Vec::new();
+    let mut unfinished = Vec::new();
     {
         let mut map = lock(&core.tasks);
         for (id, record) in tasks {
@@ -558,38 +734,120 @@ async fn restore(core: &Arc<Core>, checkpoint: Checkpoint) -> Result<(), AgentEr
                 state,
                 sandbox: PathBuf::from(&record.sandbox),
                 pid: record.pid,
+                shim_pid: record.shim_pid,
                 launched_ns: record.launched_ns,
+                ended_ns: record.ended_ns,
                 kill_requested: false,
                 running: None,
                 usage: None,
             };
             if !is_terminal(state) {
-                orphans.push(id.clone());
+                unfinished.push((id.clone(), task.info.clone(), task.sandbox.clone()));
             }
             map.insert(id, task);
         }
     }
-    for id in orphans {
-        tracing::warn!(task = %id, "task of a previous agent run: cannot re-attach yet; destroying it and reporting LOST");
-        if let Ok(task_id) = TaskId::new(id.clone()) {
+    let n = unfinished.len();
+    let results: Vec<(String, Outcome)> = futures::stream::iter(unfinished)
+        .map(|(id, info, sandbox)| {
             let c = core.containerizer.clone();
-            let _ = tokio::task::spawn_blocking(move || c.destroy(&task_id)).await;
-        }
-        let framework_id = lock(&core.tasks)
-            .get(&id)
-            .map(|t| t.framework_id.clone())
-            .unwrap_or_default();
-        core.send_status(v1::TaskStatus {
-            task_id: id,
-            framework_id,
-            state: v1::TaskState::TaskLost as i32,
-            reason: v1::Reason::AgentRestarted as i32,
-            message: "the agent restarted and this version cannot re-attach to running tasks: \
-                      the task was killed; launch it again"
-                .into(),
-            ..Default::default()
+            async move {
+                let key = id.clone();
+                let outcome = tokio::task::spawn_blocking(move || {
+                    recover_one(&c, &id, &info, &sandbox, rebooted)
+                })
+                .await
+                .unwrap_or_else(|e| Outcome::Lost(format!("recovery failed: {e}")));
+                (key, outcome)
+            }
         })
-        .await?;
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    let mut reattached = 0usize;
+    for (id, outcome) in results {
+        let (framework_id, was_running) = match lock(&core.tasks).get(&id) {
+            Some(t) => (
+                t.framework_id.clone(),
+                t.state == v1::TaskState::TaskRunning,
+            ),
+            None => continue,
+        };
+        match outcome {
+            Outcome::Running(running) => {
+                reattached += 1;
+                tracing::info!(task = %id, shim = running.shim_pid(), "re-attached to the running task");
+                let slot = crate::tasks::adopt(core, &id, *running);
+                if !was_running {
+                    // It was launched but RUNNING was never generated.
+                    core.send_status(v1::TaskStatus {
+                        task_id: id.clone(),
+                        framework_id: framework_id.clone(),
+                        state: v1::TaskState::TaskRunning as i32,
+                        ..Default::default()
+                    })
+                    .await?;
+                }
+                crate::tasks::watch(core.clone(), id, framework_id, slot);
+            }
+            Outcome::Ended(mut s) => {
+                s.task_id = id.clone();
+                s.framework_id = framework_id;
+                tracing::info!(task = %id, state = s.state().as_str_name(), "the task ended while the agent was away: {}", s.message);
+                core.send_status(s).await?;
+            }
+            Outcome::Lost(why) => {
+                tracing::warn!(task = %id, "reported LOST: {why}");
+                core.send_status(v1::TaskStatus {
+                    task_id: id,
+                    framework_id,
+                    state: v1::TaskState::TaskLost as i32,
+                    reason: v1::Reason::AgentRestarted as i32,
+                    message: why,
+                    ..Default::default()
+                })
+                .await?;
+            }
+        }
+    }
+    if n > 0 {
+        tracing::info!(tasks = n, reattached, "recovery done");
+    }
+    if let Some(b) = now_boot {
+        core.store.write(vec![Write::BootId(b)]).await?;
     }
     Ok(())
+}
+
+/// Recovers one unfinished task (blocking: the containerizer is synchronous).
+fn recover_one(
+    c: &Containerizer,
+    id: &str,
+    info: &v1::TaskInfo,
+    sandbox: &std::path::Path,
+    rebooted: bool,
+) -> Outcome {
+    let Ok(task_id) = TaskId::new(id.to_string()) else {
+        return Outcome::Lost(format!("the checkpoint holds an invalid task id {id:?}"));
+    };
+    if rebooted {
+        c.destroy(&task_id);
+        return Outcome::Lost("the machine rebooted".into());
+    }
+    let config = match crate::tasks::task_config(info, sandbox) {
+        Ok(config) => config,
+        Err(e) => {
+            c.destroy(&task_id);
+            return Outcome::Lost(format!(
+                "its checkpointed configuration is unusable ({e}); its leftovers were removed"
+            ));
+        }
+    };
+    match c.recover(&task_id, &config) {
+        Recovered::Running(r) => Outcome::Running(Box::new(r)),
+        Recovered::Ended(t) => Outcome::Ended(crate::tasks::terminal_status(&t, false, info)),
+        Recovered::Unknown(why) => Outcome::Lost(format!(
+            "the agent restarted and cannot know how the task ended: {why}"
+        )),
+    }
 }

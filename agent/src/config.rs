@@ -220,6 +220,34 @@ pub struct AgentArgs {
     /// running under their shims when the agent stops.
     #[arg(long)]
     pub kill_tasks_on_exit: bool,
+    /// What to do with the tasks of a previous agent run found in the checkpoint:
+    /// `reconnect` re-attaches to them (they keep running); `cleanup` kills them all,
+    /// reports them KILLED (reason AGENT_RESTARTED), and exits — before an
+    /// incompatible upgrade [default: reconnect].
+    #[arg(long, value_name = "MODE")]
+    pub recover: Option<String>,
+    /// Stop when the checkpoint is damaged (default), naming the file; with
+    /// `--strict=false` (or `--no-strict`) recover what can be read and count the rest
+    /// in `cella_agent_recovery_errors_total`.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub strict: Option<bool>,
+    /// Same as `--strict=false`.
+    #[arg(long, conflicts_with = "strict")]
+    pub no_strict: bool,
+    /// Sandboxes of ended tasks are removed this long after the end (earlier when the
+    /// work directory's filesystem is more than 90% full) [default: 1h].
+    #[arg(long, value_name = "DURATION")]
+    pub gc_delay: Option<String>,
+}
+
+/// `--recover`: what happens to the tasks a previous agent run left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RecoverMode {
+    /// Re-attach and keep them running.
+    #[default]
+    Reconnect,
+    /// Kill them all, report them, and exit.
+    Cleanup,
 }
 
 /// The TOML file: the same settings as the flags.
@@ -239,6 +267,9 @@ pub struct FileConfig {
     pub cgroup_root: Option<PathBuf>,
     pub usage_interval: Option<String>,
     pub kill_tasks_on_exit: Option<bool>,
+    pub recover: Option<String>,
+    pub strict: Option<bool>,
+    pub gc_delay: Option<String>,
 }
 
 /// Attributes in the TOML file: a string or a table.
@@ -294,6 +325,11 @@ pub struct AgentConfig {
     pub shim_path: Option<PathBuf>,
     /// How many launches run at once; `None`: twice the CPUs the agent may use.
     pub launch_concurrency: Option<usize>,
+    pub recover: RecoverMode,
+    /// A damaged checkpoint stops the agent.
+    pub strict: bool,
+    /// How long the sandbox of an ended task is kept.
+    pub gc_delay: Duration,
 }
 
 pub const DEFAULT_MASTER: &str = "https://127.0.0.1:5050";
@@ -324,6 +360,9 @@ impl Default for AgentConfig {
             kill_tasks_on_exit: false,
             shim_path: None,
             launch_concurrency: None,
+            recover: RecoverMode::Reconnect,
+            strict: true,
+            gc_delay: Duration::from_secs(3600),
         }
     }
 }
@@ -490,6 +529,29 @@ impl AgentArgs {
         }
         config.kill_tasks_on_exit =
             self.kill_tasks_on_exit || file.kill_tasks_on_exit.unwrap_or(false);
+        if let Some(mode) = self.recover.clone().or_else(|| file.recover.clone()) {
+            config.recover = match mode.trim() {
+                "reconnect" => RecoverMode::Reconnect,
+                "cleanup" => RecoverMode::Cleanup,
+                other => {
+                    return Err(ConfigError::new(
+                        origin("recover", self.recover.is_some()),
+                        format!(
+                            "{other:?}: use reconnect (keep the tasks) or cleanup (kill them and exit)"
+                        ),
+                    ));
+                }
+            };
+        }
+        config.strict = if self.no_strict {
+            false
+        } else {
+            self.strict.or(file.strict).unwrap_or(true)
+        };
+        if let Some(delay) = self.gc_delay.clone().or_else(|| file.gc_delay.clone()) {
+            config.gc_delay = parse_duration(&delay)
+                .map_err(|m| ConfigError::new(origin("gc-delay", self.gc_delay.is_some()), m))?;
+        }
         Ok(config)
     }
 }
@@ -605,6 +667,39 @@ usage_interval = "5s"
             "--http-listen"
         );
         assert!(FileConfig::parse("wrok_dir = \"/x\"").is_err());
+        let args = AgentArgs {
+            recover: Some("restart".into()),
+            ..Default::default()
+        };
+        let err = args.resolve_with(&FileConfig::default(), None).unwrap_err();
+        assert_eq!(err.field, "--recover");
+    }
+
+    #[test]
+    fn recovery_flags() {
+        let c = AgentArgs::default()
+            .resolve_with(&FileConfig::default(), None)
+            .unwrap();
+        assert_eq!(c.recover, RecoverMode::Reconnect);
+        assert!(c.strict);
+        assert_eq!(c.gc_delay, Duration::from_secs(3600));
+        let args = AgentArgs {
+            recover: Some("cleanup".into()),
+            no_strict: true,
+            gc_delay: Some("10m".into()),
+            ..Default::default()
+        };
+        let c = args.resolve_with(&FileConfig::default(), None).unwrap();
+        assert_eq!(c.recover, RecoverMode::Cleanup);
+        assert!(!c.strict);
+        assert_eq!(c.gc_delay, Duration::from_secs(600));
+        let file = FileConfig::parse("strict = false").unwrap();
+        assert!(
+            !AgentArgs::default()
+                .resolve_with(&file, None)
+                .unwrap()
+                .strict
+        );
     }
 
     proptest! {

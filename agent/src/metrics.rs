@@ -32,6 +32,8 @@ pub struct Metrics {
     pub updates_acknowledged: Counter,
     pub master_connected: Gauge,
     pub registrations: Counter,
+    /// Checkpoint records that could not be recovered (`--strict=false`).
+    pub recovery_errors: Counter,
 }
 
 impl Default for Metrics {
@@ -54,6 +56,7 @@ impl Metrics {
             updates_acknowledged: Counter::default(),
             master_connected: Gauge::default(),
             registrations: Counter::default(),
+            recovery_errors: Counter::default(),
         };
         registry.register("tasks", "Tasks on this agent by state", m.tasks.clone());
         registry.register(
@@ -90,6 +93,11 @@ impl Metrics {
             "registrations",
             "Registrations with the master (first and re-registrations)",
             m.registrations.clone(),
+        );
+        registry.register(
+            "recovery_errors",
+            "Checkpoint records that could not be recovered at start (--strict=false)",
+            m.recovery_errors.clone(),
         );
         Self { registry, ..m }
     }

@@ -42,6 +42,17 @@ pub enum StoreError {
     Closed { path: PathBuf },
 }
 
+impl StoreError {
+    /// The database file (or directory) concerned.
+    pub fn path(&self) -> &Path {
+        match self {
+            StoreError::Io { path, .. }
+            | StoreError::Db { path, .. }
+            | StoreError::Closed { path } => path,
+        }
+    }
+}
+
 /// One task as checkpointed.
 #[derive(Clone, PartialEq, Message)]
 pub struct TaskRecord {
@@ -60,6 +71,14 @@ pub struct TaskRecord {
     /// When the launch was received, nanoseconds since the epoch.
     #[prost(uint64, tag = "6")]
     pub launched_ns: u64,
+    /// The shim's pid once the task runs (informational: recovery identifies the
+    /// shim by the pid **and** start time in its run directory's `shim.pid`).
+    #[prost(int32, tag = "7")]
+    pub shim_pid: i32,
+    /// When the task ended (its terminal state was generated), nanoseconds since the
+    /// epoch; 0 while it runs. Drives the sandbox garbage collection.
+    #[prost(uint64, tag = "8")]
+    pub ended_ns: u64,
 }
 
 /// A change to the checkpoint.
@@ -81,6 +100,8 @@ pub struct Checkpoint {
     pub tasks: Vec<(String, TaskRecord)>,
     /// In sequence order.
     pub updates: Vec<(u64, v1::TaskStatus)>,
+    /// What could not be read (only without `strict`): each names the record and why.
+    pub errors: Vec<String>,
 }
 
 struct Batch {
@@ -119,21 +140,56 @@ fn db_err(path: &Path, e: impl std::fmt::Display) -> StoreError {
 }
 
 impl Store {
-    /// Opens (or creates) `<work_dir>/meta/agent.redb` and reads it back.
+    /// Opens (or creates) `<work_dir>/meta/agent.redb` and reads it back, strictly:
+    /// any damage is an error.
     pub fn open(work_dir: &Path) -> Result<(Store, StoreOwner, Checkpoint), StoreError> {
+        Self::open_with(work_dir, true)
+    }
+
+    /// Like [`Store::open`]. Without `strict`, records that cannot be decoded are
+    /// skipped, and a database that cannot be opened at all is moved aside
+    /// (`agent.redb.damaged-<unix seconds>`) and replaced by an empty one; each
+    /// problem is listed in [`Checkpoint::errors`].
+    pub fn open_with(
+        work_dir: &Path,
+        strict: bool,
+    ) -> Result<(Store, StoreOwner, Checkpoint), StoreError> {
         let meta = work_dir.join("meta");
         std::fs::create_dir_all(&meta).map_err(|e| StoreError::Io {
             path: meta.clone(),
             message: e.to_string(),
         })?;
         let path = meta.join("agent.redb");
-        let db = Database::create(&path).map_err(|e| {
-            db_err(
-                &path,
-                format!("{e} (is another agent using this work directory?)"),
-            )
-        })?;
-        let checkpoint = read_all(&db, &path)?;
+        let opened = Database::create(&path)
+            .map_err(|e| {
+                db_err(
+                    &path,
+                    format!("{e} (is another agent using this work directory?)"),
+                )
+            })
+            .and_then(|db| read_all(&db, &path, strict).map(|cp| (db, cp)));
+        let (db, checkpoint) = match opened {
+            Ok(ok) => ok,
+            Err(e) if strict || matches!(e, StoreError::Io { .. }) => return Err(e),
+            Err(e) => {
+                let secs = std::time::SystemTime::now()
+                    .duration_since(std::time::SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                let aside = meta.join(format!("agent.redb.damaged-{secs}"));
+                std::fs::rename(&path, &aside).map_err(|re| StoreError::Io {
+                    path: path.clone(),
+                    message: format!("{e}; moving it aside to {} failed: {re}", aside.display()),
+                })?;
+                let db = Database::create(&path).map_err(|e| db_err(&path, e))?;
+                let mut cp = read_all(&db, &path, strict)?;
+                cp.errors.push(format!(
+                    "{e}: moved aside to {} and started with an empty checkpoint \
+                     (the tasks it recorded are no longer tracked)",
+                    aside.display()
+                ));
+                (db, cp)
+            }
+        };
         let (tx, rx) = mpsc::unbounded_channel();
         let thread_path = path.clone();
         let thread = std::thread::Builder::new()
@@ -186,7 +242,7 @@ impl Store {
     }
 }
 
-fn read_all(db: &Database, path: &Path) -> Result<Checkpoint, StoreError> {
+fn read_all(db: &Database, path: &Path, strict: bool) -> Result<Checkpoint, StoreError> {
     // Create the tables so that readers never meet a missing one.
     let txn = db.begin_write().map_err(|e| db_err(path, e))?;
     {
@@ -231,16 +287,29 @@ fn read_all(db: &Database, path: &Path) -> Result<Checkpoint, StoreError> {
     let tasks = txn.open_table(TASKS).map_err(|e| db_err(path, e))?;
     for entry in tasks.iter().map_err(|e| db_err(path, e))? {
         let (k, v) = entry.map_err(|e| db_err(path, e))?;
-        let record = TaskRecord::decode(v.value())
-            .map_err(|e| db_err(path, format!("task {}: {e}", k.value())))?;
-        checkpoint.tasks.push((k.value().to_string(), record));
+        match TaskRecord::decode(v.value()) {
+            Ok(record) => checkpoint.tasks.push((k.value().to_string(), record)),
+            Err(e) if strict => {
+                return Err(db_err(path, format!("task {}: {e}", k.value())));
+            }
+            Err(e) => checkpoint
+                .errors
+                .push(format!("task {}: undecodable record: {e}", k.value())),
+        }
     }
     let updates = txn.open_table(UPDATES).map_err(|e| db_err(path, e))?;
     for entry in updates.iter().map_err(|e| db_err(path, e))? {
         let (k, v) = entry.map_err(|e| db_err(path, e))?;
-        let status = v1::TaskStatus::decode(v.value())
-            .map_err(|e| db_err(path, format!("status update {}: {e}", k.value())))?;
-        checkpoint.updates.push((k.value(), status));
+        match v1::TaskStatus::decode(v.value()) {
+            Ok(status) => checkpoint.updates.push((k.value(), status)),
+            Err(e) if strict => {
+                return Err(db_err(path, format!("status update {}: {e}", k.value())));
+            }
+            Err(e) => checkpoint.errors.push(format!(
+                "status update {}: undecodable record: {e}",
+                k.value()
+            )),
+        }
     }
     Ok(checkpoint)
 }
@@ -327,6 +396,8 @@ mod tests {
             sandbox: "/x/t1".into(),
             pid: 42,
             launched_ns: 1,
+            shim_pid: 41,
+            ended_ns: 0,
         };
         store
             .write(vec![
@@ -377,6 +448,42 @@ mod tests {
         std::fs::write(dir.path().join("meta/agent.redb"), b"not a database at all").unwrap();
         let err = Store::open(dir.path()).err().unwrap().to_string();
         assert!(err.contains("agent.redb"), "{err}");
+        // Not strict: moved aside, an empty checkpoint, one error.
+        let (_s, _o, cp) = Store::open_with(dir.path(), false).unwrap();
+        assert_eq!(cp.errors.len(), 1, "{:?}", cp.errors);
+        assert!(cp.tasks.is_empty());
+        let aside = std::fs::read_dir(dir.path().join("meta"))
+            .unwrap()
+            .flatten()
+            .any(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("agent.redb.damaged-")
+            });
+        assert!(aside);
+    }
+
+    #[test]
+    fn undecodable_records_are_skipped_when_not_strict() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (_s, owner, _) = Store::open(dir.path()).unwrap();
+            drop(_s);
+            owner.close();
+        }
+        {
+            let db = Database::create(dir.path().join("meta/agent.redb")).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut t = txn.open_table(TASKS).unwrap();
+                t.insert("bad", [0xffu8, 0xff, 0xff].as_slice()).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let err = Store::open(dir.path()).err().unwrap().to_string();
+        assert!(err.contains("task bad"), "{err}");
+        let (_s, _o, cp) = Store::open_with(dir.path(), false).unwrap();
+        assert_eq!(cp.errors.len(), 1, "{:?}", cp.errors);
     }
 
     #[test]

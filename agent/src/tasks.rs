@@ -101,10 +101,45 @@ fn prepare_sandbox(sandbox: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// Takes a recovered task's handle: records its pids and returns its slot (for
+/// [`watch`]).
+pub fn adopt(core: &Arc<Core>, id: &str, running: Running) -> Arc<Mutex<Option<Running>>> {
+    let (pid, shim_pid) = (running.pid, running.shim_pid());
+    let slot = Arc::new(Mutex::new(Some(running)));
+    if let Some(t) = lock(&core.tasks).get_mut(id) {
+        t.pid = pid;
+        t.shim_pid = shim_pid;
+        t.running = Some(slot.clone());
+    }
+    slot
+}
+
+/// Watches a task (recovered) with the same monitor as a launched one.
+pub fn watch(core: Arc<Core>, id: String, framework_id: String, slot: Arc<Mutex<Option<Running>>>) {
+    let exit_fd = match lock(&slot).as_ref() {
+        Some(r) => r.exit_fd().try_clone_to_owned(),
+        None => return,
+    };
+    tokio::spawn(async move {
+        monitor(core, id, framework_id, slot, exit_fd).await;
+    });
+}
+
 /// Handles a Launch from the master.
 pub async fn launch(core: Arc<Core>, framework_id: String, info: v1::TaskInfo) {
     let started = Instant::now();
     let id = info.task_id.clone();
+    if core.cleaning_up.load(std::sync::atomic::Ordering::SeqCst) {
+        let mut s = status(&id, &framework_id, v1::TaskState::TaskLost);
+        s.reason = v1::Reason::AgentRestarted as i32;
+        s.message =
+            "the agent is cleaning up (--recover cleanup) and stops: launch the task elsewhere"
+                .into();
+        if let Err(e) = core.send_status_detached(s).await {
+            tracing::error!("status update not checkpointed (it is not sent): {e}");
+        }
+        return;
+    }
     let task_id = match TaskId::new(id.clone()) {
         Ok(t) => t,
         Err(e) => {
@@ -152,7 +187,9 @@ pub async fn launch(core: Arc<Core>, framework_id: String, info: v1::TaskInfo) {
             state: v1::TaskState::TaskStarting,
             sandbox: sandbox.clone(),
             pid: 0,
+            shim_pid: 0,
             launched_ns: now_ns(),
+            ended_ns: 0,
             kill_requested: false,
             running: None,
             usage: None,
@@ -220,12 +257,14 @@ pub async fn launch(core: Arc<Core>, framework_id: String, info: v1::TaskInfo) {
     core.metrics.launched("running", elapsed);
     let exit_fd = running.exit_fd().try_clone_to_owned();
     let pid = running.pid;
+    let shim_pid = running.shim_pid();
     let slot = Arc::new(Mutex::new(Some(running)));
     let kill_now = {
         let mut tasks = lock(&core.tasks);
         match tasks.get_mut(&id) {
             Some(t) => {
                 t.pid = pid;
+                t.shim_pid = shim_pid;
                 t.running = Some(slot.clone());
                 t.kill_requested
             }
@@ -318,6 +357,15 @@ async fn monitor(
         }
     };
     let mut s = terminal_status(&termination, kill_requested, &info);
+    if s.state() == v1::TaskState::TaskKilled
+        && core.cleaning_up.load(std::sync::atomic::Ordering::SeqCst)
+    {
+        s.reason = v1::Reason::AgentRestarted as i32;
+        s.message = format!(
+            "killed by the agent's recovery cleanup (--recover cleanup): {}",
+            s.message
+        );
+    }
     s.task_id = id.clone();
     s.framework_id = framework_id;
     tracing::info!(task = %id, state = s.state().as_str_name(), "{}", s.message);
@@ -565,6 +613,124 @@ pub async fn usage_loop(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
             });
         }
     }
+}
+
+/// The share of the work directory's filesystem above which sandboxes are removed
+/// before their `--gc-delay`.
+pub const GC_DISK_THRESHOLD: f64 = 0.9;
+
+/// Garbage-collects the sandboxes of ended tasks: each sweep (every
+/// `min(--gc-delay, 60 s)`) removes `<work-dir>/sandboxes/<id>` of every task that is
+/// not running any more and ended more than `--gc-delay` ago; when the filesystem is
+/// more than 90% full, ended tasks' sandboxes go earlier, oldest first, until it is
+/// not. A task's end is its checkpointed end time, or for a task already forgotten
+/// (its last update acknowledged) the last modification of its sandbox.
+pub async fn gc_loop(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
+    let period = core
+        .config
+        .gc_delay
+        .min(Duration::from_secs(60))
+        .max(Duration::from_millis(200));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        if *stop.borrow() {
+            return;
+        }
+        let c = core.clone();
+        let _ = tokio::task::spawn_blocking(move || gc_sweep(&c)).await;
+    }
+}
+
+fn modified_ns(path: &Path) -> u64 {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::SystemTime::UNIX_EPOCH).ok())
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// The used share of the filesystem holding `dir`.
+fn disk_used_share(dir: &Path) -> Option<f64> {
+    let st = nix::sys::statvfs::statvfs(dir).ok()?;
+    #[allow(clippy::cast_precision_loss, clippy::useless_conversion)]
+    let (total, avail) = (
+        u64::from(st.blocks()) as f64,
+        u64::from(st.blocks_available()) as f64,
+    );
+    (total > 0.0).then(|| 1.0 - avail / total)
+}
+
+/// One garbage-collection sweep; returns the ids whose sandboxes were removed.
+pub fn gc_sweep(core: &Core) -> Vec<String> {
+    let root = core.config.work_dir.join("sandboxes");
+    let Ok(entries) = std::fs::read_dir(&root) else {
+        return Vec::new();
+    };
+    let delay_ns = u64::try_from(core.config.gc_delay.as_nanos()).unwrap_or(u64::MAX);
+    let now = now_ns();
+    // (end, id) of every ended task's sandbox.
+    let mut ended: Vec<(u64, String)> = Vec::new();
+    for e in entries.flatten() {
+        let Ok(id) = e.file_name().into_string() else {
+            continue;
+        };
+        let path = e.path();
+        let end = match lock(&core.tasks).get(&id) {
+            Some(t) if !is_terminal(t.state) => continue,
+            Some(t) if t.ended_ns > 0 => t.ended_ns,
+            _ => ["stdout", "stderr"]
+                .iter()
+                .map(|n| modified_ns(&path.join(n)))
+                .chain([modified_ns(&path)])
+                .max()
+                .unwrap_or(0),
+        };
+        ended.push((end, id));
+    }
+    ended.sort();
+    let remove = |id: &str| -> bool {
+        if lock(&core.tasks)
+            .get(id)
+            .is_some_and(|t| !is_terminal(t.state))
+        {
+            return false;
+        }
+        match std::fs::remove_dir_all(root.join(id)) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(task = id, "removing the sandbox failed: {e}");
+                false
+            }
+        }
+    };
+    let mut removed = Vec::new();
+    let mut kept = Vec::new();
+    for (end, id) in ended {
+        if now.saturating_sub(end) >= delay_ns {
+            if remove(&id) {
+                tracing::info!(task = %id, "sandbox removed (--gc-delay passed)");
+                removed.push(id);
+            }
+        } else {
+            kept.push(id);
+        }
+    }
+    // Oldest first while the disk is too full.
+    for id in kept {
+        if disk_used_share(&root).is_none_or(|s| s <= GC_DISK_THRESHOLD) {
+            break;
+        }
+        if remove(&id) {
+            tracing::warn!(task = %id, "sandbox removed early: the work directory's filesystem is more than 90% full");
+            removed.push(id);
+        }
+    }
+    removed
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ pub mod http;
 pub mod master;
 pub mod metrics;
 pub mod state;
+pub mod store;
 
 pub use master::{MasterConfig, MasterHandle};
 
@@ -30,8 +31,11 @@ pub async fn run(
     config: MasterConfig,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
-    let master = master::spawn(config);
-    cella_proto::tls::serve(listener, tls, router(master), shutdown).await
+    let master = master::try_spawn(config).map_err(std::io::Error::other)?;
+    let served = cella_proto::tls::serve(listener, tls, router(master.clone()), shutdown).await;
+    // Write the registry and close the store, so a new master can open it.
+    master.stop().await;
+    served
 }
 
 /// Parses a duration as people write it: `500ms`, `30s`, `5m`, `2h`, or plain seconds.

@@ -2,8 +2,9 @@
 //! streams and HTTP handlers talk to it through [`MasterHandle`]. One owner means
 //! no locks, and every change happens in one order that is easy to reason about.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::time::{Duration, Instant, SystemTime};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cella_proto::v1::{self, agent_message, call, event, master_to_agent};
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
@@ -15,6 +16,7 @@ use crate::allocator::{
 };
 use crate::metrics::Metrics;
 use crate::state::*;
+use crate::store::{self, AgentRecord, Batch, FrameworkRecord, Store, StoreError, TaskRecord};
 
 /// Tunables of the master.
 #[derive(Debug, Clone)]
@@ -39,6 +41,9 @@ pub struct MasterConfig {
     pub weights: Vec<(String, f64)>,
     /// Finished tasks kept for the API.
     pub completed_tasks_kept: usize,
+    /// Where the registry is persisted (`<work_dir>/registry.redb`); `None` keeps
+    /// it in memory only (tests, benchmarks).
+    pub work_dir: Option<PathBuf>,
 }
 
 impl Default for MasterConfig {
@@ -53,6 +58,7 @@ impl Default for MasterConfig {
             max_failover_timeout: Duration::from_secs(7 * 24 * 3600),
             weights: Vec::new(),
             completed_tasks_kept: 10_000,
+            work_dir: None,
         }
     }
 }
@@ -95,6 +101,8 @@ pub enum Command {
         task_id: String,
         reply: oneshot::Sender<Result<(), String>>,
     },
+    /// Writes what is pending, closes the store and stops the actor.
+    Stop(oneshot::Sender<()>),
 }
 
 /// A cheap, cloneable way to talk to the master actor.
@@ -115,6 +123,15 @@ impl MasterHandle {
         rx.await.ok()
     }
 
+    /// Stops the actor after writing the registry; returns when the store is
+    /// closed (a new master may then open the same work dir).
+    pub async fn stop(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.send(Command::Stop(tx)) {
+            let _ = rx.await;
+        }
+    }
+
     pub async fn kill(&self, task_id: String) -> Result<(), String> {
         let (reply, rx) = oneshot::channel();
         self.send(Command::Kill { task_id, reply });
@@ -123,13 +140,39 @@ impl MasterHandle {
     }
 }
 
-/// Starts the master actor; it runs until every handle is dropped.
+/// Starts the master actor; it runs until every handle is dropped or
+/// [`MasterHandle::stop`]. Panics if the registry in `config.work_dir` cannot be
+/// opened: use [`try_spawn`] to handle that.
 pub fn spawn(config: MasterConfig) -> MasterHandle {
+    try_spawn(config).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Starts the master actor, first reloading the registry from `config.work_dir`.
+pub fn try_spawn(config: MasterConfig) -> Result<MasterHandle, StoreError> {
+    let store = match &config.work_dir {
+        Some(dir) => Some(Store::open(dir)?),
+        None => None,
+    };
     let (tx, rx) = mpsc::unbounded_channel();
     let metrics = std::sync::Arc::new(Metrics::new());
-    let master = Master::new(config, metrics.clone());
+    let master = Master::new(config, metrics.clone(), store);
     tokio::spawn(master.run(rx));
-    MasterHandle { tx, metrics }
+    Ok(MasterHandle { tx, metrics })
+}
+
+/// Records changed since the last write to the store.
+#[derive(Default)]
+struct Dirty {
+    agents: BTreeSet<AgentId>,
+    frameworks: BTreeSet<FrameworkId>,
+    tasks: HashSet<String>,
+    next_offer_id: Option<u64>,
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }
 
 struct Master {
@@ -143,6 +186,9 @@ struct Master {
     next_conn: u64,
     allocation_wanted: bool,
     metrics: std::sync::Arc<Metrics>,
+    store: Option<Store>,
+    dirty: Dirty,
+    stopping: Option<oneshot::Sender<()>>,
 }
 
 fn valid_task_id(id: &str) -> bool {
@@ -165,14 +211,26 @@ fn refuse(secs: Option<f64>, default: Duration) -> Duration {
 }
 
 impl Master {
-    fn new(config: MasterConfig, metrics: std::sync::Arc<Metrics>) -> Self {
-        let mut allocator = HierarchicalDrf::new(AllocatorConfig::default());
+    fn new(
+        config: MasterConfig,
+        metrics: std::sync::Arc<Metrics>,
+        store: Option<(Store, store::Loaded)>,
+    ) -> Self {
+        let (store, loaded) = match store {
+            Some((s, l)) => (Some(s), Some(l)),
+            None => (None, None),
+        };
+        let mut allocator_config = AllocatorConfig::default();
+        if let Some(l) = &loaded {
+            allocator_config.first_offer_id = allocator_config.first_offer_id.max(l.next_offer_id);
+        }
+        let mut allocator = HierarchicalDrf::new(allocator_config);
         for (role, weight) in &config.weights {
             if let Err(e) = allocator.set_weight(role, *weight) {
                 tracing::warn!("role weight ignored: {e}");
             }
         }
-        Self {
+        let mut master = Self {
             config,
             allocator,
             agents: BTreeMap::new(),
@@ -183,7 +241,14 @@ impl Master {
             next_conn: 1,
             allocation_wanted: false,
             metrics,
+            store,
+            dirty: Dirty::default(),
+            stopping: None,
+        };
+        if let Some(loaded) = loaded {
+            master.recover(loaded);
         }
+        master
     }
 
     async fn run(mut self, mut rx: UnboundedReceiver<Command>) {
@@ -224,6 +289,212 @@ impl Master {
                 self.allocate();
             }
             self.update_gauges();
+            self.flush();
+            if let Some(reply) = self.stopping.take() {
+                self.store = None;
+                let _ = reply.send(());
+                return;
+            }
+        }
+        self.flush();
+    }
+
+    /// Writes every record changed since the last flush, in one transaction. On a
+    /// failure the changes stay pending and are retried at the next iteration.
+    fn flush(&mut self) {
+        let Some(store) = &self.store else { return };
+        if self.dirty.agents.is_empty()
+            && self.dirty.frameworks.is_empty()
+            && self.dirty.tasks.is_empty()
+            && self.dirty.next_offer_id.is_none()
+        {
+            return;
+        }
+        let now_wall = SystemTime::now();
+        let mut batch = Batch {
+            next_offer_id: self.dirty.next_offer_id,
+            ..Batch::default()
+        };
+        for id in &self.dirty.agents {
+            let record = self.agents.get(id).map(|a| AgentRecord {
+                hostname: a.hostname.clone(),
+                attributes: a.attributes.clone(),
+                total: a.total,
+                http_endpoint: a.http_endpoint.clone(),
+                last_seen_ms: unix_ms(
+                    now_wall
+                        .checked_sub(a.last_seen.elapsed())
+                        .unwrap_or(now_wall),
+                ),
+                registered_ms: unix_ms(a.registered_at),
+            });
+            batch.agents.push((id.to_string(), record));
+        }
+        for id in &self.dirty.frameworks {
+            let record = self.frameworks.get(id).map(|f| FrameworkRecord {
+                name: f.name.clone(),
+                role: f.role.clone(),
+                principal: f.principal.clone(),
+                failover_timeout_ms: u64::try_from(f.failover_timeout.as_millis())
+                    .unwrap_or(u64::MAX),
+            });
+            batch.frameworks.push((id.to_string(), record));
+        }
+        for id in &self.dirty.tasks {
+            let record = self.tasks.get(id).map(|t| TaskRecord {
+                framework: t.framework.to_string(),
+                agent: t.agent.to_string(),
+                info: t.info.clone(),
+                status: t.status.clone(),
+            });
+            batch.tasks.push((id.clone(), record));
+        }
+        let started = Instant::now();
+        match store.commit(&batch) {
+            Ok(()) => {
+                self.dirty = Dirty::default();
+                self.metrics
+                    .registry_write_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                tracing::trace!(
+                    tasks = batch.tasks.len(),
+                    elapsed = ?started.elapsed(),
+                    "registry written"
+                );
+            }
+            Err(e) => {
+                self.metrics.registry_write_errors.inc();
+                tracing::error!("{e}; retrying");
+            }
+        }
+    }
+
+    /// Rebuilds the registry from the store: agents unreachable until they
+    /// re-register (lost after the agent timeout), frameworks disconnected until
+    /// they re-subscribe (removed after their failover timeout), tasks with their
+    /// last known status.
+    fn recover(&mut self, loaded: store::Loaded) {
+        let now = Instant::now();
+        let (n_agents, n_frameworks, n_tasks) = (
+            loaded.agents.len(),
+            loaded.frameworks.len(),
+            loaded.tasks.len(),
+        );
+        for (id, r) in loaded.agents {
+            let id = AgentId::from(id);
+            let registered_at = UNIX_EPOCH + Duration::from_millis(r.registered_ms);
+            self.agents.insert(
+                id.clone(),
+                Agent {
+                    id,
+                    hostname: r.hostname,
+                    attributes: r.attributes,
+                    total: r.total,
+                    http_endpoint: r.http_endpoint,
+                    state: AgentState::Unreachable { since: now },
+                    conn: None,
+                    last_seen: now,
+                    registered_at,
+                    tasks: Default::default(),
+                },
+            );
+        }
+        for (id, r) in loaded.frameworks {
+            let id = FrameworkId::from(id);
+            let role = if r.role.is_empty() {
+                "*".into()
+            } else {
+                r.role
+            };
+            if let Err(e) = self.allocator.add_framework(id.clone(), &role, false) {
+                tracing::warn!(framework = %id, "allocator: {e}");
+            }
+            let failover_timeout = Duration::from_millis(r.failover_timeout_ms);
+            self.frameworks.insert(
+                id.clone(),
+                Framework {
+                    id,
+                    name: r.name,
+                    role,
+                    principal: r.principal,
+                    failover_timeout,
+                    conn: None,
+                    failover_deadline: Some(now + failover_timeout),
+                    suppressed: false,
+                    tasks: Default::default(),
+                },
+            );
+        }
+        let mut completed = Vec::new();
+        let mut orphans = Vec::new();
+        for (id, r) in loaded.tasks {
+            let framework = FrameworkId::from(r.framework);
+            let agent = AgentId::from(r.agent);
+            let resources = from_wire(r.info.resources.as_ref()).unwrap_or_default();
+            let task = Task {
+                info: r.info,
+                framework: framework.clone(),
+                agent: agent.clone(),
+                resources,
+                status: r.status,
+                usage: None,
+            };
+            if is_terminal(task.state()) {
+                completed.push((task.status.timestamp_ns, id.clone()));
+            } else {
+                self.ensure_framework(&framework);
+                if let Some(f) = self.frameworks.get_mut(&framework) {
+                    f.tasks.insert(id.clone());
+                }
+                match self.agents.get_mut(&agent) {
+                    Some(a) => {
+                        a.tasks.insert(id.clone());
+                    }
+                    None => orphans.push(id.clone()),
+                }
+            }
+            self.tasks.insert(id, task);
+        }
+        completed.sort();
+        self.completed = completed.into_iter().map(|(_, id)| id).collect();
+        while self.completed.len() > self.config.completed_tasks_kept {
+            if let Some(old) = self.completed.pop_front() {
+                self.tasks.remove(&old);
+                self.dirty_task(&old);
+            }
+        }
+        for id in orphans {
+            self.master_status(
+                &id,
+                v1::TaskState::TaskLost,
+                v1::Reason::AgentLost,
+                "the registry names no agent for this task",
+            );
+        }
+        tracing::info!(
+            agents = n_agents,
+            frameworks = n_frameworks,
+            tasks = n_tasks,
+            path = %self.store.as_ref().map(|s| s.path().display().to_string()).unwrap_or_default(),
+            "registry recovered: waiting for agents to re-register and schedulers to re-subscribe"
+        );
+    }
+
+    fn dirty_agent(&mut self, id: &AgentId) {
+        if self.store.is_some() {
+            self.dirty.agents.insert(id.clone());
+        }
+    }
+
+    fn dirty_framework(&mut self, id: &FrameworkId) {
+        if self.store.is_some() {
+            self.dirty.frameworks.insert(id.clone());
+        }
+    }
+
+    fn dirty_task(&mut self, id: &str) {
+        if self.store.is_some() {
+            self.dirty.tasks.insert(id.to_string());
         }
     }
 
@@ -265,6 +536,7 @@ impl Master {
             Command::Kill { task_id, reply } => {
                 let _ = reply.send(self.kill_task(&task_id));
             }
+            Command::Stop(reply) => self.stopping = Some(reply),
         }
     }
 
@@ -323,6 +595,7 @@ impl Master {
             tasks: Default::default(),
         };
         self.agents.insert(id.clone(), agent);
+        self.dirty_agent(&id);
         tracing::info!(agent = %id, principal, hostname = %reg.hostname, tasks = reg.tasks.len(), "agent registered");
 
         // Reconcile the tasks it reports with what the master knows.
@@ -366,6 +639,22 @@ impl Master {
                 usage: None,
             });
             task.agent = id.clone();
+            // After a master restart the registry has the last status the master
+            // saw; what the agent reports now is the truth (a terminal state comes
+            // with its details in the agent's status update).
+            if state != task.state()
+                && state != v1::TaskState::Unspecified
+                && !is_terminal(state)
+                && !is_terminal(task.state())
+            {
+                task.status.state = state as i32;
+                task.status.agent_id = id.to_string();
+                task.status.reason = 0;
+                task.status.message = "reported by the agent when it re-registered".into();
+                task.status.timestamp_ns = now_ns();
+                task.status.uuid = String::new();
+            }
+            self.dirty_task(&task_id);
             if let Some(f) = self.frameworks.get_mut(&framework) {
                 f.tasks.insert(task_id.clone());
             }
@@ -451,6 +740,7 @@ impl Master {
                 tasks: Default::default(),
             },
         );
+        self.dirty_framework(id);
     }
 
     fn agent_message(&mut self, id: &AgentId, conn: u64, message: agent_message::Message) {
@@ -519,11 +809,20 @@ impl Master {
         }
         let framework = task.framework.clone();
         let resources = task.resources;
-        if !was_terminal && is_terminal(task.state()) {
+        let ended = !was_terminal && is_terminal(task.state());
+        self.dirty_task(&status.task_id);
+        if ended {
             self.task_ended(&status.task_id, agent, &framework, resources);
         }
         self.metrics.status_updates.inc();
-        self.send_to_framework(&framework, update_event(status));
+        if self.frameworks.contains_key(&framework) {
+            self.send_to_framework(&framework, update_event(status));
+        } else {
+            // The framework was removed (teardown, failover timeout): nobody will ever
+            // acknowledge this update, so the master does, or the agent would keep it
+            // and re-send it forever.
+            self.ack_to_agent(agent, &status.task_id, &status.uuid);
+        }
     }
 
     /// Bookkeeping when a task reaches a terminal state.
@@ -550,6 +849,7 @@ impl Master {
         while self.completed.len() > self.config.completed_tasks_kept {
             if let Some(old) = self.completed.pop_front() {
                 self.tasks.remove(&old);
+                self.dirty_task(&old);
             }
         }
         self.allocation_wanted = true;
@@ -584,6 +884,7 @@ impl Master {
         let status = task.status.clone();
         let (agent, framework, resources) =
             (task.agent.clone(), task.framework.clone(), task.resources);
+        self.dirty_task(task_id);
         if is_terminal(state) {
             self.task_ended(task_id, &agent, &framework, resources);
         }
@@ -623,6 +924,7 @@ impl Master {
             self.forget_offer(offer, true);
         }
         let _ = self.allocator.update_agent_total(id, Resources::default());
+        self.dirty_agent(id);
     }
 
     fn ping_and_expire(&mut self, now: Instant) {
@@ -684,6 +986,7 @@ impl Master {
             );
         }
         self.agents.remove(id);
+        self.dirty_agent(id);
         self.metrics.agents_lost.inc();
     }
 
@@ -773,6 +1076,7 @@ impl Master {
                 tracing::info!(framework = %id, role, principal, "framework subscribed");
             }
         }
+        self.dirty_framework(&id);
         let _ = tx.send(v1::Event {
             event: Some(event::Event::Subscribed(event::Subscribed {
                 framework_id: id.to_string(),
@@ -824,6 +1128,7 @@ impl Master {
         let Some(framework) = self.frameworks.remove(id) else {
             return;
         };
+        self.dirty_framework(id);
         for task_id in &framework.tasks {
             if let Some(task) = self.tasks.get(task_id) {
                 self.send_to_agent(
@@ -1105,6 +1410,7 @@ impl Master {
         if let Some(a) = self.agents.get_mut(agent) {
             a.tasks.insert(task_id.clone());
         }
+        self.dirty_task(&task_id);
         self.metrics.tasks_launched.inc();
         let sent = self.send_to_agent(
             agent,
@@ -1196,6 +1502,10 @@ impl Master {
             .allocation_seconds
             .observe(started.elapsed().as_secs_f64());
         let mut by_framework: BTreeMap<FrameworkId, Vec<v1::Offer>> = BTreeMap::new();
+        // Offer ids are never reused, not even across restarts.
+        if let (Some(max), true) = (offers.iter().map(|o| o.id.0).max(), self.store.is_some()) {
+            self.dirty.next_offer_id = Some(max.saturating_add(1));
+        }
         for offer in offers {
             let Some(agent) = self.agents.get(&offer.agent) else {
                 let _ = self.allocator.rescind_offer(offer.id);

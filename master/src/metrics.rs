@@ -29,6 +29,9 @@ pub struct Metrics {
     pub status_updates: Counter,
     pub agents_lost: Counter,
     pub allocation_seconds: Histogram,
+    /// Write transactions of the registry store, and their duration.
+    pub registry_write_seconds: Histogram,
+    pub registry_write_errors: Counter,
 }
 
 impl Default for Metrics {
@@ -54,6 +57,8 @@ impl Metrics {
             agents_lost: Counter::default(),
             // 10 µs … ~5 s
             allocation_seconds: Histogram::new(exponential_buckets(1e-5, 2.5, 15)),
+            registry_write_seconds: Histogram::new(exponential_buckets(1e-5, 2.5, 15)),
+            registry_write_errors: Counter::default(),
         };
         registry.register("agents", "Registered agents by state", m.agents.clone());
         registry.register(
@@ -101,6 +106,16 @@ impl Metrics {
             "allocation_cycle_seconds",
             "Duration of one allocation cycle",
             m.allocation_seconds.clone(),
+        );
+        registry.register(
+            "registry_write_seconds",
+            "Duration of one write transaction of the persisted registry",
+            m.registry_write_seconds.clone(),
+        );
+        registry.register(
+            "registry_write_errors",
+            "Failed writes of the persisted registry (retried)",
+            m.registry_write_errors.clone(),
         );
         *m.registry
             .lock()

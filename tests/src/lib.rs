@@ -12,12 +12,10 @@
 //! [`Scheduler`] is a small scheduler on the gRPC scheduler API for tests that speak the
 //! protocol directly.
 
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cella_proto::v1::{self, call, event, scheduler_service_client::SchedulerServiceClient};
@@ -289,6 +287,9 @@ impl Cluster {
                 .arg(&addr)
                 .arg("--tls-dir")
                 .arg(&self.tls_dir)
+                // Its own registry: never the machine's /var/lib/cella/master.
+                .arg("--work-dir")
+                .arg(self.path().join("master"))
                 .args(MASTER_FLAGS);
             let idx = self.spawn(&format!("master-{attempt}"), &mut command);
             let url = format!("https://{addr}");
@@ -498,6 +499,24 @@ impl Cluster {
             Ok(other) => panic!("{url} is not an array: {other}"),
             Err(e) => panic!("GET {url}: {e}"),
         }
+    }
+
+    /// The value of the agent's Prometheus metric whose name ends with `suffix`
+    /// (e.g. `status_updates_pending`), if it exports one.
+    pub async fn agent_metric(&self, agent: &AgentInfo, suffix: &str) -> Option<f64> {
+        let url = format!("https://{}/metrics", agent.http);
+        let r =
+            cella_proto::tls::https_request(cella_proto_method_get(), &url, None, &self.client_tls)
+                .await
+                .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+        assert!(r.status.is_success(), "GET {url}: {}", r.status);
+        String::from_utf8_lossy(&r.body).lines().find_map(|line| {
+            let (name, value) = line.split_once(' ')?;
+            if line.starts_with('#') || !name.ends_with(suffix) {
+                return None;
+            }
+            value.trim().parse().ok()
+        })
     }
 
     /// Opens a scheduler stream to the master.
@@ -777,52 +796,6 @@ pub async fn run_cli(mut command: tokio::process::Command, args: &[&str]) -> Cli
         Ok(Err(e)) => panic!("waiting for cella {args:?}: {e}"),
         Err(_) => panic!("cella {args:?} did not finish within {DEADLINE:?}"),
     }
-}
-
-/// Reads lines of a child's stream in a thread, keeping them all.
-pub struct LineCollector {
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl LineCollector {
-    pub fn new(stream: impl Read + Send + 'static) -> Self {
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stream).lines() {
-                let Ok(line) = line else { break };
-                sink.lock().map(|mut l| l.push(line)).ok();
-            }
-        });
-        LineCollector { lines }
-    }
-
-    pub fn text(&self) -> String {
-        self.lines.lock().map(|l| l.join("\n")).unwrap_or_default()
-    }
-
-    /// Waits until a line contains `needle`.
-    pub async fn wait_for(&self, needle: &str, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if self.text().contains(needle) {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        false
-    }
-}
-
-/// The text of `path` from byte `offset` on (for following logs).
-pub fn read_from(path: &Path, offset: u64) -> String {
-    let Ok(mut f) = std::fs::File::open(path) else {
-        return String::new();
-    };
-    let _ = f.seek(SeekFrom::Start(offset));
-    let mut s = String::new();
-    let _ = f.read_to_string(&mut s);
-    s
 }
 
 // ------------------------------------------------------------------ scheduler

@@ -484,6 +484,53 @@ async fn tasks_are_killed_when_the_failover_timeout_passes() {
     c.finish();
 }
 
+/// Waits up to 10 s for the agent's `status_updates_pending` to be `want`.
+async fn wait_pending(c: &Cluster, agent: &cella_tests::AgentInfo, want: f64, when: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut pending = None;
+    while Instant::now() < deadline {
+        pending = c.agent_metric(agent, "status_updates_pending").await;
+        if pending == Some(want) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!(
+        "status updates pending on agent {}: {pending:?}, expected {want} {when}\n{}",
+        agent.hostname,
+        c.log_tails()
+    );
+}
+
+/// TEARDOWN kills the framework's tasks and removes it; the terminal updates of its
+/// tasks can then reach no scheduler, so they must not stay pending on the agent
+/// (re-sent to the master forever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updates_of_a_removed_framework_do_not_stay_pending_on_the_agent() {
+    let c = Cluster::start(1, RES).await;
+    let mut s = c.subscribe(framework("teardown", "*", 30.0)).await;
+    let fid = s.framework_id.clone();
+    launch_sleep(&c, &mut s, "td-task").await;
+    let agent = c.agents[0].clone();
+    // Once the scheduler acknowledged STARTING and RUNNING, nothing is pending.
+    wait_pending(&c, &agent, 0.0, "after RUNNING was acknowledged").await;
+    s.send(call::Call::Teardown(call::Teardown {}));
+    let t = c.wait_task_state("td-task", "KILLED").await;
+    assert_eq!(t["framework_id"], fid.as_str(), "{t}");
+    wait_framework(&c, &fid, None).await;
+
+    // The KILLED update of the removed framework cannot reach a scheduler any more.
+    wait_pending(
+        &c,
+        &agent,
+        0.0,
+        &format!("after the framework {fid} was removed (nobody will ever acknowledge them)"),
+    )
+    .await;
+    drop(s);
+    c.finish();
+}
+
 // ------------------------------------------------------------------ 6. invalid calls
 
 fn error_status(status: &v1::TaskStatus, what: &str) {

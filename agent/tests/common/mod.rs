@@ -286,6 +286,18 @@ impl Scheduler {
         true
     }
 
+    /// The agent id of the first offer that arrives (kept for [`Scheduler::launch`]).
+    pub async fn any_offer_agent(&mut self) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(o) = self.offers.first() {
+                return o.agent_id.clone();
+            }
+            assert!(Instant::now() < deadline, "no offer at all");
+            self.pump(Duration::from_millis(200)).await;
+        }
+    }
+
     pub async fn offer(&mut self, agent_id: &str) -> v1::Offer {
         let deadline = Instant::now() + WAIT;
         loop {

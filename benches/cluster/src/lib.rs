@@ -200,7 +200,19 @@ pub struct AgentOpts<'a> {
 
 /// Starts `cluster-node agent` (the real agent, containerizer and shim).
 pub fn spawn_agent(node: &Path, o: &AgentOpts<'_>) -> Result<Proc> {
-    let mut cmd = Command::new(node);
+    // Diagnosis: `CELLA_BENCH_AGENT_WRAP="strace -f -tt -T -o /tmp/agent.strace"` runs
+    // the agent under that command.
+    let wrap: Vec<String> = std::env::var("CELLA_BENCH_AGENT_WRAP")
+        .map(|w| w.split_whitespace().map(String::from).collect())
+        .unwrap_or_default();
+    let mut cmd = match wrap.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(node);
+            c
+        }
+        None => Command::new(node),
+    };
     cmd.arg("agent")
         .arg("--master")
         .arg(o.master_url)

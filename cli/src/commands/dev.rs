@@ -85,7 +85,11 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
     let master = tokio::spawn(cella_master::run(
         listener,
         Arc::new(server_tls),
-        cella_master::MasterConfig::default(),
+        cella_master::MasterConfig {
+            // The registry survives a restart of `cella dev` on the same directory.
+            work_dir: Some(work_dir.join("master")),
+            ..cella_master::MasterConfig::default()
+        },
         async {
             let _ = master_stopped.await;
         },

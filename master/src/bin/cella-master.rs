@@ -40,6 +40,15 @@ struct Args {
     /// Run allocation at least this often.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     allocation_interval: Duration,
+    /// Where the registry (agents, frameworks, tasks) is persisted, in
+    /// `registry.redb`; a restarted master reloads it.
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "CELLA_MASTER_WORK_DIR",
+        default_value = "/var/lib/cella/master"
+    )]
+    work_dir: PathBuf,
     /// DRF weight of a role, ROLE=WEIGHT (repeatable; default 1).
     #[arg(long = "role-weight", value_name = "ROLE=WEIGHT", value_parser = parse_weight)]
     weights: Vec<(String, f64)>,
@@ -92,6 +101,7 @@ async fn main() -> anyhow::Result<()> {
         agent_lost_timeout: args.agent_timeout,
         allocation_interval: args.allocation_interval,
         weights: args.weights,
+        work_dir: Some(args.work_dir),
         ..MasterConfig::default()
     };
     cella_master::run(listener, Arc::new(tls), config, shutdown_signal()).await?;

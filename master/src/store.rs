@@ -1,0 +1,362 @@
+//! The master's registry on disk: agents admitted, frameworks, tasks with their
+//! latest status, and the next offer id, in one redb file (`<work-dir>/registry.redb`).
+//!
+//! The master actor writes through: every record it changes during one loop
+//! iteration is written in one write transaction ([`Store::commit`]), so a storm of
+//! status updates costs one commit per batch, not one per update.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use cella_proto::v1;
+use prost::Message;
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::allocator::{Attributes, Resources};
+
+/// The file name of the registry inside the work dir.
+pub const FILE_NAME: &str = "registry.redb";
+
+/// Bumped when the layout of a record changes incompatibly.
+pub const SCHEMA_VERSION: u64 = 1;
+
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// agent id → JSON [`AgentRecord`].
+const AGENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("agents");
+/// framework id → JSON [`FrameworkRecord`].
+const FRAMEWORKS: TableDefinition<&str, &[u8]> = TableDefinition::new("frameworks");
+/// (framework id, agent id, prost TaskInfo, prost latest TaskStatus).
+type TaskValue = (&'static str, &'static str, &'static [u8], &'static [u8]);
+/// task id → [`TaskValue`].
+const TASKS: TableDefinition<&str, TaskValue> = TableDefinition::new("tasks");
+
+const META_SCHEMA: &str = "schema_version";
+const META_NEXT_OFFER: &str = "next_offer_id";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentRecord {
+    pub hostname: String,
+    pub attributes: Attributes,
+    pub total: Resources,
+    pub http_endpoint: String,
+    /// Wall clock, milliseconds since the Unix epoch.
+    pub last_seen_ms: u64,
+    pub registered_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FrameworkRecord {
+    pub name: String,
+    pub role: String,
+    pub principal: String,
+    pub failover_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskRecord {
+    pub framework: String,
+    pub agent: String,
+    pub info: v1::TaskInfo,
+    pub status: v1::TaskStatus,
+}
+
+/// Everything read back at start.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub agents: BTreeMap<String, AgentRecord>,
+    pub frameworks: BTreeMap<String, FrameworkRecord>,
+    pub tasks: Vec<(String, TaskRecord)>,
+    /// The first offer id this master may use (0: none stored).
+    pub next_offer_id: u64,
+}
+
+/// The changes of one actor loop iteration: `None` deletes the record.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub agents: Vec<(String, Option<AgentRecord>)>,
+    pub frameworks: Vec<(String, Option<FrameworkRecord>)>,
+    pub tasks: Vec<(String, Option<TaskRecord>)>,
+    pub next_offer_id: Option<u64>,
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.agents.is_empty()
+            && self.frameworks.is_empty()
+            && self.tasks.is_empty()
+            && self.next_offer_id.is_none()
+    }
+}
+
+/// A store error; its message names the file and what to do.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StoreError(String);
+
+pub struct Store {
+    db: Database,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+fn damaged(path: &Path, what: impl std::fmt::Display) -> StoreError {
+    StoreError(format!(
+        "the master's registry {p} is damaged ({what}). Move it aside (e.g. `mv {p} {p}.damaged`) \
+         and start the master again: it starts with an empty registry, agents re-register with \
+         their running tasks and schedulers re-subscribe; tasks of agents that do not come back \
+         are forgotten",
+        p = path.display()
+    ))
+}
+
+impl Store {
+    /// Opens (or creates) `<dir>/registry.redb` and reads everything in it.
+    pub fn open(dir: &Path) -> Result<(Store, Loaded), StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError(format!(
+                "cannot create the master's work dir {}: {e} (choose another with --work-dir)",
+                dir.display()
+            ))
+        })?;
+        let path = dir.join(FILE_NAME);
+        let db = Database::create(&path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError(format!(
+                "{} is in use by another cella-master: only one master may use a work dir",
+                path.display()
+            )),
+            redb::DatabaseError::Storage(redb::StorageError::Io(io))
+                if io.kind() != std::io::ErrorKind::InvalidData =>
+            {
+                StoreError(format!(
+                    "cannot open the master's registry {}: {io}",
+                    path.display()
+                ))
+            }
+            other => damaged(&path, other),
+        })?;
+        let store = Store { db, path };
+        let loaded = store.load()?;
+        Ok((store, loaded))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn load(&self) -> Result<Loaded, StoreError> {
+        let bad = |e: &dyn std::fmt::Display| damaged(&self.path, e);
+        // Create the tables (and the schema version) of a new store.
+        let txn = self.db.begin_write().map_err(|e| bad(&e))?;
+        {
+            let mut meta = txn.open_table(META).map_err(|e| bad(&e))?;
+            let version = meta
+                .get(META_SCHEMA)
+                .map_err(|e| bad(&e))?
+                .map(|v| v.value());
+            match version {
+                None => {
+                    meta.insert(META_SCHEMA, SCHEMA_VERSION)
+                        .map_err(|e| bad(&e))?;
+                }
+                Some(SCHEMA_VERSION) => {}
+                Some(other) => {
+                    return Err(StoreError(format!(
+                        "the master's registry {} has schema version {other}; this cella-master \
+                         reads version {SCHEMA_VERSION}. Run the cella-master version that wrote \
+                         it, or move the file aside to start with an empty registry",
+                        self.path.display()
+                    )));
+                }
+            }
+            txn.open_table(AGENTS).map_err(|e| bad(&e))?;
+            txn.open_table(FRAMEWORKS).map_err(|e| bad(&e))?;
+            txn.open_table(TASKS).map_err(|e| bad(&e))?;
+        }
+        txn.commit().map_err(|e| bad(&e))?;
+
+        let txn = self.db.begin_read().map_err(|e| bad(&e))?;
+        let mut loaded = Loaded::default();
+        let meta = txn.open_table(META).map_err(|e| bad(&e))?;
+        loaded.next_offer_id = meta
+            .get(META_NEXT_OFFER)
+            .map_err(|e| bad(&e))?
+            .map_or(0, |v| v.value());
+        let agents = txn.open_table(AGENTS).map_err(|e| bad(&e))?;
+        for row in agents.iter().map_err(|e| bad(&e))? {
+            let (k, v) = row.map_err(|e| bad(&e))?;
+            let record: AgentRecord = serde_json::from_slice(v.value())
+                .map_err(|e| bad(&format!("agent {}: {e}", k.value())))?;
+            loaded.agents.insert(k.value().to_string(), record);
+        }
+        let frameworks = txn.open_table(FRAMEWORKS).map_err(|e| bad(&e))?;
+        for row in frameworks.iter().map_err(|e| bad(&e))? {
+            let (k, v) = row.map_err(|e| bad(&e))?;
+            let record: FrameworkRecord = serde_json::from_slice(v.value())
+                .map_err(|e| bad(&format!("framework {}: {e}", k.value())))?;
+            loaded.frameworks.insert(k.value().to_string(), record);
+        }
+        let tasks = txn.open_table(TASKS).map_err(|e| bad(&e))?;
+        loaded
+            .tasks
+            .reserve(usize::try_from(tasks.len().map_err(|e| bad(&e))?).unwrap_or(0));
+        for row in tasks.iter().map_err(|e| bad(&e))? {
+            let (k, v) = row.map_err(|e| bad(&e))?;
+            let id = k.value();
+            let (framework, agent, info, status) = v.value();
+            let info = v1::TaskInfo::decode(info)
+                .map_err(|e| bad(&format!("task {id}: task info: {e}")))?;
+            let status = v1::TaskStatus::decode(status)
+                .map_err(|e| bad(&format!("task {id}: status: {e}")))?;
+            loaded.tasks.push((
+                id.to_string(),
+                TaskRecord {
+                    framework: framework.to_string(),
+                    agent: agent.to_string(),
+                    info,
+                    status,
+                },
+            ));
+        }
+        Ok(loaded)
+    }
+
+    /// Writes one batch in one transaction.
+    pub fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
+        let err = |e: &dyn std::fmt::Display| {
+            StoreError(format!(
+                "writing the master's registry {}: {e}",
+                self.path.display()
+            ))
+        };
+        let txn = self.db.begin_write().map_err(|e| err(&e))?;
+        {
+            if let Some(next) = batch.next_offer_id {
+                let mut meta = txn.open_table(META).map_err(|e| err(&e))?;
+                meta.insert(META_NEXT_OFFER, next).map_err(|e| err(&e))?;
+            }
+            if !batch.agents.is_empty() {
+                let mut table = txn.open_table(AGENTS).map_err(|e| err(&e))?;
+                for (id, record) in &batch.agents {
+                    match record {
+                        Some(r) => {
+                            let bytes = serde_json::to_vec(r).map_err(|e| err(&e))?;
+                            table.insert(id.as_str(), bytes.as_slice())
+                        }
+                        None => table.remove(id.as_str()).map(|_| None),
+                    }
+                    .map_err(|e| err(&e))?;
+                }
+            }
+            if !batch.frameworks.is_empty() {
+                let mut table = txn.open_table(FRAMEWORKS).map_err(|e| err(&e))?;
+                for (id, record) in &batch.frameworks {
+                    match record {
+                        Some(r) => {
+                            let bytes = serde_json::to_vec(r).map_err(|e| err(&e))?;
+                            table.insert(id.as_str(), bytes.as_slice())
+                        }
+                        None => table.remove(id.as_str()).map(|_| None),
+                    }
+                    .map_err(|e| err(&e))?;
+                }
+            }
+            if !batch.tasks.is_empty() {
+                let mut table = txn.open_table(TASKS).map_err(|e| err(&e))?;
+                let (mut info, mut status) = (Vec::new(), Vec::new());
+                for (id, record) in &batch.tasks {
+                    match record {
+                        Some(r) => {
+                            info.clear();
+                            status.clear();
+                            r.info.encode(&mut info).map_err(|e| err(&e))?;
+                            r.status.encode(&mut status).map_err(|e| err(&e))?;
+                            table
+                                .insert(
+                                    id.as_str(),
+                                    (
+                                        r.framework.as_str(),
+                                        r.agent.as_str(),
+                                        info.as_slice(),
+                                        status.as_slice(),
+                                    ),
+                                )
+                                .map(|_| ())
+                        }
+                        None => table.remove(id.as_str()).map(|_| ()),
+                    }
+                    .map_err(|e| err(&e))?;
+                }
+            }
+        }
+        txn.commit().map_err(|e| err(&e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (store, loaded) = Store::open(dir.path()).unwrap();
+            assert!(loaded.tasks.is_empty() && loaded.next_offer_id == 0);
+            let mut batch = Batch {
+                next_offer_id: Some(42),
+                ..Batch::default()
+            };
+            batch.frameworks.push((
+                "fw".into(),
+                Some(FrameworkRecord {
+                    name: "n".into(),
+                    role: "*".into(),
+                    principal: "p".into(),
+                    failover_timeout_ms: 1000,
+                }),
+            ));
+            batch.tasks.push((
+                "t1".into(),
+                Some(TaskRecord {
+                    framework: "fw".into(),
+                    agent: "a".into(),
+                    info: v1::TaskInfo {
+                        task_id: "t1".into(),
+                        ..Default::default()
+                    },
+                    status: v1::TaskStatus {
+                        task_id: "t1".into(),
+                        state: v1::TaskState::TaskRunning as i32,
+                        ..Default::default()
+                    },
+                }),
+            ));
+            batch.tasks.push(("t2".into(), None));
+            store.commit(&batch).unwrap();
+            // A second opener is refused while the first holds the file.
+            let err = Store::open(dir.path()).unwrap_err().to_string();
+            assert!(err.contains("in use"), "{err}");
+        }
+        let (_store, loaded) = Store::open(dir.path()).unwrap();
+        assert_eq!(loaded.next_offer_id, 42);
+        assert_eq!(loaded.frameworks["fw"].principal, "p");
+        assert_eq!(loaded.tasks.len(), 1);
+        assert_eq!(loaded.tasks[0].1.status.state(), v1::TaskState::TaskRunning);
+        drop(_store);
+
+        // Garbage instead of a database.
+        let bad = tempfile::tempdir().unwrap();
+        std::fs::write(bad.path().join(FILE_NAME), vec![0xAB; 8192]).unwrap();
+        let err = Store::open(bad.path()).unwrap_err().to_string();
+        assert!(
+            err.contains(FILE_NAME) && err.contains("Move it aside"),
+            "{err}"
+        );
+    }
+}

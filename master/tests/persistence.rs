@@ -1,0 +1,729 @@
+//! The registry survives a master restart: frameworks, agents and tasks are
+//! reloaded from `<work-dir>/registry.redb`; agents re-register, schedulers
+//! re-subscribe, agents that do not come back are lost.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use cella_master::master::{self, Command, MasterConfig, MasterHandle};
+use cella_master::store::{self, Batch, FrameworkRecord, Store, TaskRecord};
+use cella_proto::v1::{self, agent_message, call, event, master_to_agent};
+use tokio::sync::mpsc::{self, UnboundedReceiver};
+use tokio::sync::oneshot;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn config(dir: &Path) -> MasterConfig {
+    MasterConfig {
+        allocation_interval: Duration::from_millis(50),
+        ping_interval: Duration::from_millis(50),
+        agent_unreachable_after: Duration::from_secs(30),
+        agent_lost_timeout: Duration::from_millis(400),
+        default_refuse: Duration::ZERO,
+        work_dir: Some(dir.to_path_buf()),
+        ..MasterConfig::default()
+    }
+}
+
+fn task_info(id: &str) -> v1::TaskInfo {
+    v1::TaskInfo {
+        task_id: id.into(),
+        name: id.into(),
+        command: vec!["sleep".into(), "1000".into()],
+        resources: Some(v1::Resources {
+            cpus: 0.5,
+            mem_bytes: 64 << 20,
+            disk_bytes: 0,
+        }),
+        ..Default::default()
+    }
+}
+
+struct Agent {
+    id: String,
+    conn: u64,
+    rx: UnboundedReceiver<v1::MasterToAgent>,
+}
+
+async fn register_agent(
+    m: &MasterHandle,
+    id: &str,
+    tasks: Vec<(&str, &str, v1::TaskState)>,
+) -> Agent {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (reply, answer) = oneshot::channel();
+    m.send(Command::AgentRegister {
+        register: agent_message::Register {
+            agent_id: id.into(),
+            hostname: format!("{id}.example"),
+            total: Some(v1::Resources {
+                cpus: 4.0,
+                mem_bytes: 4 << 30,
+                disk_bytes: 10 << 30,
+            }),
+            tasks: tasks
+                .into_iter()
+                .map(|(fw, t, state)| v1::RunningTask {
+                    framework_id: fw.into(),
+                    task: Some(task_info(t)),
+                    state: state as i32,
+                })
+                .collect(),
+            http_endpoint: "https://127.0.0.1:5051".into(),
+            ..Default::default()
+        },
+        principal: "agent".into(),
+        tx,
+        reply,
+    });
+    let (agent, conn) = answer.await.unwrap().expect("agent registers");
+    Agent {
+        id: agent.to_string(),
+        conn,
+        rx,
+    }
+}
+
+impl Agent {
+    fn status(&self, m: &MasterHandle, fw: &str, task: &str, state: v1::TaskState, uuid: &str) {
+        m.send(Command::AgentMessage {
+            agent: self.id.clone().into(),
+            conn: self.conn,
+            message: agent_message::Message::StatusUpdate(agent_message::StatusUpdate {
+                status: Some(v1::TaskStatus {
+                    task_id: task.into(),
+                    framework_id: fw.into(),
+                    agent_id: self.id.clone(),
+                    state: state as i32,
+                    uuid: uuid.into(),
+                    timestamp_ns: 1,
+                    ..Default::default()
+                }),
+                latest_state: state as i32,
+            }),
+        });
+    }
+
+    async fn next_launch(&mut self) -> v1::TaskInfo {
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.rx.recv())
+                .await
+                .expect("launch in time")
+                .expect("agent stream open");
+            if let Some(master_to_agent::Message::Launch(l)) = msg.message {
+                return l.task.unwrap();
+            }
+        }
+    }
+}
+
+struct Scheduler {
+    id: String,
+    conn: u64,
+    rx: UnboundedReceiver<v1::Event>,
+    /// Updates received while waiting for something else.
+    pending: std::collections::VecDeque<v1::TaskStatus>,
+}
+
+async fn subscribe(
+    m: &MasterHandle,
+    framework_id: &str,
+    principal: &str,
+) -> Result<Scheduler, tonic::Status> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (reply, answer) = oneshot::channel();
+    m.send(Command::Subscribe {
+        framework: v1::FrameworkInfo {
+            framework_id: framework_id.into(),
+            name: "persist-test".into(),
+            role: "web".into(),
+            failover_timeout_secs: 3600.0,
+        },
+        principal: principal.into(),
+        tx,
+        reply,
+    });
+    let (id, conn) = answer.await.unwrap()?;
+    Ok(Scheduler {
+        id: id.to_string(),
+        conn,
+        rx,
+        pending: Default::default(),
+    })
+}
+
+impl Scheduler {
+    fn call(&self, m: &MasterHandle, call: call::Call) {
+        m.send(Command::Call {
+            framework: self.id.clone().into(),
+            conn: self.conn,
+            call,
+        });
+    }
+
+    async fn next_offers(&mut self) -> Vec<v1::Offer> {
+        loop {
+            match self.next().await {
+                event::Event::Offers(o) => return o.offers,
+                event::Event::Update(u) => self.pending.push_back(u.status.unwrap()),
+                _ => {}
+            }
+        }
+    }
+
+    async fn next_update(&mut self) -> v1::TaskStatus {
+        if let Some(u) = self.pending.pop_front() {
+            return u;
+        }
+        loop {
+            if let event::Event::Update(u) = self.next().await {
+                return u.status.unwrap();
+            }
+        }
+    }
+
+    /// The next update of `task_id`; others stay pending.
+    async fn update_for(&mut self, task_id: &str) -> v1::TaskStatus {
+        if let Some(i) = self.pending.iter().position(|u| u.task_id == task_id) {
+            return self.pending.remove(i).unwrap();
+        }
+        loop {
+            if let event::Event::Update(u) = self.next().await {
+                let u = u.status.unwrap();
+                if u.task_id == task_id {
+                    return u;
+                }
+                self.pending.push_back(u);
+            }
+        }
+    }
+
+    async fn next(&mut self) -> event::Event {
+        tokio::time::timeout(WAIT, self.rx.recv())
+            .await
+            .expect("event in time")
+            .expect("scheduler stream open")
+            .event
+            .unwrap()
+    }
+}
+
+fn offer_number(offer: &v1::Offer) -> u64 {
+    offer
+        .offer_id
+        .strip_prefix("offer-")
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+async fn task_state(m: &MasterHandle, id: &str) -> (String, String) {
+    let state = m.state().await.unwrap();
+    let t = state
+        .tasks
+        .iter()
+        .find(|t| t.id == id)
+        .unwrap_or_else(|| panic!("task {id} in state"));
+    (t.state.to_string(), t.reason.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn master_restart_keeps_frameworks_tasks_and_agents() {
+    let dir = tempfile::tempdir().unwrap();
+
+    // ---- first master: a framework launches two tasks on agent-a; agent-b
+    // registers with a task it already runs.
+    let m = master::try_spawn(config(dir.path())).unwrap();
+    let mut s = subscribe(&m, "", "alice").await.unwrap();
+    let fw = s.id.clone();
+    let mut a = register_agent(&m, "agent-a", vec![]).await;
+    let offers = s.next_offers().await;
+    let offer = offers.iter().find(|o| o.agent_id == "agent-a").unwrap();
+    let first_offer = offer_number(offer);
+    s.call(
+        &m,
+        call::Call::Accept(call::Accept {
+            offer_ids: vec![offer.offer_id.clone()],
+            tasks: vec![task_info("t1"), task_info("t2")],
+            refuse_seconds: None,
+        }),
+    );
+    assert_eq!(a.next_launch().await.task_id, "t1");
+    assert_eq!(a.next_launch().await.task_id, "t2");
+    a.status(&m, &fw, "t1", v1::TaskState::TaskRunning, "u1");
+    assert_eq!(s.next_update().await.state(), v1::TaskState::TaskRunning);
+    let _b = register_agent(
+        &m,
+        "agent-b",
+        vec![(fw.as_str(), "t3", v1::TaskState::TaskRunning)],
+    )
+    .await;
+    let mut max_offer = first_offer;
+    // Let a few more offers go out, so the next offer id moves on.
+    for _ in 0..2 {
+        for o in s.next_offers().await {
+            max_offer = max_offer.max(offer_number(&o));
+            s.call(
+                &m,
+                call::Call::Decline(call::Decline {
+                    offer_ids: vec![o.offer_id.clone()],
+                    refuse_seconds: Some(0.0),
+                }),
+            );
+        }
+    }
+    assert_eq!(task_state(&m, "t1").await.0, "RUNNING");
+    assert_eq!(task_state(&m, "t2").await.0, "STAGING");
+    m.stop().await;
+    drop((s, a, _b));
+
+    // ---- second master on the same work dir.
+    let m = master::try_spawn(config(dir.path())).unwrap();
+    let state = m.state().await.unwrap();
+    let f = state
+        .frameworks
+        .iter()
+        .find(|f| f.id == fw)
+        .expect("framework reloaded");
+    assert!(!f.connected);
+    assert_eq!(
+        (f.role.as_str(), f.principal.as_str(), f.tasks),
+        ("web", "alice", 3)
+    );
+    assert_eq!(state.tasks.len(), 3);
+    assert!(state.agents.iter().all(|a| a.state == "UNREACHABLE"));
+    assert_eq!(state.agents.len(), 2);
+    assert_eq!(task_state(&m, "t1").await.0, "RUNNING");
+    assert_eq!(task_state(&m, "t2").await.0, "STAGING");
+
+    // Another principal cannot take the framework over.
+    let err = subscribe(&m, &fw, "mallory").await.err().expect("refused");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    let mut s = subscribe(&m, &fw, "alice").await.unwrap();
+    s.call(
+        &m,
+        call::Call::Reconcile(call::Reconcile { task_ids: vec![] }),
+    );
+    let mut answers = std::collections::BTreeMap::new();
+    for _ in 0..3 {
+        let u = s.next_update().await;
+        assert_eq!(u.reason(), v1::Reason::Reconciliation);
+        answers.insert(u.task_id.clone(), u.state());
+    }
+    assert_eq!(answers["t1"], v1::TaskState::TaskRunning);
+    assert_eq!(answers["t2"], v1::TaskState::TaskStaging);
+    assert_eq!(answers["t3"], v1::TaskState::TaskRunning);
+
+    // agent-a comes back with both tasks running: t2 is RUNNING now.
+    let _a = register_agent(
+        &m,
+        "agent-a",
+        vec![
+            (fw.as_str(), "t1", v1::TaskState::TaskRunning),
+            (fw.as_str(), "t2", v1::TaskState::TaskRunning),
+        ],
+    )
+    .await;
+    assert_eq!(task_state(&m, "t2").await.0, "RUNNING");
+    s.call(
+        &m,
+        call::Call::Reconcile(call::Reconcile {
+            task_ids: vec!["t2".into()],
+        }),
+    );
+    let u = s.update_for("t2").await;
+    assert_eq!(u.state(), v1::TaskState::TaskRunning);
+
+    // Offers after the restart never reuse an id, and agent-a's offer leaves out
+    // what its tasks hold.
+    let offers = loop {
+        let offers = s.next_offers().await;
+        if offers.iter().any(|o| o.agent_id == "agent-a") {
+            break offers;
+        }
+    };
+    for o in &offers {
+        assert!(
+            offer_number(o) > max_offer,
+            "{} after {max_offer}",
+            o.offer_id
+        );
+    }
+    let a_offer = offers.iter().find(|o| o.agent_id == "agent-a").unwrap();
+    assert_eq!(a_offer.resources.as_ref().unwrap().cpus, 3.0);
+    assert!(offers.iter().all(|o| o.agent_id != "agent-b"));
+
+    // agent-b does not come back within the agent timeout: t3 is LOST.
+    let u = s.update_for("t3").await;
+    assert_eq!(u.state(), v1::TaskState::TaskLost);
+    assert_eq!(u.reason(), v1::Reason::AgentLost);
+    assert_eq!(
+        task_state(&m, "t3").await,
+        ("LOST".to_string(), "AGENT_LOST".to_string())
+    );
+    m.stop().await;
+
+    // ---- third master: the outcome of the second one was written too.
+    let m = master::try_spawn(config(dir.path())).unwrap();
+    let state = m.state().await.unwrap();
+    assert_eq!(state.agents.len(), 1, "agent-b was lost and forgotten");
+    assert_eq!(task_state(&m, "t2").await.0, "RUNNING");
+    assert_eq!(
+        task_state(&m, "t3").await,
+        ("LOST".to_string(), "AGENT_LOST".to_string())
+    );
+    m.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_registry_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(store::FILE_NAME), vec![0x5a; 16384]).unwrap();
+    let err = master::try_spawn(config(dir.path()))
+        .err()
+        .expect("refused");
+    let message = err.to_string();
+    assert!(message.contains(&dir.path().join(store::FILE_NAME).display().to_string()));
+    assert!(message.contains("Move it aside"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_update_storm_is_batched() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = master::try_spawn(config(dir.path())).unwrap();
+    let s = subscribe(&m, "fw-storm", "alice").await.unwrap();
+    let tasks: Vec<String> = (0..500).map(|i| format!("storm-{i}")).collect();
+    let a = register_agent(
+        &m,
+        "agent-storm",
+        tasks
+            .iter()
+            .map(|t| ("fw-storm", t.as_str(), v1::TaskState::TaskStarting))
+            .collect(),
+    )
+    .await;
+    let updates = 20_000;
+    let started = Instant::now();
+    for i in 0..updates {
+        let state = if i + tasks.len() >= updates {
+            v1::TaskState::TaskFinished
+        } else {
+            v1::TaskState::TaskRunning
+        };
+        a.status(
+            &m,
+            "fw-storm",
+            &tasks[i % tasks.len()],
+            state,
+            &format!("u{i}"),
+        );
+    }
+    m.stop().await;
+    let elapsed = started.elapsed();
+    let text = m.metrics.encode();
+    let metric = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("cella_master_registry_write_seconds_{name} ")))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let (writes, seconds) = (metric("count"), metric("sum"));
+    println!(
+        "{updates} status updates handled and written in {elapsed:?}: {writes} write \
+         transactions since the master started, {:.2} ms each on average",
+        1000.0 * seconds / writes.max(1.0)
+    );
+    assert!(elapsed < Duration::from_secs(20), "{elapsed:?}");
+    drop(s);
+
+    let m = master::try_spawn(config(dir.path())).unwrap();
+    let state = m.state().await.unwrap();
+    assert_eq!(state.tasks.len(), tasks.len());
+    assert!(state.tasks.iter().all(|t| t.state == "FINISHED"));
+    m.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completed_tasks_beyond_the_limit_leave_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = MasterConfig {
+        completed_tasks_kept: 3,
+        ..config(dir.path())
+    };
+    let m = master::try_spawn(config.clone()).unwrap();
+    let _s = subscribe(&m, "fw-gc", "alice").await.unwrap();
+    let tasks: Vec<String> = (0..10).map(|i| format!("gc-{i}")).collect();
+    let a = register_agent(
+        &m,
+        "agent-gc",
+        tasks
+            .iter()
+            .map(|t| ("fw-gc", t.as_str(), v1::TaskState::TaskRunning))
+            .collect(),
+    )
+    .await;
+    for t in &tasks[..8] {
+        a.status(&m, "fw-gc", t, v1::TaskState::TaskFinished, "u");
+    }
+    m.stop().await;
+    let (_store, loaded) = Store::open(dir.path()).unwrap();
+    assert_eq!(loaded.tasks.len(), 5, "2 running + 3 completed kept");
+}
+
+/// A generated registry of 10,000 tasks reloads fast.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_10000_tasks() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 10_000;
+    {
+        let (store, _) = Store::open(dir.path()).unwrap();
+        let mut batch = Batch::default();
+        for f in 0..10 {
+            batch.frameworks.push((
+                format!("fw-{f}"),
+                Some(FrameworkRecord {
+                    name: format!("framework {f}"),
+                    role: "*".into(),
+                    principal: "alice".into(),
+                    failover_timeout_ms: 3_600_000,
+                }),
+            ));
+        }
+        for a in 0..100 {
+            batch.agents.push((
+                format!("agent-{a}"),
+                Some(store::AgentRecord {
+                    hostname: format!("host-{a}"),
+                    attributes: [("rack".to_string(), format!("r{}", a % 4))].into(),
+                    total: cella_master::allocator::Resources::from_cpus(64.0, 256 << 30, 0)
+                        .unwrap(),
+                    http_endpoint: format!("https://host-{a}:5051"),
+                    last_seen_ms: 1,
+                    registered_ms: 1,
+                }),
+            ));
+        }
+        for i in 0..n {
+            let id = format!("task-{i:05}");
+            let mut info = task_info(&id);
+            info.env = vec!["A=1".into(), "B=2".into()];
+            batch.tasks.push((
+                id.clone(),
+                Some(TaskRecord {
+                    framework: format!("fw-{}", i % 10),
+                    agent: format!("agent-{}", i % 100),
+                    info,
+                    status: v1::TaskStatus {
+                        task_id: id,
+                        framework_id: format!("fw-{}", i % 10),
+                        agent_id: format!("agent-{}", i % 100),
+                        state: v1::TaskState::TaskRunning as i32,
+                        timestamp_ns: 1,
+                        uuid: "0123456789abcdef".into(),
+                        ..Default::default()
+                    },
+                }),
+            ));
+        }
+        store.commit(&batch).unwrap();
+    }
+    let started = Instant::now();
+    let (store, loaded) = Store::open(dir.path()).unwrap();
+    let read = started.elapsed();
+    assert_eq!(loaded.tasks.len(), n);
+    drop((store, loaded));
+
+    let started = Instant::now();
+    let m = master::try_spawn(config(dir.path())).unwrap();
+    let state = m.state().await.unwrap();
+    let total = started.elapsed();
+    assert_eq!(state.tasks.len(), n);
+    println!(
+        "reload of {n} tasks, 100 agents, 10 frameworks: store read {read:?}, \
+         master ready (read + rebuild + first state) {total:?}"
+    );
+    assert!(total < Duration::from_secs(10), "{total:?}");
+    m.stop().await;
+}
+
+// ------------------------------------------------------------ over mTLS
+
+mod over_mtls {
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+
+    use cella_proto::tls::{self, Layout};
+    use cella_proto::v1::agent_service_client::AgentServiceClient;
+    use cella_proto::v1::scheduler_service_client::SchedulerServiceClient;
+    use tokio::task::JoinHandle;
+    use tokio_stream::wrappers::UnboundedReceiverStream;
+
+    use super::*;
+
+    struct Running {
+        addr: SocketAddr,
+        stop: oneshot::Sender<()>,
+        task: JoinHandle<std::io::Result<()>>,
+    }
+
+    async fn start(layout: &Layout, work_dir: &Path) -> Running {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server =
+            tls::server_config(&layout.ca_cert, &layout.master_cert, &layout.master_key).unwrap();
+        let (stop, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(cella_master::run(
+            listener,
+            Arc::new(server),
+            config(work_dir),
+            async {
+                let _ = rx.await;
+            },
+        ));
+        Running { addr, stop, task }
+    }
+
+    impl Running {
+        fn url(&self) -> String {
+            format!("https://127.0.0.1:{}", self.addr.port())
+        }
+
+        async fn stop(self) {
+            let _ = self.stop.send(());
+            tokio::time::timeout(WAIT, self.task)
+                .await
+                .expect("master stops in time")
+                .unwrap()
+                .unwrap();
+        }
+    }
+
+    /// Opens a scheduler stream; returns the sender of further calls and the events.
+    async fn scheduler(
+        url: &str,
+        cfg: &rustls::ClientConfig,
+        framework_id: &str,
+    ) -> (
+        mpsc::UnboundedSender<v1::Call>,
+        tonic::Streaming<v1::Event>,
+        String,
+    ) {
+        let channel = tls::grpc_channel(url, cfg).await.unwrap();
+        let (tx, rx) = mpsc::unbounded_channel();
+        tx.send(v1::Call {
+            call: Some(call::Call::Subscribe(call::Subscribe {
+                framework: Some(v1::FrameworkInfo {
+                    framework_id: framework_id.into(),
+                    name: "tls".into(),
+                    role: "*".into(),
+                    failover_timeout_secs: 600.0,
+                }),
+            })),
+        })
+        .unwrap();
+        let mut events = SchedulerServiceClient::new(channel)
+            .subscribe(UnboundedReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        let first = events.message().await.unwrap().unwrap();
+        let Some(event::Event::Subscribed(s)) = first.event else {
+            panic!("expected SUBSCRIBED, got {first:?}");
+        };
+        (tx, events, s.framework_id)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn restart_over_mtls() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = tls::init_dir(&dir.path().join("certs"), &[]).unwrap();
+        let work = dir.path().join("master");
+        let client =
+            tls::client_config(&layout.ca_cert, &layout.client_cert, &layout.client_key).unwrap();
+        let agent_cfg =
+            tls::client_config(&layout.ca_cert, &layout.agent_cert, &layout.agent_key).unwrap();
+
+        let master = start(&layout, &work).await;
+        let (calls, events, fw) = scheduler(&master.url(), &client, "").await;
+        // An agent registers with a task of that framework it runs.
+        let (agent_tx, agent_rx) = mpsc::unbounded_channel();
+        agent_tx
+            .send(v1::AgentMessage {
+                message: Some(agent_message::Message::Register(agent_message::Register {
+                    agent_id: "agent-tls".into(),
+                    hostname: "tls.example".into(),
+                    total: Some(v1::Resources {
+                        cpus: 2.0,
+                        mem_bytes: 1 << 30,
+                        disk_bytes: 0,
+                    }),
+                    tasks: vec![v1::RunningTask {
+                        framework_id: fw.clone(),
+                        task: Some(task_info("tls-1")),
+                        state: v1::TaskState::TaskRunning as i32,
+                    }],
+                    ..Default::default()
+                })),
+            })
+            .unwrap();
+        let channel = tls::grpc_channel(&master.url(), &agent_cfg).await.unwrap();
+        let mut to_agent = AgentServiceClient::new(channel)
+            .session(UnboundedReceiverStream::new(agent_rx))
+            .await
+            .unwrap()
+            .into_inner();
+        let first = to_agent.message().await.unwrap().unwrap();
+        assert!(matches!(
+            first.message,
+            Some(master_to_agent::Message::Registered(_))
+        ));
+        drop((calls, events, agent_tx, to_agent));
+        master.stop().await;
+
+        // A new master on the same work dir knows the framework and the task.
+        let master = start(&layout, &work).await;
+        let state: serde_json::Value =
+            tls::https_get_json(&format!("{}/api/v1/state", master.url()), &client)
+                .await
+                .unwrap();
+        let frameworks = state["frameworks"].as_array().unwrap();
+        assert!(
+            frameworks
+                .iter()
+                .any(|f| f["id"] == fw.as_str() && f["connected"] == false),
+            "{state}"
+        );
+        let task = state["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["id"] == "tls-1")
+            .expect("task reloaded")
+            .clone();
+        assert_eq!(task["state"], "RUNNING");
+        assert_eq!(state["agents"][0]["state"], "UNREACHABLE");
+
+        // The scheduler re-subscribes with its id and reconciles.
+        let (calls, mut events, again) = scheduler(&master.url(), &client, &fw).await;
+        assert_eq!(again, fw);
+        calls
+            .send(v1::Call {
+                call: Some(call::Call::Reconcile(call::Reconcile { task_ids: vec![] })),
+            })
+            .unwrap();
+        let status = loop {
+            let e = tokio::time::timeout(WAIT, events.message())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            if let Some(event::Event::Update(u)) = e.event {
+                break u.status.unwrap();
+            }
+        };
+        assert_eq!(status.task_id, "tls-1");
+        assert_eq!(status.state(), v1::TaskState::TaskRunning);
+        drop((calls, events));
+        master.stop().await;
+    }
+}
