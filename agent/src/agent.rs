@@ -813,6 +813,32 @@ async fn restore(core: &Arc<Core>, checkpoint: Checkpoint) -> Result<(), AgentEr
     if n > 0 {
         tracing::info!(tasks = n, reattached, "recovery done");
     }
+    // Leftovers no task owns (a task forgotten, a checkpoint moved aside): removed.
+    let owned: std::collections::HashSet<String> = lock(&core.tasks)
+        .iter()
+        .filter(|(_, t)| t.running.is_some())
+        .map(|(id, _)| id.clone())
+        .collect();
+    let c = core.containerizer.clone();
+    let runtime_tasks = core.config.runtime_dir.join("tasks");
+    let _ = tokio::task::spawn_blocking(move || {
+        let mut names: Vec<String> = c.cgroups().list().unwrap_or_default();
+        if let Ok(entries) = std::fs::read_dir(&runtime_tasks) {
+            names.extend(entries.flatten().filter_map(|e| e.file_name().into_string().ok()));
+        }
+        names.sort();
+        names.dedup();
+        for name in names {
+            if owned.contains(&name) {
+                continue;
+            }
+            if let Ok(id) = TaskId::new(name.clone()) {
+                tracing::warn!(task = %name, "removing leftovers of a task no checkpoint record owns");
+                c.destroy(&id);
+            }
+        }
+    })
+    .await;
     if let Some(b) = now_boot {
         core.store.write(vec![Write::BootId(b)]).await?;
     }

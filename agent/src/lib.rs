@@ -21,10 +21,38 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Stopping without killing (`shutdown(false)`, the binary's SIGTERM) leaves the
-//! tasks running under their shims; re-attaching to them after a restart is the
-//! recovery issue's work — until then an agent that finds running tasks in its
-//! checkpoint destroys them and reports them `LOST` (`AGENT_RESTARTED`).
+//! Stopping without killing (`shutdown(false)`, the binary's SIGTERM, or a crash)
+//! leaves the tasks running under their shims. The next agent on the same work
+//! directory recovers them from the checkpoint (`<work-dir>/meta/agent.redb`):
+//!
+//! - a task whose shim is alive (same pid **and** start time) is re-attached and
+//!   watched again (usage, kill, end) — it stays RUNNING, nothing is started twice;
+//! - a task that ended while the agent was away is reported with its real exit
+//!   status (FINISHED/FAILED, exit code, limitation), through the reliable update
+//!   path (checkpointed, re-sent until acknowledged);
+//! - a task whose outcome cannot be known (no run directory, no exit status) is
+//!   reported LOST with reason AGENT_RESTARTED and the cause; its leftovers are removed;
+//! - after a reboot (the checkpoint's boot id differs from
+//!   `/proc/sys/kernel/random/boot_id`) no old pid is trusted: every unfinished task is
+//!   LOST (AGENT_RESTARTED, "the machine rebooted") and its leftovers are removed;
+//! - cgroups and run directories that no checkpointed task owns are removed;
+//! - then the agent re-registers under its id listing its tasks, and re-sends the
+//!   unacknowledged updates in order.
+//!
+//! `--recover cleanup` (for incompatible upgrades) recovers, kills every task,
+//! reports each KILLED with reason AGENT_RESTARTED (sent if the master is reachable
+//! within ~5 s; otherwise kept in the checkpoint for the next agent) and exits 0.
+//!
+//! The work directory is locked (`flock` on `<work-dir>/meta/lock`, which holds the
+//! owner's pid): a second agent on it exits with status 1 naming the directory and
+//! the pid. A damaged checkpoint stops the agent (status 1) with a message naming the
+//! file and what to do, unless `--strict=false`: then what can be read is recovered,
+//! the rest is logged and counted in `cella_agent_recovery_errors_total` (an
+//! unreadable database is moved aside as `agent.redb.damaged-<time>`).
+//!
+//! Sandboxes of ended tasks are removed `--gc-delay` (default 1h) after the task
+//! ended, or earlier, oldest first, while the work directory's filesystem is more
+//! than 90% full ([`tasks::gc_sweep`]).
 
 pub mod agent;
 pub mod config;

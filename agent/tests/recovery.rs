@@ -572,3 +572,37 @@ async fn sandboxes_of_ended_tasks_are_collected_after_the_delay() {
     drop(agent);
     env.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_run_directory_is_reported_lost_and_cleaned() {
+    let env = Env::new().await;
+    let mut agent = env.spawn(&[]);
+    let mut s = env.scheduler().await;
+    let agent_id = s.any_offer_agent().await;
+    let cmd = ["sleep", "1008"];
+    s.launch(&agent_id, vec![task("no-rundir", &cmd, 16 << 20)])
+        .await;
+    s.wait_for("no-rundir", WAIT, |st| {
+        st.state() == v1::TaskState::TaskRunning
+    })
+    .await;
+    let shim = shim_pid(&env.runtime_dir(), "no-rundir");
+    agent.kill9();
+    std::fs::remove_dir_all(env.runtime_dir().join("tasks/no-rundir")).expect("remove run dir");
+
+    let agent = env.spawn(&[]);
+    let end = s.wait_terminal("no-rundir").await;
+    assert_eq!(
+        end.state(),
+        v1::TaskState::TaskLost,
+        "{end:?}\n{}",
+        agent.log()
+    );
+    assert_eq!(end.reason(), v1::Reason::AgentRestarted);
+    assert!(end.message.contains("run directory"), "{}", end.message);
+    wait_until("the old shim to be gone", async || !alive(shim)).await;
+    assert!(processes(&cmd).is_empty(), "the task still runs");
+    assert!(task_cgroups(&env.cgroup, "no-rundir").is_empty());
+    drop(agent);
+    env.stop().await;
+}

@@ -1,8 +1,13 @@
 //! `cella-agent`: the Cella node daemon.
 //!
 //! SIGTERM and SIGINT stop the agent WITHOUT killing its tasks: they keep running
-//! under their shims (re-attaching after a restart comes with recovery). Use
-//! `--kill-tasks-on-exit` (development) to kill them on the way out.
+//! under their shims, and the next agent on the same `--work-dir` re-attaches to them
+//! (see the crate documentation). Use `--kill-tasks-on-exit` (development) to kill
+//! them on the way out, or `--recover cleanup` to kill a previous run's tasks and exit.
+//!
+//! Exit status: 0 after a clean stop (or a finished `--recover cleanup`); 2 for a bad
+//! configuration; 1 for anything else that stops the agent, e.g. its work directory
+//! locked by another agent or a damaged checkpoint with `--strict`.
 
 use clap::Parser;
 
