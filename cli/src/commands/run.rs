@@ -163,7 +163,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<i32> {
                     Some(event::Event::Offers(offers)) => {
                         let mut decline = Vec::new();
                         for offer in offers.offers {
-                            let r = offer.resources.clone().unwrap_or_default();
+                            let r = offer.resources.unwrap_or_default();
                             if !launched && fits(&r, &need) {
                                 launched = true;
                                 eprintln!("cella: launching {task_id} on {} ({})", offer.hostname, offer.agent_id);
