@@ -4,6 +4,10 @@
 #
 #   sudo benches/cluster/run.sh [--only launch|many|memory] [--quick] [--no-build]
 #
+# launch and many run twice: with the agent's runtime directory (shim run dirs, event
+# FIFOs) on the root disk (ext4 here, like /run on this VM), then on a tmpfs that the
+# script mounts (like /run on most systems) and unmounts on exit.
+#
 # Needs root (the agent creates cgroups and namespaces). Real master and agent
 # processes over mutual TLS on 127.0.0.1; scratch directories under
 # $CELLA_BENCH_DIR (default /var/tmp), removed afterwards. Raw results (JSON lines)
@@ -36,25 +40,38 @@ echo "## Cluster benchmarks ($(date -u '+%Y-%m-%d %H:%M UTC'), $(git -C "$root" 
 echo
 echo "- machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo) RAM, kernel $(uname -r)"
 echo "- scratch: ${CELLA_BENCH_DIR:-/var/tmp} ($(df -T "${CELLA_BENCH_DIR:-/var/tmp}" | awk 'NR==2 {print $2}'))"
-echo "- load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "- load average at start: $(cut -d' ' -f1-3 /proc/loadavg); CPU pressure: $(head -1 /proc/pressure/cpu 2>/dev/null)"
+
+tmpfs="$target/tmpfs-run"
+cleanup() { mountpoint -q "$tmpfs" && umount "$tmpfs"; rmdir "$tmpfs" 2>/dev/null || true; }
+trap cleanup EXIT
+mkdir -p "$tmpfs"
+mountpoint -q "$tmpfs" || mount -t tmpfs -o size=4g,mode=0755 cella-bench "$tmpfs"
 
 bench() {
-  local name="$1"; shift
+  local name="$1" title="$2"; shift 2
   [ -z "$only" ] || [ "$only" = "$name" ] || return 0
   echo
-  echo "### $name"
+  echo "### $title"
   # Only the Markdown (and RESULT lines) on stdout; progress goes to stderr.
   cargo bench --manifest-path "$here/Cargo.toml" --target-dir "$target" -q --bench "$name" -- "$@" \
     | grep -v '^RESULT '
 }
 if [ "$quick" = 1 ]; then
-  bench launch --runs 20 --warmup 3
-  bench many --tasks 200 --concurrency default,8 --repeats 1
-  bench memory --sizes 200x0,400x0,200x10 --repeats 1
+  launch_args=(--runs 20 --warmup 3)
+  many_args=(--tasks 200 --concurrency default,8 --repeats 1)
+  memory_args=(--sizes 200x0,400x0,200x10 --repeats 1)
 else
-  bench launch --runs 60 --warmup 5
-  bench many --tasks 1000 --concurrency default,2,4,8,16 --repeats 2
-  bench memory --sizes 500x0,1000x0,2000x0,1000x10,1000x20,2000x10 --repeats 2
+  launch_args=(--runs 60 --warmup 5)
+  many_args=(--tasks 1000 --concurrency default,2,4,8,16 --repeats 2)
+  memory_args=(--sizes 500x0,1000x0,2000x0,1000x10,1000x20,2000x10 --repeats 2)
 fi
+bench launch "launch: runtime dir on the root disk" "${launch_args[@]}"
+CELLA_BENCH_RUNTIME_DIR="$tmpfs" bench launch "launch: runtime dir on a tmpfs" "${launch_args[@]}"
+bench many "many: runtime dir on the root disk" "${many_args[@]}"
+CELLA_BENCH_RUNTIME_DIR="$tmpfs" bench many "many: runtime dir on a tmpfs" "${many_args[@]}"
+bench memory "memory" "${memory_args[@]}"
 echo
-echo "- load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "- load average at end: $(cut -d' ' -f1-3 /proc/loadavg); CPU pressure: $(head -1 /proc/pressure/cpu 2>/dev/null)"
+echo "- (the many benchmark itself raises the load average: up to ~500 agent threads wait in D state in"
+echo "  rmdir of cgroups while 1,000 tasks are torn down, so compare the CPU pressure, not the load)"

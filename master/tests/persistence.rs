@@ -123,6 +123,9 @@ struct Scheduler {
     rx: UnboundedReceiver<v1::Event>,
     /// Updates received while waiting for something else.
     pending: std::collections::VecDeque<v1::TaskStatus>,
+    /// Offers received while waiting for an update (an offer is made once: dropping
+    /// it would leave the test waiting for one that never comes).
+    pending_offers: std::collections::VecDeque<Vec<v1::Offer>>,
 }
 
 async fn subscribe(
@@ -149,6 +152,7 @@ async fn subscribe(
         conn,
         rx,
         pending: Default::default(),
+        pending_offers: Default::default(),
     })
 }
 
@@ -162,6 +166,9 @@ impl Scheduler {
     }
 
     async fn next_offers(&mut self) -> Vec<v1::Offer> {
+        if let Some(offers) = self.pending_offers.pop_front() {
+            return offers;
+        }
         loop {
             match self.next().await {
                 event::Event::Offers(o) => return o.offers,
@@ -176,8 +183,10 @@ impl Scheduler {
             return u;
         }
         loop {
-            if let event::Event::Update(u) = self.next().await {
-                return u.status.unwrap();
+            match self.next().await {
+                event::Event::Update(u) => return u.status.unwrap(),
+                event::Event::Offers(o) => self.pending_offers.push_back(o.offers),
+                _ => {}
             }
         }
     }
@@ -188,12 +197,16 @@ impl Scheduler {
             return self.pending.remove(i).unwrap();
         }
         loop {
-            if let event::Event::Update(u) = self.next().await {
-                let u = u.status.unwrap();
-                if u.task_id == task_id {
-                    return u;
+            match self.next().await {
+                event::Event::Update(u) => {
+                    let u = u.status.unwrap();
+                    if u.task_id == task_id {
+                        return u;
+                    }
+                    self.pending.push_back(u);
                 }
-                self.pending.push_back(u);
+                event::Event::Offers(o) => self.pending_offers.push_back(o.offers),
+                _ => {}
             }
         }
     }

@@ -38,7 +38,7 @@ async fn one(n: usize, conc: Option<usize>) -> Result<Run> {
     let url = format!("https://127.0.0.1:{port}");
     let mut master = spawn_master(&node, &tls, port, &dir.path().join("master.log"))?;
     let cgroup_root = format!("/cella-bench-{}", std::process::id());
-    let runtime = dir.path().join("run");
+    let (runtime, _runtime_dir) = runtime_dir(&dir)?;
     let mut agent = spawn_agent(
         &node,
         &AgentOpts {

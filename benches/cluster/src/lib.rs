@@ -50,9 +50,13 @@ impl TempDir {
     /// `$CELLA_BENCH_DIR` (default `/var/tmp`, on the root disk like
     /// `/var/lib/cella`) / `cella-bench-<tag>-<pid>-<n>`.
     pub fn new(tag: &str) -> Result<TempDir> {
+        let base = std::env::var_os("CELLA_BENCH_DIR").map_or_else(|| "/var/tmp".into(), PathBuf::from);
+        TempDir::new_in(&base, tag)
+    }
+
+    pub fn new_in(base: &Path, tag: &str) -> Result<TempDir> {
         use std::sync::atomic::{AtomicUsize, Ordering};
         static N: AtomicUsize = AtomicUsize::new(0);
-        let base = std::env::var_os("CELLA_BENCH_DIR").map_or_else(|| "/var/tmp".into(), PathBuf::from);
         let dir = base.join(format!(
             "cella-bench-{tag}-{}-{}",
             std::process::id(),
@@ -71,6 +75,19 @@ impl Drop for TempDir {
         if std::env::var_os("CELLA_BENCH_KEEP").is_none() {
             let _ = std::fs::remove_dir_all(&self.0);
         }
+    }
+}
+
+/// The agent's runtime directory (shim run dirs, event FIFOs): `<scratch>/run`, or a
+/// fresh directory under `$CELLA_BENCH_RUNTIME_DIR` (e.g. a tmpfs, like `/run` on most
+/// systems). The second value removes it on drop.
+pub fn runtime_dir(scratch: &TempDir) -> Result<(PathBuf, Option<TempDir>)> {
+    match std::env::var_os("CELLA_BENCH_RUNTIME_DIR") {
+        Some(base) => {
+            let d = TempDir::new_in(Path::new(&base), "run")?;
+            Ok((d.path().to_path_buf(), Some(d)))
+        }
+        None => Ok((scratch.path().join("run"), None)),
     }
 }
 
