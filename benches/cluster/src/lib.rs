@@ -218,7 +218,8 @@ pub struct AgentOpts<'a> {
 /// Starts `cluster-node agent` (the real agent, containerizer and shim).
 pub fn spawn_agent(node: &Path, o: &AgentOpts<'_>) -> Result<Proc> {
     // Diagnosis: `CELLA_BENCH_AGENT_WRAP="strace -f -tt -T -o /tmp/agent.strace"` runs
-    // the agent under that command.
+    // the agent under that command. Diagnosis only: Proc::stop then signals the
+    // wrapper, and the agent must be stopped by its own pid afterwards.
     let wrap: Vec<String> = std::env::var("CELLA_BENCH_AGENT_WRAP")
         .map(|w| w.split_whitespace().map(String::from).collect())
         .unwrap_or_default();
