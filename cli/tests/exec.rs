@@ -160,9 +160,8 @@ fn run_helper(mode: &str) -> i32 {
     0
 }
 
-/// Options and command that run this binary as the task with helper `mode`.
-fn helper_task(mode: &str) -> (Vec<String>, Vec<String>) {
-    let exe = std::env::current_exe().expect("path of the test binary");
+/// Options and command that run this binary (at `exe`) as the task with helper `mode`.
+fn helper_task(exe: &Path, mode: &str) -> (Vec<String>, Vec<String>) {
     (
         vec!["--env".into(), format!("{HELPER_ENV}={mode}")],
         vec![
@@ -599,7 +598,17 @@ impl Sandbox {
     }
 
     fn helper(&self, opts: &[&str], mode: &str) -> Outcome {
-        let (mut all, cmd) = helper_task(mode);
+        // The test binary may live under /tmp (a checkout there), which the task's
+        // private /tmp hides: it runs from a link (or copy) in the working directory,
+        // which the task sees.
+        let exe = std::env::current_exe().expect("path of the test binary");
+        let visible = self.dir.path().join("test-helper");
+        if !visible.exists() {
+            std::fs::hard_link(&exe, &visible)
+                .or_else(|_| std::fs::copy(&exe, &visible).map(drop))
+                .expect("placing the test binary in the working directory");
+        }
+        let (mut all, cmd) = helper_task(&visible, mode);
         all.extend(opts.iter().map(|s| s.to_string()));
         self.run(&all, &cmd)
     }
