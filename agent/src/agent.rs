@@ -94,28 +94,11 @@ impl Task {
 }
 
 pub fn is_terminal(state: v1::TaskState) -> bool {
-    matches!(
-        state,
-        v1::TaskState::TaskFinished
-            | v1::TaskState::TaskFailed
-            | v1::TaskState::TaskKilled
-            | v1::TaskState::TaskLost
-            | v1::TaskState::TaskError
-    )
+    state.is_terminal()
 }
 
 pub fn state_name(state: v1::TaskState) -> &'static str {
-    match state {
-        v1::TaskState::Unspecified => "UNSPECIFIED",
-        v1::TaskState::TaskStaging => "STAGING",
-        v1::TaskState::TaskStarting => "STARTING",
-        v1::TaskState::TaskRunning => "RUNNING",
-        v1::TaskState::TaskFinished => "FINISHED",
-        v1::TaskState::TaskFailed => "FAILED",
-        v1::TaskState::TaskKilled => "KILLED",
-        v1::TaskState::TaskLost => "LOST",
-        v1::TaskState::TaskError => "ERROR",
-    }
+    state.name()
 }
 
 pub fn now_ns() -> u64 {

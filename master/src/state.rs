@@ -33,48 +33,16 @@ pub fn to_wire(r: &Resources) -> v1::Resources {
 }
 
 pub fn is_terminal(state: v1::TaskState) -> bool {
-    matches!(
-        state,
-        v1::TaskState::TaskFinished
-            | v1::TaskState::TaskFailed
-            | v1::TaskState::TaskKilled
-            | v1::TaskState::TaskLost
-            | v1::TaskState::TaskError
-    )
+    state.is_terminal()
 }
 
 /// The name people and the API use for a state (`RUNNING`, `FAILED`…).
 pub fn state_name(state: v1::TaskState) -> &'static str {
-    match state {
-        v1::TaskState::Unspecified => "UNSPECIFIED",
-        v1::TaskState::TaskStaging => "STAGING",
-        v1::TaskState::TaskStarting => "STARTING",
-        v1::TaskState::TaskRunning => "RUNNING",
-        v1::TaskState::TaskFinished => "FINISHED",
-        v1::TaskState::TaskFailed => "FAILED",
-        v1::TaskState::TaskKilled => "KILLED",
-        v1::TaskState::TaskLost => "LOST",
-        v1::TaskState::TaskError => "ERROR",
-    }
+    state.name()
 }
 
 pub fn reason_name(reason: v1::Reason) -> &'static str {
-    match reason {
-        v1::Reason::Unspecified => "",
-        v1::Reason::CommandExited => "COMMAND_EXITED",
-        v1::Reason::MemoryLimit => "MEMORY_LIMIT",
-        v1::Reason::DiskLimit => "DISK_LIMIT",
-        v1::Reason::PidsLimit => "PIDS_LIMIT",
-        v1::Reason::CommandNotFound => "COMMAND_NOT_FOUND",
-        v1::Reason::CommandNotExecutable => "COMMAND_NOT_EXECUTABLE",
-        v1::Reason::KilledByRequest => "KILLED_BY_REQUEST",
-        v1::Reason::AgentLost => "AGENT_LOST",
-        v1::Reason::InvalidTask => "INVALID_TASK",
-        v1::Reason::LaunchFailed => "LAUNCH_FAILED",
-        v1::Reason::AgentRestarted => "AGENT_RESTARTED",
-        v1::Reason::Reconciliation => "RECONCILIATION",
-        v1::Reason::FrameworkRemoved => "FRAMEWORK_REMOVED",
-    }
+    reason.name()
 }
 
 /// Whether an agent is connected.

@@ -7,6 +7,7 @@
 //!   rustls configurations for mutual TLS, the single-port server that carries both gRPC
 //!   and the HTTP/JSON operator API, and the matching clients.
 
+mod states;
 pub mod tls;
 
 /// Generated protocol types and services (package `cella.v1`).

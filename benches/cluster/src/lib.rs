@@ -139,6 +139,31 @@ impl Proc {
     }
 }
 
+impl Proc {
+    /// SIGKILL (a crash: no clean-up of any kind) and reap. Returns when it is gone.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `client` certificate's TLS configuration (operator API, schedulers).
+pub fn client_tls(tls_dir: &Path) -> Result<rustls::ClientConfig> {
+    cella_proto::tls::client_config(
+        &tls_dir.join("ca.pem"),
+        &tls_dir.join("client.pem"),
+        &tls_dir.join("client-key.pem"),
+    )
+    .context("client TLS")
+}
+
+/// GET `url` over mutual TLS, as JSON.
+pub async fn get_json(url: &str, tls: &rustls::ClientConfig) -> Result<serde_json::Value> {
+    cella_proto::tls::https_get_json::<serde_json::Value>(url, tls)
+        .await
+        .map_err(|e| anyhow::anyhow!("GET {url}: {e}"))
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         self.stop(Duration::from_secs(15));
@@ -181,9 +206,23 @@ fn log_file(path: &Path) -> Result<Stdio> {
 
 /// Starts `cluster-node master` on 127.0.0.1:`port`; returns once it listens.
 pub fn spawn_master(node: &Path, tls_dir: &Path, port: u16, log: &Path) -> Result<Proc> {
+    spawn_master_with(node, tls_dir, port, log, None)
+}
+
+/// [`spawn_master`] with an optional `--work-dir` (the registry persisted there).
+pub fn spawn_master_with(
+    node: &Path,
+    tls_dir: &Path,
+    port: u16,
+    log: &Path,
+    work_dir: Option<&Path>,
+) -> Result<Proc> {
     let mut cmd = Command::new(node);
-    cmd.arg("master")
-        .arg("--listen")
+    cmd.arg("master");
+    if let Some(w) = work_dir {
+        cmd.arg("--work-dir").arg(w);
+    }
+    cmd.arg("--listen")
         .arg(format!("127.0.0.1:{port}"))
         .arg("--tls-dir")
         .arg(tls_dir)
@@ -217,6 +256,11 @@ pub struct AgentOpts<'a> {
 
 /// Starts `cluster-node agent` (the real agent, containerizer and shim).
 pub fn spawn_agent(node: &Path, o: &AgentOpts<'_>) -> Result<Proc> {
+    spawn_agent_http(node, o, "127.0.0.1:0")
+}
+
+/// [`spawn_agent`] with its HTTPS API on `http_listen` (e.g. `127.0.0.1:<port>`).
+pub fn spawn_agent_http(node: &Path, o: &AgentOpts<'_>, http_listen: &str) -> Result<Proc> {
     // Diagnosis: `CELLA_BENCH_AGENT_WRAP="strace -f -tt -T -o /tmp/agent.strace"` runs
     // the agent under that command. Diagnosis only: Proc::stop then signals the
     // wrapper, and the agent must be stopped by its own pid afterwards.
@@ -245,7 +289,7 @@ pub fn spawn_agent(node: &Path, o: &AgentOpts<'_>) -> Result<Proc> {
         .arg("--cgroup-root")
         .arg(o.cgroup_root)
         .arg("--http-listen")
-        .arg("127.0.0.1:0")
+        .arg(http_listen)
         .arg("--kill-tasks-on-exit")
         .env("CELLA_SHIM", o.shim)
         .stdin(Stdio::null())

@@ -17,12 +17,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Node {
-    /// A master with the default configuration.
+    /// A master with the default configuration (plus `--work-dir`).
     Master {
         #[arg(long)]
         listen: SocketAddr,
         #[arg(long)]
         tls_dir: PathBuf,
+        /// Persist the registry in `<DIR>/registry.redb` (`MasterConfig::work_dir`);
+        /// without it the registry lives in memory only.
+        #[arg(long)]
+        work_dir: Option<PathBuf>,
     },
     /// An agent (`cella-agent` flags, plus `--launch-concurrency`).
     Agent {
@@ -58,7 +62,11 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().node {
-        Node::Master { listen, tls_dir } => {
+        Node::Master {
+            listen,
+            tls_dir,
+            work_dir,
+        } => {
             let tls = cella_proto::tls::server_config(
                 &tls_dir.join("ca.pem"),
                 &tls_dir.join("master.pem"),
@@ -70,7 +78,10 @@ async fn main() -> anyhow::Result<()> {
             cella_master::run(
                 listener,
                 Arc::new(tls),
-                cella_master::MasterConfig::default(),
+                cella_master::MasterConfig {
+                    work_dir,
+                    ..Default::default()
+                },
                 signal(),
             )
             .await?;
