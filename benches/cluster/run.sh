@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Cluster benchmarks of issue 3: launch latency, 1,000 tasks on one agent, master
-# memory per agent and per task. Builds in release mode and prints Markdown tables.
+# memory per agent and per task; and of issue 4: agent and master restart. Builds in release mode and prints Markdown tables.
 #
-#   sudo benches/cluster/run.sh [--only launch|many|memory] [--quick] [--no-build]
+#   sudo benches/cluster/run.sh [--only launch|many|memory|agent-restart|master-restart] [--quick] [--no-build]
 #
 # launch and many run twice: with the agent's runtime directory (shim run dirs, event
 # FIFOs) on the root disk (ext4 here, like /run on this VM), then on a tmpfs that the
@@ -22,7 +22,7 @@ while [ $# -gt 0 ]; do
     --only) only="$2"; shift 2 ;;
     --quick) quick=1; shift ;;
     --no-build) build=0; shift ;;
-    *) echo "usage: $0 [--only launch|many|memory] [--quick] [--no-build]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--only launch|many|memory|agent-restart|master-restart] [--quick] [--no-build]" >&2; exit 2 ;;
   esac
 done
 [ "$(id -u)" = 0 ] || { echo "run.sh: needs root (cgroups, namespaces)" >&2; exit 1; }
@@ -50,27 +50,35 @@ mountpoint -q "$tmpfs" || mount -t tmpfs -o size=4g,mode=0755 cella-bench "$tmpf
 
 bench() {
   local name="$1" title="$2"; shift 2
+  local target_name="${name//-/_}"
   [ -z "$only" ] || [ "$only" = "$name" ] || return 0
   echo
   echo "### $title"
   # Only the Markdown (and RESULT lines) on stdout; progress goes to stderr.
-  cargo bench --manifest-path "$here/Cargo.toml" --target-dir "$target" -q --bench "$name" -- "$@" \
+  cargo bench --manifest-path "$here/Cargo.toml" --target-dir "$target" -q --bench "$target_name" -- "$@" \
     | grep -v '^RESULT '
 }
 if [ "$quick" = 1 ]; then
   launch_args=(--runs 20 --warmup 3)
   many_args=(--tasks 200 --concurrency default,8 --repeats 1)
   memory_args=(--sizes 200x0,400x0,200x10 --repeats 1)
+  agent_restart_args=(--tasks 200 --runs 1)
+  master_restart_args=(--agents 200 --runs 1)
 else
   launch_args=(--runs 60 --warmup 5)
   many_args=(--tasks 1000 --concurrency default,2,4,8,16 --repeats 2)
   memory_args=(--sizes 500x0,1000x0,2000x0,1000x10,1000x20,2000x10 --repeats 2)
+  agent_restart_args=(--tasks 1000 --runs 3)
+  master_restart_args=(--agents 1000 --tasks-per-agent 10 --runs 3)
 fi
 bench launch "launch: runtime dir on the root disk" "${launch_args[@]}"
 CELLA_BENCH_RUNTIME_DIR="$tmpfs" bench launch "launch: runtime dir on a tmpfs" "${launch_args[@]}"
 bench many "many: runtime dir on the root disk" "${many_args[@]}"
 CELLA_BENCH_RUNTIME_DIR="$tmpfs" bench many "many: runtime dir on a tmpfs" "${many_args[@]}"
 bench memory "memory" "${memory_args[@]}"
+# Recovery (issue 4): the agent's runtime directory on the tmpfs, as on most systems.
+CELLA_BENCH_RUNTIME_DIR="$tmpfs" bench agent-restart "agent-restart: 1,000 tasks, agent SIGKILL and restart (runtime dir on a tmpfs)" "${agent_restart_args[@]}"
+bench master-restart "master-restart: 1,000 simulated agents, 10,000 tasks, master SIGKILL and restart" "${master_restart_args[@]}"
 echo
 echo "- load average at end: $(cut -d' ' -f1-3 /proc/loadavg); CPU pressure: $(head -1 /proc/pressure/cpu 2>/dev/null)"
 echo "- (the many benchmark itself raises the load average: up to ~500 agent threads wait in D state in"

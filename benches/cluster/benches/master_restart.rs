@@ -260,9 +260,8 @@ async fn one(node: &Path, a: usize, k: usize) -> Result<Run> {
     let listening_s = t0.elapsed().as_secs_f64();
     // How many agents the recovered registry knows (all UNREACHABLE at first).
     let (known_after_restart, _) = connected(&agents_url, &ctls).await;
-    let all_registered = wait_count(&registrations, 2 * a, Duration::from_secs(120)).await?;
-    let all_registered_s = (t0.elapsed().min(all_registered + Duration::from_secs_f64(listening_s))).as_secs_f64();
-    let all_registered_s = all_registered_s.max(0.0);
+    wait_count(&registrations, 2 * a, Duration::from_secs(120)).await?;
+    let all_registered_s = t0.elapsed().as_secs_f64();
     loop {
         if connected(&agents_url, &ctls).await.1 >= a {
             break;
@@ -332,7 +331,7 @@ async fn main() -> Result<()> {
     );
     println!("| | median s | runs s |");
     println!("|---|---:|---|");
-    println!("| start → listening (registry reloaded) | {:.3} | {} |", median(&l), list(&l));
+    println!("| start → port bound (the registry loads after the bind) | {:.3} | {} |", median(&l), list(&l));
     println!("| start → all {a} agents got Registered | {:.3} | {} |", median(&r), list(&r));
     println!("| start → all {a} CONNECTED in /api/v1/agents | {:.3} | {} |", median(&c), list(&c));
     println!("| (first registration of the {a}, fresh master) | {:.3} | {} |", median(&fr), list(&fr));
