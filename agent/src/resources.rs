@@ -141,7 +141,7 @@ pub fn cgroup_dirs(proc_cgroup: &str, mountinfo: &str) -> CgroupDirs {
             path.strip_prefix(root)?
         };
         let rel = rel.trim_start_matches('/');
-        let point = PathBuf::from(unescape_mount(point));
+        let point = PathBuf::from(cella_containerizer::cgroups::unescape_mountinfo(point));
         Some((point.join(rel), point))
     };
     let mut dirs = CgroupDirs::default();
@@ -173,32 +173,6 @@ pub fn cgroup_dirs(proc_cgroup: &str, mountinfo: &str) -> CgroupDirs {
     dirs
 }
 
-/// mountinfo escapes spaces and friends as `\040`.
-fn unescape_mount(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && i + 3 < bytes.len()
-            && bytes[i + 1..i + 4]
-                .iter()
-                .all(|b| (b'0'..=b'7').contains(b))
-        {
-            let v = bytes[i + 1..i + 4]
-                .iter()
-                .fold(0u32, |acc, b| acc * 8 + u32::from(b - b'0'));
-            out.push(u8::try_from(v).unwrap_or(b'?'));
-            i += 4;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// The directories from `dir` up to and including `top`.
 fn ancestors(dir: &Path, top: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut cur = Some(dir);
@@ -404,7 +378,10 @@ mod tests {
             dirs.unified.map(|d| d.0),
             Some(PathBuf::from("/sys/fs/cgroup/c"))
         );
-        assert_eq!(unescape_mount("/a\\040b"), "/a b");
+        assert_eq!(
+            cella_containerizer::cgroups::unescape_mountinfo("/a\\040b"),
+            "/a b"
+        );
     }
 
     #[test]

@@ -52,7 +52,7 @@ pub struct LogFollower {
 }
 
 impl LogFollower {
-    pub fn new(_cluster: &Cluster, endpoint: String, task_id: &str) -> Self {
+    pub fn new(endpoint: String, task_id: &str) -> Self {
         Self {
             endpoint,
             task_id: task_id.to_string(),

@@ -83,10 +83,6 @@ pub fn run(args: RunArgs) -> i32 {
     }
 }
 
-fn state_name(state: v1::TaskState) -> &'static str {
-    cella_master::state::state_name(state)
-}
-
 async fn run_async(args: RunArgs) -> anyhow::Result<i32> {
     let cluster = args.cluster.resolve()?;
     let channel = cella_proto::tls::grpc_channel(&cluster.master, &cluster.tls)
@@ -201,7 +197,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<i32> {
                             }));
                         }
                         let state = status.state();
-                        let terminal = cella_master::state::is_terminal(state);
+                        let terminal = state.is_terminal();
                         if !terminal {
                             print_state(&task_id, &status);
                         }
@@ -218,14 +214,14 @@ async fn run_async(args: RunArgs) -> anyhow::Result<i32> {
                             }
                             if follower.is_none() {
                                 if let Ok(endpoint) = agent_endpoint(&cluster, &status.agent_id).await {
-                                    follower = Some(LogFollower::new(&cluster, endpoint, &task_id));
+                                    follower = Some(LogFollower::new(endpoint, &task_id));
                                 }
                             }
                         }
                         if terminal {
                             if follower.is_none() && !status.agent_id.is_empty() {
                                 if let Ok(endpoint) = agent_endpoint(&cluster, &status.agent_id).await {
-                                    follower = Some(LogFollower::new(&cluster, endpoint, &task_id));
+                                    follower = Some(LogFollower::new(endpoint, &task_id));
                                 }
                             }
                             if let Some(f) = follower.as_mut() {
@@ -278,7 +274,7 @@ fn print_state(task_id: &str, status: &v1::TaskStatus) {
     } else {
         format!(": {}", status.message)
     };
-    eprintln!("cella: {task_id} {}{message}", state_name(status.state()));
+    eprintln!("cella: {task_id} {}{message}", status.state().name());
 }
 
 fn fits(offer: &v1::Resources, need: &v1::Resources) -> bool {

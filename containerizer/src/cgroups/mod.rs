@@ -13,7 +13,7 @@ mod mode;
 mod v1;
 mod v2;
 
-pub use mode::{Mode, detect_mode, parse_mode};
+pub use mode::{Mode, detect_mode, parse_mode, unescape_mountinfo};
 
 use std::path::{Path, PathBuf};
 

@@ -98,8 +98,8 @@ pub(super) fn parse_mountinfo(text: &str) -> Vec<CgroupMount> {
         };
         let mount = CgroupMount {
             fstype: fstype.to_string(),
-            root: unescape(left[3]),
-            mount_point: PathBuf::from(unescape(left[4])),
+            root: unescape_mountinfo(left[3]),
+            mount_point: PathBuf::from(unescape_mountinfo(left[4])),
             controllers,
         };
         // The same hierarchy may be mounted twice (bind mounts); the first one wins.
@@ -117,7 +117,7 @@ pub(super) fn parse_mountinfo(text: &str) -> Vec<CgroupMount> {
 }
 
 /// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape(field: &str) -> String {
+pub fn unescape_mountinfo(field: &str) -> String {
     if !field.contains('\\') {
         return field.to_string();
     }
