@@ -89,6 +89,7 @@ impl Task {
             launched_ns: self.launched_ns,
             shim_pid: self.shim_pid,
             ended_ns: self.ended_ns,
+            kill_requested: self.kill_requested,
         }
     }
 }
@@ -162,24 +163,29 @@ impl Core {
             status.agent_id = id;
         }
         let state = status.state();
-        let record = if !update_task {
-            None
-        } else {
+        // Queued while the task is locked: a concurrent change of the task (a kill
+        // request) is checkpointed after this copy, never before it.
+        let (seq, durable) = {
             let mut tasks = lock(&self.tasks);
-            tasks.get_mut(&status.task_id).map(|t| {
-                t.state = state;
-                if is_terminal(state) && t.ended_ns == 0 {
-                    t.ended_ns = now_ns();
-                }
-                t.record()
-            })
+            let record = if update_task {
+                tasks.get_mut(&status.task_id).map(|t| {
+                    t.state = state;
+                    if is_terminal(state) && t.ended_ns == 0 {
+                        t.ended_ns = now_ns();
+                    }
+                    t.record()
+                })
+            } else {
+                None
+            };
+            let seq = lock(&self.updates).next_seq();
+            let mut writes = vec![Write::PutUpdate(seq, status.clone())];
+            if let Some(record) = record {
+                writes.push(Write::PutTask(status.task_id.clone(), record));
+            }
+            (seq, self.store.submit(writes))
         };
-        let seq = lock(&self.updates).next_seq();
-        let mut writes = vec![Write::PutUpdate(seq, status.clone())];
-        if let Some(record) = record {
-            writes.push(Write::PutTask(status.task_id.clone(), record));
-        }
-        self.store.write(writes).await?;
+        durable.await?;
         let mut updates = lock(&self.updates);
         if updates.add(seq, status, Instant::now()) {
             self.metrics.updates_sent.inc();
@@ -720,24 +726,29 @@ async fn restore(core: &Arc<Core>, checkpoint: Checkpoint) -> Result<(), AgentEr
                 shim_pid: record.shim_pid,
                 launched_ns: record.launched_ns,
                 ended_ns: record.ended_ns,
-                kill_requested: false,
+                kill_requested: record.kill_requested,
                 running: None,
                 usage: None,
             };
             if !is_terminal(state) {
-                unfinished.push((id.clone(), task.info.clone(), task.sandbox.clone()));
+                unfinished.push((
+                    id.clone(),
+                    task.info.clone(),
+                    task.sandbox.clone(),
+                    task.kill_requested,
+                ));
             }
             map.insert(id, task);
         }
     }
     let n = unfinished.len();
     let results: Vec<(String, Outcome)> = futures::stream::iter(unfinished)
-        .map(|(id, info, sandbox)| {
+        .map(|(id, info, sandbox, kill_requested)| {
             let c = core.containerizer.clone();
             async move {
                 let key = id.clone();
                 let outcome = tokio::task::spawn_blocking(move || {
-                    recover_one(&c, &id, &info, &sandbox, rebooted)
+                    recover_one(&c, &id, &info, &sandbox, rebooted, kill_requested)
                 })
                 .await
                 .unwrap_or_else(|e| Outcome::Lost(format!("recovery failed: {e}")));
@@ -748,11 +759,14 @@ async fn restore(core: &Arc<Core>, checkpoint: Checkpoint) -> Result<(), AgentEr
         .collect()
         .await;
     let mut reattached = 0usize;
+    // Tasks whose end was recorded now: their leftovers go after that (below).
+    let mut ended = Vec::new();
     for (id, outcome) in results {
-        let (framework_id, was_running) = match lock(&core.tasks).get(&id) {
+        let (framework_id, was_running, kill_requested) = match lock(&core.tasks).get(&id) {
             Some(t) => (
                 t.framework_id.clone(),
                 t.state == v1::TaskState::TaskRunning,
+                t.kill_requested,
             ),
             None => continue,
         };
@@ -771,6 +785,12 @@ async fn restore(core: &Arc<Core>, checkpoint: Checkpoint) -> Result<(), AgentEr
                     })
                     .await?;
                 }
+                if kill_requested {
+                    // The kill was requested before the restart and may not have
+                    // been delivered: deliver it (again).
+                    tracing::info!(task = %id, "killing the task: its kill was requested before the restart");
+                    crate::tasks::kill_slot(core, &slot).await;
+                }
                 crate::tasks::watch(core.clone(), id, framework_id, slot);
             }
             Outcome::Ended(mut s) => {
@@ -778,11 +798,12 @@ async fn restore(core: &Arc<Core>, checkpoint: Checkpoint) -> Result<(), AgentEr
                 s.framework_id = framework_id;
                 tracing::info!(task = %id, state = s.state().as_str_name(), "the task ended while the agent was away: {}", s.message);
                 core.send_status(s).await?;
+                ended.push(id);
             }
             Outcome::Lost(why) => {
                 tracing::warn!(task = %id, "reported LOST: {why}");
                 core.send_status(v1::TaskStatus {
-                    task_id: id,
+                    task_id: id.clone(),
                     framework_id,
                     state: v1::TaskState::TaskLost as i32,
                     reason: v1::Reason::AgentRestarted as i32,
@@ -790,13 +811,15 @@ async fn restore(core: &Arc<Core>, checkpoint: Checkpoint) -> Result<(), AgentEr
                     ..Default::default()
                 })
                 .await?;
+                ended.push(id);
             }
         }
     }
     if n > 0 {
         tracing::info!(tasks = n, reattached, "recovery done");
     }
-    // Leftovers no task owns (a task forgotten, a checkpoint moved aside): removed.
+    // Leftovers of the tasks that ended, and of any task no record owns (a task
+    // forgotten, a checkpoint moved aside): removed.
     let owned: std::collections::HashSet<String> = lock(&core.tasks)
         .iter()
         .filter(|(_, t)| t.running.is_some())
@@ -806,6 +829,7 @@ async fn restore(core: &Arc<Core>, checkpoint: Checkpoint) -> Result<(), AgentEr
     let runtime_tasks = core.config.runtime_dir.join("tasks");
     let _ = tokio::task::spawn_blocking(move || {
         let mut names: Vec<String> = c.cgroups().list().unwrap_or_default();
+        names.extend(ended);
         if let Ok(entries) = std::fs::read_dir(&runtime_tasks) {
             names.extend(entries.flatten().filter_map(|e| e.file_name().into_string().ok()));
         }
@@ -816,7 +840,7 @@ async fn restore(core: &Arc<Core>, checkpoint: Checkpoint) -> Result<(), AgentEr
                 continue;
             }
             if let Ok(id) = TaskId::new(name.clone()) {
-                tracing::warn!(task = %name, "removing leftovers of a task no checkpoint record owns");
+                tracing::info!(task = %name, "removing the leftovers of a task that is not running");
                 c.destroy(&id);
             }
         }
@@ -835,6 +859,7 @@ fn recover_one(
     info: &v1::TaskInfo,
     sandbox: &std::path::Path,
     rebooted: bool,
+    kill_requested: bool,
 ) -> Outcome {
     let Ok(task_id) = TaskId::new(id.to_string()) else {
         return Outcome::Lost(format!("the checkpoint holds an invalid task id {id:?}"));
@@ -854,7 +879,9 @@ fn recover_one(
     };
     match c.recover(&task_id, &config) {
         Recovered::Running(r) => Outcome::Running(Box::new(r)),
-        Recovered::Ended(t) => Outcome::Ended(crate::tasks::terminal_status(&t, false, info)),
+        Recovered::Ended(t) => {
+            Outcome::Ended(crate::tasks::terminal_status(&t, kill_requested, info))
+        }
         Recovered::Unknown(why) => Outcome::Lost(format!(
             "the agent restarted and cannot know how the task ended: {why}"
         )),

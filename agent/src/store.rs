@@ -79,6 +79,11 @@ pub struct TaskRecord {
     /// epoch; 0 while it runs. Drives the sandbox garbage collection.
     #[prost(uint64, tag = "8")]
     pub ended_ns: u64,
+    /// A kill was requested: recorded before the kill is delivered, so that an agent
+    /// restarted in between kills the task again (if it still runs) and reports its
+    /// end as KILLED, not as a failure.
+    #[prost(bool, tag = "9")]
+    pub kill_requested: bool,
 }
 
 /// A change to the checkpoint.
@@ -214,29 +219,35 @@ impl Store {
 
     /// Applies `writes` atomically; resolves once they are durable.
     pub async fn write(&self, writes: Vec<Write>) -> Result<(), StoreError> {
+        self.submit(writes).await
+    }
+
+    /// Queues `writes` at once (batches are applied in the order they are queued) and
+    /// returns a future that resolves once they are durable. Queue while holding the
+    /// lock of the state the writes copy, so that the checkpoint never goes back to
+    /// an older copy.
+    pub fn submit(
+        &self,
+        writes: Vec<Write>,
+    ) -> impl std::future::Future<Output = Result<(), StoreError>> + use<> {
         let (done, rx) = oneshot::channel();
-        self.tx
-            .send(Batch {
-                writes,
-                done: Some(done),
-            })
-            .map_err(|_| StoreError::Closed {
-                path: self.path.clone(),
-            })?;
-        match rx.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(message)) => Err(StoreError::Db {
-                path: self.path.clone(),
-                message,
-            }),
-            Err(_) => Err(StoreError::Closed {
-                path: self.path.clone(),
-            }),
+        let sent = self.tx.send(Batch {
+            writes,
+            done: Some(done),
+        });
+        let path = self.path.clone();
+        async move {
+            sent.map_err(|_| StoreError::Closed { path: path.clone() })?;
+            match rx.await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(message)) => Err(StoreError::Db { path, message }),
+                Err(_) => Err(StoreError::Closed { path }),
+            }
         }
     }
 
-    /// Queues `writes` without waiting (e.g. forgetting an acknowledged update: if it
-    /// is lost in a crash, the update is merely sent again).
+    /// Queues `writes` without waiting for them (acknowledgements: losing one only
+    /// means an update is re-sent).
     pub fn write_later(&self, writes: Vec<Write>) {
         let _ = self.tx.send(Batch { writes, done: None });
     }
@@ -398,6 +409,7 @@ mod tests {
             launched_ns: 1,
             shim_pid: 41,
             ended_ns: 0,
+            kill_requested: true,
         };
         store
             .write(vec![

@@ -19,6 +19,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
 
 use crate::agent::{Core, Task, is_terminal, lock, now_ns};
+use crate::store::Write;
 
 fn status(task_id: &str, framework_id: &str, state: v1::TaskState) -> v1::TaskStatus {
     v1::TaskStatus {
@@ -285,7 +286,7 @@ pub async fn launch(core: Arc<Core>, framework_id: String, info: v1::TaskInfo) {
     });
 }
 
-async fn kill_slot(core: &Arc<Core>, slot: &Arc<Mutex<Option<Running>>>) {
+pub async fn kill_slot(core: &Arc<Core>, slot: &Arc<Mutex<Option<Running>>>) {
     let c = core.containerizer.clone();
     let slot = slot.clone();
     let _ = tokio::task::spawn_blocking(move || {
@@ -331,7 +332,8 @@ async fn monitor(
     let Some(running) = taken else {
         return;
     };
-    let termination = match tokio::task::spawn_blocking(move || c.finish(running)).await {
+    let task_id = running.id.clone();
+    let termination = match tokio::task::spawn_blocking(move || c.collect(running)).await {
         Ok(t) => t,
         Err(e) => {
             tracing::error!(task = %id, "collecting the task failed: {e}");
@@ -342,6 +344,8 @@ async fn monitor(
                 t.running = None;
             }
             send(&core, s).await;
+            let c = core.containerizer.clone();
+            let _ = tokio::task::spawn_blocking(move || c.destroy(&task_id)).await;
             return;
         }
     };
@@ -370,6 +374,10 @@ async fn monitor(
     s.framework_id = framework_id;
     tracing::info!(task = %id, state = s.state().as_str_name(), "{}", s.message);
     send(&core, s).await;
+    // Only now that the end is checkpointed: an agent that crashed before this
+    // finds the run directory and reports the same end again.
+    let c = core.containerizer.clone();
+    let _ = tokio::task::spawn_blocking(move || c.destroy(&task_id)).await;
 }
 
 async fn wait_polling(core: &Arc<Core>, slot: &Arc<Mutex<Option<Running>>>) {
@@ -479,15 +487,31 @@ pub async fn kill(core: Arc<Core>, framework_id: String, task_id: String) {
         Unknown,
         Live(Option<Arc<Mutex<Option<Running>>>>),
     }
-    let found = match lock(&core.tasks).get_mut(&task_id) {
-        Some(t) if is_terminal(t.state) => Found::Ended,
-        Some(t) => {
-            t.kill_requested = true;
-            // Still launching (no handle yet): killed as soon as the launch returns.
-            Found::Live(t.running.clone())
+    let (found, durable) = {
+        let mut tasks = lock(&core.tasks);
+        match tasks.get_mut(&task_id) {
+            Some(t) if is_terminal(t.state) => (Found::Ended, None),
+            Some(t) => {
+                let first = !t.kill_requested;
+                t.kill_requested = true;
+                // Durable before the kill is delivered: an agent restarted in between
+                // kills the task again and reports it KILLED. Queued under the lock so
+                // that no older copy of the record lands after it.
+                let durable = first.then(|| {
+                    core.store
+                        .submit(vec![Write::PutTask(task_id.clone(), t.record())])
+                });
+                // Still launching (no handle yet): killed as soon as the launch returns.
+                (Found::Live(t.running.clone()), durable)
+            }
+            None => (Found::Unknown, None),
         }
-        None => Found::Unknown,
     };
+    if let Some(durable) = durable
+        && let Err(e) = durable.await
+    {
+        tracing::error!(task = %task_id, "kill request not checkpointed (killing anyway): {e}");
+    }
     match found {
         Found::Ended => tracing::debug!(task = %task_id, "kill of a task that already ended"),
         Found::Unknown => {

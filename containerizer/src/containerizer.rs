@@ -3,8 +3,9 @@
 
 use std::fs;
 use std::io::{self, Read};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio as ProcStdio};
 use std::time::{Duration, Instant};
@@ -257,8 +258,40 @@ impl Containerizer {
             .open(&events_path)
             .map_err(|e| LaunchError::setup(&events_path.display().to_string(), e))?;
 
+        // The shim inherits this locked descriptor as its fd 3 and holds it until it
+        // exits: a launcher restarted at any moment can tell a live (or starting)
+        // shim from one that never started or has ended, without a race.
+        let lock = open_shim_lock(&run_dir.shim_lock(), true)
+            .map_err(|e| LaunchError::setup(&run_dir.shim_lock().display().to_string(), e))?;
+        // libc's flock, not nix's Flock guard: the lock must outlive this descriptor
+        // (the shim keeps it), and the guard would unlock it when dropped.
+        // SAFETY: flock on a descriptor this function owns; no memory is involved.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(LaunchError::setup(
+                "locking shim.lock",
+                io::Error::last_os_error(),
+            ));
+        }
         let mut command = Command::new(&self.config.shim_path);
         command.arg(dir);
+        let lock_fd = lock.as_raw_fd();
+        // SAFETY: between fork and exec the closure only calls dup2 and fcntl, which
+        // are async-signal-safe, and allocates nothing.
+        unsafe {
+            command.pre_exec(move || {
+                if lock_fd == SHIM_LOCK_FD {
+                    let flags = libc::fcntl(SHIM_LOCK_FD, libc::F_GETFD);
+                    if flags < 0
+                        || libc::fcntl(SHIM_LOCK_FD, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0
+                    {
+                        return Err(io::Error::last_os_error());
+                    }
+                } else if libc::dup2(lock_fd, SHIM_LOCK_FD) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         if let Stdio::Files { .. } = config.stdio {
             let log = fs::File::create(run_dir.shim_log())
                 .map_err(|e| LaunchError::setup(&run_dir.shim_log().display().to_string(), e))?;
@@ -273,6 +306,8 @@ impl Containerizer {
                 e,
             )
         })?;
+        // The shim holds the lock now; this copy is not needed.
+        drop(lock);
         let shim_pid = i32::try_from(shim.id()).map_err(|e| LaunchError::setup("shim pid", e))?;
         let shim_pidfd =
             crate::sys::pidfd_open(shim_pid).map_err(|e| LaunchError::setup("pidfd_open", e))?;
@@ -404,7 +439,18 @@ impl Containerizer {
 
     /// Waits for the task to end, collects its status and final usage, and removes
     /// everything the launch created.
-    pub fn finish(&self, mut running: Running) -> Termination {
+    pub fn finish(&self, running: Running) -> Termination {
+        let id = running.id.clone();
+        let termination = self.collect(running);
+        self.destroy(&id);
+        termination
+    }
+
+    /// Waits for the task to end and collects its status and final usage, leaving
+    /// its run directory and cgroups in place: a launcher that records the outcome
+    /// first and then calls [`Containerizer::destroy`] can crash in between, and
+    /// [`Containerizer::recover`] still finds the same outcome.
+    pub fn collect(&self, mut running: Running) -> Termination {
         while !self.wait(&mut running, Duration::from_secs(1)) {}
         if let Some(shim) = running.shim.as_mut() {
             let _ = shim.wait();
@@ -427,7 +473,6 @@ impl Containerizer {
             let pids_hit = running.last.pids_limit_hits.is_some_and(|n| n > 0);
             (failed && pids_hit).then_some(Limitation::PidsLimit)
         });
-        self.destroy(&running.id);
         Termination {
             status,
             limitation,
@@ -441,6 +486,10 @@ impl Containerizer {
     /// run directory: a live shim is identified by pid **and** start time, so a pid
     /// reused by an unrelated process is never taken for it. `config` is the task's
     /// configuration as it was launched (isolators rebuild their state from it).
+    ///
+    /// A task that ended (or whose outcome cannot be known) keeps its leftovers: the
+    /// caller records the outcome, then calls [`Containerizer::destroy`], so that a
+    /// crash in between recovers the same outcome again.
     pub fn recover(&self, id: &TaskId, config: &TaskConfig) -> Recovered {
         let run_dir = RunDir::new(&self.config.runtime_dir, id.as_str());
         let record = |path: PathBuf| -> Option<(i32, u64)> {
@@ -448,7 +497,19 @@ impl Containerizer {
             let mut fields = text.split_whitespace();
             Some((fields.next()?.parse().ok()?, fields.next()?.parse().ok()?))
         };
-        let shim = record(run_dir.shim_pid());
+        let mut shim = record(run_dir.shim_pid());
+        if shim.is_none() && shim_lock_held(&run_dir.shim_lock()) {
+            // The previous launcher stopped just after starting the shim, which has
+            // not written its pid yet: wait for it (it is starting, not gone).
+            let deadline = Instant::now() + SHIM_START_WAIT;
+            while shim.is_none()
+                && Instant::now() < deadline
+                && shim_lock_held(&run_dir.shim_lock())
+            {
+                std::thread::sleep(Duration::from_millis(5));
+                shim = record(run_dir.shim_pid());
+            }
+        }
         let alive = shim.filter(|(pid, start)| {
             crate::sys::process_start_time(*pid) == Some(*start)
                 && !crate::sys::process_is_zombie(*pid)
@@ -505,7 +566,6 @@ impl Containerizer {
         }
         let mut peaks = Peaks::default();
         peaks.observe(&usage);
-        self.destroy(id);
         match status {
             Some(status) => {
                 let failed = status.code != Some(0);
@@ -535,4 +595,34 @@ impl Containerizer {
         let _ = fs::remove_dir_all(RunDir::new(&self.config.runtime_dir, id.as_str()).path());
         self.cgroups.remove_base_if_empty();
     }
+}
+
+/// The shim's descriptor number for the run directory's `shim.lock` (see
+/// [`RunDir::shim_lock`]).
+pub const SHIM_LOCK_FD: i32 = 3;
+
+/// How long recovery waits for a starting shim (its lock taken) to record its pid.
+const SHIM_START_WAIT: Duration = Duration::from_secs(5);
+
+fn open_shim_lock(path: &std::path::Path, create: bool) -> io::Result<fs::File> {
+    fs::OpenOptions::new()
+        .read(true)
+        .write(create)
+        .create(create)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)
+}
+
+/// Whether some process (a live or starting shim) holds the run directory's
+/// `shim.lock`. A missing file means no shim was ever started with it.
+fn shim_lock_held(path: &std::path::Path) -> bool {
+    let Ok(file) = open_shim_lock(path, false) else {
+        return false;
+    };
+    // The guard releases the shared lock this probe may take.
+    matches!(
+        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockSharedNonblock),
+        Err((_, nix::errno::Errno::EWOULDBLOCK))
+    )
 }

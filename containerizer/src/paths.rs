@@ -32,6 +32,14 @@ impl RunDir {
         self.0.join("events")
     }
 
+    /// Locked (flock) by the launcher before it starts the shim, and held by the
+    /// shim for its whole life through the inherited descriptor (its fd 3): while
+    /// the lock is taken, a shim lives or is starting, even before it has written
+    /// `shim.pid`.
+    pub fn shim_lock(&self) -> PathBuf {
+        self.0.join("shim.lock")
+    }
+
     /// The shim's pid and start time, written by the shim.
     pub fn shim_pid(&self) -> PathBuf {
         self.0.join("shim.pid")

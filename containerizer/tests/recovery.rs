@@ -123,6 +123,51 @@ fn a_running_task_is_re_attached_and_can_be_killed() {
     assert_eq!(out, "up\n");
 }
 
+/// The launcher may die right after starting the shim, before the shim has written
+/// its pid: the shim's lock (inherited from the launcher) tells recovery to wait for
+/// it instead of taking the task for gone.
+#[test]
+fn a_shim_that_has_not_written_its_pid_yet_is_waited_for() {
+    let l = Launcher::new();
+    let (id, config) = l.task("t-starting", "exec sleep 1000");
+    let first = l.containerizer();
+    let running = first.launch(&id, &config).expect("launch");
+    let (shim_pid, task_pid) = (running.shim_pid(), running.pid);
+    drop(running);
+    drop(first);
+
+    // Only the shim holds the lock; the task did not inherit it.
+    let run = l.dir.path().join("run/tasks/t-starting");
+    let holds_lock = |pid: i32| {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t == run.join("shim.lock")))
+    };
+    assert!(holds_lock(shim_pid), "the shim holds shim.lock");
+    assert!(!holds_lock(task_pid), "the task must not inherit shim.lock");
+
+    // As if the shim had not written its pid yet: it appears 300 ms into recovery.
+    let pid_file = run.join("shim.pid");
+    let hidden = run.join("shim.pid.hidden");
+    std::fs::rename(&pid_file, &hidden).expect("hiding shim.pid");
+    let restore = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        std::fs::rename(&hidden, &pid_file).expect("restoring shim.pid");
+    });
+    let second = l.containerizer();
+    let recovered = second.recover(&id, &config);
+    restore.join().expect("restore thread");
+    let Recovered::Running(running) = recovered else {
+        panic!("a starting shim (its lock held) was taken for gone");
+    };
+    assert_eq!(running.shim_pid(), shim_pid);
+    second.kill(&running).expect("kill");
+    let end = second.finish(running);
+    assert_eq!(end.status.signal, Some(9), "{:?}", end.status);
+}
+
 #[test]
 fn a_task_that_ended_meanwhile_reports_its_real_exit_code() {
     let l = Launcher::new();
@@ -143,6 +188,13 @@ fn a_task_that_ended_meanwhile_reports_its_real_exit_code() {
         Recovered::Running(_) => panic!("the task had ended"),
         Recovered::Unknown(why) => panic!("the exit status was recorded, yet: {why}"),
     }
+    // Until the caller has recorded the outcome and destroys the task, a second
+    // recovery (after another crash) finds the same outcome.
+    match second.recover(&id, &config) {
+        Recovered::Ended(end) => assert_eq!(end.status.code, Some(7), "{:?}", end.status),
+        _ => panic!("the second recovery lost the outcome"),
+    }
+    second.destroy(&id);
     assert!(
         second.cgroups().list().unwrap_or_default().is_empty(),
         "its cgroups are gone"
@@ -168,6 +220,7 @@ fn a_missing_run_directory_or_a_reused_pid_is_not_taken_for_the_task() {
         Recovered::Unknown(why) => assert!(why.contains("exit status"), "{why}"),
         _ => panic!("a pid with another start time must not be re-attached"),
     }
+    c.destroy(&id);
     assert!(!run.exists(), "the leftovers were removed");
 }
 

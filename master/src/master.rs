@@ -189,7 +189,17 @@ struct Master {
     store: Option<Store>,
     dirty: Dirty,
     stopping: Option<oneshot::Sender<()>>,
+    /// Agents reloaded from the registry that have neither re-registered nor been
+    /// declared lost yet: until they have, a task unknown to this master may still
+    /// be running on one of them.
+    recovering: BTreeSet<AgentId>,
+    /// Explicit reconciliations of unknown tasks, answered once `recovering` empties.
+    deferred_reconciles: Vec<(FrameworkId, String)>,
 }
+
+/// Bounds the reconciliations kept waiting for recovering agents (beyond it, the
+/// answer is given at once).
+const MAX_DEFERRED_RECONCILES: usize = 100_000;
 
 fn valid_task_id(id: &str) -> bool {
     !id.is_empty()
@@ -244,6 +254,8 @@ impl Master {
             store,
             dirty: Dirty::default(),
             stopping: None,
+            recovering: BTreeSet::new(),
+            deferred_reconciles: Vec::new(),
         };
         if let Some(loaded) = loaded {
             master.recover(loaded);
@@ -337,6 +349,7 @@ impl Master {
                 principal: f.principal.clone(),
                 failover_timeout_ms: u64::try_from(f.failover_timeout.as_millis())
                     .unwrap_or(u64::MAX),
+                suppressed: f.suppressed,
             });
             batch.frameworks.push((id.to_string(), record));
         }
@@ -382,6 +395,7 @@ impl Master {
         );
         for (id, r) in loaded.agents {
             let id = AgentId::from(id);
+            self.recovering.insert(id.clone());
             let registered_at = UNIX_EPOCH + Duration::from_millis(r.registered_ms);
             self.agents.insert(
                 id.clone(),
@@ -409,6 +423,9 @@ impl Master {
             if let Err(e) = self.allocator.add_framework(id.clone(), &role, false) {
                 tracing::warn!(framework = %id, "allocator: {e}");
             }
+            if r.suppressed {
+                let _ = self.allocator.suppress(&id);
+            }
             let failover_timeout = Duration::from_millis(r.failover_timeout_ms);
             self.frameworks.insert(
                 id.clone(),
@@ -420,7 +437,7 @@ impl Master {
                     failover_timeout,
                     conn: None,
                     failover_deadline: Some(now + failover_timeout),
-                    suppressed: false,
+                    suppressed: r.suppressed,
                     tasks: Default::default(),
                 },
             );
@@ -681,6 +698,8 @@ impl Master {
             );
         }
         self.sync_agent_allocation(&id);
+        // After its tasks are known: the reconciliations that waited see them.
+        self.agent_recovered(&id);
         let _ = tx.send(v1::MasterToAgent {
             message: Some(master_to_agent::Message::Registered(
                 master_to_agent::Registered {
@@ -790,6 +809,19 @@ impl Master {
             return;
         };
         let was_terminal = is_terminal(task.state());
+        if was_terminal && task.status.uuid.is_empty() {
+            // The master ended this task itself (LOST: its agent was gone too long,
+            // or came back without it) and told the scheduler so. Anything the
+            // agent says later would be a second end: acknowledged and dropped.
+            tracing::info!(
+                task = %status.task_id,
+                state = state_name(status.state()),
+                "update of a task the master already reported {}: dropped",
+                state_name(task.state())
+            );
+            self.ack_to_agent(agent, &status.task_id, &status.uuid);
+            return;
+        }
         status.framework_id = task.framework.to_string();
         // A late non-terminal update must not resurrect a finished task; a terminal
         // one brings the details (exit code, reason) of how it ended.
@@ -988,6 +1020,18 @@ impl Master {
         self.agents.remove(id);
         self.dirty_agent(id);
         self.metrics.agents_lost.inc();
+        self.agent_recovered(id);
+    }
+
+    /// Agent `id` re-registered or was declared lost: when it was the last one the
+    /// registry knew, the reconciliations that waited for it are answered.
+    fn agent_recovered(&mut self, id: &AgentId) {
+        if self.recovering.remove(id) && self.recovering.is_empty() {
+            tracing::info!("every agent of the registry re-registered or was declared lost");
+            for (framework, task_id) in std::mem::take(&mut self.deferred_reconciles) {
+                self.reconcile(&framework, &[task_id]);
+            }
+        }
     }
 
     // ------------------------------------------------------------ schedulers
@@ -1219,12 +1263,14 @@ impl Master {
                 if let Some(f) = self.frameworks.get_mut(id) {
                     f.suppressed = true;
                 }
+                self.dirty_framework(id);
             }
             call::Call::Revive(_) => {
                 let _ = self.allocator.revive(id);
                 if let Some(f) = self.frameworks.get_mut(id) {
                     f.suppressed = false;
                 }
+                self.dirty_framework(id);
                 self.allocation_wanted = true;
             }
             call::Call::Teardown(_) => {
@@ -1439,6 +1485,20 @@ impl Master {
             task_ids.to_vec()
         };
         for task_id in ids {
+            let known = self
+                .tasks
+                .get(&task_id)
+                .is_some_and(|t| &t.framework == framework);
+            if !known
+                && !self.recovering.is_empty()
+                && self.deferred_reconciles.len() < MAX_DEFERRED_RECONCILES
+            {
+                // After a restart, a task this master never recorded may run on an
+                // agent that has not re-registered yet: answer once they all have
+                // (or were declared lost), never "unknown" too early.
+                self.deferred_reconciles.push((framework.clone(), task_id));
+                continue;
+            }
             let status = match self
                 .tasks
                 .get(&task_id)

@@ -51,6 +51,10 @@ pub struct FrameworkRecord {
     pub role: String,
     pub principal: String,
     pub failover_timeout_ms: u64,
+    /// SUPPRESS was called and no REVIVE since (absent in registries written before
+    /// it was recorded: not suppressed).
+    #[serde(default)]
+    pub suppressed: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -319,6 +323,7 @@ mod tests {
                     role: "*".into(),
                     principal: "p".into(),
                     failover_timeout_ms: 1000,
+                    suppressed: true,
                 }),
             ));
             batch.tasks.push((

@@ -499,6 +499,7 @@ async fn reload_10000_tasks() {
                     role: "*".into(),
                     principal: "alice".into(),
                     failover_timeout_ms: 3_600_000,
+                    suppressed: false,
                 }),
             ));
         }
@@ -739,4 +740,175 @@ mod over_mtls {
         drop((calls, events));
         master.stop().await;
     }
+}
+
+impl Scheduler {
+    /// Reads events for `dur`; panics on any status update.
+    async fn expect_no_update(&mut self, dur: Duration) {
+        assert!(self.pending.is_empty(), "updates: {:?}", self.pending);
+        let deadline = tokio::time::Instant::now() + dur;
+        while let Ok(e) = tokio::time::timeout_at(deadline, self.rx.recv()).await {
+            if let Some(event::Event::Update(u)) = e.expect("scheduler stream open").event {
+                panic!("unexpected update: {:?}", u.status);
+            }
+        }
+    }
+
+    /// Reads events for `dur`; panics on any offer.
+    async fn expect_no_offers(&mut self, dur: Duration) {
+        self.pending_offers.clear();
+        let deadline = tokio::time::Instant::now() + dur;
+        while let Ok(e) = tokio::time::timeout_at(deadline, self.rx.recv()).await {
+            match e.expect("scheduler stream open").event {
+                Some(event::Event::Offers(o)) => panic!("unexpected offers: {:?}", o.offers),
+                Some(event::Event::Update(u)) => self.pending.push_back(u.status.unwrap()),
+                _ => {}
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suppressed_framework_stays_suppressed_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = master::try_spawn(config(dir.path())).unwrap();
+    let mut s = subscribe(&m, "", "alice").await.unwrap();
+    let fw = s.id.clone();
+    let _a = register_agent(&m, "agent-a", vec![]).await;
+    let offers = s.next_offers().await;
+    s.call(&m, call::Call::Suppress(call::Suppress {}));
+    s.call(
+        &m,
+        call::Call::Decline(call::Decline {
+            offer_ids: offers.iter().map(|o| o.offer_id.clone()).collect(),
+            refuse_seconds: Some(0.0),
+        }),
+    );
+    s.expect_no_offers(Duration::from_millis(300)).await;
+    m.stop().await;
+    drop((s, _a));
+
+    let m = master::try_spawn(config(dir.path())).unwrap();
+    let state = m.state().await.unwrap();
+    let f = state.frameworks.iter().find(|f| f.id == fw).unwrap();
+    assert!(f.suppressed, "the registry keeps SUPPRESS");
+    let mut s = subscribe(&m, &fw, "alice").await.unwrap();
+    let _a = register_agent(&m, "agent-a", vec![]).await;
+    s.expect_no_offers(Duration::from_millis(400)).await;
+    s.call(&m, call::Call::Revive(call::Revive {}));
+    let offers = s.next_offers().await;
+    assert!(offers.iter().any(|o| o.agent_id == "agent-a"));
+    m.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconciling_an_unknown_task_waits_for_the_agents_of_the_registry() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = MasterConfig {
+        agent_lost_timeout: Duration::from_secs(30),
+        ..config(dir.path())
+    };
+    let m = master::try_spawn(config.clone()).unwrap();
+    let s = subscribe(&m, "", "alice").await.unwrap();
+    let fw = s.id.clone();
+    let _a = register_agent(&m, "agent-a", vec![]).await;
+    m.stop().await;
+    drop((s, _a));
+
+    // The previous master sent "ghost" to agent-a and died before recording it.
+    let m = master::try_spawn(config).unwrap();
+    let mut s = subscribe(&m, &fw, "alice").await.unwrap();
+    s.call(
+        &m,
+        call::Call::Reconcile(call::Reconcile {
+            task_ids: vec!["ghost".into(), "nowhere".into()],
+        }),
+    );
+    // agent-a has not re-registered: "unknown" now could be wrong.
+    s.expect_no_update(Duration::from_millis(300)).await;
+    let _a = register_agent(
+        &m,
+        "agent-a",
+        vec![(fw.as_str(), "ghost", v1::TaskState::TaskRunning)],
+    )
+    .await;
+    let ghost = s.update_for("ghost").await;
+    assert_eq!(ghost.state(), v1::TaskState::TaskRunning, "{ghost:?}");
+    let nowhere = s.update_for("nowhere").await;
+    assert_eq!(nowhere.state(), v1::TaskState::TaskLost, "{nowhere:?}");
+    assert_eq!(nowhere.reason(), v1::Reason::Reconciliation);
+    // With every agent back, answers are immediate.
+    s.call(
+        &m,
+        call::Call::Reconcile(call::Reconcile {
+            task_ids: vec!["nowhere".into()],
+        }),
+    );
+    assert_eq!(
+        s.update_for("nowhere").await.state(),
+        v1::TaskState::TaskLost
+    );
+    m.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_back_after_its_tasks_were_lost_cannot_end_them_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = master::try_spawn(config(dir.path())).unwrap();
+    let mut s = subscribe(&m, "", "alice").await.unwrap();
+    let fw = s.id.clone();
+    let mut a = register_agent(&m, "agent-a", vec![]).await;
+    let offer = s.next_offers().await.remove(0);
+    s.call(
+        &m,
+        call::Call::Accept(call::Accept {
+            offer_ids: vec![offer.offer_id],
+            tasks: vec![task_info("t1")],
+            refuse_seconds: None,
+        }),
+    );
+    assert_eq!(a.next_launch().await.task_id, "t1");
+    a.status(&m, &fw, "t1", v1::TaskState::TaskRunning, "u1");
+    assert_eq!(s.update_for("t1").await.state(), v1::TaskState::TaskRunning);
+
+    // The agent is gone longer than the agent timeout: t1 is LOST.
+    m.send(Command::AgentDisconnected {
+        agent: a.id.clone().into(),
+        conn: a.conn,
+    });
+    let lost = s.update_for("t1").await;
+    assert_eq!(lost.state(), v1::TaskState::TaskLost);
+
+    // It comes back still running t1: the master has it killed, and the agent's
+    // KILLED is acknowledged but not passed on (the scheduler was told LOST).
+    let mut a = register_agent(
+        &m,
+        "agent-a",
+        vec![(fw.as_str(), "t1", v1::TaskState::TaskRunning)],
+    )
+    .await;
+    loop {
+        let msg = tokio::time::timeout(WAIT, a.rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        if let Some(master_to_agent::Message::Kill(k)) = msg.message {
+            assert_eq!(k.task_id, "t1");
+            break;
+        }
+    }
+    a.status(&m, &fw, "t1", v1::TaskState::TaskKilled, "u2");
+    loop {
+        let msg = tokio::time::timeout(WAIT, a.rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        if let Some(master_to_agent::Message::Acknowledge(ack)) = msg.message {
+            assert_eq!((ack.task_id.as_str(), ack.uuid.as_str()), ("t1", "u2"));
+            break;
+        }
+    }
+    s.expect_no_update(Duration::from_millis(300)).await;
+    assert_eq!(task_state(&m, "t1").await.0, "LOST");
+    m.stop().await;
 }

@@ -12,6 +12,7 @@
 //! [`Scheduler`] is a small scheduler on the gRPC scheduler API for tests that speak the
 //! protocol directly.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -146,6 +147,8 @@ pub struct AgentInfo {
     pub id: String,
     pub http: SocketAddr,
     pub cgroup_root: String,
+    /// Its `--resources`.
+    pub resources: String,
 }
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
@@ -165,6 +168,9 @@ pub struct Cluster {
     pub procs: Vec<Proc>,
     pub agents: Vec<AgentInfo>,
     pub client_tls: rustls::ClientConfig,
+    /// Flags of the masters [`Cluster::start_master`] starts ([`MASTER_FLAGS`] unless a
+    /// test changes them first).
+    pub master_flags: Vec<String>,
     master_proc: Option<usize>,
 }
 
@@ -232,6 +238,7 @@ impl Cluster {
             procs: Vec::new(),
             agents: Vec::new(),
             client_tls,
+            master_flags: MASTER_FLAGS.iter().map(|f| (*f).to_string()).collect(),
             master_proc: None,
         }
     }
@@ -275,36 +282,12 @@ impl Cluster {
         self.procs.len() - 1
     }
 
-    /// Starts `cella-master` with [`MASTER_FLAGS`] and waits for `/health`; writes the
-    /// client profile.
+    /// Starts `cella-master` with [`Cluster::master_flags`] and waits for `/health`;
+    /// writes the client profile.
     pub async fn start_master(&mut self) {
-        for attempt in 0..5 {
-            let port = free_port();
-            let addr = format!("127.0.0.1:{port}");
-            let mut command = Command::new(&self.bins.master);
-            command
-                .arg("--listen")
-                .arg(&addr)
-                .arg("--tls-dir")
-                .arg(&self.tls_dir)
-                // Its own registry: never the machine's /var/lib/cella/master.
-                .arg("--work-dir")
-                .arg(self.path().join("master"))
-                .args(MASTER_FLAGS);
-            let idx = self.spawn(&format!("master-{attempt}"), &mut command);
-            let url = format!("https://{addr}");
-            if self.wait_healthy(idx, &url).await {
-                self.master_url = url;
-                self.master_proc = Some(idx);
-                std::fs::write(
-                    &self.profile,
-                    format!(
-                        "master = \"{}\"\ntls_dir = \"{}\"\n",
-                        self.master_url,
-                        self.tls_dir.display()
-                    ),
-                )
-                .expect("writing the profile");
+        for _ in 0..5 {
+            let addr = format!("127.0.0.1:{}", free_port());
+            if self.spawn_master(&addr).await {
                 return;
             }
             // Most likely the port was taken in between: try another one.
@@ -316,6 +299,70 @@ impl Cluster {
                 .map(|p| p.log_tail(40))
                 .unwrap_or_default()
         );
+    }
+
+    /// Kills the master with SIGKILL, waits `down`, and starts it again on the same
+    /// address and work directory (its registry); waits for `/health`.
+    pub async fn restart_master_hard(&mut self, down: Duration) {
+        let idx = self.master_proc.expect("a master was started");
+        self.kill_hard(idx);
+        tokio::time::sleep(down).await;
+        let addr = self
+            .master_url
+            .strip_prefix("https://")
+            .expect("https master URL")
+            .to_string();
+        // The port was ours a moment ago; another process may take it in between,
+        // which is reported rather than retried elsewhere (the agents know this one).
+        for _ in 0..10 {
+            if self.spawn_master(&addr).await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!(
+            "cella-master did not come back on {addr}; its log:\n{}",
+            self.procs
+                .last()
+                .map(|p| p.log_tail(40))
+                .unwrap_or_default()
+        );
+    }
+
+    /// Starts a master listening on `addr`; true once it is healthy.
+    async fn spawn_master(&mut self, addr: &str) -> bool {
+        let mut command = Command::new(&self.bins.master);
+        command
+            .arg("--listen")
+            .arg(addr)
+            .arg("--tls-dir")
+            .arg(&self.tls_dir)
+            // Its own registry: never the machine's /var/lib/cella/master.
+            .arg("--work-dir")
+            .arg(self.path().join("master"))
+            .args(&self.master_flags);
+        let n = self
+            .procs
+            .iter()
+            .filter(|p| p.name.starts_with("master"))
+            .count();
+        let idx = self.spawn(&format!("master-{n}"), &mut command);
+        let url = format!("https://{addr}");
+        if !self.wait_healthy(idx, &url).await {
+            return false;
+        }
+        self.master_url = url;
+        self.master_proc = Some(idx);
+        std::fs::write(
+            &self.profile,
+            format!(
+                "master = \"{}\"\ntls_dir = \"{}\"\n",
+                self.master_url,
+                self.tls_dir.display()
+            ),
+        )
+        .expect("writing the profile");
+        true
     }
 
     /// Polls `GET url/health` until it answers 200 (true) or the process exits (false).
@@ -349,10 +396,36 @@ impl Cluster {
     /// and waits until the master lists it as connected.
     pub async fn start_agent(&mut self, resources: &str) -> AgentInfo {
         let k = self.agents.len();
+        let info = self.spawn_agent(k, resources).await;
+        self.agents.push(info.clone());
+        info
+    }
+
+    /// Kills agent `k` with SIGKILL (its tasks keep running), waits `down`, and starts
+    /// it again on the same work and runtime directories; waits until the master lists
+    /// the new process as connected, with the same agent id.
+    pub async fn restart_agent_hard(&mut self, k: usize, down: Duration) -> AgentInfo {
+        let old = self.agents[k].clone();
+        self.kill_hard(old.proc);
+        tokio::time::sleep(down).await;
+        let info = self.spawn_agent(k, &old.resources).await;
+        assert_eq!(
+            info.id,
+            old.id,
+            "agent {k} re-registered under another id\n{}",
+            self.log_tails()
+        );
+        self.agents[k] = info.clone();
+        info
+    }
+
+    /// Starts agent number `k` (its directories are `agent<k>/`) and waits until the
+    /// master lists it as connected at its new HTTP address.
+    async fn spawn_agent(&mut self, k: usize, resources: &str) -> AgentInfo {
         let hostname = format!("{}-a{k}", self.name);
         let cgroup_root = hostname.clone();
         let base = self.path().join(format!("agent{k}"));
-        for attempt in 0..5 {
+        for _ in 0..5 {
             let http: SocketAddr = format!("127.0.0.1:{}", free_port())
                 .parse()
                 .expect("address");
@@ -375,10 +448,17 @@ impl Cluster {
                 .arg("--cgroup-root")
                 .arg(&cgroup_root)
                 .arg("--kill-tasks-on-exit");
-            let idx = self.spawn(&format!("agent{k}-{attempt}"), &mut command);
+            let n = self
+                .procs
+                .iter()
+                .filter(|p| p.name.starts_with(&format!("agent{k}-")))
+                .count();
+            let idx = self.spawn(&format!("agent{k}-{n}"), &mut command);
             if !self.wait_healthy(idx, &format!("https://{http}")).await {
                 continue;
             }
+            // The new process is the one connected once the master shows its address.
+            let endpoint = http.to_string();
             let deadline = Instant::now() + DEADLINE;
             while Instant::now() < deadline {
                 assert!(
@@ -388,21 +468,25 @@ impl Cluster {
                 );
                 let agents = self.api_get("/api/v1/agents").await;
                 let found = agents.as_array().and_then(|a| {
-                    a.iter()
-                        .find(|a| a["hostname"] == hostname.as_str() && a["state"] == "CONNECTED")
+                    a.iter().find(|a| {
+                        a["hostname"] == hostname.as_str()
+                            && a["state"] == "CONNECTED"
+                            && a["http_endpoint"]
+                                .as_str()
+                                .is_some_and(|e| e.ends_with(&endpoint))
+                    })
                 });
                 if let Some(a) = found {
-                    let info = AgentInfo {
+                    return AgentInfo {
                         proc: idx,
                         hostname,
                         id: a["id"].as_str().expect("agent id").to_string(),
                         http,
                         cgroup_root,
+                        resources: resources.to_string(),
                     };
-                    self.agents.push(info.clone());
-                    return info;
                 }
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
             panic!(
                 "agent {hostname} did not register with the master; its log:\n{}",
@@ -416,6 +500,63 @@ impl Cluster {
                 .map(|p| p.log_tail(40))
                 .unwrap_or_default()
         );
+    }
+
+    /// Starts `cella dev --work-dir WORK` (on `ports` = (master, agent HTTP), or free
+    /// ones) and waits until it says its cluster runs; points this cluster's client
+    /// at it. Returns the process index and the ports.
+    pub async fn start_dev(
+        &mut self,
+        work: &Path,
+        ports: Option<(u16, u16)>,
+    ) -> (usize, (u16, u16)) {
+        for attempt in 0..5 {
+            let (listen, agent_listen) = ports.unwrap_or_else(|| (free_port(), free_port()));
+            let mut command = Command::new(&self.bins.cella);
+            command
+                .arg("dev")
+                .arg("--work-dir")
+                .arg(work)
+                .arg("--listen")
+                .arg(format!("127.0.0.1:{listen}"))
+                .arg("--agent-listen")
+                .arg(format!("127.0.0.1:{agent_listen}"))
+                .arg("--cgroup-root")
+                .arg(format!("{}-dev", self.name));
+            let n = self
+                .procs
+                .iter()
+                .filter(|p| p.name.starts_with("dev"))
+                .count();
+            let idx = self.spawn(&format!("dev-{n}"), &mut command);
+            let deadline = Instant::now() + DEADLINE;
+            loop {
+                if std::fs::read_to_string(&self.procs[idx].log)
+                    .unwrap_or_default()
+                    .contains("are running")
+                {
+                    self.master_url = format!("https://127.0.0.1:{listen}");
+                    self.client_tls = client_tls(&work.join("tls"));
+                    self.master_proc = Some(idx);
+                    return (idx, (listen, agent_listen));
+                }
+                if self.procs[idx].exited().is_some() {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "cella dev did not say it is running:\n{}",
+                    self.procs[idx].log_tail(40)
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            // Ports chosen by the test are not retried elsewhere.
+            if ports.is_some() && attempt >= 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!("cella dev did not start:\n{}", self.log_tails());
     }
 
     // -------------------------------------------------------------- the CLI
@@ -542,6 +683,75 @@ impl Cluster {
             .collect()
     }
 
+    /// Task id → pids of the `cella-shim`s running for it on agent `k` (a shim's
+    /// argument is its run directory, `agent<k>/run/tasks/<task id>`).
+    pub fn agent_shims(&self, k: usize) -> BTreeMap<String, Vec<i32>> {
+        let tasks_dir = self.path().join(format!("agent{k}/run/tasks"));
+        let mut out: BTreeMap<String, Vec<i32>> = BTreeMap::new();
+        for (pid, argv) in processes_under(&tasks_dir) {
+            if !argv.first().is_some_and(|a| a.contains("cella-shim")) {
+                continue;
+            }
+            if let Some(id) = argv
+                .get(1)
+                .and_then(|a| Path::new(a).strip_prefix(&tasks_dir).ok())
+                .and_then(|rel| rel.components().next())
+            {
+                let id = id.as_os_str().to_string_lossy().into_owned();
+                out.entry(id).or_default().push(pid);
+            }
+        }
+        out
+    }
+
+    /// Names of the task cgroups of agent `k`: the children of its cgroup root, in
+    /// every hierarchy.
+    pub fn agent_task_cgroups(&self, k: usize) -> BTreeSet<String> {
+        let mut roots = Vec::new();
+        find_cgroups(
+            Path::new("/sys/fs/cgroup"),
+            &self.agents[k].cgroup_root,
+            &mut roots,
+            0,
+        );
+        let mut names = BTreeSet::new();
+        for root in roots.iter().filter(|r| {
+            r.file_name()
+                .is_some_and(|n| n == self.agents[k].cgroup_root.as_str())
+        }) {
+            for entry in std::fs::read_dir(root).into_iter().flatten().flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    names.insert(entry.file_name().to_string_lossy().into_owned());
+                }
+            }
+        }
+        names
+    }
+
+    /// Task run directories (`agent<k>/run/tasks/*`) of agent `k`.
+    pub fn agent_run_dirs(&self, k: usize) -> BTreeSet<String> {
+        let dir = self.path().join(format!("agent{k}/run/tasks"));
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect()
+    }
+
+    /// Mount points inside this cluster's directory, as this process sees them (a
+    /// task's mounts live in its own mount namespace; none may leak out here).
+    pub fn mounts(&self) -> Vec<String> {
+        let me = self.path().to_string_lossy().into_owned();
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .map(cella_containerizer::cgroups::unescape_mountinfo)
+            .filter(|m| m.starts_with(&me))
+            .collect()
+    }
+
     /// Cgroup directories anywhere under /sys/fs/cgroup named after this cluster
     /// (its name, or its name followed by `-`).
     pub fn cgroups(&self) -> Vec<PathBuf> {
@@ -629,6 +839,19 @@ impl Cluster {
             shims.is_empty() && cgroups.is_empty(),
             "left behind after stopping the cluster: cella-shim pids {shims:?}, cgroups {cgroups:?}\n{logs}"
         );
+    }
+
+    /// Every log line (of every process) that mentions `needle`, prefixed with the
+    /// process name: the story of one task across restarts.
+    pub fn log_lines_with(&self, needle: &str) -> String {
+        let mut out = String::new();
+        for p in &self.procs {
+            let text = std::fs::read_to_string(&p.log).unwrap_or_default();
+            for line in text.lines().filter(|l| l.contains(needle)) {
+                out.push_str(&format!("{}: {line}\n", p.name));
+            }
+        }
+        out
     }
 
     /// The ends of every process log, for failure messages.
@@ -807,6 +1030,9 @@ pub struct Scheduler {
     events: tonic::Streaming<v1::Event>,
     /// Events read while looking for something else, in order.
     backlog: std::collections::VecDeque<v1::Event>,
+    /// Every status update received, in order (including duplicates), for tests that
+    /// check what a scheduler was told over a whole run.
+    pub history: Vec<v1::TaskStatus>,
 }
 
 /// A framework description.
@@ -867,6 +1093,7 @@ impl Scheduler {
                 calls,
                 events,
                 backlog: Default::default(),
+                history: Vec::new(),
             }),
             other => Err(format!("expected SUBSCRIBED first, got {other:?}")),
         }
@@ -922,6 +1149,9 @@ impl Scheduler {
             match &e.event {
                 Some(event::Event::Heartbeat(_)) | None => continue,
                 Some(event::Event::Update(u)) => {
+                    if let Some(s) = &u.status {
+                        self.history.push(s.clone());
+                    }
                     if let Some(s) = u.status.as_ref().filter(|s| !s.uuid.is_empty()) {
                         let _ = self.calls.send(v1::Call {
                             call: Some(call::Call::Acknowledge(call::Acknowledge {

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use cella_proto::v1::{self, call, event, scheduler_service_client::SchedulerServiceClient};
-use cella_tests::{Cluster, DEADLINE, Scheduler, framework, free_port, task};
+use cella_tests::{Cluster, DEADLINE, Scheduler, framework, task};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
@@ -836,48 +836,7 @@ async fn lost_agent_gets_its_tasks_lost_and_its_offers_rescinded() {
 async fn cella_dev_runs_tasks_and_stops_cleanly() {
     let mut c = Cluster::new();
     let work = c.path().join("dev");
-    let mut dev = None;
-    for attempt in 0..5 {
-        let (listen, agent_listen) = (free_port(), free_port());
-        let mut command = std::process::Command::new(&c.bins.cella);
-        command
-            .arg("dev")
-            .arg("--work-dir")
-            .arg(&work)
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{listen}"))
-            .arg("--agent-listen")
-            .arg(format!("127.0.0.1:{agent_listen}"))
-            .arg("--cgroup-root")
-            .arg(format!("{}-dev", c.name));
-        let idx = c.spawn(&format!("dev-{attempt}"), &mut command);
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            if std::fs::read_to_string(&c.procs[idx].log)
-                .unwrap_or_default()
-                .contains("are running")
-            {
-                dev = Some((idx, listen));
-                break;
-            }
-            if c.procs[idx].exited().is_some() {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "cella dev did not say it is running:\n{}",
-                c.procs[idx].log_tail(40)
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        if dev.is_some() {
-            break;
-        }
-    }
-    let (idx, listen) =
-        dev.unwrap_or_else(|| panic!("cella dev did not start:\n{}", c.log_tails()));
-    c.master_url = format!("https://127.0.0.1:{listen}");
-    c.client_tls = cella_tests::client_tls(&work.join("tls"));
+    let (idx, _) = c.start_dev(&work, None).await;
     let profile = std::fs::read_to_string(&c.profile).expect("cella dev writes the profile");
     assert!(profile.contains(&c.master_url), "profile: {profile}");
 

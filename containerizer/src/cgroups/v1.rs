@@ -166,8 +166,16 @@ impl Hierarchies {
         }
     }
 
+    /// Every task cgroup in any hierarchy: a launch interrupted while creating them
+    /// (the launcher killed) may have made only some.
     pub fn list(&self) -> Result<Vec<String>, CgroupError> {
-        list_dir(&self.bases[self.roles.pids])
+        let mut names = Vec::new();
+        for base in &self.bases {
+            names.extend(list_dir(base)?);
+        }
+        names.sort();
+        names.dedup();
+        Ok(names)
     }
 }
 
