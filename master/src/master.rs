@@ -197,6 +197,10 @@ struct Master {
     deferred_reconciles: Vec<(FrameworkId, String)>,
 }
 
+/// The `uuid` of a task status the master took from an agent's registration (a
+/// status the master decided itself has none; one from an update has the update's).
+const FROM_REGISTRATION: &str = "registration";
+
 /// Bounds the reconciliations kept waiting for recovering agents (beyond it, the
 /// answer is given at once).
 const MAX_DEFERRED_RECONCILES: usize = 100_000;
@@ -640,6 +644,7 @@ impl Master {
             }
             self.ensure_framework(&framework);
             let resources = from_wire(info.resources.as_ref()).unwrap_or_default();
+            let unknown = !self.tasks.contains_key(&task_id);
             let task = self.tasks.entry(task_id.clone()).or_insert_with(|| Task {
                 info: info.clone(),
                 framework: framework.clone(),
@@ -650,11 +655,29 @@ impl Master {
                     framework_id: framework.to_string(),
                     agent_id: id.to_string(),
                     state: state as i32,
+                    message: if is_terminal(state) {
+                        format!(
+                            "{} on the agent; its update with the details follows",
+                            state_name(state)
+                        )
+                    } else {
+                        "reported by the agent when it registered".into()
+                    },
                     timestamp_ns: now_ns(),
+                    // From the agent, not decided by the master: its update about
+                    // the same end is passed on, not dropped.
+                    uuid: FROM_REGISTRATION.into(),
                     ..Default::default()
                 },
                 usage: None,
             });
+            if unknown && is_terminal(state) {
+                // A task this master never recorded (the previous one died right
+                // after sending it) that has already ended: kept as completed.
+                self.dirty_task(&task_id);
+                self.completed.push_back(task_id);
+                continue;
+            }
             task.agent = id.clone();
             // After a master restart the registry has the last status the master
             // saw; what the agent reports now is the truth (a terminal state comes
@@ -669,7 +692,7 @@ impl Master {
                 task.status.reason = 0;
                 task.status.message = "reported by the agent when it re-registered".into();
                 task.status.timestamp_ns = now_ns();
-                task.status.uuid = String::new();
+                task.status.uuid = FROM_REGISTRATION.into();
             }
             self.dirty_task(&task_id);
             if let Some(f) = self.frameworks.get_mut(&framework) {

@@ -821,15 +821,19 @@ async fn reconciling_an_unknown_task_waits_for_the_agents_of_the_registry() {
     s.call(
         &m,
         call::Call::Reconcile(call::Reconcile {
-            task_ids: vec!["ghost".into(), "nowhere".into()],
+            task_ids: vec!["ghost".into(), "nowhere".into(), "done".into()],
         }),
     );
     // agent-a has not re-registered: "unknown" now could be wrong.
     s.expect_no_update(Duration::from_millis(300)).await;
-    let _a = register_agent(
+    // "done" was sent too, and has already ended.
+    let a = register_agent(
         &m,
         "agent-a",
-        vec![(fw.as_str(), "ghost", v1::TaskState::TaskRunning)],
+        vec![
+            (fw.as_str(), "ghost", v1::TaskState::TaskRunning),
+            (fw.as_str(), "done", v1::TaskState::TaskFinished),
+        ],
     )
     .await;
     let ghost = s.update_for("ghost").await;
@@ -837,6 +841,15 @@ async fn reconciling_an_unknown_task_waits_for_the_agents_of_the_registry() {
     let nowhere = s.update_for("nowhere").await;
     assert_eq!(nowhere.state(), v1::TaskState::TaskLost, "{nowhere:?}");
     assert_eq!(nowhere.reason(), v1::Reason::Reconciliation);
+    let done = s.update_for("done").await;
+    assert_eq!(done.state(), v1::TaskState::TaskFinished, "{done:?}");
+    // The agent's own update of that end, with its details, is passed on.
+    a.status(&m, &fw, "done", v1::TaskState::TaskFinished, "u-done");
+    let done = s.update_for("done").await;
+    assert_eq!(
+        (done.state(), done.uuid.as_str()),
+        (v1::TaskState::TaskFinished, "u-done")
+    );
     // With every agent back, answers are immediate.
     s.call(
         &m,
