@@ -606,3 +606,54 @@ async fn a_missing_run_directory_is_reported_lost_and_cleaned() {
     drop(agent);
     env.stop().await;
 }
+
+/// A kill is checkpointed before it is delivered. Here the agent crashed in between
+/// (the checkpoint says "kill requested", the task still runs): the restarted agent
+/// kills it and reports KILLED by request, not a failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_requested_before_a_crash_is_carried_out_after_it() {
+    let env = Env::new().await;
+    let mut agent = env.spawn(&[]);
+    let mut s = env.scheduler().await;
+    let agent_id = s.any_offer_agent().await;
+    let cmd = ["sleep", "1005"];
+    s.launch(&agent_id, vec![task("doomed", &cmd, 16 << 20)])
+        .await;
+    s.wait_for("doomed", WAIT, |st| {
+        st.state() == v1::TaskState::TaskRunning
+    })
+    .await;
+    let shim = shim_pid(&env.runtime_dir(), "doomed");
+    agent.kill9();
+    {
+        let (store, owner, cp) = Store::open(&env.work_dir()).expect("checkpoint");
+        let (id, mut record) = cp
+            .tasks
+            .into_iter()
+            .find(|(id, _)| id == "doomed")
+            .expect("the task's record");
+        assert!(!record.kill_requested);
+        record.kill_requested = true;
+        store
+            .write(vec![Write::PutTask(id, record)])
+            .await
+            .expect("write");
+        drop(store);
+        owner.close();
+    }
+    assert!(alive(shim), "the task still runs");
+
+    let agent = env.spawn(&[]);
+    let end = s.wait_terminal("doomed").await;
+    assert_eq!(
+        (end.state(), end.reason()),
+        (v1::TaskState::TaskKilled, v1::Reason::KilledByRequest),
+        "{end:?}\n{}",
+        agent.log()
+    );
+    wait_until("the shim to end", async || !alive(shim)).await;
+    assert!(processes(&cmd).is_empty(), "the task still runs");
+    assert!(task_cgroups(&env.cgroup, "doomed").is_empty());
+    drop(agent);
+    env.stop().await;
+}
