@@ -657,3 +657,52 @@ async fn a_kill_requested_before_a_crash_is_carried_out_after_it() {
     drop(agent);
     env.stop().await;
 }
+
+/// A checkpoint cut short (a disk that filled up, a bad copy): a strict agent stops
+/// and touches nothing; `--strict=false` sets it aside and starts afresh, and the
+/// task it can no longer account for is removed and reported LOST by the master.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_checkpoint_is_refused_or_set_aside() {
+    let env = Env::new().await;
+    let mut agent = env.spawn(&[]);
+    let mut s = env.scheduler().await;
+    let agent_id = s.any_offer_agent().await;
+    let cmd = ["sleep", "1006"];
+    s.launch(&agent_id, vec![task("cut", &cmd, 16 << 20)]).await;
+    s.wait_for("cut", WAIT, |st| st.state() == v1::TaskState::TaskRunning)
+        .await;
+    let shim = shim_pid(&env.runtime_dir(), "cut");
+    agent.kill9();
+    let file = env.work_dir().join("meta/agent.redb");
+    let len = std::fs::metadata(&file).expect("agent.redb").len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .and_then(|f| f.set_len(len / 2))
+        .expect("truncating agent.redb");
+
+    let mut strict = env.spawn(&[]);
+    assert_eq!(strict.wait_exit(WAIT), Some(1), "{}", strict.log());
+    assert!(strict.log().contains("agent.redb"), "{}", strict.log());
+    assert!(alive(shim), "a refused start touches no task");
+
+    // Set aside, the agent starts afresh (under a new agent id: the master reports
+    // the old one's tasks LOST when its agent timeout passes) and removes the task
+    // it can no longer account for.
+    let lenient = env.spawn(&["--strict=false"]);
+    wait_until("the unaccounted task to be removed", async || !alive(shim)).await;
+    assert!(processes(&cmd).is_empty(), "the task still runs");
+    assert!(task_cgroups(&env.cgroup, "cut").is_empty());
+    assert!(lenient.log().contains("moved aside"), "{}", lenient.log());
+    let aside = std::fs::read_dir(env.work_dir().join("meta"))
+        .expect("meta/")
+        .flatten()
+        .any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("agent.redb.damaged-")
+        });
+    assert!(aside, "the damaged checkpoint is kept for inspection");
+    drop(lenient);
+    env.stop().await;
+}
