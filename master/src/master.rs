@@ -591,10 +591,12 @@ impl Master {
         let now = Instant::now();
 
         // A re-registering agent replaces its previous connection and state.
+        let mut placed_before = BTreeSet::new();
         if let Some(old) = self.agents.remove(&id) {
             for offer in self.allocator.remove_agent(&old.id).unwrap_or_default() {
                 self.forget_offer(offer.id, true);
             }
+            placed_before = old.tasks;
         }
         self.allocator
             .add_agent(id.clone(), total, attributes)
@@ -702,13 +704,13 @@ impl Master {
                 a.tasks.insert(task_id);
             }
         }
-        // Tasks the master placed on this agent that it no longer has are gone.
-        let missing: Vec<String> = self
-            .tasks
-            .values()
-            .filter(|t| {
-                t.agent == id && !is_terminal(t.state()) && !reported.contains(&t.info.task_id)
-            })
+        // Tasks the master placed on this agent that it no longer has are gone (its
+        // own task set: no scan of the whole cluster's tasks per registration).
+        let missing: Vec<String> = placed_before
+            .iter()
+            .filter(|task_id| !reported.contains(*task_id))
+            .filter_map(|task_id| self.tasks.get(task_id))
+            .filter(|t| t.agent == id && !is_terminal(t.state()))
             .filter(|t| t.state() != v1::TaskState::TaskStaging || !reg.agent_id.is_empty())
             .map(|t| t.info.task_id.clone())
             .collect();
