@@ -3,9 +3,10 @@
 # controller (see tests/vm/README.md and shared/vm-recipe.md, section 1).
 #
 #   tests/vm/run.sh                    build and run the default set (all test binaries
-#                                      of cella-containerizer and cella-cli)
-#   tests/vm/run.sh BINARY [BINARY...] run these test binaries (cella and cella-shim are
-#                                      built and included as well)
+#                                      of cella-containerizer and cella-cli, and the
+#                                      agent's recovery tests)
+#   tests/vm/run.sh BINARY [BINARY...] run these test binaries (cella, cella-shim and
+#                                      cella-agent are built and included as well)
 #
 # Exit status: 0 only if the VM printed "CELLA-VM-RESULT: N passed, 0 failed" with N > 0.
 #
@@ -118,7 +119,11 @@ for line in sys.stdin:
     is_test = m["profile"]["test"]
     # Only integration tests (tests/*.rs) run in the VM: they are what touches the
     # kernel. Unit tests (parsers, the seccomp compiler) run on the host already and
-    # would only be slow under emulation.
+    # would only be slow under emulation. Of the agent, only its recovery tests
+    # (restarts against real shims and cgroups); its protocol tests gain nothing here.
+    agent = os.path.basename(os.path.dirname(m["manifest_path"])) == "agent"
+    if want == "tests" and agent and m["target"]["name"] != "recovery":
+        continue
     if want == "tests" and is_test and "test" in kinds:
         print(os.path.dirname(m["manifest_path"]) + "|" + m["executable"])
     elif want == "bins" and not is_test and "bin" in kinds:
@@ -128,20 +133,20 @@ for line in sys.stdin:
 
 cd "$repo"
 if [ "$#" -eq 0 ]; then
-    log "building test binaries: cargo test --no-run -p cella-containerizer -p cella-cli"
-    cargo test --no-run --message-format=json-render-diagnostics -p cella-containerizer -p cella-cli \
+    log "building test binaries: cargo test --no-run -p cella-containerizer -p cella-cli -p cella-agent"
+    cargo test --no-run --message-format=json-render-diagnostics -p cella-containerizer -p cella-cli -p cella-agent \
         > "$run/cargo-tests.json" || die "cargo test --no-run failed"
     json_field tests < "$run/cargo-tests.json" | sort -u > "$tests_list"
     [ -s "$tests_list" ] || die "cargo produced no test binaries"
 fi
 if [ "$#" -eq 0 ] || [ "${CELLA_VM_NO_BUILD:-0}" != 1 ]; then
-    log "building binaries: cargo build -p cella-cli -p cella-containerizer --bins"
-    cargo build --message-format=json-render-diagnostics -p cella-cli -p cella-containerizer --bins \
+    log "building binaries: cargo build -p cella-cli -p cella-containerizer -p cella-agent --bins"
+    cargo build --message-format=json-render-diagnostics -p cella-cli -p cella-containerizer -p cella-agent --bins \
         > "$run/cargo-bins.json" || die "cargo build failed"
     mapfile -t project_bins < <(json_field bins < "$run/cargo-bins.json" | sort -u)
 else
     target_dir=${CARGO_TARGET_DIR:-$repo/target}
-    for b in "$target_dir/debug/cella" "$target_dir/debug/cella-shim"; do
+    for b in "$target_dir/debug/cella" "$target_dir/debug/cella-shim" "$target_dir/debug/cella-agent"; do
         [ -x "$b" ] && project_bins+=("$b")
     done
 fi
