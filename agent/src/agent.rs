@@ -479,6 +479,14 @@ impl Agent {
         lock(&self.core.agent_id).clone()
     }
 
+    /// How many tasks run under this agent (after a restart: those it re-attached to).
+    pub fn running_tasks(&self) -> usize {
+        lock(&self.core.tasks)
+            .values()
+            .filter(|t| t.running.is_some())
+            .count()
+    }
+
     /// The resources reported to the master.
     pub fn totals(&self) -> Totals {
         self.core.totals

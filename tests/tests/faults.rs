@@ -699,6 +699,11 @@ async fn cella_dev_killed_with_sigkill_recovers_its_tasks() {
     }
 
     let (idx, _) = c.start_dev(&work, Some(ports)).await;
+    let banner = c.procs[idx].log_tail(20);
+    assert!(
+        banner.contains("recovered   1 running task of the previous run"),
+        "cella dev says what it recovered:\n{banner}"
+    );
     let t = c.wait_task_state(&long, "RUNNING").await;
     assert_eq!(
         shims_of(&c, &long),

@@ -128,6 +128,13 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         work_dir.join("agent/sandboxes").display()
     );
     eprintln!("  state       {}", work_dir.display());
+    let recovered = agent.running_tasks();
+    if recovered > 0 {
+        eprintln!(
+            "  recovered   {recovered} running task{} of the previous run (cella tasks lists them)",
+            if recovered == 1 { "" } else { "s" }
+        );
+    }
     eprintln!("  certificates {}", tls_dir.display());
     eprintln!(
         "  profile     {} (cella run, tasks, agents, logs and kill read it)",
