@@ -68,6 +68,7 @@ pub struct Task {
     pub sandbox: PathBuf,
     pub pid: i32,
     pub shim_pid: i32,
+    pub shim_start_time: u64,
     pub launched_ns: u64,
     /// When its terminal state was generated (0 while it runs).
     pub ended_ns: u64,
@@ -90,6 +91,7 @@ impl Task {
             shim_pid: self.shim_pid,
             ended_ns: self.ended_ns,
             kill_requested: self.kill_requested,
+            shim_start_time: self.shim_start_time,
         }
     }
 }
@@ -732,6 +734,7 @@ async fn restore(core: &Arc<Core>, checkpoint: Checkpoint) -> Result<(), AgentEr
                 sandbox: PathBuf::from(&record.sandbox),
                 pid: record.pid,
                 shim_pid: record.shim_pid,
+                shim_start_time: record.shim_start_time,
                 launched_ns: record.launched_ns,
                 ended_ns: record.ended_ns,
                 kill_requested: record.kill_requested,
@@ -739,27 +742,28 @@ async fn restore(core: &Arc<Core>, checkpoint: Checkpoint) -> Result<(), AgentEr
                 usage: None,
             };
             if !is_terminal(state) {
-                unfinished.push((
-                    id.clone(),
-                    task.info.clone(),
-                    task.sandbox.clone(),
-                    task.kill_requested,
-                ));
+                let shim = (task.shim_pid != 0 && task.shim_start_time != 0)
+                    .then_some((task.shim_pid, task.shim_start_time));
+                unfinished.push(Unfinished {
+                    id: id.clone(),
+                    info: task.info.clone(),
+                    sandbox: task.sandbox.clone(),
+                    kill_requested: task.kill_requested,
+                    shim,
+                });
             }
             map.insert(id, task);
         }
     }
     let n = unfinished.len();
     let results: Vec<(String, Outcome)> = futures::stream::iter(unfinished)
-        .map(|(id, info, sandbox, kill_requested)| {
+        .map(|task| {
             let c = core.containerizer.clone();
             async move {
-                let key = id.clone();
-                let outcome = tokio::task::spawn_blocking(move || {
-                    recover_one(&c, &id, &info, &sandbox, rebooted, kill_requested)
-                })
-                .await
-                .unwrap_or_else(|e| Outcome::Lost(format!("recovery failed: {e}")));
+                let key = task.id.clone();
+                let outcome = tokio::task::spawn_blocking(move || recover_one(&c, &task, rebooted))
+                    .await
+                    .unwrap_or_else(|e| Outcome::Lost(format!("recovery failed: {e}")));
                 (key, outcome)
             }
         })
@@ -860,15 +864,26 @@ async fn restore(core: &Arc<Core>, checkpoint: Checkpoint) -> Result<(), AgentEr
     Ok(())
 }
 
-/// Recovers one unfinished task (blocking: the containerizer is synchronous).
-fn recover_one(
-    c: &Containerizer,
-    id: &str,
-    info: &v1::TaskInfo,
-    sandbox: &std::path::Path,
-    rebooted: bool,
+/// What recovery needs of a checkpointed task that had not ended.
+struct Unfinished {
+    id: String,
+    info: v1::TaskInfo,
+    sandbox: PathBuf,
     kill_requested: bool,
-) -> Outcome {
+    /// The shim's (pid, start time), once the launch had recorded them.
+    shim: Option<(i32, u64)>,
+}
+
+/// Recovers one unfinished task (blocking: the containerizer is synchronous).
+fn recover_one(c: &Containerizer, task: &Unfinished, rebooted: bool) -> Outcome {
+    let Unfinished {
+        id,
+        info,
+        sandbox,
+        kill_requested,
+        shim,
+    } = task;
+    let kill_requested = *kill_requested;
     let Ok(task_id) = TaskId::new(id.to_string()) else {
         return Outcome::Lost(format!("the checkpoint holds an invalid task id {id:?}"));
     };
@@ -885,7 +900,7 @@ fn recover_one(
             ));
         }
     };
-    match c.recover(&task_id, &config) {
+    match c.recover(&task_id, &config, *shim) {
         Recovered::Running(r) => Outcome::Running(Box::new(r)),
         Recovered::Ended(t) => {
             Outcome::Ended(crate::tasks::terminal_status(&t, kill_requested, info))

@@ -71,8 +71,8 @@ pub struct TaskRecord {
     /// When the launch was received, nanoseconds since the epoch.
     #[prost(uint64, tag = "6")]
     pub launched_ns: u64,
-    /// The shim's pid once the task runs (informational: recovery identifies the
-    /// shim by the pid **and** start time in its run directory's `shim.pid`).
+    /// The shim's pid once the task runs (recovery identifies the shim by the pid
+    /// **and** start time in its run directory's `shim.pid`, which must match these).
     #[prost(int32, tag = "7")]
     pub shim_pid: i32,
     /// When the task ended (its terminal state was generated), nanoseconds since the
@@ -84,6 +84,10 @@ pub struct TaskRecord {
     /// end as KILLED, not as a failure.
     #[prost(bool, tag = "9")]
     pub kill_requested: bool,
+    /// The shim's start time (clock ticks since boot) with `shim_pid`: recovery
+    /// re-attaches only to the shim whose run directory names the same pair.
+    #[prost(uint64, tag = "10")]
+    pub shim_start_time: u64,
 }
 
 /// A change to the checkpoint.
@@ -410,6 +414,7 @@ mod tests {
             shim_pid: 41,
             ended_ns: 0,
             kill_requested: true,
+            shim_start_time: 7,
         };
         store
             .write(vec![

@@ -105,11 +105,13 @@ fn prepare_sandbox(sandbox: &Path) -> Result<(), String> {
 /// Takes a recovered task's handle: records its pids and returns its slot (for
 /// [`watch`]).
 pub fn adopt(core: &Arc<Core>, id: &str, running: Running) -> Arc<Mutex<Option<Running>>> {
-    let (pid, shim_pid) = (running.pid, running.shim_pid());
+    let (pid, shim_pid, shim_start_time) =
+        (running.pid, running.shim_pid(), running.shim_start_time());
     let slot = Arc::new(Mutex::new(Some(running)));
     if let Some(t) = lock(&core.tasks).get_mut(id) {
         t.pid = pid;
         t.shim_pid = shim_pid;
+        t.shim_start_time = shim_start_time;
         t.running = Some(slot.clone());
     }
     slot
@@ -189,6 +191,7 @@ pub async fn launch(core: Arc<Core>, framework_id: String, info: v1::TaskInfo) {
             sandbox: sandbox.clone(),
             pid: 0,
             shim_pid: 0,
+            shim_start_time: 0,
             launched_ns: now_ns(),
             ended_ns: 0,
             kill_requested: false,
@@ -259,6 +262,7 @@ pub async fn launch(core: Arc<Core>, framework_id: String, info: v1::TaskInfo) {
     let exit_fd = running.exit_fd().try_clone_to_owned();
     let pid = running.pid;
     let shim_pid = running.shim_pid();
+    let shim_start_time = running.shim_start_time();
     let slot = Arc::new(Mutex::new(Some(running)));
     let kill_now = {
         let mut tasks = lock(&core.tasks);
@@ -266,6 +270,7 @@ pub async fn launch(core: Arc<Core>, framework_id: String, info: v1::TaskInfo) {
             Some(t) => {
                 t.pid = pid;
                 t.shim_pid = shim_pid;
+                t.shim_start_time = shim_start_time;
                 t.running = Some(slot.clone());
                 t.kill_requested
             }

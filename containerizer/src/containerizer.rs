@@ -79,6 +79,8 @@ pub struct Running {
     /// The shim as our child (None after a recovery: it is no longer our child).
     shim: Option<Child>,
     shim_pid: i32,
+    /// The shim's start time (clock ticks since boot, as in `shim.pid`).
+    shim_start: u64,
     shim_pidfd: OwnedFd,
     run_dir: RunDir,
     /// Kept open so the shim knows its launcher is alive (see `cleanup_if_orphaned`).
@@ -99,6 +101,12 @@ impl Running {
     /// The shim's pid (with the start time in `shim.pid` of the run directory).
     pub fn shim_pid(&self) -> i32 {
         self.shim_pid
+    }
+
+    /// The shim's start time (clock ticks since boot; 0 if it could not be read):
+    /// with the pid, what a launcher checkpoints to know the shim again.
+    pub fn shim_start_time(&self) -> u64 {
+        self.shim_start
     }
 
     pub fn run_dir(&self) -> &RunDir {
@@ -348,11 +356,14 @@ impl Containerizer {
                 )));
             }
         };
+        // Read while the shim is our unreaped child: the pid cannot be reused yet.
+        let shim_start = crate::sys::process_start_time(shim_pid).unwrap_or(0);
         let running = |pid| Running {
             id: id.clone(),
             pid,
             shim: Some(shim),
             shim_pid,
+            shim_start,
             shim_pidfd,
             run_dir: run_dir.clone(),
             _events: Some(events),
@@ -487,10 +498,18 @@ impl Containerizer {
     /// reused by an unrelated process is never taken for it. `config` is the task's
     /// configuration as it was launched (isolators rebuild their state from it).
     ///
+    /// `checkpointed_shim` is the shim's (pid, start time) as the launcher recorded
+    /// them, if it did: a run directory that names another shim is not the task's.
+    ///
     /// A task that ended (or whose outcome cannot be known) keeps its leftovers: the
     /// caller records the outcome, then calls [`Containerizer::destroy`], so that a
     /// crash in between recovers the same outcome again.
-    pub fn recover(&self, id: &TaskId, config: &TaskConfig) -> Recovered {
+    pub fn recover(
+        &self,
+        id: &TaskId,
+        config: &TaskConfig,
+        checkpointed_shim: Option<(i32, u64)>,
+    ) -> Recovered {
         let run_dir = RunDir::new(&self.config.runtime_dir, id.as_str());
         let record = |path: PathBuf| -> Option<(i32, u64)> {
             let text = fs::read_to_string(path).ok()?;
@@ -510,11 +529,19 @@ impl Containerizer {
                 shim = record(run_dir.shim_pid());
             }
         }
+        if let (Some(expected), Some(found)) = (checkpointed_shim, shim)
+            && expected != found
+        {
+            return Recovered::Unknown(format!(
+                "its run directory names shim (pid, start time) {found:?}, the checkpoint \
+                 {expected:?}: it is not the task's own"
+            ));
+        }
         let alive = shim.filter(|(pid, start)| {
             crate::sys::process_start_time(*pid) == Some(*start)
                 && !crate::sys::process_is_zombie(*pid)
         });
-        if let Some((shim_pid, _)) = alive {
+        if let Some((shim_pid, shim_start)) = alive {
             let task_pid = record(run_dir.task_pid()).map_or(0, |(pid, _)| pid);
             if let Ok(shim_pidfd) = crate::sys::pidfd_open(shim_pid) {
                 for isolator in &self.isolators {
@@ -535,6 +562,7 @@ impl Containerizer {
                     pid: task_pid,
                     shim: None,
                     shim_pid,
+                    shim_start,
                     shim_pidfd,
                     run_dir,
                     _events: events,

@@ -93,14 +93,22 @@ fn a_running_task_is_re_attached_and_can_be_killed() {
     let first = l.containerizer();
     let running = first.launch(&id, &config).expect("launch");
     let task_pid = running.pid;
+    let shim = (running.shim_pid(), running.shim_start_time());
+    assert!(shim.1 > 0, "the shim's start time is known");
     // The launcher dies: nothing is collected, the shim and the task go on.
     drop(running);
     drop(first);
 
     let second = l.containerizer();
-    let Recovered::Running(mut running) = second.recover(&id, &config) else {
+    // A checkpoint that names another shim: this run directory is not the task's.
+    match second.recover(&id, &config, Some((shim.0, shim.1 + 1))) {
+        Recovered::Unknown(why) => assert!(why.contains("not the task's own"), "{why}"),
+        _ => panic!("re-attached to a shim the checkpoint does not name"),
+    }
+    let Recovered::Running(mut running) = second.recover(&id, &config, Some(shim)) else {
         panic!("a live task must be re-attached");
     };
+    assert_eq!(running.shim_start_time(), shim.1);
     assert_eq!(running.pid, task_pid, "the same task, not a new one");
     assert!(
         !second.wait(&mut running, Duration::from_millis(200)),
@@ -157,7 +165,7 @@ fn a_shim_that_has_not_written_its_pid_yet_is_waited_for() {
         std::fs::rename(&hidden, &pid_file).expect("restoring shim.pid");
     });
     let second = l.containerizer();
-    let recovered = second.recover(&id, &config);
+    let recovered = second.recover(&id, &config, None);
     restore.join().expect("restore thread");
     let Recovered::Running(running) = recovered else {
         panic!("a starting shim (its lock held) was taken for gone");
@@ -183,14 +191,14 @@ fn a_task_that_ended_meanwhile_reports_its_real_exit_code() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let second = l.containerizer();
-    match second.recover(&id, &config) {
+    match second.recover(&id, &config, None) {
         Recovered::Ended(end) => assert_eq!(end.status.code, Some(7), "{:?}", end.status),
         Recovered::Running(_) => panic!("the task had ended"),
         Recovered::Unknown(why) => panic!("the exit status was recorded, yet: {why}"),
     }
     // Until the caller has recorded the outcome and destroys the task, a second
     // recovery (after another crash) finds the same outcome.
-    match second.recover(&id, &config) {
+    match second.recover(&id, &config, None) {
         Recovered::Ended(end) => assert_eq!(end.status.code, Some(7), "{:?}", end.status),
         _ => panic!("the second recovery lost the outcome"),
     }
@@ -207,7 +215,7 @@ fn a_missing_run_directory_or_a_reused_pid_is_not_taken_for_the_task() {
     let (id, config) = l.task("t-missing", "true");
     let c = l.containerizer();
     assert!(
-        matches!(c.recover(&id, &config), Recovered::Unknown(_)),
+        matches!(c.recover(&id, &config, None), Recovered::Unknown(_)),
         "no run directory: unknown"
     );
 
@@ -216,7 +224,7 @@ fn a_missing_run_directory_or_a_reused_pid_is_not_taken_for_the_task() {
     let run = l.dir.path().join("run/tasks/t-missing");
     std::fs::create_dir_all(&run).expect("run dir");
     std::fs::write(run.join("shim.pid"), format!("{} 1\n", std::process::id())).expect("shim.pid");
-    match c.recover(&id, &config) {
+    match c.recover(&id, &config, None) {
         Recovered::Unknown(why) => assert!(why.contains("exit status"), "{why}"),
         _ => panic!("a pid with another start time must not be re-attached"),
     }
