@@ -266,17 +266,17 @@ impl Containerizer {
             .open(&events_path)
             .map_err(|e| LaunchError::setup(&events_path.display().to_string(), e))?;
 
-        // The shim inherits this locked descriptor as its fd 3 and holds it until it
-        // exits: a launcher restarted at any moment can tell a live (or starting)
-        // shim from one that never started or has ended, without a race.
-        let lock = open_shim_lock(&run_dir.shim_lock(), true)
-            .map_err(|e| LaunchError::setup(&run_dir.shim_lock().display().to_string(), e))?;
+        // The shim inherits this locked descriptor of spec.json as its fd 3 and holds
+        // it until it exits: a launcher restarted at any moment can tell a live (or
+        // starting) shim from one that never started or has ended, without a race.
+        let lock = open_shim_lock(&run_dir.spec())
+            .map_err(|e| LaunchError::setup(&run_dir.spec().display().to_string(), e))?;
         // libc's flock, not nix's Flock guard: the lock must outlive this descriptor
         // (the shim keeps it), and the guard would unlock it when dropped.
         // SAFETY: flock on a descriptor this function owns; no memory is involved.
         if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             return Err(LaunchError::setup(
-                "locking shim.lock",
+                "locking spec.json",
                 io::Error::last_os_error(),
             ));
         }
@@ -517,14 +517,11 @@ impl Containerizer {
             Some((fields.next()?.parse().ok()?, fields.next()?.parse().ok()?))
         };
         let mut shim = record(run_dir.shim_pid());
-        if shim.is_none() && shim_lock_held(&run_dir.shim_lock()) {
+        if shim.is_none() && shim_lock_held(&run_dir.spec()) {
             // The previous launcher stopped just after starting the shim, which has
             // not written its pid yet: wait for it (it is starting, not gone).
             let deadline = Instant::now() + SHIM_START_WAIT;
-            while shim.is_none()
-                && Instant::now() < deadline
-                && shim_lock_held(&run_dir.shim_lock())
-            {
+            while shim.is_none() && Instant::now() < deadline && shim_lock_held(&run_dir.spec()) {
                 std::thread::sleep(Duration::from_millis(5));
                 shim = record(run_dir.shim_pid());
             }
@@ -625,27 +622,24 @@ impl Containerizer {
     }
 }
 
-/// The shim's descriptor number for the run directory's `shim.lock` (see
-/// [`RunDir::shim_lock`]).
+/// The shim's descriptor number for the run directory's locked `spec.json` (see
+/// [`RunDir::spec`]).
 pub const SHIM_LOCK_FD: i32 = 3;
 
 /// How long recovery waits for a starting shim (its lock taken) to record its pid.
 const SHIM_START_WAIT: Duration = Duration::from_secs(5);
 
-fn open_shim_lock(path: &std::path::Path, create: bool) -> io::Result<fs::File> {
+fn open_shim_lock(path: &std::path::Path) -> io::Result<fs::File> {
     fs::OpenOptions::new()
         .read(true)
-        .write(create)
-        .create(create)
-        .mode(0o600)
         .custom_flags(libc::O_CLOEXEC)
         .open(path)
 }
 
-/// Whether some process (a live or starting shim) holds the run directory's
-/// `shim.lock`. A missing file means no shim was ever started with it.
+/// Whether some process (a live or starting shim) holds the lock on the run
+/// directory's `spec.json`. A missing file means no shim was ever started with it.
 fn shim_lock_held(path: &std::path::Path) -> bool {
-    let Ok(file) = open_shim_lock(path, false) else {
+    let Ok(file) = open_shim_lock(path) else {
         return false;
     };
     // The guard releases the shared lock this probe may take.

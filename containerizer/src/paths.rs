@@ -22,7 +22,10 @@ impl RunDir {
         &self.0
     }
 
-    /// The launch specification read by `cella-shim`.
+    /// The launch specification read by `cella-shim`. Also the shim's lock: `flock`ed
+    /// by the launcher before it starts the shim, and held by the shim for its whole
+    /// life through the inherited descriptor (its fd 3). While the lock is taken, a
+    /// shim lives or is starting, even before it has written `shim.pid`.
     pub fn spec(&self) -> PathBuf {
         self.0.join("spec.json")
     }
@@ -30,14 +33,6 @@ impl RunDir {
     /// A FIFO on which the shim reports `pid`, `exec` and `error` events.
     pub fn events(&self) -> PathBuf {
         self.0.join("events")
-    }
-
-    /// Locked (flock) by the launcher before it starts the shim, and held by the
-    /// shim for its whole life through the inherited descriptor (its fd 3): while
-    /// the lock is taken, a shim lives or is starting, even before it has written
-    /// `shim.pid`.
-    pub fn shim_lock(&self) -> PathBuf {
-        self.0.join("shim.lock")
     }
 
     /// The shim's pid and start time, written by the shim.

@@ -151,10 +151,13 @@ fn a_shim_that_has_not_written_its_pid_yet_is_waited_for() {
             .into_iter()
             .flatten()
             .flatten()
-            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t == run.join("shim.lock")))
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t == run.join("spec.json")))
     };
-    assert!(holds_lock(shim_pid), "the shim holds shim.lock");
-    assert!(!holds_lock(task_pid), "the task must not inherit shim.lock");
+    assert!(holds_lock(shim_pid), "the shim holds the lock on spec.json");
+    assert!(
+        !holds_lock(task_pid),
+        "the task must not inherit the lock on spec.json"
+    );
 
     // As if the shim had not written its pid yet: it appears 300 ms into recovery.
     let pid_file = run.join("shim.pid");

@@ -8,7 +8,7 @@
 //! each: `running PID` once the task has exec'd, or `failed CODE MESSAGE` when it
 //! could not start (CODE 125: setup failed, 126: not executable, 127: not found).
 //!
-//! Its fd 3 is the run directory's `shim.lock`, locked by the launcher before the
+//! Its fd 3 is the run directory's `spec.json`, `flock`ed by the launcher before the
 //! shim started; the shim keeps it open (the task does not inherit it) until it
 //! exits, so a launcher restarted at any moment knows whether a shim is alive or
 //! starting even before `shim.pid` exists.
