@@ -648,20 +648,27 @@ pub async fn usage_loop(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
 /// before their `--gc-delay`.
 pub const GC_DISK_THRESHOLD: f64 = 0.9;
 
-/// Garbage-collects the sandboxes of ended tasks: each sweep (every
+/// How often the garbage collector looks at how full the work directory's
+/// filesystem is (one statvfs).
+pub const GC_DISK_CHECK: Duration = Duration::from_secs(2);
+
+/// Garbage-collects the sandboxes of ended tasks: a sweep (every
 /// `min(--gc-delay, 60 s)`) removes `<work-dir>/sandboxes/<id>` of every task that is
-/// not running any more and ended more than `--gc-delay` ago; when the filesystem is
-/// more than 90% full, ended tasks' sandboxes go earlier, oldest first, until it is
-/// not. A task's end is its checkpointed end time, or for a task already forgotten
-/// (its last update acknowledged) the last modification of its sandbox.
+/// not running any more and ended more than `--gc-delay` ago. The filesystem's fill is
+/// checked more often (every [`GC_DISK_CHECK`]): when it is more than 90% full, a sweep
+/// runs at once and ended tasks' sandboxes go earlier, oldest first, until it is not.
+/// A task's end is its checkpointed end time, or for a task already forgotten (its
+/// last update acknowledged) the last modification of its sandbox.
 pub async fn gc_loop(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
     let period = core
         .config
         .gc_delay
         .min(Duration::from_secs(60))
         .max(Duration::from_millis(200));
-    let mut tick = tokio::time::interval(period);
+    let mut tick = tokio::time::interval(period.min(GC_DISK_CHECK));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let sandboxes = core.config.work_dir.join("sandboxes");
+    let mut last_sweep = Instant::now();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -670,6 +677,11 @@ pub async fn gc_loop(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
         if *stop.borrow() {
             return;
         }
+        let disk_full = disk_used_share(&sandboxes).is_some_and(|s| s > GC_DISK_THRESHOLD);
+        if !disk_full && last_sweep.elapsed() < period {
+            continue;
+        }
+        last_sweep = Instant::now();
         let c = core.clone();
         let _ = tokio::task::spawn_blocking(move || gc_sweep(&c)).await;
     }

@@ -706,3 +706,73 @@ async fn a_truncated_checkpoint_is_refused_or_set_aside() {
     drop(lenient);
     env.stop().await;
 }
+
+/// A tmpfs mounted for one test, lazily unmounted on drop (also when it fails).
+struct SmallFs(PathBuf);
+
+impl SmallFs {
+    fn mount(at: &Path, size: &str) -> SmallFs {
+        std::fs::create_dir_all(at).expect("mount point");
+        nix::mount::mount(
+            Some("tmpfs"),
+            at,
+            Some("tmpfs"),
+            nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+            Some(format!("size={size},mode=0755").as_str()),
+        )
+        .expect("mounting a tmpfs (needs root)");
+        SmallFs(at.to_path_buf())
+    }
+
+    fn used_share(&self) -> f64 {
+        let st = nix::sys::statvfs::statvfs(&self.0).expect("statvfs");
+        #[allow(clippy::cast_precision_loss)]
+        let (total, avail) = (st.blocks() as f64, st.blocks_available() as f64);
+        1.0 - avail / total
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// The work directory's filesystem more than 90% full: sandboxes of ended tasks go
+/// before their `--gc-delay`, oldest first, until it is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sandboxes_go_early_when_the_disk_is_almost_full() {
+    let env = Env::new().await;
+    // 16 MiB for the checkpoint (~0.1 MiB) and three sandboxes of 5 MiB of output
+    // each: ~94% full.
+    let fs = SmallFs::mount(&env.work_dir(), "16m");
+    let agent = env.spawn(&["--gc-delay", "1h"]);
+    let mut s = env.scheduler().await;
+    let agent_id = s.any_offer_agent().await;
+    for id in ["fill-1", "fill-2", "fill-3"] {
+        let cmd = ["head", "-c", "5242880", "/dev/zero"];
+        s.launch(&agent_id, vec![task(id, &cmd, 32 << 20)]).await;
+        let end = s.wait_terminal(id).await;
+        assert_eq!(end.state(), v1::TaskState::TaskFinished, "{end:?}");
+    }
+    let sandboxes = env.work_dir().join("sandboxes");
+    eprintln!("work directory {:.1}% full", fs.used_share() * 100.0);
+    wait_until("the oldest sandbox to go early", async || {
+        !sandboxes.join("fill-1").exists()
+    })
+    .await;
+    assert!(
+        sandboxes.join("fill-2").exists() && sandboxes.join("fill-3").exists(),
+        "only as many as needed go, oldest first\n{}",
+        agent.log()
+    );
+    assert!(fs.used_share() <= 0.9, "{}", fs.used_share());
+    assert!(
+        agent.log().contains("more than 90% full"),
+        "the agent says why:\n{}",
+        agent.log()
+    );
+    drop(agent);
+    env.stop().await;
+    drop(fs);
+}
