@@ -17,7 +17,8 @@
 #   CELLA_VM_TEST_ARGS=        extra libtest arguments, e.g. a test name filter or "--exact x"
 #   CELLA_VM_KEEP=1            keep the work dir (tests/vm/work/run.*) for inspection
 #   CELLA_VM_KERNEL=/boot/...  kernel image (default: newest /boot/vmlinuz-*)
-#   CELLA_VM_MEM=2048 CELLA_VM_SMP=2
+#   CELLA_VM_MEM=4096 CELLA_VM_SMP=2   (the image is unpacked into RAM, then copied
+#                              to a tmpfs, and /tmp once more when the checkout is there)
 #   CELLA_VM_MODULES="veth overlay loop"  kernel modules to load (with their dependencies)
 #   CELLA_VM_EXTRA_FILES="..." more host files (e.g. /usr/bin/crun) to put in the image at
 #                              the same path, with the libraries ldd lists for them
@@ -32,7 +33,7 @@ repo=$(cd "$here/../.." && pwd)
 workbase="$here/work"
 
 timeout_s=${CELLA_VM_TIMEOUT:-1200}
-mem=${CELLA_VM_MEM:-2048}
+mem=${CELLA_VM_MEM:-4096}
 smp=${CELLA_VM_SMP:-2}
 modules=${CELLA_VM_MODULES-veth overlay loop}
 
@@ -205,6 +206,12 @@ copy_at_same_path() {
 copy_with_libs() {
     local f=$1 lib
     copy_at_same_path "$f"
+    # Debug builds are mostly DWARF: without it the image is several times smaller,
+    # which the emulated guest unpacks and copies much faster (backtraces keep the
+    # function names from the symbol table).
+    if command -v strip > /dev/null; then
+        strip --strip-debug "$root$f" 2> /dev/null || true
+    fi
     # ldd fails for static binaries and non-ELF files: then there is nothing to add.
     while read -r lib; do
         [ -n "$lib" ] && [ -e "$lib" ] && copy_at_same_path "$lib"
