@@ -16,6 +16,15 @@ use common::{Master, Scheduler, WAIT, cleanup_cgroups, shim_path, task};
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
+/// A task launched by [`Env::launch_running`], RUNNING on `agent`.
+struct Launched {
+    agent: AgentProc,
+    s: Scheduler,
+    agent_id: String,
+    /// The pid of the task's shim.
+    shim: i32,
+}
+
 struct Env {
     dir: tempfile::TempDir,
     layout: cella_proto::tls::Layout,
@@ -125,6 +134,24 @@ impl Env {
             .spawn()
             .expect("spawn cella-agent");
         AgentProc { child, port, log }
+    }
+
+    /// Starts the agent, launches task `id` running `cmd` and waits until it is
+    /// RUNNING.
+    async fn launch_running(&self, id: &str, cmd: &[&str]) -> Launched {
+        let agent = self.spawn(&[]);
+        let mut s = self.scheduler().await;
+        let agent_id = s.any_offer_agent().await;
+        s.launch(&agent_id, vec![task(id, cmd, 16 << 20)]).await;
+        s.wait_for(id, WAIT, |st| st.state() == v1::TaskState::TaskRunning)
+            .await;
+        let shim = shim_pid(&self.runtime_dir(), id);
+        Launched {
+            agent,
+            s,
+            agent_id,
+            shim,
+        }
     }
 
     fn client_tls(&self) -> rustls::ClientConfig {
@@ -257,17 +284,13 @@ async fn wait_until(what: &str, mut f: impl AsyncFnMut() -> bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_agent_reattaches_to_its_running_task() {
     let env = Env::new().await;
-    let mut agent = env.spawn(&[]);
-    let mut s = env.scheduler().await;
-    let agent_id = s.any_offer_agent().await;
     let cmd = ["sleep", "1001"];
-    s.launch(&agent_id, vec![task("sleeper", &cmd, 16 << 20)])
-        .await;
-    s.wait_for("sleeper", WAIT, |st| {
-        st.state() == v1::TaskState::TaskRunning
-    })
-    .await;
-    let shim = shim_pid(&env.runtime_dir(), "sleeper");
+    let Launched {
+        mut agent,
+        mut s,
+        agent_id,
+        shim,
+    } = env.launch_running("sleeper", &cmd).await;
     assert_eq!(processes(&cmd).len(), 1);
 
     agent.kill9();
@@ -378,17 +401,13 @@ async fn a_task_that_ended_while_the_agent_was_down_reports_its_exit_code_once()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_simulated_reboot_reports_lost_and_leaves_nothing_behind() {
     let env = Env::new().await;
-    let mut agent = env.spawn(&[]);
-    let mut s = env.scheduler().await;
-    let agent_id = s.any_offer_agent().await;
     let cmd = ["sleep", "1003"];
-    s.launch(&agent_id, vec![task("rebooted", &cmd, 16 << 20)])
-        .await;
-    s.wait_for("rebooted", WAIT, |st| {
-        st.state() == v1::TaskState::TaskRunning
-    })
-    .await;
-    let shim = shim_pid(&env.runtime_dir(), "rebooted");
+    let Launched {
+        mut agent,
+        mut s,
+        shim,
+        ..
+    } = env.launch_running("rebooted", &cmd).await;
     agent.kill9();
 
     // "Reboot": another boot id in the checkpoint, an empty runtime dir.
@@ -513,16 +532,10 @@ async fn a_second_agent_on_the_same_work_dir_refuses_to_start() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recover_cleanup_kills_the_tasks_reports_them_and_exits() {
     let env = Env::new().await;
-    let mut agent = env.spawn(&[]);
-    let mut s = env.scheduler().await;
-    let agent_id = s.any_offer_agent().await;
     let cmd = ["sleep", "1006"];
-    s.launch(&agent_id, vec![task("doomed", &cmd, 16 << 20)])
-        .await;
-    s.wait_for("doomed", WAIT, |st| {
-        st.state() == v1::TaskState::TaskRunning
-    })
-    .await;
+    let Launched {
+        mut agent, mut s, ..
+    } = env.launch_running("doomed", &cmd).await;
     agent.kill9();
     let mut cleanup = env.spawn(&["--recover", "cleanup"]);
     let end = tokio::time::timeout(WAIT, s.wait_terminal("doomed"))
@@ -576,17 +589,13 @@ async fn sandboxes_of_ended_tasks_are_collected_after_the_delay() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_run_directory_is_reported_lost_and_cleaned() {
     let env = Env::new().await;
-    let mut agent = env.spawn(&[]);
-    let mut s = env.scheduler().await;
-    let agent_id = s.any_offer_agent().await;
     let cmd = ["sleep", "1008"];
-    s.launch(&agent_id, vec![task("no-rundir", &cmd, 16 << 20)])
-        .await;
-    s.wait_for("no-rundir", WAIT, |st| {
-        st.state() == v1::TaskState::TaskRunning
-    })
-    .await;
-    let shim = shim_pid(&env.runtime_dir(), "no-rundir");
+    let Launched {
+        mut agent,
+        mut s,
+        shim,
+        ..
+    } = env.launch_running("no-rundir", &cmd).await;
     agent.kill9();
     std::fs::remove_dir_all(env.runtime_dir().join("tasks/no-rundir")).expect("remove run dir");
 
@@ -613,17 +622,13 @@ async fn a_missing_run_directory_is_reported_lost_and_cleaned() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kill_requested_before_a_crash_is_carried_out_after_it() {
     let env = Env::new().await;
-    let mut agent = env.spawn(&[]);
-    let mut s = env.scheduler().await;
-    let agent_id = s.any_offer_agent().await;
     let cmd = ["sleep", "1005"];
-    s.launch(&agent_id, vec![task("doomed", &cmd, 16 << 20)])
-        .await;
-    s.wait_for("doomed", WAIT, |st| {
-        st.state() == v1::TaskState::TaskRunning
-    })
-    .await;
-    let shim = shim_pid(&env.runtime_dir(), "doomed");
+    let Launched {
+        mut agent,
+        mut s,
+        shim,
+        ..
+    } = env.launch_running("doomed", &cmd).await;
     agent.kill9();
     {
         let (store, owner, cp) = Store::open(&env.work_dir()).expect("checkpoint");
@@ -664,14 +669,10 @@ async fn a_kill_requested_before_a_crash_is_carried_out_after_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_truncated_checkpoint_is_refused_or_set_aside() {
     let env = Env::new().await;
-    let mut agent = env.spawn(&[]);
-    let mut s = env.scheduler().await;
-    let agent_id = s.any_offer_agent().await;
     let cmd = ["sleep", "1006"];
-    s.launch(&agent_id, vec![task("cut", &cmd, 16 << 20)]).await;
-    s.wait_for("cut", WAIT, |st| st.state() == v1::TaskState::TaskRunning)
-        .await;
-    let shim = shim_pid(&env.runtime_dir(), "cut");
+    let Launched {
+        mut agent, shim, ..
+    } = env.launch_running("cut", &cmd).await;
     agent.kill9();
     let file = env.work_dir().join("meta/agent.redb");
     let len = std::fs::metadata(&file).expect("agent.redb").len();
