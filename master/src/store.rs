@@ -244,32 +244,8 @@ impl Store {
                 let mut meta = txn.open_table(META).map_err(|e| err(&e))?;
                 meta.insert(META_NEXT_OFFER, next).map_err(|e| err(&e))?;
             }
-            if !batch.agents.is_empty() {
-                let mut table = txn.open_table(AGENTS).map_err(|e| err(&e))?;
-                for (id, record) in &batch.agents {
-                    match record {
-                        Some(r) => {
-                            let bytes = serde_json::to_vec(r).map_err(|e| err(&e))?;
-                            table.insert(id.as_str(), bytes.as_slice())
-                        }
-                        None => table.remove(id.as_str()).map(|_| None),
-                    }
-                    .map_err(|e| err(&e))?;
-                }
-            }
-            if !batch.frameworks.is_empty() {
-                let mut table = txn.open_table(FRAMEWORKS).map_err(|e| err(&e))?;
-                for (id, record) in &batch.frameworks {
-                    match record {
-                        Some(r) => {
-                            let bytes = serde_json::to_vec(r).map_err(|e| err(&e))?;
-                            table.insert(id.as_str(), bytes.as_slice())
-                        }
-                        None => table.remove(id.as_str()).map(|_| None),
-                    }
-                    .map_err(|e| err(&e))?;
-                }
-            }
+            write_json_rows(&txn, AGENTS, &batch.agents).map_err(|e| err(&e))?;
+            write_json_rows(&txn, FRAMEWORKS, &batch.frameworks).map_err(|e| err(&e))?;
             if !batch.tasks.is_empty() {
                 let mut table = txn.open_table(TASKS).map_err(|e| err(&e))?;
                 let (mut info, mut status) = (Vec::new(), Vec::new());
@@ -300,6 +276,32 @@ impl Store {
         }
         txn.commit().map_err(|e| err(&e))
     }
+}
+
+/// Puts (`Some`) or removes (`None`) JSON records of a `id → JSON` table.
+fn write_json_rows<T: Serialize>(
+    txn: &redb::WriteTransaction,
+    definition: TableDefinition<&str, &[u8]>,
+    rows: &[(String, Option<T>)],
+) -> Result<(), String> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut table = txn.open_table(definition).map_err(|e| e.to_string())?;
+    for (id, record) in rows {
+        match record {
+            Some(r) => {
+                let bytes = serde_json::to_vec(r).map_err(|e| e.to_string())?;
+                table
+                    .insert(id.as_str(), bytes.as_slice())
+                    .map_err(|e| e.to_string())?;
+            }
+            None => {
+                table.remove(id.as_str()).map_err(|e| e.to_string())?;
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
