@@ -9,11 +9,15 @@ mod codegen;
 #[allow(dead_code)]
 #[path = "src/seccomp/compile.rs"]
 mod compile;
+#[allow(dead_code)]
+#[path = "src/seccomp/syscalls.rs"]
+mod syscalls;
 
 fn main() {
     println!("cargo::rerun-if-changed=profiles/default.json");
     println!("cargo::rerun-if-changed=src/seccomp/compile.rs");
     println!("cargo::rerun-if-changed=src/seccomp/codegen.rs");
+    println!("cargo::rerun-if-changed=src/seccomp/syscalls.rs");
     println!("cargo::rerun-if-changed=build.rs");
 
     let profile = "profiles/default.json";

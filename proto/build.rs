@@ -19,5 +19,12 @@ fn main() -> io::Result<()> {
         // JSON views of protocol messages (operator API, `--json` output). Enum-typed
         // fields are `i32` in prost messages and serialize as numbers.
         .type_attribute(".", "#[derive(serde::Serialize)]")
+        // Resources are part of the operator API's JSON (`cella_proto::api`), which
+        // is read back as well as written.
+        .type_attribute("cella.v1.Resources", "#[derive(serde::Deserialize)]")
+        // A secret's value never appears in a debug print (logs) or in JSON (APIs):
+        // `Debug` is written by hand in `secrets.rs`.
+        .skip_debug(["cella.v1.SecretEnv"])
+        .field_attribute("cella.v1.SecretEnv.value", "#[serde(skip_serializing)]")
         .compile_fds(fds)
 }

@@ -2,12 +2,18 @@
 # Install what Cella's tests and benchmarks need, only what is missing (idempotent):
 #   Debian packages: qemu-system-x86 linux-image-amd64 busybox-static crun hyperfine
 #                    iproute2 cpio procps
-#   cargo-nextest (from crates.io if it is not on PATH)
+#                    docker-registry umoci skopeo (the image tests run a registry on
+#                    loopback, build images with umoci and push them with skopeo)
+#                    linux-libc-dev (the kernel's syscall table, checked by the seccomp tests)
+#                    debootstrap e2fsprogs (the systemd VM: tests/systemd-vm)
+#   cargo-nextest and cargo-deb (from crates.io if they are not on PATH)
 # Runs `apt-get update` at most once, and only if a package is missing. Needs root for
 # apt-get. Prints one line when everything is already there.
 set -euo pipefail
 
-packages=(qemu-system-x86 linux-image-amd64 busybox-static crun hyperfine iproute2 cpio procps)
+# debootstrap and e2fsprogs (mkfs.ext4 -d, debugfs): the systemd VM (tests/systemd-vm).
+packages=(qemu-system-x86 linux-image-amd64 busybox-static crun hyperfine iproute2 cpio procps
+    docker-registry umoci skopeo linux-libc-dev debootstrap e2fsprogs)
 
 log() { printf '[deps] %s\n' "$*"; }
 die() { printf '[deps] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -48,6 +54,15 @@ if ! command -v cargo-nextest >/dev/null 2>&1; then
     cargo install --quiet cargo-nextest --locked || die "cargo install cargo-nextest failed"
     command -v cargo-nextest >/dev/null 2>&1 \
         || die "cargo-nextest installed but not on PATH (add \$CARGO_HOME/bin, usually ~/.cargo/bin)"
+fi
+
+# The Debian package is built with cargo-deb (scripts/build-deb.sh).
+if ! cargo deb --version >/dev/null 2>&1; then
+    command -v cargo >/dev/null || die "cargo not found"
+    log "installing cargo-deb (cargo install cargo-deb --locked)"
+    cargo install --quiet cargo-deb --locked || die "cargo install cargo-deb failed"
+    cargo deb --version >/dev/null 2>&1 \
+        || die "cargo-deb installed but cargo cannot find it (add \$CARGO_HOME/bin, usually ~/.cargo/bin, to PATH)"
 fi
 
 if [ "${#missing[@]}" -eq 0 ]; then

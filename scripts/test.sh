@@ -6,14 +6,19 @@
 #      cargo clippy --workspace --all-targets -- -D warnings
 #   3. cargo nextest run --workspace --no-fail-fast   (host: cgroup v1, namespaces; skipped by --vm-only)
 #   4. tests/vm/run.sh                       (cgroup v2 tests in a qemu VM; skipped by --host-only)
+#   5. tests/systemd-vm/run.sh               (the Debian package and its units under systemd
+#                                             in a qemu VM; skipped by --host-only)
 #
-# Must run as root (cgroups, namespaces). A failing lint or host step does not stop the
-# later steps; the exit status is non-zero if any step failed. The last line is a summary:
-#   cella tests: lint ok, host ok, vm ok
+# Must run as root (cgroups, namespaces). A failing step does not stop the later
+# steps; the exit status is non-zero if any step failed. The last line is a summary:
+#   cella tests: lint ok, host ok, vm ok, systemd-vm ok
 set -euo pipefail
 
+# Tests that need root or a kernel feature fail instead of skipping when this is set.
+export CELLA_TEST_STRICT=1
+
 usage() {
-    sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 run_host=1
@@ -53,6 +58,7 @@ elapsed_since() {
 lint_status=skipped
 host_status=skipped
 vm_status=skipped
+systemd_vm_status=skipped
 
 section "dependencies (scripts/install-test-deps.sh)"
 if ! ./scripts/install-test-deps.sh; then
@@ -96,12 +102,21 @@ if [ "$run_vm" = 1 ]; then
         vm_status=FAILED
     fi
     echo "VM tests: $vm_status ($(elapsed_since "$t"))"
+
+    t=$(date +%s)
+    section "systemd VM (package and units): tests/systemd-vm/run.sh"
+    if ./tests/systemd-vm/run.sh; then
+        systemd_vm_status=ok
+    else
+        systemd_vm_status=FAILED
+    fi
+    echo "systemd VM: $systemd_vm_status ($(elapsed_since "$t"))"
 fi
 
 section "done"
 echo "total elapsed: $(elapsed_since "$start")"
-echo "cella tests: lint $lint_status, host $host_status, vm $vm_status"
-case "$lint_status $host_status $vm_status" in
+echo "cella tests: lint $lint_status, host $host_status, vm $vm_status, systemd-vm $systemd_vm_status"
+case "$lint_status $host_status $vm_status $systemd_vm_status" in
     *FAILED*) exit 1 ;;
 esac
 exit 0

@@ -1,21 +1,39 @@
-//! The agent's shared state ([`Core`]) and its lifecycle ([`Agent`]).
+//! The agent's lifecycle ([`Agent`]): start (directories, lock, TLS, containerizer,
+//! resources, checkpoint, recovery, background work), the dispatch of the master's
+//! commands to the task side, and the ways to stop (keep the tasks, kill them, or
+//! `--recover cleanup`).
+//!
+//! This is the one module that knows every other: it builds the shared state, the
+//! status update manager and the task side, and wires the connection's commands to
+//! them. Nothing else imports it.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use cella_containerizer::{Containerizer, ContainerizerConfig, Recovered, Running, TaskId};
-use cella_proto::v1;
-use tokio::sync::{Semaphore, watch};
+use cella_containerizer::{Containerizer, ContainerizerConfig};
+use cella_proto::auth::Authenticator;
+use cella_proto::reload::{Trigger, changed, log, revocations};
+use cella_proto::tls::{ClientAuth, ExpectedServer, Identity, Trust};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::{AgentConfig, ConfigError, RecoverMode};
-use crate::metrics::Metrics;
+use crate::connection::{self, Connection, MasterCommand};
+use crate::http::{self, Api};
+use crate::paths;
+use crate::policy::Access;
+use crate::recovery;
 use crate::resources::{self, Totals};
-use crate::store::{self, Checkpoint, Store, StoreError, StoreOwner, TaskRecord, Write};
-use crate::updates::{Acked, Updates};
+use crate::state::{Shared, lock};
+use crate::status_updates::StatusUpdateManager;
+use crate::store::{Checkpoint, Store, StoreError, StoreOwner};
+use crate::tasks::TaskRunner;
+use crate::tasks::gc::gc_loop;
+use crate::tasks::kill::{detach_all, kill, kill_all};
+use crate::tasks::launch::{Owner, launch};
+use crate::tasks::usage::usage_loop;
 
 /// Why the agent could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -44,7 +62,7 @@ fn locked_message(dir: &std::path::Path, pid: Option<i32>) -> String {
         "the work directory {} is in use by {who}: it holds {}; stop it first, or give this \
          agent its own --work-dir",
         dir.display(),
-        dir.join("meta/lock").display()
+        paths::lock_file(dir).display()
     )
 }
 
@@ -59,236 +77,12 @@ impl AgentError {
     }
 }
 
-/// One task the agent holds: launching, running, or ended with updates still
-/// unacknowledged.
-pub struct Task {
-    pub framework_id: String,
-    pub info: v1::TaskInfo,
-    pub state: v1::TaskState,
-    pub sandbox: PathBuf,
-    pub pid: i32,
-    pub shim_pid: i32,
-    pub shim_start_time: u64,
-    pub launched_ns: u64,
-    /// When its terminal state was generated (0 while it runs).
-    pub ended_ns: u64,
-    /// A Kill arrived: the end is reported KILLED.
-    pub kill_requested: bool,
-    /// The containerizer's handle while the task runs.
-    pub running: Option<Arc<Mutex<Option<Running>>>>,
-    pub usage: Option<v1::TaskUsage>,
-}
-
-impl Task {
-    pub fn record(&self) -> TaskRecord {
-        TaskRecord {
-            framework_id: self.framework_id.clone(),
-            info: Some(self.info.clone()),
-            state: self.state as i32,
-            sandbox: self.sandbox.display().to_string(),
-            pid: self.pid,
-            launched_ns: self.launched_ns,
-            shim_pid: self.shim_pid,
-            ended_ns: self.ended_ns,
-            kill_requested: self.kill_requested,
-            shim_start_time: self.shim_start_time,
-        }
-    }
-}
-
-pub fn is_terminal(state: v1::TaskState) -> bool {
-    state.is_terminal()
-}
-
-pub fn state_name(state: v1::TaskState) -> &'static str {
-    state.name()
-}
-
-pub fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-}
-
-/// Locks a mutex, recovering the data if a thread panicked while holding it (the
-/// state stays usable; the panic itself is reported where it happened).
-pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// The state every part of the agent shares.
-pub struct Core {
-    pub config: AgentConfig,
-    pub totals: Totals,
-    pub hostname: String,
-    pub http_endpoint: String,
-    pub containerizer: Arc<Containerizer>,
-    pub store: Store,
-    pub metrics: Metrics,
-    pub agent_id: Mutex<Option<String>>,
-    pub tasks: Mutex<HashMap<String, Task>>,
-    pub updates: Mutex<Updates>,
-    /// Bounds the blocking launches that run at once.
-    pub launch_permits: Semaphore,
-    /// Set when the master sent Shutdown.
-    pub stopped_by_master: watch::Sender<Option<String>>,
-    /// `--recover cleanup` is killing the recovered tasks: no launches, and the
-    /// kills are reported with reason AGENT_RESTARTED.
-    pub cleaning_up: std::sync::atomic::AtomicBool,
-}
-
-impl Core {
-    /// Checkpoints `status` (with the task's record, if it still exists), then sends it
-    /// when it heads its task's queue. Returns once it is durable.
-    pub async fn send_status(&self, status: v1::TaskStatus) -> Result<(), StoreError> {
-        self.send_status_inner(status, true).await
-    }
-
-    /// Like [`Core::send_status`], without touching the task's record: for an update
-    /// about a launch that was refused because its id is taken by another task.
-    pub async fn send_status_detached(&self, status: v1::TaskStatus) -> Result<(), StoreError> {
-        self.send_status_inner(status, false).await
-    }
-
-    async fn send_status_inner(
-        &self,
-        mut status: v1::TaskStatus,
-        update_task: bool,
-    ) -> Result<(), StoreError> {
-        if status.uuid.is_empty() {
-            status.uuid = uuid::Uuid::new_v4().to_string();
-        }
-        if status.timestamp_ns == 0 {
-            status.timestamp_ns = now_ns();
-        }
-        if let Some(id) = lock(&self.agent_id).clone() {
-            status.agent_id = id;
-        }
-        let state = status.state();
-        // Queued while the task is locked: a concurrent change of the task (a kill
-        // request) is checkpointed after this copy, never before it.
-        let (seq, durable) = {
-            let mut tasks = lock(&self.tasks);
-            let record = if update_task {
-                tasks.get_mut(&status.task_id).map(|t| {
-                    t.state = state;
-                    if is_terminal(state) && t.ended_ns == 0 {
-                        t.ended_ns = now_ns();
-                    }
-                    t.record()
-                })
-            } else {
-                None
-            };
-            let seq = lock(&self.updates).next_seq();
-            let mut writes = vec![Write::PutUpdate(seq, status.clone())];
-            if let Some(record) = record {
-                writes.push(Write::PutTask(status.task_id.clone(), record));
-            }
-            (seq, self.store.submit(writes))
-        };
-        durable.await?;
-        let mut updates = lock(&self.updates);
-        if updates.add(seq, status, Instant::now()) {
-            self.metrics.updates_sent.inc();
-        }
-        self.metrics
-            .updates_pending
-            .set(i64::try_from(updates.len()).unwrap_or(i64::MAX));
-        Ok(())
-    }
-
-    /// A scheduler acknowledged an update. When it was a task's last update and the
-    /// task has ended, the task is forgotten (its sandbox stays for `cella logs`).
-    pub fn acknowledge(&self, task_id: &str, uuid: &str) {
-        let acked = {
-            let mut updates = lock(&self.updates);
-            let acked = updates.acknowledge(task_id, uuid, Instant::now());
-            self.metrics
-                .updates_pending
-                .set(i64::try_from(updates.len()).unwrap_or(i64::MAX));
-            acked
-        };
-        match acked {
-            Acked::Unknown => {
-                tracing::debug!(
-                    task = task_id,
-                    uuid,
-                    "acknowledgement of an unknown update ignored"
-                );
-            }
-            Acked::Forgotten {
-                seq,
-                state,
-                drained,
-            } => {
-                self.metrics.updates_acknowledged.inc();
-                let mut writes = vec![Write::DeleteUpdate(seq)];
-                if drained && is_terminal(state) {
-                    let mut tasks = lock(&self.tasks);
-                    if tasks
-                        .get(task_id)
-                        .is_some_and(|t| is_terminal(t.state) && t.running.is_none())
-                    {
-                        tasks.remove(task_id);
-                        writes.push(Write::DeleteTask(task_id.to_string()));
-                    }
-                }
-                self.store.write_later(writes);
-            }
-        }
-    }
-
-    /// The tasks to list in Register: everything not yet forgotten.
-    pub fn running_tasks(&self) -> Vec<v1::RunningTask> {
-        let tasks = lock(&self.tasks);
-        let mut out: Vec<v1::RunningTask> = tasks
-            .values()
-            .map(|t| v1::RunningTask {
-                framework_id: t.framework_id.clone(),
-                task: Some(t.info.clone()),
-                state: t.state as i32,
-            })
-            .collect();
-        out.sort_by(|a, b| {
-            let id = |r: &v1::RunningTask| r.task.as_ref().map(|t| t.task_id.clone());
-            id(a).cmp(&id(b))
-        });
-        out
-    }
-
-    pub fn update_task_gauges(&self) {
-        let tasks = lock(&self.tasks);
-        let mut counts: Vec<(&str, i64)> = [
-            v1::TaskState::TaskStarting,
-            v1::TaskState::TaskRunning,
-            v1::TaskState::TaskFinished,
-            v1::TaskState::TaskFailed,
-            v1::TaskState::TaskKilled,
-            v1::TaskState::TaskLost,
-            v1::TaskState::TaskError,
-        ]
-        .iter()
-        .map(|s| (state_name(*s), 0))
-        .collect();
-        for t in tasks.values() {
-            let name = state_name(t.state);
-            if let Some(c) = counts.iter_mut().find(|(n, _)| *n == name) {
-                c.1 += 1;
-            }
-        }
-        self.metrics.set_tasks(&counts);
-    }
-
-    pub fn sandbox_dir(&self, task_id: &str) -> PathBuf {
-        self.config.work_dir.join("sandboxes").join(task_id)
-    }
-}
-
 /// A running agent. Dropping it without [`Agent::shutdown`] aborts its background
 /// work (tasks keep running under their shims).
 pub struct Agent {
-    core: Arc<Core>,
+    shared: Arc<Shared>,
+    updates: Arc<StatusUpdateManager>,
+    runner: Arc<TaskRunner>,
     http_addr: SocketAddr,
     stop: watch::Sender<bool>,
     background: Vec<JoinHandle<()>>,
@@ -300,58 +94,30 @@ pub struct Agent {
 
 impl Agent {
     /// Prepares the work and runtime directories, opens the checkpoint, detects the
-    /// resources, loads the TLS files, binds the HTTP API and starts talking to the
-    /// master. Returns once all of that is done (the master may not be reachable yet).
+    /// resources, loads the TLS files, binds the HTTP API, recovers the previous run's
+    /// tasks and starts talking to the master. Returns once all of that is done (the
+    /// master may not be reachable yet).
     pub async fn start(config: AgentConfig) -> Result<Agent, AgentError> {
-        for dir in [
-            config.work_dir.clone(),
-            config.work_dir.join("sandboxes"),
-            config.runtime_dir.clone(),
-        ] {
-            std::fs::create_dir_all(&dir).map_err(|e| AgentError::Io {
-                path: dir.clone(),
-                message: format!("cannot create the directory: {e}"),
-            })?;
+        for (dir, mode) in paths::directories_to_create(&config.work_dir, &config.runtime_dir) {
+            match cella_proto::perms::ensure_dir(&dir, mode) {
+                Ok(Some(warning)) => tracing::warn!("{warning}"),
+                Ok(None) => {}
+                Err(e) => {
+                    return Err(AgentError::Io {
+                        path: dir.clone(),
+                        message: format!("cannot prepare the directory: {e}"),
+                    });
+                }
+            }
         }
+        check_task_user(&config)?;
         let work_lock = lock_work_dir(&config.work_dir)?;
-        let layout = cella_proto::tls::Layout::new(&config.tls_dir);
-        let missing: Vec<String> = [&layout.ca_cert, &layout.agent_cert, &layout.agent_key]
-            .iter()
-            .filter(|p| !p.exists())
-            .map(|p| p.display().to_string())
-            .collect();
-        if !missing.is_empty() {
-            return Err(AgentError::Tls(format!(
-                "missing {} (--tls-dir {}): create them with `cella certs init DIR` and copy ca.pem, \
-                 agent.pem and agent-key.pem here",
-                missing.join(", "),
-                config.tls_dir.display()
-            )));
-        }
-        let client_tls =
-            cella_proto::tls::client_config(&layout.ca_cert, &layout.agent_cert, &layout.agent_key)
-                .map_err(|e| AgentError::Tls(e.to_string()))?;
-        let server_tls =
-            cella_proto::tls::server_config(&layout.ca_cert, &layout.agent_cert, &layout.agent_key)
-                .map_err(|e| AgentError::Tls(e.to_string()))?;
-
-        let shim_path = config
-            .shim_path
-            .clone()
-            .unwrap_or_else(ContainerizerConfig::default_shim_path);
-        if !shim_path.is_file() {
-            return Err(AgentError::Containerizer(format!(
-                "the task shim {} does not exist: install cella-shim next to cella-agent or set CELLA_SHIM",
-                shim_path.display()
-            )));
-        }
-        let containerizer = Containerizer::new(ContainerizerConfig {
-            shim_path,
-            runtime_dir: config.runtime_dir.clone(),
-            cgroup_root: config.cgroup_root.clone(),
-            cleanup_if_orphaned: false,
-        })
-        .map_err(|e| AgentError::Containerizer(e.to_string()))?;
+        let (client_tls, server_tls, trust) = load_tls(&config)?;
+        let access =
+            Arc::new(Access::new(config.acl.as_deref()).map_err(|m| ConfigError::new("--acl", m))?);
+        let authenticator = Authenticator::new(config.credentials.as_deref())
+            .map_err(|m| ConfigError::new("--credentials", m))?;
+        let containerizer = new_containerizer(&config)?;
 
         let work_dir = config.work_dir.clone();
         let detected = tokio::task::spawn_blocking(move || resources::detect(&work_dir))
@@ -384,28 +150,14 @@ impl Agent {
             message: e.to_string(),
         })?;
 
-        let work_dir = config.work_dir.clone();
-        let strict = config.strict;
-        let (store, store_owner, checkpoint) =
-            tokio::task::spawn_blocking(move || Store::open_with(&work_dir, strict))
-                .await
-                .map_err(|e| AgentError::Containerizer(format!("opening the checkpoint: {e}")))?
-                .map_err(|e| {
-                    if strict {
-                        AgentError::Io {
-                            path: e.path().to_path_buf(),
-                            message: format!(
-                                "{e}\nThe checkpoint is damaged. To start anyway, either run with \
-                                 --strict=false (recover what can be read), or move {} aside to start \
-                                 fresh (the agent then loses track of the tasks it recorded: kill them \
-                                 or let them end).",
-                                e.path().display()
-                            ),
-                        }
-                    } else {
-                        e.into()
-                    }
-                })?;
+        let (store, store_owner, checkpoint) = open_checkpoint(&config).await?;
+        if let Some(acl) = &checkpoint.access_policy {
+            // The master's last word, until it speaks again.
+            access.from_master(&cella_proto::v1::master_to_agent::AccessPolicy {
+                enforced: acl.is_some(),
+                acl_toml: acl.clone().unwrap_or_default(),
+            });
+        }
         let hostname = config.hostname.clone().unwrap_or_else(|| {
             nix::unistd::gethostname()
                 .ok()
@@ -418,50 +170,73 @@ impl Agent {
                 .saturating_mul(2)
                 .clamp(2, 64)
         });
-        let (stopped_tx, stopped) = watch::channel(None);
-        let core = Arc::new(Core {
-            http_endpoint: format!("https://{http_addr}"),
+        let shared = Arc::new(Shared::new(
             config,
             totals,
             hostname,
-            containerizer: Arc::new(containerizer),
+            format!("https://{http_addr}"),
+            Arc::new(containerizer),
             store,
-            metrics: Metrics::new(),
-            agent_id: Mutex::new(None),
-            tasks: Mutex::new(HashMap::new()),
-            updates: Mutex::new(Updates::default()),
-            launch_permits: Semaphore::new(concurrency),
-            stopped_by_master: stopped_tx,
-            cleaning_up: std::sync::atomic::AtomicBool::new(false),
-        });
-        restore(&core, checkpoint).await?;
+            access.clone(),
+        ));
+        let updates = Arc::new(StatusUpdateManager::new(shared.clone()));
+        let (stop, stop_rx) = watch::channel(false);
+        let runner = Arc::new(TaskRunner::new(
+            shared.clone(),
+            updates.clone(),
+            concurrency,
+            stop_rx.clone(),
+        ));
+        recovery::recover(&runner, checkpoint).await?;
         tracing::info!(
-            cpus = %core.totals.cpus,
-            mem = %cella_containerizer::units::format_bytes(core.totals.mem_bytes),
-            disk = %cella_containerizer::units::format_bytes(core.totals.disk_bytes),
-            http = %core.http_endpoint,
-            master = %core.config.master,
+            cpus = %shared.totals.cpus,
+            mem = %cella_containerizer::units::format_bytes(shared.totals.mem_bytes),
+            disk = %cella_containerizer::units::format_bytes(shared.totals.disk_bytes),
+            http = %shared.http_endpoint,
+            master = %shared.config.master,
             "agent starting"
         );
 
-        let (stop, stop_rx) = watch::channel(false);
+        let (commands_tx, commands) = mpsc::unbounded_channel();
+        let (usage_tx, usage_rx) = watch::channel(None);
+        let (stopped_tx, stopped) = watch::channel(None);
+        let api = Arc::new(Api {
+            shared: shared.clone(),
+            updates: updates.clone(),
+            auth: authenticator.clone(),
+        });
+        let mut watched = vec![trust.crl_path().to_path_buf()];
+        watched.extend(shared.config.acl.iter().cloned());
+        watched.extend(shared.config.credentials.iter().cloned());
+        let link = Connection {
+            shared: shared.clone(),
+            updates: updates.clone(),
+            tls: client_tls,
+            commands: commands_tx,
+            usage: usage_rx,
+        };
         let background = vec![
-            tokio::spawn(crate::http::serve(
-                core.clone(),
+            tokio::spawn(http::serve(
+                api,
                 listener,
                 Arc::new(server_tls),
                 stop_rx.clone(),
             )),
-            tokio::spawn(crate::connection::run(
-                core.clone(),
-                client_tls,
-                stop_rx.clone(),
+            tokio::spawn(connection::run(link, stop_rx.clone())),
+            tokio::spawn(dispatch(runner.clone(), commands, stopped_tx)),
+            tokio::spawn(updates.clone().retry_timer(stop_rx.clone())),
+            tokio::spawn(usage_loop(shared.clone(), usage_tx, stop_rx.clone())),
+            tokio::spawn(gc_loop(shared.clone(), stop_rx)),
+            tokio::spawn(cella_proto::reload::watch(
+                watched,
+                cella_proto::reload::CHECK_EVERY,
+                move |why| reload(why, &trust, &access, &authenticator),
             )),
-            tokio::spawn(crate::tasks::usage_loop(core.clone(), stop_rx.clone())),
-            tokio::spawn(crate::tasks::gc_loop(core.clone(), stop_rx.clone())),
         ];
         Ok(Agent {
-            core,
+            shared,
+            updates,
+            runner,
             http_addr,
             stop,
             background,
@@ -478,20 +253,22 @@ impl Agent {
 
     /// The id the master assigned, once registered.
     pub fn agent_id(&self) -> Option<String> {
-        lock(&self.core.agent_id).clone()
+        self.shared.agent_id()
     }
 
     /// How many tasks run under this agent (after a restart: those it re-attached to).
     pub fn running_tasks(&self) -> usize {
-        lock(&self.core.tasks)
-            .values()
-            .filter(|t| t.running.is_some())
-            .count()
+        self.shared.attached_tasks()
+    }
+
+    /// How many status updates wait for their acknowledgement.
+    pub fn pending_updates(&self) -> usize {
+        self.updates.pending()
     }
 
     /// The resources reported to the master.
     pub fn totals(&self) -> Totals {
-        self.core.totals
+        self.shared.totals
     }
 
     /// Resolves when the master told the agent to shut down (its tasks are killed);
@@ -511,19 +288,20 @@ impl Agent {
     /// Stops the agent. With `kill_tasks`, every task is killed first and its terminal
     /// status is checkpointed (and sent, if the master is reachable, for up to a few
     /// seconds). Without it, tasks keep running under their shims: a later agent on the
-    /// same work directory finds them in the checkpoint (recovery: issue 4).
+    /// same work directory finds them in the checkpoint ([`crate::recovery`]).
     pub async fn shutdown(mut self, kill_tasks: bool) -> Result<(), AgentError> {
         if kill_tasks {
-            crate::tasks::kill_all(&self.core, Duration::from_secs(10)).await;
+            kill_all(&self.runner, Duration::from_secs(10)).await;
             // Give the terminal updates a moment to be acknowledged.
             let deadline = Instant::now() + Duration::from_secs(2);
-            while Instant::now() < deadline && !lock(&self.core.updates).is_empty() {
-                if lock(&self.core.updates).conn().is_none() {
+            while Instant::now() < deadline && self.updates.pending() > 0 {
+                if !self.updates.is_connected() {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
+        // Monitors let go of their tasks; the background work ends.
         let _ = self.stop.send(true);
         for handle in self.background.drain(..) {
             if tokio::time::timeout(Duration::from_secs(6), &mut Box::pin(handle))
@@ -533,20 +311,61 @@ impl Agent {
                 tracing::warn!("a background task did not stop in time");
             }
         }
-        crate::tasks::detach_all(&self.core);
+        detach_all(&self.shared);
         let owner = self.store_owner.take();
-        let core = self.core.clone();
         drop(self);
-        // The writer thread ends when the last Store handle is gone; monitors that
-        // still hold the core are aborted by detach_all.
+        // The checkpoint's writer applies what is queued and stops, which releases
+        // the database for the next agent on this work directory.
         let _ = tokio::task::spawn_blocking(move || {
-            drop(core);
             if let Some(owner) = owner {
                 owner.close();
             }
         })
         .await;
         Ok(())
+    }
+
+    /// `--recover cleanup`: kills every recovered task, waits (bounded) for their
+    /// updates to be acknowledged, and stops.
+    pub async fn cleanup(self) -> Result<(), AgentError> {
+        self.shared.start_cleanup();
+        let n = lock(&self.shared.tasks)
+            .values()
+            .filter(|t| !t.state.is_terminal())
+            .count();
+        tracing::info!(tasks = n, "--recover cleanup: killing every recovered task");
+        kill_all(&self.runner, Duration::from_secs(10)).await;
+        // A terminal state is set before its update is checkpointed and queued: wait
+        // (briefly) until every ended task's update is queued or acknowledged.
+        let queued = Instant::now();
+        while queued.elapsed() < Duration::from_secs(2) {
+            let all = lock(&self.shared.tasks)
+                .iter()
+                .all(|(id, t)| !t.state.is_terminal() || self.updates.has_pending(id));
+            if all {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Up to 5 s to reach the master, then up to 10 s for the acknowledgements.
+        let start = Instant::now();
+        loop {
+            if self.updates.pending() == 0 {
+                break;
+            }
+            let connected = self.updates.is_connected();
+            let waited = start.elapsed();
+            if (!connected && waited > Duration::from_secs(5)) || waited > Duration::from_secs(15) {
+                tracing::warn!(
+                    pending = self.updates.pending(),
+                    "--recover cleanup: some status updates were not acknowledged; they stay in \
+                     the checkpoint and the next agent sends them"
+                );
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.shutdown(false).await
     }
 }
 
@@ -588,58 +407,176 @@ pub async fn run(
     }
 }
 
-impl Agent {
-    /// `--recover cleanup`: kills every recovered task, waits (bounded) for their
-    /// updates to be acknowledged, and stops.
-    pub async fn cleanup(self) -> Result<(), AgentError> {
-        self.core
-            .cleaning_up
-            .store(true, std::sync::atomic::Ordering::SeqCst);
-        let n = lock(&self.core.tasks)
-            .values()
-            .filter(|t| !is_terminal(t.state))
-            .count();
-        tracing::info!(tasks = n, "--recover cleanup: killing every recovered task");
-        crate::tasks::kill_all(&self.core, Duration::from_secs(10)).await;
-        // A terminal state is set before its update is checkpointed and queued: wait
-        // (briefly) until every ended task's update is queued or acknowledged.
-        let queued = Instant::now();
-        while queued.elapsed() < Duration::from_secs(2) {
-            let all = {
-                let tasks = lock(&self.core.tasks);
-                let updates = lock(&self.core.updates);
-                tasks
-                    .iter()
-                    .all(|(id, t)| !is_terminal(t.state) || updates.has_pending(id))
-            };
-            if all {
-                break;
+/// Hands the master's commands, in order, to the task side (Launch, Kill), the
+/// status update manager (Acknowledge) and the agent's owner (Shutdown, through
+/// [`Agent::stopped_by_master`]). Ends when the connection stops.
+async fn dispatch(
+    runner: Arc<TaskRunner>,
+    mut commands: mpsc::UnboundedReceiver<MasterCommand>,
+    stopped_by_master: watch::Sender<Option<String>>,
+) {
+    while let Some(command) = commands.recv().await {
+        match command {
+            MasterCommand::Launch {
+                framework_id,
+                task,
+                role,
+                principal,
+            } => {
+                let owner = Owner {
+                    framework_id,
+                    role,
+                    principal,
+                };
+                tokio::spawn(launch(runner.clone(), owner, *task));
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            MasterCommand::Kill {
+                framework_id,
+                task_id,
+            } => {
+                tokio::spawn(kill(runner.clone(), framework_id, task_id));
+            }
+            MasterCommand::Acknowledge { task_id, uuid } => {
+                runner.updates.acknowledge(&task_id, &uuid);
+            }
+            MasterCommand::Shutdown { why } => {
+                stopped_by_master.send_replace(Some(why));
+            }
         }
-        // Up to 5 s to reach the master, then up to 10 s for the acknowledgements.
-        let start = Instant::now();
-        loop {
-            let (empty, connected) = {
-                let u = lock(&self.core.updates);
-                (u.is_empty(), u.conn().is_some())
-            };
-            if empty {
-                break;
-            }
-            let waited = start.elapsed();
-            if (!connected && waited > Duration::from_secs(5)) || waited > Duration::from_secs(15) {
-                tracing::warn!(
-                    pending = lock(&self.core.updates).len(),
-                    "--recover cleanup: some status updates were not acknowledged; they stay in \
-                     the checkpoint and the next agent sends them"
-                );
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        self.shutdown(false).await
     }
+}
+
+/// Re-reads the revocation list, the agent's own ACL and its credentials when they
+/// changed; a file that cannot be used leaves the previous version in force.
+fn reload(why: Trigger, trust: &Trust, access: &Access, auth: &Authenticator) {
+    log(
+        why,
+        "revocation list",
+        revocations(trust.reload(why.forced())),
+    );
+    log(why, "ACL", changed(access.reload(why.forced())));
+    log(why, "credentials", changed(auth.reload(why.forced())));
+}
+
+/// The task user must exist here, and be root only where root tasks are allowed.
+fn check_task_user(config: &AgentConfig) -> Result<(), AgentError> {
+    let user = &config.tasks.task_user;
+    let identity =
+        cella_containerizer::user::resolve(user, std::path::Path::new("/")).map_err(|e| {
+            ConfigError::new(
+                "--task-user",
+                format!("{e}; name an existing, unprivileged user"),
+            )
+        })?;
+    if identity.uid == 0 && !config.tasks.allow_root {
+        return Err(ConfigError::new(
+            "--task-user",
+            format!("{user:?} is root; name an unprivileged user, or allow root tasks (--allow-root-tasks)"),
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// The agent's client (to the master) and server (its API) TLS configurations, from
+/// `--tls-dir`, and the trust (CA and revocation list) both follow.
+fn load_tls(
+    config: &AgentConfig,
+) -> Result<(rustls::ClientConfig, rustls::ServerConfig, Arc<Trust>), AgentError> {
+    let layout = cella_proto::tls::Layout::new(&config.tls_dir);
+    let missing: Vec<String> = [&layout.ca_cert, &layout.agent_cert, &layout.agent_key]
+        .iter()
+        .filter(|p| !p.exists())
+        .map(|p| p.display().to_string())
+        .collect();
+    if !missing.is_empty() {
+        return Err(AgentError::Tls(format!(
+            "missing {} (--tls-dir {}): issue this node's certificate with `cella certs issue \
+             agent NODE` and copy its bundle (ca.pem, crl.pem, agent.pem, agent-key.pem) here",
+            missing.join(", "),
+            config.tls_dir.display()
+        )));
+    }
+    cella_proto::perms::check_private_file(&layout.agent_key)
+        .map_err(|e| AgentError::Tls(e.to_string()))?;
+    let tls_err = |e: cella_proto::tls::Error| AgentError::Tls(e.to_string());
+    let identity = cella_proto::tls::load_certs(&layout.agent_cert)
+        .map_err(tls_err)?
+        .first()
+        .and_then(|der| Identity::from_cert_der(der));
+    if !matches!(identity, Some(Identity::Agent { .. })) {
+        return Err(AgentError::Tls(format!(
+            "{} is the certificate of {}, not of an agent: issue this node's with `cella certs \
+             issue agent NODE`",
+            layout.agent_cert.display(),
+            identity.map_or_else(|| "no Cella identity".into(), |i| i.principal())
+        )));
+    }
+    let trust = Trust::load(&layout.ca_cert, &layout.crl).map_err(tls_err)?;
+    let client_tls = cella_proto::tls::client_config_trusting(
+        &trust,
+        &layout.agent_cert,
+        &layout.agent_key,
+        ExpectedServer::Master,
+    )
+    .map_err(tls_err)?;
+    let server_tls = cella_proto::tls::server_config_trusting(
+        &trust,
+        &layout.agent_cert,
+        &layout.agent_key,
+        ClientAuth::Optional,
+    )
+    .map_err(tls_err)?;
+    Ok((client_tls, server_tls, trust))
+}
+
+/// The containerizer, with the shim it starts tasks with.
+fn new_containerizer(config: &AgentConfig) -> Result<Containerizer, AgentError> {
+    let shim_path = config
+        .shim_path
+        .clone()
+        .unwrap_or_else(ContainerizerConfig::default_shim_path);
+    if !shim_path.is_file() {
+        return Err(AgentError::Containerizer(format!(
+            "the task shim {} does not exist: install cella-shim next to cella-agent or set CELLA_SHIM",
+            shim_path.display()
+        )));
+    }
+    let containerizer = Containerizer::new(ContainerizerConfig {
+        shim_path,
+        runtime_dir: config.runtime_dir.clone(),
+        cgroup_root: config.cgroup_root.clone(),
+        cleanup_if_orphaned: false,
+    })
+    .map_err(|e| AgentError::Containerizer(e.to_string()))?;
+    Ok(containerizer)
+}
+
+/// Opens the checkpoint and reads it back (on the blocking pool: redb is synchronous).
+async fn open_checkpoint(
+    config: &AgentConfig,
+) -> Result<(Store, StoreOwner, Checkpoint), AgentError> {
+    let work_dir = config.work_dir.clone();
+    let strict = config.strict;
+    tokio::task::spawn_blocking(move || Store::open_with(&work_dir, strict))
+        .await
+        .map_err(|e| AgentError::Containerizer(format!("opening the checkpoint: {e}")))?
+        .map_err(|e| {
+            if strict {
+                AgentError::Io {
+                    path: e.path().to_path_buf(),
+                    message: format!(
+                        "{e}\nThe checkpoint is damaged. To start anyway, either run with \
+                             --strict=false (recover what can be read), or move {} aside to start \
+                             fresh (the agent then loses track of the tasks it recorded: kill them \
+                             or let them end).",
+                        e.path().display()
+                    ),
+                }
+            } else {
+                e.into()
+            }
+        })
 }
 
 /// Takes `<work-dir>/meta/lock` (flock, exclusive, non-blocking) and writes this
@@ -648,12 +585,12 @@ impl Agent {
 fn lock_work_dir(work_dir: &std::path::Path) -> Result<std::fs::File, AgentError> {
     use std::io::{Read, Seek, Write as _};
     use std::os::fd::AsRawFd;
-    let meta = work_dir.join("meta");
+    let meta = paths::meta_dir(work_dir);
     std::fs::create_dir_all(&meta).map_err(|e| AgentError::Io {
         path: meta.clone(),
         message: format!("cannot create the directory: {e}"),
     })?;
-    let path = meta.join("lock");
+    let path = paths::lock_file(work_dir);
     let mut file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -685,228 +622,4 @@ fn lock_work_dir(work_dir: &std::path::Path) -> Result<std::fs::File, AgentError
     let _ = file.rewind();
     let _ = writeln!(file, "{}", std::process::id());
     Ok(file)
-}
-
-/// What recovery decided for one task of the checkpoint.
-enum Outcome {
-    Running(Box<Running>),
-    Ended(v1::TaskStatus),
-    Lost(String),
-}
-
-/// Takes over what a previous agent left in the checkpoint: re-attaches to every
-/// live task (monitored again like a launched one), reports the real end of tasks
-/// that ended meanwhile and LOST (AGENT_RESTARTED) for those whose outcome cannot be
-/// known. After a reboot no old pid is trusted: every unfinished task is LOST and its
-/// leftovers are removed. Unacknowledged updates are kept and re-sent after
-/// registration.
-async fn restore(core: &Arc<Core>, checkpoint: Checkpoint) -> Result<(), AgentError> {
-    use futures::StreamExt;
-    let Checkpoint {
-        agent_id,
-        boot_id,
-        tasks,
-        updates,
-        errors,
-    } = checkpoint;
-    for e in &errors {
-        tracing::error!(checkpoint = %core.store.path().display(), "not recovered: {e}");
-        core.metrics.recovery_errors.inc();
-    }
-    *lock(&core.agent_id) = agent_id;
-    let now_boot = store::boot_id();
-    let rebooted = matches!((&boot_id, &now_boot), (Some(old), Some(new)) if old != new);
-    if rebooted {
-        tracing::warn!(
-            "the machine rebooted since the checkpoint was written: the tasks of the previous boot are reported LOST"
-        );
-    }
-    lock(&core.updates).restore(updates);
-    let mut unfinished = Vec::new();
-    {
-        let mut map = lock(&core.tasks);
-        for (id, record) in tasks {
-            let state = record.state();
-            let task = Task {
-                framework_id: record.framework_id.clone(),
-                info: record.info.clone().unwrap_or_default(),
-                state,
-                sandbox: PathBuf::from(&record.sandbox),
-                pid: record.pid,
-                shim_pid: record.shim_pid,
-                shim_start_time: record.shim_start_time,
-                launched_ns: record.launched_ns,
-                ended_ns: record.ended_ns,
-                kill_requested: record.kill_requested,
-                running: None,
-                usage: None,
-            };
-            if !is_terminal(state) {
-                let shim = (task.shim_pid != 0 && task.shim_start_time != 0)
-                    .then_some((task.shim_pid, task.shim_start_time));
-                unfinished.push(Unfinished {
-                    id: id.clone(),
-                    info: task.info.clone(),
-                    sandbox: task.sandbox.clone(),
-                    kill_requested: task.kill_requested,
-                    shim,
-                });
-            }
-            map.insert(id, task);
-        }
-    }
-    let n = unfinished.len();
-    let results: Vec<(String, Outcome)> = futures::stream::iter(unfinished)
-        .map(|task| {
-            let c = core.containerizer.clone();
-            async move {
-                let key = task.id.clone();
-                let outcome = tokio::task::spawn_blocking(move || recover_one(&c, &task, rebooted))
-                    .await
-                    .unwrap_or_else(|e| Outcome::Lost(format!("recovery failed: {e}")));
-                (key, outcome)
-            }
-        })
-        .buffer_unordered(16)
-        .collect()
-        .await;
-    let mut reattached = 0usize;
-    // Tasks whose end was recorded now: their leftovers go after that (below).
-    let mut ended = Vec::new();
-    for (id, outcome) in results {
-        let (framework_id, was_running, kill_requested) = match lock(&core.tasks).get(&id) {
-            Some(t) => (
-                t.framework_id.clone(),
-                t.state == v1::TaskState::TaskRunning,
-                t.kill_requested,
-            ),
-            None => continue,
-        };
-        match outcome {
-            Outcome::Running(running) => {
-                reattached += 1;
-                tracing::info!(task = %id, shim = running.shim_pid(), "re-attached to the running task");
-                let slot = crate::tasks::adopt(core, &id, *running);
-                if !was_running {
-                    // It was launched but RUNNING was never generated.
-                    core.send_status(v1::TaskStatus {
-                        task_id: id.clone(),
-                        framework_id: framework_id.clone(),
-                        state: v1::TaskState::TaskRunning as i32,
-                        ..Default::default()
-                    })
-                    .await?;
-                }
-                if kill_requested {
-                    // The kill was requested before the restart and may not have
-                    // been delivered: deliver it (again).
-                    tracing::info!(task = %id, "killing the task: its kill was requested before the restart");
-                    crate::tasks::kill_slot(core, &slot).await;
-                }
-                crate::tasks::watch(core.clone(), id, framework_id, slot);
-            }
-            Outcome::Ended(mut s) => {
-                s.task_id = id.clone();
-                s.framework_id = framework_id;
-                tracing::info!(task = %id, state = s.state().as_str_name(), "the task ended while the agent was away: {}", s.message);
-                core.send_status(s).await?;
-                ended.push(id);
-            }
-            Outcome::Lost(why) => {
-                tracing::warn!(task = %id, "reported LOST: {why}");
-                core.send_status(v1::TaskStatus {
-                    task_id: id.clone(),
-                    framework_id,
-                    state: v1::TaskState::TaskLost as i32,
-                    reason: v1::Reason::AgentRestarted as i32,
-                    message: why,
-                    ..Default::default()
-                })
-                .await?;
-                ended.push(id);
-            }
-        }
-    }
-    if n > 0 {
-        tracing::info!(tasks = n, reattached, "recovery done");
-    }
-    // Leftovers of the tasks that ended, and of any task no record owns (a task
-    // forgotten, a checkpoint moved aside): removed.
-    let owned: std::collections::HashSet<String> = lock(&core.tasks)
-        .iter()
-        .filter(|(_, t)| t.running.is_some())
-        .map(|(id, _)| id.clone())
-        .collect();
-    let c = core.containerizer.clone();
-    let runtime_tasks = core.config.runtime_dir.join("tasks");
-    let _ = tokio::task::spawn_blocking(move || {
-        let mut names: Vec<String> = c.cgroups().list().unwrap_or_default();
-        names.extend(ended);
-        if let Ok(entries) = std::fs::read_dir(&runtime_tasks) {
-            names.extend(entries.flatten().filter_map(|e| e.file_name().into_string().ok()));
-        }
-        names.sort();
-        names.dedup();
-        for name in names {
-            if owned.contains(&name) {
-                continue;
-            }
-            if let Ok(id) = TaskId::new(name.clone()) {
-                tracing::info!(task = %name, "removing the leftovers of a task that is not running");
-                c.destroy(&id);
-            }
-        }
-    })
-    .await;
-    if let Some(b) = now_boot {
-        core.store.write(vec![Write::BootId(b)]).await?;
-    }
-    Ok(())
-}
-
-/// What recovery needs of a checkpointed task that had not ended.
-struct Unfinished {
-    id: String,
-    info: v1::TaskInfo,
-    sandbox: PathBuf,
-    kill_requested: bool,
-    /// The shim's (pid, start time), once the launch had recorded them.
-    shim: Option<(i32, u64)>,
-}
-
-/// Recovers one unfinished task (blocking: the containerizer is synchronous).
-fn recover_one(c: &Containerizer, task: &Unfinished, rebooted: bool) -> Outcome {
-    let Unfinished {
-        id,
-        info,
-        sandbox,
-        kill_requested,
-        shim,
-    } = task;
-    let kill_requested = *kill_requested;
-    let Ok(task_id) = TaskId::new(id.to_string()) else {
-        return Outcome::Lost(format!("the checkpoint holds an invalid task id {id:?}"));
-    };
-    if rebooted {
-        c.destroy(&task_id);
-        return Outcome::Lost("the machine rebooted".into());
-    }
-    let config = match crate::tasks::task_config(info, sandbox) {
-        Ok(config) => config,
-        Err(e) => {
-            c.destroy(&task_id);
-            return Outcome::Lost(format!(
-                "its checkpointed configuration is unusable ({e}); its leftovers were removed"
-            ));
-        }
-    };
-    match c.recover(&task_id, &config, *shim) {
-        Recovered::Running(r) => Outcome::Running(Box::new(r)),
-        Recovered::Ended(t) => {
-            Outcome::Ended(crate::tasks::terminal_status(&t, kill_requested, info))
-        }
-        Recovered::Unknown(why) => Outcome::Lost(format!(
-            "the agent restarted and cannot know how the task ended: {why}"
-        )),
-    }
 }

@@ -6,7 +6,11 @@
 //! * `GET /api/v1/tasks/{id}/files/{name}?offset=N&length=M`: a chunk of a file in
 //!   the task's sandbox (for `cella logs`).
 //!
-//! All but `/health` need a client certificate signed by the cluster CA.
+//! All but `/health` need an authenticated caller (a client certificate of the
+//! cluster CA, or a token or password of `--credentials`), and a permission of the
+//! access policy ([`crate::policy::access`]): `view(state)` for `/metrics`, and for a
+//! task's data `view(tasks)` (containers) or `view(sandbox)` (files), granted for the
+//! task's framework role, or the task being the caller's own.
 //!
 //! # File reads
 //!
@@ -33,20 +37,31 @@ use std::path::{Component, Path};
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Path as UrlPath, Query, State};
+use axum::extract::{Extension, Path as UrlPath, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::agent::{Core, lock, state_name};
+use cella_proto::acl::{Action, Target, ViewKind};
+use cella_proto::auth::{Authenticator, Caller, require_caller};
+
+use crate::state::{Shared, lock};
+use crate::status_updates::StatusUpdateManager;
 
 const DEFAULT_LENGTH: u64 = 64 << 10;
 const MAX_LENGTH: u64 = 1 << 20;
 
+/// What the API shows: the shared state, and whether updates can reach the master.
+pub struct Api {
+    pub shared: Arc<Shared>,
+    pub updates: Arc<StatusUpdateManager>,
+    pub auth: Arc<Authenticator>,
+}
+
 pub async fn serve(
-    core: Arc<Core>,
+    api: Arc<Api>,
     listener: tokio::net::TcpListener,
     tls: Arc<rustls::ServerConfig>,
     mut stop: watch::Receiver<bool>,
@@ -58,23 +73,24 @@ pub async fn serve(
             }
         }
     };
-    if let Err(e) = cella_proto::tls::serve(listener, tls, router(core), shutdown).await {
+    if let Err(e) = cella_proto::tls::serve(listener, tls, router(api), shutdown).await {
         tracing::error!("the HTTP API stopped: {e}");
     }
 }
 
-pub fn router(core: Arc<Core>) -> Router {
+pub fn router(api: Arc<Api>) -> Router {
     let protected = Router::new()
         .route("/metrics", get(metrics))
         .route("/api/v1/containers", get(containers))
         .route("/api/v1/tasks/{id}/files/{*name}", get(read_file))
-        .layer(axum::middleware::from_fn(
-            cella_proto::tls::require_principal,
+        .layer(axum::middleware::from_fn_with_state(
+            api.auth.clone(),
+            require_caller,
         ));
     Router::new()
         .route("/health", get(health))
         .merge(protected)
-        .with_state(core)
+        .with_state(api)
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -85,25 +101,35 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
         .into_response()
 }
 
-async fn health(State(core): State<Arc<Core>>) -> Response {
-    let connected = lock(&core.updates).conn().is_some();
+async fn health(State(api): State<Arc<Api>>) -> Response {
     axum::Json(serde_json::json!({
         "status": "ok",
-        "agent_id": lock(&core.agent_id).clone(),
-        "master_connected": connected,
+        "agent_id": api.shared.agent_id(),
+        "master_connected": api.updates.is_connected(),
         "version": env!("CARGO_PKG_VERSION"),
     }))
     .into_response()
 }
 
-async fn metrics(State(core): State<Arc<Core>>) -> Response {
-    core.update_task_gauges();
+async fn metrics(State(api): State<Arc<Api>>, Extension(caller): Extension<Caller>) -> Response {
+    let view = Action::View {
+        what: ViewKind::State,
+        target: None,
+    };
+    if let Err(d) = api
+        .shared
+        .access
+        .check(&caller.identity, &view, "GET /metrics")
+    {
+        return error(StatusCode::FORBIDDEN, d.to_string());
+    }
+    api.shared.update_task_gauges();
     (
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        core.metrics.encode(),
+        api.shared.metrics.encode(),
     )
         .into_response()
 }
@@ -120,16 +146,28 @@ struct ContainerJson {
     usage: Option<cella_proto::v1::TaskUsage>,
 }
 
-async fn containers(State(core): State<Arc<Core>>) -> Response {
-    let tasks = lock(&core.tasks);
+/// The tasks running here that the caller may see.
+async fn containers(State(api): State<Arc<Api>>, Extension(caller): Extension<Caller>) -> Response {
+    let access = &api.shared.access;
+    let tasks = lock(&api.shared.tasks);
     let mut out: Vec<ContainerJson> = tasks
         .iter()
         .filter(|(_, t)| t.running.is_some())
+        .filter(|(_, t)| {
+            let view = Action::View {
+                what: ViewKind::Tasks,
+                target: Some(Target {
+                    owner: &t.principal,
+                    role: &t.role,
+                }),
+            };
+            access.allows(&caller.identity, &view)
+        })
         .map(|(id, t)| ContainerJson {
             task_id: id.clone(),
             framework_id: t.framework_id.clone(),
             name: t.info.name.clone(),
-            state: state_name(t.state),
+            state: t.state.name(),
             pid: t.pid,
             sandbox: t.sandbox.display().to_string(),
             resources: t.info.resources,
@@ -183,7 +221,8 @@ pub fn check_relative(name: &str) -> Result<&Path, String> {
 }
 
 async fn read_file(
-    State(core): State<Arc<Core>>,
+    State(api): State<Arc<Api>>,
+    Extension(caller): Extension<Caller>,
     UrlPath((id, name)): UrlPath<(String, String)>,
     Query(q): Query<ReadQuery>,
 ) -> Response {
@@ -194,11 +233,23 @@ async fn read_file(
     if cella_containerizer::TaskId::new(id.clone()).is_err() {
         return error(StatusCode::BAD_REQUEST, format!("invalid task id {id:?}"));
     }
-    // Tasks still held, or ended and forgotten: the sandbox directory stays.
-    let sandbox = lock(&core.tasks)
+    // Tasks still held, or ended and forgotten: the sandbox directory stays (whose it
+    // was is then unknown, and only a grant of view(sandbox) for every role reads it).
+    let (sandbox, owner, role) = lock(&api.shared.tasks)
         .get(&id)
-        .map(|t| t.sandbox.clone())
-        .unwrap_or_else(|| core.sandbox_dir(&id));
+        .map(|t| (t.sandbox.clone(), t.principal.clone(), t.role.clone()))
+        .unwrap_or_else(|| (api.shared.sandbox_dir(&id), String::new(), String::new()));
+    let view = Action::View {
+        what: ViewKind::Sandbox,
+        target: Some(Target {
+            owner: &owner,
+            role: &role,
+        }),
+    };
+    let what = format!("reading {name} of task {id}");
+    if let Err(d) = api.shared.access.check(&caller.identity, &view, &what) {
+        return error(StatusCode::FORBIDDEN, d.to_string());
+    }
     let offset = q.offset.unwrap_or(0);
     let length = q.length.unwrap_or(DEFAULT_LENGTH).min(MAX_LENGTH);
     let result =

@@ -1,10 +1,42 @@
 //! The Cella node agent.
 //!
-//! It detects what the machine can offer ([`resources`]), holds one mutual-TLS
-//! stream to the master ([`connection`]), launches tasks through the containerizer
-//! with one sandbox directory per task ([`tasks`]), sends their status updates
-//! reliably (checkpointed in redb before they are sent, re-sent until acknowledged:
-//! [`store`], [`updates`]) and serves its own HTTPS API ([`http`]).
+//! It detects what the machine can offer, holds one mutual-TLS stream to the master,
+//! launches tasks through the containerizer with one sandbox directory per task,
+//! sends their status updates reliably (checkpointed in redb before they are sent,
+//! re-sent until acknowledged), recovers its tasks after a restart and serves its
+//! own HTTPS API.
+//!
+//! # Where things happen
+//!
+//! | you look for | it is in |
+//! |---|---|
+//! | start, stop, `--recover cleanup`; how the parts are wired | [`agent`] ([`Agent::start`], [`Agent::shutdown`]) |
+//! | a Launch / Kill / Acknowledge / Shutdown from the master, dispatched | [`agent`] (`dispatch`), fed by [`connection::MasterCommand`] |
+//! | the stream to the master: register, reconnect, Ping, usage reports | [`connection`] |
+//! | a task launched | [`tasks::launch`] |
+//! | a task watched until it ends, its end reported | [`tasks::watch`] |
+//! | a task killed (and the kill checkpointed first) | [`tasks::kill`] |
+//! | a `TaskInfo` turned into the containerizer's config | [`tasks::spec`] |
+//! | the wording of a terminal status; exit codes 125/126/127 → reasons | [`tasks::status`] |
+//! | usage sampled; `Usage` → `TaskUsage` | [`tasks::usage`] |
+//! | sandboxes garbage-collected | [`tasks::gc`] |
+//! | a status update checkpointed, sent, **retried** (timer), acknowledged | [`status_updates`] (queue and backoff: [`status_updates::queue`]) |
+//! | **recovery** from the checkpoint at start; reboot detection | [`recovery`] |
+//! | the checkpoint database (redb, group commit) | [`store`] |
+//! | every path under the work and runtime directories | [`paths`] |
+//! | what every part reads: config, totals, tasks, agent id | [`state`] |
+//! | the HTTPS API (`/health`, `/metrics`, containers, sandbox files) | [`http`] |
+//! | flags and the TOML file | [`config`] |
+//! | what tasks may be and use here; who may use the API | [`policy`] |
+//! | CPUs, memory and disk the machine offers | [`resources`] |
+//! | Prometheus metrics | [`metrics`] |
+//!
+//! The modules import each other without a cycle (checked by
+//! `tests/module_graph.rs`): [`agent`] knows every other module and nothing imports
+//! it; [`recovery`] uses the task side; the task side ([`tasks`]) uses
+//! [`status_updates`], which uses [`state`] and [`store`]; [`connection`] and
+//! [`http`] use [`state`] and [`status_updates`] only — the connection hands the
+//! master's commands over a channel instead of calling the task side.
 //!
 //! Use it in-process with [`run`] (until a shutdown future completes) or with
 //! [`Agent::start`] and [`Agent::shutdown`]:
@@ -23,7 +55,8 @@
 //!
 //! Stopping without killing (`shutdown(false)`, the binary's SIGTERM, or a crash)
 //! leaves the tasks running under their shims. The next agent on the same work
-//! directory recovers them from the checkpoint (`<work-dir>/meta/agent.redb`):
+//! directory recovers them from the checkpoint (`<work-dir>/meta/agent.redb`;
+//! [`recovery::recover`]):
 //!
 //! - a task whose shim is alive (same pid **and** start time) is re-attached and
 //!   watched again (usage, kill, end) — it stays RUNNING, nothing is started twice;
@@ -52,17 +85,22 @@
 //!
 //! Sandboxes of ended tasks are removed `--gc-delay` (default 1h) after the task
 //! ended, or earlier, oldest first, while the work directory's filesystem is more
-//! than 90% full ([`tasks::gc_sweep`]).
+//! than 90% full ([`tasks::gc::gc_sweep`]).
 
 pub mod agent;
 pub mod config;
 pub mod connection;
 pub mod http;
 pub mod metrics;
+pub mod paths;
+pub mod periodic;
+pub mod policy;
+pub mod recovery;
 pub mod resources;
+pub mod state;
+pub mod status_updates;
 pub mod store;
 pub mod tasks;
-pub mod updates;
 
 pub use agent::{Agent, AgentError, run};
 pub use config::{AgentArgs, AgentConfig, ConfigError, ResourceSpec};

@@ -18,6 +18,11 @@ pub struct OutcomeLabel {
     pub outcome: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
 pub struct Metrics {
     registry: Registry,
     /// Tasks the agent holds, by their latest state (set when scraped).
@@ -34,16 +39,13 @@ pub struct Metrics {
     pub registrations: Counter,
     /// Checkpoint records that could not be recovered (`--strict=false`).
     pub recovery_errors: Counter,
-}
-
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
-    }
+    /// Launches refused by the agent's own allowlist, by reason (root, volume, rootfs).
+    pub launches_refused: Family<ReasonLabel, Counter>,
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    /// The agent's metrics, with the API's denials (`denials`, from its access policy).
+    pub fn new(denials: &Family<crate::policy::access::PermissionLabel, Counter>) -> Self {
         let mut registry = Registry::with_prefix("cella_agent");
         let m = Self {
             registry: Registry::default(),
@@ -57,7 +59,18 @@ impl Metrics {
             master_connected: Gauge::default(),
             registrations: Counter::default(),
             recovery_errors: Counter::default(),
+            launches_refused: Family::default(),
         };
+        registry.register(
+            "launches_refused",
+            "Launches refused by the agent's own allowlist, by reason",
+            m.launches_refused.clone(),
+        );
+        registry.register(
+            "authz_denied",
+            "Requests to the agent's API denied, by the permission that was missing",
+            denials.clone(),
+        );
         registry.register("tasks", "Tasks on this agent by state", m.tasks.clone());
         registry.register(
             "task_launches",
@@ -120,6 +133,14 @@ impl Metrics {
             })
             .inc();
         self.launch_seconds.observe(seconds);
+    }
+
+    pub fn launch_refused(&self, reason: &str) {
+        self.launches_refused
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            })
+            .inc();
     }
 
     /// The text exposition format.

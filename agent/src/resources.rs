@@ -2,10 +2,16 @@
 //! its own cgroup's CPU quota), memory (MemTotal, limited by its cgroup's memory
 //! limit), the disk of its work directory; minus `--reserve`, overridden by
 //! `--resources`.
+//!
+//! /proc is read through the `procfs` crate (`/proc/meminfo`, `/proc/self/cgroup`,
+//! `/proc/self/mountinfo`). The cgroup files themselves (`cpu.max`,
+//! `memory.limit_in_bytes`...) are read directly: `procfs` does not cover /sys.
 
 use std::path::{Path, PathBuf};
 
 use cella_containerizer::units::MilliCpus;
+use procfs::process::{MountInfo, Process};
+use procfs::{Current, Meminfo, ProcessCGroup};
 
 use crate::config::ResourceSpec;
 
@@ -41,14 +47,12 @@ pub fn detect(work_dir: &Path) -> Detected {
         std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
     });
     let mut cpus = MilliCpus(u64::try_from(affinity).unwrap_or(1).saturating_mul(1000));
-    let cgroups = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let dirs = cgroup_dirs(&cgroups, &mountinfo);
+    let dirs = own_cgroup_dirs();
     if let Some(quota) = cpu_quota(&dirs, |p| std::fs::read_to_string(p).ok()) {
         cpus = cpus.min(quota);
     }
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let mut mem_bytes = parse_meminfo_total(&meminfo).unwrap_or(0);
+    // MemTotal, in bytes (procfs converts the kB of /proc/meminfo).
+    let mut mem_bytes = Meminfo::current().map_or(0, |m| m.mem_total);
     if let Some(limit) = memory_limit(&dirs, |p| std::fs::read_to_string(p).ok()) {
         mem_bytes = mem_bytes.min(limit);
     }
@@ -91,19 +95,6 @@ fn affinity_cpus() -> Option<usize> {
     (n > 0).then_some(n)
 }
 
-/// `MemTotal` of /proc/meminfo, in bytes.
-pub fn parse_meminfo_total(meminfo: &str) -> Option<u64> {
-    meminfo.lines().find_map(|line| {
-        let rest = line.strip_prefix("MemTotal:")?;
-        let mut parts = rest.split_whitespace();
-        let value: u64 = parts.next()?.parse().ok()?;
-        match parts.next() {
-            Some("kB") | None => value.checked_mul(1024),
-            _ => None,
-        }
-    })
-}
-
 /// The directories of the agent's own cgroup, by kind.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CgroupDirs {
@@ -115,58 +106,53 @@ pub struct CgroupDirs {
     pub memory: Option<(PathBuf, PathBuf)>,
 }
 
-/// Finds the own cgroup directories from `/proc/self/cgroup` and
-/// `/proc/self/mountinfo`.
-pub fn cgroup_dirs(proc_cgroup: &str, mountinfo: &str) -> CgroupDirs {
-    // (fstype, super options, mount root, mount point)
-    let mounts: Vec<(&str, Vec<&str>, &str, &str)> = mountinfo
-        .lines()
-        .filter_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            let fields: Vec<&str> = left.split(' ').collect();
-            let root = *fields.get(3)?;
-            let point = *fields.get(4)?;
-            let mut r = right.split(' ');
-            let fstype = r.next()?;
-            let _source = r.next()?;
-            let opts = r.next().unwrap_or("").split(',').collect();
-            Some((fstype, opts, root, point))
-        })
-        .collect();
-    let join = |point: &str, root: &str, path: &str| -> Option<(PathBuf, PathBuf)> {
+/// The agent's own cgroup directories, from `/proc/self/cgroup` and
+/// `/proc/self/mountinfo` (none when they cannot be read).
+fn own_cgroup_dirs() -> CgroupDirs {
+    let Ok(me) = Process::myself() else {
+        return CgroupDirs::default();
+    };
+    let cgroups = me.cgroups().map(|c| c.0).unwrap_or_default();
+    let mounts = me.mountinfo().map(|m| m.0).unwrap_or_default();
+    cgroup_dirs(&cgroups, &mounts)
+}
+
+/// Finds the own cgroup directories from the own cgroups (`/proc/self/cgroup`) and
+/// the mounts (`/proc/self/mountinfo`).
+pub fn cgroup_dirs(own: &[ProcessCGroup], mounts: &[MountInfo]) -> CgroupDirs {
+    let join = |mount: &MountInfo, path: &str| -> Option<(PathBuf, PathBuf)> {
         // The cgroup path is relative to the hierarchy's root; the mount shows `root`.
-        let rel = if root == "/" {
+        let rel = if mount.root == "/" {
             path
         } else {
-            path.strip_prefix(root)?
+            path.strip_prefix(mount.root.as_str())?
         };
         let rel = rel.trim_start_matches('/');
-        let point = PathBuf::from(cella_containerizer::cgroups::unescape_mountinfo(point));
+        // procfs leaves mountinfo's octal escapes (`\040` for a space) in the mount
+        // point; the containerizer's mountinfo reader undoes them.
+        let point = PathBuf::from(cella_containerizer::cgroups::unescape_mountinfo(
+            &mount.mount_point.to_string_lossy(),
+        ));
         Some((point.join(rel), point))
     };
     let mut dirs = CgroupDirs::default();
-    for line in proc_cgroup.lines() {
-        let mut parts = line.splitn(3, ':');
-        let (Some(_id), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
-        else {
-            continue;
-        };
-        if controllers.is_empty() {
-            if let Some((_, _, root, point)) = mounts.iter().find(|m| m.0 == "cgroup2") {
-                dirs.unified = join(point, root, path);
+    for cgroup in own {
+        let path = cgroup.pathname.as_str();
+        if cgroup.controllers.is_empty() {
+            if let Some(mount) = mounts.iter().find(|m| m.fs_type == "cgroup2") {
+                dirs.unified = join(mount, path);
             }
             continue;
         }
-        let names: Vec<&str> = controllers.split(',').collect();
         for (want, slot) in [("cpu", &mut dirs.cpu), ("memory", &mut dirs.memory)] {
-            if !names.contains(&want) {
+            if !cgroup.controllers.iter().any(|c| c == want) {
                 continue;
             }
-            if let Some((_, _, root, point)) = mounts
+            if let Some(mount) = mounts
                 .iter()
-                .find(|m| m.0 == "cgroup" && m.1.contains(&want))
+                .find(|m| m.fs_type == "cgroup" && m.super_options.contains_key(want))
             {
-                *slot = join(point, root, path);
+                *slot = join(mount, path);
             }
         }
     }
@@ -262,6 +248,7 @@ pub fn memory_limit(dirs: &CgroupDirs, read: impl Fn(&Path) -> Option<String>) -
 #[cfg(test)]
 mod tests {
     use super::*;
+    use procfs::FromRead;
     use std::collections::HashMap;
 
     const MOUNTINFO_HYBRID: &str = "\
@@ -277,12 +264,47 @@ mod tests {
 0::/system.slice/agent.service
 ";
 
+    /// `/proc/self/cgroup` and `/proc/self/mountinfo` as procfs reads them.
+    fn parsed(proc_cgroup: &str, mountinfo: &str) -> CgroupDirs {
+        let own = procfs::ProcessCGroups::from_read(proc_cgroup.as_bytes()).unwrap();
+        let mounts = procfs::process::MountInfos::from_read(mountinfo.as_bytes()).unwrap();
+        cgroup_dirs(&own.0, &mounts.0)
+    }
+
+    /// MemTotal in bytes, as [`detect`] takes it: procfs converts the kB of
+    /// /proc/meminfo (a number in kB would be 1024 times too small).
     #[test]
     fn meminfo() {
-        let text = "MemTotal:       16318480 kB\nMemFree:         1000 kB\n";
+        let parse_meminfo_total = |text: &str| {
+            Meminfo::from_read(text.as_bytes())
+                .ok()
+                .map(|m| m.mem_total)
+        };
+        let text = MEMINFO;
         assert_eq!(parse_meminfo_total(text), Some(16_318_480 * 1024));
         assert_eq!(parse_meminfo_total("garbage"), None);
     }
+
+    const MEMINFO: &str = "\
+MemTotal:       16318480 kB
+MemFree:         1000000 kB
+MemAvailable:    9000000 kB
+Buffers:          100000 kB
+Cached:          5000000 kB
+SwapCached:            0 kB
+Active:          6000000 kB
+Inactive:        4000000 kB
+SwapTotal:             0 kB
+SwapFree:              0 kB
+Dirty:               100 kB
+Writeback:             0 kB
+Mapped:           500000 kB
+Slab:             400000 kB
+Committed_AS:    8000000 kB
+VmallocTotal:   34359738367 kB
+VmallocUsed:       50000 kB
+VmallocChunk:          0 kB
+";
 
     #[test]
     fn cpu_max() {
@@ -295,7 +317,7 @@ mod tests {
 
     #[test]
     fn hybrid_dirs_and_v1_limits() {
-        let dirs = cgroup_dirs(CGROUP_HYBRID, MOUNTINFO_HYBRID);
+        let dirs = parsed(CGROUP_HYBRID, MOUNTINFO_HYBRID);
         // A hybrid host has a cgroup2 mount, but its own cgroup line "0::" points
         // there; limits are on the v1 controllers.
         assert_eq!(
@@ -349,7 +371,7 @@ mod tests {
     #[test]
     fn unified_limits_walk_up() {
         let mountinfo = "30 25 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw\n";
-        let dirs = cgroup_dirs("0::/a/b\n", mountinfo);
+        let dirs = parsed("0::/a/b\n", mountinfo);
         assert_eq!(
             dirs.unified,
             Some((
@@ -373,7 +395,7 @@ mod tests {
     #[test]
     fn mount_root_inside_a_container() {
         let mountinfo = "30 25 0:26 /kubepods/pod1 /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
-        let dirs = cgroup_dirs("0::/kubepods/pod1/c\n", mountinfo);
+        let dirs = parsed("0::/kubepods/pod1/c\n", mountinfo);
         assert_eq!(
             dirs.unified.map(|d| d.0),
             Some(PathBuf::from("/sys/fs/cgroup/c"))

@@ -2,7 +2,7 @@
 //!
 //! | table     | key            | value                                         |
 //! |-----------|----------------|-----------------------------------------------|
-//! | `meta`    | `agent_id`, `boot_id`, `format` | UTF-8 text                   |
+//! | `meta`    | `agent_id`, `boot_id`, `format`, `acl` | UTF-8 text            |
 //! | `tasks`   | task id        | [`TaskRecord`] (protobuf)                     |
 //! | `updates` | sequence (u64) | [`cella_proto::v1::TaskStatus`] (protobuf)    |
 //!
@@ -11,18 +11,22 @@
 //! rather than thousands. [`Store::write`] resolves once its changes are durable:
 //! a status update is written before it is sent (at-least-once delivery).
 //!
-//! Recovery (a later issue) reads everything back with [`Store::open`]'s
+//! Recovery ([`crate::recovery`]) reads everything back with [`Store::open`]'s
 //! [`Checkpoint`]: the agent id to re-register with, the boot id to detect a reboot,
 //! every task with its info, state, sandbox and task pid, and the unacknowledged
 //! updates in their original order.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 
 use cella_proto::v1;
 use prost::Message;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{mpsc, oneshot};
+
+use crate::paths;
 
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("tasks");
@@ -88,6 +92,11 @@ pub struct TaskRecord {
     /// re-attaches only to the shim whose run directory names the same pair.
     #[prost(uint64, tag = "10")]
     pub shim_start_time: u64,
+    /// The framework's role and owning principal (who may read the sandbox).
+    #[prost(string, tag = "11")]
+    pub role: String,
+    #[prost(string, tag = "12")]
+    pub principal: String,
 }
 
 /// A change to the checkpoint.
@@ -95,7 +104,9 @@ pub struct TaskRecord {
 pub enum Write {
     AgentId(String),
     BootId(String),
-    PutTask(String, TaskRecord),
+    /// The master's access policy: its ACL text, or `None` when it enforces none.
+    AccessPolicy(Option<String>),
+    PutTask(String, Box<TaskRecord>),
     DeleteTask(String),
     PutUpdate(u64, v1::TaskStatus),
     DeleteUpdate(u64),
@@ -106,6 +117,9 @@ pub enum Write {
 pub struct Checkpoint {
     pub agent_id: Option<String>,
     pub boot_id: Option<String>,
+    /// The master's last access policy (`Some(None)`: it enforced none); a restarted
+    /// agent applies it until the master says again.
+    pub access_policy: Option<Option<String>>,
     pub tasks: Vec<(String, TaskRecord)>,
     /// In sequence order.
     pub updates: Vec<(u64, v1::TaskStatus)>,
@@ -118,23 +132,34 @@ struct Batch {
     done: Option<oneshot::Sender<Result<(), String>>>,
 }
 
+/// What the writer thread receives.
+enum Request {
+    Batch(Batch),
+    /// Apply what was queued before, then stop.
+    Close,
+}
+
 /// A handle on the checkpoint; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    tx: mpsc::UnboundedSender<Batch>,
+    tx: mpsc::UnboundedSender<Request>,
     path: PathBuf,
+    transactions: Arc<AtomicU64>,
 }
 
-/// Owns the writer thread; [`StoreOwner::close`] waits for it to finish (so that the
-/// database file lock is released, e.g. before the agent is started again).
+/// Owns the writer thread; [`StoreOwner::close`] stops it (so that the database file
+/// lock is released, e.g. before the agent is started again).
 pub struct StoreOwner {
+    tx: mpsc::UnboundedSender<Request>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl StoreOwner {
-    /// Waits for the writer to finish. Every [`Store`] clone must be dropped first,
-    /// or this waits for that.
+    /// Applies every write queued so far, stops the writer and waits for it. Writes
+    /// queued afterwards through a [`Store`] that is still around fail with
+    /// [`StoreError::Closed`].
     pub fn close(mut self) {
+        let _ = self.tx.send(Request::Close);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -163,12 +188,13 @@ impl Store {
         work_dir: &Path,
         strict: bool,
     ) -> Result<(Store, StoreOwner, Checkpoint), StoreError> {
-        let meta = work_dir.join("meta");
+        let meta = paths::meta_dir(work_dir);
         std::fs::create_dir_all(&meta).map_err(|e| StoreError::Io {
             path: meta.clone(),
             message: e.to_string(),
         })?;
-        let path = meta.join("agent.redb");
+        let path = paths::checkpoint_file(work_dir);
+        let existed = path.exists();
         let opened = Database::create(&path)
             .map_err(|e| {
                 db_err(
@@ -184,7 +210,7 @@ impl Store {
                 let secs = std::time::SystemTime::now()
                     .duration_since(std::time::SystemTime::UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs());
-                let aside = meta.join(format!("agent.redb.damaged-{secs}"));
+                let aside = paths::damaged_checkpoint_file(work_dir, secs);
                 std::fs::rename(&path, &aside).map_err(|re| StoreError::Io {
                     path: path.clone(),
                     message: format!("{e}; moving it aside to {} failed: {re}", aside.display()),
@@ -199,18 +225,40 @@ impl Store {
                 (db, cp)
             }
         };
+        // Tasks' command lines and environments are in it: private, in a private
+        // directory (a looser mode left by an older agent is fixed and logged).
+        for (p, mode) in [(&meta, 0o700), (&path, 0o600)] {
+            match cella_proto::perms::set_mode(p, mode) {
+                Ok(Some(warning)) if existed => tracing::warn!("{warning}"),
+                Ok(Some(_)) => {}
+                Ok(None) => {}
+                Err(e) => {
+                    return Err(StoreError::Io {
+                        path: p.to_path_buf(),
+                        message: e.to_string(),
+                    });
+                }
+            }
+        }
         let (tx, rx) = mpsc::unbounded_channel();
         let thread_path = path.clone();
+        let transactions = Arc::new(AtomicU64::new(0));
+        let counted = transactions.clone();
         let thread = std::thread::Builder::new()
             .name("cella-checkpoint".into())
-            .spawn(move || writer(db, rx, &thread_path))
+            .spawn(move || writer(db, rx, &thread_path, &counted))
             .map_err(|e| StoreError::Io {
                 path: path.clone(),
                 message: format!("starting the checkpoint writer: {e}"),
             })?;
         Ok((
-            Store { tx, path },
+            Store {
+                tx: tx.clone(),
+                path,
+                transactions,
+            },
             StoreOwner {
+                tx,
                 thread: Some(thread),
             },
             checkpoint,
@@ -219,6 +267,11 @@ impl Store {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// How many write transactions (each one fsync) have been committed since open.
+    pub fn transactions(&self) -> u64 {
+        self.transactions.load(Ordering::Relaxed)
     }
 
     /// Applies `writes` atomically; resolves once they are durable.
@@ -235,10 +288,10 @@ impl Store {
         writes: Vec<Write>,
     ) -> impl std::future::Future<Output = Result<(), StoreError>> + use<> {
         let (done, rx) = oneshot::channel();
-        let sent = self.tx.send(Batch {
+        let sent = self.tx.send(Request::Batch(Batch {
             writes,
             done: Some(done),
-        });
+        }));
         let path = self.path.clone();
         async move {
             sent.map_err(|_| StoreError::Closed { path: path.clone() })?;
@@ -253,7 +306,7 @@ impl Store {
     /// Queues `writes` without waiting for them (acknowledgements: losing one only
     /// means an update is re-sent).
     pub fn write_later(&self, writes: Vec<Write>) {
-        let _ = self.tx.send(Batch { writes, done: None });
+        let _ = self.tx.send(Request::Batch(Batch { writes, done: None }));
     }
 }
 
@@ -294,9 +347,15 @@ fn read_all(db: &Database, path: &Path, strict: bool) -> Result<Checkpoint, Stor
             .map_err(|e| db_err(path, e))?
             .map(|v| v.value().to_string()))
     };
+    let access_policy = match get("acl_enforced")?.as_deref() {
+        Some("true") => Some(Some(get("acl")?.unwrap_or_default())),
+        Some(_) => Some(None),
+        None => None,
+    };
     let mut checkpoint = Checkpoint {
         agent_id: get("agent_id")?,
         boot_id: get("boot_id")?,
+        access_policy,
         ..Default::default()
     };
     let tasks = txn.open_table(TASKS).map_err(|e| db_err(path, e))?;
@@ -329,16 +388,39 @@ fn read_all(db: &Database, path: &Path, strict: bool) -> Result<Checkpoint, Stor
     Ok(checkpoint)
 }
 
-fn writer(db: Database, mut rx: mpsc::UnboundedReceiver<Batch>, path: &Path) {
-    while let Some(first) = rx.blocking_recv() {
-        let mut batches = vec![first];
-        while let Ok(more) = rx.try_recv() {
-            batches.push(more);
+/// Commits everything queued in one transaction (group commit) until
+/// [`StoreOwner::close`] (or until every handle is gone).
+fn writer(
+    db: Database,
+    mut rx: mpsc::UnboundedReceiver<Request>,
+    path: &Path,
+    transactions: &AtomicU64,
+) {
+    let mut closing = false;
+    while !closing {
+        let Some(first) = rx.blocking_recv() else {
+            return;
+        };
+        let mut batches = Vec::new();
+        let mut next = Some(first);
+        while let Some(request) = next {
+            match request {
+                Request::Batch(batch) => batches.push(batch),
+                Request::Close => {
+                    closing = true;
+                    break;
+                }
+            }
+            next = rx.try_recv().ok();
+        }
+        if batches.is_empty() {
+            continue;
         }
         let result = commit(&db, &batches).map_err(|e| {
             tracing::error!(path = %path.display(), "checkpoint write failed: {e}");
             e
         });
+        transactions.fetch_add(1, Ordering::Relaxed);
         for batch in batches {
             if let Some(done) = batch.done {
                 let _ = done.send(result.clone());
@@ -357,6 +439,11 @@ fn commit(db: &Database, batches: &[Batch]) -> Result<(), String> {
             let r = match write {
                 Write::AgentId(id) => meta.insert("agent_id", id.as_str()).map(drop),
                 Write::BootId(id) => meta.insert("boot_id", id.as_str()).map(drop),
+                Write::AccessPolicy(acl) => {
+                    let enforced = if acl.is_some() { "true" } else { "false" };
+                    let first = meta.insert("acl_enforced", enforced).map(drop);
+                    first.and_then(|()| meta.insert("acl", acl.as_deref().unwrap_or("")).map(drop))
+                }
                 Write::PutTask(id, record) => {
                     let bytes = record.encode_to_vec();
                     tasks.insert(id.as_str(), bytes.as_slice()).map(drop)
@@ -372,14 +459,6 @@ fn commit(db: &Database, batches: &[Batch]) -> Result<(), String> {
         }
     }
     txn.commit().map_err(|e| e.to_string())
-}
-
-/// This boot's id (`/proc/sys/kernel/random/boot_id`).
-pub fn boot_id() -> Option<String> {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .ok()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
 }
 
 #[cfg(test)]
@@ -415,16 +494,20 @@ mod tests {
             ended_ns: 0,
             kill_requested: true,
             shim_start_time: 7,
+            role: "web".into(),
+            principal: "user:alice".into(),
         };
         store
             .write(vec![
                 Write::AgentId("agent-1".into()),
                 Write::BootId("boot".into()),
-                Write::PutTask("t1".into(), record.clone()),
+                Write::PutTask("t1".into(), Box::new(record.clone())),
             ])
             .await
             .unwrap();
-        // Many concurrent writers: all durable, in order of their sequence numbers.
+        // Many concurrent writers: all durable, in order of their sequence numbers,
+        // in fewer transactions than writers (their batches are committed together).
+        let before = store.transactions();
         let mut joins = Vec::new();
         for seq in (1..=200u64).rev() {
             let store = store.clone();
@@ -440,6 +523,11 @@ mod tests {
         for j in joins {
             j.await.unwrap().unwrap();
         }
+        let transactions = store.transactions() - before;
+        assert!(
+            transactions < 200,
+            "200 concurrent writes took {transactions} transactions: not grouped"
+        );
         store.write_later(vec![Write::DeleteUpdate(7)]);
         store
             .write(vec![Write::DeleteTask("nope".into())])
@@ -461,22 +549,18 @@ mod tests {
     #[test]
     fn a_damaged_file_is_named() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("meta")).unwrap();
-        std::fs::write(dir.path().join("meta/agent.redb"), b"not a database at all").unwrap();
+        std::fs::create_dir_all(paths::meta_dir(dir.path())).unwrap();
+        std::fs::write(paths::checkpoint_file(dir.path()), b"not a database at all").unwrap();
         let err = Store::open(dir.path()).err().unwrap().to_string();
         assert!(err.contains("agent.redb"), "{err}");
         // Not strict: moved aside, an empty checkpoint, one error.
         let (_s, _o, cp) = Store::open_with(dir.path(), false).unwrap();
         assert_eq!(cp.errors.len(), 1, "{:?}", cp.errors);
         assert!(cp.tasks.is_empty());
-        let aside = std::fs::read_dir(dir.path().join("meta"))
+        let aside = std::fs::read_dir(paths::meta_dir(dir.path()))
             .unwrap()
             .flatten()
-            .any(|e| {
-                e.file_name()
-                    .to_string_lossy()
-                    .starts_with("agent.redb.damaged-")
-            });
+            .any(|e| paths::is_damaged_checkpoint(&e.file_name().to_string_lossy()));
         assert!(aside);
     }
 
@@ -489,7 +573,7 @@ mod tests {
             owner.close();
         }
         {
-            let db = Database::create(dir.path().join("meta/agent.redb")).unwrap();
+            let db = Database::create(paths::checkpoint_file(dir.path())).unwrap();
             let txn = db.begin_write().unwrap();
             {
                 let mut t = txn.open_table(TASKS).unwrap();
@@ -501,10 +585,5 @@ mod tests {
         assert!(err.contains("task bad"), "{err}");
         let (_s, _o, cp) = Store::open_with(dir.path(), false).unwrap();
         assert_eq!(cp.errors.len(), 1, "{:?}", cp.errors);
-    }
-
-    #[test]
-    fn boot_id_is_read() {
-        assert!(boot_id().is_some());
     }
 }

@@ -7,7 +7,10 @@ mod common;
 use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
-use cella_proto::v1::{self, call};
+use cella_agent::Agent;
+use cella_agent::store::Store;
+use cella_proto::v1;
+use common::restart::wait_until;
 use common::{Cluster, Master, WAIT, task};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -36,14 +39,14 @@ async fn exit_code_logs_and_confined_file_reads() {
     assert_eq!(end.agent_id, agent_id);
     assert!(!end.uuid.is_empty());
 
-    let sandbox = cluster.work_dir.join("sandboxes/hi-3");
+    let sandbox = cella_agent::paths::sandbox_dir(&cluster.work_dir, "hi-3");
     assert_eq!(
-        std::fs::read_to_string(sandbox.join("stdout")).unwrap(),
+        std::fs::read_to_string(cella_agent::paths::sandbox_stdout(&sandbox)).unwrap(),
         "hi\n"
     );
 
     // The files endpoint: the chunk, and confinement.
-    let tls = cluster.client_tls();
+    let tls = cluster.agent_tls();
     let base = format!("https://{}", cluster.agent().http_addr());
     let get = |path: String| {
         let tls = tls.clone();
@@ -79,7 +82,11 @@ async fn exit_code_logs_and_confined_file_reads() {
     }
 
     // Authentication: /health is open, the rest needs a client certificate.
-    let anon = cella_proto::tls::client_config_anonymous(&cluster.layout.ca_cert).unwrap();
+    let anon = cella_proto::tls::client_config_anonymous_for(
+        &cluster.layout.ca_cert,
+        cella_proto::tls::ExpectedServer::Agent,
+    )
+    .unwrap();
     let r = cella_proto::tls::https_request(Method::GET, &format!("{base}/health"), None, &anon)
         .await
         .unwrap();
@@ -148,24 +155,26 @@ async fn memory_limit_kill_and_command_not_found() {
     })
     .await;
     // The containers endpoint lists it with usage after a sample.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
     let url = format!("https://{}/api/v1/containers", cluster.agent().http_addr());
-    let list: serde_json::Value = cella_proto::tls::https_get_json(&url, &cluster.client_tls())
-        .await
-        .unwrap();
-    let entry = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["task_id"] == "sleeper")
-        .cloned()
-        .unwrap_or_else(|| panic!("sleeper not in {list}"));
+    let tls = cluster.agent_tls();
+    let sleeper = async || -> Option<serde_json::Value> {
+        let list: serde_json::Value = cella_proto::tls::https_get_json(&url, &tls).await.ok()?;
+        list.as_array()?
+            .iter()
+            .find(|c| c["task_id"] == "sleeper")
+            .cloned()
+    };
+    wait_until("a usage sample of the sleeper", async || {
+        sleeper()
+            .await
+            .is_some_and(|c| c["usage"]["mem_current_bytes"].is_u64())
+    })
+    .await;
+    let entry = sleeper().await.expect("sleeper listed");
     assert_eq!(entry["state"], "RUNNING");
     assert!(entry["usage"]["mem_current_bytes"].is_u64(), "{entry}");
 
-    s.send(call::Call::Kill(call::Kill {
-        task_id: "sleeper".into(),
-    }));
+    s.kill("sleeper");
     let end = s.wait_terminal("sleeper").await;
     assert_eq!(end.state(), v1::TaskState::TaskKilled, "{end:?}");
     assert_eq!(end.reason(), v1::Reason::KilledByRequest);
@@ -234,9 +243,7 @@ async fn unacknowledged_updates_are_resent_in_order_across_a_master_restart() {
     s.ack(&running);
     s.ack(&again);
 
-    s.send(call::Call::Kill(call::Kill {
-        task_id: "slow-ack".into(),
-    }));
+    s.kill("slow-ack");
     let end = s.wait_terminal("slow-ack").await;
     assert_eq!(end.state(), v1::TaskState::TaskKilled, "{end:?}");
     let order: Vec<v1::TaskState> = s.states("slow-ack");
@@ -253,16 +260,64 @@ async fn unacknowledged_updates_are_resent_in_order_across_a_master_restart() {
     cluster.stop().await;
 }
 
+/// The agent id, the tasks and the unacknowledged updates are in the checkpoint
+/// when the agent stops; an agent started again on it registers under the same id,
+/// re-attaches to the task and sends the updates that were not acknowledged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checkpoint_survives_a_restart_of_the_agent() {
-    // The agent id is kept; unacknowledged updates and tasks come back from redb.
     let mut cluster = Cluster::start().await;
     let agent_id = cluster.wait_registered().await;
+    let mut s = cluster.scheduler("").await;
+    s.auto_ack = false;
+    s.launch(&agent_id, vec![task("kept", &["sleep", "100"], 16 << 20)])
+        .await;
+    let starting = s
+        .wait_for("kept", WAIT, |st| st.state() == v1::TaskState::TaskStarting)
+        .await;
+    // RUNNING is generated (and waits behind the unacknowledged STARTING).
+    wait_until("the task to run", async || {
+        cluster.agent().running_tasks() == 1 && cluster.agent().pending_updates() == 2
+    })
+    .await;
     let agent = cluster.agent.take().unwrap();
-    agent.shutdown(true).await.unwrap();
+    agent.shutdown(false).await.unwrap();
 
-    let (_store, _owner, checkpoint) = cella_agent::store::Store::open(&cluster.work_dir).unwrap();
+    let (store, owner, checkpoint) = Store::open(&cluster.work_dir).unwrap();
     assert_eq!(checkpoint.agent_id.as_deref(), Some(agent_id.as_str()));
     assert!(checkpoint.boot_id.is_some());
+    let tasks: Vec<(&str, v1::TaskState)> = checkpoint
+        .tasks
+        .iter()
+        .map(|(id, r)| (id.as_str(), r.state()))
+        .collect();
+    assert_eq!(tasks, vec![("kept", v1::TaskState::TaskRunning)]);
+    let updates: Vec<v1::TaskState> = checkpoint.updates.iter().map(|(_, u)| u.state()).collect();
+    assert_eq!(
+        updates,
+        vec![v1::TaskState::TaskStarting, v1::TaskState::TaskRunning]
+    );
+    assert_eq!(checkpoint.updates[0].1.uuid, starting.uuid);
+    drop(store);
+    owner.close();
+
+    cluster.agent = Some(
+        Agent::start(cluster.config.clone())
+            .await
+            .expect("restarts"),
+    );
+    assert_eq!(
+        cluster.agent().agent_id().as_deref(),
+        Some(agent_id.as_str())
+    );
+    assert_eq!(cluster.agent().running_tasks(), 1, "re-attached");
+    // RUNNING goes out only once the re-sent STARTING is acknowledged.
+    s.auto_ack = true;
+    let running = s
+        .wait_for("kept", WAIT, |st| st.state() == v1::TaskState::TaskRunning)
+        .await;
+    assert_eq!(running.agent_id, agent_id);
+    s.kill("kept");
+    let end = s.wait_terminal("kept").await;
+    assert_eq!(end.state(), v1::TaskState::TaskKilled, "{end:?}");
     cluster.stop().await;
 }

@@ -80,7 +80,8 @@ static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1
 
 impl Rig {
     async fn start() -> Rig {
-        let dir = tempfile::tempdir().unwrap();
+        common::require_root();
+        let dir = common::tempdir();
         let layout = cella_proto::tls::init_dir(&dir.path().join("tls"), &[]).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -181,6 +182,8 @@ fn launch(s: &Session, info: v1::TaskInfo) {
         master_to_agent::Message::Launch(master_to_agent::LaunchTask {
             framework_id: "fw-1".into(),
             task: Some(info),
+            role: "*".into(),
+            principal: "user:local".into(),
         }),
     );
 }
@@ -280,8 +283,9 @@ async fn launch_exit_code_memory_limit_kill_and_errors() {
         (Some(3), v1::Reason::CommandExited)
     );
     assert_eq!(end.agent_id, "agent-x");
+    let sandbox = cella_agent::paths::sandbox_dir(&rig.work_dir, "t3");
     assert_eq!(
-        std::fs::read_to_string(rig.work_dir.join("sandboxes/t3/stdout")).unwrap(),
+        std::fs::read_to_string(cella_agent::paths::sandbox_stdout(&sandbox)).unwrap(),
         "hi\n"
     );
 
@@ -392,6 +396,15 @@ async fn resent_with_backoff_and_after_reconnecting() {
         "{:?}",
         t0.elapsed()
     );
+    // Backoff: the next re-send comes after twice that delay.
+    let t1 = Instant::now();
+    let third = next_status(&mut s, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(third.uuid, starting.uuid);
+    assert!(
+        t1.elapsed() >= Duration::from_millis(1500),
+        "{:?}",
+        t1.elapsed()
+    );
 
     // The stream breaks; the agent comes back with its id, the task, and the update.
     drop(s);
@@ -434,7 +447,15 @@ async fn resent_with_backoff_and_after_reconnecting() {
     assert_eq!(end2.uuid, end.uuid);
     ack(&s, &end2);
     // Acknowledged: forgotten, also in the checkpoint.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let agent = rig.agent.as_ref().expect("agent");
+    let deadline = Instant::now() + common::WAIT;
+    while agent.pending_updates() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the acknowledgement was not processed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     drop(s);
     let s = rig.session().await;
     assert!(s.register.tasks.is_empty(), "{:?}", s.register.tasks);

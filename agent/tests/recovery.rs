@@ -4,282 +4,16 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use cella_agent::store::{Store, Write};
+use cella_agent::status_updates::RETRY_TICK;
+use cella_agent::status_updates::queue::RETRY_MIN;
+use cella_agent::store::Write;
 use cella_agent::{Agent, AgentConfig, AgentError};
-use cella_proto::v1::{self, call};
-use common::{Master, Scheduler, WAIT, cleanup_cgroups, shim_path, task};
-
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
-
-/// A task launched by [`Env::launch_running`], RUNNING on `agent`.
-struct Launched {
-    agent: AgentProc,
-    s: Scheduler,
-    agent_id: String,
-    /// The pid of the task's shim.
-    shim: i32,
-}
-
-struct Env {
-    dir: tempfile::TempDir,
-    layout: cella_proto::tls::Layout,
-    master: Option<Master>,
-    cgroup: String,
-}
-
-/// The agent binary, killed with SIGKILL on drop.
-struct AgentProc {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-}
-
-impl AgentProc {
-    fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Waits for the process to exit (it should); returns its exit code.
-    fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(Some(st)) = self.child.try_wait() {
-                return st.code();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the agent did not exit: {}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for AgentProc {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
-impl Env {
-    async fn new() -> Env {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let layout =
-            cella_proto::tls::init_dir(&dir.path().join("tls"), &[]).expect("certificates");
-        let master = Master::start(&layout, "127.0.0.1:0".parse().expect("addr")).await;
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        Env {
-            dir,
-            layout,
-            master: Some(master),
-            cgroup: format!("cella-rtest-{}-{n}", std::process::id()),
-        }
-    }
-
-    fn work_dir(&self) -> PathBuf {
-        self.dir.path().join("work")
-    }
-
-    fn runtime_dir(&self) -> PathBuf {
-        self.dir.path().join("run")
-    }
-
-    fn master_url(&self) -> String {
-        self.master.as_ref().expect("master").url()
-    }
-
-    fn spawn(&self, extra: &[&str]) -> AgentProc {
-        let port = free_port();
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let log = self.dir.path().join(format!("agent-{n}.log"));
-        let child = Command::new(env!("CARGO_BIN_EXE_cella-agent"))
-            .arg("--master")
-            .arg(self.master_url())
-            .arg("--tls-dir")
-            .arg(&self.layout.dir)
-            .arg("--work-dir")
-            .arg(self.work_dir())
-            .arg("--runtime-dir")
-            .arg(self.runtime_dir())
-            .args(["--resources", "cpus:4;mem:4GiB;disk:10GiB"])
-            .args(["--http-listen", &format!("127.0.0.1:{port}")])
-            .arg("--cgroup-root")
-            .arg(&self.cgroup)
-            .args(["--usage-interval", "300ms", "--hostname", "test-agent"])
-            .args(extra)
-            .env("CELLA_SHIM", shim_path())
-            .env("CELLA_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("spawn cella-agent");
-        AgentProc { child, port, log }
-    }
-
-    /// Starts the agent, launches task `id` running `cmd` and waits until it is
-    /// RUNNING.
-    async fn launch_running(&self, id: &str, cmd: &[&str]) -> Launched {
-        let agent = self.spawn(&[]);
-        let mut s = self.scheduler().await;
-        let agent_id = s.any_offer_agent().await;
-        s.launch(&agent_id, vec![task(id, cmd, 16 << 20)]).await;
-        s.wait_for(id, WAIT, |st| st.state() == v1::TaskState::TaskRunning)
-            .await;
-        let shim = shim_pid(&self.runtime_dir(), id);
-        Launched {
-            agent,
-            s,
-            agent_id,
-            shim,
-        }
-    }
-
-    fn client_tls(&self) -> rustls::ClientConfig {
-        cella_proto::tls::client_config(
-            &self.layout.ca_cert,
-            &self.layout.client_cert,
-            &self.layout.client_key,
-        )
-        .expect("client tls")
-    }
-
-    async fn scheduler(&self) -> Scheduler {
-        Scheduler::subscribe(&self.master_url(), &self.client_tls(), "").await
-    }
-
-    async fn master_task(&self, id: &str) -> serde_json::Value {
-        let url = format!("{}/api/v1/tasks/{id}", self.master_url());
-        cella_proto::tls::https_get_json(&url, &self.client_tls())
-            .await
-            .expect("master task")
-    }
-
-    fn in_process_config(&self) -> AgentConfig {
-        AgentConfig {
-            master: self.master_url(),
-            tls_dir: self.layout.dir.clone(),
-            work_dir: self.work_dir(),
-            runtime_dir: self.runtime_dir(),
-            resources: cella_agent::config::parse_resources("cpus:4;mem:4GiB;disk:10GiB", false)
-                .expect("resources"),
-            http_listen: "127.0.0.1:0".parse().expect("addr"),
-            cgroup_root: Some(PathBuf::from(&self.cgroup)),
-            shim_path: Some(shim_path()),
-            hostname: Some("test-agent".into()),
-            ..Default::default()
-        }
-    }
-
-    async fn stop(mut self) {
-        if let Some(m) = self.master.take() {
-            m.stop().await;
-        }
-    }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        cleanup_cgroups(&self.cgroup);
-    }
-}
-
-/// Processes whose command line is exactly `args`.
-fn processes(args: &[&str]) -> Vec<i32> {
-    let want: Vec<u8> = args.iter().flat_map(|a| a.bytes().chain([0])).collect();
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        if std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c == want) {
-            out.push(pid);
-        }
-    }
-    out
-}
-
-fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-        s.rsplit_once(')')
-            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
-    })
-}
-
-fn shim_pid(runtime: &Path, task: &str) -> i32 {
-    let text = std::fs::read_to_string(runtime.join("tasks").join(task).join("shim.pid"))
-        .expect("shim.pid");
-    text.split_whitespace()
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("pid in shim.pid")
-}
-
-/// Cgroup directories named `task` below any directory named `cgroup`.
-fn task_cgroups(cgroup: &str, task: &str) -> Vec<PathBuf> {
-    fn walk(
-        dir: &Path,
-        cgroup: &str,
-        task: &str,
-        inside: bool,
-        depth: usize,
-        out: &mut Vec<PathBuf>,
-    ) {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for e in entries.flatten() {
-            let p = e.path();
-            if !p.is_dir() {
-                continue;
-            }
-            let name = e.file_name();
-            if inside && name == task {
-                out.push(p.clone());
-            }
-            if depth > 0 {
-                walk(&p, cgroup, task, inside || name == cgroup, depth - 1, out);
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(
-        Path::new("/sys/fs/cgroup"),
-        cgroup,
-        task,
-        false,
-        6,
-        &mut out,
-    );
-    out
-}
-
-async fn wait_until(what: &str, mut f: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !f().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+use cella_proto::time::now_ns;
+use cella_proto::v1;
+use common::restart::{Env, Launched, SmallFs, alive, processes, shim_pid, wait_until};
+use common::{WAIT, task};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_agent_reattaches_to_its_running_task() {
@@ -299,7 +33,7 @@ async fn a_killed_agent_reattaches_to_its_running_task() {
 
     // The new agent re-attached: it samples the task (its own API shows usage).
     let url = format!("https://127.0.0.1:{}/api/v1/containers", agent.port);
-    let tls = env.client_tls();
+    let tls = env.agent_tls();
     wait_until("usage of the recovered task", async || {
         let Ok(list) = cella_proto::tls::https_get_json::<serde_json::Value>(&url, &tls).await
         else {
@@ -320,11 +54,12 @@ async fn a_killed_agent_reattaches_to_its_running_task() {
         t["state"] == "RUNNING" && t["agent_id"] == agent_id.as_str() && t["usage"].is_object()
     })
     .await;
-    assert_eq!(shim_pid(&env.runtime_dir(), "sleeper"), shim);
+    assert_eq!(shim_pid(&env.run_dir("sleeper")), shim);
     assert!(alive(shim));
     assert_eq!(processes(&cmd).len(), 1, "a second copy runs");
-    // Nothing but STARTING and RUNNING was ever reported.
-    s.drain_for(Duration::from_millis(500)).await;
+    // Nothing but STARTING and RUNNING was ever reported (once the new agent has
+    // nothing left to say).
+    env.settle(&agent, &mut s).await;
     assert!(
         s.states("sleeper")
             .iter()
@@ -335,13 +70,10 @@ async fn a_killed_agent_reattaches_to_its_running_task() {
     );
 
     // The recovered task is monitored as usual: a kill ends it with KILLED.
-    s.send(call::Call::Kill(call::Kill {
-        task_id: "sleeper".into(),
-    }));
+    s.kill("sleeper");
     let end = s.wait_terminal("sleeper").await;
     assert_eq!(end.state(), v1::TaskState::TaskKilled, "{end:?}");
-    wait_until("the shim to end", async || !alive(shim)).await;
-    assert!(processes(&cmd).is_empty());
+    env.assert_task_gone("sleeper", &cmd, shim).await;
     drop(agent);
     env.stop().await;
 }
@@ -349,18 +81,18 @@ async fn a_killed_agent_reattaches_to_its_running_task() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_that_ended_while_the_agent_was_down_reports_its_exit_code_once() {
     let env = Env::new().await;
-    let mut agent = env.spawn(&[]);
-    let mut s = env.scheduler().await;
-    let agent_id = s.any_offer_agent().await;
-    s.launch(
-        &agent_id,
-        vec![task("exit3", &["sh", "-c", "sleep 1; exit 3"], 16 << 20)],
-    )
-    .await;
-    s.wait_for("exit3", WAIT, |st| st.state() == v1::TaskState::TaskRunning)
+    let Launched {
+        mut agent, mut s, ..
+    } = env
+        .launch_running("exit3", &["sh", "-c", "sleep 1; exit 3"])
         .await;
     agent.kill9();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The shim records the exit status while no agent runs.
+    let exit_status = env.run_dir("exit3").exit_status();
+    wait_until("the task to end while the agent is down", async || {
+        exit_status.exists()
+    })
+    .await;
     let agent = env.spawn(&[]);
 
     let end = s.wait_terminal("exit3").await;
@@ -373,10 +105,11 @@ async fn a_task_that_ended_while_the_agent_was_down_reports_its_exit_code_once()
     assert_eq!(end.exit_code, Some(3), "{end:?}");
     assert_eq!(end.reason(), v1::Reason::CommandExited);
     assert_eq!(end.message, "exited with code 3");
-    // Acknowledged (auto_ack): no further re-send.
-    s.drain_for(Duration::from_millis(1500)).await;
+    // Acknowledged (auto_ack): no further re-send, even after twice the first
+    // re-send delay.
+    env.settle(&agent, &mut s).await;
     let after_ack = s.updates["exit3"].len();
-    s.drain_for(Duration::from_secs(3)).await;
+    s.drain_for(RETRY_MIN * 2 + RETRY_TICK).await;
     let terminal: Vec<&v1::TaskStatus> = s.updates["exit3"]
         .iter()
         .filter(|u| u.state() == v1::TaskState::TaskFailed)
@@ -391,9 +124,9 @@ async fn a_task_that_ended_while_the_agent_was_down_reports_its_exit_code_once()
     let t = env.master_task("exit3").await;
     assert_eq!(t["state"], "FAILED", "{t}");
     assert_eq!(t["exit_code"], 3, "{t}");
-    // Nothing is left of it but its sandbox.
-    assert!(task_cgroups(&env.cgroup, "exit3").is_empty());
-    assert!(!env.runtime_dir().join("tasks/exit3").exists());
+    // Nothing is left of it but its sandbox (until it is collected).
+    assert!(common::restart::task_cgroups(&env.cgroup, "exit3").is_empty());
+    assert!(!env.run_dir("exit3").path().exists());
     drop(agent);
     env.stop().await;
 }
@@ -411,16 +144,10 @@ async fn a_simulated_reboot_reports_lost_and_leaves_nothing_behind() {
     agent.kill9();
 
     // "Reboot": another boot id in the checkpoint, an empty runtime dir.
-    {
-        let (store, owner, cp) = Store::open(&env.work_dir()).expect("checkpoint");
-        assert!(cp.boot_id.is_some());
-        store
-            .write(vec![Write::BootId("a-previous-boot".into())])
-            .await
-            .expect("write");
-        drop(store);
-        owner.close();
-    }
+    let before = env
+        .edit_checkpoint(|_| vec![Write::BootId("a-previous-boot".into())])
+        .await;
+    assert!(before.boot_id.is_some());
     std::fs::remove_dir_all(env.runtime_dir()).expect("empty the runtime dir");
     std::fs::create_dir_all(env.runtime_dir()).expect("runtime dir");
 
@@ -434,23 +161,19 @@ async fn a_simulated_reboot_reports_lost_and_leaves_nothing_behind() {
     );
     assert_eq!(end.reason(), v1::Reason::AgentRestarted);
     assert_eq!(end.message, "the machine rebooted");
-    wait_until("the old shim to be gone", async || !alive(shim)).await;
-    assert!(processes(&cmd).is_empty(), "the old task still runs");
-    assert!(task_cgroups(&env.cgroup, "rebooted").is_empty());
+    env.assert_task_gone("rebooted", &cmd, shim).await;
     drop(agent);
     // The new boot id is stored.
-    let (_s, _o, cp) = Store::open(&env.work_dir()).expect("checkpoint");
-    assert_eq!(cp.boot_id, cella_agent::store::boot_id());
-    drop((_s, _o));
+    let cp = env.checkpoint().await;
+    assert_eq!(cp.boot_id, cella_agent::recovery::boot_id());
     env.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupted_checkpoint_stops_a_strict_agent() {
     let env = Env::new().await;
-    let meta = env.work_dir().join("meta");
-    std::fs::create_dir_all(&meta).unwrap();
-    let file = meta.join("agent.redb");
+    std::fs::create_dir_all(cella_agent::paths::meta_dir(&env.work_dir())).unwrap();
+    let file = cella_agent::paths::checkpoint_file(&env.work_dir());
     std::fs::write(&file, vec![0x5a_u8; 8192]).unwrap();
 
     let err = Agent::start(env.in_process_config())
@@ -478,11 +201,18 @@ async fn a_corrupted_checkpoint_stops_a_strict_agent() {
         .await
         .expect("starts with --strict=false");
     let url = format!("https://{}/metrics", agent.http_addr());
-    let metrics =
-        cella_proto::tls::https_request(axum::http::Method::GET, &url, None, &env.client_tls())
-            .await
-            .unwrap();
-    let text = String::from_utf8_lossy(&metrics.body).to_string();
+    // The API answers once the master's access policy arrived (the checkpoint that
+    // held the last one was set aside).
+    let mut text = String::new();
+    wait_until("the agent's metrics", async || {
+        let r =
+            cella_proto::tls::https_request(axum::http::Method::GET, &url, None, &env.agent_tls())
+                .await
+                .unwrap();
+        text = String::from_utf8_lossy(&r.body).to_string();
+        r.status.is_success()
+    })
+    .await;
     assert!(
         text.contains("cella_agent_recovery_errors_total 1"),
         "{text}"
@@ -534,7 +264,10 @@ async fn recover_cleanup_kills_the_tasks_reports_them_and_exits() {
     let env = Env::new().await;
     let cmd = ["sleep", "1006"];
     let Launched {
-        mut agent, mut s, ..
+        mut agent,
+        mut s,
+        shim,
+        ..
     } = env.launch_running("doomed", &cmd).await;
     agent.kill9();
     let mut cleanup = env.spawn(&["--recover", "cleanup"]);
@@ -549,17 +282,20 @@ async fn recover_cleanup_kills_the_tasks_reports_them_and_exits() {
     );
     assert_eq!(end.reason(), v1::Reason::AgentRestarted);
     assert_eq!(cleanup.wait_exit(WAIT), Some(0), "{}", cleanup.log());
-    assert!(processes(&cmd).is_empty());
-    assert!(task_cgroups(&env.cgroup, "doomed").is_empty());
+    env.assert_task_gone("doomed", &cmd, shim).await;
     env.stop().await;
 }
 
+/// A sandbox stays for `--gc-delay` after its task ended, then goes; the sandbox of
+/// a running task stays however long it runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sandboxes_of_ended_tasks_are_collected_after_the_delay() {
+    let delay = Duration::from_secs(1);
     let env = Env::new().await;
-    let agent = env.spawn(&["--gc-delay", "1s"]);
-    let mut s = env.scheduler().await;
-    let agent_id = s.any_offer_agent().await;
+    // A work directory of its own, nearly empty: the host's disk, however full, does
+    // not make the collector remove sandboxes early.
+    let fs = SmallFs::mount(&env.work_dir(), "256m");
+    let (agent, mut s, agent_id) = env.start_with_scheduler(&["--gc-delay", "1s"]).await;
     s.launch(
         &agent_id,
         vec![
@@ -568,22 +304,32 @@ async fn sandboxes_of_ended_tasks_are_collected_after_the_delay() {
         ],
     )
     .await;
-    s.wait_terminal("quick").await;
+    let end = s.wait_terminal("quick").await;
     s.wait_for("stays", WAIT, |st| st.state() == v1::TaskState::TaskRunning)
         .await;
-    let sandboxes = env.work_dir().join("sandboxes");
     wait_until("the ended task's sandbox to go", async || {
-        !sandboxes.join("quick").exists()
+        !env.sandbox("quick").exists()
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert!(sandboxes.join("stays").exists(), "{}", agent.log());
-    s.send(call::Call::Kill(call::Kill {
-        task_id: "stays".into(),
-    }));
+    // Not before the delay: the end is stamped before it is reported.
+    let gone_after = Duration::from_nanos(now_ns().saturating_sub(end.timestamp_ns));
+    assert!(gone_after >= delay, "removed {gone_after:?} after the end");
+
+    // A task that ends later goes after its own delay, by a later sweep; the running
+    // task's sandbox has stayed through all of them.
+    s.launch(&agent_id, vec![task("later", &["true"], 16 << 20)])
+        .await;
+    s.wait_terminal("later").await;
+    wait_until("the later task's sandbox to go", async || {
+        !env.sandbox("later").exists()
+    })
+    .await;
+    assert!(env.sandbox("stays").exists(), "{}", agent.log());
+    s.kill("stays");
     s.wait_terminal("stays").await;
     drop(agent);
     env.stop().await;
+    drop(fs);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -597,7 +343,7 @@ async fn a_missing_run_directory_is_reported_lost_and_cleaned() {
         ..
     } = env.launch_running("no-rundir", &cmd).await;
     agent.kill9();
-    std::fs::remove_dir_all(env.runtime_dir().join("tasks/no-rundir")).expect("remove run dir");
+    std::fs::remove_dir_all(env.run_dir("no-rundir").path()).expect("remove run dir");
 
     let agent = env.spawn(&[]);
     let end = s.wait_terminal("no-rundir").await;
@@ -609,9 +355,7 @@ async fn a_missing_run_directory_is_reported_lost_and_cleaned() {
     );
     assert_eq!(end.reason(), v1::Reason::AgentRestarted);
     assert!(end.message.contains("run directory"), "{}", end.message);
-    wait_until("the old shim to be gone", async || !alive(shim)).await;
-    assert!(processes(&cmd).is_empty(), "the task still runs");
-    assert!(task_cgroups(&env.cgroup, "no-rundir").is_empty());
+    env.assert_task_gone("no-rundir", &cmd, shim).await;
     drop(agent);
     env.stop().await;
 }
@@ -630,22 +374,18 @@ async fn a_kill_requested_before_a_crash_is_carried_out_after_it() {
         ..
     } = env.launch_running("doomed", &cmd).await;
     agent.kill9();
-    {
-        let (store, owner, cp) = Store::open(&env.work_dir()).expect("checkpoint");
-        let (id, mut record) = cp
+    env.edit_checkpoint(|cp| {
+        let (id, record) = cp
             .tasks
-            .into_iter()
+            .iter()
             .find(|(id, _)| id == "doomed")
             .expect("the task's record");
         assert!(!record.kill_requested);
+        let mut record = record.clone();
         record.kill_requested = true;
-        store
-            .write(vec![Write::PutTask(id, record)])
-            .await
-            .expect("write");
-        drop(store);
-        owner.close();
-    }
+        vec![Write::PutTask(id.clone(), Box::new(record))]
+    })
+    .await;
     assert!(alive(shim), "the task still runs");
 
     let agent = env.spawn(&[]);
@@ -656,9 +396,7 @@ async fn a_kill_requested_before_a_crash_is_carried_out_after_it() {
         "{end:?}\n{}",
         agent.log()
     );
-    wait_until("the shim to end", async || !alive(shim)).await;
-    assert!(processes(&cmd).is_empty(), "the task still runs");
-    assert!(task_cgroups(&env.cgroup, "doomed").is_empty());
+    env.assert_task_gone("doomed", &cmd, shim).await;
     drop(agent);
     env.stop().await;
 }
@@ -674,12 +412,14 @@ async fn a_truncated_checkpoint_is_refused_or_set_aside() {
         mut agent, shim, ..
     } = env.launch_running("cut", &cmd).await;
     agent.kill9();
-    let file = env.work_dir().join("meta/agent.redb");
+    let file = cella_agent::paths::checkpoint_file(&env.work_dir());
     let len = std::fs::metadata(&file).expect("agent.redb").len();
+    // Cut to its first page: the header stays, the tables are gone (where the live
+    // pages are in a file redb grew depends on how many transactions it saw).
     std::fs::OpenOptions::new()
         .write(true)
         .open(&file)
-        .and_then(|f| f.set_len(len / 2))
+        .and_then(|f| f.set_len(len.min(4096)))
         .expect("truncating agent.redb");
 
     let mut strict = env.spawn(&[]);
@@ -691,52 +431,14 @@ async fn a_truncated_checkpoint_is_refused_or_set_aside() {
     // the old one's tasks LOST when its agent timeout passes) and removes the task
     // it can no longer account for.
     let lenient = env.spawn(&["--strict=false"]);
-    wait_until("the unaccounted task to be removed", async || !alive(shim)).await;
-    assert!(processes(&cmd).is_empty(), "the task still runs");
-    assert!(task_cgroups(&env.cgroup, "cut").is_empty());
+    env.assert_task_gone("cut", &cmd, shim).await;
     assert!(lenient.log().contains("moved aside"), "{}", lenient.log());
-    let aside = std::fs::read_dir(env.work_dir().join("meta"))
-        .expect("meta/")
-        .flatten()
-        .any(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .starts_with("agent.redb.damaged-")
-        });
-    assert!(aside, "the damaged checkpoint is kept for inspection");
+    assert!(
+        env.damaged_checkpoint_kept(),
+        "the damaged checkpoint is kept for inspection"
+    );
     drop(lenient);
     env.stop().await;
-}
-
-/// A tmpfs mounted for one test, lazily unmounted on drop (also when it fails).
-struct SmallFs(PathBuf);
-
-impl SmallFs {
-    fn mount(at: &Path, size: &str) -> SmallFs {
-        std::fs::create_dir_all(at).expect("mount point");
-        nix::mount::mount(
-            Some("tmpfs"),
-            at,
-            Some("tmpfs"),
-            nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
-            Some(format!("size={size},mode=0755").as_str()),
-        )
-        .expect("mounting a tmpfs (needs root)");
-        SmallFs(at.to_path_buf())
-    }
-
-    fn used_share(&self) -> f64 {
-        let st = nix::sys::statvfs::statvfs(&self.0).expect("statvfs");
-        #[allow(clippy::cast_precision_loss)]
-        let (total, avail) = (st.blocks() as f64, st.blocks_available() as f64);
-        1.0 - avail / total
-    }
-}
-
-impl Drop for SmallFs {
-    fn drop(&mut self) {
-        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
-    }
 }
 
 /// The work directory's filesystem more than 90% full: sandboxes of ended tasks go
@@ -747,23 +449,20 @@ async fn sandboxes_go_early_when_the_disk_is_almost_full() {
     // 16 MiB for the checkpoint (~0.1 MiB) and three sandboxes of 5 MiB of output
     // each: ~94% full.
     let fs = SmallFs::mount(&env.work_dir(), "16m");
-    let agent = env.spawn(&["--gc-delay", "1h"]);
-    let mut s = env.scheduler().await;
-    let agent_id = s.any_offer_agent().await;
+    let (agent, mut s, agent_id) = env.start_with_scheduler(&["--gc-delay", "1h"]).await;
     for id in ["fill-1", "fill-2", "fill-3"] {
         let cmd = ["head", "-c", "5242880", "/dev/zero"];
         s.launch(&agent_id, vec![task(id, &cmd, 32 << 20)]).await;
         let end = s.wait_terminal(id).await;
         assert_eq!(end.state(), v1::TaskState::TaskFinished, "{end:?}");
     }
-    let sandboxes = env.work_dir().join("sandboxes");
     eprintln!("work directory {:.1}% full", fs.used_share() * 100.0);
     wait_until("the oldest sandbox to go early", async || {
-        !sandboxes.join("fill-1").exists()
+        !env.sandbox("fill-1").exists()
     })
     .await;
     assert!(
-        sandboxes.join("fill-2").exists() && sandboxes.join("fill-3").exists(),
+        env.sandbox("fill-2").exists() && env.sandbox("fill-3").exists(),
         "only as many as needed go, oldest first\n{}",
         agent.log()
     );
@@ -776,4 +475,48 @@ async fn sandboxes_go_early_when_the_disk_is_almost_full() {
     drop(agent);
     env.stop().await;
     drop(fs);
+}
+
+/// SIGTERM stops the agent (status 0) without killing its tasks: they keep running
+/// under their shims, and the next agent re-attaches to them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_agent_and_leaves_its_tasks_running() {
+    let env = Env::new().await;
+    let cmd = ["sleep", "1009"];
+    let Launched {
+        mut agent,
+        mut s,
+        shim,
+        ..
+    } = env.launch_running("stays-up", &cmd).await;
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(agent.wait_exit(WAIT), Some(0), "{}", agent.log());
+    assert!(
+        agent.log().contains("tasks keep running"),
+        "{}",
+        agent.log()
+    );
+    assert!(alive(shim), "the task's shim died with the agent");
+    assert_eq!(processes(&cmd).len(), 1);
+
+    let agent = env.spawn(&[]);
+    let tls = env.agent_tls();
+    wait_until("the new agent to register", async || {
+        agent
+            .health(&tls)
+            .await
+            .is_some_and(|h| h["master_connected"] == true)
+    })
+    .await;
+    s.kill("stays-up");
+    let end = s.wait_terminal("stays-up").await;
+    assert_eq!(
+        (end.state(), end.reason()),
+        (v1::TaskState::TaskKilled, v1::Reason::KilledByRequest),
+        "{end:?}\n{}",
+        agent.log()
+    );
+    env.assert_task_gone("stays-up", &cmd, shim).await;
+    drop(agent);
+    env.stop().await;
 }

@@ -29,8 +29,10 @@ enum Command {
     Kill(commands::tasks::KillArgs),
     /// Show a task's output.
     Logs(commands::logs::LogsArgs),
-    /// Create certificates for a cluster.
+    /// The cluster's certificates: create the CA, issue per node and user, list, revoke.
     Certs(commands::certs::CertsArgs),
+    /// Tokens and passwords for the HTTP APIs.
+    Auth(commands::auth::AuthArgs),
 }
 
 /// `cella exec` alone, parsed without building the other subcommands: `exec` is on
@@ -65,6 +67,7 @@ fn main() {
         Command::Kill(args) => commands::tasks::kill(args),
         Command::Logs(args) => commands::logs::run(args),
         Command::Certs(args) => commands::certs::run(args),
+        Command::Auth(args) => commands::auth::run(args),
     };
     std::process::exit(code);
 }

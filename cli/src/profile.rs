@@ -65,7 +65,10 @@ pub fn write_profile(path: &Path, profile: &Profile) -> anyhow::Result<()> {
 /// A resolved connection to the master.
 pub struct Cluster {
     pub master: String,
+    /// For the master (its certificate must be the master's).
     pub tls: rustls::ClientConfig,
+    /// For the agents' APIs (their certificates must be agents').
+    pub agent_tls: rustls::ClientConfig,
 }
 
 impl ClusterArgs {
@@ -89,13 +92,24 @@ impl ClusterArgs {
             );
         };
         let master = master.trim_end_matches('/').to_string();
-        let tls = cella_proto::tls::client_config(
-            &tls_dir.join("ca.pem"),
-            &tls_dir.join("client.pem"),
-            &tls_dir.join("client-key.pem"),
-        )
-        .with_context(|| format!("loading the client certificate from {}", tls_dir.display()))?;
-        Ok(Cluster { master, tls })
+        let layout = cella_proto::tls::Layout::new(&tls_dir);
+        let context = || format!("loading the client certificate from {}", tls_dir.display());
+        let trust =
+            cella_proto::tls::Trust::load(&layout.ca_cert, &layout.crl).with_context(context)?;
+        let config = |expected| {
+            cella_proto::tls::client_config_trusting(
+                &trust,
+                &layout.client_cert,
+                &layout.client_key,
+                expected,
+            )
+            .with_context(context)
+        };
+        Ok(Cluster {
+            master,
+            tls: config(cella_proto::tls::ExpectedServer::Master)?,
+            agent_tls: config(cella_proto::tls::ExpectedServer::Agent)?,
+        })
     }
 }
 

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use crate::cgroups::{CgroupError, CgroupRoot, Placement};
+use crate::events::ShimEvent;
 use crate::isolators::{
     CapabilitiesIsolator, CgroupsIsolator, DiskIsolator, FilesystemIsolator, Isolator,
     IsolatorError, NamespacesIsolator, PosixIsolator, SeccompIsolator,
@@ -20,6 +21,7 @@ use crate::isolators::{
 use crate::paths::RunDir;
 use crate::shim::ExitStatus;
 use crate::spec::{FilesystemSpec, ShimSpec};
+use crate::start_failure::StartFailure;
 use crate::task::{NetMode, Stdio, TaskConfig, TaskId};
 use crate::usage::{Limitation, Peaks, Usage};
 
@@ -56,11 +58,12 @@ pub enum LaunchError {
     /// The task's configuration is wrong; nothing was created.
     #[error("{0}")]
     Invalid(IsolatorError),
-    /// The machine could not set the task up (exit code 125).
+    /// The machine could not set the task up ([`StartFailure::Setup`], exit code 125).
     #[error("{0}")]
     Setup(String),
-    /// The task was set up but its command could not run: 126 (not executable) or
-    /// 127 (not found), or 125 for a failure inside the new namespaces.
+    /// The task was set up but its command could not run: `code` is a
+    /// [`StartFailure`]'s exit code, 126 (not executable) or 127 (not found), or 125
+    /// for a failure inside the new namespaces (see [`LaunchError::start_failure`]).
     #[error("{message}")]
     Start { code: i32, message: String },
 }
@@ -68,6 +71,14 @@ pub enum LaunchError {
 impl LaunchError {
     fn setup(what: &str, e: impl std::fmt::Display) -> Self {
         Self::Setup(format!("{what}: {e}"))
+    }
+
+    /// Why the task never started, for a `Start` error.
+    pub fn start_failure(&self) -> Option<StartFailure> {
+        match self {
+            Self::Start { code, .. } => StartFailure::from_code(*code),
+            _ => None,
+        }
     }
 }
 
@@ -357,7 +368,7 @@ impl Containerizer {
             }
         };
         // Read while the shim is our unreaped child: the pid cannot be reused yet.
-        let shim_start = crate::sys::process_start_time(shim_pid).unwrap_or(0);
+        let shim_start = crate::proc_info::process_start_time(shim_pid).unwrap_or(0);
         let running = |pid| Running {
             id: id.clone(),
             pid,
@@ -373,31 +384,28 @@ impl Containerizer {
             limitation: None,
             exited_at: None,
         };
-        if let Some(pid) = event.strip_prefix("running ") {
-            let pid: i32 = pid
-                .trim()
-                .parse()
-                .map_err(|_| LaunchError::Setup(format!("shim said {event:?}")))?;
-            for isolator in &self.isolators {
-                isolator.isolate(id, pid);
+        match ShimEvent::decode(&event) {
+            Ok(ShimEvent::Running { pid }) => {
+                for isolator in &self.isolators {
+                    isolator.isolate(id, pid);
+                }
+                Ok(running(pid))
             }
-            return Ok(running(pid));
-        }
-        if let Some(rest) = event.strip_prefix("failed ") {
-            let (code, message) = rest.split_once(' ').unwrap_or((rest, ""));
-            let code = code.parse().unwrap_or(125);
-            let mut r = running(0);
-            if let Some(shim) = r.shim.as_mut() {
-                let _ = shim.wait();
+            Ok(ShimEvent::Failed { failure, message }) => {
+                let mut r = running(0);
+                if let Some(shim) = r.shim.as_mut() {
+                    let _ = shim.wait();
+                }
+                Err(LaunchError::Start {
+                    code: failure.exit_code(),
+                    message,
+                })
             }
-            return Err(LaunchError::Start {
-                code,
-                message: message.to_string(),
-            });
+            Ok(ShimEvent::Exited) => Err(LaunchError::Setup(format!(
+                "the shim reported the task's end before its start: {event:?}"
+            ))),
+            Err(e) => Err(LaunchError::Setup(e.to_string())),
         }
-        Err(LaunchError::Setup(format!(
-            "unexpected event from the shim: {event:?}"
-        )))
     }
 
     fn cleanup_isolators(&self, id: &TaskId, prepared: usize) {
@@ -475,7 +483,7 @@ impl Containerizer {
                 code: None,
                 signal: None,
                 launch_failure: Some((
-                    125,
+                    StartFailure::Setup.exit_code(),
                     "the shim ended without recording the task's exit status".into(),
                 )),
             });
@@ -535,8 +543,8 @@ impl Containerizer {
             ));
         }
         let alive = shim.filter(|(pid, start)| {
-            crate::sys::process_start_time(*pid) == Some(*start)
-                && !crate::sys::process_is_zombie(*pid)
+            crate::proc_info::process_start_time(*pid) == Some(*start)
+                && !crate::proc_info::process_is_zombie(*pid)
         });
         if let Some((shim_pid, shim_start)) = alive {
             let task_pid = record(run_dir.task_pid()).map_or(0, |(pid, _)| pid);

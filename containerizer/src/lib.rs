@@ -9,13 +9,18 @@
 pub mod capabilities;
 pub mod cgroups;
 pub mod containerizer;
+pub mod events;
 pub mod isolators;
 pub mod paths;
+mod proc_info;
 pub mod seccomp;
 pub mod shim;
 pub mod spec;
+pub mod start_failure;
 mod sys;
 pub mod task;
+#[cfg(test)]
+mod test_support;
 pub mod units;
 pub mod usage;
 pub mod user;
@@ -23,5 +28,6 @@ pub mod user;
 pub use containerizer::{
     Containerizer, ContainerizerConfig, LaunchError, Recovered, Running, Termination,
 };
+pub use start_failure::StartFailure;
 pub use task::{NetMode, SeccompChoice, TaskConfig, TaskId, Volume};
 pub use usage::{Limitation, Usage};

@@ -30,7 +30,7 @@ impl RunDir {
         self.0.join("spec.json")
     }
 
-    /// A FIFO on which the shim reports `pid`, `exec` and `error` events.
+    /// A FIFO on which the shim reports its [`crate::events::ShimEvent`]s.
     pub fn events(&self) -> PathBuf {
         self.0.join("events")
     }

@@ -3,8 +3,8 @@
 //! over syscall-number ranges, see [`codegen`]).
 //! The default profile is compiled at build time (build.rs), never per launch.
 //!
-//! The compiler lives in [`compile`] and [`codegen`] (shared with `build.rs`); see
-//! their documentation for how profile entries, capabilities and argument conditions
+//! The compiler lives in [`compile`], [`codegen`] and [`syscalls`] (shared with
+//! `build.rs`); see their documentation for how profile entries, capabilities and argument conditions
 //! are evaluated and how the program is laid out.
 
 use std::path::{Path, PathBuf};
@@ -13,6 +13,9 @@ pub(crate) mod codegen;
 pub(crate) mod compile;
 #[cfg(test)]
 mod equivalence;
+#[cfg(test)]
+mod reference;
+pub(crate) mod syscalls;
 
 /// A compiled filter: `struct sock_filter` instructions packed as
 /// `code<<48 | jt<<40 | jf<<32 | k` (the form carried in [`crate::spec::ShimSpec`]).
@@ -77,7 +80,7 @@ fn to_seccomp_error(path: &Path, e: compile::ProfileError) -> SeccompError {
 }
 
 fn compile_at(json: &str, caps_mask: u64, path: &Path) -> Result<Program, SeccompError> {
-    let compiled = compile::compile(json, caps_mask, compile::running_kernel())
+    let compiled = compile::compile(json, caps_mask, crate::proc_info::kernel_version())
         .map_err(|e| to_seccomp_error(path, e))?;
     if !compiled.skipped.is_empty() {
         tracing::debug!(

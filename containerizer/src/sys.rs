@@ -1,5 +1,5 @@
 //! Thin wrappers over the few Linux system calls that neither `nix` nor `std` offer
-//! (clone3, mount_setattr, close_range, pidfd_open), and /proc helpers.
+//! (clone3, mount_setattr, close_range, pidfd_open).
 
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
@@ -151,12 +151,19 @@ pub fn cloexec_from(first: RawFd) -> io::Result<()> {
     if ret == 0 {
         return Ok(());
     }
-    let fds: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")?
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+    cloexec_each_listed(first)
+}
+
+/// [`cloexec_from`] for kernels before 5.11: each descriptor /proc/self/fd lists.
+fn cloexec_each_listed(first: RawFd) -> io::Result<()> {
+    let fds: Vec<RawFd> = procfs::process::Process::myself()
+        .and_then(|me| me.fd())
+        .map_err(io::Error::other)?
+        .filter_map(|fd| fd.ok().map(|info| info.fd))
         .filter(|fd| *fd >= first)
         .collect();
     for fd in fds {
-        // Descriptors that vanished meanwhile (the read_dir's own) are fine to miss.
+        // Descriptors that vanished meanwhile (the directory's own) are fine to miss.
         let _ = nix::fcntl::fcntl(
             // SAFETY: fd is a descriptor number of this process; fcntl on a closed one
             // fails with EBADF, which is ignored.
@@ -180,32 +187,19 @@ pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// A process's start time (clock ticks since boot, field 22 of /proc/PID/stat):
-/// with the pid it identifies a process across pid reuse.
-pub fn process_start_time(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces and parentheses: parse after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split(' ').nth(19)?.parse().ok()
-}
-
-/// Whether `pid` is a zombie: it has exited and waits to be reaped.
-pub fn process_is_zombie(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            stat.rfind(')')
-                .map(|i| stat[i + 1..].trim_start().starts_with('Z'))
-        })
-        .unwrap_or(false)
-}
-
 #[cfg(test)]
 mod tests {
+    use std::os::fd::AsRawFd;
+
     #[test]
-    fn start_time_of_self() {
-        let me = i32::try_from(std::process::id()).unwrap();
-        assert!(super::process_start_time(me).is_some());
-        assert!(super::process_start_time(i32::MAX).is_none());
+    fn the_proc_fallback_marks_descriptors_close_on_exec() {
+        let file = std::fs::File::open("/proc/self/status").expect("open");
+        let fd = nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_DUPFD(900)).expect("dup");
+        // SAFETY: F_DUPFD just returned this descriptor; nothing else owns it.
+        let dup = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let flags = || nix::fcntl::fcntl(&dup, nix::fcntl::FcntlArg::F_GETFD).expect("F_GETFD");
+        assert_eq!(flags() & libc::FD_CLOEXEC, 0);
+        super::cloexec_each_listed(dup.as_raw_fd()).expect("fallback");
+        assert_eq!(flags() & libc::FD_CLOEXEC, libc::FD_CLOEXEC);
     }
 }

@@ -9,7 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use cella_containerizer::cgroups::{CgroupLimits, CgroupRoot, CgroupStats, TaskCgroup};
+use cella_containerizer::Usage;
+use cella_containerizer::cgroups::{CgroupLimits, CgroupRoot, TaskCgroup};
 use cella_containerizer::units::MilliCpus;
 
 const MIB: u64 = 1024 * 1024;
@@ -163,12 +164,10 @@ fn has(task: &TaskCgroup, name: &str) -> bool {
 
 fn alive(pid: i32) -> bool {
     // A zombie has released its cgroup and memory already: it counts as dead.
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
-        Err(_) => false,
-    }
+    procfs::process::Process::new(pid)
+        .and_then(|p| p.stat())
+        .and_then(|stat| stat.state())
+        .is_ok_and(|state| state != procfs::process::ProcState::Zombie)
 }
 
 #[test]
@@ -305,7 +304,6 @@ fn stats_of_sleeping_and_busy_processes() {
 
     let busy = fx.create("busy", limits);
     fx.spawn(&busy, "while :; do :; done");
-    std::thread::sleep(Duration::from_millis(300));
     let used = eventually(Duration::from_secs(10), || {
         busy.stats().cpu_user_ns.filter(|&ns| ns > 0)
     });
@@ -316,10 +314,7 @@ fn stats_of_sleeping_and_busy_processes() {
     );
 
     // A cgroup that does not exist has no figures at all, rather than zeros.
-    assert_eq!(
-        fx.root.open("never-created").stats(),
-        CgroupStats::default()
-    );
+    assert_eq!(fx.root.open("never-created").stats(), Usage::default());
     fx.finish();
 }
 

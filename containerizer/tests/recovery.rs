@@ -159,7 +159,8 @@ fn a_shim_that_has_not_written_its_pid_yet_is_waited_for() {
         "the task must not inherit the lock on spec.json"
     );
 
-    // As if the shim had not written its pid yet: it appears 300 ms into recovery.
+    // As if the shim had not written its pid yet: it appears 300 ms into recovery. (The
+    // pause is the scenario, a shim slow to start, not a wait for something.)
     let pid_file = run.join("shim.pid");
     let hidden = run.join("shim.pid.hidden");
     std::fs::rename(&pid_file, &hidden).expect("hiding shim.pid");
@@ -190,7 +191,7 @@ fn a_task_that_ended_meanwhile_reports_its_real_exit_code() {
     drop(first);
     // Wait for the shim to finish on its own (it records the exit status).
     let deadline = Instant::now() + Duration::from_secs(10);
-    while cella_containerizer_process_alive(shim_pid) && Instant::now() < deadline {
+    while process_alive(shim_pid) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
     let second = l.containerizer();
@@ -235,13 +236,10 @@ fn a_missing_run_directory_or_a_reused_pid_is_not_taken_for_the_task() {
     assert!(!run.exists(), "the leftovers were removed");
 }
 
-fn cella_containerizer_process_alive(pid: i32) -> bool {
+fn process_alive(pid: i32) -> bool {
     // A zombie (our dropped child) counts as ended.
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            s.rsplit(')')
-                .next()
-                .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(false)
+    procfs::process::Process::new(pid)
+        .and_then(|p| p.stat())
+        .and_then(|stat| stat.state())
+        .is_ok_and(|state| state != procfs::process::ProcState::Zombie)
 }

@@ -13,13 +13,22 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use cella_proto::acl::Action;
+use cella_proto::tls::{Identity, Peer};
+
+use crate::authz::denied_status;
 use crate::master::{Command, MasterHandle};
 
 type OutStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
-/// The verified principal of the peer (from its client certificate).
-fn principal<T>(request: &Request<T>) -> Result<String, Status> {
-    cella_proto::tls::grpc_principal(request).map(|p| p.0)
+/// The verified identity of the peer (from its client certificate).
+fn identity<T>(request: &Request<T>) -> Result<Identity, Status> {
+    cella_proto::tls::grpc_principal(request)?;
+    request
+        .extensions()
+        .get::<Peer>()
+        .and_then(|p| p.identity.clone())
+        .ok_or_else(|| Status::unauthenticated("the client certificate names no identity"))
 }
 
 pub struct AgentApi {
@@ -34,7 +43,25 @@ impl AgentService for AgentApi {
         &self,
         request: Request<Streaming<v1::AgentMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
-        let principal = principal(&request)?;
+        let identity = identity(&request)?;
+        let Identity::Agent { node } = &identity else {
+            let principal = identity.principal();
+            self.master.metrics.agent_refused("not_an_agent");
+            tracing::warn!(
+                principal,
+                "refused an agent stream from a certificate that is not an agent's"
+            );
+            return Err(Status::permission_denied(format!(
+                "only an agent's certificate (CN=agent:<node>, from `cella certs issue agent`) may \
+                 open the agent stream; this one is {principal}"
+            )));
+        };
+        let node = node.clone();
+        let what = format!("registering the agent of node {node}");
+        self.master
+            .authorizer
+            .check(&identity, &Action::RegisterAgent, &what)
+            .map_err(|d| denied_status(&what, &d))?;
         let mut inbound = request.into_inner();
         let first = inbound
             .next()
@@ -49,7 +76,7 @@ impl AgentService for AgentApi {
         let (reply, answer) = oneshot::channel();
         self.master.send(Command::AgentRegister {
             register,
-            principal,
+            node,
             tx,
             reply,
         });
@@ -97,7 +124,18 @@ impl SchedulerService for SchedulerApi {
         &self,
         request: Request<Streaming<v1::Call>>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let principal = principal(&request)?;
+        let caller = identity(&request)?;
+        if !matches!(caller, Identity::User { .. }) {
+            let principal = caller.principal();
+            tracing::warn!(
+                principal,
+                "refused a scheduler stream from a certificate that is not a user's"
+            );
+            return Err(Status::permission_denied(format!(
+                "only a user's certificate (CN=user:<name>, from `cella certs issue user`) may \
+                 subscribe a framework; this one is {principal}"
+            )));
+        }
         let mut inbound = request.into_inner();
         let first = inbound
             .next()
@@ -113,7 +151,7 @@ impl SchedulerService for SchedulerApi {
         let (reply, answer) = oneshot::channel();
         self.master.send(Command::Subscribe {
             framework,
-            principal,
+            caller,
             tx,
             reply,
         });

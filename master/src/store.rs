@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use cella_proto::v1;
 use prost::Message;
@@ -36,6 +37,10 @@ const META_NEXT_OFFER: &str = "next_offer_id";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AgentRecord {
+    /// The node its certificate names (absent in registries written before agents
+    /// were bound to nodes: bound at the next registration).
+    #[serde(default)]
+    pub node: String,
     pub hostname: String,
     pub attributes: Attributes,
     pub total: Resources,
@@ -99,7 +104,7 @@ impl Batch {
 pub struct StoreError(String);
 
 pub struct Store {
-    db: Database,
+    db: Arc<Database>,
     path: PathBuf,
 }
 
@@ -120,15 +125,20 @@ fn damaged(path: &Path, what: impl std::fmt::Display) -> StoreError {
 }
 
 impl Store {
-    /// Opens (or creates) `<dir>/registry.redb` and reads everything in it.
+    /// Opens (or creates) `<dir>/registry.redb` and reads everything in it. The
+    /// directory is made 0700 and the file 0600 (a looser mode is fixed and logged):
+    /// the registry holds every task's command line and environment.
     pub fn open(dir: &Path) -> Result<(Store, Loaded), StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| {
+        let warning = cella_proto::perms::ensure_dir(dir, 0o700).map_err(|e| {
             StoreError(format!(
-                "cannot create the master's work dir {}: {e} (choose another with --work-dir)",
-                dir.display()
+                "cannot prepare the master's work dir: {e} (choose another with --work-dir)"
             ))
         })?;
+        if let Some(w) = warning {
+            tracing::warn!("{w}");
+        }
         let path = dir.join(FILE_NAME);
+        let existed = path.exists();
         let db = Database::create(&path).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => StoreError(format!(
                 "{} is in use by another cella-master: only one master may use a work dir",
@@ -144,7 +154,16 @@ impl Store {
             }
             other => damaged(&path, other),
         })?;
-        let store = Store { db, path };
+        if let Some(w) = cella_proto::perms::set_mode(&path, 0o600)
+            .map_err(|e| StoreError(e.to_string()))?
+            .filter(|_| existed)
+        {
+            tracing::warn!("{w}");
+        }
+        let store = Store {
+            db: Arc::new(db),
+            path,
+        };
         let loaded = store.load()?;
         Ok((store, loaded))
     }
@@ -183,7 +202,12 @@ impl Store {
             txn.open_table(TASKS).map_err(|e| bad(&e))?;
         }
         txn.commit().map_err(|e| bad(&e))?;
+        self.read_all()
+    }
 
+    /// Reads every record.
+    fn read_all(&self) -> Result<Loaded, StoreError> {
+        let bad = |e: &dyn std::fmt::Display| damaged(&self.path, e);
         let txn = self.db.begin_read().map_err(|e| bad(&e))?;
         let mut loaded = Loaded::default();
         let meta = txn.open_table(META).map_err(|e| bad(&e))?;
@@ -275,6 +299,167 @@ impl Store {
             }
         }
         txn.commit().map_err(|e| err(&e))
+    }
+}
+
+impl Store {
+    /// The database, shared with a backup running beside the actor.
+    pub fn database(&self) -> Arc<Database> {
+        self.db.clone()
+    }
+}
+
+/// Writes a consistent copy of `db` (one read transaction, while writers go on) to
+/// `dest`: a new registry file, written beside it first, mode 0600, then renamed.
+pub fn backup(db: &Database, dest: &Path) -> Result<(), StoreError> {
+    let err = |e: &dyn std::fmt::Display| {
+        StoreError(format!(
+            "backing the registry up to {}: {e}",
+            dest.display()
+        ))
+    };
+    let tmp = dest.with_file_name(format!(
+        ".{}.partial",
+        dest.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("registry-backup")
+    ));
+    let _ = std::fs::remove_file(&tmp);
+    let read = db.begin_read().map_err(|e| err(&e))?;
+    {
+        let copy = Database::create(&tmp).map_err(|e| err(&e))?;
+        cella_proto::perms::set_mode(&tmp, 0o600).map_err(|e| err(&e))?;
+        let write = copy.begin_write().map_err(|e| err(&e))?;
+        {
+            let from = read.open_table(META).map_err(|e| err(&e))?;
+            let mut to = write.open_table(META).map_err(|e| err(&e))?;
+            for row in from.iter().map_err(|e| err(&e))? {
+                let (k, v) = row.map_err(|e| err(&e))?;
+                to.insert(k.value(), v.value()).map_err(|e| err(&e))?;
+            }
+            for table in [AGENTS, FRAMEWORKS] {
+                let from = read.open_table(table).map_err(|e| err(&e))?;
+                let mut to = write.open_table(table).map_err(|e| err(&e))?;
+                for row in from.iter().map_err(|e| err(&e))? {
+                    let (k, v) = row.map_err(|e| err(&e))?;
+                    to.insert(k.value(), v.value()).map_err(|e| err(&e))?;
+                }
+            }
+            let from = read.open_table(TASKS).map_err(|e| err(&e))?;
+            let mut to = write.open_table(TASKS).map_err(|e| err(&e))?;
+            for row in from.iter().map_err(|e| err(&e))? {
+                let (k, v) = row.map_err(|e| err(&e))?;
+                to.insert(k.value(), v.value()).map_err(|e| err(&e))?;
+            }
+        }
+        write.commit().map_err(|e| err(&e))?;
+    }
+    std::fs::rename(&tmp, dest).map_err(|e| err(&e))?;
+    if let Some(dir) = dest.parent().and_then(|d| std::fs::File::open(d).ok()) {
+        let _ = dir.sync_all();
+    }
+    Ok(())
+}
+
+/// Backs up the registry of a work dir that no master is using.
+pub fn backup_offline(work_dir: &Path, dest: &Path) -> Result<(), StoreError> {
+    let path = work_dir.join(FILE_NAME);
+    let db = Database::open(&path).map_err(|e| match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => StoreError(format!(
+            "{} is in use by a running cella-master; ask it for the backup through its \
+             control socket (cella-master backup finds it in the work dir)",
+            path.display()
+        )),
+        other => StoreError(format!(
+            "cannot open the registry {}: {other}",
+            path.display()
+        )),
+    })?;
+    backup(&db, dest)
+}
+
+/// Replaces the registry of `work_dir` (no master may be running on it) with the
+/// backup `from`, after checking that `from` is a registry this master reads. The
+/// registry it replaces is kept as `registry.redb.before-restore-<unix seconds>`;
+/// returns that path (if there was one).
+pub fn restore(work_dir: &Path, from: &Path) -> Result<Option<PathBuf>, StoreError> {
+    let err = |e: &dyn std::fmt::Display| {
+        StoreError(format!(
+            "restoring the registry from {}: {e}",
+            from.display()
+        ))
+    };
+    {
+        let db = Database::open(from).map_err(|e| err(&e))?;
+        let store = Store {
+            db: Arc::new(db),
+            path: from.to_path_buf(),
+        };
+        store.check_backup()?;
+    }
+    if let Some(w) = cella_proto::perms::ensure_dir(work_dir, 0o700).map_err(|e| err(&e))? {
+        tracing::warn!("{w}");
+    }
+    let dest = work_dir.join(FILE_NAME);
+    if dest.exists() {
+        // Refused while a master holds it.
+        if let Err(redb::DatabaseError::DatabaseAlreadyOpen) = Database::open(&dest) {
+            return Err(StoreError(format!(
+                "{} is in use by a running cella-master: stop it before restoring",
+                dest.display()
+            )));
+        }
+    }
+    let tmp = work_dir.join(format!(".{FILE_NAME}.restoring"));
+    std::fs::copy(from, &tmp).map_err(|e| err(&e))?;
+    cella_proto::perms::set_mode(&tmp, 0o600).map_err(|e| err(&e))?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| err(&e))?;
+    let kept = if dest.exists() {
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let aside = work_dir.join(format!("{FILE_NAME}.before-restore-{secs}"));
+        std::fs::rename(&dest, &aside).map_err(|e| err(&e))?;
+        Some(aside)
+    } else {
+        None
+    };
+    std::fs::rename(&tmp, &dest).map_err(|e| err(&e))?;
+    if let Ok(dir) = std::fs::File::open(work_dir) {
+        let _ = dir.sync_all();
+    }
+    Ok(kept)
+}
+
+impl Store {
+    /// Reads a backup through, as the master would at start: its schema and every
+    /// record.
+    fn check_backup(&self) -> Result<(), StoreError> {
+        let bad = |e: &dyn std::fmt::Display| {
+            StoreError(format!(
+                "{} is not a usable registry backup: {e}",
+                self.path.display()
+            ))
+        };
+        let txn = self.db.begin_read().map_err(|e| bad(&e))?;
+        let meta = txn.open_table(META).map_err(|e| bad(&e))?;
+        match meta
+            .get(META_SCHEMA)
+            .map_err(|e| bad(&e))?
+            .map(|v| v.value())
+        {
+            Some(SCHEMA_VERSION) => {}
+            other => {
+                return Err(bad(&format!(
+                    "schema version {other:?}; this cella-master reads version {SCHEMA_VERSION}"
+                )));
+            }
+        }
+        drop(meta);
+        drop(txn);
+        self.read_all().map(|_| ())
     }
 }
 

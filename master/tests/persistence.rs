@@ -2,243 +2,15 @@
 //! reloaded from `<work-dir>/registry.redb`; agents re-register, schedulers
 //! re-subscribe, agents that do not come back are lost.
 
-use std::path::Path;
+mod common;
+
 use std::time::{Duration, Instant};
 
-use cella_master::master::{self, Command, MasterConfig, MasterHandle};
+use cella_master::master::{self, Command, MasterConfig};
 use cella_master::store::{self, Batch, FrameworkRecord, Store, TaskRecord};
-use cella_proto::v1::{self, agent_message, call, event, master_to_agent};
-use tokio::sync::mpsc::{self, UnboundedReceiver};
-use tokio::sync::oneshot;
-
-const WAIT: Duration = Duration::from_secs(10);
-
-fn config(dir: &Path) -> MasterConfig {
-    MasterConfig {
-        allocation_interval: Duration::from_millis(50),
-        ping_interval: Duration::from_millis(50),
-        agent_unreachable_after: Duration::from_secs(30),
-        agent_lost_timeout: Duration::from_millis(400),
-        default_refuse: Duration::ZERO,
-        work_dir: Some(dir.to_path_buf()),
-        ..MasterConfig::default()
-    }
-}
-
-fn task_info(id: &str) -> v1::TaskInfo {
-    v1::TaskInfo {
-        task_id: id.into(),
-        name: id.into(),
-        command: vec!["sleep".into(), "1000".into()],
-        resources: Some(v1::Resources {
-            cpus: 0.5,
-            mem_bytes: 64 << 20,
-            disk_bytes: 0,
-        }),
-        ..Default::default()
-    }
-}
-
-struct Agent {
-    id: String,
-    conn: u64,
-    rx: UnboundedReceiver<v1::MasterToAgent>,
-}
-
-async fn register_agent(
-    m: &MasterHandle,
-    id: &str,
-    tasks: Vec<(&str, &str, v1::TaskState)>,
-) -> Agent {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let (reply, answer) = oneshot::channel();
-    m.send(Command::AgentRegister {
-        register: agent_message::Register {
-            agent_id: id.into(),
-            hostname: format!("{id}.example"),
-            total: Some(v1::Resources {
-                cpus: 4.0,
-                mem_bytes: 4 << 30,
-                disk_bytes: 10 << 30,
-            }),
-            tasks: tasks
-                .into_iter()
-                .map(|(fw, t, state)| v1::RunningTask {
-                    framework_id: fw.into(),
-                    task: Some(task_info(t)),
-                    state: state as i32,
-                })
-                .collect(),
-            http_endpoint: "https://127.0.0.1:5051".into(),
-            ..Default::default()
-        },
-        principal: "agent".into(),
-        tx,
-        reply,
-    });
-    let (agent, conn) = answer.await.unwrap().expect("agent registers");
-    Agent {
-        id: agent.to_string(),
-        conn,
-        rx,
-    }
-}
-
-impl Agent {
-    fn status(&self, m: &MasterHandle, fw: &str, task: &str, state: v1::TaskState, uuid: &str) {
-        m.send(Command::AgentMessage {
-            agent: self.id.clone().into(),
-            conn: self.conn,
-            message: agent_message::Message::StatusUpdate(agent_message::StatusUpdate {
-                status: Some(v1::TaskStatus {
-                    task_id: task.into(),
-                    framework_id: fw.into(),
-                    agent_id: self.id.clone(),
-                    state: state as i32,
-                    uuid: uuid.into(),
-                    timestamp_ns: 1,
-                    ..Default::default()
-                }),
-                latest_state: state as i32,
-            }),
-        });
-    }
-
-    async fn next_launch(&mut self) -> v1::TaskInfo {
-        loop {
-            let msg = tokio::time::timeout(WAIT, self.rx.recv())
-                .await
-                .expect("launch in time")
-                .expect("agent stream open");
-            if let Some(master_to_agent::Message::Launch(l)) = msg.message {
-                return l.task.unwrap();
-            }
-        }
-    }
-}
-
-struct Scheduler {
-    id: String,
-    conn: u64,
-    rx: UnboundedReceiver<v1::Event>,
-    /// Updates received while waiting for something else.
-    pending: std::collections::VecDeque<v1::TaskStatus>,
-    /// Offers received while waiting for an update (an offer is made once: dropping
-    /// it would leave the test waiting for one that never comes).
-    pending_offers: std::collections::VecDeque<Vec<v1::Offer>>,
-}
-
-async fn subscribe(
-    m: &MasterHandle,
-    framework_id: &str,
-    principal: &str,
-) -> Result<Scheduler, tonic::Status> {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let (reply, answer) = oneshot::channel();
-    m.send(Command::Subscribe {
-        framework: v1::FrameworkInfo {
-            framework_id: framework_id.into(),
-            name: "persist-test".into(),
-            role: "web".into(),
-            failover_timeout_secs: 3600.0,
-        },
-        principal: principal.into(),
-        tx,
-        reply,
-    });
-    let (id, conn) = answer.await.unwrap()?;
-    Ok(Scheduler {
-        id: id.to_string(),
-        conn,
-        rx,
-        pending: Default::default(),
-        pending_offers: Default::default(),
-    })
-}
-
-impl Scheduler {
-    fn call(&self, m: &MasterHandle, call: call::Call) {
-        m.send(Command::Call {
-            framework: self.id.clone().into(),
-            conn: self.conn,
-            call,
-        });
-    }
-
-    async fn next_offers(&mut self) -> Vec<v1::Offer> {
-        if let Some(offers) = self.pending_offers.pop_front() {
-            return offers;
-        }
-        loop {
-            match self.next().await {
-                event::Event::Offers(o) => return o.offers,
-                event::Event::Update(u) => self.pending.push_back(u.status.unwrap()),
-                _ => {}
-            }
-        }
-    }
-
-    async fn next_update(&mut self) -> v1::TaskStatus {
-        if let Some(u) = self.pending.pop_front() {
-            return u;
-        }
-        loop {
-            match self.next().await {
-                event::Event::Update(u) => return u.status.unwrap(),
-                event::Event::Offers(o) => self.pending_offers.push_back(o.offers),
-                _ => {}
-            }
-        }
-    }
-
-    /// The next update of `task_id`; others stay pending.
-    async fn update_for(&mut self, task_id: &str) -> v1::TaskStatus {
-        if let Some(i) = self.pending.iter().position(|u| u.task_id == task_id) {
-            return self.pending.remove(i).unwrap();
-        }
-        loop {
-            match self.next().await {
-                event::Event::Update(u) => {
-                    let u = u.status.unwrap();
-                    if u.task_id == task_id {
-                        return u;
-                    }
-                    self.pending.push_back(u);
-                }
-                event::Event::Offers(o) => self.pending_offers.push_back(o.offers),
-                _ => {}
-            }
-        }
-    }
-
-    async fn next(&mut self) -> event::Event {
-        tokio::time::timeout(WAIT, self.rx.recv())
-            .await
-            .expect("event in time")
-            .expect("scheduler stream open")
-            .event
-            .unwrap()
-    }
-}
-
-fn offer_number(offer: &v1::Offer) -> u64 {
-    offer
-        .offer_id
-        .strip_prefix("offer-")
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
-async fn task_state(m: &MasterHandle, id: &str) -> (String, String) {
-    let state = m.state().await.unwrap();
-    let t = state
-        .tasks
-        .iter()
-        .find(|t| t.id == id)
-        .unwrap_or_else(|| panic!("task {id} in state"));
-    (t.state.to_string(), t.reason.to_string())
-}
+use cella_proto::api;
+use cella_proto::v1::{self, call, event, master_to_agent};
+use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn master_restart_keeps_frameworks_tasks_and_agents() {
@@ -301,10 +73,15 @@ async fn master_restart_keeps_frameworks_tasks_and_agents() {
     assert!(!f.connected);
     assert_eq!(
         (f.role.as_str(), f.principal.as_str(), f.tasks),
-        ("web", "alice", 3)
+        ("web", "user:alice", 3)
     );
     assert_eq!(state.tasks.len(), 3);
-    assert!(state.agents.iter().all(|a| a.state == "UNREACHABLE"));
+    assert!(
+        state
+            .agents
+            .iter()
+            .all(|a| a.state == api::AgentState::Unreachable)
+    );
     assert_eq!(state.agents.len(), 2);
     assert_eq!(task_state(&m, "t1").await.0, "RUNNING");
     assert_eq!(task_state(&m, "t2").await.0, "STAGING");
@@ -433,14 +210,10 @@ async fn status_update_storm_is_batched() {
     }
     m.stop().await;
     let elapsed = started.elapsed();
-    let text = m.metrics.encode();
-    let metric = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("cella_master_registry_write_seconds_{name} ")))
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    let (writes, seconds) = (metric("count"), metric("sum"));
+    let (writes, seconds) = (
+        metric(&m, "cella_master_registry_write_seconds_count"),
+        metric(&m, "cella_master_registry_write_seconds_sum"),
+    );
     println!(
         "{updates} status updates handled and written in {elapsed:?}: {writes} write \
          transactions since the master started, {:.2} ms each on average",
@@ -452,7 +225,12 @@ async fn status_update_storm_is_batched() {
     let m = master::try_spawn(config(dir.path())).unwrap();
     let state = m.state().await.unwrap();
     assert_eq!(state.tasks.len(), tasks.len());
-    assert!(state.tasks.iter().all(|t| t.state == "FINISHED"));
+    assert!(
+        state
+            .tasks
+            .iter()
+            .all(|t| t.state == v1::TaskState::TaskFinished)
+    );
     m.stop().await;
 }
 
@@ -507,6 +285,7 @@ async fn reload_10000_tasks() {
             batch.agents.push((
                 format!("agent-{a}"),
                 Some(store::AgentRecord {
+                    node: String::new(),
                     hostname: format!("host-{a}"),
                     attributes: [("rack".to_string(), format!("r{}", a % 4))].into(),
                     total: cella_master::allocator::Resources::from_cpus(64.0, 256 << 30, 0)
@@ -563,89 +342,9 @@ async fn reload_10000_tasks() {
 // ------------------------------------------------------------ over mTLS
 
 mod over_mtls {
-    use std::net::SocketAddr;
-    use std::sync::Arc;
-
-    use cella_proto::tls::{self, Layout};
-    use cella_proto::v1::agent_service_client::AgentServiceClient;
-    use cella_proto::v1::scheduler_service_client::SchedulerServiceClient;
-    use tokio::task::JoinHandle;
-    use tokio_stream::wrappers::UnboundedReceiverStream;
+    use cella_proto::tls;
 
     use super::*;
-
-    struct Running {
-        addr: SocketAddr,
-        stop: oneshot::Sender<()>,
-        task: JoinHandle<std::io::Result<()>>,
-    }
-
-    async fn start(layout: &Layout, work_dir: &Path) -> Running {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let server =
-            tls::server_config(&layout.ca_cert, &layout.master_cert, &layout.master_key).unwrap();
-        let (stop, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(cella_master::run(
-            listener,
-            Arc::new(server),
-            config(work_dir),
-            async {
-                let _ = rx.await;
-            },
-        ));
-        Running { addr, stop, task }
-    }
-
-    impl Running {
-        fn url(&self) -> String {
-            format!("https://127.0.0.1:{}", self.addr.port())
-        }
-
-        async fn stop(self) {
-            let _ = self.stop.send(());
-            tokio::time::timeout(WAIT, self.task)
-                .await
-                .expect("master stops in time")
-                .unwrap()
-                .unwrap();
-        }
-    }
-
-    /// Opens a scheduler stream; returns the sender of further calls and the events.
-    async fn scheduler(
-        url: &str,
-        cfg: &rustls::ClientConfig,
-        framework_id: &str,
-    ) -> (
-        mpsc::UnboundedSender<v1::Call>,
-        tonic::Streaming<v1::Event>,
-        String,
-    ) {
-        let channel = tls::grpc_channel(url, cfg).await.unwrap();
-        let (tx, rx) = mpsc::unbounded_channel();
-        tx.send(v1::Call {
-            call: Some(call::Call::Subscribe(call::Subscribe {
-                framework: Some(v1::FrameworkInfo {
-                    framework_id: framework_id.into(),
-                    name: "tls".into(),
-                    role: "*".into(),
-                    failover_timeout_secs: 600.0,
-                }),
-            })),
-        })
-        .unwrap();
-        let mut events = SchedulerServiceClient::new(channel)
-            .subscribe(UnboundedReceiverStream::new(rx))
-            .await
-            .unwrap()
-            .into_inner();
-        let first = events.message().await.unwrap().unwrap();
-        let Some(event::Event::Subscribed(s)) = first.event else {
-            panic!("expected SUBSCRIBED, got {first:?}");
-        };
-        (tx, events, s.framework_id)
-    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn restart_over_mtls() {
@@ -658,39 +357,17 @@ mod over_mtls {
             tls::client_config(&layout.ca_cert, &layout.agent_cert, &layout.agent_key).unwrap();
 
         let master = start(&layout, &work).await;
-        let (calls, events, fw) = scheduler(&master.url(), &client, "").await;
+        let (calls, events, fw) = grpc_scheduler(&master.url(), &client, "").await;
         // An agent registers with a task of that framework it runs.
-        let (agent_tx, agent_rx) = mpsc::unbounded_channel();
-        agent_tx
-            .send(v1::AgentMessage {
-                message: Some(agent_message::Message::Register(agent_message::Register {
-                    agent_id: "agent-tls".into(),
-                    hostname: "tls.example".into(),
-                    total: Some(v1::Resources {
-                        cpus: 2.0,
-                        mem_bytes: 1 << 30,
-                        disk_bytes: 0,
-                    }),
-                    tasks: vec![v1::RunningTask {
-                        framework_id: fw.clone(),
-                        task: Some(task_info("tls-1")),
-                        state: v1::TaskState::TaskRunning as i32,
-                    }],
-                    ..Default::default()
-                })),
-            })
-            .unwrap();
-        let channel = tls::grpc_channel(&master.url(), &agent_cfg).await.unwrap();
-        let mut to_agent = AgentServiceClient::new(channel)
-            .session(UnboundedReceiverStream::new(agent_rx))
-            .await
-            .unwrap()
-            .into_inner();
-        let first = to_agent.message().await.unwrap().unwrap();
-        assert!(matches!(
-            first.message,
-            Some(master_to_agent::Message::Registered(_))
-        ));
+        let (agent_tx, to_agent) = grpc_agent(
+            &master.url(),
+            &agent_cfg,
+            registration(
+                "agent-tls",
+                vec![(fw.as_str(), "tls-1", v1::TaskState::TaskRunning)],
+            ),
+        )
+        .await;
         drop((calls, events, agent_tx, to_agent));
         master.stop().await;
 
@@ -718,7 +395,7 @@ mod over_mtls {
         assert_eq!(state["agents"][0]["state"], "UNREACHABLE");
 
         // The scheduler re-subscribes with its id and reconciles.
-        let (calls, mut events, again) = scheduler(&master.url(), &client, &fw).await;
+        let (calls, mut events, again) = grpc_scheduler(&master.url(), &client, &fw).await;
         assert_eq!(again, fw);
         calls
             .send(v1::Call {
@@ -742,32 +419,6 @@ mod over_mtls {
     }
 }
 
-impl Scheduler {
-    /// Reads events for `dur`; panics on any status update.
-    async fn expect_no_update(&mut self, dur: Duration) {
-        assert!(self.pending.is_empty(), "updates: {:?}", self.pending);
-        let deadline = tokio::time::Instant::now() + dur;
-        while let Ok(e) = tokio::time::timeout_at(deadline, self.rx.recv()).await {
-            if let Some(event::Event::Update(u)) = e.expect("scheduler stream open").event {
-                panic!("unexpected update: {:?}", u.status);
-            }
-        }
-    }
-
-    /// Reads events for `dur`; panics on any offer.
-    async fn expect_no_offers(&mut self, dur: Duration) {
-        self.pending_offers.clear();
-        let deadline = tokio::time::Instant::now() + dur;
-        while let Ok(e) = tokio::time::timeout_at(deadline, self.rx.recv()).await {
-            match e.expect("scheduler stream open").event {
-                Some(event::Event::Offers(o)) => panic!("unexpected offers: {:?}", o.offers),
-                Some(event::Event::Update(u)) => self.pending.push_back(u.status.unwrap()),
-                _ => {}
-            }
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_suppressed_framework_stays_suppressed_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
@@ -784,7 +435,7 @@ async fn a_suppressed_framework_stays_suppressed_after_a_restart() {
             refuse_seconds: Some(0.0),
         }),
     );
-    s.expect_no_offers(Duration::from_millis(300)).await;
+    s.expect_no_offers(&m, 4).await;
     m.stop().await;
     drop((s, _a));
 
@@ -794,7 +445,7 @@ async fn a_suppressed_framework_stays_suppressed_after_a_restart() {
     assert!(f.suppressed, "the registry keeps SUPPRESS");
     let mut s = subscribe(&m, &fw, "alice").await.unwrap();
     let _a = register_agent(&m, "agent-a", vec![]).await;
-    s.expect_no_offers(Duration::from_millis(400)).await;
+    s.expect_no_offers(&m, 4).await;
     s.call(&m, call::Call::Revive(call::Revive {}));
     let offers = s.next_offers().await;
     assert!(offers.iter().any(|o| o.agent_id == "agent-a"));
@@ -825,7 +476,7 @@ async fn reconciling_an_unknown_task_waits_for_the_agents_of_the_registry() {
         }),
     );
     // agent-a has not re-registered: "unknown" now could be wrong.
-    s.expect_no_update(Duration::from_millis(300)).await;
+    s.expect_no_update(&m).await;
     // "done" was sent too, and has already ended.
     let a = register_agent(
         &m,
@@ -900,28 +551,22 @@ async fn an_agent_back_after_its_tasks_were_lost_cannot_end_them_twice() {
         vec![(fw.as_str(), "t1", v1::TaskState::TaskRunning)],
     )
     .await;
-    loop {
-        let msg = tokio::time::timeout(WAIT, a.rx.recv())
-            .await
-            .unwrap()
-            .unwrap();
-        if let Some(master_to_agent::Message::Kill(k)) = msg.message {
-            assert_eq!(k.task_id, "t1");
-            break;
-        }
-    }
+    let k = a
+        .next_picked("kill", |m| match m {
+            master_to_agent::Message::Kill(k) => Some(k),
+            _ => None,
+        })
+        .await;
+    assert_eq!(k.task_id, "t1");
     a.status(&m, &fw, "t1", v1::TaskState::TaskKilled, "u2");
-    loop {
-        let msg = tokio::time::timeout(WAIT, a.rx.recv())
-            .await
-            .unwrap()
-            .unwrap();
-        if let Some(master_to_agent::Message::Acknowledge(ack)) = msg.message {
-            assert_eq!((ack.task_id.as_str(), ack.uuid.as_str()), ("t1", "u2"));
-            break;
-        }
-    }
-    s.expect_no_update(Duration::from_millis(300)).await;
+    let ack = a
+        .next_picked("acknowledgement", |m| match m {
+            master_to_agent::Message::Acknowledge(ack) => Some(ack),
+            _ => None,
+        })
+        .await;
+    assert_eq!((ack.task_id.as_str(), ack.uuid.as_str()), ("t1", "u2"));
+    s.expect_no_update(&m).await;
     assert_eq!(task_state(&m, "t1").await.0, "LOST");
     m.stop().await;
 }

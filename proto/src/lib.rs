@@ -6,9 +6,31 @@
 //! * [`tls`]: the cluster PKI (a CA plus certificates whose subject names the principal),
 //!   rustls configurations for mutual TLS, the single-port server that carries both gRPC
 //!   and the HTTP/JSON operator API, and the matching clients.
+//! * [`api`]: the JSON of the master's operator API, served by the master and read by
+//!   the CLI.
+//! * [`validate`]: what a task must satisfy before it is run, checked in one place.
+//! * [`acl`]: who may do what — the ACL file and the one check every handler calls.
+//! * [`auth`]: HTTP callers authenticated by certificate, bearer token or password.
+//! * [`secrets`]: secret environment variables, kept out of logs, APIs and storage.
+//! * [`perms`]: the modes of key, credential and state files, checked as ssh does.
+//! * [`reload`]: re-reading edited files on change or SIGHUP.
+//! * [`time`]: timestamps in nanoseconds and durations as people write them.
+//! * [`signals`]: the signals that stop a daemon.
+//!
+//! Task states and reasons have names (`RUNNING`, `MEMORY_LIMIT`):
+//! `v1::TaskState::name` / `from_name`, `v1::Reason::name` / `from_name`.
 
+pub mod acl;
+pub mod api;
+pub mod auth;
+pub mod perms;
+pub mod reload;
+pub mod secrets;
+pub mod signals;
 mod states;
+pub mod time;
 pub mod tls;
+pub mod validate;
 
 /// Generated protocol types and services (package `cella.v1`).
 ///

@@ -62,6 +62,8 @@ fn samples() -> Vec<Vec<u8>> {
                 master_to_agent::LaunchTask {
                     framework_id: "f".into(),
                     task: Some(task.clone()),
+                    role: "r".into(),
+                    principal: "user:u".into(),
                 },
             )),
         }

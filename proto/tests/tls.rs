@@ -185,11 +185,11 @@ fn init_dir_writes_keys_0600_and_refuses_to_overwrite() {
     let dir_mode = std::fs::metadata(&certs).unwrap().permissions().mode() & 0o777;
     assert_eq!(dir_mode, 0o700);
 
-    // Principals are the subject CNs.
+    // Principals are the subject CNs: the master, the agent of one node, a user.
     for (cert, name) in [
         (&layout.master_cert, "master"),
-        (&layout.agent_cert, "agent"),
-        (&layout.client_cert, "client"),
+        (&layout.agent_cert, "agent:localhost"),
+        (&layout.client_cert, "user:local"),
     ] {
         let der = tls::load_certs(cert).unwrap().remove(0);
         assert_eq!(Principal::from_cert_der(&der), Some(Principal(name.into())));
@@ -230,15 +230,19 @@ fn init_dir_writes_keys_0600_and_refuses_to_overwrite() {
 
     // The CA can be loaded back and issue more certificates.
     let pki = tls::Pki::load(&layout.ca_cert, &layout.ca_key).unwrap();
-    let alice = pki.issue_client("client:alice").unwrap();
+    let alice_id = tls::Identity::user("alice", &["ops".into()]).unwrap();
+    let alice = pki
+        .issue_identity(&alice_id, &[], tls::Validity::default())
+        .unwrap();
     let (cert, key) = alice.write(&certs, "alice").unwrap();
     let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
     let der = tls::load_certs(&cert).unwrap().remove(0);
     assert_eq!(
         Principal::from_cert_der(&der).unwrap().as_str(),
-        "client:alice"
+        "user:alice"
     );
+    assert_eq!(tls::Identity::from_cert_der(&der), Some(alice_id));
     assert!(alice.write(&certs, "alice").is_err(), "no overwrite");
 }
 
@@ -263,14 +267,17 @@ async fn grpc_and_json_share_the_port_over_mtls() {
     subscribe(tls::grpc_channel(&by_name, &cfg).await.unwrap(), "three")
         .await
         .unwrap();
-    assert_eq!(*server.seen.lock().unwrap(), ["client", "client", "client"]);
+    assert_eq!(
+        *server.seen.lock().unwrap(),
+        ["user:local", "user:local", "user:local"]
+    );
 
     // JSON on the same port, with the principal from the certificate.
     let who: serde_json::Value =
         tls::https_get_json(&format!("{}/api/v1/whoami", server.url()), &cfg)
             .await
             .unwrap();
-    assert_eq!(who["principal"], "client");
+    assert_eq!(who["principal"], "user:local");
     assert_eq!(who["loopback"], true);
     let resp = tls::https_request(Method::GET, &format!("{}/health", server.url()), None, &cfg)
         .await
@@ -305,7 +312,7 @@ async fn grpc_and_json_share_the_port_over_mtls() {
         tls::https_get_json(&format!("{}/api/v1/whoami", server.url()), &agent)
             .await
             .unwrap();
-    assert_eq!(who["principal"], "agent");
+    assert_eq!(who["principal"], "agent:localhost");
 
     server.stop().await.unwrap();
 }
@@ -466,7 +473,7 @@ async fn tls12_client_is_accepted() {
         tls::https_get_json(&format!("{}/api/v1/whoami", server.url()), &cfg)
             .await
             .unwrap();
-    assert_eq!(who["principal"], "client");
+    assert_eq!(who["principal"], "user:local");
     let ch = tls::grpc_channel(&server.url(), &cfg).await.unwrap();
     subscribe(ch, "tls12").await.unwrap();
 

@@ -19,12 +19,16 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use cella_proto::api;
 use cella_proto::v1::{self, call, event, scheduler_service_client::SchedulerServiceClient};
 use futures::StreamExt;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio::sync::mpsc;
+
+pub mod security;
 
 /// Generous deadline for anything the cluster should do "soon".
 pub const DEADLINE: Duration = Duration::from_secs(20);
@@ -167,7 +171,13 @@ pub struct Cluster {
     pub master_url: String,
     pub procs: Vec<Proc>,
     pub agents: Vec<AgentInfo>,
+    /// The test user's TLS configuration for the master, and for the agents.
     pub client_tls: rustls::ClientConfig,
+    pub agent_tls: rustls::ClientConfig,
+    /// Extra flags of the agents [`Cluster::start_agent`] starts.
+    pub agent_flags: Vec<String>,
+    /// Environment of every process the cluster starts (e.g. `CELLA_LOG=debug`).
+    pub env: Vec<(String, String)>,
     /// Flags of the masters [`Cluster::start_master`] starts ([`MASTER_FLAGS`] unless a
     /// test changes them first).
     pub master_flags: Vec<String>,
@@ -178,28 +188,80 @@ fn ensure_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// Runs `cella certs init DIR`.
-pub fn certs_init(bins: &Bins, dir: &Path) {
+/// The user every [`Cluster`] acts as (its certificate is `client.pem` of the
+/// cluster's TLS directory).
+pub const TEST_USER: &str = "test";
+
+/// Runs `cella ARGS` and panics with its output unless it succeeds; returns stdout.
+pub fn cella_ok(bins: &Bins, args: &[&str]) -> String {
     let out = Command::new(&bins.cella)
-        .args(["certs", "init"])
-        .arg(dir)
+        .args(args)
         .output()
-        .expect("running cella certs init");
+        .unwrap_or_else(|e| panic!("running cella {args:?}: {e}"));
     assert!(
         out.status.success(),
-        "cella certs init {} failed: {}",
-        dir.display(),
+        "cella {args:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// The client TLS configuration of a `cella certs init` directory.
+/// Runs `cella certs init DIR` and `cella certs issue user test`, and puts the user's
+/// certificate beside the master's as `client.pem`, so that DIR serves the master and
+/// the test's client alike.
+pub fn certs_init(bins: &Bins, dir: &Path) {
+    let d = dir.to_str().expect("a UTF-8 path");
+    cella_ok(bins, &["certs", "init", d]);
+    cella_ok(bins, &["certs", "issue", "user", TEST_USER, "--dir", d]);
+    for file in ["client.pem", "client-key.pem"] {
+        std::fs::copy(dir.join("users").join(TEST_USER).join(file), dir.join(file))
+            .unwrap_or_else(|e| panic!("copying {file}: {e}"));
+    }
+}
+
+/// Issues the certificate of agent node `node` (also valid for 127.0.0.1) from the
+/// CA directory `ca`; returns its bundle directory (the agent's `--tls-dir`).
+pub fn issue_agent(bins: &Bins, ca: &Path, node: &str) -> PathBuf {
+    let bundle = ca.join("agents").join(node);
+    if !bundle.exists() {
+        let d = ca.to_str().expect("a UTF-8 path");
+        cella_ok(
+            bins,
+            &[
+                "certs",
+                "issue",
+                "agent",
+                node,
+                "--name",
+                "127.0.0.1",
+                "--dir",
+                d,
+            ],
+        );
+    }
+    bundle
+}
+
+/// The client TLS configuration of a TLS directory made by [`certs_init`], for the
+/// master.
 pub fn client_tls(dir: &Path) -> rustls::ClientConfig {
     ensure_crypto_provider();
     cella_proto::tls::client_config(
         &dir.join("ca.pem"),
         &dir.join("client.pem"),
         &dir.join("client-key.pem"),
+    )
+    .expect("loading the client certificate")
+}
+
+/// The same, for the agents' APIs.
+pub fn agent_client_tls(dir: &Path) -> rustls::ClientConfig {
+    ensure_crypto_provider();
+    cella_proto::tls::client_config_for(
+        &dir.join("ca.pem"),
+        &dir.join("client.pem"),
+        &dir.join("client-key.pem"),
+        cella_proto::tls::ExpectedServer::Agent,
     )
     .expect("loading the client certificate")
 }
@@ -223,10 +285,19 @@ impl Cluster {
             .prefix(&format!("{name}."))
             .tempdir()
             .expect("creating a temporary directory");
+        // Tasks run as an unprivileged user and must reach their sandboxes beneath it.
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o711),
+        )
+        .expect("chmod the cluster directory");
         let tls_dir = dir.path().join("tls");
         certs_init(&bins, &tls_dir);
         std::fs::create_dir_all(dir.path().join("logs")).expect("creating logs/");
         let client_tls = client_tls(&tls_dir);
+        let agent_tls = agent_client_tls(&tls_dir);
+        // The fault tests' tasks append to files of the cluster's directory.
+        let agent_flags = vec![format!("--allow-volume={}:rw", dir.path().display())];
         let profile = dir.path().join("profile.toml");
         Cluster {
             dir,
@@ -238,6 +309,9 @@ impl Cluster {
             procs: Vec::new(),
             agents: Vec::new(),
             client_tls,
+            agent_tls,
+            agent_flags,
+            env: Vec::new(),
             master_flags: MASTER_FLAGS.iter().map(|f| (*f).to_string()).collect(),
             master_proc: None,
         }
@@ -268,6 +342,7 @@ impl Cluster {
         let child = command
             .env_remove("CELLA_MASTER")
             .env_remove("CELLA_TLS_DIR")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("CELLA_CONFIG", &self.profile)
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("dup log fd"))
@@ -348,7 +423,10 @@ impl Cluster {
             .count();
         let idx = self.spawn(&format!("master-{n}"), &mut command);
         let url = format!("https://{addr}");
-        if !self.wait_healthy(idx, &url).await {
+        if !self
+            .wait_healthy(idx, &url, cella_proto::tls::ExpectedServer::Master)
+            .await
+        {
             return false;
         }
         self.master_url = url;
@@ -365,10 +443,17 @@ impl Cluster {
         true
     }
 
-    /// Polls `GET url/health` until it answers 200 (true) or the process exits (false).
-    async fn wait_healthy(&mut self, idx: usize, url: &str) -> bool {
+    /// Polls `GET url/health` until it answers 200 (true) or the process exits (false);
+    /// the server must present a certificate of the `expected` kind.
+    async fn wait_healthy(
+        &mut self,
+        idx: usize,
+        url: &str,
+        expected: cella_proto::tls::ExpectedServer,
+    ) -> bool {
         let anonymous =
-            cella_proto::tls::client_config_anonymous(&self.tls_dir.join("ca.pem")).expect("CA");
+            cella_proto::tls::client_config_anonymous_for(&self.tls_dir.join("ca.pem"), expected)
+                .expect("CA");
         let deadline = Instant::now() + DEADLINE;
         while Instant::now() < deadline {
             if self.procs[idx].exited().is_some() {
@@ -425,6 +510,8 @@ impl Cluster {
         let hostname = format!("{}-a{k}", self.name);
         let cgroup_root = hostname.clone();
         let base = self.path().join(format!("agent{k}"));
+        // Each agent node has its own certificate.
+        let agent_tls_dir = issue_agent(&self.bins, &self.tls_dir, &hostname);
         for _ in 0..5 {
             let http: SocketAddr = format!("127.0.0.1:{}", free_port())
                 .parse()
@@ -434,7 +521,7 @@ impl Cluster {
                 .arg("--master")
                 .arg(&self.master_url)
                 .arg("--tls-dir")
-                .arg(&self.tls_dir)
+                .arg(&agent_tls_dir)
                 .arg("--work-dir")
                 .arg(base.join("work"))
                 .arg("--runtime-dir")
@@ -447,14 +534,22 @@ impl Cluster {
                 .arg(http.to_string())
                 .arg("--cgroup-root")
                 .arg(&cgroup_root)
-                .arg("--kill-tasks-on-exit");
+                .arg("--kill-tasks-on-exit")
+                .args(&self.agent_flags);
             let n = self
                 .procs
                 .iter()
                 .filter(|p| p.name.starts_with(&format!("agent{k}-")))
                 .count();
             let idx = self.spawn(&format!("agent{k}-{n}"), &mut command);
-            if !self.wait_healthy(idx, &format!("https://{http}")).await {
+            if !self
+                .wait_healthy(
+                    idx,
+                    &format!("https://{http}"),
+                    cella_proto::tls::ExpectedServer::Agent,
+                )
+                .await
+            {
                 continue;
             }
             // The new process is the one connected once the master shows its address.
@@ -466,21 +561,29 @@ impl Cluster {
                     "agent {hostname} exited; its log:\n{}",
                     self.procs[idx].log_tail(40)
                 );
-                let agents = self.api_get("/api/v1/agents").await;
-                let found = agents.as_array().and_then(|a| {
-                    a.iter().find(|a| {
-                        a["hostname"] == hostname.as_str()
-                            && a["state"] == "CONNECTED"
-                            && a["http_endpoint"]
-                                .as_str()
-                                .is_some_and(|e| e.ends_with(&endpoint))
-                    })
+                let agents: Vec<api::Agent> = self.api_get("/api/v1/agents").await;
+                let found = agents.into_iter().find(|a| {
+                    a.hostname == hostname
+                        && a.state == api::AgentState::Connected
+                        && a.http_endpoint.ends_with(&endpoint)
                 });
-                if let Some(a) = found {
+                // Registered, and the master's access policy arrived: its API answers.
+                let api_ready = found.is_some() && {
+                    let url = format!("https://{http}/metrics");
+                    cella_proto::tls::https_request(
+                        cella_proto_method_get(),
+                        &url,
+                        None,
+                        &self.agent_tls,
+                    )
+                    .await
+                    .is_ok_and(|r| r.status.is_success())
+                };
+                if let (Some(a), true) = (found, api_ready) {
                     return AgentInfo {
                         proc: idx,
                         hostname,
-                        id: a["id"].as_str().expect("agent id").to_string(),
+                        id: a.id,
                         http,
                         cgroup_root,
                         resources: resources.to_string(),
@@ -537,6 +640,7 @@ impl Cluster {
                 {
                     self.master_url = format!("https://127.0.0.1:{listen}");
                     self.client_tls = client_tls(&work.join("tls"));
+                    self.agent_tls = agent_client_tls(&work.join("tls"));
                     self.master_proc = Some(idx);
                     return (idx, (listen, agent_listen));
                 }
@@ -584,8 +688,9 @@ impl Cluster {
 
     // -------------------------------------------------------------- the API
 
-    /// `GET master_url + path` as the cluster's client; panics unless 2xx JSON.
-    pub async fn api_get(&self, path: &str) -> Value {
+    /// `GET master_url + path` as the cluster's client, decoded as `T` (the types of
+    /// `cella_proto::api`); panics unless the answer is 2xx JSON of that shape.
+    pub async fn api_get<T: DeserializeOwned>(&self, path: &str) -> T {
         let url = format!("{}{path}", self.master_url);
         cella_proto::tls::https_get_json(&url, &self.client_tls)
             .await
@@ -593,7 +698,7 @@ impl Cluster {
     }
 
     /// The master's view of a task, if it knows it.
-    pub async fn task(&self, id: &str) -> Option<Value> {
+    pub async fn task(&self, id: &str) -> Option<api::Task> {
         let url = format!("{}/api/v1/tasks/{id}", self.master_url);
         let r =
             cella_proto::tls::https_request(cella_proto_method_get(), &url, None, &self.client_tls)
@@ -603,39 +708,42 @@ impl Cluster {
             return None;
         }
         assert!(r.status.is_success(), "GET {url}: {}", r.status);
-        Some(serde_json::from_slice(&r.body).expect("task JSON"))
+        Some(serde_json::from_slice(&r.body).unwrap_or_else(|e| {
+            panic!(
+                "GET {url}: not a task ({e}): {}",
+                String::from_utf8_lossy(&r.body)
+            )
+        }))
     }
 
-    /// Polls the master until task `id` is in `state`; returns the task's JSON.
-    pub async fn wait_task_state(&self, id: &str, state: &str) -> Value {
+    /// Polls the master until task `id` is in `state` (a name: `RUNNING`…); returns
+    /// the master's view of it.
+    pub async fn wait_task_state(&self, id: &str, state: &str) -> api::Task {
         let deadline = Instant::now() + DEADLINE;
         let mut last = None;
         while Instant::now() < deadline {
             last = self.task(id).await;
-            if last.as_ref().is_some_and(|t| t["state"] == state) {
-                return last.unwrap_or_default();
+            if let Some(t) = last.take_if(|t| t.state.name() == state) {
+                return t;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         panic!(
             "task {id} did not become {state} within {DEADLINE:?}; last seen: {}\n{}",
-            last.map_or("unknown to the master".into(), |t| t.to_string()),
+            last.map_or("unknown to the master".into(), |t| format!("{t:?}")),
             self.log_tails()
         );
     }
 
     /// Every task the master knows.
-    pub async fn tasks(&self) -> Vec<Value> {
-        match self.api_get("/api/v1/tasks").await {
-            Value::Array(a) => a,
-            other => panic!("/api/v1/tasks is not an array: {other}"),
-        }
+    pub async fn tasks(&self) -> Vec<api::Task> {
+        self.api_get("/api/v1/tasks").await
     }
 
     /// `GET /api/v1/containers` of an agent.
     pub async fn agent_containers(&self, agent: &AgentInfo) -> Vec<Value> {
         let url = format!("https://{}/api/v1/containers", agent.http);
-        match cella_proto::tls::https_get_json(&url, &self.client_tls).await {
+        match cella_proto::tls::https_get_json(&url, &self.agent_tls).await {
             Ok(Value::Array(a)) => a,
             Ok(other) => panic!("{url} is not an array: {other}"),
             Err(e) => panic!("GET {url}: {e}"),
@@ -647,7 +755,7 @@ impl Cluster {
     pub async fn agent_metric(&self, agent: &AgentInfo, suffix: &str) -> Option<f64> {
         let url = format!("https://{}/metrics", agent.http);
         let r =
-            cella_proto::tls::https_request(cella_proto_method_get(), &url, None, &self.client_tls)
+            cella_proto::tls::https_request(cella_proto_method_get(), &url, None, &self.agent_tls)
                 .await
                 .unwrap_or_else(|e| panic!("GET {url}: {e}"));
         assert!(r.status.is_success(), "GET {url}: {}", r.status);

@@ -4,11 +4,11 @@
 
 use std::time::{Duration, Instant};
 
+use cella_proto::api;
 use cella_proto::v1::{self, call, event, scheduler_service_client::SchedulerServiceClient};
 use cella_tests::{Cluster, DEADLINE, Scheduler, framework, task};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use serde_json::Value;
 
 /// What each test agent offers.
 const RES: &str = "cpus:2;mem:2GiB;disk:1GiB";
@@ -69,24 +69,24 @@ async fn run_streams_output_and_propagates_exit_code() {
         "cella tasks --all --json; {}",
         list.describe()
     );
-    let tasks: Vec<Value> = serde_json::from_str(&list.stdout).unwrap_or_else(|e| {
+    let tasks: Vec<api::Task> = serde_json::from_str(&list.stdout).unwrap_or_else(|e| {
         panic!(
-            "cella tasks --json is not a JSON array ({e}): {}",
+            "cella tasks --json is not a JSON array of tasks ({e}): {}",
             list.stdout
         )
     });
     let t = tasks
         .iter()
-        .find(|t| t["id"] == id.as_str())
+        .find(|t| t.id == id)
         .unwrap_or_else(|| panic!("task {id} missing from cella tasks --all: {tasks:?}"));
-    assert_eq!(t["state"], "FAILED", "state of {id}: {t}");
-    assert_eq!(t["exit_code"], 3, "exit_code of {id}: {t}");
-    assert_eq!(t["reason"], "COMMAND_EXITED", "reason of {id}: {t}");
+    assert_eq!(t.state.name(), "FAILED", "state of {id}: {t:?}");
+    assert_eq!(t.exit_code, Some(3), "exit_code of {id}: {t:?}");
+    assert_eq!(t.reason.name(), "COMMAND_EXITED", "reason of {id}: {t:?}");
 
     // Without --all, the ended task is not listed.
     let list = c.cella(&["tasks", "--json"]).await;
     assert_eq!(list.code, Some(0), "{}", list.describe());
-    let running: Vec<Value> = serde_json::from_str(&list.stdout).expect("JSON");
+    let running: Vec<api::Task> = serde_json::from_str(&list.stdout).expect("JSON");
     assert!(
         running.is_empty(),
         "cella tasks lists ended tasks without --all: {running:?}"
@@ -127,8 +127,8 @@ async fn task_over_its_memory_limit_fails_with_memory_limit() {
         .task(&id)
         .await
         .unwrap_or_else(|| panic!("the master does not know {id}"));
-    assert_eq!(t["state"], "FAILED", "{t}");
-    assert_eq!(t["reason"], "MEMORY_LIMIT", "{t}");
+    assert_eq!(t.state.name(), "FAILED", "{t:?}");
+    assert_eq!(t.reason.name(), "MEMORY_LIMIT", "{t:?}");
     c.finish();
 }
 
@@ -160,7 +160,7 @@ async fn detach_kill_and_logs() {
     let k = c.cella(&["kill", &id]).await;
     assert_eq!(k.code, Some(0), "cella kill {id}; {}", k.describe());
     let t = c.wait_task_state(&id, "KILLED").await;
-    assert_eq!(t["reason"], "KILLED_BY_REQUEST", "{t}");
+    assert_eq!(t.reason.name(), "KILLED_BY_REQUEST", "{t:?}");
 
     // Killing it again is refused with a message.
     let again = c.cella(&["kill", &id]).await;
@@ -389,13 +389,10 @@ async fn launch_sleep(c: &Cluster, s: &mut Scheduler, task_id: &str) {
 async fn wait_framework(c: &Cluster, id: &str, connected: Option<bool>) {
     let deadline = Instant::now() + DEADLINE;
     loop {
-        let frameworks = c.api_get("/api/v1/frameworks").await;
-        let f = frameworks
-            .as_array()
-            .and_then(|a| a.iter().find(|f| f["id"] == id))
-            .cloned();
+        let frameworks: Vec<api::Framework> = c.api_get("/api/v1/frameworks").await;
+        let f = frameworks.into_iter().find(|f| f.id == id);
         let ok = match connected {
-            Some(want) => f.as_ref().is_some_and(|f| f["connected"] == want),
+            Some(want) => f.as_ref().is_some_and(|f| f.connected == want),
             None => f.is_none(),
         };
         if ok {
@@ -425,8 +422,9 @@ async fn scheduler_that_reconnects_within_its_failover_timeout_keeps_its_tasks()
     wait_framework(&c, &fid, Some(false)).await;
     let t = c.task("fo-keep").await.expect("task");
     assert_eq!(
-        t["state"], "RUNNING",
-        "the task of a disconnected framework keeps running: {t}"
+        t.state.name(),
+        "RUNNING",
+        "the task of a disconnected framework keeps running: {t:?}"
     );
 
     let mut info = framework("failover", "*", 30.0);
@@ -460,7 +458,7 @@ async fn scheduler_that_reconnects_within_its_failover_timeout_keeps_its_tasks()
     let killed = s.update("fo-keep", v1::TaskState::TaskKilled).await;
     assert_eq!(killed.reason(), v1::Reason::KilledByRequest, "{killed:?}");
     let t = c.wait_task_state("fo-keep", "KILLED").await;
-    assert_eq!(t["reason"], "KILLED_BY_REQUEST", "{t}");
+    assert_eq!(t.reason.name(), "KILLED_BY_REQUEST", "{t:?}");
     // An open scheduler stream would hold the master's shutdown for its drain timeout.
     drop(s);
     c.finish();
@@ -477,7 +475,7 @@ async fn tasks_are_killed_when_the_failover_timeout_passes() {
     let t = c.wait_task_state("fo-short", "KILLED").await;
     assert!(
         dropped.elapsed() >= Duration::from_millis(900),
-        "the task was killed {:?} after the disconnect, before the 1 s failover timeout: {t}",
+        "the task was killed {:?} after the disconnect, before the 1 s failover timeout: {t:?}",
         dropped.elapsed()
     );
     wait_framework(&c, &fid, None).await;
@@ -516,7 +514,7 @@ async fn updates_of_a_removed_framework_do_not_stay_pending_on_the_agent() {
     wait_pending(&c, &agent, 0.0, "after RUNNING was acknowledged").await;
     s.send(call::Call::Teardown(call::Teardown {}));
     let t = c.wait_task_state("td-task", "KILLED").await;
-    assert_eq!(t["framework_id"], fid.as_str(), "{t}");
+    assert_eq!(t.framework_id, fid, "{t:?}");
     wait_framework(&c, &fid, None).await;
 
     // The KILLED update of the removed framework cannot reach a scheduler any more.
@@ -616,12 +614,8 @@ async fn invalid_accepts_get_invalid_task_and_launch_nothing() {
     assert_eq!(containers[0]["task_id"], "t-ok", "{containers:?}");
     let tasks = c.tasks().await;
     assert_eq!(tasks.len(), 1, "the master knows only t-ok: {tasks:?}");
-    assert_eq!(tasks[0]["state"], "RUNNING", "{tasks:?}");
-    assert_eq!(
-        tasks[0]["command"],
-        serde_json::json!(["sleep", "100"]),
-        "{tasks:?}"
-    );
+    assert_eq!(tasks[0].state.name(), "RUNNING", "{tasks:?}");
+    assert_eq!(tasks[0].command, ["sleep", "100"], "{tasks:?}");
 
     s.kill("t-ok");
     s.update("t-ok", v1::TaskState::TaskKilled).await;
@@ -810,13 +804,11 @@ async fn lost_agent_gets_its_tasks_lost_and_its_offers_rescinded() {
     let lost = s.update("lost-task", v1::TaskState::TaskLost).await;
     assert_eq!(lost.reason(), v1::Reason::AgentLost, "{lost:?}");
     let t = c.wait_task_state("lost-task", "LOST").await;
-    assert_eq!(t["reason"], "AGENT_LOST", "{t}");
-    let agents = c.api_get("/api/v1/agents").await;
+    assert_eq!(t.reason.name(), "AGENT_LOST", "{t:?}");
+    let agents: Vec<api::Agent> = c.api_get("/api/v1/agents").await;
     assert!(
-        agents
-            .as_array()
-            .is_some_and(|a| a.iter().all(|a| a["id"] != agent.id.as_str())),
-        "a lost agent is removed: {agents}"
+        agents.iter().all(|a| a.id != agent.id),
+        "a lost agent is removed: {agents:?}"
     );
 
     assert!(

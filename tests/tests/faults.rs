@@ -18,6 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use cella_proto::api;
 use cella_proto::v1::{self, event};
 use cella_tests::{Cluster, DEADLINE, MASTER_FLAGS, Scheduler, framework, task};
 use nix::sys::signal::{Signal, kill};
@@ -219,10 +220,6 @@ async fn take_offer(s: &mut Scheduler, offers: &mut Offers) -> v1::Offer {
 
 // ------------------------------------------------------------------ checks
 
-fn is_terminal(state: &str) -> bool {
-    matches!(state, "FINISHED" | "FAILED" | "KILLED" | "LOST" | "ERROR")
-}
-
 /// Waits until every launched task is RUNNING or ended at the master, the scheduler
 /// was told about each end, and no agent holds an unacknowledged update.
 async fn settle(
@@ -235,16 +232,11 @@ async fn settle(
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         pump(s, offers, ms(300)).await;
-        let at_master: BTreeMap<String, String> = c
+        let at_master: BTreeMap<String, v1::TaskState> = c
             .tasks()
             .await
             .into_iter()
-            .filter_map(|t| {
-                Some((
-                    t["id"].as_str()?.to_string(),
-                    t["state"].as_str()?.to_string(),
-                ))
-            })
+            .map(|t| (t.id, t.state))
             .collect();
         let told_end: BTreeSet<&str> = history
             .iter()
@@ -256,12 +248,12 @@ async fn settle(
             .kinds
             .keys()
             .filter(|id| match at_master.get(*id) {
-                Some(state) if state == "RUNNING" => false,
-                Some(state) if is_terminal(state) => !told_end.contains(id.as_str()),
+                Some(v1::TaskState::TaskRunning) => false,
+                Some(state) if state.is_terminal() => !told_end.contains(id.as_str()),
                 Some(_) => true,
                 None => !told_end.contains(id.as_str()),
             })
-            .map(|id| format!("{id} ({:?})", at_master.get(id)))
+            .map(|id| format!("{id} ({:?})", at_master.get(id).map(|s| s.name())))
             .collect();
         let mut pending = 0.0;
         for a in &c.agents {
@@ -287,8 +279,8 @@ async fn running_at_master(c: &Cluster) -> BTreeSet<String> {
     c.tasks()
         .await
         .into_iter()
-        .filter(|t| t["state"] == "RUNNING")
-        .filter_map(|t| t["id"].as_str().map(str::to_string))
+        .filter(|t| t.state == v1::TaskState::TaskRunning)
+        .map(|t| t.id)
         .collect()
 }
 
@@ -359,10 +351,7 @@ async fn violations(c: &Cluster, w: &Workload, history: &[v1::TaskStatus]) -> Ve
     let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
     for (id, kind) in &w.kinds {
         let master = c.task(id).await;
-        let master_state = master
-            .as_ref()
-            .and_then(|t| t["state"].as_str())
-            .map(str::to_string);
+        let master_state = master.as_ref().map(|t| t.state);
         let updates: Vec<&v1::TaskStatus> = history.iter().filter(|s| &s.task_id == id).collect();
         let ends: BTreeSet<&str> = updates
             .iter()
@@ -371,17 +360,18 @@ async fn violations(c: &Cluster, w: &Workload, history: &[v1::TaskStatus]) -> Ve
             .collect();
         let starts = w.starts(id);
         let pids = shims.get(id).cloned().unwrap_or_default();
-        let outcome = master_state
-            .clone()
-            .unwrap_or_else(|| format!("unknown, told {ends:?}"));
+        let outcome = master_state.map_or_else(
+            || format!("unknown, told {ends:?}"),
+            |state| state.name().to_string(),
+        );
         *outcomes
             .entry(format!("{kind:?} -> {outcome}").replace(|ch: char| ch.is_ascii_digit(), "N"))
             .or_default() += 1;
         if starts > 1 {
             bad.push(format!("{id} started {starts} times"));
         }
-        match master_state.as_deref() {
-            Some("RUNNING") => {
+        match master_state {
+            Some(v1::TaskState::TaskRunning) => {
                 if !ends.is_empty() {
                     bad.push(format!(
                         "{id} is RUNNING but the scheduler was told {ends:?}"
@@ -399,14 +389,15 @@ async fn violations(c: &Cluster, w: &Workload, history: &[v1::TaskStatus]) -> Ve
                     ));
                 }
             }
-            Some(state) if is_terminal(state) => {
-                if ends.len() != 1 || !ends.contains(state) {
+            Some(state) if state.is_terminal() => {
+                if ends.len() != 1 || !ends.contains(state.name()) {
                     bad.push(format!(
-                        "{id} ended {state} at the master; the scheduler was told {ends:?}"
+                        "{id} ended {} at the master; the scheduler was told {ends:?}",
+                        state.name()
                     ));
                 }
             }
-            Some(state) => bad.push(format!("{id} is still {state}")),
+            Some(state) => bad.push(format!("{id} is still {}", state.name())),
             None => {
                 if ends.len() != 1 {
                     bad.push(format!(
@@ -415,7 +406,7 @@ async fn violations(c: &Cluster, w: &Workload, history: &[v1::TaskStatus]) -> Ve
                 }
             }
         }
-        if master_state.as_deref() != Some("RUNNING") && !pids.is_empty() {
+        if master_state != Some(v1::TaskState::TaskRunning) && !pids.is_empty() {
             bad.push(format!("{id} ended but its shims {pids:?} run"));
         }
         // How it ended, from the last terminal update the scheduler got.
@@ -642,16 +633,17 @@ fn set_flag(c: &mut Cluster, flag: &str, value: &str) {
 async fn wait_agents_connected(c: &Cluster) {
     let deadline = Instant::now() + DEADLINE;
     loop {
-        let agents = c.api_get("/api/v1/agents").await;
-        let connected = agents.as_array().map_or(0, |a| {
-            a.iter().filter(|a| a["state"] == "CONNECTED").count()
-        });
+        let agents: Vec<api::Agent> = c.api_get("/api/v1/agents").await;
+        let connected = agents
+            .iter()
+            .filter(|a| a.state == api::AgentState::Connected)
+            .count();
         if connected == c.agents.len() {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "the agents did not re-register with the restarted master: {agents}\n{}",
+            "the agents did not re-register with the restarted master: {agents:?}\n{}",
             c.log_tails()
         );
         tokio::time::sleep(ms(50)).await;
@@ -708,10 +700,14 @@ async fn cella_dev_killed_with_sigkill_recovers_its_tasks() {
     assert_eq!(
         shims_of(&c, &long),
         long_shim,
-        "the running task keeps its shim (it was not started again): {t}"
+        "the running task keeps its shim (it was not started again): {t:?}"
     );
     let t = c.wait_task_state(&ends, "FAILED").await;
-    assert_eq!(t["exit_code"], 7, "the real exit code of the task: {t}");
+    assert_eq!(
+        t.exit_code,
+        Some(7),
+        "the real exit code of the task: {t:?}"
+    );
     let out = c.cella(&["tasks", "--all"]).await;
     assert!(
         out.stdout.contains(&long) && out.stdout.contains(&ends),

@@ -49,25 +49,12 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let result = runtime.block_on(cella_agent::run(config, shutdown_signal()));
+    let result = runtime.block_on(cella_agent::run(config, async {
+        let signal = cella_proto::signals::shutdown_signal().await;
+        tracing::info!("{signal}: stopping (tasks keep running)");
+    }));
     if let Err(e) = result {
         eprintln!("cella-agent: {e}");
         std::process::exit(e.exit_code());
-    }
-}
-
-/// SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop the agent with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: stopping (tasks keep running)"),
-        _ = int.recv() => tracing::info!("SIGINT: stopping (tasks keep running)"),
     }
 }

@@ -1,6 +1,9 @@
 //! A master and an agent in this process, on 127.0.0.1 with real TLS, plus a small
-//! scheduler driven over the SchedulerService.
+//! scheduler driven over the SchedulerService. [`restart`] has what the agent-restart
+//! tests share.
 #![allow(dead_code)]
+
+pub mod restart;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -17,6 +20,15 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 pub const WAIT: Duration = Duration::from_secs(30);
+
+/// The agent's tests need root (cgroups, namespaces, mounts). Without it they fail,
+/// saying so: they never skip.
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test needs root (cgroups, namespaces, mounts): run it as root, e.g. with scripts/test.sh"
+    );
+}
 
 /// `cella-shim` next to the test's target directory (target/debug/deps/.. ).
 pub fn shim_path() -> PathBuf {
@@ -38,6 +50,36 @@ pub fn shim_path() -> PathBuf {
 }
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A temporary directory that other users may traverse (not list): tasks run as an
+/// unprivileged user and reach their sandboxes beneath it.
+pub fn tempdir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o711),
+    )
+    .expect("chmod the temporary directory");
+    dir
+}
+
+/// The TLS configuration of a user of the cluster whose certificates are in `layout`,
+/// for the master.
+pub fn client_tls(layout: &Layout) -> rustls::ClientConfig {
+    cella_proto::tls::client_config(&layout.ca_cert, &layout.client_cert, &layout.client_key)
+        .expect("client tls")
+}
+
+/// The same user, for an agent's API (the server must present an agent's certificate).
+pub fn agent_tls(layout: &Layout) -> rustls::ClientConfig {
+    cella_proto::tls::client_config_for(
+        &layout.ca_cert,
+        &layout.client_cert,
+        &layout.client_key,
+        cella_proto::tls::ExpectedServer::Agent,
+    )
+    .expect("client tls for agents")
+}
 
 pub struct Master {
     pub addr: SocketAddr,
@@ -94,11 +136,14 @@ pub struct Cluster {
     pub layout: Layout,
     pub master: Option<Master>,
     pub agent: Option<Agent>,
+    /// The agent's configuration (to start it again on the same directories).
+    pub config: AgentConfig,
     pub work_dir: PathBuf,
 }
 
 impl Cluster {
     pub async fn start() -> Cluster {
+        require_root();
         let _ = tracing_subscriber::fmt()
             .with_env_filter(
                 tracing_subscriber::EnvFilter::try_from_env("CELLA_LOG")
@@ -106,7 +151,7 @@ impl Cluster {
             )
             .with_test_writer()
             .try_init();
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = tempdir();
         let layout =
             cella_proto::tls::init_dir(&dir.path().join("tls"), &[]).expect("certificates");
         let master = Master::start(&layout, "127.0.0.1:0".parse().expect("addr")).await;
@@ -128,13 +173,14 @@ impl Cluster {
             attributes: vec![("rack".into(), "r1".into())],
             ..Default::default()
         };
-        let agent = Agent::start(config).await.expect("agent starts");
+        let agent = Agent::start(config.clone()).await.expect("agent starts");
         Cluster {
             cgroup,
             dir,
             layout,
             master: Some(master),
             agent: Some(agent),
+            config,
             work_dir,
         }
     }
@@ -144,12 +190,11 @@ impl Cluster {
     }
 
     pub fn client_tls(&self) -> rustls::ClientConfig {
-        cella_proto::tls::client_config(
-            &self.layout.ca_cert,
-            &self.layout.client_cert,
-            &self.layout.client_key,
-        )
-        .expect("client tls")
+        client_tls(&self.layout)
+    }
+
+    pub fn agent_tls(&self) -> rustls::ClientConfig {
+        agent_tls(&self.layout)
     }
 
     pub async fn scheduler(&self, framework_id: &str) -> Scheduler {
@@ -245,6 +290,13 @@ impl Scheduler {
         self.tx
             .send(v1::Call { call: Some(call) })
             .expect("send call");
+    }
+
+    /// Asks the master to kill `task_id`.
+    pub fn kill(&self, task_id: &str) {
+        self.send(call::Call::Kill(call::Kill {
+            task_id: task_id.to_string(),
+        }));
     }
 
     pub fn ack(&self, status: &v1::TaskStatus) {
@@ -393,27 +445,40 @@ pub fn task(id: &str, command: &[&str], mem: u64) -> v1::TaskInfo {
     }
 }
 
-/// Kills every process left in the test's cgroups (`<name>` anywhere under
-/// /sys/fs/cgroup, e.g. after a failed assertion) and removes them.
-pub fn cleanup_cgroups(name: &str) {
-    fn find(dir: &std::path::Path, name: &str, depth: usize, out: &mut Vec<PathBuf>) {
+/// The directories below /sys/fs/cgroup, down to `depth` levels, that `pick` picks
+/// (not looking inside a picked one).
+pub fn cgroup_dirs(depth: usize, pick: &dyn Fn(&std::path::Path) -> bool) -> Vec<PathBuf> {
+    fn walk(
+        dir: &std::path::Path,
+        depth: usize,
+        pick: &dyn Fn(&std::path::Path) -> bool,
+        out: &mut Vec<PathBuf>,
+    ) {
         let Ok(entries) = std::fs::read_dir(dir) else {
             return;
         };
-        for e in entries.flatten() {
-            let p = e.path();
-            if !p.is_dir() {
-                continue;
-            }
-            if e.file_name() == name {
+        for p in entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()) {
+            if pick(&p) {
                 out.push(p);
             } else if depth > 0 {
-                find(&p, name, depth - 1, out);
+                walk(&p, depth - 1, pick, out);
             }
         }
     }
-    let mut bases = Vec::new();
-    find(std::path::Path::new("/sys/fs/cgroup"), name, 8, &mut bases);
+    let mut out = Vec::new();
+    walk(
+        std::path::Path::new("/sys/fs/cgroup"),
+        depth,
+        pick,
+        &mut out,
+    );
+    out
+}
+
+/// Kills every process left in the test's cgroups (`<name>` anywhere under
+/// /sys/fs/cgroup, e.g. after a failed assertion) and removes them.
+pub fn cleanup_cgroups(name: &str) {
+    let bases = cgroup_dirs(8, &|p| p.file_name().is_some_and(|n| n == name));
     for base in &bases {
         let Ok(children) = std::fs::read_dir(base) else {
             continue;

@@ -206,11 +206,6 @@ async fn one(node: &Path, a: usize, k: usize) -> Result<Run> {
     let work = dir.path().join("master-work");
     std::fs::create_dir_all(&work)?;
     let mut master = spawn_master_with(node, &tls_dir, port, &dir.path().join("master-1.log"), Some(&work))?;
-    let atls = cella_proto::tls::client_config(
-        &tls_dir.join("ca.pem"),
-        &tls_dir.join("agent.pem"),
-        &tls_dir.join("agent-key.pem"),
-    )?;
     let registrations = Arc::new(AtomicUsize::new(0));
     let failures = Arc::new(AtomicUsize::new(0));
     let connect = Arc::new(Semaphore::new(32));
@@ -219,7 +214,7 @@ async fn one(node: &Path, a: usize, k: usize) -> Result<Run> {
     for i in 0..a {
         handles.push(tokio::spawn(sim_agent(
             url.clone(),
-            atls.clone(),
+            sim_agent_tls(&tls_dir, i)?,
             i,
             k,
             registrations.clone(),

@@ -130,11 +130,6 @@ async fn one(node: &std::path::Path, tls_dir: &std::path::Path, a: usize, k: usi
     let mut master = spawn_master(node, tls_dir, port, &log)?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let base = rss_bytes(master.pid())?;
-    let tls = cella_proto::tls::client_config(
-        &tls_dir.join("ca.pem"),
-        &tls_dir.join("agent.pem"),
-        &tls_dir.join("agent-key.pem"),
-    )?;
     let registered = Arc::new(AtomicUsize::new(0));
     let connect = Arc::new(Semaphore::new(32));
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -143,7 +138,7 @@ async fn one(node: &std::path::Path, tls_dir: &std::path::Path, a: usize, k: usi
     for i in 0..a {
         handles.push(tokio::spawn(sim_agent(
             url.clone(),
-            tls.clone(),
+            sim_agent_tls(&tls_dir, i)?,
             i,
             k,
             registered.clone(),

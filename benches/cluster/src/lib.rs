@@ -147,6 +147,25 @@ impl Proc {
     }
 }
 
+/// The TLS configuration of simulated agent `i`: every agent node has a certificate of
+/// its own (`agent:sim-<i>`; the master binds an agent to its node and admits one live
+/// agent per node), issued from the CA in `tls_dir` on first use.
+pub fn sim_agent_tls(tls_dir: &Path, i: usize) -> Result<rustls::ClientConfig> {
+    let identity = cella_proto::tls::Identity::agent(&format!("sim-{i}"))?;
+    let ca = cella_proto::tls::CaDir::open(tls_dir).context("the CA")?;
+    let bundle = ca.layout.bundle_dir(&identity);
+    if !bundle.exists() {
+        let issued = ca.issue(&identity, &[], cella_proto::tls::Validity::default())?;
+        ca.write_bundle(&identity, &issued)?;
+    }
+    cella_proto::tls::client_config(
+        &tls_dir.join("ca.pem"),
+        &bundle.join("agent.pem"),
+        &bundle.join("agent-key.pem"),
+    )
+    .context("simulated agent TLS")
+}
+
 /// The `client` certificate's TLS configuration (operator API, schedulers).
 pub fn client_tls(tls_dir: &Path) -> Result<rustls::ClientConfig> {
     cella_proto::tls::client_config(

@@ -1,13 +1,17 @@
 //! `cella dev`: a master and an agent in one process, for trying Cella on one
-//! machine. It creates a development CA and certificates on first start, binds
-//! loopback only, and writes the client profile so that `cella run` in another
-//! terminal needs no flags. Ctrl-C stops both and kills their tasks.
+//! machine. It creates a development CA and certificates on first start (a master,
+//! an agent for node `localhost` and a user `local`), binds loopback only, and writes
+//! the client profile so that `cella run` in another terminal needs no flags. It is
+//! permissive and says so: no ACL (every certificate of its CA may do everything),
+//! tasks run as root unless they name a user, any volume and rootfs. Ctrl-C stops both
+//! and kills their tasks.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
+use cella_agent::policy::TaskPolicy;
 use cella_agent::{Agent, AgentConfig};
 use clap::Args;
 
@@ -30,6 +34,39 @@ pub struct DevArgs {
     /// Where task cgroups go (default: <own cgroup>/cella).
     #[arg(long, value_name = "PATH")]
     cgroup_root: Option<PathBuf>,
+}
+
+/// A certificate directory made by an older `cella dev` (one shared agent
+/// certificate, no revocation list) is moved aside, so that a new one is made.
+fn set_aside_older_certificates(tls_dir: &std::path::Path) -> anyhow::Result<()> {
+    let layout = cella_proto::tls::Layout::new(tls_dir);
+    if !layout.agent_cert.exists() {
+        return Ok(());
+    }
+    let is_agent = cella_proto::tls::load_certs(&layout.agent_cert)
+        .ok()
+        .and_then(|certs| {
+            certs
+                .first()
+                .and_then(|c| cella_proto::tls::Identity::from_cert_der(c))
+        })
+        .is_some_and(|i| i.node().is_some());
+    if is_agent && layout.crl.exists() {
+        return Ok(());
+    }
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let aside = tls_dir.with_file_name(format!("tls.older-{secs}"));
+    std::fs::rename(tls_dir, &aside)
+        .with_context(|| format!("moving {} aside", tls_dir.display()))?;
+    eprintln!(
+        "cella dev: {} held certificates of an older layout (a shared agent certificate); \
+         moved to {} and made new ones",
+        tls_dir.display(),
+        aside.display()
+    );
+    Ok(())
 }
 
 fn default_work_dir() -> PathBuf {
@@ -64,9 +101,12 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         }
     }
     let work_dir = args.work_dir.clone().unwrap_or_else(default_work_dir);
-    std::fs::create_dir_all(&work_dir)
+    // Traversable (not listable) by other users: a task that runs as one reaches its
+    // sandbox; what is inside is private.
+    cella_proto::perms::ensure_dir(&work_dir, 0o711)
         .with_context(|| format!("creating {}", work_dir.display()))?;
     let tls_dir = work_dir.join("tls");
+    set_aside_older_certificates(&tls_dir)?;
     let layout =
         cella_proto::tls::init_or_load_dir(&tls_dir, &cella_proto::tls::default_master_sans())
             .with_context(|| format!("development certificates in {}", tls_dir.display()))?;
@@ -103,6 +143,7 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         http_listen: args.agent_listen,
         cgroup_root: args.cgroup_root.clone(),
         kill_tasks_on_exit: true,
+        tasks: TaskPolicy::permissive(),
         ..AgentConfig::default()
     };
     if let Some(spec) = &args.resources {
@@ -137,6 +178,10 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
     }
     eprintln!("  certificates {}", tls_dir.display());
     eprintln!(
+        "  access      permissive: no ACL (every certificate of this CA may do everything); \
+         tasks run as root unless they name a --user; any volume or rootfs"
+    );
+    eprintln!(
         "  profile     {} (cella run, tasks, agents, logs and kill read it)",
         profile.display()
     );
@@ -144,7 +189,7 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
     eprintln!("Ctrl-C stops both and kills their tasks.");
 
     let stopped_by_master = tokio::select! {
-        _ = shutdown_signal() => None,
+        _ = cella_proto::signals::shutdown_signal() => None,
         why = agent.stopped_by_master() => Some(why),
     };
     if let Some(why) = stopped_by_master {
@@ -159,18 +204,4 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         .context("the master")?;
     eprintln!("cella dev: stopped");
     Ok(())
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
 }

@@ -15,13 +15,13 @@ use cella_containerizer::task::{Resources, Stdio};
 use cella_containerizer::units::{self, MilliCpus, format_bytes};
 use cella_containerizer::{
     Containerizer, ContainerizerConfig, LaunchError, Limitation, NetMode, SeccompChoice,
-    TaskConfig, TaskId, Volume,
+    StartFailure, TaskConfig, TaskId, Volume,
 };
 use clap::Args;
 use serde::Serialize;
 
 pub const EXIT_USAGE: i32 = 2;
-pub const EXIT_CELLA_FAILED: i32 = 125;
+pub const EXIT_CELLA_FAILED: i32 = StartFailure::Setup.exit_code();
 
 /// How often usage is sampled while the task runs.
 const SAMPLE_INTERVAL: Duration = Duration::from_millis(100);

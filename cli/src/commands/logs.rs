@@ -5,9 +5,9 @@ use std::io::Write;
 use std::time::Duration;
 
 use anyhow::Context;
+use cella_proto::api;
 use clap::Args;
 use serde::Deserialize;
-use serde_json::Value;
 
 use crate::profile::{Cluster, ClusterArgs};
 
@@ -33,14 +33,26 @@ struct FileChunk {
     next_offset: u64,
 }
 
-/// The HTTP endpoint of an agent, from the master's registry.
-pub async fn agent_endpoint(cluster: &Cluster, agent_id: &str) -> anyhow::Result<String> {
-    let agents: Vec<Value> = cluster.get("/api/v1/agents").await?;
+/// The HTTP endpoint of the agent of `task_id`: from the task's view, or else from the
+/// list of agents (which needs `view(state)`).
+pub async fn agent_endpoint(
+    cluster: &Cluster,
+    agent_id: &str,
+    task_id: &str,
+) -> anyhow::Result<String> {
+    if let Ok(task) = cluster
+        .get::<api::Task>(&format!("/api/v1/tasks/{task_id}"))
+        .await
+    {
+        if !task.agent_endpoint.is_empty() {
+            return Ok(task.agent_endpoint.trim_end_matches('/').to_string());
+        }
+    }
+    let agents: Vec<api::Agent> = cluster.get("/api/v1/agents").await?;
     agents
         .iter()
-        .find(|a| a.get("id").and_then(Value::as_str) == Some(agent_id))
-        .and_then(|a| a.get("http_endpoint").and_then(Value::as_str))
-        .map(|s| s.trim_end_matches('/').to_string())
+        .find(|a| a.id == agent_id && !a.http_endpoint.is_empty())
+        .map(|a| a.http_endpoint.trim_end_matches('/').to_string())
         .with_context(|| format!("agent {agent_id} is not registered (or has no HTTP endpoint)"))
 }
 
@@ -108,22 +120,16 @@ impl LogFollower {
 pub fn run(args: LogsArgs) -> i32 {
     super::tasks::block_on(async move {
         let cluster = args.cluster.resolve()?;
-        let task: Value = cluster.get(&format!("/api/v1/tasks/{}", args.task)).await?;
-        let agent_id = task
-            .get("agent_id")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
-        let endpoint = agent_endpoint(&cluster, &agent_id).await?;
+        let task: api::Task = cluster.get(&format!("/api/v1/tasks/{}", args.task)).await?;
+        let endpoint = agent_endpoint(&cluster, &task.agent_id, &args.task).await?;
         let name = if args.stderr { "stderr" } else { "stdout" };
         let mut follower = LogFollower::only(endpoint, &args.task, name);
-        follower.drain(&cluster.tls).await;
+        follower.drain(&cluster.agent_tls).await;
         if args.follow {
             loop {
-                let task: Value = cluster.get(&format!("/api/v1/tasks/{}", args.task)).await?;
-                let state = task.get("state").and_then(Value::as_str).unwrap_or("");
-                let ended = ["FINISHED", "FAILED", "KILLED", "LOST", "ERROR"].contains(&state);
-                follower.drain(&cluster.tls).await;
+                let task: api::Task = cluster.get(&format!("/api/v1/tasks/{}", args.task)).await?;
+                let ended = task.state.is_terminal();
+                follower.drain(&cluster.agent_tls).await;
                 if ended {
                     break;
                 }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use cella_containerizer::StartFailure;
 use cella_containerizer::units::{MilliCpus, format_bytes};
 use cella_proto::v1::{self, call, event, scheduler_service_client::SchedulerServiceClient};
 use clap::Args;
@@ -46,6 +47,11 @@ pub struct RunArgs {
     /// Environment variable K=V (repeatable).
     #[arg(long = "env", short = 'e', value_name = "K=V")]
     env: Vec<String>,
+    /// A secret environment variable: NAME takes its value from this command's own
+    /// environment. The task gets it; the cluster keeps it out of its APIs, logs and
+    /// stored state (repeatable).
+    #[arg(long = "secret-env", value_name = "NAME")]
+    secret_env: Vec<String>,
     /// Network: host or none.
     #[arg(long, default_value = "host", value_parser = ["host", "none"])]
     net: String,
@@ -58,7 +64,7 @@ pub struct RunArgs {
 }
 
 /// Exit status when Cella could not run the task (ERROR, LOST, launch failures).
-const EXIT_NOT_RUN: i32 = 125;
+const EXIT_NOT_RUN: i32 = StartFailure::Setup.code() as i32;
 /// How long a failover timeout a detached task's framework gets (it never comes back).
 const DETACHED_FAILOVER: f64 = 7.0 * 24.0 * 3600.0;
 
@@ -83,7 +89,24 @@ pub fn run(args: RunArgs) -> i32 {
     }
 }
 
+/// The secrets `--secret-env` names, with their values from this process's environment.
+fn secrets(names: &[String]) -> anyhow::Result<Vec<v1::SecretEnv>> {
+    names
+        .iter()
+        .map(|name| {
+            let value = std::env::var(name).with_context(|| {
+                format!("--secret-env {name}: set {name} in this command's environment")
+            })?;
+            Ok(v1::SecretEnv {
+                name: name.clone(),
+                value,
+            })
+        })
+        .collect()
+}
+
 async fn run_async(args: RunArgs) -> anyhow::Result<i32> {
+    let secrets = secrets(&args.secret_env)?;
     let cluster = args.cluster.resolve()?;
     let channel = cella_proto::tls::grpc_channel(&cluster.master, &cluster.tls)
         .await
@@ -137,6 +160,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<i32> {
         user: args.user.clone().unwrap_or_default(),
         volumes: Vec::new(),
         hostname: String::new(),
+        secrets,
     };
 
     let started = Instant::now();
@@ -213,19 +237,19 @@ async fn run_async(args: RunArgs) -> anyhow::Result<i32> {
                                 return Ok(0);
                             }
                             if follower.is_none() {
-                                if let Ok(endpoint) = agent_endpoint(&cluster, &status.agent_id).await {
+                                if let Ok(endpoint) = agent_endpoint(&cluster, &status.agent_id, &task_id).await {
                                     follower = Some(LogFollower::new(endpoint, &task_id));
                                 }
                             }
                         }
                         if terminal {
                             if follower.is_none() && !status.agent_id.is_empty() {
-                                if let Ok(endpoint) = agent_endpoint(&cluster, &status.agent_id).await {
+                                if let Ok(endpoint) = agent_endpoint(&cluster, &status.agent_id, &task_id).await {
                                     follower = Some(LogFollower::new(endpoint, &task_id));
                                 }
                             }
                             if let Some(f) = follower.as_mut() {
-                                f.drain(&cluster.tls).await;
+                                f.drain(&cluster.agent_tls).await;
                             }
                             // After the output, so the reason is the last thing said.
                             print_state(&task_id, &status);
@@ -244,7 +268,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<i32> {
             }
             _ = log_tick.tick() => {
                 if let Some(f) = follower.as_mut() {
-                    f.poll(&cluster.tls).await;
+                    f.poll(&cluster.agent_tls).await;
                 }
                 if !launched && !waiting_told && started.elapsed() > Duration::from_secs(3) {
                     waiting_told = true;
@@ -283,7 +307,17 @@ fn fits(offer: &v1::Resources, need: &v1::Resources) -> bool {
         && offer.disk_bytes >= need.disk_bytes
 }
 
-/// The task's exit code, 128+N for a signal, and 125–127 when it never ran.
+/// Why a task that never reached its command failed, as the reason says it.
+fn start_failure(reason: v1::Reason) -> Option<StartFailure> {
+    match reason {
+        v1::Reason::CommandNotFound => Some(StartFailure::NotFound),
+        v1::Reason::CommandNotExecutable => Some(StartFailure::NotExecutable),
+        _ => None,
+    }
+}
+
+/// The task's exit code, 128+N for a signal, and 125–127 ([`StartFailure`]) when it
+/// never ran.
 fn exit_code(status: &v1::TaskStatus, interrupted: bool) -> i32 {
     if let Some(code) = status.exit_code {
         return code;
@@ -291,12 +325,61 @@ fn exit_code(status: &v1::TaskStatus, interrupted: bool) -> i32 {
     if let Some(signal) = status.signal {
         return 128 + signal;
     }
-    match (status.state(), status.reason()) {
+    match (status.state(), start_failure(status.reason())) {
         (v1::TaskState::TaskFinished, _) => 0,
-        (_, v1::Reason::CommandNotFound) => 127,
-        (_, v1::Reason::CommandNotExecutable) => 126,
-        (v1::TaskState::TaskKilled, _) if interrupted => 130,
-        (v1::TaskState::TaskKilled, _) => 137,
+        (_, Some(failure)) => i32::from(failure.code()),
+        (v1::TaskState::TaskKilled, None) if interrupted => 130,
+        (v1::TaskState::TaskKilled, None) => 137,
         _ => EXIT_NOT_RUN,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(state: v1::TaskState, reason: v1::Reason) -> v1::TaskStatus {
+        v1::TaskStatus {
+            state: state as i32,
+            reason: reason as i32,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn exit_codes() {
+        use v1::{Reason, TaskState};
+        let exited = v1::TaskStatus {
+            exit_code: Some(3),
+            ..status(TaskState::TaskFailed, Reason::CommandExited)
+        };
+        assert_eq!(exit_code(&exited, false), 3);
+        let signalled = v1::TaskStatus {
+            signal: Some(9),
+            ..status(TaskState::TaskFailed, Reason::MemoryLimit)
+        };
+        assert_eq!(exit_code(&signalled, false), 137);
+        let cases = [
+            (TaskState::TaskFinished, Reason::CommandExited, false, 0),
+            (TaskState::TaskFailed, Reason::CommandNotFound, false, 127),
+            (
+                TaskState::TaskFailed,
+                Reason::CommandNotExecutable,
+                false,
+                126,
+            ),
+            (TaskState::TaskKilled, Reason::KilledByRequest, true, 130),
+            (TaskState::TaskKilled, Reason::KilledByRequest, false, 137),
+            (TaskState::TaskError, Reason::InvalidTask, false, 125),
+            (TaskState::TaskLost, Reason::AgentLost, false, 125),
+            (TaskState::TaskFailed, Reason::LaunchFailed, false, 125),
+        ];
+        for (state, reason, interrupted, code) in cases {
+            assert_eq!(
+                exit_code(&status(state, reason), interrupted),
+                code,
+                "{state:?} {reason:?} interrupted={interrupted}"
+            );
+        }
     }
 }

@@ -1,9 +1,9 @@
 //! `cella tasks`, `cella agents`, `cella kill`: the operator API for people
 //! (tables) and scripts (`--json`).
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use cella_containerizer::units::format_bytes;
+use cella_proto::api;
+use cella_proto::time::now_ns;
 use clap::Args;
 use serde_json::Value;
 
@@ -54,32 +54,6 @@ pub fn block_on<F: std::future::Future<Output = anyhow::Result<i32>>>(f: F) -> i
     }
 }
 
-const TERMINAL: [&str; 5] = ["FINISHED", "FAILED", "KILLED", "LOST", "ERROR"];
-
-fn s(v: &Value, key: &str) -> String {
-    match v.get(key) {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Null) | None => "-".into(),
-        Some(other) => other.to_string(),
-    }
-}
-
-fn u(v: &Value, path: &[&str]) -> Option<u64> {
-    let mut cur = v;
-    for key in path {
-        cur = cur.get(key)?;
-    }
-    cur.as_u64()
-}
-
-fn f(v: &Value, path: &[&str]) -> Option<f64> {
-    let mut cur = v;
-    for key in path {
-        cur = cur.get(key)?;
-    }
-    cur.as_f64()
-}
-
 /// Prints rows as aligned columns.
 pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
@@ -108,59 +82,17 @@ pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
 pub fn tasks(args: TasksArgs) -> i32 {
     block_on(async move {
         let cluster = args.cluster.resolve()?;
-        let tasks: Vec<Value> = cluster.get("/api/v1/tasks").await?;
-        let tasks: Vec<Value> = tasks
+        let tasks: Vec<api::Task> = cluster.get("/api/v1/tasks").await?;
+        let tasks: Vec<api::Task> = tasks
             .into_iter()
-            .filter(|t| args.all || !TERMINAL.contains(&s(t, "state").as_str()))
+            .filter(|t| args.all || !t.state.is_terminal())
             .collect();
         if args.json {
             println!("{}", serde_json::to_string_pretty(&tasks)?);
             return Ok(0);
         }
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let rows: Vec<Vec<String>> = tasks
-            .iter()
-            .map(|t| {
-                let age = u(t, &["updated_ns"]).map_or("-".into(), |ns| {
-                    let secs = now.saturating_sub(u128::from(ns)) / 1_000_000_000;
-                    format!("{secs}s")
-                });
-                let cpu = match (
-                    u(t, &["usage", "cpu_user_ns"]),
-                    u(t, &["usage", "cpu_system_ns"]),
-                ) {
-                    (Some(a), Some(b)) => format!("{:.2}s", (a + b) as f64 / 1e9),
-                    _ => "-".into(),
-                };
-                let command =
-                    t.get("command")
-                        .and_then(Value::as_array)
-                        .map_or(String::new(), |c| {
-                            c.iter()
-                                .filter_map(Value::as_str)
-                                .collect::<Vec<_>>()
-                                .join(" ")
-                        });
-                vec![
-                    s(t, "id"),
-                    s(t, "state"),
-                    if s(t, "reason").is_empty() {
-                        "-".into()
-                    } else {
-                        s(t, "reason")
-                    },
-                    f(t, &["resources", "cpus"]).map_or("-".into(), |c| format!("{c}")),
-                    u(t, &["resources", "mem_bytes"]).map_or("-".into(), format_bytes),
-                    cpu,
-                    u(t, &["usage", "mem_current_bytes"]).map_or("-".into(), format_bytes),
-                    age,
-                    command,
-                ]
-            })
-            .collect();
+        let now = now_ns();
+        let rows: Vec<Vec<String>> = tasks.iter().map(|t| task_row(t, now)).collect();
         print_table(
             &[
                 "ID", "STATE", "REASON", "CPUS", "MEM", "CPU USED", "MEM USED", "UPDATED",
@@ -172,10 +104,35 @@ pub fn tasks(args: TasksArgs) -> i32 {
     })
 }
 
+/// A task's line in `cella tasks`; `now` in nanoseconds since the Unix epoch.
+fn task_row(t: &api::Task, now: u64) -> Vec<String> {
+    let age = format!("{}s", now.saturating_sub(t.updated_ns) / 1_000_000_000);
+    let usage = t.usage.unwrap_or_default();
+    let cpu = match (usage.cpu_user_ns, usage.cpu_system_ns) {
+        (Some(user), Some(system)) => format!("{:.2}s", user.saturating_add(system) as f64 / 1e9),
+        _ => "-".into(),
+    };
+    let reason = match t.reason.name() {
+        "" => "-",
+        name => name,
+    };
+    vec![
+        t.id.clone(),
+        t.state.name().to_string(),
+        reason.to_string(),
+        format!("{}", t.resources.cpus),
+        format_bytes(t.resources.mem_bytes),
+        cpu,
+        usage.mem_current_bytes.map_or("-".into(), format_bytes),
+        age,
+        t.command.join(" "),
+    ]
+}
+
 pub fn agents(args: AgentsArgs) -> i32 {
     block_on(async move {
         let cluster = args.cluster.resolve()?;
-        let agents: Vec<Value> = cluster.get("/api/v1/agents").await?;
+        let agents: Vec<api::Agent> = cluster.get("/api/v1/agents").await?;
         if args.json {
             println!("{}", serde_json::to_string_pretty(&agents)?);
             return Ok(0);
@@ -183,26 +140,17 @@ pub fn agents(args: AgentsArgs) -> i32 {
         let rows: Vec<Vec<String>> = agents
             .iter()
             .map(|a| {
-                let res = |k: &str| {
-                    let total = f(a, &["total", k]).unwrap_or(0.0);
-                    let alloc = f(a, &["allocated", k]).unwrap_or(0.0);
-                    if k == "cpus" {
-                        format!("{alloc}/{total}")
-                    } else {
-                        // Byte counts are below 2^53 in practice; shown rounded.
-                        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-                        let (alloc, total) = (alloc as u64, total as u64);
-                        format!("{}/{}", format_bytes(alloc), format_bytes(total))
-                    }
+                let bytes = |allocated: u64, total: u64| {
+                    format!("{}/{}", format_bytes(allocated), format_bytes(total))
                 };
                 vec![
-                    s(a, "id"),
-                    s(a, "hostname"),
-                    s(a, "state"),
-                    res("cpus"),
-                    res("mem_bytes"),
-                    res("disk_bytes"),
-                    s(a, "tasks"),
+                    a.id.clone(),
+                    a.hostname.clone(),
+                    a.state.name().to_string(),
+                    format!("{}/{}", a.allocated.cpus, a.total.cpus),
+                    bytes(a.allocated.mem_bytes, a.total.mem_bytes),
+                    bytes(a.allocated.disk_bytes, a.total.disk_bytes),
+                    a.tasks.to_string(),
                 ]
             })
             .collect();

@@ -4,8 +4,9 @@ use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::mode::System;
-use super::{CgroupError, CgroupLimits, CgroupStats, Placement, fsx};
+use super::host::Host;
+use super::{CgroupBackend, CgroupError, CgroupLimits, CgroupManager, Placement, TaskCgroup, fsx};
+use crate::usage::Usage;
 
 /// CFS period; quotas are expressed per this period.
 const PERIOD_US: u64 = 100_000;
@@ -44,7 +45,7 @@ pub struct TaskGroup {
 /// The index of the base for `controller`, adding it unless a co-mounted controller
 /// already brought the same hierarchy in.
 fn locate(
-    sys: &System,
+    sys: &Host,
     controller: &str,
     root: Option<&Path>,
     bases: &mut Vec<PathBuf>,
@@ -65,7 +66,7 @@ fn locate(
             ),
         });
     };
-    let dir = System::base_dir(mount, &own.path, root)?;
+    let dir = Host::base_dir(mount, &own.path, root)?;
     if let Some(i) = bases.iter().position(|b| *b == dir) {
         return Ok(Some(i));
     }
@@ -77,52 +78,15 @@ fn required(controller: &str, index: Option<usize>) -> Result<usize, CgroupError
     index.ok_or_else(|| CgroupError::MissingController(controller.to_string()))
 }
 
-/// A task name must be one path component: it becomes a directory in every hierarchy.
-pub(super) fn check_name(base: &Path, name: &str) -> Result<PathBuf, CgroupError> {
-    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
-        return Err(fsx::io(
-            &base.join(name),
-            std::io::Error::new(
-                ErrorKind::InvalidInput,
-                "a task cgroup name must be a single path component",
-            ),
-        ));
-    }
-    Ok(base.join(name))
-}
-
-/// Names of the directories beneath `base`; a base that does not exist has none.
-pub(super) fn list_dir(base: &Path) -> Result<Vec<String>, CgroupError> {
-    let entries = match std::fs::read_dir(base) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(fsx::io(base, e)),
-    };
-    let mut names = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|e| fsx::io(base, e))?;
-        if entry
-            .file_type()
-            .map_err(|e| fsx::io(&entry.path(), e))?
-            .is_dir()
-        {
-            names.push(entry.file_name().to_string_lossy().into_owned());
-        }
-    }
-    names.sort();
-    Ok(names)
-}
-
 impl Hierarchies {
-    pub fn discover(root: Option<&Path>) -> Result<Self, CgroupError> {
-        let sys = System::read()?;
+    pub fn discover(sys: &Host, root: Option<&Path>) -> Result<Self, CgroupError> {
         let mut bases = Vec::new();
-        let memory = required("memory", locate(&sys, "memory", root, &mut bases)?)?;
-        let cpu = required("cpu", locate(&sys, "cpu", root, &mut bases)?)?;
-        let pids = required("pids", locate(&sys, "pids", root, &mut bases)?)?;
-        let cpuacct = locate(&sys, "cpuacct", root, &mut bases)?;
-        let blkio = locate(&sys, "blkio", root, &mut bases)?;
-        let freezer = locate(&sys, "freezer", root, &mut bases)?;
+        let memory = required("memory", locate(sys, "memory", root, &mut bases)?)?;
+        let cpu = required("cpu", locate(sys, "cpu", root, &mut bases)?)?;
+        let pids = required("pids", locate(sys, "pids", root, &mut bases)?)?;
+        let cpuacct = locate(sys, "cpuacct", root, &mut bases)?;
+        let blkio = locate(sys, "blkio", root, &mut bases)?;
+        let freezer = locate(sys, "freezer", root, &mut bases)?;
         Ok(Self {
             bases,
             roles: Roles {
@@ -135,15 +99,21 @@ impl Hierarchies {
             },
         })
     }
+}
 
-    pub fn base_dirs(&self) -> Vec<PathBuf> {
+impl CgroupBackend for Hierarchies {
+    fn version(&self) -> u8 {
+        1
+    }
+
+    fn base_dirs(&self) -> Vec<PathBuf> {
         self.bases.clone()
     }
 
-    pub fn create(&self, name: &str, limits: &CgroupLimits) -> Result<TaskGroup, CgroupError> {
+    fn create(&self, name: &str, limits: &CgroupLimits) -> Result<TaskCgroup, CgroupError> {
         let mut dirs = Vec::with_capacity(self.bases.len());
         for base in &self.bases {
-            dirs.push(check_name(base, name)?);
+            dirs.push(fsx::check_name(base, name)?);
         }
         let mut created = Vec::new();
         let result = make_dirs(&self.bases, &dirs, &mut created).and_then(|()| {
@@ -151,7 +121,9 @@ impl Hierarchies {
                 dirs,
                 roles: self.roles,
             };
-            group.write_limits(limits, false).map(|()| group)
+            group
+                .write_limits(limits, false)
+                .map(|()| TaskCgroup::new(group))
         });
         if result.is_err() {
             fsx::rmdirs_quietly(&created);
@@ -159,23 +131,28 @@ impl Hierarchies {
         result
     }
 
-    pub fn open(&self, name: &str) -> TaskGroup {
-        TaskGroup {
+    fn open(&self, name: &str) -> TaskCgroup {
+        TaskCgroup::new(TaskGroup {
             dirs: self.bases.iter().map(|b| b.join(name)).collect(),
             roles: self.roles,
-        }
+        })
     }
 
     /// Every task cgroup in any hierarchy: a launch interrupted while creating them
     /// (the launcher killed) may have made only some.
-    pub fn list(&self) -> Result<Vec<String>, CgroupError> {
+    fn list(&self) -> Result<Vec<String>, CgroupError> {
         let mut names = Vec::new();
         for base in &self.bases {
-            names.extend(list_dir(base)?);
+            names.extend(fsx::list_dir(base)?);
         }
         names.sort();
         names.dedup();
         Ok(names)
+    }
+
+    /// v1 has no "no internal processes" rule: nothing has to move.
+    fn move_self_into_leaf(&self, _leaf: &str) -> Result<Option<PathBuf>, CgroupError> {
+        Ok(None)
     }
 }
 
@@ -256,18 +233,34 @@ impl TaskGroup {
         Ok(())
     }
 
-    pub fn placement(&self) -> Placement {
+    /// Pids in any of the task's hierarchies: a crashed shim may have placed a child
+    /// in some hierarchies only.
+    fn all_pids(&self) -> Result<Vec<i32>, CgroupError> {
+        let mut all = Vec::new();
+        for dir in &self.dirs {
+            for pid in fsx::pids(&dir.join("cgroup.procs"))? {
+                if !all.contains(&pid) {
+                    all.push(pid);
+                }
+            }
+        }
+        Ok(all)
+    }
+}
+
+impl CgroupManager for TaskGroup {
+    fn placement(&self) -> Placement {
         Placement::V1 {
             procs_files: self.dirs.iter().map(|d| d.join("cgroup.procs")).collect(),
         }
     }
 
-    pub fn update(&self, limits: &CgroupLimits) -> Result<(), CgroupError> {
+    fn update(&self, limits: &CgroupLimits) -> Result<(), CgroupError> {
         self.write_limits(limits, true)
     }
 
-    pub fn stats(&self) -> CgroupStats {
-        let mut s = CgroupStats::default();
+    fn stats(&self) -> Usage {
+        let mut s = Usage::default();
 
         if let Some(i) = self.roles.cpuacct {
             let d = self.dir(i);
@@ -330,38 +323,11 @@ impl TaskGroup {
         s
     }
 
-    pub fn pids(&self) -> Result<Vec<i32>, CgroupError> {
+    fn pids(&self) -> Result<Vec<i32>, CgroupError> {
         fsx::pids(&self.dir(self.roles.pids).join("cgroup.procs"))
     }
 
-    /// Pids in any of the task's hierarchies: a crashed shim may have placed a child
-    /// in some hierarchies only.
-    fn all_pids(&self) -> Result<Vec<i32>, CgroupError> {
-        let mut all = Vec::new();
-        for dir in &self.dirs {
-            for pid in fsx::pids(&dir.join("cgroup.procs"))? {
-                if !all.contains(&pid) {
-                    all.push(pid);
-                }
-            }
-        }
-        Ok(all)
-    }
-
-    /// SIGKILLs until a pass finds no process it has not signalled yet.
-    fn kill_all(&self, killed: &mut Vec<i32>) -> Result<(), CgroupError> {
-        let mut failed = None;
-        fsx::wait_until(KILL_WAIT, || match self.all_pids() {
-            Ok(pids) => fsx::sigkill_new(&pids, killed) == 0,
-            Err(e) => {
-                failed = Some(e);
-                true
-            }
-        });
-        failed.map_or(Ok(()), Err)
-    }
-
-    pub fn kill(&self) -> Result<(), CgroupError> {
+    fn kill(&self) -> Result<(), CgroupError> {
         let mut killed = Vec::new();
         let state = self
             .roles
@@ -379,7 +345,7 @@ impl TaskGroup {
                 fsx::read(state).is_some_and(|s| s.trim() == "FROZEN")
             });
         }
-        let killing = self.kill_all(&mut killed);
+        let killing = fsx::sigkill_until_quiet(KILL_WAIT, &mut killed, || self.all_pids());
         let thawing = match (frozen, &state) {
             (true, Some(state)) => fsx::write(state, "THAWED"),
             _ => Ok(()),
@@ -408,7 +374,7 @@ impl TaskGroup {
         }
     }
 
-    pub fn remove(&self) -> Result<(), CgroupError> {
+    fn remove(&self) -> Result<(), CgroupError> {
         if !self.all_pids()?.is_empty() {
             self.kill()?;
         }
@@ -453,15 +419,6 @@ mod tests {
             "8:0 Read 4096\n8:0 Write 100\n8:0 Sync 1\n8:16 Read 10\n8:16 Write 0\nTotal 4206\n";
         assert_eq!(blkio_totals(text), (Some(4106), Some(100)));
         assert_eq!(blkio_totals("Total 0\n"), (Some(0), Some(0)));
-    }
-
-    #[test]
-    fn names_are_single_components() {
-        let base = Path::new("/sys/fs/cgroup/memory/cella");
-        assert!(check_name(base, "task-1").is_ok());
-        for bad in ["", ".", "..", "a/b", "/abs"] {
-            assert!(check_name(base, bad).is_err(), "{bad:?}");
-        }
     }
 }
 

@@ -4,9 +4,9 @@ use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::mode::System;
-use super::v1::{check_name, list_dir};
-use super::{CgroupError, CgroupLimits, CgroupStats, Placement, fsx};
+use super::host::Host;
+use super::{CgroupBackend, CgroupError, CgroupLimits, CgroupManager, Placement, TaskCgroup, fsx};
+use crate::usage::Usage;
 
 const PERIOD_US: u64 = 100_000;
 /// The kernel refuses a CFS quota below 1 ms.
@@ -56,8 +56,7 @@ fn setup_error(dir: &Path, what: &str) -> CgroupError {
 }
 
 impl Base {
-    pub fn discover(root: Option<&Path>) -> Result<Self, CgroupError> {
-        let sys = System::read()?;
+    pub fn discover(sys: &Host, root: Option<&Path>) -> Result<Self, CgroupError> {
         let Some(mount) = sys.mounts.iter().find(|m| m.fstype == "cgroup2") else {
             return Err(CgroupError::Mounts {
                 path: PathBuf::from("/proc/self/mountinfo"),
@@ -71,19 +70,17 @@ impl Base {
             });
         };
         Ok(Self {
-            dir: System::base_dir(mount, &own.path, root)?,
+            dir: Host::base_dir(mount, &own.path, root)?,
             mount: mount.mount_point.clone(),
-            own: System::own_dir(mount, &own.path)?,
+            own: Host::own_dir(mount, &own.path)?,
         })
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    pub fn create(&self, name: &str, limits: &CgroupLimits) -> Result<TaskGroup, CgroupError> {
+    /// Creates the task's directory (and the base with its controllers for the first
+    /// task) and writes `limits`; on error nothing is left behind.
+    fn create_group(&self, name: &str, limits: &CgroupLimits) -> Result<TaskGroup, CgroupError> {
         let group = TaskGroup {
-            dir: check_name(&self.dir, name)?,
+            dir: fsx::check_name(&self.dir, name)?,
         };
         let mut created = Vec::new();
         let mut enabled = false;
@@ -165,25 +162,39 @@ impl Base {
         }
         Ok(())
     }
+}
 
-    pub fn open(&self, name: &str) -> TaskGroup {
-        TaskGroup {
-            dir: self.dir.join(name),
-        }
+impl CgroupBackend for Base {
+    fn version(&self) -> u8 {
+        2
     }
 
-    pub fn list(&self) -> Result<Vec<String>, CgroupError> {
-        list_dir(&self.dir)
+    fn base_dirs(&self) -> Vec<PathBuf> {
+        vec![self.dir.clone()]
+    }
+
+    fn create(&self, name: &str, limits: &CgroupLimits) -> Result<TaskCgroup, CgroupError> {
+        self.create_group(name, limits).map(TaskCgroup::new)
+    }
+
+    fn open(&self, name: &str) -> TaskCgroup {
+        TaskCgroup::new(TaskGroup {
+            dir: self.dir.join(name),
+        })
+    }
+
+    fn list(&self) -> Result<Vec<String>, CgroupError> {
+        fsx::list_dir(&self.dir)
     }
 
     /// Moves the processes of this process's own cgroup into `<own>/<leaf>` when the
     /// base lies directly beneath it, so the own cgroup may hand controllers down.
-    pub fn move_self_into_leaf(&self, leaf: &str) -> Result<Option<PathBuf>, CgroupError> {
+    fn move_self_into_leaf(&self, leaf: &str) -> Result<Option<PathBuf>, CgroupError> {
         // The root cgroup is exempt from the no-internal-processes rule.
         if self.dir.parent() != Some(self.own.as_path()) || self.own == self.mount {
             return Ok(None);
         }
-        let leaf = check_name(&self.own, leaf)?;
+        let leaf = fsx::check_name(&self.own, leaf)?;
         fsx::mkdir(&leaf)?;
         let procs = leaf.join("cgroup.procs");
         // Ourselves first, then anything else that lives with us (helpers started
@@ -234,18 +245,50 @@ impl TaskGroup {
         Ok(())
     }
 
-    pub fn placement(&self) -> Placement {
+    /// Whether any process is in the cgroup or below it; a missing cgroup is empty.
+    fn populated(&self) -> bool {
+        fsx::keyed_file(&self.file("cgroup.events"), "populated").is_some_and(|v| v != 0)
+    }
+
+    fn exists(&self) -> bool {
+        self.dir.is_dir()
+    }
+
+    /// The fallback for kernels without cgroup.kill: freeze so nothing forks while we
+    /// signal, SIGKILL every pid (frozen tasks still die of it), thaw.
+    fn freeze_and_kill(&self) -> Result<(), CgroupError> {
+        let freeze = self.file("cgroup.freeze");
+        let frozen = fsx::write_optional(&freeze, "1")?;
+        if frozen {
+            fsx::wait_until(FREEZE_WAIT, || {
+                fsx::keyed_file(&self.file("cgroup.events"), "frozen") == Some(1)
+            });
+        }
+        let mut killed = Vec::new();
+        let killing = fsx::sigkill_until_quiet(KILL_WAIT, &mut killed, || self.pids());
+        let thawed = if frozen {
+            fsx::write_optional(&freeze, "0").map(|_| ())
+        } else {
+            Ok(())
+        };
+        killing?;
+        thawed
+    }
+}
+
+impl CgroupManager for TaskGroup {
+    fn placement(&self) -> Placement {
         Placement::V2 {
             dir: self.dir.clone(),
         }
     }
 
-    pub fn update(&self, limits: &CgroupLimits) -> Result<(), CgroupError> {
+    fn update(&self, limits: &CgroupLimits) -> Result<(), CgroupError> {
         self.write_limits(limits, true)
     }
 
-    pub fn stats(&self) -> CgroupStats {
-        let mut s = CgroupStats::default();
+    fn stats(&self) -> Usage {
+        let mut s = Usage::default();
         let us = |v: Option<u64>| v.map(|v| v.saturating_mul(1000));
 
         if let Some(text) = fsx::read(&self.file("cpu.stat")) {
@@ -276,20 +319,11 @@ impl TaskGroup {
         s
     }
 
-    pub fn pids(&self) -> Result<Vec<i32>, CgroupError> {
+    fn pids(&self) -> Result<Vec<i32>, CgroupError> {
         fsx::pids(&self.file("cgroup.procs"))
     }
 
-    /// Whether any process is in the cgroup or below it; a missing cgroup is empty.
-    fn populated(&self) -> bool {
-        fsx::keyed_file(&self.file("cgroup.events"), "populated").is_some_and(|v| v != 0)
-    }
-
-    fn exists(&self) -> bool {
-        self.dir.is_dir()
-    }
-
-    pub fn kill(&self) -> Result<(), CgroupError> {
+    fn kill(&self) -> Result<(), CgroupError> {
         // cgroup.kill (≥ 5.14) also catches processes forked while it runs.
         if !fsx::write_optional(&self.file("cgroup.kill"), "1")? {
             if !self.exists() {
@@ -317,35 +351,7 @@ impl TaskGroup {
         }
     }
 
-    /// The fallback for kernels without cgroup.kill: freeze so nothing forks while we
-    /// signal, SIGKILL every pid (frozen tasks still die of it), thaw.
-    fn freeze_and_kill(&self) -> Result<(), CgroupError> {
-        let freeze = self.file("cgroup.freeze");
-        let frozen = fsx::write_optional(&freeze, "1")?;
-        if frozen {
-            fsx::wait_until(FREEZE_WAIT, || {
-                fsx::keyed_file(&self.file("cgroup.events"), "frozen") == Some(1)
-            });
-        }
-        let mut killed = Vec::new();
-        let mut failed = None;
-        fsx::wait_until(KILL_WAIT, || match self.pids() {
-            Ok(pids) => fsx::sigkill_new(&pids, &mut killed) == 0,
-            Err(e) => {
-                failed = Some(e);
-                true
-            }
-        });
-        let thawed = if frozen {
-            fsx::write_optional(&freeze, "0").map(|_| ())
-        } else {
-            Ok(())
-        };
-        failed.map_or(Ok(()), Err)?;
-        thawed
-    }
-
-    pub fn remove(&self) -> Result<(), CgroupError> {
+    fn remove(&self) -> Result<(), CgroupError> {
         if self.populated() {
             self.kill()?;
         }
@@ -451,11 +457,13 @@ mod tests {
     /// it through tests/cgroups.rs instead.
     #[test]
     fn controller_free_parts_on_a_hybrid_host() {
-        let Ok(sys) = System::read() else { return };
-        if super::super::detect_mode().ok() != Some(super::super::Mode::Hybrid)
-            || !nix::unistd::geteuid().is_root()
-        {
-            eprintln!("not a hybrid host with root: covered by tests/cgroups.rs under v2");
+        if !nix::unistd::geteuid().is_root() {
+            crate::test_support::cannot_run("this test creates cgroups: run it as root");
+            return;
+        }
+        let sys = Host::read().expect("read the cgroup mounts");
+        if sys.mode().ok() != Some(super::super::Mode::Hybrid) {
+            eprintln!("not a hybrid host: the v2 backend is tested whole by tests/cgroups.rs");
             return;
         }
         let mount = sys
@@ -468,7 +476,7 @@ mod tests {
             .iter()
             .find(|o| o.controllers.is_empty())
             .expect("0:: line");
-        let own = System::own_dir(mount, &own.path).expect("own dir");
+        let own = Host::own_dir(mount, &own.path).expect("own dir");
         let base = Base {
             dir: own.join(format!("cella-v2-unit-{}", std::process::id())),
             mount: mount.mount_point.clone(),
@@ -488,7 +496,9 @@ mod tests {
             base.dir.display()
         );
 
-        let task = base.open("t");
+        let task = TaskGroup {
+            dir: base.dir.join("t"),
+        };
         let _cleanup = Cleanup(vec![base.dir.clone(), task.dir.clone()]);
         fsx::mkdir(&base.dir).expect("mkdir base");
         fsx::mkdir(&task.dir).expect("mkdir task");

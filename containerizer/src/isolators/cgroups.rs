@@ -69,23 +69,12 @@ impl Isolator for CgroupsIsolator {
     }
 
     fn usage(&self, id: &TaskId, usage: &mut Usage) {
-        let s = self.root.open(id.as_str()).stats();
-        usage.cpu_user_ns = s.cpu_user_ns;
-        usage.cpu_system_ns = s.cpu_system_ns;
-        usage.cpu_throttled_ns = s.cpu_throttled_ns;
-        usage.cpu_nr_throttled = s.cpu_nr_throttled;
-        usage.mem_current_bytes = s.mem_current_bytes;
-        usage.mem_peak_bytes = s.mem_peak_bytes;
-        usage.mem_anon_bytes = s.mem_anon_bytes;
-        usage.mem_file_bytes = s.mem_file_bytes;
-        usage.mem_kernel_bytes = s.mem_kernel_bytes;
-        usage.mem_swap_bytes = s.mem_swap_bytes;
-        usage.oom_kills = s.oom_kills;
-        usage.pids_current = s.pids_current;
-        usage.pids_peak = s.pids_peak;
-        usage.pids_limit_hits = s.pids_limit_hits;
-        usage.io_read_bytes = s.io_read_bytes;
-        usage.io_write_bytes = s.io_write_bytes;
+        // Every figure is the cgroups' but the disk, which the disk isolator measured.
+        let disk_used_bytes = usage.disk_used_bytes;
+        *usage = Usage {
+            disk_used_bytes,
+            ..self.root.open(id.as_str()).stats()
+        };
     }
 
     fn cleanup(&self, id: &TaskId) -> Result<(), IsolatorError> {

@@ -70,7 +70,8 @@ pub fn disk_usage(root: &Path) -> io::Result<u64> {
     Ok(total)
 }
 
-/// Bytes used in the task's private /tmp (a tmpfs only the task's namespace sees).
+/// Bytes used in the task's private /tmp (a tmpfs only the task's namespace sees),
+/// by statfs through the task's root link in /proc (nothing to parse there).
 fn tmp_usage(pid: i32) -> Option<u64> {
     let stat = nix::sys::statfs::statfs(format!("/proc/{pid}/root/tmp").as_str()).ok()?;
     let used_blocks = stat.blocks().saturating_sub(stat.blocks_free());

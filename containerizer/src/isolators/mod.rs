@@ -6,7 +6,7 @@
 //! |---|---|
 //! | `recover` | re-adopt tasks after a restart of the launcher |
 //! | `prepare` | check the task's configuration and contribute to the [`ShimSpec`] |
-//! | `isolate` | the task's pid is known (the shim already placed it in its cgroups) |
+//! | `isolate` | the task's pid is known (it is in its cgroups already) |
 //! | `watch` | given the latest usage, name the limit the task hit, if any |
 //! | `update` | change the limits of a running task |
 //! | `usage` | add measured figures |
@@ -14,9 +14,10 @@
 //!
 //! Only the cgroups isolator creates anything in `prepare`, and it runs last, so a
 //! configuration error is reported before anything exists on the machine.
-//! Placing the child into its cgroups (`isolate` in Mesos) is done by the shim from
-//! the [`crate::cgroups::Placement`] the cgroups isolator prepared: that saves a
-//! round trip between the launcher and the shim on every launch.
+//! Placing the child into its cgroups (`isolate` in Mesos) needs no round trip to the
+//! launcher: from the [`crate::cgroups::Placement`] the cgroups isolator prepared, the
+//! shim's clone3 creates the child inside its cgroup (v2), or the child enters its
+//! cgroups itself before anything else (v1).
 
 mod cgroups;
 mod disk;

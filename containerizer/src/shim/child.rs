@@ -4,8 +4,9 @@
 //! rlimits → working directory → capability bounding set → user → capabilities →
 //! no_new_privs → close-on-exec for every fd but 0-2 → seccomp → execve.
 //!
-//! Any failure is written to the error pipe as one code byte and a message, and the
-//! child exits with that code; a successful execve closes the pipe (O_CLOEXEC).
+//! Any failure is written to the error pipe as one code byte and a message
+//! ([`Failure::report`], read back by [`Failure::from_report`]), and the child exits
+//! with that code; a successful execve closes the pipe (O_CLOEXEC).
 
 use std::ffi::CString;
 use std::fs;
@@ -17,25 +18,45 @@ use std::path::{Path, PathBuf};
 
 use crate::cgroups::Placement;
 use crate::spec::{SeccompProgram, ShimSpec};
+use crate::start_failure::StartFailure;
 use crate::task::{NetMode, Stdio};
 
-/// Exit codes of a task that never ran, as shells use them.
-pub const SETUP_FAILED: u8 = 125;
-pub const NOT_EXECUTABLE: u8 = 126;
-pub const NOT_FOUND: u8 = 127;
-
-/// A failed step: the code to exit with and a message for the person who ran it.
+/// A failed step: why the task never ran, and a message for the person who ran it.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
-    pub code: u8,
+    pub failure: StartFailure,
     pub message: String,
 }
 
 impl Failure {
     pub fn setup(what: &str, err: impl std::fmt::Display) -> Self {
         Self {
-            code: SETUP_FAILED,
+            failure: StartFailure::Setup,
             message: format!("{what}: {err}"),
         }
+    }
+
+    fn new(failure: StartFailure, message: String) -> Self {
+        Self { failure, message }
+    }
+
+    /// What the child writes to the error pipe: the code byte, then the message.
+    fn report(&self) -> Vec<u8> {
+        let mut report = Vec::with_capacity(self.message.len() + 1);
+        report.push(self.failure.code());
+        report.extend_from_slice(self.message.as_bytes());
+        report
+    }
+
+    /// What the shim read from the error pipe; `None` for nothing (the task exec'd).
+    /// A code that is none of the three is a setup failure (the child wrote it, so
+    /// this cannot happen short of memory corruption, but the shim must not panic).
+    pub fn from_report(report: &[u8]) -> Option<Self> {
+        let (&code, message) = report.split_first()?;
+        Some(Self {
+            failure: StartFailure::from_code(i32::from(code)).unwrap_or(StartFailure::Setup),
+            message: String::from_utf8_lossy(message).into_owned(),
+        })
     }
 }
 
@@ -44,13 +65,10 @@ pub fn run(spec: &ShimSpec, stdio: Option<&StdioFiles>, err_pipe: OwnedFd) -> ! 
         Ok(never) => match never {},
         Err(f) => f,
     };
-    let mut report = Vec::with_capacity(failure.message.len() + 1);
-    report.push(failure.code);
-    report.extend_from_slice(failure.message.as_bytes());
-    let _ = nix::unistd::write(&err_pipe, &report);
+    let _ = nix::unistd::write(&err_pipe, &failure.report());
     // SAFETY: _exit ends this forked copy without running the shim's atexit handlers
     // or flushing buffers that belong to the parent.
-    unsafe { libc::_exit(i32::from(failure.code)) }
+    unsafe { libc::_exit(failure.failure.exit_code()) }
 }
 
 enum Never {}
@@ -140,14 +158,14 @@ fn setup_and_exec(spec: &ShimSpec, stdio: Option<&StdioFiles>) -> Result<Never, 
     }
 
     let err = nix::unistd::execve(&program, &argv, &envp).unwrap_err();
-    let code = match err {
-        nix::errno::Errno::ENOENT => NOT_FOUND,
-        _ => NOT_EXECUTABLE,
+    let failure = match err {
+        nix::errno::Errno::ENOENT => StartFailure::NotFound,
+        _ => StartFailure::NotExecutable,
     };
-    Err(Failure {
-        code,
-        message: format!("{}: {}", program.to_string_lossy(), err.desc()),
-    })
+    Err(Failure::new(
+        failure,
+        format!("{}: {}", program.to_string_lossy(), err.desc()),
+    ))
 }
 
 /// Moves the calling (single-threaded) task into each v1 hierarchy by writing "0"
@@ -216,10 +234,7 @@ fn resolve_program(spec: &ShimSpec) -> Result<CString, Failure> {
         .args
         .first()
         .ok_or_else(|| Failure::setup("command", "empty"))?;
-    let not_found = || Failure {
-        code: NOT_FOUND,
-        message: format!("{name}: command not found"),
-    };
+    let not_found = || Failure::new(StartFailure::NotFound, format!("{name}: command not found"));
     let candidates: Vec<PathBuf> = if name.contains('/') {
         vec![PathBuf::from(name)]
     } else {
@@ -244,17 +259,17 @@ fn resolve_program(spec: &ShimSpec) -> Result<CString, Failure> {
         };
     }
     match not_executable {
-        Some(path) => Err(Failure {
-            code: NOT_EXECUTABLE,
-            message: format!(
+        Some(path) => Err(Failure::new(
+            StartFailure::NotExecutable,
+            format!(
                 "{}: permission denied (not an executable file)",
                 path.display()
             ),
-        }),
-        None if name.contains('/') => Err(Failure {
-            code: NOT_FOUND,
-            message: format!("{name}: no such file or directory"),
-        }),
+        )),
+        None if name.contains('/') => Err(Failure::new(
+            StartFailure::NotFound,
+            format!("{name}: no such file or directory"),
+        )),
         None => Err(not_found()),
     }
 }
@@ -284,4 +299,24 @@ fn loopback_up() -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_round_trip() {
+        for failure in [
+            StartFailure::Setup,
+            StartFailure::NotExecutable,
+            StartFailure::NotFound,
+        ] {
+            let f = Failure::new(failure, "why: it did not".into());
+            assert_eq!(Failure::from_report(&f.report()), Some(f));
+        }
+        assert_eq!(Failure::from_report(&[]), None);
+        let odd = Failure::from_report(&[3, 0xff, b'x']).expect("a failure");
+        assert_eq!(odd.failure, StartFailure::Setup);
+    }
 }

@@ -1,12 +1,13 @@
 //! `cella-shim`: the task's parent. A small, single-threaded, synchronous process
 //! (no tokio) started by the launcher with the task's run directory as its only
-//! argument. It reads `spec.json`, clones the task into new namespaces, places it in
-//! its cgroups, lets it run, waits for it and records its exit status atomically. It
+//! argument. It reads `spec.json`, clones the task into new namespaces (on cgroup v2
+//! straight into its cgroup; on v1 the child enters its cgroups itself, see
+//! `child.rs`), lets it run, waits for it and records its exit status atomically. It
 //! does not need the launcher: it runs in its own session and survives its death.
 //!
-//! Events for the launcher go to the `events` FIFO of the run directory, one line
-//! each: `running PID` once the task has exec'd, or `failed CODE MESSAGE` when it
-//! could not start (CODE 125: setup failed, 126: not executable, 127: not found).
+//! Events for the launcher go to the `events` FIFO of the run directory as
+//! [`ShimEvent`]s: `Running` once the task has exec'd, or `Failed` when it could not
+//! start, then `Exited` when its status is recorded.
 //!
 //! Its fd 3 is the run directory's `spec.json`, `flock`ed by the launcher before the
 //! shim started; the shim keeps it open (the task does not inherit it) until it
@@ -28,8 +29,10 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
 use crate::cgroups::Placement;
+use crate::events::ShimEvent;
 use crate::paths::RunDir;
 use crate::spec::ShimSpec;
+use crate::start_failure::StartFailure;
 use crate::sys;
 use crate::task::NetMode;
 
@@ -40,18 +43,24 @@ pub struct ExitStatus {
     pub code: Option<i32>,
     /// The signal that killed the task.
     pub signal: Option<i32>,
-    /// Set when the task never ran: (125|126|127, why).
+    /// Set when the task never ran: (a [`StartFailure`]'s exit code, why).
     pub launch_failure: Option<(i32, String)>,
 }
 
 impl ExitStatus {
+    /// Why the task never ran, if it did not.
+    pub fn start_failure(&self) -> Option<StartFailure> {
+        let (code, _) = self.launch_failure.as_ref()?;
+        StartFailure::from_code(*code)
+    }
+
     /// The shell convention: the code, or 128 + the signal.
     pub fn shell_code(&self) -> i32 {
         match (&self.launch_failure, self.code, self.signal) {
             (Some((code, _)), _, _) => *code,
             (None, Some(code), _) => code,
             (None, None, Some(sig)) => 128 + sig,
-            (None, None, None) => 125,
+            (None, None, None) => StartFailure::Setup.exit_code(),
         }
     }
 }
@@ -142,23 +151,32 @@ fn run(run_dir: &RunDir) -> Result<(), ShimError> {
 
     let status = match start_task(&spec, run_dir) {
         Ok((pid, failure)) => {
-            let msg = match &failure {
-                None => format!("running {pid}\n"),
-                Some((code, why)) => format!("failed {code} {}\n", why.replace('\n', " ")),
+            let event = match &failure {
+                None => ShimEvent::Running { pid },
+                Some(f) => ShimEvent::Failed {
+                    failure: f.failure,
+                    message: f.message.clone(),
+                },
             };
-            send(&mut events, &msg);
+            send(&mut events, &event);
             release_memory();
             let mut status = wait_task(pid)?;
-            status.launch_failure = failure;
+            status.launch_failure = failure.map(|f| (f.failure.exit_code(), f.message));
             status
         }
         Err(e) => {
-            let why = e.to_string();
-            send(&mut events, &format!("failed 125 {why}\n"));
+            let message = e.to_string();
+            send(
+                &mut events,
+                &ShimEvent::Failed {
+                    failure: StartFailure::Setup,
+                    message: message.clone(),
+                },
+            );
             ExitStatus {
                 code: None,
                 signal: None,
-                launch_failure: Some((125, why)),
+                launch_failure: Some((StartFailure::Setup.exit_code(), message)),
             }
         }
     };
@@ -168,17 +186,18 @@ fn run(run_dir: &RunDir) -> Result<(), ShimError> {
 
     // A launcher that is gone will never clean up (cella exec killed with SIGKILL):
     // the shim does it, so nothing is left behind.
-    let launcher_alive = send(&mut events, "exited\n");
+    let launcher_alive = send(&mut events, &ShimEvent::Exited);
     if !launcher_alive && spec.cleanup_if_orphaned {
-        cleanup_orphan(&spec.cgroup, run_dir.path());
+        spec.cgroup.kill_and_remove();
+        let _ = fs::remove_dir_all(run_dir.path());
     }
     Ok(())
 }
 
 /// Writes one event; false when nobody reads the FIFO any more.
-fn send(events: &mut Option<fs::File>, line: &str) -> bool {
+fn send(events: &mut Option<fs::File>, event: &ShimEvent) -> bool {
     match events {
-        Some(f) => f.write_all(line.as_bytes()).is_ok(),
+        Some(f) => f.write_all(event.encode().as_bytes()).is_ok(),
         None => false,
     }
 }
@@ -188,7 +207,7 @@ fn send(events: &mut Option<fs::File>, line: &str) -> bool {
 fn start_task(
     spec: &ShimSpec,
     run_dir: &RunDir,
-) -> Result<(i32, Option<(i32, String)>), ShimError> {
+) -> Result<(i32, Option<child::Failure>), ShimError> {
     let (err_r, err_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| sys_err("pipe")(e.into()))?;
     let stdio = match child::open_stdio(&spec.stdio) {
@@ -226,18 +245,13 @@ fn start_task(
     drop(cgroup_dir);
     drop(stdio);
     // The child enters its v1 cgroups itself before anything else (see child.rs).
-    let start = sys::process_start_time(pid).unwrap_or(0);
+    let start = crate::proc_info::process_start_time(pid).unwrap_or(0);
     write_atomic(&run_dir.task_pid(), format!("{pid} {start}\n").as_bytes())?;
 
     let mut report = Vec::new();
     let mut err_r = fs::File::from(err_r);
     let _ = err_r.read_to_end(&mut report);
-    if report.is_empty() {
-        return Ok((pid, None));
-    }
-    let code = i32::from(report[0]);
-    let why = String::from_utf8_lossy(&report[1..]).into_owned();
-    Ok((pid, Some((code, why))))
+    Ok((pid, child::Failure::from_report(&report)))
 }
 
 fn wait_task(pid: i32) -> Result<ExitStatus, ShimError> {
@@ -264,41 +278,27 @@ fn wait_task(pid: i32) -> Result<ExitStatus, ShimError> {
 }
 
 /// The shim now only waits, possibly for days, once per running task: give back
-/// what start-up touched. Freed heap goes back to the kernel, and the pages of the
-/// read-only file mappings (the shim's code, libc) leave its page tables; they stay
-/// in the page cache and fault back in if the shim runs that code again.
+/// what start-up touched. The pages of the read-only file mappings (the shim's code,
+/// libc) leave its page tables; they stay in the page cache and fault back in if the
+/// shim runs that code again. Then freed heap, including what reading smaps took,
+/// goes back to the kernel.
 fn release_memory() {
-    // SAFETY: malloc_trim only releases free heap memory; nothing else runs.
-    unsafe { libc::malloc_trim(0) };
-    let Ok(smaps) = fs::read_to_string("/proc/self/smaps") else {
-        return;
-    };
-    let mut candidate: Option<(usize, usize)> = None;
-    for line in smaps.lines() {
-        let mut fields = line.split_whitespace();
-        let Some(first) = fields.next() else { continue };
-        if let Some((start, end)) = first.split_once('-') {
-            // A mapping's header: range, perms, offset, dev, inode, path.
-            let perms = fields.next().unwrap_or("");
-            let path = fields.nth(3).unwrap_or("");
-            let read_only_private_file = perms.as_bytes().get(1) == Some(&b'-')
-                && perms.ends_with('p')
-                && path.starts_with('/');
-            candidate = match (
-                usize::from_str_radix(start, 16),
-                usize::from_str_radix(end, 16),
-            ) {
-                (Ok(start), Ok(end)) if read_only_private_file => Some((start, end)),
-                _ => None,
+    use procfs::process::{MMPermissions, MMapPath, Process};
+    if let Ok(maps) = Process::myself().and_then(|me| me.smaps()) {
+        for map in &maps {
+            let read_only_private_file = matches!(map.pathname, MMapPath::Path(_))
+                && map.perms.contains(MMPermissions::PRIVATE)
+                && !map.perms.contains(MMPermissions::WRITE);
+            // Relocated (RELRO) pages are private copies: dropping them would lose the
+            // relocations. Only mappings with no anonymous page are released.
+            let untouched = map.extension.map.get("Anonymous") == Some(&0);
+            let (Ok(start), Ok(end)) = (
+                usize::try_from(map.address.0),
+                usize::try_from(map.address.1),
+            ) else {
+                continue;
             };
-        } else if first == "Anonymous:" {
-            // Relocated (RELRO) pages are private copies: dropping them would lose
-            // the relocations. Only mappings with no anonymous page are released.
-            let anonymous_kb = fields
-                .next()
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(1);
-            if let (Some((start, end)), 0) = (candidate.take(), anonymous_kb) {
+            if read_only_private_file && untouched {
                 // SAFETY: the range is a whole read-only private file mapping of this
                 // process without modified pages (from /proc/self/smaps); MADV_DONTNEED
                 // unmaps clean pages, which the kernel maps again from the file on the
@@ -309,10 +309,16 @@ fn release_memory() {
             }
         }
     }
+    // SAFETY: malloc_trim only releases free heap memory; nothing else runs.
+    unsafe { libc::malloc_trim(0) };
 }
 
 fn pid_record(pid: i32) -> Vec<u8> {
-    format!("{pid} {}\n", sys::process_start_time(pid).unwrap_or(0)).into_bytes()
+    format!(
+        "{pid} {}\n",
+        crate::proc_info::process_start_time(pid).unwrap_or(0)
+    )
+    .into_bytes()
 }
 
 /// Writes `path` so that readers see the old content or the new, never a part:
@@ -325,42 +331,4 @@ pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<(), ShimError> {
     f.write_all(data).map_err(io_err(&tmp))?;
     fs::rename(&tmp, path).map_err(io_err(path))?;
     Ok(())
-}
-
-/// Kills what is left in the task's cgroups (daemonized processes), removes them and
-/// the run directory. Best effort: the shim has nobody to report to.
-fn cleanup_orphan(placement: &Placement, run_dir: &Path) {
-    let dirs = placement.dirs();
-    // Without the launcher's freezer handling: SIGKILL until no pid is left. The task
-    // (the namespace's init) is dead, so its namespace's processes are being killed
-    // by the kernel already; this catches any that were mid-exit.
-    for _ in 0..200 {
-        let mut left = false;
-        for dir in &dirs {
-            let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-                left = true;
-                let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
-            }
-        }
-        if !left {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    for dir in &dirs {
-        for _ in 0..200 {
-            match fs::remove_dir(dir) {
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-                    std::thread::sleep(std::time::Duration::from_millis(5));
-                }
-                _ => break,
-            }
-        }
-    }
-    // The base (`<own cgroup>/cella`) goes too when this was its last task.
-    for base in dirs.iter().filter_map(|d| d.parent()) {
-        let _ = fs::remove_dir(base);
-    }
-    let _ = fs::remove_dir_all(run_dir);
 }

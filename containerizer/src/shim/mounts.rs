@@ -19,6 +19,7 @@ use nix::fcntl::OFlag;
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sys::stat::Mode;
 
+use crate::proc_info::unescape_mountinfo;
 use crate::spec::FilesystemSpec;
 use crate::sys::{MOUNT_ATTR_NODEV, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY, mount_setattr};
 
@@ -211,14 +212,12 @@ fn make_read_only(path: &str, recursive: bool) -> Result<(), MountError> {
 /// Kernels before 5.12: remount each mount point under `prefix` read-only, keeping
 /// its other flags (a bind remount that dropped nosuid/nodev would be refused).
 fn remount_read_only_each(prefix: &str) -> Result<(), MountError> {
-    let info = fs::read_to_string("/proc/self/mountinfo")
-        .map_err(ioerr("reading", Path::new("/proc/self/mountinfo")))?;
-    for line in info.lines() {
-        let mut fields = line.split(' ');
-        let (Some(point), Some(opts)) = (fields.nth(4), fields.next()) else {
-            continue;
-        };
-        let point = point.replace("\\040", " ");
+    let mountinfo = Path::new("/proc/self/mountinfo");
+    let mounts = procfs::process::Process::myself()
+        .and_then(|me| me.mountinfo())
+        .map_err(|e| ioerr("reading", mountinfo)(io::Error::other(e)))?;
+    for info in &mounts {
+        let point = unescape_mountinfo(&info.mount_point.to_string_lossy());
         if !point.starts_with(prefix) {
             continue;
         }
@@ -228,7 +227,7 @@ fn remount_read_only_each(prefix: &str) -> Result<(), MountError> {
             ("nodev", MsFlags::MS_NODEV),
             ("noexec", MsFlags::MS_NOEXEC),
         ] {
-            if opts.split(',').any(|o| o == name) {
+            if info.mount_options.contains_key(name) {
                 flags |= flag;
             }
         }

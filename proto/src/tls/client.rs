@@ -129,6 +129,17 @@ pub async fn https_request(
     json_body: Option<Vec<u8>>,
     tls: &ClientConfig,
 ) -> Result<HttpResponse> {
+    https_request_with(method, url, json_body, tls, &[]).await
+}
+
+/// [`https_request`] with extra headers (e.g. `Authorization` for a bearer token).
+pub async fn https_request_with(
+    method: Method,
+    url: &str,
+    json_body: Option<Vec<u8>>,
+    tls: &ClientConfig,
+    headers: &[(&str, &str)],
+) -> Result<HttpResponse> {
     let (uri, host, port) = host_port(url)?;
     let connect_err = |message: String| Error::Connect {
         url: url.to_owned(),
@@ -154,6 +165,9 @@ pub async fn https_request(
             .uri(path)
             .header(header::HOST, authority)
             .header(header::ACCEPT, "application/json");
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
         let body = match json_body {
             Some(bytes) => {
                 req = req.header(

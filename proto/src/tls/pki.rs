@@ -1,4 +1,5 @@
-//! The cluster PKI: a CA (ECDSA P-256) and the leaf certificates it signs.
+//! The cluster PKI: a CA (ECDSA P-256), the certificates it signs for each
+//! [`Identity`], and the certificate revocation list (CRL) it signs.
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
@@ -6,36 +7,78 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
+    PKCS_ECDSA_P256_SHA256, RevocationReason, RevokedCertParams, SanType, SerialNumber,
 };
 use time::{Duration, OffsetDateTime};
 
+use super::identity::Identity;
 use super::{Error, Result};
 
 /// How long the CA certificate is valid.
 const CA_VALIDITY: Duration = Duration::days(3650);
-/// How long leaf certificates are valid.
-const LEAF_VALIDITY: Duration = Duration::days(825);
+/// How long leaf certificates are valid unless the issuer says otherwise.
+pub const DEFAULT_LEAF_DAYS: i64 = 825;
 /// Backdating of `notBefore`, for clocks that are a little behind.
 const BACKDATE: Duration = Duration::hours(1);
+/// How long a CRL is declared valid. Verifiers do not enforce it (a node that misses a
+/// new CRL keeps the last one); it only has to be later than `thisUpdate`.
+const CRL_VALIDITY: Duration = Duration::days(3650);
 
-/// What a leaf certificate is for (its extended key usage).
+/// What a leaf certificate is for (its extended key usage), from its identity.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CertKind {
-    /// `serverAuth` (the master's HTTPS/gRPC port).
+    /// `serverAuth`: the master's port.
     Server,
-    /// `clientAuth` (agents, schedulers, operators connecting to the master).
+    /// `clientAuth`: users and schedulers.
     Client,
     /// Both: an agent connects to the master and serves its own HTTP API.
     ServerAndClient,
 }
 
-/// A certificate and its private key, PEM-encoded.
+impl CertKind {
+    /// The usage an identity's certificate gets: only the master serves the cluster
+    /// port; agents serve their own API under their node's names.
+    pub fn of(identity: &Identity) -> CertKind {
+        match identity {
+            Identity::Master => CertKind::Server,
+            Identity::Agent { .. } => CertKind::ServerAndClient,
+            Identity::User { .. } => CertKind::Client,
+        }
+    }
+}
+
+/// When a certificate is valid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Validity {
+    pub not_before: OffsetDateTime,
+    pub not_after: OffsetDateTime,
+}
+
+impl Validity {
+    /// From an hour ago until `days` days from now.
+    pub fn days(days: i64) -> Validity {
+        let now = OffsetDateTime::now_utc();
+        Validity {
+            not_before: now - BACKDATE,
+            not_after: now + Duration::days(days),
+        }
+    }
+}
+
+impl Default for Validity {
+    fn default() -> Self {
+        Validity::days(DEFAULT_LEAF_DAYS)
+    }
+}
+
+/// A certificate and its private key, PEM-encoded, with its serial number (hex).
 #[derive(Clone)]
 pub struct IssuedCert {
     pub cert_pem: String,
     pub key_pem: String,
+    pub serial: String,
 }
 
 impl std::fmt::Debug for IssuedCert {
@@ -43,12 +86,13 @@ impl std::fmt::Debug for IssuedCert {
         f.debug_struct("IssuedCert")
             .field("cert_pem", &self.cert_pem)
             .field("key_pem", &"<redacted>")
+            .field("serial", &self.serial)
             .finish()
     }
 }
 
 impl IssuedCert {
-    /// Writes `<dir>/<name>.pem` and `<dir>/<name>-key.pem` (mode 0600); refuses to
+    /// Writes `<dir>/<name>.pem` (0644) and `<dir>/<name>-key.pem` (0600); refuses to
     /// overwrite either. Returns (certificate path, key path).
     pub fn write(&self, dir: &Path, name: &str) -> Result<(PathBuf, PathBuf)> {
         let cert = dir.join(format!("{name}.pem"));
@@ -60,7 +104,14 @@ impl IssuedCert {
     }
 }
 
-/// A certificate authority that can sign leaf certificates.
+/// A revoked certificate: its serial (hex) and when it was revoked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Revoked {
+    pub serial: String,
+    pub at: OffsetDateTime,
+}
+
+/// A certificate authority that can sign leaf certificates and CRLs.
 pub struct Pki {
     issuer: Issuer<'static, KeyPair>,
     ca_cert_pem: String,
@@ -74,6 +125,35 @@ impl std::fmt::Debug for Pki {
     }
 }
 
+/// A fresh random serial number: 16 bytes, positive, with a non-zero first byte (so
+/// its DER encoding keeps all 16 bytes).
+fn random_serial() -> Result<Vec<u8>> {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 16];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| Error::Random)?;
+    bytes[0] = (bytes[0] & 0x7f) | 0x10;
+    Ok(bytes.to_vec())
+}
+
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The bytes of a hex string (`None` if it is not one).
+pub fn unhex(s: &str) -> Option<Vec<u8>> {
+    let s = s.trim().replace(':', "");
+    if s.is_empty() || s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
 impl Pki {
     /// Creates a new CA with a fresh ECDSA P-256 key. Its subject CN is `common_name`
     /// followed by a short id derived from the key, so that two clusters' CAs never
@@ -81,13 +161,13 @@ impl Pki {
     /// unknown issuer rather than as having a bad signature).
     pub fn new_ca(common_name: &str) -> Result<Pki> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
-        let id: String = key
+        let id = hex(&key
             .public_key_raw()
             .iter()
-            .skip(1) // the uncompressed-point tag 0x04
+            .skip(1)
             .take(4)
-            .map(|b| format!("{b:02x}"))
-            .collect();
+            .copied()
+            .collect::<Vec<_>>());
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         let mut dn = DistinguishedName::new();
         dn.push(DnType::OrganizationName, "Cella");
@@ -99,6 +179,7 @@ impl Pki {
             KeyUsagePurpose::CrlSign,
             KeyUsagePurpose::DigitalSignature,
         ];
+        params.serial_number = Some(SerialNumber::from_slice(&random_serial()?));
         let now = OffsetDateTime::now_utc();
         params.not_before = now - BACKDATE;
         params.not_after = now + CA_VALIDITY;
@@ -157,15 +238,32 @@ impl Pki {
         Ok((cert, key))
     }
 
-    /// Issues a leaf certificate with a fresh ECDSA P-256 key. The subject CN is
-    /// `principal`; `sans` are DNS names or IP address literals (needed for server
-    /// certificates: clients check the server's name against them).
-    pub fn issue(&self, principal: &str, kind: CertKind, sans: &[String]) -> Result<IssuedCert> {
+    /// Issues the certificate of `identity` with a fresh ECDSA P-256 key: subject CN the
+    /// identity's principal, groups as URI SANs, `names` (DNS names or IP address
+    /// literals) as SANs for the identities that serve (the master and agents), the
+    /// extended key usage of [`CertKind::of`], and a random serial number.
+    pub fn issue_identity(
+        &self,
+        identity: &Identity,
+        names: &[String],
+        validity: Validity,
+    ) -> Result<IssuedCert> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
-        let mut params = CertificateParams::new(sans.to_vec())?;
+        let kind = CertKind::of(identity);
+        let mut params = CertificateParams::new(match kind {
+            CertKind::Client => Vec::new(),
+            _ => names.to_vec(),
+        })?;
+        for uri in identity.group_uris() {
+            let uri = uri.try_into().map_err(|_| Error::Pem {
+                path: PathBuf::new(),
+                message: "a group name is not a valid URI".into(),
+            })?;
+            params.subject_alt_names.push(SanType::URI(uri));
+        }
         let mut dn = DistinguishedName::new();
         dn.push(DnType::OrganizationName, "Cella");
-        dn.push(DnType::CommonName, principal);
+        dn.push(DnType::CommonName, identity.principal());
         params.distinguished_name = dn;
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -178,24 +276,43 @@ impl Pki {
             ],
         };
         params.use_authority_key_identifier_extension = true;
-        let now = OffsetDateTime::now_utc();
-        params.not_before = now - BACKDATE;
-        params.not_after = now + LEAF_VALIDITY;
+        let serial = random_serial()?;
+        params.serial_number = Some(SerialNumber::from_slice(&serial));
+        params.not_before = validity.not_before;
+        params.not_after = validity.not_after;
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(IssuedCert {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
+            serial: hex(&serial),
         })
     }
 
-    /// A server certificate (`serverAuth`) for the given names and addresses.
-    pub fn issue_server(&self, principal: &str, sans: &[String]) -> Result<IssuedCert> {
-        self.issue(principal, CertKind::Server, sans)
-    }
-
-    /// A client certificate (`clientAuth`) naming `principal`.
-    pub fn issue_client(&self, principal: &str) -> Result<IssuedCert> {
-        self.issue(principal, CertKind::Client, &[])
+    /// Signs a CRL listing `revoked`, numbered `number` (higher than the last one).
+    pub fn sign_crl(&self, revoked: &[Revoked], number: u64) -> Result<String> {
+        let mut revoked_certs = Vec::new();
+        for r in revoked {
+            let serial = unhex(&r.serial).ok_or_else(|| Error::Pem {
+                path: PathBuf::new(),
+                message: format!("{:?} is not a hex serial number", r.serial),
+            })?;
+            revoked_certs.push(RevokedCertParams {
+                serial_number: SerialNumber::from_slice(&serial),
+                revocation_time: r.at,
+                reason_code: Some(RevocationReason::Unspecified),
+                invalidity_date: None,
+            });
+        }
+        let now = OffsetDateTime::now_utc();
+        let params = CertificateRevocationListParams {
+            this_update: now - BACKDATE,
+            next_update: now + CRL_VALIDITY,
+            crl_number: SerialNumber::from(number),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        Ok(params.signed_by(&self.issuer)?.pem()?)
     }
 }
 
@@ -204,128 +321,14 @@ pub fn default_master_sans() -> Vec<String> {
     vec!["localhost".into(), "127.0.0.1".into(), "::1".into()]
 }
 
-/// Paths of a certificate directory made by [`init_dir`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Layout {
-    pub dir: PathBuf,
-    pub ca_cert: PathBuf,
-    pub ca_key: PathBuf,
-    pub master_cert: PathBuf,
-    pub master_key: PathBuf,
-    pub agent_cert: PathBuf,
-    pub agent_key: PathBuf,
-    pub client_cert: PathBuf,
-    pub client_key: PathBuf,
-}
-
-impl Layout {
-    /// The paths under `dir` (nothing is read or written).
-    pub fn new(dir: &Path) -> Layout {
-        let p = |name: &str| dir.join(name);
-        Layout {
-            dir: dir.to_owned(),
-            ca_cert: p("ca.pem"),
-            ca_key: p("ca-key.pem"),
-            master_cert: p("master.pem"),
-            master_key: p("master-key.pem"),
-            agent_cert: p("agent.pem"),
-            agent_key: p("agent-key.pem"),
-            client_cert: p("client.pem"),
-            client_key: p("client-key.pem"),
-        }
-    }
-
-    /// Every file of the layout.
-    pub fn files(&self) -> [&Path; 8] {
-        [
-            &self.ca_cert,
-            &self.ca_key,
-            &self.master_cert,
-            &self.master_key,
-            &self.agent_cert,
-            &self.agent_key,
-            &self.client_cert,
-            &self.client_key,
-        ]
-    }
-
-    /// The files of the layout that do not exist.
-    pub fn missing(&self) -> Vec<PathBuf> {
-        self.files()
-            .into_iter()
-            .filter(|p| !p.exists())
-            .map(Path::to_path_buf)
-            .collect()
-    }
-}
-
-/// Creates a CA and the `master` (server; SANs: `master_sans` plus
-/// [`default_master_sans`]), `agent` (server and client; same SANs, since an agent serves
-/// HTTP too) and `client` (client) certificates in `dir`, which is created (mode 0700) if
-/// needed. Refuses to overwrite any existing file: the error names it.
-pub fn init_dir(dir: &Path, master_sans: &[String]) -> Result<Layout> {
-    let layout = Layout::new(dir);
-    if !dir.exists() {
-        fs::create_dir_all(dir).map_err(|source| Error::Io {
-            path: dir.to_owned(),
-            source,
-        })?;
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|source| {
-            Error::Io {
-                path: dir.to_owned(),
-                source,
-            }
-        })?;
-    }
-    refuse_existing(&layout.files())?;
-
-    let mut sans: Vec<String> = Vec::new();
-    for s in master_sans.iter().cloned().chain(default_master_sans()) {
-        if !sans.contains(&s) {
-            sans.push(s);
-        }
-    }
-    let pki = Pki::new_ca("Cella cluster CA")?;
-    let master = pki.issue("master", CertKind::Server, &sans)?;
-    let agent = pki.issue("agent", CertKind::ServerAndClient, &sans)?;
-    let client = pki.issue("client", CertKind::Client, &[])?;
-
-    pki.write_ca(dir)?;
-    master.write(dir, "master")?;
-    agent.write(dir, "agent")?;
-    client.write(dir, "client")?;
-    Ok(layout)
-}
-
-/// For `cella dev`: returns the layout of `dir` if all its files exist, creates them with
-/// [`init_dir`] if none does, and fails (naming the missing files) if only some do.
-pub fn init_or_load_dir(dir: &Path, master_sans: &[String]) -> Result<Layout> {
-    let layout = Layout::new(dir);
-    let missing = layout.missing();
-    if missing.is_empty() {
-        return Ok(layout);
-    }
-    if missing.len() == layout.files().len() {
-        return init_dir(dir, master_sans);
-    }
-    let names: Vec<String> = missing.iter().map(|p| p.display().to_string()).collect();
-    Err(Error::Pem {
-        path: dir.to_owned(),
-        message: format!(
-            "incomplete certificate directory, missing {}; delete the directory to start over",
-            names.join(", ")
-        ),
-    })
-}
-
-fn read_string(path: &Path) -> Result<String> {
+pub(super) fn read_string(path: &Path) -> Result<String> {
     fs::read_to_string(path).map_err(|source| Error::Io {
         path: path.to_owned(),
         source,
     })
 }
 
-fn refuse_existing(paths: &[&Path]) -> Result<()> {
+pub(super) fn refuse_existing(paths: &[&Path]) -> Result<()> {
     for p in paths {
         // symlink_metadata: a dangling symlink counts as existing too.
         if fs::symlink_metadata(p).is_ok() {
@@ -338,7 +341,7 @@ fn refuse_existing(paths: &[&Path]) -> Result<()> {
 }
 
 /// Creates `path` (never overwriting, never following a symlink there) with `mode`.
-fn write_new(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
+pub(super) fn write_new(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
     let io = |source| Error::Io {
         path: path.to_owned(),
         source,
@@ -362,5 +365,27 @@ fn write_new(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
         .map_err(io)?;
     f.write_all(contents).map_err(io)?;
     f.sync_all().map_err(io)?;
+    Ok(())
+}
+
+/// Replaces `path` atomically (temp file, fsync, rename, fsync of the directory) with
+/// `contents` and `mode`.
+pub(super) fn replace_file(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
+    let io = |source| Error::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+        std::process::id()
+    ));
+    let _ = fs::remove_file(&tmp);
+    write_new(&tmp, contents, mode)?;
+    fs::rename(&tmp, path).map_err(io)?;
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
     Ok(())
 }

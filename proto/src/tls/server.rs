@@ -22,7 +22,9 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
-use x509_parser::extensions::GeneralName;
+
+use super::identity::Identity;
+use super::limits::{ConnectionStats, ConnectionTable, Limits};
 
 /// How long a client may take to complete the TLS handshake.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -30,48 +32,22 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 const UNAUTHENTICATED_MESSAGE: &str = "a client certificate signed by the cluster CA is required \
-    (see `cella certs init`); this connection presented none";
+    (see `cella certs issue`); this connection presented none";
 
-/// Who is calling: the subject CN of the client's verified certificate (or its first
-/// subject alternative name when it has no CN).
+/// Who is calling: the principal string of the client's verified certificate
+/// (`agent:node1`, `user:alice`; see [`Identity`]).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 pub struct Principal(pub String);
 
 impl Principal {
-    /// The principal named by a DER certificate, if it has a CN or a SAN. The caller is
-    /// responsible for having verified the certificate (rustls does, in [`serve`]).
+    /// The principal named by a DER certificate, if it carries an identity. The caller
+    /// is responsible for having verified the certificate (rustls does, in [`serve`]).
     pub fn from_cert_der(der: &[u8]) -> Option<Principal> {
-        let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-        if let Some(cn) = cert
-            .subject()
-            .iter_common_name()
-            .find_map(|cn| cn.as_str().ok())
-            .filter(|cn| !cn.is_empty())
-        {
-            return Some(Principal(cn.to_owned()));
-        }
-        let san = cert.subject_alternative_name().ok()??;
-        san.value.general_names.iter().find_map(|name| match name {
-            GeneralName::DNSName(s) | GeneralName::RFC822Name(s) | GeneralName::URI(s) => {
-                Some(Principal((*s).to_owned()))
-            }
-            GeneralName::IPAddress(bytes) => {
-                ip_from_bytes(bytes).map(|ip| Principal(ip.to_string()))
-            }
-            _ => None,
-        })
+        Identity::from_cert_der(der).map(|i| Principal(i.principal()))
     }
 
     pub fn as_str(&self) -> &str {
         &self.0
-    }
-}
-
-fn ip_from_bytes(bytes: &[u8]) -> Option<std::net::IpAddr> {
-    match bytes.len() {
-        4 => <[u8; 4]>::try_from(bytes).ok().map(std::net::IpAddr::from),
-        16 => <[u8; 16]>::try_from(bytes).ok().map(std::net::IpAddr::from),
-        _ => None,
     }
 }
 
@@ -86,6 +62,8 @@ impl std::fmt::Display for Principal {
 pub struct Peer {
     /// `None` when the client presented no certificate.
     pub principal: Option<Principal>,
+    /// What the certificate says the client is.
+    pub identity: Option<Identity>,
     pub remote_addr: SocketAddr,
 }
 
@@ -198,6 +176,10 @@ pub struct ServeOptions {
     pub drain_timeout: Duration,
     /// HTTP/2 keep-alive ping interval (detects dead peers of long-lived gRPC streams).
     pub http2_keep_alive_interval: Option<Duration>,
+    /// Connection caps and the idle timeout (see [`super::limits`]).
+    pub limits: Limits,
+    /// Where the server counts its connections (shared with `/metrics`).
+    pub stats: Arc<ConnectionStats>,
 }
 
 impl Default for ServeOptions {
@@ -206,6 +188,8 @@ impl Default for ServeOptions {
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             http2_keep_alive_interval: Some(Duration::from_secs(20)),
+            limits: Limits::default(),
+            stats: Arc::default(),
         }
     }
 }
@@ -224,11 +208,13 @@ where
     serve_with(listener, tls, router, shutdown, ServeOptions::default()).await
 }
 
-/// The accept loop: every connection gets its own task that runs the TLS handshake
-/// (bounded by `handshake_timeout`, so a slow or silent client cannot hold anything up),
-/// then serves HTTP/1.1 or HTTP/2 — whichever the client speaks — with a [`Peer`] in
-/// every request's extensions. A connection that is not TLS (plaintext HTTP, say) fails
-/// the handshake and is closed without an answer.
+/// The accept loop: every connection is admitted by the [`ConnectionTable`] (caps per
+/// address and in total, see [`super::limits`]) and gets its own task that runs the
+/// TLS handshake (bounded by `handshake_timeout`, so a slow or silent client cannot
+/// hold anything up), then serves HTTP/1.1 or HTTP/2 — whichever the client speaks —
+/// with a [`Peer`] in every request's extensions, until it is idle for the idle
+/// timeout or evicted. A connection that is not TLS (plaintext HTTP, say) fails the
+/// handshake and is closed without an answer.
 ///
 /// When `shutdown` completes, the listener is closed, open connections are asked to
 /// finish (HTTP/2 GOAWAY, HTTP/1.1 close after the current request) and are closed
@@ -245,12 +231,20 @@ where
     F: Future<Output = ()> + Send,
 {
     let acceptor = TlsAcceptor::from(tls);
+    let limits = options.limits.clone();
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(options.handshake_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192));
     builder
         .http2()
         .timer(TokioTimer::new())
-        .keep_alive_interval(options.http2_keep_alive_interval);
+        .keep_alive_interval(options.http2_keep_alive_interval)
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    let table = ConnectionTable::new(limits, options.stats.clone());
     let graceful = GracefulShutdown::new();
     let mut connections: JoinSet<()> = JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
@@ -270,47 +264,92 @@ where
                 continue;
             }
         };
+        let Some(admitted) = table.admit(remote_addr.ip()) else {
+            tracing::debug!(%remote_addr, "connection refused: connection limit reached");
+            drop(tcp);
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let router = router.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let handshake_timeout = options.handshake_timeout;
+        let table = table.clone();
         connections.spawn(async move {
-            let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+            let state = admitted.state.clone();
+            let handshake = tokio::select! {
+                r = tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)) => r,
+                () = state.close.notified() => return,
+            };
+            let stream = match handshake {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(e)) => {
+                    table.stats().handshake_failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::debug!(%remote_addr, error = %e, "TLS handshake failed");
                     return;
                 }
                 Err(_) => {
+                    table.stats().handshake_failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::debug!(%remote_addr, "TLS handshake timed out");
                     return;
                 }
             };
-            let principal = stream
+            let identity = stream
                 .get_ref()
                 .1
                 .peer_certificates()
                 .and_then(|certs| certs.first())
-                .and_then(|cert| Principal::from_cert_der(cert));
+                .and_then(|cert| Identity::from_cert_der(cert));
+            if identity.is_some() {
+                table.authenticated(&admitted);
+            }
             let peer = Peer {
-                principal,
+                principal: identity.as_ref().map(|i| Principal(i.principal())),
+                identity,
                 remote_addr,
             };
+            let in_flight = state.clone();
             let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
                 req.extensions_mut().insert(peer.clone());
                 let router = router.clone();
+                let guard = in_flight.request();
                 async move {
                     let resp: Result<Response, Infallible> =
                         router.oneshot(req.map(Body::new)).await;
-                    resp
+                    // The request stays in flight until its body is sent (a gRPC
+                    // stream's body lasts as long as the stream).
+                    resp.map(|r| r.map(|body| Body::new(GuardedBody { inner: body, _guard: guard })))
                 }
             });
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            if let Err(e) = watcher.watch(conn.into_owned()).await {
-                tracing::debug!(%remote_addr, error = %e, "connection ended with an error");
+            let conn = watcher.watch(conn.into_owned());
+            let mut conn = std::pin::pin!(conn);
+            let idle_timeout = table.limits().idle_timeout;
+            let mut tick = tokio::time::interval(idle_timeout.div_f64(4.0).max(Duration::from_millis(50)));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    result = &mut conn => {
+                        if let Err(e) = result {
+                            tracing::debug!(%remote_addr, error = %e, "connection ended with an error");
+                        }
+                        break;
+                    }
+                    () = state.close.notified() => {
+                        tracing::debug!(%remote_addr, "connection evicted to make room for a newer one");
+                        break;
+                    }
+                    _ = tick.tick() => {
+                        if state.idle_for(idle_timeout) {
+                            table.stats().idle_closed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            tracing::debug!(%remote_addr, "idle connection closed");
+                            break;
+                        }
+                    }
+                }
             }
+            drop(admitted);
         });
     }
 
@@ -325,28 +364,43 @@ where
     Ok(())
 }
 
+/// A response body that keeps its request counted as in flight until it is dropped.
+struct GuardedBody {
+    inner: Body,
+    _guard: super::limits::InFlight,
+}
+
+impl hyper::body::Body for GuardedBody {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn principal_falls_back_to_the_first_san() {
+    fn a_certificate_without_a_common_name_names_nobody() {
         let key = rcgen::KeyPair::generate().unwrap();
         let mut params = rcgen::CertificateParams::new(vec!["node1.example".to_string()]).unwrap();
         params.distinguished_name = rcgen::DistinguishedName::new();
         let cert = params.self_signed(&key).unwrap();
-        assert_eq!(
-            Principal::from_cert_der(cert.der()),
-            Some(Principal("node1.example".into()))
-        );
-
-        let mut params = rcgen::CertificateParams::new(vec!["10.1.2.3".to_string()]).unwrap();
-        params.distinguished_name = rcgen::DistinguishedName::new();
-        let cert = params.self_signed(&key).unwrap();
-        assert_eq!(
-            Principal::from_cert_der(cert.der()).unwrap().as_str(),
-            "10.1.2.3"
-        );
+        assert_eq!(Principal::from_cert_der(cert.der()), None);
         assert_eq!(Principal::from_cert_der(b"garbage"), None);
     }
 }

@@ -1,0 +1,766 @@
+//! The agent's configuration: command-line flags and an optional TOML file
+//! (`--config FILE`; flags win over the file). The small languages operators type
+//! (`cpus:4;mem:8GiB`, `rack=r1,zone=z1`) are parsed in [`parse`].
+//!
+//! Every error names the flag (or TOML key) and says how to fix it; the binary exits
+//! with status 2 for any of them ([`ConfigError::EXIT_CODE`]).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use cella_containerizer::units::MilliCpus;
+use serde::Deserialize;
+
+pub mod parse;
+
+use parse::check_attribute;
+pub use parse::{ResourceSpec, parse_attributes, parse_resources};
+
+use crate::policy::{TaskPolicy, VolumeAllow};
+
+/// A configuration value that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct ConfigError {
+    /// The flag or TOML key, e.g. `--resources` or `resources (in /etc/cella/agent.toml)`.
+    pub field: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+impl ConfigError {
+    /// The process exit status for a bad configuration.
+    pub const EXIT_CODE: i32 = 2;
+
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+use cella_proto::time::parse_duration;
+
+/// Command-line flags of `cella-agent` (also embeddable in other tools' clap parsers).
+/// Every flag is optional so that [`AgentArgs::resolve`] can tell "not given" (take
+/// the TOML file's value or the default) from "given".
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct AgentArgs {
+    /// A TOML file with the same settings as the flags (keys with underscores,
+    /// e.g. `work_dir`); flags win over the file.
+    #[arg(long, value_name = "FILE", env = "CELLA_AGENT_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The master's URL.
+    #[arg(long, value_name = "URL")]
+    pub master: Option<String>,
+    /// Directory with ca.pem, agent.pem and agent-key.pem [default: /etc/cella/tls].
+    #[arg(long, value_name = "DIR")]
+    pub tls_dir: Option<PathBuf>,
+    /// Checkpoint (meta/) and task sandboxes (sandboxes/) [default: /var/lib/cella/agent].
+    #[arg(long, value_name = "DIR")]
+    pub work_dir: Option<PathBuf>,
+    /// Run directories of the tasks' shims, best on a tmpfs [default: /run/cella/agent].
+    #[arg(long, value_name = "DIR")]
+    pub runtime_dir: Option<PathBuf>,
+    /// Override detected resources, any subset: "cpus:4;mem:8GiB;disk:20GiB".
+    #[arg(long, value_name = "SPEC")]
+    pub resources: Option<String>,
+    /// Kept for the system, subtracted from detected resources
+    /// [default: "cpus:0;mem:256MiB;disk:1GiB"].
+    #[arg(long, value_name = "SPEC")]
+    pub reserve: Option<String>,
+    /// Attributes offered with this agent's resources: "rack=r1,zone=z1".
+    #[arg(long, value_name = "K=V,...")]
+    pub attributes: Option<String>,
+    /// The name the master shows for this agent [default: the machine's hostname].
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// Address of the agent's HTTPS API [default: 127.0.0.1:5051].
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub http_listen: Option<String>,
+    /// Base cgroup of the tasks: absolute (from each hierarchy's root) or relative to
+    /// the agent's own cgroup [default: <own cgroup>/cella].
+    #[arg(long, value_name = "PATH")]
+    pub cgroup_root: Option<PathBuf>,
+    /// How often task usage is sampled and sent to the master [default: 1s].
+    #[arg(long, value_name = "DURATION")]
+    pub usage_interval: Option<String>,
+    /// Kill every task when the agent stops (development). By default tasks keep
+    /// running under their shims when the agent stops.
+    #[arg(long)]
+    pub kill_tasks_on_exit: bool,
+    /// What to do with the tasks of a previous agent run found in the checkpoint:
+    /// `reconnect` re-attaches to them (they keep running); `cleanup` kills them all,
+    /// reports them KILLED (reason AGENT_RESTARTED), and exits — before an
+    /// incompatible upgrade [default: reconnect].
+    #[arg(long, value_name = "MODE")]
+    pub recover: Option<String>,
+    /// Stop when the checkpoint is damaged (default), naming the file; with
+    /// `--strict=false` (or `--no-strict`) recover what can be read and count the rest
+    /// in `cella_agent_recovery_errors_total`.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub strict: Option<bool>,
+    /// Same as `--strict=false`.
+    #[arg(long, conflicts_with = "strict")]
+    pub no_strict: bool,
+    /// Sandboxes of ended tasks are removed this long after the end (earlier when the
+    /// work directory's filesystem is more than 90% full) [default: 1h].
+    #[arg(long, value_name = "DURATION")]
+    pub gc_delay: Option<String>,
+    /// The user tasks run as when they name none [default: nobody].
+    #[arg(long, value_name = "USER")]
+    pub task_user: Option<String>,
+    /// Run tasks whose user is root (uid 0). Off by default: the master cannot make
+    /// this node run a root task unless this is on.
+    #[arg(long)]
+    pub allow_root_tasks: bool,
+    /// A host directory tasks may mount as a volume, PREFIX[:ro|rw] (read-only unless
+    /// :rw; repeatable). None by default.
+    #[arg(long = "allow-volume", value_name = "PREFIX[:ro|rw]")]
+    pub allow_volumes: Vec<String>,
+    /// A directory under which tasks may take their root filesystem (repeatable).
+    /// None by default.
+    #[arg(long = "allow-rootfs", value_name = "PREFIX")]
+    pub allow_rootfs: Vec<String>,
+    /// An ACL file for this agent's HTTP API; without one the master's ACL applies.
+    #[arg(long, value_name = "FILE")]
+    pub acl: Option<PathBuf>,
+    /// Bearer tokens and passwords for this agent's HTTP API (TOML, mode 0600).
+    #[arg(long, value_name = "FILE")]
+    pub credentials: Option<PathBuf>,
+}
+
+/// `--recover`: what happens to the tasks a previous agent run left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RecoverMode {
+    /// Re-attach and keep them running.
+    #[default]
+    Reconnect,
+    /// Kill them all, report them, and exit.
+    Cleanup,
+}
+
+/// The TOML file: the same settings as the flags.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub master: Option<String>,
+    pub tls_dir: Option<PathBuf>,
+    pub work_dir: Option<PathBuf>,
+    pub runtime_dir: Option<PathBuf>,
+    pub resources: Option<String>,
+    pub reserve: Option<String>,
+    /// `"rack=r1,zone=z1"` or a table `{ rack = "r1", zone = "z1" }`.
+    pub attributes: Option<Attributes>,
+    pub hostname: Option<String>,
+    pub http_listen: Option<String>,
+    pub cgroup_root: Option<PathBuf>,
+    pub usage_interval: Option<String>,
+    pub kill_tasks_on_exit: Option<bool>,
+    pub recover: Option<String>,
+    pub strict: Option<bool>,
+    pub gc_delay: Option<String>,
+    pub task_user: Option<String>,
+    pub allow_root_tasks: Option<bool>,
+    pub allow_volumes: Option<Vec<String>>,
+    pub allow_rootfs: Option<Vec<String>>,
+    pub acl: Option<PathBuf>,
+    pub credentials: Option<PathBuf>,
+}
+
+/// Attributes in the TOML file: a string or a table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Attributes {
+    Text(String),
+    Table(std::collections::BTreeMap<String, String>),
+}
+
+impl FileConfig {
+    /// Parses the text of a TOML configuration file.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim().to_string())
+    }
+
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let field = format!("--config {}", path.display());
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new(&field, format!("cannot read the file: {e}")))?;
+        Self::parse(&text).map_err(|e| {
+            ConfigError::new(
+                &field,
+                format!("{e}\n(keys are the flag names with underscores, e.g. work_dir = \"/var/lib/cella/agent\")"),
+            )
+        })
+    }
+}
+
+/// The agent's resolved configuration.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// `https://HOST:PORT` of the master.
+    pub master: String,
+    /// Holds `ca.pem`, `agent.pem`, `agent-key.pem`.
+    pub tls_dir: PathBuf,
+    pub work_dir: PathBuf,
+    pub runtime_dir: PathBuf,
+    /// Overrides of detected resources.
+    pub resources: ResourceSpec,
+    /// Kept for the system.
+    pub reserve: ResourceSpec,
+    pub attributes: Vec<(String, String)>,
+    /// `None`: the machine's hostname.
+    pub hostname: Option<String>,
+    /// Port 0 picks a free port ([`crate::Agent::http_addr`] tells which).
+    pub http_listen: SocketAddr,
+    pub cgroup_root: Option<PathBuf>,
+    pub usage_interval: Duration,
+    /// Kill the tasks when the agent stops ([`crate::run`]'s shutdown).
+    pub kill_tasks_on_exit: bool,
+    /// `cella-shim`; `None`: next to the executable or `$CELLA_SHIM`.
+    pub shim_path: Option<PathBuf>,
+    /// How many launches run at once; `None`: twice the CPUs the agent may use.
+    pub launch_concurrency: Option<usize>,
+    pub recover: RecoverMode,
+    /// A damaged checkpoint stops the agent.
+    pub strict: bool,
+    /// How long the sandbox of an ended task is kept.
+    pub gc_delay: Duration,
+    /// What tasks may be and use on this node, whatever the master sends.
+    pub tasks: TaskPolicy,
+    /// The ACL of this agent's HTTP API (`None`: the master's).
+    pub acl: Option<PathBuf>,
+    /// Tokens and passwords for this agent's HTTP API.
+    pub credentials: Option<PathBuf>,
+}
+
+pub const DEFAULT_MASTER: &str = "https://127.0.0.1:5050";
+pub const DEFAULT_TLS_DIR: &str = "/etc/cella/tls";
+pub const DEFAULT_WORK_DIR: &str = "/var/lib/cella/agent";
+pub const DEFAULT_RUNTIME_DIR: &str = "/run/cella/agent";
+pub const DEFAULT_RESERVE: &str = "cpus:0;mem:256MiB;disk:1GiB";
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:5051";
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            master: DEFAULT_MASTER.into(),
+            tls_dir: DEFAULT_TLS_DIR.into(),
+            work_dir: DEFAULT_WORK_DIR.into(),
+            runtime_dir: DEFAULT_RUNTIME_DIR.into(),
+            resources: ResourceSpec::default(),
+            reserve: ResourceSpec {
+                cpus: Some(MilliCpus(0)),
+                mem_bytes: Some(256 << 20),
+                disk_bytes: Some(1 << 30),
+            },
+            attributes: Vec::new(),
+            hostname: None,
+            http_listen: SocketAddr::from(([127, 0, 0, 1], 5051)),
+            cgroup_root: None,
+            usage_interval: Duration::from_secs(1),
+            kill_tasks_on_exit: false,
+            shim_path: None,
+            launch_concurrency: None,
+            recover: RecoverMode::Reconnect,
+            strict: true,
+            gc_delay: Duration::from_secs(3600),
+            tasks: TaskPolicy::default(),
+            acl: None,
+            credentials: None,
+        }
+    }
+}
+
+fn check_master_url(url: &str) -> Result<(), String> {
+    let rest = url.strip_prefix("https://").ok_or_else(|| {
+        format!(
+            "{url:?}: the master speaks only TLS; use https://HOST:PORT (e.g. {DEFAULT_MASTER})"
+        )
+    })?;
+    if rest.is_empty() || rest.starts_with('/') || rest.starts_with(':') {
+        return Err(format!("{url:?}: no host; use https://HOST:PORT"));
+    }
+    Ok(())
+}
+
+impl AgentArgs {
+    /// Reads `--config` (if given) and combines it with the flags.
+    pub fn resolve(&self) -> Result<AgentConfig, ConfigError> {
+        let file = match &self.config {
+            Some(path) => FileConfig::load(path)?,
+            None => FileConfig::default(),
+        };
+        self.resolve_with(&file, self.config.as_deref())
+    }
+
+    /// Combines the flags with an already parsed file (`source` names it in errors).
+    pub fn resolve_with(
+        &self,
+        file: &FileConfig,
+        source: Option<&Path>,
+    ) -> Result<AgentConfig, ConfigError> {
+        // Names the origin of a value: the flag, or the TOML key and its file.
+        let origin = |flag: &str, from_flag: bool| {
+            if from_flag {
+                format!("--{flag}")
+            } else {
+                let key = flag.replace('-', "_");
+                match source {
+                    Some(p) => format!("{key} (in {})", p.display()),
+                    None => key,
+                }
+            }
+        };
+        let mut config = AgentConfig::default();
+
+        if let Some(master) = self.master.clone().or_else(|| file.master.clone()) {
+            check_master_url(&master)
+                .map_err(|m| ConfigError::new(origin("master", self.master.is_some()), m))?;
+            config.master = master;
+        }
+        if let Some(dir) = self.tls_dir.clone().or_else(|| file.tls_dir.clone()) {
+            config.tls_dir = dir;
+        }
+        if let Some(dir) = self.work_dir.clone().or_else(|| file.work_dir.clone()) {
+            config.work_dir = dir;
+        }
+        if let Some(dir) = self
+            .runtime_dir
+            .clone()
+            .or_else(|| file.runtime_dir.clone())
+        {
+            config.runtime_dir = dir;
+        }
+        for (name, dir) in [
+            ("work-dir", &config.work_dir),
+            ("runtime-dir", &config.runtime_dir),
+        ] {
+            if dir.as_os_str().is_empty() {
+                return Err(ConfigError::new(
+                    format!("--{name}"),
+                    "empty path; give a directory",
+                ));
+            }
+        }
+        if let Some(spec) = self.resources.clone().or_else(|| file.resources.clone()) {
+            config.resources = parse_resources(&spec, false)
+                .map_err(|m| ConfigError::new(origin("resources", self.resources.is_some()), m))?;
+        }
+        if let Some(spec) = self.reserve.clone().or_else(|| file.reserve.clone()) {
+            config.reserve = parse_resources(&spec, true)
+                .map_err(|m| ConfigError::new(origin("reserve", self.reserve.is_some()), m))?;
+        }
+        if let Some(attrs) = &self.attributes {
+            config.attributes =
+                parse_attributes(attrs).map_err(|m| ConfigError::new("--attributes", m))?;
+        } else if let Some(attrs) = &file.attributes {
+            let field = origin("attributes", false);
+            config.attributes = match attrs {
+                Attributes::Text(text) => {
+                    parse_attributes(text).map_err(|m| ConfigError::new(&field, m))?
+                }
+                Attributes::Table(table) => {
+                    let mut out = Vec::new();
+                    for (k, v) in table {
+                        check_attribute(k, v).map_err(|m| ConfigError::new(&field, m))?;
+                        out.push((k.clone(), v.clone()));
+                    }
+                    out
+                }
+            };
+        }
+        if let Some(hostname) = self.hostname.clone().or_else(|| file.hostname.clone()) {
+            let ok = !hostname.is_empty()
+                && hostname.len() <= 253
+                && !hostname
+                    .chars()
+                    .any(|c| c.is_whitespace() || c.is_control());
+            if !ok {
+                return Err(ConfigError::new(
+                    origin("hostname", self.hostname.is_some()),
+                    format!("{hostname:?}: give a non-empty name without spaces"),
+                ));
+            }
+            config.hostname = Some(hostname);
+        }
+        if let Some(listen) = self
+            .http_listen
+            .clone()
+            .or_else(|| file.http_listen.clone())
+        {
+            config.http_listen = listen.trim().parse().map_err(|_| {
+                ConfigError::new(
+                    origin("http-listen", self.http_listen.is_some()),
+                    format!("{listen:?} is not ADDRESS:PORT; use e.g. {DEFAULT_HTTP_LISTEN} or [::1]:5051"),
+                )
+            })?;
+        }
+        if let Some(root) = self
+            .cgroup_root
+            .clone()
+            .or_else(|| file.cgroup_root.clone())
+        {
+            let bad = root.as_os_str().is_empty()
+                || root
+                    .components()
+                    .any(|c| matches!(c, std::path::Component::ParentDir));
+            if bad {
+                return Err(ConfigError::new(
+                    origin("cgroup-root", self.cgroup_root.is_some()),
+                    format!(
+                        "{}: give a path without '..', e.g. /cella or cella",
+                        root.display()
+                    ),
+                ));
+            }
+            config.cgroup_root = Some(root);
+        }
+        if let Some(interval) = self
+            .usage_interval
+            .clone()
+            .or_else(|| file.usage_interval.clone())
+        {
+            let d = parse_duration(&interval).map_err(|m| {
+                ConfigError::new(origin("usage-interval", self.usage_interval.is_some()), m)
+            })?;
+            if d < Duration::from_millis(100) {
+                return Err(ConfigError::new(
+                    origin("usage-interval", self.usage_interval.is_some()),
+                    "at least 100ms: sampling every task more often costs more than it tells",
+                ));
+            }
+            config.usage_interval = d;
+        }
+        config.kill_tasks_on_exit =
+            self.kill_tasks_on_exit || file.kill_tasks_on_exit.unwrap_or(false);
+        if let Some(mode) = self.recover.clone().or_else(|| file.recover.clone()) {
+            config.recover = match mode.trim() {
+                "reconnect" => RecoverMode::Reconnect,
+                "cleanup" => RecoverMode::Cleanup,
+                other => {
+                    return Err(ConfigError::new(
+                        origin("recover", self.recover.is_some()),
+                        format!(
+                            "{other:?}: use reconnect (keep the tasks) or cleanup (kill them and exit)"
+                        ),
+                    ));
+                }
+            };
+        }
+        config.strict = if self.no_strict {
+            false
+        } else {
+            self.strict.or(file.strict).unwrap_or(true)
+        };
+        if let Some(delay) = self.gc_delay.clone().or_else(|| file.gc_delay.clone()) {
+            config.gc_delay = parse_duration(&delay)
+                .map_err(|m| ConfigError::new(origin("gc-delay", self.gc_delay.is_some()), m))?;
+        }
+        self.resolve_policy(file, &origin, &mut config)?;
+        Ok(config)
+    }
+
+    /// The task policy and the API's ACL and credentials.
+    fn resolve_policy(
+        &self,
+        file: &FileConfig,
+        origin: &dyn Fn(&str, bool) -> String,
+        config: &mut AgentConfig,
+    ) -> Result<(), ConfigError> {
+        if let Some(user) = self.task_user.clone().or_else(|| file.task_user.clone()) {
+            if cella_proto::validate::is_valid_user(&user) {
+                config.tasks.task_user = user;
+            } else {
+                return Err(ConfigError::new(
+                    origin("task-user", self.task_user.is_some()),
+                    format!("{user:?}: use NAME, UID, NAME:GROUP or UID:GID"),
+                ));
+            }
+        }
+        config.tasks.allow_root = self.allow_root_tasks || file.allow_root_tasks.unwrap_or(false);
+        let (volumes, from_flag) = if self.allow_volumes.is_empty() {
+            (file.allow_volumes.clone().unwrap_or_default(), false)
+        } else {
+            (self.allow_volumes.clone(), true)
+        };
+        config.tasks.volumes = volumes
+            .iter()
+            .map(|v| VolumeAllow::parse(v))
+            .collect::<Result<_, _>>()
+            .map_err(|m| {
+                let field = if from_flag {
+                    "--allow-volume".to_string()
+                } else {
+                    origin("allow-volumes", false)
+                };
+                ConfigError::new(field, m)
+            })?;
+        let (rootfs, from_flag) = if self.allow_rootfs.is_empty() {
+            (file.allow_rootfs.clone().unwrap_or_default(), false)
+        } else {
+            (self.allow_rootfs.clone(), true)
+        };
+        config.tasks.rootfs = Vec::new();
+        for r in rootfs {
+            let p = PathBuf::from(&r);
+            if !p.is_absolute() {
+                return Err(ConfigError::new(
+                    origin("allow-rootfs", from_flag),
+                    format!("{r:?}: give an absolute directory"),
+                ));
+            }
+            config.tasks.rootfs.push(p);
+        }
+        config.acl = self.acl.clone().or_else(|| file.acl.clone());
+        config.credentials = self
+            .credentials
+            .clone()
+            .or_else(|| file.credentials.clone());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn resource_strings() {
+        let spec = parse_resources("cpus:4;mem:8GiB;disk:20GiB", false).unwrap();
+        assert_eq!(spec.cpus, Some(MilliCpus(4000)));
+        assert_eq!(spec.mem_bytes, Some(8 << 30));
+        assert_eq!(spec.disk_bytes, Some(20 << 30));
+        let spec = parse_resources(" mem : 512MiB ", false).unwrap();
+        assert_eq!(spec.mem_bytes, Some(512 << 20));
+        assert_eq!(spec.cpus, None);
+        assert_eq!(parse_resources("", false).unwrap(), ResourceSpec::default());
+        let spec = parse_resources("cpus:0;mem:0;disk:1GiB", true).unwrap();
+        assert_eq!(spec.cpus, Some(MilliCpus(0)));
+        assert_eq!(spec.mem_bytes, Some(0));
+        for bad in [
+            "cpus",
+            "cpus:x",
+            "cpus:0",
+            "gpus:1",
+            "mem:1;mem:2",
+            "mem:-1",
+            "disk:10XB",
+        ] {
+            let err = parse_resources(bad, false).unwrap_err();
+            assert!(!err.is_empty(), "{bad:?}");
+        }
+        assert!(
+            parse_resources("gpus:1", false)
+                .unwrap_err()
+                .contains("cpus, mem and disk")
+        );
+    }
+
+    #[test]
+    fn attributes() {
+        assert_eq!(
+            parse_attributes("rack=r1,zone=z1").unwrap(),
+            vec![("rack".into(), "r1".into()), ("zone".into(), "z1".into())]
+        );
+        assert!(parse_attributes("").unwrap().is_empty());
+        for bad in ["rack", "=x", "a=1,a=2", "a b=1"] {
+            assert!(parse_attributes(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("1s"), Ok(Duration::from_secs(1)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        for bad in ["", "0", "1x", "-1s", "s"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let file = FileConfig::parse(
+            r#"
+master = "https://master.example:5050"
+work_dir = "/srv/agent"
+resources = "cpus:2"
+attributes = { rack = "r9" }
+usage_interval = "5s"
+"#,
+        )
+        .unwrap();
+        let args = AgentArgs {
+            work_dir: Some("/tmp/w".into()),
+            http_listen: Some("127.0.0.1:0".into()),
+            ..Default::default()
+        };
+        let c = args.resolve_with(&file, Some(Path::new("a.toml"))).unwrap();
+        assert_eq!(c.master, "https://master.example:5050");
+        assert_eq!(c.work_dir, PathBuf::from("/tmp/w"));
+        assert_eq!(c.resources.cpus, Some(MilliCpus(2000)));
+        assert_eq!(c.attributes, vec![("rack".into(), "r9".into())]);
+        assert_eq!(c.usage_interval, Duration::from_secs(5));
+        assert_eq!(c.http_listen.port(), 0);
+        assert_eq!(c.reserve.mem_bytes, Some(256 << 20));
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let file = FileConfig::parse("resources = \"cpus:lots\"").unwrap();
+        let err = AgentArgs::default()
+            .resolve_with(&file, Some(Path::new("/etc/a.toml")))
+            .unwrap_err();
+        assert_eq!(err.field, "resources (in /etc/a.toml)");
+        let args = AgentArgs {
+            master: Some("http://x:1".into()),
+            ..Default::default()
+        };
+        let err = args.resolve_with(&FileConfig::default(), None).unwrap_err();
+        assert_eq!(err.field, "--master");
+        assert!(err.message.contains("https://"));
+        let args = AgentArgs {
+            http_listen: Some("localhost".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            args.resolve_with(&FileConfig::default(), None)
+                .unwrap_err()
+                .field,
+            "--http-listen"
+        );
+        assert!(FileConfig::parse("wrok_dir = \"/x\"").is_err());
+        let args = AgentArgs {
+            recover: Some("restart".into()),
+            ..Default::default()
+        };
+        let err = args.resolve_with(&FileConfig::default(), None).unwrap_err();
+        assert_eq!(err.field, "--recover");
+    }
+
+    #[test]
+    fn task_policy_settings() {
+        let c = AgentArgs::default()
+            .resolve_with(&FileConfig::default(), None)
+            .unwrap();
+        assert_eq!(c.tasks, TaskPolicy::default());
+        assert_eq!(c.tasks.task_user, "nobody");
+        let file = FileConfig::parse(
+            r#"
+task_user = "1000"
+allow_root_tasks = true
+allow_volumes = ["/srv/data:rw", "/srv/ref"]
+allow_rootfs = ["/srv/rootfs"]
+acl = "/etc/cella/agent-acl.toml"
+credentials = "/etc/cella/agent-credentials.toml"
+"#,
+        )
+        .unwrap();
+        let c = AgentArgs::default().resolve_with(&file, None).unwrap();
+        assert_eq!(c.tasks.task_user, "1000");
+        assert!(c.tasks.allow_root);
+        assert_eq!(
+            c.tasks.volumes,
+            vec![
+                VolumeAllow {
+                    prefix: "/srv/data".into(),
+                    read_write: true
+                },
+                VolumeAllow {
+                    prefix: "/srv/ref".into(),
+                    read_write: false
+                }
+            ]
+        );
+        assert_eq!(c.tasks.rootfs, vec![PathBuf::from("/srv/rootfs")]);
+        assert_eq!(c.acl, Some(PathBuf::from("/etc/cella/agent-acl.toml")));
+        // Flags win over the file.
+        let args = AgentArgs {
+            allow_volumes: vec!["/scratch:rw".into()],
+            ..Default::default()
+        };
+        let c = args.resolve_with(&file, None).unwrap();
+        assert_eq!(c.tasks.volumes.len(), 1);
+        let args = AgentArgs {
+            allow_volumes: vec!["data".into()],
+            ..Default::default()
+        };
+        let err = args.resolve_with(&FileConfig::default(), None).unwrap_err();
+        assert_eq!(err.field, "--allow-volume");
+        let file = FileConfig::parse("allow_volumes = [\"rel\"]").unwrap();
+        let err = AgentArgs::default()
+            .resolve_with(&file, Some(Path::new("a.toml")))
+            .unwrap_err();
+        assert_eq!(err.field, "allow_volumes (in a.toml)");
+        let args = AgentArgs {
+            task_user: Some("a:b:c".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            args.resolve_with(&FileConfig::default(), None)
+                .unwrap_err()
+                .field,
+            "--task-user"
+        );
+    }
+
+    #[test]
+    fn recovery_flags() {
+        let c = AgentArgs::default()
+            .resolve_with(&FileConfig::default(), None)
+            .unwrap();
+        assert_eq!(c.recover, RecoverMode::Reconnect);
+        assert!(c.strict);
+        assert_eq!(c.gc_delay, Duration::from_secs(3600));
+        let args = AgentArgs {
+            recover: Some("cleanup".into()),
+            no_strict: true,
+            gc_delay: Some("10m".into()),
+            ..Default::default()
+        };
+        let c = args.resolve_with(&FileConfig::default(), None).unwrap();
+        assert_eq!(c.recover, RecoverMode::Cleanup);
+        assert!(!c.strict);
+        assert_eq!(c.gc_delay, Duration::from_secs(600));
+        let file = FileConfig::parse("strict = false").unwrap();
+        assert!(
+            !AgentArgs::default()
+                .resolve_with(&file, None)
+                .unwrap()
+                .strict
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn resource_parser_never_panics(s in "\\PC{0,40}") {
+            let _ = parse_resources(&s, false);
+            let _ = parse_resources(&s, true);
+            let _ = parse_attributes(&s);
+            let _ = parse_duration(&s);
+        }
+
+        #[test]
+        fn resource_parser_structured(key in "(cpus|mem|disk|x)", value in "[0-9.]{0,8}[A-Za-z]{0,3}") {
+            let _ = parse_resources(&format!("{key}:{value}"), false);
+            let _ = parse_resources(&format!("{key}:{value};{key}:{value}"), true);
+        }
+
+        #[test]
+        fn toml_parser_never_panics(s in "\\PC{0,80}") {
+            let _ = FileConfig::parse(&s);
+        }
+
+        #[test]
+        fn toml_values_never_panic(key in "(master|resources|reserve|attributes|http_listen|usage_interval|hostname)", value in "[ -~]{0,20}") {
+            let text = format!("{key} = {value:?}");
+            if let Ok(file) = FileConfig::parse(&text) {
+                let _ = AgentArgs::default().resolve_with(&file, None);
+            }
+        }
+    }
+}

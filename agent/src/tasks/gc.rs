@@ -1,0 +1,134 @@
+//! Garbage collection of the sandboxes of ended tasks (`<work-dir>/sandboxes/<id>`):
+//! after `--gc-delay`, or earlier, oldest first, while the work directory's filesystem
+//! is more than 90% full.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cella_proto::time::{now_ns, unix_ns};
+use tokio::sync::watch;
+
+use crate::paths;
+use crate::periodic::Periodic;
+use crate::state::{Shared, lock};
+
+/// The share of the work directory's filesystem above which sandboxes are removed
+/// before their `--gc-delay`.
+pub const GC_DISK_THRESHOLD: f64 = 0.9;
+
+/// How often the garbage collector looks at how full the work directory's
+/// filesystem is (one statvfs).
+pub const GC_DISK_CHECK: Duration = Duration::from_secs(2);
+
+/// Garbage-collects the sandboxes of ended tasks: a sweep (every
+/// `min(--gc-delay, 60 s)`) removes `<work-dir>/sandboxes/<id>` of every task that is
+/// not running any more and ended more than `--gc-delay` ago. The filesystem's fill is
+/// checked more often (every [`GC_DISK_CHECK`]): when it is more than 90% full, a sweep
+/// runs at once and ended tasks' sandboxes go earlier, oldest first, until it is not.
+/// A task's end is its checkpointed end time, or for a task already forgotten (its
+/// last update acknowledged) the last modification of its sandbox.
+pub async fn gc_loop(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
+    let period = shared
+        .config
+        .gc_delay
+        .min(Duration::from_secs(60))
+        .max(Duration::from_millis(200));
+    let mut timer = Periodic::new(period.min(GC_DISK_CHECK), stop);
+    let sandboxes = paths::sandboxes_dir(&shared.config.work_dir);
+    let mut last_sweep = Instant::now();
+    while timer.next().await {
+        let disk_full = disk_used_share(&sandboxes).is_some_and(|s| s > GC_DISK_THRESHOLD);
+        if !disk_full && last_sweep.elapsed() < period {
+            continue;
+        }
+        last_sweep = Instant::now();
+        let shared = shared.clone();
+        let _ = tokio::task::spawn_blocking(move || gc_sweep(&shared)).await;
+    }
+}
+
+fn modified_ns(path: &Path) -> u64 {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .map_or(0, unix_ns)
+}
+
+/// The used share of the filesystem holding `dir`.
+fn disk_used_share(dir: &Path) -> Option<f64> {
+    let st = nix::sys::statvfs::statvfs(dir).ok()?;
+    #[allow(clippy::cast_precision_loss, clippy::useless_conversion)]
+    let (total, avail) = (
+        u64::from(st.blocks()) as f64,
+        u64::from(st.blocks_available()) as f64,
+    );
+    (total > 0.0).then(|| 1.0 - avail / total)
+}
+
+/// One garbage-collection sweep; returns the ids whose sandboxes were removed.
+pub fn gc_sweep(shared: &Shared) -> Vec<String> {
+    let root = paths::sandboxes_dir(&shared.config.work_dir);
+    let Ok(entries) = std::fs::read_dir(&root) else {
+        return Vec::new();
+    };
+    let delay_ns = u64::try_from(shared.config.gc_delay.as_nanos()).unwrap_or(u64::MAX);
+    let now = now_ns();
+    // (end, id) of every ended task's sandbox.
+    let mut ended: Vec<(u64, String)> = Vec::new();
+    for e in entries.flatten() {
+        let Ok(id) = e.file_name().into_string() else {
+            continue;
+        };
+        let path = e.path();
+        let end = match lock(&shared.tasks).get(&id) {
+            Some(t) if !t.state.is_terminal() => continue,
+            Some(t) if t.ended_ns > 0 => t.ended_ns,
+            _ => [paths::sandbox_stdout(&path), paths::sandbox_stderr(&path)]
+                .iter()
+                .map(|p| modified_ns(p))
+                .chain([modified_ns(&path)])
+                .max()
+                .unwrap_or(0),
+        };
+        ended.push((end, id));
+    }
+    ended.sort();
+    let remove = |id: &str| -> bool {
+        if lock(&shared.tasks)
+            .get(id)
+            .is_some_and(|t| !t.state.is_terminal())
+        {
+            return false;
+        }
+        match std::fs::remove_dir_all(paths::sandbox_dir(&shared.config.work_dir, id)) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(task = id, "removing the sandbox failed: {e}");
+                false
+            }
+        }
+    };
+    let mut removed = Vec::new();
+    let mut kept = Vec::new();
+    for (end, id) in ended {
+        if now.saturating_sub(end) >= delay_ns {
+            if remove(&id) {
+                tracing::info!(task = %id, "sandbox removed (--gc-delay passed)");
+                removed.push(id);
+            }
+        } else {
+            kept.push(id);
+        }
+    }
+    // Oldest first while the disk is too full.
+    for id in kept {
+        if disk_used_share(&root).is_none_or(|s| s <= GC_DISK_THRESHOLD) {
+            break;
+        }
+        if remove(&id) {
+            tracing::warn!(task = %id, "sandbox removed early: the work directory's filesystem is more than 90% full");
+            removed.push(id);
+        }
+    }
+    removed
+}

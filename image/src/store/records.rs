@@ -1,0 +1,134 @@
+//! The store's small records (images, references, leases): JSON files replaced
+//! atomically (temp file, fsync, rename, fsync of the directory), so a crash leaves
+//! either the old or the new record, never half of one.
+
+use std::io::Write as _;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Digest;
+use crate::error::ImageError;
+use crate::manifest::{ImageConfig, LayerDescriptor, Platform};
+
+/// One image in the store.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ImageRecord {
+    /// The manifest's digest: the image's identity.
+    pub digest: Digest,
+    pub config_digest: Digest,
+    pub platform: Platform,
+    pub config: ImageConfig,
+    /// Lowest first.
+    pub layers: Vec<LayerDescriptor>,
+    /// Milliseconds since the epoch.
+    pub pulled_at_ms: u64,
+    pub last_used_ms: u64,
+}
+
+/// A name (what the user wrote, normalised) for an image.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RefRecord {
+    pub reference: String,
+    pub digest: Digest,
+}
+
+/// A holder (a task) of an image: GC never removes a leased image.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub name: String,
+    pub image: Digest,
+    /// Milliseconds since the epoch when the lease was taken.
+    pub since_ms: u64,
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Writes `value` to `path` atomically.
+pub fn write<T: Serialize>(path: &Path, value: &T) -> Result<(), ImageError> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(
+        ".{name}.{}.{}.tmp",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let bytes = serde_json::to_vec_pretty(value).map_err(|e| ImageError::Damaged {
+        path: path.to_owned(),
+        problem: e.to_string(),
+    })?;
+    let result = (|| {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(&bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        sync_dir(dir)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(ImageError::io(path, "write the record"))
+}
+
+/// Reads a record; `None` when the file does not exist.
+pub fn read<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, ImageError> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(ImageError::io(path, "read the record")(e)),
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| ImageError::Damaged {
+            path: path.to_owned(),
+            problem: e.to_string(),
+        })
+}
+
+/// Every record in `dir` (temp files skipped).
+pub fn read_all<T: DeserializeOwned>(dir: &Path) -> Result<Vec<T>, ImageError> {
+    let mut records = Vec::new();
+    let entries = std::fs::read_dir(dir).map_err(ImageError::io(dir, "list the records"))?;
+    for entry in entries {
+        let entry = entry.map_err(ImageError::io(dir, "list the records"))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') || !name.ends_with(".json") {
+            continue;
+        }
+        if let Some(record) = read(&entry.path())? {
+            records.push(record);
+        }
+    }
+    Ok(records)
+}
+
+/// Removes a record file; a missing one is fine.
+pub fn remove(path: &Path) -> Result<(), ImageError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(ImageError::io(path, "remove the record")(e)),
+    }
+    if let Some(dir) = path.parent() {
+        sync_dir(dir).map_err(ImageError::io(dir, "fsync the directory"))?;
+    }
+    Ok(())
+}
+
+/// Makes a rename or removal in `dir` durable.
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}

@@ -1,0 +1,442 @@
+//! Tasks: the check of a task before launch, the launch, status updates and usage
+//! from agents, the end of a task, reconciliation, kill and acknowledgement.
+
+use std::collections::BTreeSet;
+
+use cella_proto::acl::{Action, Target};
+use cella_proto::time::now_ns;
+use cella_proto::tls::Identity;
+use cella_proto::v1::{self, call, master_to_agent};
+use cella_proto::{secrets, validate};
+
+use super::{Master, OperatorError, error_event, kill_message, update_event};
+use crate::allocator::{AgentId, Allocator, FrameworkId, Resources};
+use crate::authz::agents::check_status_update;
+use crate::authz::task_request;
+use crate::state::{Task, from_wire};
+
+/// Bounds the reconciliations kept waiting for recovering agents (beyond it, the
+/// answer is given at once).
+const MAX_DEFERRED_RECONCILES: usize = 100_000;
+
+impl Master {
+    /// Checks a task of an ACCEPT ([`validate::task`], that its id is not already
+    /// used, and that the framework's scheduler may run it on `agent`: `run_task`,
+    /// `use_volume`, `use_rootfs`, `use_image`); returns the resources it needs.
+    pub(super) fn check_task(
+        &self,
+        framework: &FrameworkId,
+        agent: Option<&AgentId>,
+        task: &v1::TaskInfo,
+        seen: &mut BTreeSet<String>,
+    ) -> Result<Resources, String> {
+        validate::task(task).map_err(|e| e.to_string())?;
+        let Some(fw) = self.frameworks.get(framework) else {
+            return Err(format!("framework {framework} is not registered"));
+        };
+        let Some(caller) = &fw.caller else {
+            return Err(format!("framework {framework} has no scheduler connected"));
+        };
+        let attributes = agent
+            .and_then(|a| self.agents.get(a))
+            .map(|a| &a.attributes);
+        self.config
+            .authorizer
+            .check(
+                caller,
+                &Action::RunTask(task_request(task, &fw.role, attributes)),
+                &format!("launching task {}", task.task_id),
+            )
+            .map_err(|denied| denied.to_string())?;
+        if self.tasks.contains_key(&task.task_id) || !seen.insert(task.task_id.clone()) {
+            return Err(format!(
+                "task_id {:?} is already used: task ids must be unique",
+                task.task_id
+            ));
+        }
+        from_wire(task.resources.as_ref()).map_err(|e| format!("resources: {e}"))
+    }
+
+    /// Answers a task that is not launched with `ERROR` / `INVALID_TASK` and `why`.
+    pub(super) fn refuse_task(
+        &mut self,
+        framework: &FrameworkId,
+        agent: Option<&AgentId>,
+        task: &v1::TaskInfo,
+        why: &str,
+    ) {
+        self.metrics.tasks_invalid.inc();
+        self.send_to_framework(
+            framework,
+            update_event(v1::TaskStatus {
+                task_id: task.task_id.clone(),
+                framework_id: framework.to_string(),
+                agent_id: agent.map(ToString::to_string).unwrap_or_default(),
+                state: v1::TaskState::TaskError as i32,
+                reason: v1::Reason::InvalidTask as i32,
+                message: why.to_string(),
+                timestamp_ns: now_ns(),
+                ..Default::default()
+            }),
+        );
+    }
+
+    /// Records the task and sends it to its agent. Only the agent gets the secrets'
+    /// values: the master keeps (and stores) the task without them.
+    pub(super) fn launch(
+        &mut self,
+        framework: &FrameworkId,
+        agent: &AgentId,
+        task: v1::TaskInfo,
+        resources: Resources,
+    ) {
+        let task_id = task.task_id.clone();
+        let (role, principal) = self
+            .frameworks
+            .get(framework)
+            .map(|f| (f.role.clone(), f.principal.clone()))
+            .unwrap_or_default();
+        let status = v1::TaskStatus {
+            task_id: task_id.clone(),
+            framework_id: framework.to_string(),
+            agent_id: agent.to_string(),
+            state: v1::TaskState::TaskStaging as i32,
+            timestamp_ns: now_ns(),
+            ..Default::default()
+        };
+        self.tasks.insert(
+            task_id.clone(),
+            Task {
+                info: secrets::redacted(&task),
+                framework: framework.clone(),
+                agent: agent.clone(),
+                resources,
+                status,
+                usage: None,
+            },
+        );
+        if let Some(f) = self.frameworks.get_mut(framework) {
+            f.tasks.insert(task_id.clone());
+        }
+        if let Some(a) = self.agents.get_mut(agent) {
+            a.tasks.insert(task_id.clone());
+        }
+        self.registry.task_changed(&task_id);
+        self.metrics.tasks_launched.inc();
+        let sent = self.send_to_agent(
+            agent,
+            master_to_agent::Message::Launch(master_to_agent::LaunchTask {
+                framework_id: framework.to_string(),
+                task: Some(task),
+                role,
+                principal,
+            }),
+        );
+        if !sent {
+            self.master_status(
+                &task_id,
+                v1::TaskState::TaskLost,
+                v1::Reason::AgentLost,
+                "the agent disconnected before the task could be sent to it",
+            );
+        }
+    }
+
+    /// Keeps each task's latest usage sample, every figure of it (of the tasks on
+    /// the reporting agent only).
+    pub(super) fn record_usage(&mut self, agent: &AgentId, samples: Vec<v1::TaskUsage>) {
+        let mut foreign = 0;
+        for usage in samples {
+            match self.tasks.get_mut(&usage.task_id) {
+                Some(task) if &task.agent == agent => task.usage = Some(usage),
+                Some(_) => foreign += 1,
+                None => {}
+            }
+        }
+        if foreign > 0 {
+            self.metrics.agent_refused("usage_not_its_task");
+            tracing::warn!(agent = %agent, tasks = foreign, "refused usage samples of other agents' tasks");
+        }
+    }
+
+    pub(super) fn status_update(
+        &mut self,
+        agent: &AgentId,
+        mut status: v1::TaskStatus,
+        latest_state: v1::TaskState,
+    ) {
+        status.agent_id = agent.to_string();
+        if let Err(refusal) = check_status_update(
+            agent,
+            self.tasks.get(&status.task_id),
+            &status,
+            latest_state,
+        ) {
+            // Acknowledged to the sender, so that it does not re-send it forever; not
+            // passed on, and the master's view does not change.
+            self.agent_refused(agent.as_str(), &refusal);
+            self.ack_to_agent(agent, &status.task_id, &status.uuid);
+            return;
+        }
+        let Some(task) = self.tasks.get_mut(&status.task_id) else {
+            return;
+        };
+        let was_terminal = task.is_terminal();
+        if was_terminal && task.status.uuid.is_empty() {
+            // The master ended this task itself (LOST: its agent was gone too long,
+            // or came back without it) and told the scheduler so. Anything the
+            // agent says later would be a second end: acknowledged and dropped.
+            tracing::info!(
+                task = %status.task_id,
+                state = status.state().name(),
+                "update of a task the master already reported {}: dropped",
+                task.state().name()
+            );
+            self.ack_to_agent(agent, &status.task_id, &status.uuid);
+            return;
+        }
+        status.framework_id = task.framework.to_string();
+        // A late non-terminal update must not resurrect a finished task; a terminal
+        // one brings the details (exit code, reason) of how it ended.
+        if !was_terminal || status.state().is_terminal() {
+            task.status = status.clone();
+        }
+        // Updates of a task reach the master one at a time, each after the previous
+        // one was acknowledged; the agent's newest state may be ahead (the task ended
+        // while a scheduler was away). The master's view follows the newest state.
+        if latest_state.is_terminal() && !task.is_terminal() {
+            task.status.state = latest_state as i32;
+            task.status.message = format!(
+                "{} on the agent; the update with the details waits for the scheduler's \
+                 acknowledgement of earlier updates",
+                latest_state.name()
+            );
+        }
+        let framework = task.framework.clone();
+        let resources = task.resources;
+        let ended = !was_terminal && task.is_terminal();
+        self.registry.task_changed(&status.task_id);
+        if ended {
+            self.task_ended(&status.task_id, agent, &framework, resources);
+        }
+        self.metrics.status_updates.inc();
+        if self.frameworks.contains_key(&framework) {
+            self.send_to_framework(&framework, update_event(status));
+        } else {
+            // The framework was removed (teardown, failover timeout): nobody will ever
+            // acknowledge this update, so the master does, or the agent would keep it
+            // and re-send it forever.
+            self.ack_to_agent(agent, &status.task_id, &status.uuid);
+        }
+    }
+
+    /// Bookkeeping when a task reaches a terminal state.
+    fn task_ended(
+        &mut self,
+        task_id: &str,
+        agent: &AgentId,
+        framework: &FrameworkId,
+        resources: Resources,
+    ) {
+        if let Err(e) = self
+            .allocator
+            .recover_resources(agent, framework, resources)
+        {
+            tracing::debug!(task = task_id, "recover resources: {e}");
+        }
+        if let Some(a) = self.agents.get_mut(agent) {
+            a.tasks.remove(task_id);
+        }
+        if let Some(f) = self.frameworks.get_mut(framework) {
+            f.tasks.remove(task_id);
+        }
+        self.completed.push_back(task_id.to_string());
+        self.forget_old_completed_tasks();
+        self.allocation_wanted = true;
+    }
+
+    /// Forgets the oldest ended tasks beyond `completed_tasks_kept`.
+    pub(super) fn forget_old_completed_tasks(&mut self) {
+        while self.completed.len() > self.config.completed_tasks_kept {
+            if let Some(old) = self.completed.pop_front() {
+                self.tasks.remove(&old);
+                self.registry.task_changed(&old);
+            }
+        }
+    }
+
+    /// A status the master decides itself (LOST, ERROR): no acknowledgement needed.
+    pub(super) fn master_status(
+        &mut self,
+        task_id: &str,
+        state: v1::TaskState,
+        reason: v1::Reason,
+        message: &str,
+    ) {
+        let Some(task) = self.tasks.get_mut(task_id) else {
+            return;
+        };
+        if task.is_terminal() {
+            return;
+        }
+        task.status = v1::TaskStatus {
+            task_id: task_id.to_string(),
+            framework_id: task.framework.to_string(),
+            agent_id: task.agent.to_string(),
+            state: state as i32,
+            reason: reason as i32,
+            message: message.to_string(),
+            exit_code: None,
+            signal: None,
+            timestamp_ns: now_ns(),
+            uuid: String::new(),
+        };
+        let status = task.status.clone();
+        let (agent, framework, resources) =
+            (task.agent.clone(), task.framework.clone(), task.resources);
+        self.registry.task_changed(task_id);
+        if state.is_terminal() {
+            self.task_ended(task_id, &agent, &framework, resources);
+        }
+        self.send_to_framework(&framework, update_event(status));
+    }
+
+    /// RECONCILE: the current status of each task (every task of the framework when
+    /// none is named); unknown tasks are LOST.
+    pub(super) fn reconcile(&mut self, framework: &FrameworkId, task_ids: &[String]) {
+        let ids: Vec<String> = if task_ids.is_empty() {
+            self.frameworks
+                .get(framework)
+                .map(|f| f.tasks.iter().cloned().collect())
+                .unwrap_or_default()
+        } else {
+            task_ids.to_vec()
+        };
+        for task_id in ids {
+            let known = self
+                .tasks
+                .get(&task_id)
+                .is_some_and(|t| &t.framework == framework);
+            if !known
+                && !self.recovering.is_empty()
+                && self.deferred_reconciles.len() < MAX_DEFERRED_RECONCILES
+            {
+                // After a restart, a task this master never recorded may run on an
+                // agent that has not re-registered yet: answer once they all have
+                // (or were declared lost), never "unknown" too early.
+                self.deferred_reconciles.push((framework.clone(), task_id));
+                continue;
+            }
+            let status = match self
+                .tasks
+                .get(&task_id)
+                .filter(|t| &t.framework == framework)
+            {
+                Some(task) => v1::TaskStatus {
+                    reason: if task.status.reason == 0 {
+                        v1::Reason::Reconciliation as i32
+                    } else {
+                        task.status.reason
+                    },
+                    uuid: String::new(),
+                    ..task.status.clone()
+                },
+                None => v1::TaskStatus {
+                    task_id: task_id.clone(),
+                    framework_id: framework.to_string(),
+                    state: v1::TaskState::TaskLost as i32,
+                    reason: v1::Reason::Reconciliation as i32,
+                    message: "the master does not know this task".into(),
+                    timestamp_ns: now_ns(),
+                    ..Default::default()
+                },
+            };
+            self.send_to_framework(framework, update_event(status));
+        }
+    }
+
+    /// Sends the kill of a live task to its agent; the outcome comes as its update.
+    pub(super) fn kill_task(&mut self, task_id: &str) -> Result<(), OperatorError> {
+        let Some(task) = self.tasks.get(task_id) else {
+            return Err(OperatorError::NotFound(format!("unknown task {task_id:?}")));
+        };
+        if task.is_terminal() {
+            return Err(OperatorError::Conflict(format!(
+                "task {task_id} already ended ({})",
+                task.state().name()
+            )));
+        }
+        let agent = task.agent.clone();
+        if !self.send_to_agent(&agent, kill_message(&task.framework, task_id)) {
+            return Err(OperatorError::Conflict(format!(
+                "agent {agent} is not connected; the task will be killed when it comes back"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The owner and role of a framework, as the ACL's target (unknown: nobody's).
+    pub(super) fn target_of(&self, framework: &FrameworkId) -> (String, String) {
+        self.frameworks
+            .get(framework)
+            .map(|f| (f.principal.clone(), f.role.clone()))
+            .unwrap_or_default()
+    }
+
+    /// An operator's kill (HTTP): allowed by `kill_task(own|role|any)`.
+    pub(super) fn operator_kill(
+        &mut self,
+        task_id: &str,
+        caller: &Identity,
+    ) -> Result<(), OperatorError> {
+        let Some(task) = self.tasks.get(task_id) else {
+            return Err(OperatorError::NotFound(format!("unknown task {task_id:?}")));
+        };
+        let (owner, role) = self.target_of(&task.framework);
+        self.config.authorizer.check(
+            caller,
+            &Action::KillTask(Target {
+                owner: &owner,
+                role: &role,
+            }),
+            &format!("killing task {task_id}"),
+        )?;
+        self.kill_task(task_id)
+    }
+
+    /// KILL from a scheduler: only its own tasks.
+    pub(super) fn scheduler_kill(&mut self, framework: &FrameworkId, task_id: &str) {
+        let owned = self
+            .tasks
+            .get(task_id)
+            .is_some_and(|t| &t.framework == framework);
+        if !owned {
+            self.send_to_framework(
+                framework,
+                error_event(&format!("KILL: unknown task {task_id:?}")),
+            );
+        } else if let Err(e) = self.kill_task(task_id) {
+            self.send_to_framework(framework, error_event(&format!("KILL: {e}")));
+        }
+    }
+
+    /// ACKNOWLEDGE: passed on to the task's agent, for the caller's own tasks only.
+    pub(super) fn acknowledge(&mut self, framework: &FrameworkId, ack: &call::Acknowledge) {
+        match self.tasks.get(&ack.task_id) {
+            Some(task) if &task.framework == framework => {
+                let agent = task.agent.clone();
+                self.ack_to_agent(&agent, &ack.task_id, &ack.uuid);
+            }
+            _ => {
+                tracing::warn!(framework = %framework, task = %ack.task_id, "refused an acknowledgement of a task that is not the framework's");
+                self.send_to_framework(
+                    framework,
+                    error_event(&format!(
+                        "ACKNOWLEDGE: task {:?} is not a task of this framework",
+                        ack.task_id
+                    )),
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! A framework's tasks are its own, through the actor: another framework cannot
+//! acknowledge their updates or kill them, and the agent hears nothing of it.
+
+mod common;
+
+use cella_master::master;
+use cella_proto::v1::{self, call, event, master_to_agent};
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_framework_cannot_acknowledge_or_kill_a_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = master::try_spawn(config(dir.path())).unwrap();
+    let mut alice = subscribe(&m, "", "alice").await.unwrap();
+    let mut bob = subscribe(&m, "", "bob").await.unwrap();
+    let mut a = register_agent(&m, "agent-a", vec![]).await;
+    let offers = alice.next_offers().await;
+    alice.call(
+        &m,
+        call::Call::Accept(call::Accept {
+            offer_ids: vec![offers[0].offer_id.clone()],
+            tasks: vec![task_info("t1")],
+            refuse_seconds: None,
+        }),
+    );
+    assert_eq!(a.next_launch().await.task_id, "t1");
+    a.status(&m, &alice.id, "t1", v1::TaskState::TaskRunning, "u1");
+    assert_eq!(alice.next_update().await.uuid, "u1");
+
+    // Bob acknowledges alice's update and kills her task: both refused.
+    bob.call(
+        &m,
+        call::Call::Acknowledge(call::Acknowledge {
+            agent_id: "agent-a".into(),
+            task_id: "t1".into(),
+            uuid: "u1".into(),
+        }),
+    );
+    bob.call(
+        &m,
+        call::Call::Kill(call::Kill {
+            task_id: "t1".into(),
+        }),
+    );
+    let mut errors = Vec::new();
+    while errors.len() < 2 {
+        if let event::Event::Error(e) = bob.next().await {
+            errors.push(e.message);
+        }
+    }
+    assert!(
+        errors[0].contains("not a task of this framework"),
+        "{errors:?}"
+    );
+    assert!(errors[1].contains("unknown task"), "{errors:?}");
+
+    // Alice's own acknowledgement reaches the agent, and it is the first thing it hears
+    // since the launch: neither bob's acknowledgement nor his kill did.
+    alice.call(
+        &m,
+        call::Call::Acknowledge(call::Acknowledge {
+            agent_id: "agent-a".into(),
+            task_id: "t1".into(),
+            uuid: "u1".into(),
+        }),
+    );
+    let first = a
+        .next_picked("an acknowledgement or a kill", |msg| match msg {
+            master_to_agent::Message::Acknowledge(ack) => Some(format!("ack {}", ack.uuid)),
+            master_to_agent::Message::Kill(k) => Some(format!("kill {}", k.task_id)),
+            _ => None,
+        })
+        .await;
+    assert_eq!(first, "ack u1");
+    m.stop().await;
+}
