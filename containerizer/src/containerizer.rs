@@ -2,7 +2,7 @@
 //! `cella-shim`, samples usage, enforces limits and cleans up.
 
 use std::fs;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
@@ -263,7 +263,13 @@ impl Containerizer {
         fs::create_dir_all(dir).map_err(|e| LaunchError::setup(&dir.display().to_string(), e))?;
         let spec_json = serde_json::to_vec(spec)
             .map_err(|e| LaunchError::setup("encoding the launch spec", e))?;
-        fs::write(run_dir.spec(), spec_json)
+        // The spec holds the task's environment, secrets included: only root reads it.
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(run_dir.spec())
+            .and_then(|mut f| f.write_all(&spec_json))
             .map_err(|e| LaunchError::setup(&run_dir.spec().display().to_string(), e))?;
         let events_path = run_dir.events();
         nix::unistd::mkfifo(

@@ -123,6 +123,7 @@ async fn a_secret_reaches_its_task_and_nothing_else() {
     assert_eq!(mode(&dir.join("agent0/run")), 0o700);
     assert_eq!(mode(&dir.join("agent0/run/tasks")), 0o700);
     assert_eq!(std::fs::metadata(&spec).unwrap().uid(), 0);
+    assert_eq!(mode(&spec), 0o600, "the launch spec holds the secret");
 
     // Once the task ended, nothing holds it.
     s.kill("with-secret");
