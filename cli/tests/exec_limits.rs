@@ -42,14 +42,21 @@ fn cpu_limit_holds_a_busy_loop_to_half_a_cpu() {
         cpu / 1e9,
         wall / 1e9
     );
+    // The lower bound shows the limit is not stricter than asked: a loop held back by
+    // its quota is throttled in most 100 ms periods. On a machine whose cores are busy
+    // with other work the loop gets less than its quota without being throttled, and
+    // only the upper bound says anything.
+    let periods = wall / 100e6;
+    let starved_by_others = (out.num("cpu_nr_throttled") as f64) < periods / 2.0;
     out.check(
-        cpu >= expected * low && cpu <= expected * high,
+        cpu <= expected * high && (cpu >= expected * low || starved_by_others),
         format!(
             "--cpus 0.5: cpu_user_ns+cpu_system_ns = {:.3} s for a {:.3} s busy loop, \
-             expected {:.3} s (allowed {low}x..{high}x)",
+             expected {:.3} s (allowed {low}x..{high}x; throttled in {} of ~{periods:.0} periods)",
             cpu / 1e9,
             wall / 1e9,
             expected / 1e9,
+            out.num("cpu_nr_throttled"),
         ),
     );
     out.check(
