@@ -34,9 +34,11 @@ fn cpu_limit_holds_a_busy_loop_to_half_a_cpu() {
     let expected = wall * 0.5;
     // In the VM (software-emulated CPU, late timer interrupts) the kernel's CFS
     // bandwidth control itself overshoots: a plain cgroup with cpu.max "50000 100000"
-    // and no Cella involved gave this busy loop 57% of a CPU there (62-65% under
-    // cella). On real hardware it holds to ±15%.
-    let (low, high) = if in_vm() { (0.85, 1.35) } else { (0.85, 1.15) };
+    // and no Cella involved gave this busy loop 57% of a CPU there on an idle host
+    // (62-65% under cella) and up to 82% when the host's cores were oversubscribed.
+    // There the test shows that the limit acts (the loop stays well below a whole CPU
+    // and is throttled); on real hardware it holds to ±15%.
+    let (low, high) = if in_vm() { (0.85, 1.8) } else { (0.85, 1.15) };
     eprintln!(
         "--cpus 0.5: cpu {:.4} s over a {:.4} s busy loop",
         cpu / 1e9,
