@@ -134,11 +134,7 @@ impl ArchiveSource {
 fn open(file: &Path) -> Result<tar::Archive<File>, FetchError> {
     File::open(file)
         .map(tar::Archive::new)
-        .map_err(|source| FetchError::Io {
-            path: file.to_owned(),
-            op: "open the docker archive",
-            source,
-        })
+        .map_err(FetchError::io(file, "open the docker archive"))
 }
 
 fn bad(file: &Path, e: std::io::Error) -> FetchError {

@@ -110,11 +110,8 @@ impl LayoutSource {
         on_bytes: OnBytes,
     ) -> Result<(), FetchError> {
         let path = self.blob_path(digest);
-        let file = std::fs::File::open(&path).map_err(|source| FetchError::Io {
-            path: path.clone(),
-            op: "open the layout's blob",
-            source,
-        })?;
+        let file =
+            std::fs::File::open(&path).map_err(FetchError::io(&path, "open the layout's blob"))?;
         let (digest, partial) = (digest.clone(), partial.to_owned());
         blocking(move || copy_verified(file, &digest, size, &partial, &*on_bytes)).await
     }

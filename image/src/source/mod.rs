@@ -66,6 +66,17 @@ pub enum FetchError {
     },
 }
 
+impl FetchError {
+    /// The error of the file operation `op` on `path` (for `map_err`).
+    pub(crate) fn io(path: &Path, op: &'static str) -> impl FnOnce(std::io::Error) -> Self {
+        move |source| Self::Io {
+            path: path.to_owned(),
+            op,
+            source,
+        }
+    }
+}
+
 fn unauthorized_message(registry: &str, with_credentials: bool, detail: &str) -> String {
     if with_credentials {
         format!(
@@ -250,10 +261,7 @@ pub(crate) fn copy_verified(
     on_bytes: &(dyn Fn(u64) -> bool + Send + Sync),
 ) -> Result<(), FetchError> {
     use std::io::Write as _;
-    let io = |op: &'static str| {
-        let path = partial.to_owned();
-        move |source| FetchError::Io { path, op, source }
-    };
+    let io = |op| FetchError::io(partial, op);
     let mut file = std::fs::File::create(partial).map_err(io("create the partial blob"))?;
     let mut hasher = Hasher::new();
     let mut buf = vec![0u8; 1 << 20];

@@ -171,10 +171,7 @@ impl RegistrySource {
         partial: &Path,
         on_bytes: &(dyn Fn(u64) -> bool + Send + Sync),
     ) -> Result<(), FetchError> {
-        let io = |op: &'static str| {
-            let path = partial.to_owned();
-            move |source| FetchError::Io { path, op, source }
-        };
+        let io = |op| FetchError::io(partial, op);
         let mut file = tokio::fs::OpenOptions::new()
             .create(true)
             .read(true)
