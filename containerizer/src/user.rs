@@ -234,38 +234,20 @@ mod tests {
     }
 
     #[test]
-    fn by_name_with_supplementary_groups() {
+    fn resolution() {
         let r = rootfs();
         assert_resolves(
             r.path(),
             &[
+                // By name, with the supplementary groups that list the user.
                 ("alice", id(1000, 1000, &[100, 998])),
                 ("bob", id(1001, 100, &[998, 10])),
                 ("root", id(0, 0, &[])),
-            ],
-        );
-    }
-
-    #[test]
-    fn by_uid() {
-        let r = rootfs();
-        assert_resolves(
-            r.path(),
-            &[
+                // By uid; an unknown numeric uid is accepted with gid 0 (Docker).
                 ("1000", id(1000, 1000, &[100, 998])),
-                // Unknown numeric uid: accepted with gid 0 (Docker).
                 ("4242", id(4242, 0, &[])),
                 ("4242:4243", id(4242, 4243, &[])),
-            ],
-        );
-    }
-
-    #[test]
-    fn explicit_group_replaces_supplementary_groups() {
-        let r = rootfs();
-        assert_resolves(
-            r.path(),
-            &[
+                // An explicit group replaces the supplementary groups.
                 ("alice:docker", id(1000, 998, &[])),
                 ("alice:10", id(1000, 10, &[])),
                 ("1001:users", id(1001, 100, &[])),
