@@ -8,7 +8,6 @@
 //! with the digest (and size) the manifest promised before anything is used, and a
 //! partial blob is continued with a `Range` request, or restarted, never trusted.
 
-use std::path::Path;
 use std::time::Duration;
 
 use futures::StreamExt as _;
