@@ -359,7 +359,7 @@ async fn agents_speak_only_for_themselves() {
     )
     .await;
     assert!(err.message().contains("cannot register as it"), "{err:?}");
-    let err = refused_agent_stream(
+    refused_agent_stream(
         &c,
         &own_dir,
         registration(&agent.id, "again"),
