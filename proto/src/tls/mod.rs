@@ -143,10 +143,8 @@ pub(crate) fn read(path: &std::path::Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(PathIoError::on(path))
 }
 
-/// Formats an error with all its sources, `outer: inner: innermost` (a source whose
-/// text the message already holds is not repeated), so that a TLS or connection
-/// failure says what went wrong.
-pub fn error_chain(err: &dyn std::error::Error) -> String {
+/// Formats an error with all its sources, `outer: inner: innermost`.
+pub(crate) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut out = err.to_string();
     let mut source = err.source();
     while let Some(e) = source {
