@@ -73,35 +73,24 @@ async fn a_killed_agent_reattaches_to_its_running_task() {
     s.kill("sleeper");
     let end = s.wait_terminal("sleeper").await;
     assert_eq!(end.state(), v1::TaskState::TaskKilled, "{end:?}");
-    env.assert_task_gone("sleeper", &cmd, shim).await;
-    drop(agent);
-    env.stop().await;
+    env.stop_once_task_gone(agent, "sleeper", &cmd, shim).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_that_ended_while_the_agent_was_down_reports_its_exit_code_once() {
     let env = Env::new().await;
-    let Launched {
-        mut agent, mut s, ..
-    } = env
-        .launch_running("exit3", &["sh", "-c", "sleep 1; exit 3"])
+    let Launched { mut s, .. } = env
+        .launch_running_then_kill9("exit3", &["sh", "-c", "sleep 1; exit 3"])
         .await;
-    agent.kill9();
     // The shim records the exit status while no agent runs.
     let exit_status = env.run_dir("exit3").exit_status();
     wait_until("the task to end while the agent is down", async || {
         exit_status.exists()
     })
     .await;
-    let agent = env.spawn(&[]);
-
-    let end = s.wait_terminal("exit3").await;
-    assert_eq!(
-        end.state(),
-        v1::TaskState::TaskFailed,
-        "{end:?}\n{}",
-        agent.log()
-    );
+    let (agent, end) = env
+        .respawn_until_end(&mut s, "exit3", v1::TaskState::TaskFailed)
+        .await;
     assert_eq!(end.exit_code, Some(3), "{end:?}");
     assert_eq!(end.reason(), v1::Reason::CommandExited);
     assert_eq!(end.message, "exited with code 3");
@@ -135,13 +124,7 @@ async fn a_task_that_ended_while_the_agent_was_down_reports_its_exit_code_once()
 async fn a_simulated_reboot_reports_lost_and_leaves_nothing_behind() {
     let env = Env::new().await;
     let cmd = ["sleep", "1003"];
-    let Launched {
-        mut agent,
-        mut s,
-        shim,
-        ..
-    } = env.launch_running("rebooted", &cmd).await;
-    agent.kill9();
+    let Launched { mut s, shim, .. } = env.launch_running_then_kill9("rebooted", &cmd).await;
 
     // "Reboot": another boot id in the checkpoint, an empty runtime dir.
     let before = env
@@ -151,14 +134,9 @@ async fn a_simulated_reboot_reports_lost_and_leaves_nothing_behind() {
     std::fs::remove_dir_all(env.runtime_dir()).expect("empty the runtime dir");
     std::fs::create_dir_all(env.runtime_dir()).expect("runtime dir");
 
-    let agent = env.spawn(&[]);
-    let end = s.wait_terminal("rebooted").await;
-    assert_eq!(
-        end.state(),
-        v1::TaskState::TaskLost,
-        "{end:?}\n{}",
-        agent.log()
-    );
+    let (agent, end) = env
+        .respawn_until_end(&mut s, "rebooted", v1::TaskState::TaskLost)
+        .await;
     assert_eq!(end.reason(), v1::Reason::AgentRestarted);
     assert_eq!(end.message, "the machine rebooted");
     env.assert_task_gone("rebooted", &cmd, shim).await;
@@ -263,13 +241,7 @@ async fn a_second_agent_on_the_same_work_dir_refuses_to_start() {
 async fn recover_cleanup_kills_the_tasks_reports_them_and_exits() {
     let env = Env::new().await;
     let cmd = ["sleep", "1006"];
-    let Launched {
-        mut agent,
-        mut s,
-        shim,
-        ..
-    } = env.launch_running("doomed", &cmd).await;
-    agent.kill9();
+    let Launched { mut s, shim, .. } = env.launch_running_then_kill9("doomed", &cmd).await;
     let mut cleanup = env.spawn(&["--recover", "cleanup"]);
     let end = tokio::time::timeout(WAIT, s.wait_terminal("doomed"))
         .await
@@ -336,28 +308,16 @@ async fn sandboxes_of_ended_tasks_are_collected_after_the_delay() {
 async fn a_missing_run_directory_is_reported_lost_and_cleaned() {
     let env = Env::new().await;
     let cmd = ["sleep", "1008"];
-    let Launched {
-        mut agent,
-        mut s,
-        shim,
-        ..
-    } = env.launch_running("no-rundir", &cmd).await;
-    agent.kill9();
+    let Launched { mut s, shim, .. } = env.launch_running_then_kill9("no-rundir", &cmd).await;
     std::fs::remove_dir_all(env.run_dir("no-rundir").path()).expect("remove run dir");
 
-    let agent = env.spawn(&[]);
-    let end = s.wait_terminal("no-rundir").await;
-    assert_eq!(
-        end.state(),
-        v1::TaskState::TaskLost,
-        "{end:?}\n{}",
-        agent.log()
-    );
+    let (agent, end) = env
+        .respawn_until_end(&mut s, "no-rundir", v1::TaskState::TaskLost)
+        .await;
     assert_eq!(end.reason(), v1::Reason::AgentRestarted);
     assert!(end.message.contains("run directory"), "{}", end.message);
-    env.assert_task_gone("no-rundir", &cmd, shim).await;
-    drop(agent);
-    env.stop().await;
+    env.stop_once_task_gone(agent, "no-rundir", &cmd, shim)
+        .await;
 }
 
 /// A kill is checkpointed before it is delivered. Here the agent crashed in between
@@ -367,13 +327,7 @@ async fn a_missing_run_directory_is_reported_lost_and_cleaned() {
 async fn a_kill_requested_before_a_crash_is_carried_out_after_it() {
     let env = Env::new().await;
     let cmd = ["sleep", "1005"];
-    let Launched {
-        mut agent,
-        mut s,
-        shim,
-        ..
-    } = env.launch_running("doomed", &cmd).await;
-    agent.kill9();
+    let Launched { mut s, shim, .. } = env.launch_running_then_kill9("doomed", &cmd).await;
     env.edit_checkpoint(|cp| {
         let (id, record) = cp
             .tasks
@@ -388,17 +342,11 @@ async fn a_kill_requested_before_a_crash_is_carried_out_after_it() {
     .await;
     assert!(alive(shim), "the task still runs");
 
-    let agent = env.spawn(&[]);
-    let end = s.wait_terminal("doomed").await;
-    assert_eq!(
-        (end.state(), end.reason()),
-        (v1::TaskState::TaskKilled, v1::Reason::KilledByRequest),
-        "{end:?}\n{}",
-        agent.log()
-    );
-    env.assert_task_gone("doomed", &cmd, shim).await;
-    drop(agent);
-    env.stop().await;
+    let (agent, end) = env
+        .respawn_until_end(&mut s, "doomed", v1::TaskState::TaskKilled)
+        .await;
+    assert_eq!(end.reason(), v1::Reason::KilledByRequest, "{end:?}");
+    env.stop_once_task_gone(agent, "doomed", &cmd, shim).await;
 }
 
 /// A checkpoint cut short (a disk that filled up, a bad copy): a strict agent stops
@@ -408,10 +356,7 @@ async fn a_kill_requested_before_a_crash_is_carried_out_after_it() {
 async fn a_truncated_checkpoint_is_refused_or_set_aside() {
     let env = Env::new().await;
     let cmd = ["sleep", "1006"];
-    let Launched {
-        mut agent, shim, ..
-    } = env.launch_running("cut", &cmd).await;
-    agent.kill9();
+    let Launched { shim, .. } = env.launch_running_then_kill9("cut", &cmd).await;
     let file = cella_agent::paths::checkpoint_file(&env.work_dir());
     let len = std::fs::metadata(&file).expect("agent.redb").len();
     // Cut to its first page: the header stays, the tables are gone (where the live
@@ -516,7 +461,5 @@ async fn sigterm_stops_the_agent_and_leaves_its_tasks_running() {
         "{end:?}\n{}",
         agent.log()
     );
-    env.assert_task_gone("stays-up", &cmd, shim).await;
-    drop(agent);
-    env.stop().await;
+    env.stop_once_task_gone(agent, "stays-up", &cmd, shim).await;
 }

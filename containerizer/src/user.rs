@@ -44,21 +44,33 @@ pub struct GroupEntry {
     pub members: Vec<String>,
 }
 
-/// Parses passwd lines `name:password:uid:gid:gecos:home:shell`; comments, blank and
-/// malformed lines are skipped (as libc does).
-pub fn parse_passwd(text: &str) -> Vec<PasswdEntry> {
+/// The entries of a passwd or group file: the name and the fields after the password
+/// of each line that is not blank or a comment and has a name.
+fn entries(text: &str) -> impl Iterator<Item = (&str, std::str::Split<'_, char>)> {
     text.lines()
         .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
         .filter_map(|line| {
             let mut f = line.split(':');
             let name = f.next()?.trim();
             let _password = f.next()?;
-            let uid = f.next()?.trim().parse().ok()?;
-            let gid = f.next()?.trim().parse().ok()?;
-            (!name.is_empty()).then(|| PasswdEntry {
+            (!name.is_empty()).then_some((name, f))
+        })
+}
+
+/// The next field as a numeric id; `None` if it is missing or not a number.
+fn next_id(fields: &mut std::str::Split<'_, char>) -> Option<u32> {
+    fields.next()?.trim().parse().ok()
+}
+
+/// Parses passwd lines `name:password:uid:gid:gecos:home:shell`; comments, blank and
+/// malformed lines are skipped (as libc does).
+pub fn parse_passwd(text: &str) -> Vec<PasswdEntry> {
+    entries(text)
+        .filter_map(|(name, mut f)| {
+            Some(PasswdEntry {
                 name: name.to_string(),
-                uid,
-                gid,
+                uid: next_id(&mut f)?,
+                gid: next_id(&mut f)?,
             })
         })
         .collect()
@@ -67,13 +79,9 @@ pub fn parse_passwd(text: &str) -> Vec<PasswdEntry> {
 /// Parses group lines `name:password:gid:member,member`; comments, blank and malformed
 /// lines are skipped.
 pub fn parse_group(text: &str) -> Vec<GroupEntry> {
-    text.lines()
-        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
-        .filter_map(|line| {
-            let mut f = line.split(':');
-            let name = f.next()?.trim();
-            let _password = f.next()?;
-            let gid = f.next()?.trim().parse().ok()?;
+    entries(text)
+        .filter_map(|(name, mut f)| {
+            let gid = next_id(&mut f)?;
             let members = f
                 .next()
                 .unwrap_or("")
@@ -82,7 +90,7 @@ pub fn parse_group(text: &str) -> Vec<GroupEntry> {
                 .filter(|m| !m.is_empty())
                 .map(str::to_string)
                 .collect();
-            (!name.is_empty()).then(|| GroupEntry {
+            Some(GroupEntry {
                 name: name.to_string(),
                 gid,
                 members,
@@ -218,39 +226,34 @@ mod tests {
         }
     }
 
-    #[test]
-    fn by_name_with_supplementary_groups() {
-        let r = rootfs();
-        assert_eq!(
-            resolve("alice", r.path()).unwrap(),
-            id(1000, 1000, &[100, 998])
-        );
-        assert_eq!(resolve("bob", r.path()).unwrap(), id(1001, 100, &[998, 10]));
-        assert_eq!(resolve("root", r.path()).unwrap(), id(0, 0, &[]));
+    /// Asserts that each spec resolves to its identity.
+    fn assert_resolves(root: &Path, cases: &[(&str, Identity)]) {
+        for (spec, identity) in cases {
+            assert_eq!(&resolve(spec, root).unwrap(), identity, "{spec:?}");
+        }
     }
 
     #[test]
-    fn by_uid() {
+    fn resolution() {
         let r = rootfs();
-        assert_eq!(
-            resolve("1000", r.path()).unwrap(),
-            id(1000, 1000, &[100, 998])
+        assert_resolves(
+            r.path(),
+            &[
+                // By name, with the supplementary groups that list the user.
+                ("alice", id(1000, 1000, &[100, 998])),
+                ("bob", id(1001, 100, &[998, 10])),
+                ("root", id(0, 0, &[])),
+                // By uid; an unknown numeric uid is accepted with gid 0 (Docker).
+                ("1000", id(1000, 1000, &[100, 998])),
+                ("4242", id(4242, 0, &[])),
+                ("4242:4243", id(4242, 4243, &[])),
+                // An explicit group replaces the supplementary groups.
+                ("alice:docker", id(1000, 998, &[])),
+                ("alice:10", id(1000, 10, &[])),
+                ("1001:users", id(1001, 100, &[])),
+                ("alice:777", id(1000, 777, &[])),
+            ],
         );
-        // Unknown numeric uid: accepted with gid 0 (Docker).
-        assert_eq!(resolve("4242", r.path()).unwrap(), id(4242, 0, &[]));
-        assert_eq!(resolve("4242:4243", r.path()).unwrap(), id(4242, 4243, &[]));
-    }
-
-    #[test]
-    fn explicit_group_replaces_supplementary_groups() {
-        let r = rootfs();
-        assert_eq!(
-            resolve("alice:docker", r.path()).unwrap(),
-            id(1000, 998, &[])
-        );
-        assert_eq!(resolve("alice:10", r.path()).unwrap(), id(1000, 10, &[]));
-        assert_eq!(resolve("1001:users", r.path()).unwrap(), id(1001, 100, &[]));
-        assert_eq!(resolve("alice:777", r.path()).unwrap(), id(1000, 777, &[]));
     }
 
     #[test]
@@ -284,10 +287,9 @@ mod tests {
     #[test]
     fn missing_files() {
         let empty = tempfile::tempdir().unwrap();
-        assert_eq!(resolve("0", empty.path()).unwrap(), id(0, 0, &[]));
-        assert_eq!(
-            resolve("1000:1000", empty.path()).unwrap(),
-            id(1000, 1000, &[])
+        assert_resolves(
+            empty.path(),
+            &[("0", id(0, 0, &[])), ("1000:1000", id(1000, 1000, &[]))],
         );
         assert!(matches!(
             resolve("alice", empty.path()),

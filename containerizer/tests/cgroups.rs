@@ -170,14 +170,19 @@ fn alive(pid: i32) -> bool {
         .is_ok_and(|state| state != procfs::process::ProcState::Zombie)
 }
 
+/// Limits on CPU (in millicpus), memory and pids.
+fn every_limit(millicpus: u64, memory_bytes: u64, pids: u64) -> CgroupLimits {
+    CgroupLimits {
+        cpus: Some(MilliCpus(millicpus)),
+        memory_bytes: Some(memory_bytes),
+        pids: Some(pids),
+    }
+}
+
 #[test]
 fn limits_are_written_and_updated() {
     let mut fx = Fixture::new();
-    let limits = CgroupLimits {
-        cpus: Some(MilliCpus(500)),
-        memory_bytes: Some(64 * MIB),
-        pids: Some(10),
-    };
+    let limits = every_limit(500, 64 * MIB, 10);
     let task = fx.create("limits", limits);
     assert_eq!(fx.root.list().expect("list"), vec!["limits".to_string()]);
     assert!(
@@ -269,11 +274,7 @@ fn failed_create_leaves_nothing_behind() {
 #[test]
 fn stats_of_sleeping_and_busy_processes() {
     let mut fx = Fixture::new();
-    let limits = CgroupLimits {
-        cpus: Some(MilliCpus(1000)),
-        memory_bytes: Some(256 * MIB),
-        pids: Some(20),
-    };
+    let limits = every_limit(1000, 256 * MIB, 20);
     let sleeper = fx.create("sleeper", limits);
     let index = fx.spawn(&sleeper, "exec sleep 1000");
     let pid = fx.child_pid(index);

@@ -57,6 +57,25 @@ impl Launcher {
         .expect("containerizer")
     }
 
+    /// Launches task `name` running `script`, then the containerizer that launched it
+    /// goes away as a dying agent's does: nothing is collected, the shim and the task
+    /// go on.
+    fn launch_and_leave(&self, name: &str, script: &str) -> Left {
+        let (id, config) = self.task(name, script);
+        let first = self.containerizer();
+        let running = first.launch(&id, &config).expect("launch");
+        let left = Left {
+            task_pid: running.pid,
+            shim_pid: running.shim_pid(),
+            shim_start_time: running.shim_start_time(),
+            id,
+            config,
+        };
+        drop(running);
+        drop(first);
+        left
+    }
+
     fn task(&self, name: &str, script: &str) -> (TaskId, TaskConfig) {
         let sandbox = self.dir.path().join(name);
         std::fs::create_dir_all(&sandbox).expect("sandbox");
@@ -70,6 +89,15 @@ impl Launcher {
         };
         (TaskId::new(name).expect("id"), config)
     }
+}
+
+/// A task whose launcher went away.
+struct Left {
+    id: TaskId,
+    config: TaskConfig,
+    task_pid: i32,
+    shim_pid: i32,
+    shim_start_time: u64,
 }
 
 impl Drop for Launcher {
@@ -89,27 +117,21 @@ impl Drop for Launcher {
 #[test]
 fn a_running_task_is_re_attached_and_can_be_killed() {
     let l = Launcher::new();
-    let (id, config) = l.task("t-running", "echo up; exec sleep 1000");
-    let first = l.containerizer();
-    let running = first.launch(&id, &config).expect("launch");
-    let task_pid = running.pid;
-    let shim = (running.shim_pid(), running.shim_start_time());
+    let t = l.launch_and_leave("t-running", "echo up; exec sleep 1000");
+    let shim = (t.shim_pid, t.shim_start_time);
     assert!(shim.1 > 0, "the shim's start time is known");
-    // The launcher dies: nothing is collected, the shim and the task go on.
-    drop(running);
-    drop(first);
 
     let second = l.containerizer();
     // A checkpoint that names another shim: this run directory is not the task's.
-    match second.recover(&id, &config, Some((shim.0, shim.1 + 1))) {
+    match second.recover(&t.id, &t.config, Some((shim.0, shim.1 + 1))) {
         Recovered::Unknown(why) => assert!(why.contains("not the task's own"), "{why}"),
         _ => panic!("re-attached to a shim the checkpoint does not name"),
     }
-    let Recovered::Running(mut running) = second.recover(&id, &config, Some(shim)) else {
+    let Recovered::Running(mut running) = second.recover(&t.id, &t.config, Some(shim)) else {
         panic!("a live task must be re-attached");
     };
     assert_eq!(running.shim_start_time(), shim.1);
-    assert_eq!(running.pid, task_pid, "the same task, not a new one");
+    assert_eq!(running.pid, t.task_pid, "the same task, not a new one");
     assert!(
         !second.wait(&mut running, Duration::from_millis(200)),
         "the task still runs"
@@ -137,12 +159,7 @@ fn a_running_task_is_re_attached_and_can_be_killed() {
 #[test]
 fn a_shim_that_has_not_written_its_pid_yet_is_waited_for() {
     let l = Launcher::new();
-    let (id, config) = l.task("t-starting", "exec sleep 1000");
-    let first = l.containerizer();
-    let running = first.launch(&id, &config).expect("launch");
-    let (shim_pid, task_pid) = (running.shim_pid(), running.pid);
-    drop(running);
-    drop(first);
+    let t = l.launch_and_leave("t-starting", "exec sleep 1000");
 
     // Only the shim holds the lock; the task did not inherit it.
     let run = l.dir.path().join("run/tasks/t-starting");
@@ -153,9 +170,12 @@ fn a_shim_that_has_not_written_its_pid_yet_is_waited_for() {
             .flatten()
             .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t == run.join("spec.json")))
     };
-    assert!(holds_lock(shim_pid), "the shim holds the lock on spec.json");
     assert!(
-        !holds_lock(task_pid),
+        holds_lock(t.shim_pid),
+        "the shim holds the lock on spec.json"
+    );
+    assert!(
+        !holds_lock(t.task_pid),
         "the task must not inherit the lock on spec.json"
     );
 
@@ -169,12 +189,12 @@ fn a_shim_that_has_not_written_its_pid_yet_is_waited_for() {
         std::fs::rename(&hidden, &pid_file).expect("restoring shim.pid");
     });
     let second = l.containerizer();
-    let recovered = second.recover(&id, &config, None);
+    let recovered = second.recover(&t.id, &t.config, None);
     restore.join().expect("restore thread");
     let Recovered::Running(running) = recovered else {
         panic!("a starting shim (its lock held) was taken for gone");
     };
-    assert_eq!(running.shim_pid(), shim_pid);
+    assert_eq!(running.shim_pid(), t.shim_pid);
     second.kill(&running).expect("kill");
     let end = second.finish(running);
     assert_eq!(end.status.signal, Some(9), "{:?}", end.status);
@@ -183,30 +203,25 @@ fn a_shim_that_has_not_written_its_pid_yet_is_waited_for() {
 #[test]
 fn a_task_that_ended_meanwhile_reports_its_real_exit_code() {
     let l = Launcher::new();
-    let (id, config) = l.task("t-ended", "sleep 0.3; exit 7");
-    let first = l.containerizer();
-    let running = first.launch(&id, &config).expect("launch");
-    let shim_pid = running.shim_pid();
-    drop(running);
-    drop(first);
+    let t = l.launch_and_leave("t-ended", "sleep 0.3; exit 7");
     // Wait for the shim to finish on its own (it records the exit status).
     let deadline = Instant::now() + Duration::from_secs(10);
-    while process_alive(shim_pid) && Instant::now() < deadline {
+    while process_alive(t.shim_pid) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
     let second = l.containerizer();
-    match second.recover(&id, &config, None) {
+    match second.recover(&t.id, &t.config, None) {
         Recovered::Ended(end) => assert_eq!(end.status.code, Some(7), "{:?}", end.status),
         Recovered::Running(_) => panic!("the task had ended"),
         Recovered::Unknown(why) => panic!("the exit status was recorded, yet: {why}"),
     }
     // Until the caller has recorded the outcome and destroys the task, a second
     // recovery (after another crash) finds the same outcome.
-    match second.recover(&id, &config, None) {
+    match second.recover(&t.id, &t.config, None) {
         Recovered::Ended(end) => assert_eq!(end.status.code, Some(7), "{:?}", end.status),
         _ => panic!("the second recovery lost the outcome"),
     }
-    second.destroy(&id);
+    second.destroy(&t.id);
     assert!(
         second.cgroups().list().unwrap_or_default().is_empty(),
         "its cgroups are gone"

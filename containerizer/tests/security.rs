@@ -38,6 +38,24 @@ fn in_child(name: &str, extra_env: &[(&str, &Path)]) -> bool {
     false
 }
 
+/// Runs `command` and asserts that it succeeds (its output in the message); returns
+/// its standard output.
+fn stdout_of_success(command: &mut Command) -> String {
+    let out = command.output().expect("spawn");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// [`in_child`] for a test that needs root: true in the child when it runs as root.
+fn in_child_as_root(name: &str) -> bool {
+    in_child(name, &[]) && running_as_root()
+}
+
 /// Whether the test may go on: true as root. Otherwise it cannot run; under
 /// `CELLA_TEST_STRICT=1` (scripts/test.sh) that fails it, else it says so and skips.
 fn running_as_root() -> bool {
@@ -182,31 +200,19 @@ fn default_profile_denies_dangerous_syscalls_and_allows_normal_ones() {
         .expect("spawn");
     assert_eq!(st.code(), Some(3));
     // Ordinary programs run normally under the profile.
-    let out = Command::new("/bin/sh")
-        .args([
-            "-c",
-            "set -e; d=$(mktemp -d); cd \"$d\"; ls / >/dev/null; date >/dev/null; \
-             echo hi > f; cat f; mkdir sub; rmdir sub; rm f; cd /; rmdir \"$d\"; \
-             sleep 0.01 & wait; grep Seccomp: /proc/self/status",
-        ])
-        .output()
-        .expect("spawn sh");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = stdout_of_success(Command::new("/bin/sh").args([
+        "-c",
+        "set -e; d=$(mktemp -d); cd \"$d\"; ls / >/dev/null; date >/dev/null; \
+         echo hi > f; cat f; mkdir sub; rmdir sub; rm f; cd /; rmdir \"$d\"; \
+         sleep 0.01 & wait; grep Seccomp: /proc/self/status",
+    ]));
     assert!(stdout.starts_with("hi\nSeccomp:\t2"), "{stdout}");
     println!("default profile: denied and allowed syscalls behave");
 }
 
 #[test]
 fn sys_admin_opens_namespace_syscalls() {
-    if !in_child("sys_admin_opens_namespace_syscalls", &[]) {
-        return;
-    }
-    if !running_as_root() {
+    if !in_child_as_root("sys_admin_opens_namespace_syscalls") {
         return;
     }
     let mask = capabilities::default_mask() | (1 << 21); // CAP_SYS_ADMIN
@@ -287,6 +293,15 @@ fn custom_profile_denies_mkdir_with_eacces() {
     }
 }
 
+/// Why loading a profile `name` that holds `text` fails (printed for the test's log).
+fn profile_error(dir: &std::path::Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write");
+    let msg = seccomp::load_profile(&path).expect_err(name).to_string();
+    println!("{msg}");
+    msg
+}
+
 #[test]
 fn malformed_profiles_give_clear_errors() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -302,37 +317,23 @@ fn malformed_profiles_give_clear_errors() {
         "{msg}"
     );
 
-    let wrong_type = dir.path().join("type.json");
-    std::fs::write(
-        &wrong_type,
-        r#"{"defaultAction": "SCMP_ACT_ERRNO", "defaultErrnoRet": "EPERM"}"#,
-    )
-    .expect("write");
-    let msg = seccomp::load_profile(&wrong_type)
-        .expect_err("type")
-        .to_string();
-    println!("{msg}");
-    assert!(
-        msg.contains("type.json") && msg.contains("invalid type"),
-        "{msg}"
-    );
-
-    let unknown = dir.path().join("action.json");
-    std::fs::write(
-        &unknown,
-        r#"{"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [
+    for (name, text, says) in [
+        (
+            "type.json",
+            r#"{"defaultAction": "SCMP_ACT_ERRNO", "defaultErrnoRet": "EPERM"}"#,
+            ["type.json", "invalid type"],
+        ),
+        (
+            "action.json",
+            r#"{"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [
             {"names": ["read"], "action": "SCMP_ACT_ALLOW"},
             {"names": ["write"], "action": "SCMP_ACT_NOTIFY"}]}"#,
-    )
-    .expect("write");
-    let msg = seccomp::load_profile(&unknown)
-        .expect_err("notify")
-        .to_string();
-    println!("{msg}");
-    assert!(
-        msg.contains("syscalls[1].action") && msg.contains("SCMP_ACT_NOTIFY"),
-        "{msg}"
-    );
+            ["syscalls[1].action", "SCMP_ACT_NOTIFY"],
+        ),
+    ] {
+        let msg = profile_error(dir.path(), name, text);
+        assert!(says.iter().all(|s| msg.contains(s)), "{msg}");
+    }
 
     let missing = dir.path().join("missing.json");
     let msg = seccomp::load_profile(&missing)
@@ -352,10 +353,7 @@ fn cap_line(status: &str, key: &str) -> u64 {
 
 #[test]
 fn capabilities_are_applied_exactly() {
-    if !in_child("capabilities_are_applied_exactly", &[]) {
-        return;
-    }
-    if !running_as_root() {
+    if !in_child_as_root("capabilities_are_applied_exactly") {
         return;
     }
     let mask = capabilities::resolve(&[], &["NET_RAW".into()]).expect("resolve");
@@ -518,16 +516,10 @@ fn default_program_runs_a_busybox_pipeline() {
             .to_owned(),
     };
     let shell = busybox.map_or_else(|| vec!["/bin/sh"], |bb| vec![bb, "sh"]);
-    let out = Command::new(shell[0])
-        .args(&shell[1..])
-        .args(["-c", &script])
-        .output()
-        .expect("spawn the shell");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
+    let stdout = stdout_of_success(
+        Command::new(shell[0])
+            .args(&shell[1..])
+            .args(["-c", &script]),
     );
     // sha256("cella\n") starts with these 12 hex digits.
     let digest = {

@@ -296,26 +296,21 @@ mod tests {
 
     #[test]
     fn short_names_resolve_against_the_default_registry() {
-        assert_eq!(
-            registry("busybox").to_string(),
-            "registry.example:5000/library/busybox:latest"
-        );
-        assert_eq!(
-            registry("library/busybox:1.36").to_string(),
-            "registry.example:5000/library/busybox:1.36"
-        );
-        assert_eq!(
-            registry("team/app").to_string(),
-            "registry.example:5000/team/app:latest"
-        );
-        assert_eq!(
-            registry("registry.example:5000/app").to_string(),
-            "registry.example:5000/app:latest"
-        );
-        assert_eq!(
-            registry("docker.io/busybox").to_string(),
-            "docker.io/library/busybox:latest"
-        );
+        for (short, full) in [
+            ("busybox", "registry.example:5000/library/busybox:latest"),
+            (
+                "library/busybox:1.36",
+                "registry.example:5000/library/busybox:1.36",
+            ),
+            ("team/app", "registry.example:5000/team/app:latest"),
+            (
+                "registry.example:5000/app",
+                "registry.example:5000/app:latest",
+            ),
+            ("docker.io/busybox", "docker.io/library/busybox:latest"),
+        ] {
+            assert_eq!(registry(short).to_string(), full, "{short}");
+        }
     }
 
     #[test]
@@ -337,34 +332,29 @@ mod tests {
 
     #[test]
     fn local_sources() {
-        assert_eq!(
-            ImageReference::parse("oci:/srv/layout:v2", DEFAULT).unwrap(),
-            ImageReference::OciLayout {
-                dir: "/srv/layout".into(),
-                tag: Some("v2".into())
-            }
-        );
-        assert_eq!(
-            ImageReference::parse("/srv/layout", DEFAULT).unwrap(),
-            ImageReference::OciLayout {
-                dir: "/srv/layout".into(),
-                tag: None
-            }
-        );
-        assert_eq!(
-            ImageReference::parse("/srv/saved.tar", DEFAULT).unwrap(),
-            ImageReference::DockerArchive {
-                file: "/srv/saved.tar".into(),
-                name: None
-            }
-        );
-        assert_eq!(
-            ImageReference::parse("docker-archive:/srv/saved.tar:app:v1", DEFAULT).unwrap(),
-            ImageReference::DockerArchive {
-                file: "/srv/saved.tar".into(),
-                name: Some("app:v1".into())
-            }
-        );
+        let layout = |dir: &str, tag: Option<&str>| ImageReference::OciLayout {
+            dir: dir.into(),
+            tag: tag.map(Into::into),
+        };
+        let archive = |file: &str, name: Option<&str>| ImageReference::DockerArchive {
+            file: file.into(),
+            name: name.map(Into::into),
+        };
+        for (text, parsed) in [
+            ("oci:/srv/layout:v2", layout("/srv/layout", Some("v2"))),
+            ("/srv/layout", layout("/srv/layout", None)),
+            ("/srv/saved.tar", archive("/srv/saved.tar", None)),
+            (
+                "docker-archive:/srv/saved.tar:app:v1",
+                archive("/srv/saved.tar", Some("app:v1")),
+            ),
+        ] {
+            assert_eq!(
+                ImageReference::parse(text, DEFAULT).unwrap(),
+                parsed,
+                "{text}"
+            );
+        }
     }
 
     #[test]

@@ -5,7 +5,10 @@ mod common;
 
 use std::sync::{Arc, Mutex};
 
-use cella_image::{Credentials, ImageError, ImageStore, PrepareOptions, ProgressEvent, PullPolicy};
+use cella_image::{
+    Credentials, ImageError, ImageStore, PrepareOptions, PreparedImage, ProgressEvent, PullPolicy,
+    RegistrySettings,
+};
 use common::images::{self, Compression};
 use common::registry::{PASSWORD, Registry, USER};
 use common::{open_store, parse, prepare, run_in_overlay};
@@ -117,10 +120,7 @@ async fn auth_and_tls_failures_say_what_to_fix() {
     let mut settings = registry.settings();
     settings.credentials.clear();
     let store = open_store(work.path(), settings.clone());
-    let err = prepare(&store, &reference, "t")
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = prepare_error(&store, &reference).await;
     assert!(
         err.contains("requires authentication") && err.contains(&registry.host),
         "{err}"
@@ -143,11 +143,7 @@ async fn auth_and_tls_failures_say_what_to_fix() {
     // Without the test CA, the registry's certificate is not trusted.
     let mut untrusted = registry.settings();
     untrusted.ca_file = None;
-    let store = open_store(&work.path().join("other"), untrusted);
-    let err = prepare(&store, &reference, "t")
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = pull_error(&work.path().join("other"), untrusted, &reference).await;
     assert!(
         err.to_lowercase().contains("certificate") || err.contains("UnknownIssuer"),
         "{err}"
@@ -159,27 +155,18 @@ async fn auth_and_tls_failures_say_what_to_fix() {
 async fn plain_http_only_for_registries_configured_insecure() {
     let registry = Registry::insecure();
     let work = tempfile::tempdir().unwrap();
-    let reference = push_file_image(
+    let reference = push_and_pull_back(
         &registry,
         work.path(),
         Compression::Zstd,
-        ("zstd-layer", b"compressed with zstd\n"),
+        ("zstd-layer", "compressed with zstd\n"),
         "plain/app:v1",
-    );
-
-    let store = open_store(work.path(), registry.settings());
-    assert_eq!(
-        pull_file(&store, &reference, "zstd-layer").await,
-        "compressed with zstd\n"
-    );
+    )
+    .await;
 
     let mut https_only = registry.settings();
     https_only.insecure_registries.clear();
-    let store = open_store(&work.path().join("https-only"), https_only);
-    let err = prepare(&store, &reference, "t")
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = pull_error(&work.path().join("https-only"), https_only, &reference).await;
     assert!(err.contains(&registry.host), "{err}");
 }
 
@@ -188,14 +175,9 @@ async fn an_index_yields_the_requested_platform() {
     let registry = Registry::insecure();
     let work = tempfile::tempdir().unwrap();
     let layout = work.path().join("layout");
-    let marker = |arch: &'static str| {
-        images::layer(Compression::Gzip, move |t| {
-            t.file("platform", arch.as_bytes(), 0o644);
-        })
-    };
-    let amd64 = images::write_image(&layout, "", "amd64", &[marker("amd64")], json!({}));
-    let arm64 = images::write_image(&layout, "", "arm64", &[marker("arm64")], json!({}));
-    let arm = images::write_image(&layout, "", "arm", &[marker("arm-v7")], json!({}));
+    let amd64 = images::write_image(&layout, "", "amd64", &[platform_marker("amd64")], json!({}));
+    let arm64 = images::write_image(&layout, "", "arm64", &[platform_marker("arm64")], json!({}));
+    let arm = images::write_image(&layout, "", "arm", &[platform_marker("arm-v7")], json!({}));
     images::write_index(
         &layout,
         "multi",
@@ -213,32 +195,18 @@ async fn an_index_yields_the_requested_platform() {
         .prepare(&reference, "a", &PrepareOptions::default())
         .await
         .unwrap();
-    assert_eq!(
-        std::fs::read_to_string(host.layers[0].join("platform")).unwrap(),
-        "amd64"
-    );
+    assert_eq!(marked_platform(&host), "amd64");
 
     let arm64 = PrepareOptions {
-        platform: cella_image::Platform {
-            os: "linux".into(),
-            architecture: "arm64".into(),
-            variant: None,
-        },
+        platform: linux("arm64"),
         pull_policy: PullPolicy::Always,
         ..PrepareOptions::default()
     };
     let image = store.prepare(&reference, "b", &arm64).await.unwrap();
-    assert_eq!(
-        std::fs::read_to_string(image.layers[0].join("platform")).unwrap(),
-        "arm64"
-    );
+    assert_eq!(marked_platform(&image), "arm64");
 
     let s390x = PrepareOptions {
-        platform: cella_image::Platform {
-            os: "linux".into(),
-            architecture: "s390x".into(),
-            variant: None,
-        },
+        platform: linux("s390x"),
         ..arm64
     };
     let err = store
@@ -293,6 +261,26 @@ async fn a_corrupted_blob_is_refused_and_nothing_is_kept() {
     assert!(store.list().unwrap().is_empty());
 }
 
+/// A layer whose file `platform` names the platform it was built for.
+fn platform_marker(arch: &str) -> images::LayerBlob {
+    images::layer(Compression::Gzip, |t| {
+        t.file("platform", arch.as_bytes(), 0o644);
+    })
+}
+
+/// The platform named by the marker layer of a pulled image.
+fn marked_platform(image: &PreparedImage) -> String {
+    std::fs::read_to_string(image.layers[0].join("platform")).unwrap()
+}
+
+fn linux(architecture: &str) -> cella_image::Platform {
+    cella_image::Platform {
+        os: "linux".into(),
+        architecture: architecture.into(),
+        variant: None,
+    }
+}
+
 /// Pushes a one-layer image holding the file `name` as `repo_tag`; returns its
 /// full reference.
 fn push_file_image(
@@ -311,12 +299,43 @@ fn push_file_image(
     format!("{}/{repo_tag}", registry.host)
 }
 
-/// Pulls `reference` and reads `file` of its first layer.
-async fn pull_file(store: &ImageStore, reference: &str, file: &str) -> String {
-    let image = prepare(store, reference, "t")
+/// Pushes a one-layer image holding the file `name` as `repo_tag`, pulls it into a
+/// store in `dir` with the registry's settings and checks that the file reads back
+/// the same; returns the image's full reference.
+async fn push_and_pull_back(
+    registry: &Registry,
+    dir: &std::path::Path,
+    compression: Compression,
+    (name, content): (&str, &str),
+    repo_tag: &str,
+) -> String {
+    let reference = push_file_image(
+        registry,
+        dir,
+        compression,
+        (name, content.as_bytes()),
+        repo_tag,
+    );
+    let store = open_store(dir, registry.settings());
+    let image = prepare(&store, &reference, "t")
         .await
         .unwrap_or_else(|e| panic!("pull {reference}: {e}"));
-    std::fs::read_to_string(image.layers[0].join(file)).unwrap()
+    let pulled = std::fs::read_to_string(image.layers[0].join(name)).unwrap();
+    assert_eq!(pulled, content);
+    reference
+}
+
+/// Why pulling `reference` into `store` fails.
+async fn prepare_error(store: &ImageStore, reference: &str) -> String {
+    prepare(store, reference, "t")
+        .await
+        .unwrap_err()
+        .to_string()
+}
+
+/// Why pulling `reference` into a new store in `dir` with `settings` fails.
+async fn pull_error(dir: &std::path::Path, settings: RegistrySettings, reference: &str) -> String {
+    prepare_error(&open_store(dir, settings), reference).await
 }
 
 fn base64_encode(text: &str) -> String {
@@ -329,19 +348,14 @@ async fn bearer_tokens_from_the_registry_token_service() {
     use common::registry::Auth;
     let registry = Registry::start(true, Auth::Token);
     let work = tempfile::tempdir().unwrap();
-    let reference = push_file_image(
+    let reference = push_and_pull_back(
         &registry,
         work.path(),
         Compression::Gzip,
-        ("token", b"pulled with a bearer token\n"),
+        ("token", "pulled with a bearer token\n"),
         "tok/app:v1",
-    );
-
-    let store = open_store(work.path(), registry.settings());
-    assert_eq!(
-        pull_file(&store, &reference, "token").await,
-        "pulled with a bearer token\n"
-    );
+    )
+    .await;
     assert!(
         registry
             .token_scopes()
@@ -359,11 +373,7 @@ async fn bearer_tokens_from_the_registry_token_service() {
             password: "wrong".into(),
         },
     );
-    let store = open_store(&work.path().join("wrong"), wrong);
-    let err = prepare(&store, &reference, "t")
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = pull_error(&work.path().join("wrong"), wrong, &reference).await;
     assert!(err.contains("refused the configured credentials"), "{err}");
 }
 
@@ -372,19 +382,14 @@ async fn docker_schema_2_manifests_and_manifest_lists() {
     let registry = Registry::insecure();
     let work = tempfile::tempdir().unwrap();
     let layout = work.path().join("layout");
-    let marker = |arch: &'static str| {
-        images::layer(Compression::Gzip, move |t| {
-            t.file("platform", arch.as_bytes(), 0o644);
-        })
-    };
     let amd64 = images::write_image(
         &layout,
         "single",
         "amd64",
-        &[marker("amd64")],
+        &[platform_marker("amd64")],
         json!({"Cmd": ["true"]}),
     );
-    let arm64 = images::write_image(&layout, "", "arm64", &[marker("arm64")], json!({}));
+    let arm64 = images::write_image(&layout, "", "arm64", &[platform_marker("arm64")], json!({}));
     images::write_index(
         &layout,
         "multi",
@@ -401,10 +406,7 @@ async fn docker_schema_2_manifests_and_manifest_lists() {
     let multi = prepare(&store, &format!("{}/docker/multi:1", registry.host), "b")
         .await
         .unwrap();
-    assert_eq!(
-        std::fs::read_to_string(multi.layers[0].join("platform")).unwrap(),
-        "amd64"
-    );
+    assert_eq!(marked_platform(&multi), "amd64");
     // What the registry stored really is Docker schema 2.
     let stored = std::fs::read_to_string(store.paths().blob(&single.digest)).unwrap();
     assert!(

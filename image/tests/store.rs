@@ -34,9 +34,8 @@ async fn gc_removes_least_recently_used_images_and_never_a_leased_one() {
     let mut digests = Vec::new();
     for (i, name) in names.iter().enumerate() {
         digests.push(
-            common::prepare(&store, name, &format!("task-{i}"))
+            common::prepared(&store, name, &format!("task-{i}"))
                 .await
-                .unwrap()
                 .digest,
         );
     }
@@ -86,10 +85,7 @@ async fn leases_survive_a_restart_and_can_be_re_established() {
     let name = noise_image(dir.path(), "img", 5, 64 << 10);
     let digest = {
         let store = open(dir.path());
-        common::prepare(&store, &name, "task-a")
-            .await
-            .unwrap()
-            .digest
+        common::prepared(&store, &name, "task-a").await.digest
     };
     // A new store on the same directory (the agent after a restart) sees the lease
     // and can re-establish others from its checkpoint before running GC.
@@ -118,7 +114,7 @@ async fn remove_refuses_an_image_in_use_and_then_frees_its_content() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     let name = noise_image(dir.path(), "img", 9, 256 << 10);
-    common::prepare(&store, &name, "task-1").await.unwrap();
+    common::prepared(&store, &name, "task-1").await;
     let err = store.remove(&name).unwrap_err().to_string();
     assert!(err.contains("is in use by task-1"), "{err}");
     store.release("task-1").unwrap();
@@ -136,7 +132,7 @@ async fn what_a_crash_leaves_is_discarded_or_collected() {
     let name = noise_image(dir.path(), "img", 3, 128 << 10);
     let (digest, layer) = {
         let store = open(dir.path());
-        let image = common::prepare(&store, &name, "task").await.unwrap();
+        let image = common::prepared(&store, &name, "task").await;
         (image.digest, image.layers[0].clone())
     };
     let paths = open(dir.path()).paths().clone();
@@ -183,7 +179,7 @@ async fn what_a_crash_leaves_is_discarded_or_collected() {
         ),
     )
     .unwrap();
-    let image = common::prepare(&store, &name, "task").await.unwrap();
+    let image = common::prepared(&store, &name, "task").await;
     assert_eq!(image.digest, digest);
     assert!(image.layers[0].join("noise").is_file());
 }
@@ -204,26 +200,19 @@ async fn docker_archives_and_oci_layouts_are_sources() {
         )));
     let store = open(dir.path());
 
-    let from_layout = common::prepare(&store, &format!("oci:{}:bb", layout.display()), "a")
-        .await
-        .unwrap();
-    let from_path = common::prepare(&store, &layout.display().to_string(), "b")
-        .await
-        .unwrap();
+    let from_layout = common::prepared(&store, &format!("oci:{}:bb", layout.display()), "a").await;
+    let from_path = common::prepared(&store, &layout.display().to_string(), "b").await;
     assert_eq!(
         from_path.digest, from_layout.digest,
         "a layout path with one image needs no tag"
     );
-    let from_archive = common::prepare(
+    let from_archive = common::prepared(
         &store,
         &format!("docker-archive:{}", archive.display()),
         "c",
     )
-    .await
-    .unwrap();
-    let from_tar_path = common::prepare(&store, &archive.display().to_string(), "d")
-        .await
-        .unwrap();
+    .await;
+    let from_tar_path = common::prepared(&store, &archive.display().to_string(), "d").await;
     assert_eq!(from_archive.digest, from_tar_path.digest);
     // The archive's layers are the same tars: unpacked once, shared.
     assert_eq!(from_archive.layers, from_layout.layers);
@@ -233,13 +222,12 @@ async fn docker_archives_and_oci_layouts_are_sources() {
     assert!(ok, "{stderr}");
     assert_eq!(stdout, "hi from the archive\nnew\n");
 
-    let named = common::prepare(
+    let named = common::prepared(
         &store,
         &format!("docker-archive:{}:cella/busybox:1", archive.display()),
         "e",
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(named.digest, from_archive.digest);
     let err = common::prepare(
         &store,

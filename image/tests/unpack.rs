@@ -7,6 +7,7 @@ mod common;
 use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
 use std::path::Path;
 
+use cella_image::unpack::UnpackError;
 use cella_image::{ImageError, ImageStore, PreparedImage, StoreSettings, UnpackLimits};
 use common::images::{self, Compression, LayerBlob};
 use serde_json::json;
@@ -37,6 +38,14 @@ async fn prepare_layers(
     let reference = common::parse(&store, &format!("oci:{}:latest", layout.display()));
     let result = store.prepare(&reference, "t", &Default::default()).await;
     (store, result)
+}
+
+/// The unpacking error that `err` must be.
+fn unpack_error(err: ImageError) -> UnpackError {
+    match err {
+        ImageError::Unpack { source, .. } => *source,
+        other => panic!("not an unpacking error: {other}"),
+    }
 }
 
 async fn refused(layers: Vec<LayerBlob>) -> (tempfile::TempDir, String, ImageError) {
@@ -83,10 +92,7 @@ async fn dot_dot_that_climbs_out_is_refused() {
         }))
         .await;
         assert!(
-            matches!(
-                err,
-                ImageError::Unpack { source, .. } if matches!(*source, cella_image::unpack::UnpackError::Escape { .. })
-            ),
+            matches!(unpack_error(err), UnpackError::Escape { .. }),
             "{message}"
         );
         assert!(
@@ -134,10 +140,7 @@ async fn a_write_through_a_symlink_of_the_same_layer_is_refused() {
         }))
         .await;
         assert!(
-            matches!(
-                err,
-                ImageError::Unpack { source, .. } if matches!(*source, cella_image::unpack::UnpackError::ThroughSymlink { .. })
-            ),
+            matches!(unpack_error(err), UnpackError::ThroughSymlink { .. }),
             "{message}"
         );
         assert!(
@@ -212,10 +215,7 @@ async fn hard_links_must_stay_in_the_layer() {
     for (target, build) in cases {
         let (_dir, message, err) = refused(one(|t| build(t))).await;
         assert!(
-            matches!(
-                err,
-                ImageError::Unpack { source, .. } if matches!(*source, cella_image::unpack::UnpackError::HardLinkOutside { .. })
-            ),
+            matches!(unpack_error(err), UnpackError::HardLinkOutside { .. }),
             "{message}"
         );
         assert!(
@@ -282,41 +282,46 @@ async fn device_nodes_are_refused_but_the_whiteout_device_is_not() {
     );
 }
 
+/// Why preparing an image of `layers` in a new store fails under `limits`; with the
+/// store and its directory.
+async fn refused_under(
+    limits: UnpackLimits,
+    layers: Vec<LayerBlob>,
+) -> (tempfile::TempDir, ImageStore, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, result) = prepare_layers(dir.path(), layers, limits).await;
+    (dir, store, result.unwrap_err().to_string())
+}
+
 #[tokio::test]
 async fn layers_that_expand_without_bound_are_stopped() {
-    let dir = tempfile::tempdir().unwrap();
     let limits = UnpackLimits {
         max_layer_bytes: 1 << 20,
         max_entries: 100,
     };
     // 8 MiB of zeros compress to a few KiB: the limit is on what it expands to.
-    let (store, result) = prepare_layers(
-        dir.path(),
+    let (_dir, store, message) = refused_under(
+        limits,
         one(|t| {
             t.file("zeros", &vec![0u8; 8 << 20], 0o644);
         }),
-        limits,
     )
     .await;
-    let message = result.unwrap_err().to_string();
     assert!(
         message.contains("expands past the limit of 1048576 bytes (max_layer_bytes)"),
         "{message}"
     );
     assert!(common::tree(&store.paths().layers()).is_empty());
 
-    let dir = tempfile::tempdir().unwrap();
-    let (_store, result) = prepare_layers(
-        dir.path(),
+    let (_dir, _store, message) = refused_under(
+        limits,
         one(|t| {
             for i in 0..101 {
                 t.file(&format!("f{i}"), b"", 0o644);
             }
         }),
-        limits,
     )
     .await;
-    let message = result.unwrap_err().to_string();
     assert!(
         message.contains("more than 100 entries (max_entries)"),
         "{message}"

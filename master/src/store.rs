@@ -215,20 +215,8 @@ impl Store {
             .get(META_NEXT_OFFER)
             .map_err(|e| bad(&e))?
             .map_or(0, |v| v.value());
-        let agents = txn.open_table(AGENTS).map_err(|e| bad(&e))?;
-        for row in agents.iter().map_err(|e| bad(&e))? {
-            let (k, v) = row.map_err(|e| bad(&e))?;
-            let record: AgentRecord = serde_json::from_slice(v.value())
-                .map_err(|e| bad(&format!("agent {}: {e}", k.value())))?;
-            loaded.agents.insert(k.value().to_string(), record);
-        }
-        let frameworks = txn.open_table(FRAMEWORKS).map_err(|e| bad(&e))?;
-        for row in frameworks.iter().map_err(|e| bad(&e))? {
-            let (k, v) = row.map_err(|e| bad(&e))?;
-            let record: FrameworkRecord = serde_json::from_slice(v.value())
-                .map_err(|e| bad(&format!("framework {}: {e}", k.value())))?;
-            loaded.frameworks.insert(k.value().to_string(), record);
-        }
+        loaded.agents = read_json_rows(&txn, AGENTS, "agent").map_err(|e| bad(&e))?;
+        loaded.frameworks = read_json_rows(&txn, FRAMEWORKS, "framework").map_err(|e| bad(&e))?;
         let tasks = txn.open_table(TASKS).map_err(|e| bad(&e))?;
         loaded
             .tasks
@@ -464,6 +452,24 @@ impl Store {
 }
 
 /// Puts (`Some`) or removes (`None`) JSON records of a `id → JSON` table.
+/// Every row of a table of JSON records by id; an error names the `kind` of record
+/// and its id when one does not parse.
+fn read_json_rows<T: serde::de::DeserializeOwned>(
+    txn: &redb::ReadTransaction,
+    definition: TableDefinition<&str, &[u8]>,
+    kind: &str,
+) -> Result<BTreeMap<String, T>, String> {
+    let table = txn.open_table(definition).map_err(|e| e.to_string())?;
+    let mut records = BTreeMap::new();
+    for row in table.iter().map_err(|e| e.to_string())? {
+        let (k, v) = row.map_err(|e| e.to_string())?;
+        let record =
+            serde_json::from_slice(v.value()).map_err(|e| format!("{kind} {}: {e}", k.value()))?;
+        records.insert(k.value().to_string(), record);
+    }
+    Ok(records)
+}
+
 fn write_json_rows<T: Serialize>(
     txn: &redb::WriteTransaction,
     definition: TableDefinition<&str, &[u8]>,

@@ -12,6 +12,14 @@ use cella_proto::api;
 use cella_proto::v1::{self, call, event, master_to_agent};
 use common::*;
 
+/// A new framework of alice's (with its id) and agent-a, registered without tasks.
+async fn framework_and_agent_a(m: &master::MasterHandle) -> (Scheduler, String, Agent) {
+    let s = subscribe(m, "", "alice").await.unwrap();
+    let fw = s.id.clone();
+    let a = register_agent(m, "agent-a", vec![]).await;
+    (s, fw, a)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn master_restart_keeps_frameworks_tasks_and_agents() {
     let dir = tempfile::tempdir().unwrap();
@@ -19,19 +27,14 @@ async fn master_restart_keeps_frameworks_tasks_and_agents() {
     // ---- first master: a framework launches two tasks on agent-a; agent-b
     // registers with a task it already runs.
     let m = master::try_spawn(config(dir.path())).unwrap();
-    let mut s = subscribe(&m, "", "alice").await.unwrap();
-    let fw = s.id.clone();
-    let mut a = register_agent(&m, "agent-a", vec![]).await;
+    let (mut s, fw, mut a) = framework_and_agent_a(&m).await;
     let offers = s.next_offers().await;
     let offer = offers.iter().find(|o| o.agent_id == "agent-a").unwrap();
     let first_offer = offer_number(offer);
-    s.call(
+    s.accept(
         &m,
-        call::Call::Accept(call::Accept {
-            offer_ids: vec![offer.offer_id.clone()],
-            tasks: vec![task_info("t1"), task_info("t2")],
-            refuse_seconds: None,
-        }),
+        offer.offer_id.clone(),
+        vec![task_info("t1"), task_info("t2")],
     );
     assert_eq!(a.next_launch().await.task_id, "t1");
     assert_eq!(a.next_launch().await.task_id, "t2");
@@ -183,13 +186,12 @@ async fn status_update_storm_is_batched() {
     let m = master::try_spawn(config(dir.path())).unwrap();
     let s = subscribe(&m, "fw-storm", "alice").await.unwrap();
     let tasks: Vec<String> = (0..500).map(|i| format!("storm-{i}")).collect();
-    let a = register_agent(
+    let a = register_agent_with_tasks(
         &m,
         "agent-storm",
-        tasks
-            .iter()
-            .map(|t| ("fw-storm", t.as_str(), v1::TaskState::TaskStarting))
-            .collect(),
+        "fw-storm",
+        &tasks,
+        v1::TaskState::TaskStarting,
     )
     .await;
     let updates = 20_000;
@@ -244,15 +246,8 @@ async fn completed_tasks_beyond_the_limit_leave_the_store() {
     let m = master::try_spawn(config.clone()).unwrap();
     let _s = subscribe(&m, "fw-gc", "alice").await.unwrap();
     let tasks: Vec<String> = (0..10).map(|i| format!("gc-{i}")).collect();
-    let a = register_agent(
-        &m,
-        "agent-gc",
-        tasks
-            .iter()
-            .map(|t| ("fw-gc", t.as_str(), v1::TaskState::TaskRunning))
-            .collect(),
-    )
-    .await;
+    let a = register_agent_with_tasks(&m, "agent-gc", "fw-gc", &tasks, v1::TaskState::TaskRunning)
+        .await;
     for t in &tasks[..8] {
         a.status(&m, "fw-gc", t, v1::TaskState::TaskFinished, "u");
     }
@@ -423,9 +418,7 @@ mod over_mtls {
 async fn a_suppressed_framework_stays_suppressed_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let m = master::try_spawn(config(dir.path())).unwrap();
-    let mut s = subscribe(&m, "", "alice").await.unwrap();
-    let fw = s.id.clone();
-    let _a = register_agent(&m, "agent-a", vec![]).await;
+    let (mut s, fw, _a) = framework_and_agent_a(&m).await;
     let offers = s.next_offers().await;
     s.call(&m, call::Call::Suppress(call::Suppress {}));
     s.call(
@@ -460,9 +453,7 @@ async fn reconciling_an_unknown_task_waits_for_the_agents_of_the_registry() {
         ..config(dir.path())
     };
     let m = master::try_spawn(config.clone()).unwrap();
-    let s = subscribe(&m, "", "alice").await.unwrap();
-    let fw = s.id.clone();
-    let _a = register_agent(&m, "agent-a", vec![]).await;
+    let (s, fw, _a) = framework_and_agent_a(&m).await;
     m.stop().await;
     drop((s, _a));
 
@@ -519,18 +510,9 @@ async fn reconciling_an_unknown_task_waits_for_the_agents_of_the_registry() {
 async fn an_agent_back_after_its_tasks_were_lost_cannot_end_them_twice() {
     let dir = tempfile::tempdir().unwrap();
     let m = master::try_spawn(config(dir.path())).unwrap();
-    let mut s = subscribe(&m, "", "alice").await.unwrap();
-    let fw = s.id.clone();
-    let mut a = register_agent(&m, "agent-a", vec![]).await;
+    let (mut s, fw, mut a) = framework_and_agent_a(&m).await;
     let offer = s.next_offers().await.remove(0);
-    s.call(
-        &m,
-        call::Call::Accept(call::Accept {
-            offer_ids: vec![offer.offer_id],
-            tasks: vec![task_info("t1")],
-            refuse_seconds: None,
-        }),
-    );
+    s.accept(&m, offer.offer_id, vec![task_info("t1")]);
     assert_eq!(a.next_launch().await.task_id, "t1");
     a.status(&m, &fw, "t1", v1::TaskState::TaskRunning, "u1");
     assert_eq!(s.update_for("t1").await.state(), v1::TaskState::TaskRunning);

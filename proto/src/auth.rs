@@ -392,16 +392,9 @@ impl Authenticator {
         let (scheme, rest) = value.split_once(' ').ok_or(AuthError::Malformed)?;
         let rest = rest.trim();
         if scheme.eq_ignore_ascii_case("bearer") {
-            return match self.current().verify_token(rest) {
-                Some(identity) => Ok(Caller {
-                    identity,
-                    method: Method::Token,
-                }),
-                None => {
-                    self.stats.token_failures.fetch_add(1, Ordering::Relaxed);
-                    Err(AuthError::BadToken)
-                }
-            };
+            let identity = self.current().verify_token(rest);
+            let failures = &self.stats.token_failures;
+            return checked(identity, Method::Token, failures, AuthError::BadToken);
         }
         if !scheme.eq_ignore_ascii_case("basic") {
             return Err(AuthError::Malformed);
@@ -412,16 +405,9 @@ impl Authenticator {
             .and_then(|b| String::from_utf8(b).ok())
             .ok_or(AuthError::Malformed)?;
         let (user, password) = decoded.split_once(':').ok_or(AuthError::Malformed)?;
-        match self.verify_password(user, password).await {
-            Some(identity) => Ok(Caller {
-                identity,
-                method: Method::Password,
-            }),
-            None => {
-                self.stats.password_failures.fetch_add(1, Ordering::Relaxed);
-                Err(AuthError::BadPassword)
-            }
-        }
+        let identity = self.verify_password(user, password).await;
+        let failures = &self.stats.password_failures;
+        checked(identity, Method::Password, failures, AuthError::BadPassword)
     }
 
     async fn verify_password(&self, user: &str, password: &str) -> Option<Identity> {
@@ -452,6 +438,21 @@ impl Authenticator {
         recent.insert(key, (identity.clone(), Instant::now()));
         Some(identity)
     }
+}
+
+/// The caller that a token or password check found by `method`, or `failure` (counted
+/// in `failures`).
+fn checked(
+    identity: Option<Identity>,
+    method: Method,
+    failures: &AtomicU64,
+    failure: AuthError,
+) -> Result<Caller, AuthError> {
+    let Some(identity) = identity else {
+        failures.fetch_add(1, Ordering::Relaxed);
+        return Err(failure);
+    };
+    Ok(Caller { identity, method })
 }
 
 /// The answer to a request that is not authenticated: `401` with a JSON error and the

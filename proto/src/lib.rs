@@ -13,6 +13,7 @@
 //! * [`auth`]: HTTP callers authenticated by certificate, bearer token or password.
 //! * [`secrets`]: secret environment variables, kept out of logs, APIs and storage.
 //! * [`perms`]: the modes of key, credential and state files, checked as ssh does.
+//! * [`path_io`]: I/O errors that name their path.
 //! * [`reload`]: re-reading edited files on change or SIGHUP.
 //! * [`time`]: timestamps in nanoseconds and durations as people write them.
 //! * [`signals`]: the signals that stop a daemon.
@@ -23,6 +24,7 @@
 pub mod acl;
 pub mod api;
 pub mod auth;
+pub mod path_io;
 pub mod perms;
 pub mod reload;
 pub mod secrets;

@@ -7,15 +7,13 @@ use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use crate::path_io::PathIoError;
+
 /// A file or directory whose mode or owner is unsafe.
 #[derive(Debug, thiserror::Error)]
 pub enum PermError {
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathIoError),
     #[error(
         "{path}: mode {mode:04o} lets other users read it; it must be private: \
          `chmod 600 {path}`",
@@ -31,10 +29,7 @@ pub enum PermError {
 }
 
 fn metadata(path: &Path) -> Result<fs::Metadata, PermError> {
-    fs::metadata(path).map_err(|source| PermError::Io {
-        path: path.to_owned(),
-        source,
-    })
+    fs::metadata(path).map_err(PathIoError::on(path))
 }
 
 /// A private key or credentials file: refused when group or others may read or write
@@ -63,10 +58,7 @@ pub fn check_private_file(path: &Path) -> Result<(), PermError> {
 /// exactly `mode`. Returns a warning when an existing directory was looser.
 pub fn ensure_dir(path: &Path, mode: u32) -> Result<Option<String>, PermError> {
     let existed = path.exists();
-    fs::create_dir_all(path).map_err(|source| PermError::Io {
-        path: path.to_owned(),
-        source,
-    })?;
+    fs::create_dir_all(path).map_err(PathIoError::on::<PermError>(path))?;
     let warning = set_mode(path, mode)?;
     Ok(warning.filter(|_| existed))
 }
@@ -79,12 +71,8 @@ pub fn set_mode(path: &Path, mode: u32) -> Result<Option<String>, PermError> {
     if before == mode {
         return Ok(None);
     }
-    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(|source| {
-        PermError::Io {
-            path: path.to_owned(),
-            source,
-        }
-    })?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .map_err(PathIoError::on::<PermError>(path))?;
     Ok((before & !mode != 0).then(|| {
         format!(
             "{}: mode was {before:04o}, which let other users in; set to {mode:04o}",

@@ -6,9 +6,10 @@
 use std::time::{Duration, Instant};
 
 use cella_proto::api;
+use cella_proto::tls::HttpResponse;
 use cella_proto::v1::{self, agent_message};
 use cella_tests::security::{launch_one, registration};
-use cella_tests::{Cluster, DEADLINE, Scheduler, framework, issue_agent, task};
+use cella_tests::{AgentInfo, Cluster, DEADLINE, Scheduler, framework, issue_agent, task};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -60,8 +61,45 @@ fn error_of(status: &v1::TaskStatus) -> String {
     status.message.clone()
 }
 
-fn body(r: &cella_proto::tls::HttpResponse) -> String {
+fn body(r: &HttpResponse) -> String {
     String::from_utf8_lossy(&r.body).into_owned()
+}
+
+/// A cluster of one agent (returned too) and a framework `f` in any role.
+async fn one_agent_and_a_framework() -> (Cluster, AgentInfo, Scheduler) {
+    let c = Cluster::start(1, RES).await;
+    let agent = c.agents[0].clone();
+    let s = c.subscribe(framework("f", "*", 60.0)).await;
+    (c, agent, s)
+}
+
+/// The error with which the master refuses the agent stream that the certificate in
+/// `dir` opens with `register`; it must have `code`. `what` names the attempt.
+async fn refused_agent_stream(
+    c: &Cluster,
+    dir: &std::path::Path,
+    register: agent_message::Register,
+    code: tonic::Code,
+    what: &str,
+) -> tonic::Status {
+    let err = c
+        .agent_stream(dir, register)
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("{what}"));
+    assert_eq!(err.code(), code, "{err:?}");
+    err
+}
+
+/// The master's answer to `method path` for the client with `tls`.
+async fn ask(c: &Cluster, tls: &rustls::ClientConfig, method: &str, path: &str) -> HttpResponse {
+    c.request(tls, method, path, &[]).await.unwrap()
+}
+
+/// Asserts that `r` is a refusal (403) that says `says`.
+fn assert_refused(r: &HttpResponse, says: &str) {
+    assert_eq!(r.status.as_u16(), 403, "{}", body(r));
+    assert!(body(r).contains(says), "{}", body(r));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -148,52 +186,26 @@ async fn every_permission_is_allowed_with_it_and_denied_without() {
         .unwrap();
     let b = launch_one(&mut sb, task("b-ok", &["sleep", "100"], 0.1, 16)).await;
     assert_eq!(b.state(), v1::TaskState::TaskRunning);
-    let r = c
-        .request(&alice.master, "GET", "/api/v1/state", &[])
-        .await
-        .unwrap();
-    assert_eq!(r.status.as_u16(), 403, "{}", body(&r));
-    assert!(
-        body(&r).contains("user:alice lacks view(state)"),
-        "{}",
-        body(&r)
-    );
-    let r = c
-        .request(&carol.master, "GET", "/api/v1/state", &[])
-        .await
-        .unwrap();
+    let r = ask(&c, &alice.master, "GET", "/api/v1/state").await;
+    assert_refused(&r, "user:alice lacks view(state)");
+    let r = ask(&c, &carol.master, "GET", "/api/v1/state").await;
     assert_eq!(r.status.as_u16(), 200, "{}", body(&r));
-    let ids = |r: &cella_proto::tls::HttpResponse| -> Vec<String> {
+    let ids = |r: &HttpResponse| -> Vec<String> {
         let tasks: Vec<api::Task> = serde_json::from_slice(&r.body).unwrap();
         tasks.into_iter().map(|t| t.id).collect()
     };
-    let r = c
-        .request(&alice.master, "GET", "/api/v1/tasks?state=RUNNING", &[])
-        .await
-        .unwrap();
+    let r = ask(&c, &alice.master, "GET", "/api/v1/tasks?state=RUNNING").await;
     assert_eq!(ids(&r), ["a-ok"]);
-    let r = c
-        .request(&bob.master, "GET", "/api/v1/tasks?state=RUNNING", &[])
-        .await
-        .unwrap();
+    let r = ask(&c, &bob.master, "GET", "/api/v1/tasks?state=RUNNING").await;
     assert_eq!(ids(&r), ["b-ok"]);
-    let r = c
-        .request(&alice.master, "GET", "/api/v1/tasks/b-ok", &[])
-        .await
-        .unwrap();
+    let r = ask(&c, &alice.master, "GET", "/api/v1/tasks/b-ok").await;
     assert_eq!(r.status.as_u16(), 403, "{}", body(&r));
     wait_until("alice to see her task's usage", async || {
-        let r = c
-            .request(&alice.master, "GET", "/api/v1/tasks/a-ok", &[])
-            .await
-            .unwrap();
+        let r = ask(&c, &alice.master, "GET", "/api/v1/tasks/a-ok").await;
         serde_json::from_slice::<api::Task>(&r.body).is_ok_and(|t| t.usage.is_some())
     })
     .await;
-    let r = c
-        .request(&carol.master, "GET", "/api/v1/tasks?state=RUNNING", &[])
-        .await
-        .unwrap();
+    let r = ask(&c, &carol.master, "GET", "/api/v1/tasks?state=RUNNING").await;
     let tasks: Vec<api::Task> = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(tasks.len(), 2);
     assert!(
@@ -214,46 +226,19 @@ async fn every_permission_is_allowed_with_it_and_denied_without() {
     assert_eq!(get(&alice.agents).await.status.as_u16(), 200);
     for who in [&bob, &carol] {
         let r = get(&who.agents).await;
-        assert_eq!(r.status.as_u16(), 403, "{}", body(&r));
-        assert!(
-            body(&r).contains("lacks view(sandbox:batch)"),
-            "{}",
-            body(&r)
-        );
+        assert_refused(&r, "lacks view(sandbox:batch)");
     }
 
     // kill_task(own), teardown_framework(own); the operator (admin) may do anything.
-    let r = c
-        .request(&bob.master, "POST", "/api/v1/tasks/a-ok/kill", &[])
-        .await
-        .unwrap();
-    assert_eq!(r.status.as_u16(), 403, "{}", body(&r));
-    assert!(
-        body(&r).contains("user:bob lacks kill_task(role)"),
-        "{}",
-        body(&r)
-    );
-    let r = c
-        .request(&alice.master, "POST", "/api/v1/tasks/a-ok/kill", &[])
-        .await
-        .unwrap();
+    let r = ask(&c, &bob.master, "POST", "/api/v1/tasks/a-ok/kill").await;
+    assert_refused(&r, "user:bob lacks kill_task(role)");
+    let r = ask(&c, &alice.master, "POST", "/api/v1/tasks/a-ok/kill").await;
     assert_eq!(r.status.as_u16(), 202, "{}", body(&r));
     s.update("a-ok", v1::TaskState::TaskKilled).await;
     let teardown = format!("/api/v1/frameworks/{}/teardown", sb.framework_id);
-    let r = c
-        .request(&alice.master, "POST", &teardown, &[])
-        .await
-        .unwrap();
-    assert_eq!(r.status.as_u16(), 403, "{}", body(&r));
-    assert!(
-        body(&r).contains("lacks teardown_framework(role)"),
-        "{}",
-        body(&r)
-    );
-    let r = c
-        .request(&c.client_tls, "POST", &teardown, &[])
-        .await
-        .unwrap();
+    let r = ask(&c, &alice.master, "POST", &teardown).await;
+    assert_refused(&r, "lacks teardown_framework(role)");
+    let r = ask(&c, &c.client_tls, "POST", &teardown).await;
     assert_eq!(r.status.as_u16(), 202, "{}", body(&r));
     c.wait_task_state("b-ok", "KILLED").await;
 
@@ -309,10 +294,7 @@ async fn every_permission_is_allowed_with_it_and_denied_without() {
     .await;
 
     // Denials are counted by permission.
-    let metrics = c
-        .request(&c.client_tls, "GET", "/metrics", &[])
-        .await
-        .unwrap();
+    let metrics = ask(&c, &c.client_tls, "GET", "/metrics").await;
     let text = body(&metrics);
     for permission in [
         "subscribe",
@@ -335,19 +317,19 @@ async fn every_permission_is_allowed_with_it_and_denied_without() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_speak_only_for_themselves() {
-    let c = Cluster::start(1, RES).await;
-    let agent = c.agents[0].clone();
-    let mut s = c.subscribe(framework("f", "*", 60.0)).await;
+    let (c, agent, mut s) = one_agent_and_a_framework().await;
     let running = launch_one(&mut s, task("victim", &["sleep", "100"], 0.1, 16)).await;
     assert_eq!(running.state(), v1::TaskState::TaskRunning);
 
     // A user's certificate cannot open the agent stream, an agent's cannot subscribe.
-    let err = c
-        .agent_stream(&c.tls_dir.clone(), registration("", "fake"))
-        .await
-        .err()
-        .expect("a user certificate registered an agent");
-    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    let err = refused_agent_stream(
+        &c,
+        &c.tls_dir.clone(),
+        registration("", "fake"),
+        tonic::Code::PermissionDenied,
+        "a user certificate registered an agent",
+    )
+    .await;
     assert!(
         err.message().contains("only an agent's certificate"),
         "{err:?}"
@@ -368,19 +350,23 @@ async fn agents_speak_only_for_themselves() {
     // Another node cannot take the live agent's id; nor can a second live
     // registration of it, even from its own node.
     let rogue_dir = issue_agent(&c.bins, &c.tls_dir, "rogue");
-    let err = c
-        .agent_stream(&rogue_dir, registration(&agent.id, "rogue"))
-        .await
-        .err()
-        .expect("the rogue took the agent's id");
-    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    let err = refused_agent_stream(
+        &c,
+        &rogue_dir,
+        registration(&agent.id, "rogue"),
+        tonic::Code::PermissionDenied,
+        "the rogue took the agent's id",
+    )
+    .await;
     assert!(err.message().contains("cannot register as it"), "{err:?}");
-    let err = c
-        .agent_stream(&own_dir, registration(&agent.id, "again"))
-        .await
-        .err()
-        .expect("a second live registration");
-    assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err:?}");
+    refused_agent_stream(
+        &c,
+        &own_dir,
+        registration(&agent.id, "again"),
+        tonic::Code::AlreadyExists,
+        "a second live registration",
+    )
+    .await;
 
     // As itself, the rogue registers, but cannot speak for the live agent's task:
     // not in its registration, not with a status update, not with usage.
@@ -416,10 +402,7 @@ async fn agents_speak_only_for_themselves() {
     }));
     // The forged update is refused (and counted); the task stays RUNNING on its agent.
     wait_until("the refusals to be counted", async || {
-        let m = c
-            .request(&c.client_tls, "GET", "/metrics", &[])
-            .await
-            .unwrap();
+        let m = ask(&c, &c.client_tls, "GET", "/metrics").await;
         let text = body(&m);
         [
             "not_an_agent",
@@ -467,9 +450,7 @@ async fn agents_speak_only_for_themselves() {
 async fn the_agents_allowlist_holds_when_the_master_allows_more() {
     // A permissive master (no ACL); the agent allows volumes under the cluster's
     // directory only, no rootfs and no root task.
-    let c = Cluster::start(1, RES).await;
-    let agent = c.agents[0].clone();
-    let mut s = c.subscribe(framework("f", "*", 60.0)).await;
+    let (c, agent, mut s) = one_agent_and_a_framework().await;
     let mut outside = task("etc", &["true"], 0.1, 16);
     outside.volumes = vec![v1::Volume {
         host_path: "/etc".into(),

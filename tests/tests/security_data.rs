@@ -9,9 +9,18 @@ use std::time::Duration;
 
 use cella_proto::v1;
 use cella_tests::security::launch_one;
-use cella_tests::{Cluster, framework, task};
+use cella_tests::{Cluster, Scheduler, framework, task};
 
 const RES: &str = "cpus:1;mem:1GiB;disk:1GiB";
+
+/// Subscribes framework `name` (any role, failover timeout `failover_s`) and launches
+/// task `id` (`sleep 100`), which must be RUNNING.
+async fn framework_with_a_sleeper(c: &Cluster, name: &str, failover_s: f64, id: &str) -> Scheduler {
+    let mut s = c.subscribe(framework(name, "*", failover_s)).await;
+    let t = launch_one(&mut s, task(id, &["sleep", "100"], 0.1, 16)).await;
+    assert_eq!(t.state(), v1::TaskState::TaskRunning);
+    s
+}
 
 fn mode(path: &Path) -> u32 {
     std::fs::metadata(path)
@@ -167,9 +176,7 @@ async fn a_secret_reaches_its_task_and_nothing_else() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_and_state_are_private() {
     let mut c = Cluster::start(1, RES).await;
-    let mut s = c.subscribe(framework("modes", "*", 60.0)).await;
-    let t = launch_one(&mut s, task("modes", &["sleep", "100"], 0.1, 16)).await;
-    assert_eq!(t.state(), v1::TaskState::TaskRunning);
+    let s = framework_with_a_sleeper(&c, "modes", 60.0, "modes").await;
     let dir = c.path().to_path_buf();
     let agent = dir.join("agent0");
     for (path, want) in [
@@ -263,22 +270,25 @@ fn master_cli(c: &Cluster, args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_registry_is_backed_up_online_and_restored() {
-    let mut c = Cluster::start(1, RES).await;
-    let mut s = c.subscribe(framework("keep", "*", 3600.0)).await;
-    let t = launch_one(&mut s, task("kept", &["sleep", "100"], 0.1, 16)).await;
-    assert_eq!(t.state(), v1::TaskState::TaskRunning);
-    let framework_id = s.framework_id.clone();
-
-    // Online: the running master writes it (it holds the registry).
-    let online = c.path().join("online.redb");
-    let out = master_cli(&c, &["backup", online.to_str().unwrap()]);
+/// Runs `cella-master` with `args`, which must succeed.
+fn master_cli_succeeds(c: &Cluster, args: &[&str]) {
+    let out = master_cli(c, args);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_registry_is_backed_up_online_and_restored() {
+    let mut c = Cluster::start(1, RES).await;
+    let s = framework_with_a_sleeper(&c, "keep", 3600.0, "kept").await;
+    let framework_id = s.framework_id.clone();
+
+    // Online: the running master writes it (it holds the registry).
+    let online = c.path().join("online.redb");
+    master_cli_succeeds(&c, &["backup", online.to_str().unwrap()]);
     assert_eq!(mode(&online), 0o600);
     let out = master_cli(&c, &["restore", online.to_str().unwrap()]);
     assert!(!out.status.success());
@@ -296,19 +306,9 @@ async fn the_registry_is_backed_up_online_and_restored() {
         .unwrap();
     c.kill_hard(master);
     let offline = c.path().join("offline.redb");
-    let out = master_cli(&c, &["backup", offline.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    master_cli_succeeds(&c, &["backup", offline.to_str().unwrap()]);
     std::fs::remove_file(c.path().join("master/registry.redb")).unwrap();
-    let out = master_cli(&c, &["restore", online.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    master_cli_succeeds(&c, &["restore", online.to_str().unwrap()]);
     assert_eq!(mode(&c.path().join("master/registry.redb")), 0o600);
     c.restart_master_hard(Duration::ZERO).await;
     let frameworks: Vec<cella_proto::api::Framework> = c.api_get("/api/v1/frameworks").await;

@@ -198,6 +198,27 @@ impl Env {
         }
     }
 
+    /// [`Env::launch_running`], then kills the agent with SIGKILL (the task runs on).
+    pub async fn launch_running_then_kill9(&self, id: &str, cmd: &[&str]) -> Launched {
+        let mut launched = self.launch_running(id, cmd).await;
+        launched.agent.kill9();
+        launched
+    }
+
+    /// Starts the agent again and waits for the final status of task `id`, which
+    /// must be `state`; returns the agent and that status.
+    pub async fn respawn_until_end(
+        &self,
+        s: &mut Scheduler,
+        id: &str,
+        state: v1::TaskState,
+    ) -> (AgentProc, v1::TaskStatus) {
+        let agent = self.spawn(&[]);
+        let end = s.wait_terminal(id).await;
+        assert_eq!(end.state(), state, "{end:?}\n{}", agent.log());
+        (agent, end)
+    }
+
     pub fn client_tls(&self) -> rustls::ClientConfig {
         super::client_tls(&self.layout)
     }
@@ -275,6 +296,14 @@ impl Env {
             "{id}: cgroups left {:?}",
             task_cgroups(&self.cgroup, id)
         );
+    }
+
+    /// Ends a test: waits until nothing of task `id` is left (as
+    /// [`Env::assert_task_gone`]), then stops the agent and the master.
+    pub async fn stop_once_task_gone(self, agent: AgentProc, id: &str, cmd: &[&str], shim: i32) {
+        self.assert_task_gone(id, cmd, shim).await;
+        drop(agent);
+        self.stop().await;
     }
 
     /// The configuration of an agent in this process on the same directories.

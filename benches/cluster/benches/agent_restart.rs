@@ -199,28 +199,11 @@ async fn one(n: usize) -> Result<Run> {
         .count();
 
     // Clean-up: KILL everything, wait for the ends.
-    for id in &ids {
-        sched.kill(id)?;
-    }
-    let mut ended = 0;
-    while ended < n {
-        if let event::Event::Update(u) = sched.next(Duration::from_secs(120)).await?
-            && let Some(s) = u.status
-        {
-            sched.ack(&s)?;
-            if !matches!(s.state(), v1::TaskState::TaskRunning | v1::TaskState::TaskStarting) {
-                ended += 1;
-            }
-        }
-    }
+    sched.kill_all(&ids, 0, Duration::from_secs(120)).await?;
     drop(sched);
     agent.stop(Duration::from_secs(60));
     master.stop(Duration::from_secs(10));
-    let procs = processes_mentioning(&runtime.display().to_string());
-    let cgroups = cgroup_leftovers_and_remove(&cgroup_root);
-    if !procs.is_empty() || !cgroups.is_empty() {
-        eprintln!("LEFTOVERS: processes {procs:?}, cgroups {cgroups:?}");
-    }
+    let leftovers = Leftovers::of(&runtime, &cgroup_root);
     Ok(Run {
         launch_s,
         reattached_s,
@@ -228,42 +211,36 @@ async fn one(n: usize) -> Result<Run> {
         shims_before,
         shims_after_same,
         other_updates: other,
-        leftovers: procs.len() + cgroups.len(),
+        leftovers: leftovers.report(),
     })
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
     raise_nofile();
-    let n: usize = arg("--tasks").map_or(1000, |s| s.parse().unwrap_or(1000));
-    let runs: usize = arg("--runs").map_or(3, |s| s.parse().unwrap_or(3));
-    let mut results = Vec::new();
-    let mut loads = Vec::new();
-    for i in 0..runs {
-        let load = loadavg();
-        let r = one(n).await?;
-        eprintln!(
-            "run {i}: re-attached {:.3} s, master {:.3} s, shims {} → same {}, other updates {}, leftovers {}, load {load}",
+    let n: usize = arg_or("--tasks", 1000);
+    let runs: usize = arg_or("--runs", 3);
+    let (results, loads) = repeat_runs(runs, async || one(n).await, |r| {
+        format!(
+            "re-attached {:.3} s, master {:.3} s, shims {} → same {}, other updates {}, leftovers {}",
             r.reattached_s, r.master_s, r.shims_before, r.shims_after_same, r.other_updates, r.leftovers
-        );
-        loads.push(load);
-        results.push(r);
-    }
+        )
+    })
+    .await?;
     let f = |g: fn(&Run) -> f64| results.iter().map(g).collect::<Vec<_>>();
-    let list = |v: &[f64]| v.iter().map(|x| format!("{x:.3}")).collect::<Vec<_>>().join(", ");
     let (ra, ms) = (f(|r| r.reattached_s), f(|r| r.master_s));
     println!("\n{n} tasks on one agent, SIGKILL and restart, {runs} runs; loads at the start of each run: {loads:?}\n");
-    println!("| | median s | runs s |");
-    println!("|---|---:|---|");
-    println!("| (a) start → agent re-attached to all {n} | {:.3} | {} |", median(&ra), list(&ra));
-    println!("| (b) start → master: agent CONNECTED, {n} RUNNING | {:.3} | {} |", median(&ms), list(&ms));
+    print_timings(&[
+        (format!("(a) start → agent re-attached to all {n}"), &ra),
+        (format!("(b) start → master: agent CONNECTED, {n} RUNNING"), &ms),
+    ]);
     println!(
         "\nshims alive before: {:?}; same shim pid and alive after: {:?}; updates other than RUNNING: {}; leftovers: {}; launch of the {n} took {} s",
         results.iter().map(|r| r.shims_before).collect::<Vec<_>>(),
         results.iter().map(|r| r.shims_after_same).collect::<Vec<_>>(),
         results.iter().map(|r| r.other_updates).sum::<usize>(),
         results.iter().map(|r| r.leftovers).sum::<usize>(),
-        list(&f(|r| r.launch_s)),
+        samples_cell(&f(|r| r.launch_s), 3),
     );
     emit(&json!({
         "bench": "agent-restart", "tasks": n, "loads": loads,

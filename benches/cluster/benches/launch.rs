@@ -27,37 +27,16 @@ use serde_json::json;
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let runs: usize = arg("--runs").map_or(60, |s| s.parse().unwrap_or(60));
-    let warmup: usize = arg("--warmup").map_or(5, |s| s.parse().unwrap_or(5));
+    let runs: usize = arg_or("--runs", 60);
+    let warmup: usize = arg_or("--warmup", 5);
     let node = std::path::PathBuf::from(env!("CARGO_BIN_EXE_cluster-node"));
     let shim = shim_path();
     if !shim.is_file() {
         bail!("{} missing: build cella-shim (run.sh does)", shim.display());
     }
-    let dir = TempDir::new("launch")?;
-    let tls = dir.path().join("tls");
-    certs(&tls)?;
-    let port = free_port()?;
-    let url = format!("https://127.0.0.1:{port}");
-    let mut master = spawn_master(&node, &tls, port, &dir.path().join("master.log"))?;
-    let cgroup_root = format!("/cella-bench-{}", std::process::id());
-    let (runtime, _runtime_dir) = runtime_dir(&dir)?;
-    let mut agent = spawn_agent(
-        &node,
-        &AgentOpts {
-            master_url: &url,
-            tls_dir: &tls,
-            work_dir: &dir.path().join("work"),
-            runtime_dir: &runtime,
-            resources: "cpus:64;mem:64GiB;disk:100GiB",
-            cgroup_root: &cgroup_root,
-            launch_concurrency: None,
-            shim: &shim,
-            log: &dir.path().join("agent.log"),
-        },
-    )?;
+    let mut cluster = OneNode::start(&node, "launch", "cpus:64;mem:64GiB;disk:100GiB", None)?;
     let load_before = loadavg();
-    let mut sched = Scheduler::subscribe(&url, &tls, "bench-launch").await?;
+    let mut sched = Scheduler::subscribe(&cluster.url, &cluster.tls, "bench-launch").await?;
     let mut offer = Some(sched.wait_offer(Duration::from_secs(20)).await?);
 
     let mut total = Vec::new();
@@ -121,29 +100,10 @@ async fn main() -> Result<()> {
 
     // Kill everything and wait for KILLED.
     let t_kill = Instant::now();
-    for id in &ids {
-        sched.kill(id)?;
-    }
-    let mut killed = 0;
-    while killed < ids.len() {
-        if let event::Event::Update(u) = sched.next(Duration::from_secs(60)).await?
-            && let Some(s) = u.status
-        {
-            sched.ack(&s)?;
-            if matches!(
-                s.state(),
-                v1::TaskState::TaskKilled | v1::TaskState::TaskFailed | v1::TaskState::TaskLost
-            ) {
-                killed += 1;
-            }
-        }
-    }
+    sched.kill_all(&ids, 0, Duration::from_secs(60)).await?;
     let kill_s = t_kill.elapsed().as_secs_f64();
     drop(sched);
-    agent.stop(Duration::from_secs(30));
-    master.stop(Duration::from_secs(10));
-    let shims = processes_mentioning(&runtime.display().to_string());
-    let cgroups = cgroup_leftovers_and_remove(&cgroup_root);
+    let (_, Leftovers { processes: shims, cgroups }) = cluster.stop(Duration::from_secs(30));
 
     let row = |name: &str, v: &[f64]| {
         let s = stats(v);
@@ -160,7 +120,7 @@ async fn main() -> Result<()> {
         "runs": runs,
         "load_before": load_before,
         "load_after": load_after,
-        "work_dir": dir.path().display().to_string(),
+        "work_dir": cluster.dir.path().display().to_string(),
         "total": row("ACCEPT → RUNNING (total)", &total),
         "to_agent": row("ACCEPT → STARTING created on the agent", &to_agent),
         "starting": row("STARTING created → at the scheduler", &starting),

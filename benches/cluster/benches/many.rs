@@ -30,30 +30,8 @@ struct Run {
 
 async fn one(n: usize, conc: Option<usize>) -> Result<Run> {
     let node = std::path::PathBuf::from(env!("CARGO_BIN_EXE_cluster-node"));
-    let shim = shim_path();
-    let dir = TempDir::new("many")?;
-    let tls = dir.path().join("tls");
-    certs(&tls)?;
-    let port = free_port()?;
-    let url = format!("https://127.0.0.1:{port}");
-    let mut master = spawn_master(&node, &tls, port, &dir.path().join("master.log"))?;
-    let cgroup_root = format!("/cella-bench-{}", std::process::id());
-    let (runtime, _runtime_dir) = runtime_dir(&dir)?;
-    let mut agent = spawn_agent(
-        &node,
-        &AgentOpts {
-            master_url: &url,
-            tls_dir: &tls,
-            work_dir: &dir.path().join("work"),
-            runtime_dir: &runtime,
-            resources: "cpus:1000;mem:1000GiB;disk:1000GiB",
-            cgroup_root: &cgroup_root,
-            launch_concurrency: conc,
-            shim: &shim,
-            log: &dir.path().join("agent.log"),
-        },
-    )?;
-    let mut sched = Scheduler::subscribe(&url, &tls, "bench-many").await?;
+    let mut cluster = OneNode::start(&node, "many", "cpus:1000;mem:1000GiB;disk:1000GiB", conc)?;
+    let mut sched = Scheduler::subscribe(&cluster.url, &cluster.tls, "bench-many").await?;
     let offer = sched.wait_offer(Duration::from_secs(20)).await?;
     let ids: Vec<String> = (0..n).map(|i| format!("many-{i}")).collect();
     let tasks = ids
@@ -96,36 +74,10 @@ async fn one(n: usize, conc: Option<usize>) -> Result<Run> {
     let up = t0.elapsed();
 
     let t1 = Instant::now();
-    for id in &ids {
-        sched.kill(id)?;
-    }
-    let mut ended = failed;
-    while ended < n {
-        if let event::Event::Update(u) = sched.next(Duration::from_secs(120)).await?
-            && let Some(s) = u.status
-        {
-            sched.ack(&s)?;
-            if matches!(
-                s.state(),
-                v1::TaskState::TaskKilled
-                    | v1::TaskState::TaskFailed
-                    | v1::TaskState::TaskLost
-                    | v1::TaskState::TaskFinished
-                    | v1::TaskState::TaskError
-            ) {
-                ended += 1;
-            }
-        }
-    }
+    sched.kill_all(&ids, failed, Duration::from_secs(120)).await?;
     let down = t1.elapsed();
     drop(sched);
-    let agent_stop = agent.stop(Duration::from_secs(60));
-    master.stop(Duration::from_secs(10));
-    let procs = processes_mentioning(&runtime.display().to_string());
-    let cgroups = cgroup_leftovers_and_remove(&cgroup_root);
-    if !procs.is_empty() || !cgroups.is_empty() {
-        eprintln!("LEFTOVERS: processes {procs:?}, cgroups {cgroups:?}");
-    }
+    let (agent_stop, leftovers) = cluster.stop(Duration::from_secs(60));
     Ok(Run {
         up_s: up.as_secs_f64(),
         first_running_s: first_running.unwrap_or_default().as_secs_f64(),
@@ -133,15 +85,15 @@ async fn one(n: usize, conc: Option<usize>) -> Result<Run> {
         down_s: down.as_secs_f64(),
         agent_stop_s: agent_stop.as_secs_f64(),
         failed,
-        leftovers: procs.len() + cgroups.len(),
+        leftovers: leftovers.report(),
     })
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
     raise_nofile();
-    let n: usize = arg("--tasks").map_or(1000, |s| s.parse().unwrap_or(1000));
-    let repeats: usize = arg("--repeats").map_or(2, |s| s.parse().unwrap_or(2));
+    let n: usize = arg_or("--tasks", 1000);
+    let repeats: usize = arg_or("--repeats", 2);
     let list = arg("--concurrency").unwrap_or_else(|| "default,2,4,8,16".into());
     let variants: Vec<Option<usize>> = list
         .split(',')
@@ -171,7 +123,7 @@ async fn main() -> Result<()> {
     let mut rows = Vec::new();
     for (conc, runs) in variants.iter().zip(&results) {
         let f = |g: fn(&Run) -> f64| runs.iter().map(g).collect::<Vec<_>>();
-        let list = |v: &[f64]| v.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(", ");
+        let list = |v: &[f64]| samples_cell(v, 2);
         let name = conc.map_or("default (64)".to_string(), |c| c.to_string());
         let (up, down) = (f(|r| r.up_s), f(|r| r.down_s));
         println!(

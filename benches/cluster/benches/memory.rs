@@ -18,102 +18,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use cella_bench_cluster::*;
-use cella_proto::v1::{
-    self, agent_message, agent_service_client::AgentServiceClient, master_to_agent,
-};
-use futures::StreamExt;
 use serde_json::json;
-use tokio::sync::{Semaphore, mpsc, watch};
-use tokio_stream::wrappers::UnboundedReceiverStream;
-
-fn register(i: usize, k: usize) -> v1::AgentMessage {
-    let tasks = (0..k)
-        .map(|j| v1::RunningTask {
-            framework_id: "bench-framework".into(),
-            task: Some(v1::TaskInfo {
-                task_id: format!("task-{i}-{j}"),
-                name: format!("task-{i}-{j}"),
-                command: vec!["sleep".into(), "1000".into()],
-                resources: Some(v1::Resources {
-                    cpus: 0.1,
-                    mem_bytes: 64 << 20,
-                    disk_bytes: 0,
-                }),
-                ..Default::default()
-            }),
-            state: v1::TaskState::TaskRunning as i32,
-        })
-        .collect();
-    v1::AgentMessage {
-        message: Some(agent_message::Message::Register(agent_message::Register {
-            agent_id: String::new(),
-            hostname: format!("sim-{i}.example"),
-            attributes: vec![v1::Attribute {
-                key: "rack".into(),
-                value: format!("r{}", i % 40),
-            }],
-            total: Some(v1::Resources {
-                cpus: 32.0,
-                mem_bytes: 128 << 30,
-                disk_bytes: 1 << 40,
-            }),
-            tasks,
-            http_endpoint: format!("https://10.0.{}.{}:5051", i / 256, i % 256),
-            version: "0.1.0".into(),
-        })),
-    }
-}
-
-async fn sim_agent(
-    url: String,
-    tls: rustls::ClientConfig,
-    i: usize,
-    k: usize,
-    registered: Arc<AtomicUsize>,
-    connect: Arc<Semaphore>,
-    mut stop: watch::Receiver<bool>,
-) -> Result<()> {
-    let (tx, rx) = mpsc::unbounded_channel();
-    tx.send(register(i, k))?;
-    let mut inbound = {
-        let _permit = connect.acquire().await?;
-        let channel = cella_proto::tls::grpc_channel(&url, &tls).await?;
-        let mut client = AgentServiceClient::new(channel)
-            .max_decoding_message_size(64 << 20)
-            .max_encoding_message_size(64 << 20);
-        let mut inbound = client
-            .session(UnboundedReceiverStream::new(rx))
-            .await?
-            .into_inner();
-        // Wait for Registered while holding the permit (bounds the handshakes).
-        loop {
-            match inbound.next().await {
-                Some(Ok(v1::MasterToAgent {
-                    message: Some(master_to_agent::Message::Registered(_)),
-                })) => break,
-                Some(Ok(_)) => {}
-                Some(Err(e)) => bail!("agent {i}: {e}"),
-                None => bail!("agent {i}: stream closed before Registered"),
-            }
-        }
-        registered.fetch_add(1, Ordering::SeqCst);
-        inbound
-    };
-    loop {
-        tokio::select! {
-            m = inbound.next() => match m {
-                Some(Ok(v1::MasterToAgent { message: Some(master_to_agent::Message::Ping(p)) })) => {
-                    let _ = tx.send(v1::AgentMessage {
-                        message: Some(agent_message::Message::Pong(agent_message::Pong { nonce: p.nonce })),
-                    });
-                }
-                Some(Ok(_)) => {}
-                _ => return Ok(()),
-            },
-            _ = stop.changed() => return Ok(()),
-        }
-    }
-}
+use tokio::sync::{Semaphore, watch};
 
 struct Sample {
     agents: usize,
@@ -130,28 +36,13 @@ async fn one(node: &std::path::Path, tls_dir: &std::path::Path, a: usize, k: usi
     let mut master = spawn_master(node, tls_dir, port, &log)?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let base = rss_bytes(master.pid())?;
-    let registered = Arc::new(AtomicUsize::new(0));
-    let connect = Arc::new(Semaphore::new(32));
-    let (stop_tx, stop_rx) = watch::channel(false);
     let t0 = Instant::now();
-    let mut handles = Vec::new();
-    for i in 0..a {
-        handles.push(tokio::spawn(sim_agent(
-            url.clone(),
-            sim_agent_tls(&tls_dir, i)?,
-            i,
-            k,
-            registered.clone(),
-            connect.clone(),
-            stop_rx.clone(),
-        )));
-    }
-    while registered.load(Ordering::SeqCst) < a {
+    let fleet = SimFleet::start(&url, tls_dir, a, k, false)?;
+    while fleet.registrations.load(Ordering::SeqCst) < a {
         if t0.elapsed() > Duration::from_secs(120) {
-            bail!("only {} of {a} agents registered", registered.load(Ordering::SeqCst));
+            bail!("only {} of {a} agents registered", fleet.registrations.load(Ordering::SeqCst));
         }
-        if let Some(h) = handles.iter().find(|h| h.is_finished()) {
-            let _ = h;
+        if fleet.any_ended() {
             bail!("a simulated agent ended early");
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -164,10 +55,7 @@ async fn one(node: &std::path::Path, tls_dir: &std::path::Path, a: usize, k: usi
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let after = median(&readings) as u64;
-    let _ = stop_tx.send(true);
-    for h in handles {
-        let _ = h.await;
-    }
+    fleet.stop().await;
     master.stop(Duration::from_secs(10));
     Ok(Sample {
         agents: a,
@@ -215,7 +103,7 @@ fn fit(rows: &[(f64, f64, f64)]) -> (f64, f64, f64) {
 async fn main() -> Result<()> {
     raise_nofile();
     let sizes = arg("--sizes").unwrap_or_else(|| "500x0,1000x0,2000x0,1000x10,1000x20,2000x10".into());
-    let repeats: usize = arg("--repeats").map_or(2, |s| s.parse().unwrap_or(2));
+    let repeats: usize = arg_or("--repeats", 2);
     let sizes: Vec<(usize, usize)> = sizes
         .split(',')
         .filter_map(|s| {

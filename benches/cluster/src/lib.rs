@@ -13,6 +13,12 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
+mod one_node;
+mod sim_agent;
+
+pub use one_node::{Leftovers, OneNode};
+pub use sim_agent::SimFleet;
+
 /// Nanoseconds since the Unix epoch (the clock the agent stamps updates with).
 pub fn now_ns() -> u64 {
     SystemTime::now()
@@ -425,6 +431,26 @@ impl Scheduler {
         }))
     }
 
+    /// KILLs every task of `ids` and acknowledges updates until all have ended;
+    /// `ended` of them already had (a KILL brings them no further update). Each
+    /// update must come within `timeout`.
+    pub async fn kill_all(&mut self, ids: &[String], mut ended: usize, timeout: Duration) -> Result<()> {
+        for id in ids {
+            self.kill(id)?;
+        }
+        while ended < ids.len() {
+            if let event::Event::Update(u) = self.next(timeout).await?
+                && let Some(s) = u.status
+            {
+                self.ack(&s)?;
+                if s.state().is_terminal() {
+                    ended += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Waits for an offer (acknowledging updates meanwhile).
     pub async fn wait_offer(&mut self, timeout: Duration) -> Result<v1::Offer> {
         let deadline = Instant::now() + timeout;
@@ -583,6 +609,51 @@ pub fn arg(name: &str) -> Option<String> {
     args.iter()
         .position(|a| a == name)
         .and_then(|i| args.get(i + 1).cloned())
+}
+
+/// `--name value` from the arguments, parsed; `default` when it is missing or does not
+/// parse.
+pub fn arg_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    arg(name).and_then(|s| s.parse().ok()).unwrap_or(default)
+}
+
+/// Samples as a table cell: comma-separated, with `decimals` decimals.
+pub fn samples_cell(samples: &[f64], decimals: usize) -> String {
+    samples
+        .iter()
+        .map(|x| format!("{x:.decimals$}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Prints a Markdown table of timings in seconds: a row a measure, with its median
+/// and every run's value.
+pub fn print_timings(rows: &[(String, &[f64])]) {
+    println!("| | median s | runs s |");
+    println!("|---|---:|---|");
+    for (what, samples) in rows {
+        println!("| {what} | {:.3} | {} |", median(samples), samples_cell(samples, 3));
+    }
+}
+
+/// Runs `one` `runs` times, one after another; reports each result on stderr as
+/// `describe` puts it, with the load average at its start. Returns the results and
+/// those load averages.
+pub async fn repeat_runs<R>(
+    runs: usize,
+    mut one: impl AsyncFnMut() -> Result<R>,
+    describe: impl Fn(&R) -> String,
+) -> Result<(Vec<R>, Vec<String>)> {
+    let mut results = Vec::new();
+    let mut loads = Vec::new();
+    for i in 0..runs {
+        let load = loadavg();
+        let r = one().await?;
+        eprintln!("run {i}: {}, load {load}", describe(&r));
+        loads.push(load);
+        results.push(r);
+    }
+    Ok((results, loads))
 }
 
 /// The shim: `$CELLA_SHIM` or the workspace's `target/release/cella-shim`.

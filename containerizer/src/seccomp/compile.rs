@@ -205,6 +205,16 @@ fn parse_kernel(version: &str) -> Option<(u32, u32)> {
     Some((major, minor))
 }
 
+/// The `minKernel` value of the profile's `field`, parsed.
+fn min_kernel(min: &str, field: impl FnOnce() -> String) -> Result<(u32, u32), ProfileError> {
+    parse_kernel(min).ok_or_else(|| {
+        field_err(
+            field(),
+            format!("{min:?} is not a kernel version; expected e.g. \"4.8\""),
+        )
+    })
+}
+
 /// Whether entry `i` applies to a task holding `caps_mask` on x86_64 and `kernel`.
 fn entry_applies(
     i: usize,
@@ -226,12 +236,7 @@ fn entry_applies(
             }
         }
         if let Some(min) = &inc.min_kernel {
-            let wanted = parse_kernel(min).ok_or_else(|| {
-                field_err(
-                    format!("syscalls[{i}].includes.minKernel"),
-                    format!("{min:?} is not a kernel version; expected e.g. \"4.8\""),
-                )
-            })?;
+            let wanted = min_kernel(min, || format!("syscalls[{i}].includes.minKernel"))?;
             match kernel {
                 Some(running) if running >= wanted => {}
                 _ => return Ok(false),
@@ -248,12 +253,7 @@ fn entry_applies(
             return Ok(false);
         }
         if let Some(min) = &exc.min_kernel {
-            let limit = parse_kernel(min).ok_or_else(|| {
-                field_err(
-                    format!("syscalls[{i}].excludes.minKernel"),
-                    format!("{min:?} is not a kernel version; expected e.g. \"4.8\""),
-                )
-            })?;
+            let limit = min_kernel(min, || format!("syscalls[{i}].excludes.minKernel"))?;
             if kernel.is_some_and(|running| running >= limit) {
                 return Ok(false);
             }

@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{FetchError, OnBytes, blocking, copy_verified};
+use super::{BlobFetch, FetchError, blocking, copy_verified};
 use crate::digest::Digest;
 use crate::manifest::MAX_METADATA_BYTES;
 
@@ -86,13 +86,8 @@ impl ArchiveSource {
         Ok(loaded.config.clone())
     }
 
-    pub async fn copy_blob(
-        &self,
-        digest: &Digest,
-        size: u64,
-        partial: &Path,
-        on_bytes: OnBytes,
-    ) -> Result<(), FetchError> {
+    pub async fn copy_blob(&self, blob: BlobFetch) -> Result<(), FetchError> {
+        let digest = &blob.digest;
         let member =
             self.loaded()?
                 .members
@@ -102,19 +97,20 @@ impl ArchiveSource {
                     path: self.file.clone(),
                     problem: format!("the archive has no layer {digest}"),
                 })?;
-        let (file, digest, partial) = (self.file.clone(), digest.clone(), partial.to_owned());
+        let file = self.file.clone();
         blocking(move || {
             let mut archive = open(&file)?;
             let entries = archive.entries_with_seek().map_err(|e| bad(&file, e))?;
             for entry in entries {
                 let entry = entry.map_err(|e| bad(&file, e))?;
                 if member_name(&entry) == member {
-                    return copy_verified(entry, &digest, size, &partial, &*on_bytes).map_err(
+                    return copy_verified(entry, &blob).map_err(
                         |e| match e {
                             FetchError::DigestMismatch { .. } => FetchError::Local {
                                 path: file.clone(),
                                 problem: format!(
-                                    "layer {member} does not hash to its diff id {digest} (compressed layers are not supported in docker archives): {e}"
+                                    "layer {member} does not hash to its diff id {} (compressed layers are not supported in docker archives): {e}",
+                                    blob.digest
                                 ),
                             },
                             other => other,
@@ -134,11 +130,7 @@ impl ArchiveSource {
 fn open(file: &Path) -> Result<tar::Archive<File>, FetchError> {
     File::open(file)
         .map(tar::Archive::new)
-        .map_err(|source| FetchError::Io {
-            path: file.to_owned(),
-            op: "open the docker archive",
-            source,
-        })
+        .map_err(FetchError::io(file, "open the docker archive"))
 }
 
 fn bad(file: &Path, e: std::io::Error) -> FetchError {

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::image::{ANNOTATION_REF_NAME, ImageIndex};
 
-use super::{FetchError, OnBytes, blocking, copy_verified, verify_bytes};
+use super::{BlobFetch, FetchError, blocking, copy_verified, verify_bytes};
 use crate::digest::Digest;
 use crate::manifest::{MAX_METADATA_BYTES, descriptor_digest};
 
@@ -102,21 +102,11 @@ impl LayoutSource {
         Ok(bytes)
     }
 
-    pub async fn copy_blob(
-        &self,
-        digest: &Digest,
-        size: u64,
-        partial: &Path,
-        on_bytes: OnBytes,
-    ) -> Result<(), FetchError> {
-        let path = self.blob_path(digest);
-        let file = std::fs::File::open(&path).map_err(|source| FetchError::Io {
-            path: path.clone(),
-            op: "open the layout's blob",
-            source,
-        })?;
-        let (digest, partial) = (digest.clone(), partial.to_owned());
-        blocking(move || copy_verified(file, &digest, size, &partial, &*on_bytes)).await
+    pub async fn copy_blob(&self, blob: BlobFetch) -> Result<(), FetchError> {
+        let path = self.blob_path(&blob.digest);
+        let file =
+            std::fs::File::open(&path).map_err(FetchError::io(&path, "open the layout's blob"))?;
+        blocking(move || copy_verified(file, &blob)).await
     }
 }
 

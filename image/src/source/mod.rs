@@ -66,6 +66,17 @@ pub enum FetchError {
     },
 }
 
+impl FetchError {
+    /// The error of the file operation `op` on `path` (for `map_err`).
+    pub(crate) fn io(path: &Path, op: &'static str) -> impl FnOnce(std::io::Error) -> Self {
+        move |source| Self::Io {
+            path: path.to_owned(),
+            op,
+            source,
+        }
+    }
+}
+
 fn unauthorized_message(registry: &str, with_credentials: bool, detail: &str) -> String {
     if with_credentials {
         format!(
@@ -202,25 +213,29 @@ impl Source {
         }
     }
 
-    /// Fetches the blob `digest` into `partial` and verifies it; `on_bytes` hears of
-    /// every chunk written.
-    pub async fn fetch_blob(
-        &self,
-        digest: &Digest,
-        size: u64,
-        partial: &Path,
-        on_bytes: OnBytes,
-    ) -> Result<(), FetchError> {
+    /// Fetches a blob into its partial file and verifies it.
+    pub async fn fetch_blob(&self, blob: BlobFetch) -> Result<(), FetchError> {
         match self {
-            Self::Registry(r) => r.download_blob(digest, size, partial, &*on_bytes).await,
-            Self::Layout(l) => l.copy_blob(digest, size, partial, on_bytes).await,
-            Self::Archive(a) => a.copy_blob(digest, size, partial, on_bytes).await,
+            Self::Registry(r) => r.download_blob(&blob).await,
+            Self::Layout(l) => l.copy_blob(blob).await,
+            Self::Archive(a) => a.copy_blob(blob).await,
         }
     }
 }
 
 fn r_digest(r: &RegistrySource) -> Option<Digest> {
     r.pinned_digest()
+}
+
+/// A blob to fetch: the digest and size it must have, the partial file it goes to
+/// (where a registry download continues what an earlier attempt left), and who hears
+/// of every chunk written.
+#[derive(Clone)]
+pub struct BlobFetch {
+    pub digest: Digest,
+    pub size: u64,
+    pub partial: PathBuf,
+    pub on_bytes: OnBytes,
 }
 
 /// Told the number of bytes of every chunk fetched (progress); returns `false` to
@@ -244,16 +259,12 @@ pub(crate) async fn blocking<T: Send + 'static>(
 /// result: the local sources' way of fetching a blob.
 pub(crate) fn copy_verified(
     mut reader: impl std::io::Read,
-    digest: &Digest,
-    size: u64,
-    partial: &Path,
-    on_bytes: &(dyn Fn(u64) -> bool + Send + Sync),
+    blob: &BlobFetch,
 ) -> Result<(), FetchError> {
     use std::io::Write as _;
-    let io = |op: &'static str| {
-        let path = partial.to_owned();
-        move |source| FetchError::Io { path, op, source }
-    };
+    let (digest, size, partial) = (&blob.digest, blob.size, blob.partial.as_path());
+    let on_bytes = &*blob.on_bytes;
+    let io = |op| FetchError::io(partial, op);
     let mut file = std::fs::File::create(partial).map_err(io("create the partial blob"))?;
     let mut hasher = Hasher::new();
     let mut buf = vec![0u8; 1 << 20];

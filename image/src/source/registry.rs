@@ -8,7 +8,6 @@
 //! with the digest (and size) the manifest promised before anything is used, and a
 //! partial blob is continued with a `Range` request, or restarted, never trusted.
 
-use std::path::Path;
 use std::time::Duration;
 
 use futures::StreamExt as _;
@@ -20,7 +19,7 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference, RegistryOperation};
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _, AsyncWriteExt as _};
 
-use super::FetchError;
+use super::{BlobFetch, FetchError};
 use crate::digest::{Digest, Hasher};
 use crate::manifest::MANIFEST_MEDIA_TYPES;
 use crate::reference::RegistryReference;
@@ -161,20 +160,13 @@ impl RegistrySource {
         Ok(out)
     }
 
-    /// Downloads the blob `digest` into `partial`, continuing what an earlier attempt
+    /// Downloads the blob into its partial file, continuing what an earlier attempt
     /// (perhaps of a process that was killed) left there, and verifies size and digest.
     /// On a mismatch after continuing, the download is restarted from zero once.
-    pub async fn download_blob(
-        &self,
-        digest: &Digest,
-        size: u64,
-        partial: &Path,
-        on_bytes: &(dyn Fn(u64) -> bool + Send + Sync),
-    ) -> Result<(), FetchError> {
-        let io = |op: &'static str| {
-            let path = partial.to_owned();
-            move |source| FetchError::Io { path, op, source }
-        };
+    pub async fn download_blob(&self, blob: &BlobFetch) -> Result<(), FetchError> {
+        let (digest, size, partial) = (&blob.digest, blob.size, blob.partial.as_path());
+        let on_bytes = &*blob.on_bytes;
+        let io = |op| FetchError::io(partial, op);
         let mut file = tokio::fs::OpenOptions::new()
             .create(true)
             .read(true)

@@ -23,7 +23,9 @@ use crate::manifest::LayerDescriptor;
 use crate::progress::Tracker;
 use crate::reference::ImageReference;
 use crate::settings::UnpackLimits;
-use crate::source::{ArchiveSource, FetchError, LayoutSource, OnBytes, RegistrySource, Source};
+use crate::source::{
+    ArchiveSource, BlobFetch, FetchError, LayoutSource, OnBytes, RegistrySource, Source,
+};
 use crate::unpack::{LayerSummary, UnpackError, check_layers, unpack_layer};
 
 pub(super) async fn prepare(
@@ -317,7 +319,12 @@ async fn ensure_layer(
             !failed.load(Ordering::Relaxed)
         });
         source
-            .fetch_blob(&layer.blob, layer.size, &partial, on_bytes)
+            .fetch_blob(BlobFetch {
+                digest: layer.blob.clone(),
+                size: layer.size,
+                partial: partial.clone(),
+                on_bytes,
+            })
             .await
             .map_err(|source| match source {
                 FetchError::Stopped => ImageError::Stopped,

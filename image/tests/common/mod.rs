@@ -35,6 +35,13 @@ pub fn parse(store: &ImageStore, text: &str) -> ImageReference {
     ImageReference::parse(text, &store.settings().registries.default_registry).expect("reference")
 }
 
+/// [`prepare`], which must succeed.
+pub async fn prepared(store: &ImageStore, text: &str, lease: &str) -> PreparedImage {
+    prepare(store, text, lease)
+        .await
+        .unwrap_or_else(|e| panic!("{text}: {e}"))
+}
+
 pub async fn prepare(
     store: &ImageStore,
     text: &str,

@@ -30,14 +30,20 @@ fn cluster(n: usize) -> HierarchicalDrf {
     a
 }
 
+/// [`cluster`] with one active framework in role `r`.
+fn cluster_with_framework(n: usize, framework: &str) -> HierarchicalDrf {
+    let mut a = cluster(n);
+    a.add_framework(fid(framework), "r", true).unwrap();
+    a
+}
+
 fn frameworks_of(offers: &[Offer]) -> Vec<&str> {
     offers.iter().map(|o| o.framework.as_str()).collect()
 }
 
 #[test]
 fn drf_alternates_between_equal_frameworks() {
-    let mut a = cluster(10);
-    a.add_framework(fid("a"), "r", true).unwrap();
+    let mut a = cluster_with_framework(10, "a");
     a.add_framework(fid("b"), "r", true).unwrap();
     let offers = a.allocate(Instant::now());
     assert_eq!(offers.len(), 10);
@@ -109,8 +115,7 @@ fn frameworks_within_a_role_share_the_role() {
 #[test]
 fn declined_agent_is_filtered_for_the_refuse_duration() {
     let t0 = Instant::now();
-    let mut a = cluster(1);
-    a.add_framework(fid("f"), "r", true).unwrap();
+    let mut a = cluster_with_framework(1, "f");
     let offers = a.allocate(t0);
     assert_eq!(offers.len(), 1);
     a.decline_offer(offers[0].id, Duration::from_secs(5), t0)
@@ -126,8 +131,7 @@ fn declined_agent_is_filtered_for_the_refuse_duration() {
 #[test]
 fn declined_agent_goes_to_the_next_framework() {
     let t0 = Instant::now();
-    let mut a = cluster(1);
-    a.add_framework(fid("a"), "r", true).unwrap();
+    let mut a = cluster_with_framework(1, "a");
     a.add_framework(fid("b"), "r", true).unwrap();
     let first = a.allocate(t0);
     assert_eq!(frameworks_of(&first), ["a"]);
@@ -139,8 +143,7 @@ fn declined_agent_goes_to_the_next_framework() {
 #[test]
 fn decline_agent_without_offer_and_revive_clears_filters() {
     let t0 = Instant::now();
-    let mut a = cluster(2);
-    a.add_framework(fid("f"), "r", true).unwrap();
+    let mut a = cluster_with_framework(2, "f");
     a.decline_agent(&fid("f"), &aid(0), Duration::from_secs(60), t0)
         .unwrap();
     let offers = a.allocate(t0);
@@ -155,8 +158,7 @@ fn decline_agent_without_offer_and_revive_clears_filters() {
 #[test]
 fn suppressed_framework_gets_no_offers_until_revived() {
     let t0 = Instant::now();
-    let mut a = cluster(4);
-    a.add_framework(fid("a"), "r", true).unwrap();
+    let mut a = cluster_with_framework(4, "a");
     a.add_framework(fid("b"), "r", true).unwrap();
     a.suppress(&fid("a")).unwrap();
     let offers = a.allocate(t0);
@@ -189,8 +191,7 @@ fn inactive_framework_gets_no_offers() {
 #[test]
 fn remove_agent_returns_offers_to_rescind() {
     let t0 = Instant::now();
-    let mut a = cluster(3);
-    a.add_framework(fid("a"), "r", true).unwrap();
+    let mut a = cluster_with_framework(3, "a");
     a.add_framework(fid("b"), "r", true).unwrap();
     a.update_agent_allocation(&aid(1), &fid("b"), Resources::new(1_000, GIB, 0))
         .unwrap();
@@ -230,8 +231,7 @@ fn remove_agent_returns_offers_to_rescind() {
 #[test]
 fn recovered_resources_become_offerable_again() {
     let t0 = Instant::now();
-    let mut a = cluster(1);
-    a.add_framework(fid("f"), "r", true).unwrap();
+    let mut a = cluster_with_framework(1, "f");
     let offer = a.allocate(t0).remove(0);
     // The framework launches a task with everything.
     a.accept_offer(offer.id, agent_res()).unwrap();
@@ -252,8 +252,7 @@ fn recovered_resources_become_offerable_again() {
 #[test]
 fn partially_accepted_offer_returns_the_rest() {
     let t0 = Instant::now();
-    let mut a = cluster(1);
-    a.add_framework(fid("f"), "r", true).unwrap();
+    let mut a = cluster_with_framework(1, "f");
     let offer = a.allocate(t0).remove(0);
     let used = Resources::new(1_000, GIB, GIB);
     a.accept_offer(offer.id, used).unwrap();
@@ -272,8 +271,7 @@ fn partially_accepted_offer_returns_the_rest() {
 #[test]
 fn outstanding_offers_count_as_allocated() {
     let t0 = Instant::now();
-    let mut a = cluster(2);
-    a.add_framework(fid("f"), "r", true).unwrap();
+    let mut a = cluster_with_framework(2, "f");
     assert_eq!(a.allocate(t0).len(), 2);
     // Nothing left to offer while the offers are outstanding.
     assert!(a.allocate(t0).is_empty());
@@ -283,8 +281,7 @@ fn outstanding_offers_count_as_allocated() {
 #[test]
 fn offer_ids_are_unique() {
     let t0 = Instant::now();
-    let mut a = cluster(5);
-    a.add_framework(fid("f"), "r", true).unwrap();
+    let mut a = cluster_with_framework(5, "f");
     let mut seen = HashSet::new();
     for _ in 0..4 {
         for o in a.allocate(t0) {
@@ -298,8 +295,7 @@ fn offer_ids_are_unique() {
 #[test]
 fn remove_framework_releases_everything() {
     let t0 = Instant::now();
-    let mut a = cluster(2);
-    a.add_framework(fid("f"), "r", true).unwrap();
+    let mut a = cluster_with_framework(2, "f");
     a.update_agent_allocation(&aid(0), &fid("f"), Resources::new(1_000, GIB, 0))
         .unwrap();
     let offers = a.allocate(t0);
@@ -316,8 +312,7 @@ fn remove_framework_releases_everything() {
 #[test]
 fn shrinking_an_agent_rescinds_its_offers() {
     let t0 = Instant::now();
-    let mut a = cluster(1);
-    a.add_framework(fid("f"), "r", true).unwrap();
+    let mut a = cluster_with_framework(1, "f");
     assert_eq!(a.allocate(t0).len(), 1);
     let small = Resources::new(1_000, GIB, GIB);
     let rescinded = a.update_agent_total(&aid(0), small).unwrap();
@@ -338,8 +333,7 @@ fn crumbs_are_not_offered() {
 #[test]
 fn errors_do_not_panic() {
     let t0 = Instant::now();
-    let mut a = cluster(1);
-    a.add_framework(fid("f"), "r", true).unwrap();
+    let mut a = cluster_with_framework(1, "f");
     assert!(matches!(
         a.add_agent(aid(0), agent_res(), Attributes::new()),
         Err(AllocatorError::DuplicateAgent(_))

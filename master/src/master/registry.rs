@@ -36,6 +36,52 @@ impl Changed {
 }
 
 /// Milliseconds since the Unix epoch, as the store keeps wall-clock times.
+/// The rows of the changed records `ids`: each as `record` makes it from the state
+/// now, `None` where it is gone.
+fn changed_rows<'a, K: ToString + 'a, R>(
+    ids: impl IntoIterator<Item = &'a K>,
+    record: impl Fn(&K) -> Option<R>,
+) -> Vec<(String, Option<R>)> {
+    ids.into_iter()
+        .map(|id| (id.to_string(), record(id)))
+        .collect()
+}
+
+fn agent_record(a: &Agent, now_wall: SystemTime) -> AgentRecord {
+    AgentRecord {
+        node: a.node.clone(),
+        hostname: a.hostname.clone(),
+        attributes: a.attributes.clone(),
+        total: a.total,
+        http_endpoint: a.http_endpoint.clone(),
+        last_seen_ms: unix_ms(
+            now_wall
+                .checked_sub(a.last_seen.elapsed())
+                .unwrap_or(now_wall),
+        ),
+        registered_ms: unix_ms(a.registered_at),
+    }
+}
+
+fn framework_record(f: &Framework) -> FrameworkRecord {
+    FrameworkRecord {
+        name: f.name.clone(),
+        role: f.role.clone(),
+        principal: f.principal.clone(),
+        failover_timeout_ms: duration_ms(f.failover_timeout),
+        suppressed: f.suppressed,
+    }
+}
+
+fn task_record(t: &Task) -> TaskRecord {
+    TaskRecord {
+        framework: t.framework.to_string(),
+        agent: t.agent.to_string(),
+        info: t.info.clone(),
+        status: t.status.clone(),
+    }
+}
+
 fn unix_ms(t: SystemTime) -> u64 {
     unix_ns(t) / 1_000_000
 }
@@ -122,45 +168,16 @@ impl Registry {
             return;
         }
         let now_wall = SystemTime::now();
-        let mut batch = Batch {
+        let batch = Batch {
+            agents: changed_rows(&self.changed.agents, |id| {
+                agents.get(id).map(|a| agent_record(a, now_wall))
+            }),
+            frameworks: changed_rows(&self.changed.frameworks, |id| {
+                frameworks.get(id).map(framework_record)
+            }),
+            tasks: changed_rows(&self.changed.tasks, |id| tasks.get(id).map(task_record)),
             next_offer_id: self.changed.next_offer_id,
-            ..Batch::default()
         };
-        for id in &self.changed.agents {
-            let record = agents.get(id).map(|a| AgentRecord {
-                node: a.node.clone(),
-                hostname: a.hostname.clone(),
-                attributes: a.attributes.clone(),
-                total: a.total,
-                http_endpoint: a.http_endpoint.clone(),
-                last_seen_ms: unix_ms(
-                    now_wall
-                        .checked_sub(a.last_seen.elapsed())
-                        .unwrap_or(now_wall),
-                ),
-                registered_ms: unix_ms(a.registered_at),
-            });
-            batch.agents.push((id.to_string(), record));
-        }
-        for id in &self.changed.frameworks {
-            let record = frameworks.get(id).map(|f| FrameworkRecord {
-                name: f.name.clone(),
-                role: f.role.clone(),
-                principal: f.principal.clone(),
-                failover_timeout_ms: duration_ms(f.failover_timeout),
-                suppressed: f.suppressed,
-            });
-            batch.frameworks.push((id.to_string(), record));
-        }
-        for id in &self.changed.tasks {
-            let record = tasks.get(id).map(|t| TaskRecord {
-                framework: t.framework.to_string(),
-                agent: t.agent.to_string(),
-                info: t.info.clone(),
-                status: t.status.clone(),
-            });
-            batch.tasks.push((id.clone(), record));
-        }
         let started = Instant::now();
         match store.commit(&batch) {
             Ok(()) => {

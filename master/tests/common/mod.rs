@@ -168,6 +168,22 @@ fn uuid_like() -> u64 {
     N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
 }
 
+/// Registers agent `id` with every task of `tasks` (of framework `framework`) in
+/// `state`.
+pub async fn register_agent_with_tasks(
+    m: &MasterHandle,
+    id: &str,
+    framework: &str,
+    tasks: &[String],
+    state: v1::TaskState,
+) -> Agent {
+    let tasks = tasks
+        .iter()
+        .map(|t| (framework, t.as_str(), state))
+        .collect();
+    register_agent(m, id, tasks).await
+}
+
 pub async fn register_agent(
     m: &MasterHandle,
     id: &str,
@@ -284,6 +300,18 @@ impl Scheduler {
             conn: self.conn,
             call,
         });
+    }
+
+    /// Accepts offer `offer_id` with `tasks` (the rest of the offer is not refused).
+    pub fn accept(&self, m: &MasterHandle, offer_id: String, tasks: Vec<v1::TaskInfo>) {
+        self.call(
+            m,
+            call::Call::Accept(call::Accept {
+                offer_ids: vec![offer_id],
+                tasks,
+                refuse_seconds: None,
+            }),
+        );
     }
 
     pub async fn next_offers(&mut self) -> Vec<v1::Offer> {

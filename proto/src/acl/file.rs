@@ -283,17 +283,19 @@ mod tests {
 
     #[test]
     fn errors_name_the_key() {
-        let e = parse("[principals]\n\"user:a\" = [\"nope\"]\n").unwrap_err();
-        assert!(e.contains("nope"), "{e}");
-        let e = parse("[roles.x]\nkill_task = \"some\"\n").unwrap_err();
-        assert!(e.contains("roles.x.kill_task"), "{e}");
-        let e = parse("[roles.x]\nview = [\"everything\"]\n").unwrap_err();
-        assert!(e.contains("roles.x.view"), "{e}");
-        let e = parse("[roles.x]\nuse_volume = [{ prefix = \"data\" }]\n").unwrap_err();
-        assert!(e.contains("use_volume[0]"), "{e}");
-        let e = parse("[roles.x]\nregister_agnet = true\n").unwrap_err();
-        assert!(e.contains("register_agnet"), "{e}");
-        let e = parse("[principals]\n\"alice\" = []\n").unwrap_err();
-        assert!(e.contains("user:NAME"), "{e}");
+        for (text, key) in [
+            ("[principals]\n\"user:a\" = [\"nope\"]\n", "nope"),
+            ("[roles.x]\nkill_task = \"some\"\n", "roles.x.kill_task"),
+            ("[roles.x]\nview = [\"everything\"]\n", "roles.x.view"),
+            (
+                "[roles.x]\nuse_volume = [{ prefix = \"data\" }]\n",
+                "use_volume[0]",
+            ),
+            ("[roles.x]\nregister_agnet = true\n", "register_agnet"),
+            ("[principals]\n\"alice\" = []\n", "user:NAME"),
+        ] {
+            let e = parse(text).unwrap_err();
+            assert!(e.contains(key), "{e}");
+        }
     }
 }

@@ -57,6 +57,11 @@ fn task<'a>(role: &'a str, user: &'a str) -> TaskRequest<'a> {
     }
 }
 
+/// A task or framework owned by `owner` in `role`.
+fn target(owner: &'static str, role: &'static str) -> Target<'static> {
+    Target { owner, role }
+}
+
 fn denied(p: &Policy, who: &Identity, action: &Action<'_>) -> Denied {
     p.check(who, action)
         .expect_err(&format!("{who} should be denied {action:?}"))
@@ -203,18 +208,9 @@ fn volumes_rootfs_and_images() {
 fn kill_and_teardown_scopes() {
     let p = policy();
     let alice = user("alice", &[]);
-    let own = Target {
-        owner: "user:alice",
-        role: "batch",
-    };
-    let same_role = Target {
-        owner: "user:bob",
-        role: "batch",
-    };
-    let other = Target {
-        owner: "user:bob",
-        role: "prod",
-    };
+    let own = target("user:alice", "batch");
+    let same_role = target("user:bob", "batch");
+    let other = target("user:bob", "prod");
     assert!(p.check(&alice, &Action::KillTask(own)).is_ok());
     let d = denied(&p, &alice, &Action::KillTask(same_role));
     assert_eq!(d.permission, "kill_task(role)");
@@ -241,18 +237,9 @@ fn views() {
     let p = policy();
     let alice = user("alice", &[]);
     let carol = user("carol", &[]);
-    let batch = Target {
-        owner: "user:bob",
-        role: "batch",
-    };
-    let prod = Target {
-        owner: "user:bob",
-        role: "prod",
-    };
-    let mine = Target {
-        owner: "user:alice",
-        role: "prod",
-    };
+    let batch = target("user:bob", "batch");
+    let prod = target("user:bob", "prod");
+    let mine = target("user:alice", "prod");
     let view = |what, target| Action::View { what, target };
     assert!(p.check(&carol, &view(ViewKind::State, None)).is_ok());
     assert!(p.check(&carol, &view(ViewKind::Audit, None)).is_ok());

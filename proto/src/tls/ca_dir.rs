@@ -28,6 +28,7 @@ use super::pki::{
     write_new,
 };
 use super::{Error, Result};
+use crate::path_io::PathIoError;
 
 /// The file names of a TLS directory, for every kind of peer.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -107,10 +108,7 @@ pub const LOCAL_NODE: &str = "localhost";
 pub const LOCAL_USER: &str = "local";
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |source| Error::Io {
-        path: path.to_owned(),
-        source,
-    }
+    PathIoError::on(path)
 }
 
 /// Creates `dir` with mode 0700 if it does not exist.

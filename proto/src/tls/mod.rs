@@ -72,6 +72,8 @@ mod trust;
 
 use std::path::PathBuf;
 
+use crate::path_io::PathIoError;
+
 pub use ca_dir::{
     CaDir, CertInfo, LOCAL_NODE, LOCAL_USER, Layout, init_cluster_dir, init_dir, init_or_load_dir,
     read_crl,
@@ -98,12 +100,8 @@ pub use trust::{ExpectedServer, FileStamp, Trust};
 /// Errors of the TLS layer: files, certificates, configurations and client requests.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathIoError),
     #[error(
         "{} already exists; refusing to overwrite it (use another directory or delete the existing files)",
         path.display()
@@ -142,10 +140,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Reads a file, the path in the error.
 pub(crate) fn read(path: &std::path::Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|source| Error::Io {
-        path: path.to_owned(),
-        source,
-    })
+    std::fs::read(path).map_err(PathIoError::on(path))
 }
 
 /// Formats an error with all its sources, `outer: inner: innermost`.

@@ -15,6 +15,7 @@ use time::{Duration, OffsetDateTime};
 
 use super::identity::Identity;
 use super::{Error, Result};
+use crate::path_io::PathIoError;
 
 /// How long the CA certificate is valid.
 const CA_VALIDITY: Duration = Duration::days(3650);
@@ -322,10 +323,7 @@ pub fn default_master_sans() -> Vec<String> {
 }
 
 pub(super) fn read_string(path: &Path) -> Result<String> {
-    fs::read_to_string(path).map_err(|source| Error::Io {
-        path: path.to_owned(),
-        source,
-    })
+    fs::read_to_string(path).map_err(PathIoError::on(path))
 }
 
 pub(super) fn refuse_existing(paths: &[&Path]) -> Result<()> {
@@ -342,9 +340,11 @@ pub(super) fn refuse_existing(paths: &[&Path]) -> Result<()> {
 
 /// Creates `path` (never overwriting, never following a symlink there) with `mode`.
 pub(super) fn write_new(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
-    let io = |source| Error::Io {
-        path: path.to_owned(),
-        source,
+    let io = |source| {
+        Error::from(PathIoError {
+            path: path.to_owned(),
+            source,
+        })
     };
     let mut f = OpenOptions::new()
         .write(true)
@@ -371,9 +371,11 @@ pub(super) fn write_new(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
 /// Replaces `path` atomically (temp file, fsync, rename, fsync of the directory) with
 /// `contents` and `mode`.
 pub(super) fn replace_file(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
-    let io = |source| Error::Io {
-        path: path.to_owned(),
-        source,
+    let io = |source| {
+        Error::from(PathIoError {
+            path: path.to_owned(),
+            source,
+        })
     };
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(format!(

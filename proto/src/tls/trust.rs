@@ -258,6 +258,31 @@ impl Trust {
     }
 }
 
+/// The signature checks of a reloading verifier: those of the current trust state's
+/// `client` or `server` verifier (TLS 1.2 and 1.3 alike; they depend on the crypto
+/// provider only).
+macro_rules! signature_checks_of_current {
+    ($side:ident) => {
+        signature_checks_of_current!($side: verify_tls12_signature, verify_tls13_signature);
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.trust.current().$side.supported_verify_schemes()
+        }
+    };
+    ($side:ident: $($check:ident),+) => {
+        $(
+            fn $check(
+                &self,
+                message: &[u8],
+                cert: &CertificateDer<'_>,
+                dss: &DigitallySignedStruct,
+            ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+                self.trust.current().$side.$check(message, cert, dss)
+            }
+        )+
+    };
+}
+
 #[derive(Debug)]
 struct ReloadingClientVerifier {
     trust: Arc<Trust>,
@@ -289,33 +314,7 @@ impl ClientCertVerifier for ReloadingClientVerifier {
             .verify_client_cert(end_entity, intermediates, now)
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        self.trust
-            .current()
-            .client
-            .verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        self.trust
-            .current()
-            .client
-            .verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.trust.current().client.supported_verify_schemes()
-    }
+    signature_checks_of_current!(client);
 }
 
 #[derive(Debug)]
@@ -359,31 +358,5 @@ impl ServerCertVerifier for ReloadingServerVerifier {
         Ok(verified)
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        self.trust
-            .current()
-            .server
-            .verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        self.trust
-            .current()
-            .server
-            .verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.trust.current().server.supported_verify_schemes()
-    }
+    signature_checks_of_current!(server);
 }
