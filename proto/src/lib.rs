@@ -23,6 +23,8 @@
 pub mod acl;
 pub mod api;
 pub mod auth;
+pub mod exposition;
+pub mod http_errors;
 pub mod perms;
 pub mod reload;
 pub mod secrets;
