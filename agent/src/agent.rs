@@ -433,8 +433,9 @@ async fn dispatch(
             MasterCommand::Kill {
                 framework_id,
                 task_id,
+                grace,
             } => {
-                tokio::spawn(kill(runner.clone(), framework_id, task_id));
+                tokio::spawn(kill(runner.clone(), framework_id, task_id, grace));
             }
             MasterCommand::Acknowledge { task_id, uuid } => {
                 runner.updates.acknowledge(&task_id, &uuid);

@@ -40,10 +40,11 @@ pub enum MasterCommand {
         role: String,
         principal: String,
     },
-    /// Kill a task.
+    /// Kill a task: SIGTERM, then SIGKILL after `grace` (zero: SIGKILL at once).
     Kill {
         framework_id: String,
         task_id: String,
+        grace: std::time::Duration,
     },
     /// A scheduler acknowledged the status update `uuid` of `task_id`.
     Acknowledge { task_id: String, uuid: String },
@@ -273,6 +274,7 @@ fn pass_on(
             }
         }
         master_to_agent::Message::Kill(kill) => MasterCommand::Kill {
+            grace: std::time::Duration::from_millis(kill.grace_period_ms.unwrap_or(0)),
             framework_id: kill.framework_id,
             task_id: kill.task_id,
         },

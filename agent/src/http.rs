@@ -38,7 +38,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Extension, Path as UrlPath, Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::{Deserialize, Serialize};
@@ -90,6 +90,9 @@ pub fn router(api: Arc<Api>) -> Router {
     Router::new()
         .route("/health", get(health))
         .merge(protected)
+        .layer(axum::middleware::from_fn(
+            cella_proto::http_errors::json_errors,
+        ))
         .with_state(api)
 }
 
@@ -111,7 +114,13 @@ async fn health(State(api): State<Arc<Api>>) -> Response {
     .into_response()
 }
 
-async fn metrics(State(api): State<Arc<Api>>, Extension(caller): Extension<Caller>) -> Response {
+/// `/metrics` in the format the client's `Accept` asks for (OpenMetrics, else the
+/// Prometheus text format).
+async fn metrics(
+    State(api): State<Arc<Api>>,
+    Extension(caller): Extension<Caller>,
+    headers: axum::http::HeaderMap,
+) -> Response {
     let view = Action::View {
         what: ViewKind::State,
         target: None,
@@ -124,14 +133,7 @@ async fn metrics(State(api): State<Arc<Api>>, Extension(caller): Extension<Calle
         return error(StatusCode::FORBIDDEN, d.to_string());
     }
     api.shared.update_task_gauges();
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        api.shared.metrics.encode(),
-    )
-        .into_response()
+    cella_proto::exposition::response(&headers, api.shared.metrics.encode())
 }
 
 #[derive(Serialize)]

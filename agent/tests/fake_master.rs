@@ -351,6 +351,7 @@ async fn launch_exit_code_memory_limit_kill_and_errors() {
         master_to_agent::Message::Kill(master_to_agent::KillTask {
             framework_id: "fw-1".into(),
             task_id: "sl".into(),
+            grace_period_ms: None,
         }),
     );
     let end = run_to_end(&mut s, "sl").await.pop().unwrap();
@@ -370,6 +371,7 @@ async fn launch_exit_code_memory_limit_kill_and_errors() {
         master_to_agent::Message::Kill(master_to_agent::KillTask {
             framework_id: "fw-1".into(),
             task_id: "ghost".into(),
+            grace_period_ms: None,
         }),
     );
     let end = run_to_end(&mut s, "ghost").await.pop().unwrap();
@@ -432,6 +434,7 @@ async fn resent_with_backoff_and_after_reconnecting() {
         master_to_agent::Message::Kill(master_to_agent::KillTask {
             framework_id: "fw-1".into(),
             task_id: "r1".into(),
+            grace_period_ms: None,
         }),
     );
     let end = next_status(&mut s, common::WAIT).await.unwrap();

@@ -1,5 +1,7 @@
 //! `cella`: the Cella command-line tool.
 
+#[macro_use]
+mod output;
 mod commands;
 mod profile;
 
@@ -35,10 +37,15 @@ enum Command {
     Auth(commands::auth::AuthArgs),
 }
 
-/// `cella exec` alone, parsed without building the other subcommands: `exec` is on
-/// the launch path, where every fraction of a millisecond counts.
+// `cella exec` alone, parsed without building the other subcommands: `exec` is on
+// the launch path, where every fraction of a millisecond counts. (A plain comment:
+// clap would show a doc comment to users as the help's first line.)
 #[derive(Parser)]
-#[command(name = "cella exec", version)]
+#[command(
+    name = "cella exec",
+    version,
+    about = "Run a command isolated, limited and measured, like a Cella task."
+)]
 struct ExecOnly {
     #[command(flatten)]
     args: commands::exec::ExecArgs,

@@ -65,6 +65,8 @@ pub fn write_profile(path: &Path, profile: &Profile) -> anyhow::Result<()> {
 /// A resolved connection to the master.
 pub struct Cluster {
     pub master: String,
+    /// Where the CA and the client certificate come from (for error messages).
+    pub tls_dir: PathBuf,
     /// For the master (its certificate must be the master's).
     pub tls: rustls::ClientConfig,
     /// For the agents' APIs (their certificates must be agents').
@@ -92,6 +94,12 @@ impl ClusterArgs {
             );
         };
         let master = master.trim_end_matches('/').to_string();
+        if !master.starts_with("https://") {
+            bail!(
+                "master URL {master:?}: write it as https://HOST:PORT (e.g. https://127.0.0.1:5050); \
+                 the master serves only TLS"
+            );
+        }
         let layout = cella_proto::tls::Layout::new(&tls_dir);
         let context = || format!("loading the client certificate from {}", tls_dir.display());
         let trust =
@@ -105,10 +113,13 @@ impl ClusterArgs {
             )
             .with_context(context)
         };
+        let tls = config(cella_proto::tls::ExpectedServer::Master)?;
+        let agent_tls = config(cella_proto::tls::ExpectedServer::Agent)?;
         Ok(Cluster {
             master,
-            tls: config(cella_proto::tls::ExpectedServer::Master)?,
-            agent_tls: config(cella_proto::tls::ExpectedServer::Agent)?,
+            tls_dir,
+            tls,
+            agent_tls,
         })
     }
 }
@@ -116,11 +127,41 @@ impl ClusterArgs {
 impl Cluster {
     pub async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         let url = format!("{}{path}", self.master);
-        Ok(cella_proto::tls::https_get_json(&url, &self.tls).await?)
+        cella_proto::tls::https_get_json(&url, &self.tls)
+            .await
+            .map_err(|e| self.explain(e))
     }
 
     pub async fn post<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         let url = format!("{}{path}", self.master);
-        Ok(cella_proto::tls::https_post_json(&url, &serde_json::json!({}), &self.tls).await?)
+        cella_proto::tls::https_post_json(&url, &serde_json::json!({}), &self.tls)
+            .await
+            .map_err(|e| self.explain(e))
+    }
+
+    /// The error with what it most likely means and what to do about it.
+    fn explain(&self, e: cella_proto::tls::Error) -> anyhow::Error {
+        let text = e.to_string();
+        let hint = if text.contains("UnknownIssuer") {
+            Some(format!(
+                "the server's certificate is not signed by the CA in {}: point --tls-dir at \
+                 this cluster's TLS directory, or --master at this cluster's master",
+                self.tls_dir.display()
+            ))
+        } else if matches!(&e, cella_proto::tls::Error::Http { status: 404, message, .. }
+            if message.starts_with("no such endpoint"))
+        {
+            Some(format!(
+                "{} has no such endpoint: is it the master's URL (an agent's API is not the \
+                 master's)?",
+                self.master
+            ))
+        } else {
+            None
+        };
+        match hint {
+            Some(hint) => anyhow::anyhow!("{text}\n  {hint}"),
+            None => e.into(),
+        }
     }
 }

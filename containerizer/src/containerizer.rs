@@ -457,6 +457,29 @@ impl Containerizer {
         ready
     }
 
+    /// Asks the task to stop: SIGTERM to every process in its cgroups. The task's
+    /// first process is PID 1 of its pid namespace, which the kernel shields from
+    /// every signal it has no handler for: if it neither catches nor ignores SIGTERM,
+    /// SIGTERM would have ended it outside a container, so nothing is sent and the
+    /// answer is `false` (the caller kills it at once). `true`: SIGTERM was sent.
+    pub fn terminate(&self, running: &Running) -> Result<bool, CgroupError> {
+        let Ok(status) = procfs::process::Process::new(running.pid).and_then(|p| p.status()) else {
+            // Gone already (or unreadable): nothing to ask.
+            return Ok(false);
+        };
+        let sigterm = 1u64 << (libc::SIGTERM - 1);
+        if (status.sigcgt | status.sigign) & sigterm == 0 {
+            return Ok(false);
+        }
+        for pid in self.cgroups.open(running.id.as_str()).pids()? {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        Ok(true)
+    }
+
     /// Kills every process of the task (through its cgroups, so daemonized ones too).
     pub fn kill(&self, running: &Running) -> Result<(), CgroupError> {
         self.cgroups.open(running.id.as_str()).kill()

@@ -170,7 +170,12 @@ impl SchedulerService for SchedulerApi {
                             call,
                         });
                     }
-                    Ok(_) => {}
+                    Ok(v1::Call { call: None }) => {
+                        master.send(Command::EmptyCall {
+                            framework: framework.clone(),
+                            conn,
+                        });
+                    }
                     Err(e) => {
                         tracing::debug!(framework = %framework, "scheduler stream error: {e}");
                         break;

@@ -11,14 +11,14 @@
 use std::collections::BTreeMap;
 
 use axum::extract::{DefaultBodyLimit, Extension, Path, Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use cella_proto::acl::{Action, Denied, Target, ViewKind};
 use cella_proto::api;
 use cella_proto::auth::{Caller, require_caller};
-use cella_proto::v1::TaskState;
+use cella_proto::v1::{self, TaskState};
 use serde::Deserialize;
 
 use crate::master::{MasterHandle, OperatorError};
@@ -63,14 +63,42 @@ pub fn router(master: MasterHandle) -> Router {
             require_caller,
         ));
     Router::new()
+        .route("/", get(index))
         .route("/health", get(health))
         .merge(authenticated)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(
+            cella_proto::http_errors::json_errors,
+        ))
         .with_state(master)
 }
 
 async fn health() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
+}
+
+/// `GET /`: what this is and where to go on (no authentication, like `/health`).
+async fn index() -> Json<serde_json::Value> {
+    Json(serde_json::json!({
+        "service": "cella-master",
+        "version": env!("CARGO_PKG_VERSION"),
+        "about": "The master of a Cella cluster. Schedulers use the gRPC service \
+                  cella.v1.SchedulerService on this port; operators use the HTTP JSON API \
+                  below, or the `cella` command.",
+        "api": [
+            "GET /health",
+            "GET /api/v1/state",
+            "GET /api/v1/agents",
+            "GET /api/v1/frameworks",
+            "POST /api/v1/frameworks/{id}/teardown",
+            "GET /api/v1/tasks?state=STATE&framework=ID",
+            "GET /api/v1/tasks/{id}",
+            "POST /api/v1/tasks/{id}/kill?grace_period_secs=SECONDS",
+            "GET /metrics",
+        ],
+        "docs": "docs/api.md in Cella's source; /usr/share/doc/cella/api.md where the \
+                 Debian package is installed",
+    }))
 }
 
 /// Checks a permission that covers a whole endpoint (logged and counted if denied):
@@ -178,6 +206,7 @@ async fn frameworks(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct TaskFilter {
     state: Option<String>,
     framework: Option<String>,
@@ -188,16 +217,16 @@ async fn tasks(
     Extension(caller): Extension<Caller>,
     Query(filter): Query<TaskFilter>,
 ) -> Response {
+    let wanted_state = match filter.state.as_deref().map(parse_state).transpose() {
+        Ok(state) => state,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
     let Some(s) = m.state().await else {
         return unavailable();
     };
-    // A name that is no state matches no task.
-    let wanted_state = filter
-        .state
-        .map(|s| TaskState::from_name(&s.to_ascii_uppercase()));
     let tasks: Vec<api::Task> = visible_tasks(&m, &caller, &s)
         .into_iter()
-        .filter(|t| wanted_state.is_none_or(|w| w == Some(t.state)))
+        .filter(|t| wanted_state.is_none_or(|w| w == t.state))
         .filter(|t| {
             filter
                 .framework
@@ -206,6 +235,21 @@ async fn tasks(
         })
         .collect();
     Json(tasks).into_response()
+}
+
+/// A task state named in a query (any case, with or without `TASK_`).
+fn parse_state(name: &str) -> Result<TaskState, String> {
+    let upper = name.to_ascii_uppercase();
+    TaskState::from_name(upper.strip_prefix("TASK_").unwrap_or(&upper)).ok_or_else(|| {
+        let valid: Vec<&str> = TaskState::all()
+            .filter(|s| *s != TaskState::Unspecified)
+            .map(TaskState::name)
+            .collect();
+        format!(
+            "state={name:?} is no task state; use one of {}",
+            valid.join(", ")
+        )
+    })
 }
 
 async fn task(
@@ -247,12 +291,30 @@ fn operator_error(e: OperatorError) -> Response {
     }
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KillParams {
+    /// Seconds between SIGTERM and SIGKILL, instead of the task's kill policy.
+    grace_period_secs: Option<f64>,
+}
+
 async fn kill(
     State(m): State<MasterHandle>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
+    Query(params): Query<KillParams>,
 ) -> Response {
-    match m.kill(id.clone(), caller.identity).await {
+    let grace = params.grace_period_secs;
+    if let Some(g) = grace.filter(|g| !cella_proto::validate::is_grace_period(*g)) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("grace_period_secs={g}: give seconds from 0 (SIGKILL at once) upwards"),
+        );
+    }
+    let policy = grace.map(|g| v1::KillPolicy {
+        grace_period_secs: Some(g),
+    });
+    match m.kill(id.clone(), policy, caller.identity).await {
         Ok(()) => (
             StatusCode::ACCEPTED,
             Json(serde_json::json!({ "task_id": id, "kill": "sent" })),
@@ -277,7 +339,13 @@ async fn teardown(
     }
 }
 
-async fn metrics(State(m): State<MasterHandle>, Extension(caller): Extension<Caller>) -> Response {
+/// `/metrics` in the format the client's `Accept` asks for (OpenMetrics, else the
+/// Prometheus text format).
+async fn metrics(
+    State(m): State<MasterHandle>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+) -> Response {
     let view = Action::View {
         what: ViewKind::State,
         target: None,
@@ -285,12 +353,5 @@ async fn metrics(State(m): State<MasterHandle>, Extension(caller): Extension<Cal
     if let Some(r) = refusal(&m, &caller, &view, "GET /metrics") {
         return r;
     }
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        m.metrics.encode(),
-    )
-        .into_response()
+    cella_proto::exposition::response(&headers, m.metrics.encode())
 }

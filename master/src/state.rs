@@ -81,6 +81,51 @@ pub struct Task {
     pub resources: Resources,
     pub status: v1::TaskStatus,
     pub usage: Option<v1::TaskUsage>,
+    /// The updates passed on to the scheduler and what it has acknowledged of them
+    /// (not persisted: after a restart the agents send again what is unacknowledged).
+    pub acks: Acknowledgements,
+}
+
+/// The uuids of a task's updates the master passed on to its scheduler.
+#[derive(Debug, Default, Clone)]
+pub struct Acknowledgements {
+    /// The newest uuids passed on (the last [`Self::KEPT`]), to tell a duplicate
+    /// acknowledgement from one of an update that never existed.
+    passed: Vec<String>,
+    /// The update passed on and not acknowledged yet (the agent sends a task's
+    /// updates one at a time, so there is at most one).
+    pub waiting: Option<String>,
+}
+
+impl Acknowledgements {
+    const KEPT: usize = 16;
+
+    /// An update with `uuid` was passed on to the scheduler.
+    pub fn passed_on(&mut self, uuid: &str) {
+        if uuid.is_empty() {
+            return;
+        }
+        if !self.passed.iter().any(|u| u == uuid) {
+            if self.passed.len() == Self::KEPT {
+                self.passed.remove(0);
+            }
+            self.passed.push(uuid.to_string());
+        }
+        self.waiting = Some(uuid.to_string());
+    }
+
+    /// Whether the master ever passed an update with `uuid` on (`None`: it has passed
+    /// nothing on since it started, so it cannot tell).
+    pub fn knows(&self, uuid: &str) -> Option<bool> {
+        (!self.passed.is_empty()).then(|| self.passed.iter().any(|u| u == uuid))
+    }
+
+    /// The scheduler acknowledged `uuid`.
+    pub fn acknowledged(&mut self, uuid: &str) {
+        if self.waiting.as_deref() == Some(uuid) {
+            self.waiting = None;
+        }
+    }
 }
 
 impl Task {

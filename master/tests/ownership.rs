@@ -40,6 +40,7 @@ async fn another_framework_cannot_acknowledge_or_kill_a_task() {
         &m,
         call::Call::Kill(call::Kill {
             task_id: "t1".into(),
+            kill_policy: None,
         }),
     );
     let mut errors = Vec::new();

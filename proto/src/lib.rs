@@ -24,6 +24,8 @@
 pub mod acl;
 pub mod api;
 pub mod auth;
+pub mod exposition;
+pub mod http_errors;
 pub mod path_io;
 pub mod perms;
 pub mod reload;

@@ -29,6 +29,11 @@ pub enum InvalidTask {
     TaskId(String),
     #[error("command: empty; give the program and its arguments")]
     EmptyCommand,
+    #[error(
+        "kill_policy.grace_period_secs: {0} is not a duration; give seconds from 0 (SIGKILL at \
+         once) upwards"
+    )]
+    GracePeriod(f64),
     #[error("resources.cpus: {0} is not a CPU count; give a decimal number from 0.001 to 1000000")]
     Cpus(f64),
     #[error("resources.cpus: a task needs CPUs; give at least 0.001")]
@@ -65,9 +70,14 @@ pub enum InvalidTask {
     VolumeTaskPath { index: usize, path: String },
 }
 
+/// A grace period of a kill policy: finite seconds, not negative.
+pub fn is_grace_period(secs: f64) -> bool {
+    secs.is_finite() && secs >= 0.0
+}
+
 /// Checks everything about `task` that does not depend on the agent it runs on:
-/// id syntax, command, resources, environment, network mode, user syntax, hostname
-/// and volume paths. Returns the first problem found, in that order.
+/// id syntax, command, resources, kill policy, environment, network mode, user
+/// syntax, hostname and volume paths. Returns the first problem found, in that order.
 pub fn task(task: &v1::TaskInfo) -> Result<(), InvalidTask> {
     if !is_valid_id(&task.task_id) {
         return Err(InvalidTask::TaskId(task.task_id.clone()));
@@ -76,6 +86,11 @@ pub fn task(task: &v1::TaskInfo) -> Result<(), InvalidTask> {
         return Err(InvalidTask::EmptyCommand);
     }
     resources(task.resources.as_ref())?;
+    if let Some(grace) = task.kill_policy.as_ref().and_then(|k| k.grace_period_secs)
+        && !is_grace_period(grace)
+    {
+        return Err(InvalidTask::GracePeriod(grace));
+    }
     if let Some(kv) = task.env.iter().find(|kv| !is_env_pair(kv)) {
         return Err(InvalidTask::Env(kv.clone()));
     }
@@ -232,6 +247,9 @@ mod tests {
                 read_only: true,
             }],
             hostname: "web-1.example".into(),
+            kill_policy: Some(v1::KillPolicy {
+                grace_period_secs: Some(10.0),
+            }),
             secrets: vec![v1::SecretEnv {
                 name: "DB_PASSWORD".into(),
                 value: "hunter2".into(),
@@ -294,6 +312,25 @@ mod tests {
             |t| t.command = vec![String::new()],
             InvalidTask::EmptyCommand,
         );
+    }
+
+    #[test]
+    fn grace_periods_are_seconds_from_zero() {
+        for bad in [-1.0, f64::INFINITY] {
+            refused(
+                |t| {
+                    t.kill_policy = Some(v1::KillPolicy {
+                        grace_period_secs: Some(bad),
+                    });
+                },
+                InvalidTask::GracePeriod(bad),
+            );
+        }
+        let mut t = valid();
+        t.kill_policy = Some(v1::KillPolicy {
+            grace_period_secs: Some(0.0),
+        });
+        assert_eq!(task(&t), Ok(()));
     }
 
     #[test]

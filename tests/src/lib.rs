@@ -1141,6 +1141,9 @@ pub struct Scheduler {
     /// Every status update received, in order (including duplicates), for tests that
     /// check what a scheduler was told over a whole run.
     pub history: Vec<v1::TaskStatus>,
+    /// Whether updates are acknowledged as they are read (true unless a test turns it
+    /// off to play a scheduler that never acknowledges).
+    pub acknowledge: bool,
 }
 
 /// A framework description.
@@ -1202,6 +1205,7 @@ impl Scheduler {
                 events,
                 backlog: Default::default(),
                 history: Vec::new(),
+                acknowledge: true,
             }),
             other => Err(format!("expected SUBSCRIBED first, got {other:?}")),
         }
@@ -1233,6 +1237,7 @@ impl Scheduler {
     pub fn kill(&self, task_id: &str) {
         self.send(call::Call::Kill(call::Kill {
             task_id: task_id.into(),
+            kill_policy: None,
         }));
     }
 
@@ -1260,7 +1265,11 @@ impl Scheduler {
                     if let Some(s) = &u.status {
                         self.history.push(s.clone());
                     }
-                    if let Some(s) = u.status.as_ref().filter(|s| !s.uuid.is_empty()) {
+                    if let Some(s) = u
+                        .status
+                        .as_ref()
+                        .filter(|s| self.acknowledge && !s.uuid.is_empty())
+                    {
                         let _ = self.calls.send(v1::Call {
                             call: Some(call::Call::Acknowledge(call::Acknowledge {
                                 agent_id: s.agent_id.clone(),

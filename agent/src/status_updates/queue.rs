@@ -91,32 +91,51 @@ impl Updates {
     }
 
     /// Adds a checkpointed update; sends it now when it heads its task's queue and
-    /// the agent is connected. Returns whether it was sent.
+    /// the agent is connected. Returns whether it was sent. Queued behind an
+    /// unacknowledged update, it makes the agent send that one again at once (its
+    /// retry schedule unchanged), carrying the task's new newest state: the master's
+    /// view follows the task while its scheduler has not acknowledged.
     pub fn add(&mut self, seq: u64, status: v1::TaskStatus, now: Instant) -> bool {
         let task = status.task_id.clone();
         self.insert(seq, status);
         let head = self.by_task.get(&task).and_then(|q| q.front().copied());
-        head == Some(seq) && self.send(seq, now)
+        match head {
+            Some(h) if h == seq => self.send(seq, now),
+            Some(h) if self.pending.get(&h).is_some_and(|p| p.next_retry.is_some()) => {
+                self.transmit(h);
+                false
+            }
+            _ => false,
+        }
     }
 
-    fn send(&mut self, seq: u64, now: Instant) -> bool {
-        let Some(conn) = &self.conn else {
+    /// Sends update `seq` with its task's newest state; false when not connected.
+    fn transmit(&self, seq: u64) -> bool {
+        let (Some(conn), Some(p)) = (&self.conn, self.pending.get(&seq)) else {
             return false;
         };
-        // The newest state of the task: that of the last update in its queue.
-        let latest_state = self
-            .pending
+        conn.send(message(&p.status, self.latest_state(seq)))
+            .is_ok()
+    }
+
+    /// The newest state of the task of update `seq`: that of the last update in its
+    /// queue.
+    fn latest_state(&self, seq: u64) -> i32 {
+        self.pending
             .get(&seq)
             .and_then(|p| self.by_task.get(&p.status.task_id))
             .and_then(|queue| queue.back())
             .and_then(|last| self.pending.get(last))
-            .map_or(0, |p| p.status.state);
+            .map_or(0, |p| p.status.state)
+    }
+
+    fn send(&mut self, seq: u64, now: Instant) -> bool {
+        if !self.transmit(seq) {
+            return false;
+        }
         let Some(p) = self.pending.get_mut(&seq) else {
             return false;
         };
-        if conn.send(message(&p.status, latest_state)).is_err() {
-            return false;
-        }
         p.next_retry = Some(now + p.backoff);
         p.backoff = (p.backoff * 2).min(RETRY_MAX);
         true
@@ -299,6 +318,32 @@ mod tests {
         assert_eq!(u.len(), 1);
         u.disconnected();
         assert_eq!(u.retry_due(now + Duration::from_secs(100)), 0);
+    }
+
+    #[test]
+    fn a_new_state_behind_an_unacknowledged_update_is_told_at_once() {
+        let now = Instant::now();
+        let mut u = Updates::default();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        u.connected(tx, now);
+        let starting = status("a", v1::TaskState::TaskStarting);
+        let seq = u.next_seq();
+        assert!(u.add(seq, starting, now));
+        rx.try_recv().unwrap();
+        // RUNNING while STARTING waits for its acknowledgement: STARTING is sent
+        // again at once with RUNNING as the newest state; RUNNING itself waits.
+        let seq = u.next_seq();
+        assert!(!u.add(seq, status("a", v1::TaskState::TaskRunning), now));
+        let m = rx.try_recv().unwrap();
+        let Some(agent_message::Message::StatusUpdate(update)) = m.message else {
+            panic!("not a status update: {m:?}");
+        };
+        assert_eq!(update.latest_state(), v1::TaskState::TaskRunning);
+        assert_eq!(update.status.unwrap().state(), v1::TaskState::TaskStarting);
+        assert!(rx.try_recv().is_err());
+        // The retry schedule is unchanged: the first re-send is still 1 s after the send.
+        assert_eq!(u.retry_due(now + Duration::from_millis(999)), 0);
+        assert_eq!(u.retry_due(now + Duration::from_secs(1)), 1);
     }
 
     #[test]

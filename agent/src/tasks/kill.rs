@@ -28,8 +28,45 @@ pub async fn kill_slot(shared: &Shared, slot: &RunningSlot) {
     .await;
 }
 
-/// Handles a Kill from the master.
-pub async fn kill(runner: Arc<TaskRunner>, framework_id: String, task_id: String) {
+/// Stops the task whose handle is in `slot` as `docker stop` does: SIGTERM to its
+/// processes, then, if it has not ended within `grace`, SIGKILL to all of them
+/// ([`kill_slot`]). Without a grace period, or when SIGTERM cannot stop the task's
+/// first process (see [`Containerizer::terminate`]), SIGKILL at once.
+///
+/// [`Containerizer::terminate`]: cella_containerizer::Containerizer::terminate
+pub async fn stop_slot(shared: &Shared, slot: &RunningSlot, grace: Duration) {
+    if !grace.is_zero() {
+        let c = shared.containerizer.clone();
+        let signalled = slot.clone();
+        let terminated = tokio::task::spawn_blocking(move || {
+            lock(&signalled)
+                .as_ref()
+                .is_some_and(|running| match c.terminate(running) {
+                    Ok(delivered) => delivered,
+                    Err(e) => {
+                        tracing::warn!(task = %running.id, "SIGTERM failed: {e}");
+                        false
+                    }
+                })
+        })
+        .await
+        .unwrap_or(false);
+        if terminated {
+            // The monitor takes the handle out of the slot once the task has ended.
+            let deadline = Instant::now() + grace;
+            while Instant::now() < deadline && lock(slot).is_some() {
+                tokio::time::sleep(GRACE_POLL.min(deadline - Instant::now())).await;
+            }
+        }
+    }
+    kill_slot(shared, slot).await;
+}
+
+/// How often the end of a task that got SIGTERM is looked for.
+const GRACE_POLL: Duration = Duration::from_millis(50);
+
+/// Handles a Kill from the master: SIGTERM, and SIGKILL after `grace`.
+pub async fn kill(runner: Arc<TaskRunner>, framework_id: String, task_id: String, grace: Duration) {
     enum Found {
         Ended,
         Unknown,
@@ -72,7 +109,7 @@ pub async fn kill(runner: Arc<TaskRunner>, framework_id: String, task_id: String
                 "kill requested for a task this agent does not know: it is not running here".into();
             report(&runner.updates, s).await;
         }
-        Found::Live(Some(slot)) => kill_slot(shared, &slot).await,
+        Found::Live(Some(slot)) => stop_slot(shared, &slot, grace).await,
         Found::Live(None) => {}
     }
 }
@@ -90,7 +127,7 @@ pub async fn kill_all(runner: &Arc<TaskRunner>, timeout: Duration) {
     tracing::info!(tasks = ids.len(), "killing every task");
     let mut joins = Vec::new();
     for (id, fw) in ids {
-        joins.push(tokio::spawn(kill(runner.clone(), fw, id)));
+        joins.push(tokio::spawn(kill(runner.clone(), fw, id, Duration::ZERO)));
     }
     for j in joins {
         let _ = j.await;

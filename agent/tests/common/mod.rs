@@ -296,6 +296,7 @@ impl Scheduler {
     pub fn kill(&self, task_id: &str) {
         self.send(call::Call::Kill(call::Kill {
             task_id: task_id.to_string(),
+            kill_policy: None,
         }));
     }
 

@@ -428,6 +428,7 @@ impl Scheduler {
     pub fn kill(&self, task_id: &str) -> Result<()> {
         self.call(call::Call::Kill(call::Kill {
             task_id: task_id.to_string(),
+            kill_policy: None,
         }))
     }
 

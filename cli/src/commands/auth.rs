@@ -94,14 +94,14 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 fn token(user: &str, groups: &[String], days: Option<u32>) -> Result<(), String> {
     Identity::user(user, groups).map_err(|e| e.to_string())?;
     let token = cella_proto::auth::new_token()?;
-    println!("{token}");
-    println!();
-    println!("# add to the --credentials file (mode 0600):");
-    println!("[[token]]");
-    println!("user = {user:?}");
-    println!("groups = {}", groups_toml(groups));
-    println!("sha256 = {:?}", cella_proto::auth::token_digest(&token));
-    print!("{}", expires_line(days));
+    outln!("{token}");
+    outln!();
+    outln!("# add to the --credentials file (mode 0600):");
+    outln!("[[token]]");
+    outln!("user = {user:?}");
+    outln!("groups = {}", groups_toml(groups));
+    outln!("sha256 = {:?}", cella_proto::auth::token_digest(&token));
+    out!("{}", expires_line(days));
     Ok(())
 }
 
@@ -117,12 +117,12 @@ fn password(user: &str, groups: &[String], days: Option<u32>) -> Result<(), Stri
         return Err("give the password on standard input (an empty one is refused)".into());
     }
     let hash = cella_proto::auth::hash_password(password)?;
-    println!("# add to the --credentials file (mode 0600):");
-    println!("[[password]]");
-    println!("user = {user:?}");
-    println!("groups = {}", groups_toml(groups));
-    println!("argon2 = '{hash}'");
-    print!("{}", expires_line(days));
+    outln!("# add to the --credentials file (mode 0600):");
+    outln!("[[password]]");
+    outln!("user = {user:?}");
+    outln!("groups = {}", groups_toml(groups));
+    outln!("argon2 = '{hash}'");
+    out!("{}", expires_line(days));
     Ok(())
 }
 

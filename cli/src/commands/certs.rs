@@ -99,7 +99,7 @@ fn certs(command: CertsCommand) -> Result<(), String> {
         CertsCommand::Init { dir, master_names } => {
             let layout = cella_proto::tls::init_cluster_dir(&dir, &master_names)
                 .map_err(|e| e.to_string())?;
-            println!("created in {}:", layout.dir.display());
+            outln!("created in {}:", layout.dir.display());
             for file in [
                 &layout.ca_cert,
                 &layout.ca_key,
@@ -107,9 +107,9 @@ fn certs(command: CertsCommand) -> Result<(), String> {
                 &layout.master_key,
                 &layout.crl,
             ] {
-                println!("  {}", file.display());
+                outln!("  {}", file.display());
             }
-            println!(
+            outln!(
                 "the master uses ca.pem, crl.pem, master.pem and master-key.pem; keep ca-key.pem \
                  here. Next: `cella certs issue agent NODE --dir {d}` for each node and `cella \
                  certs issue user NAME --dir {d}` for each user or scheduler",
@@ -151,13 +151,13 @@ fn certs(command: CertsCommand) -> Result<(), String> {
             let bundle = dir
                 .write_bundle(&identity, &issued)
                 .map_err(|e| e.to_string())?;
-            println!(
+            outln!(
                 "issued {} (serial {}, valid {days} days) in {}",
                 identity.principal(),
                 issued.serial,
                 bundle.display()
             );
-            println!(
+            outln!(
                 "copy that directory to the {}'s --tls-dir; its key is private (mode 0600)",
                 if identity.node().is_some() {
                     "node"
@@ -170,12 +170,15 @@ fn certs(command: CertsCommand) -> Result<(), String> {
         CertsCommand::List { ca } => {
             let dir = CaDir::open(&ca.dir).map_err(|e| e.to_string())?;
             let certs = dir.list().map_err(|e| e.to_string())?;
-            println!(
+            outln!(
                 "{:<34} {:<8} {:<12} {:<30} GROUPS",
-                "SERIAL", "STATUS", "EXPIRES", "PRINCIPAL"
+                "SERIAL",
+                "STATUS",
+                "EXPIRES",
+                "PRINCIPAL"
             );
             for c in certs {
-                println!(
+                outln!(
                     "{:<34} {:<8} {:<12} {:<30} {}",
                     c.serial,
                     c.status(),
@@ -190,12 +193,12 @@ fn certs(command: CertsCommand) -> Result<(), String> {
             let dir = CaDir::open(&ca.dir).map_err(|e| e.to_string())?;
             let revoked = dir.revoke(&what).map_err(|e| e.to_string())?;
             if revoked.is_empty() {
-                println!("{what}: already revoked");
+                outln!("{what}: already revoked");
             }
             for c in &revoked {
-                println!("revoked {} (serial {})", c.principal, c.serial);
+                outln!("revoked {} (serial {})", c.principal, c.serial);
             }
-            println!(
+            outln!(
                 "{} is re-signed: copy it to every node's TLS directory (master and agents \
                  reload it within seconds, or at once on SIGHUP)",
                 dir.layout.crl.display()

@@ -8,15 +8,21 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use cella_containerizer::StartFailure;
 use cella_containerizer::units::{MilliCpus, format_bytes};
+use cella_proto::api;
 use cella_proto::v1::{self, call, event, scheduler_service_client::SchedulerServiceClient};
 use clap::Args;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
 use super::logs::{LogFollower, agent_endpoint};
-use crate::profile::ClusterArgs;
+use crate::profile::{Cluster, ClusterArgs};
 
 #[derive(Args, Debug)]
+#[command(
+    after_help = "Exit status: the task's (128+N if a signal N ended it); 125 if Cella \
+could not run it: no registered agent has the resources it asks for, no offer came within \
+--wait, or the task ended ERROR or LOST."
+)]
 pub struct RunArgs {
     #[command(flatten)]
     cluster: ClusterArgs,
@@ -58,6 +64,15 @@ pub struct RunArgs {
     /// Print the task id once it is RUNNING and exit 0; the task keeps running.
     #[arg(long, short = 'd')]
     detach: bool,
+    /// When the task is killed (Ctrl-C, `cella kill`): SIGTERM, then SIGKILL after
+    /// this (e.g. 10s; 0 for SIGKILL at once). Default: the cluster's
+    /// (`cella-master --kill-grace-period`).
+    #[arg(long, value_name = "DURATION", value_parser = super::tasks::parse_grace)]
+    grace_period: Option<Duration>,
+    /// Give up (exit 125) if no offer fits the task within this (e.g. 30s); without
+    /// it, wait as long as some agent could fit the task once resources free up.
+    #[arg(long, value_name = "DURATION", value_parser = cella_proto::time::parse_duration)]
+    wait: Option<Duration>,
     /// The command and its arguments.
     #[arg(required = true, last = true, value_name = "COMMAND")]
     command: Vec<String>,
@@ -105,9 +120,56 @@ fn secrets(names: &[String]) -> anyhow::Result<Vec<v1::SecretEnv>> {
         .collect()
 }
 
+/// Why no registered agent could ever run a task that needs `need`, if none could.
+/// `None` too when the caller may not list the agents: then only waiting tells.
+async fn no_agent_fits(cluster: &Cluster, need: &v1::Resources) -> Option<String> {
+    let agents: Vec<api::Agent> = cluster.get("/api/v1/agents").await.ok()?;
+    let fits = |a: &api::Agent| {
+        a.total.cpus >= need.cpus
+            && a.total.mem_bytes >= need.mem_bytes
+            && a.total.disk_bytes >= need.disk_bytes
+    };
+    if agents.iter().any(fits) {
+        return None;
+    }
+    let largest = agents
+        .iter()
+        .map(|a| {
+            format!(
+                "{}: {} cpus, {} memory, {} disk",
+                a.hostname,
+                a.total.cpus,
+                format_bytes(a.total.mem_bytes),
+                format_bytes(a.total.disk_bytes)
+            )
+        })
+        .collect::<Vec<_>>();
+    Some(format!(
+        "no agent of the cluster has {} cpus, {} memory and {} disk ({}); ask for less \
+         (--cpus, --mem, --disk) or add an agent that has that much",
+        need.cpus,
+        format_bytes(need.mem_bytes),
+        format_bytes(need.disk_bytes),
+        if largest.is_empty() {
+            "no agent is registered".to_string()
+        } else {
+            format!("the agents have {}", largest.join("; "))
+        }
+    ))
+}
+
 async fn run_async(args: RunArgs) -> anyhow::Result<i32> {
     let secrets = secrets(&args.secret_env)?;
     let cluster = args.cluster.resolve()?;
+    let need = v1::Resources {
+        cpus: args.cpus.as_cpus(),
+        mem_bytes: args.mem,
+        disk_bytes: args.disk.unwrap_or(0),
+    };
+    if let Some(why) = no_agent_fits(&cluster, &need).await {
+        eprintln!("cella: {why}");
+        return Ok(EXIT_NOT_RUN);
+    }
     let channel = cella_proto::tls::grpc_channel(&cluster.master, &cluster.tls)
         .await
         .with_context(|| format!("connecting to the master at {}", cluster.master))?;
@@ -135,11 +197,6 @@ async fn run_async(args: RunArgs) -> anyhow::Result<i32> {
         "{base}-{}",
         &uuid::Uuid::new_v4().simple().to_string()[..12]
     );
-    let need = v1::Resources {
-        cpus: args.cpus.as_cpus(),
-        mem_bytes: args.mem,
-        disk_bytes: args.disk.unwrap_or(0),
-    };
     let task = v1::TaskInfo {
         task_id: task_id.clone(),
         name: base,
@@ -161,6 +218,9 @@ async fn run_async(args: RunArgs) -> anyhow::Result<i32> {
         volumes: Vec::new(),
         hostname: String::new(),
         secrets,
+        kill_policy: args.grace_period.map(|g| v1::KillPolicy {
+            grace_period_secs: Some(g.as_secs_f64()),
+        }),
     };
 
     let started = Instant::now();
@@ -227,7 +287,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<i32> {
                         }
                         if state == v1::TaskState::TaskRunning {
                             if args.detach {
-                                println!("{task_id}");
+                                outln!("{task_id}");
                                 // Let the acknowledgement reach the master before leaving.
                                 drop(calls);
                                 let _ = tokio::time::timeout(Duration::from_millis(500), async {
@@ -270,6 +330,11 @@ async fn run_async(args: RunArgs) -> anyhow::Result<i32> {
                 if let Some(f) = follower.as_mut() {
                     f.poll(&cluster.agent_tls).await;
                 }
+                if let Some(limit) = args.wait.filter(|l| !launched && started.elapsed() > *l) {
+                    eprintln!("cella: no offer fit the task within --wait {limit:?}; giving up");
+                    send(call::Call::Teardown(call::Teardown {}));
+                    return Ok(EXIT_NOT_RUN);
+                }
                 if !launched && !waiting_told && started.elapsed() > Duration::from_secs(3) {
                     waiting_told = true;
                     eprintln!("cella: waiting for an offer with {} cpus, {} memory, {} disk{}",
@@ -281,8 +346,8 @@ async fn run_async(args: RunArgs) -> anyhow::Result<i32> {
             _ = &mut ctrl_c, if !interrupted => {
                 interrupted = true;
                 if launched {
-                    eprintln!("cella: interrupted: killing {task_id}");
-                    send(call::Call::Kill(call::Kill { task_id: task_id.clone() }));
+                    eprintln!("cella: interrupted: stopping {task_id} (SIGTERM, then SIGKILL after its grace period)");
+                    send(call::Call::Kill(call::Kill { task_id: task_id.clone(), kill_policy: None }));
                 } else {
                     send(call::Call::Teardown(call::Teardown {}));
                     return Ok(130);

@@ -36,6 +36,18 @@ pub struct KillArgs {
     cluster: ClusterArgs,
     /// The task's id.
     task: String,
+    /// SIGTERM, then SIGKILL after this (e.g. 10s; 0 for SIGKILL at once), instead of
+    /// the task's own grace period.
+    #[arg(long, value_name = "DURATION", value_parser = parse_grace)]
+    grace_period: Option<std::time::Duration>,
+}
+
+/// A grace period: `0`, or a duration (`500ms`, `10s`, `1m`).
+pub fn parse_grace(input: &str) -> Result<std::time::Duration, String> {
+    if input.trim().trim_end_matches('s').trim_end_matches('m') == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    cella_proto::time::parse_duration(input)
 }
 
 pub fn block_on<F: std::future::Future<Output = anyhow::Result<i32>>>(f: F) -> i32 {
@@ -71,7 +83,7 @@ pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
                 out.push_str(&format!("{cell:<w$}  ", w = widths[i]));
             }
         }
-        println!("{}", out.trim_end());
+        outln!("{}", out.trim_end());
     };
     line(header.iter().map(|h| (*h).to_string()).collect());
     for row in rows {
@@ -88,7 +100,7 @@ pub fn tasks(args: TasksArgs) -> i32 {
             .filter(|t| args.all || !t.state.is_terminal())
             .collect();
         if args.json {
-            println!("{}", serde_json::to_string_pretty(&tasks)?);
+            outln!("{}", serde_json::to_string_pretty(&tasks)?);
             return Ok(0);
         }
         let now = now_ns();
@@ -134,7 +146,7 @@ pub fn agents(args: AgentsArgs) -> i32 {
         let cluster = args.cluster.resolve()?;
         let agents: Vec<api::Agent> = cluster.get("/api/v1/agents").await?;
         if args.json {
-            println!("{}", serde_json::to_string_pretty(&agents)?);
+            outln!("{}", serde_json::to_string_pretty(&agents)?);
             return Ok(0);
         }
         let rows: Vec<Vec<String>> = agents
@@ -173,10 +185,17 @@ pub fn agents(args: AgentsArgs) -> i32 {
 pub fn kill(args: KillArgs) -> i32 {
     block_on(async move {
         let cluster = args.cluster.resolve()?;
+        let query = args
+            .grace_period
+            .map(|g| format!("?grace_period_secs={}", g.as_secs_f64()))
+            .unwrap_or_default();
         let _: Value = cluster
-            .post(&format!("/api/v1/tasks/{}/kill", args.task))
+            .post(&format!("/api/v1/tasks/{}/kill{query}", args.task))
             .await?;
-        eprintln!("cella: kill sent to {}", args.task);
+        eprintln!(
+            "cella: kill sent to {} (SIGTERM, then SIGKILL after the grace period)",
+            args.task
+        );
         Ok(0)
     })
 }

@@ -84,6 +84,13 @@ struct Args {
     /// An unreachable agent is lost after this; its tasks become LOST (AGENT_LOST).
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     agent_timeout: Duration,
+    /// A killed task whose kill policy names no grace period gets SIGTERM, then
+    /// SIGKILL after this (0s: SIGKILL at once).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    kill_grace_period: Duration,
+    /// The longest grace period a task or a kill may ask for.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    max_kill_grace_period: Duration,
     /// Run allocation at least this often.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     allocation_interval: Duration,
@@ -220,6 +227,8 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         ping_interval: args.ping_interval,
         agent_unreachable_after: args.agent_unreachable_after,
         agent_lost_timeout: args.agent_timeout,
+        kill_grace_period: args.kill_grace_period.min(args.max_kill_grace_period),
+        max_kill_grace_period: args.max_kill_grace_period,
         allocation_interval: args.allocation_interval,
         weights: args.weights,
         work_dir: Some(args.work_dir.clone()),

@@ -181,12 +181,12 @@ impl Master {
                 );
                 continue;
             }
-            let known_terminal = self.tasks.get(&task_id).is_some_and(Task::is_terminal);
-            if known_terminal {
+            if let Some(ended) = self.tasks.get(&task_id).filter(|t| t.is_terminal()) {
                 // The master already reported it ended (e.g. LOST when the agent was
                 // gone too long): it must not keep running unaccounted.
+                let grace = self.kill_grace(ended, None);
                 let _ = tx.send(v1::MasterToAgent {
-                    message: Some(kill_message(&framework, &task_id)),
+                    message: Some(kill_message(&framework, &task_id, grace)),
                 });
                 continue;
             }
@@ -218,6 +218,7 @@ impl Master {
                     ..Default::default()
                 },
                 usage: None,
+                acks: Default::default(),
             });
             if unknown && state.is_terminal() {
                 // A task this master never recorded (the previous one died right

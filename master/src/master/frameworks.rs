@@ -219,7 +219,8 @@ impl Master {
         self.registry.framework_changed(id);
         for task_id in &framework.tasks {
             if let Some(task) = self.tasks.get(task_id) {
-                self.send_to_agent(&task.agent, kill_message(id, task_id));
+                let grace = self.kill_grace(task, None);
+                self.send_to_agent(&task.agent, kill_message(id, task_id, grace));
             }
         }
         for offer in self.allocator.remove_framework(id).unwrap_or_default() {

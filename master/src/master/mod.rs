@@ -42,7 +42,7 @@ use crate::allocator::{
 };
 use crate::authz::Authorizer;
 use crate::metrics::Metrics;
-use crate::state::{Agent, Framework, OutstandingOffer, Task};
+use crate::state::{self, Agent, Framework, OutstandingOffer, Task};
 use crate::store::{self, Store, StoreError};
 use registry::Registry;
 
@@ -58,6 +58,10 @@ pub struct MasterConfig {
     /// An unreachable agent that does not come back within this is lost; its tasks
     /// become LOST with reason AGENT_LOST.
     pub agent_lost_timeout: Duration,
+    /// SIGTERM to SIGKILL, for a killed task whose kill policy names no grace period.
+    pub kill_grace_period: Duration,
+    /// The longest grace period a task's kill policy or a KILL may ask for.
+    pub max_kill_grace_period: Duration,
     /// Allocation runs at least this often (and right after relevant events).
     pub allocation_interval: Duration,
     /// Unused offer resources are refused this long after an ACCEPT or DECLINE
@@ -90,6 +94,8 @@ impl Default for MasterConfig {
             agent_unreachable_after: Duration::from_secs(15),
             agent_lost_timeout: Duration::from_secs(60),
             allocation_interval: Duration::from_secs(1),
+            kill_grace_period: Duration::from_secs(5),
+            max_kill_grace_period: Duration::from_secs(300),
             default_refuse: Duration::from_secs(5),
             max_failover_timeout: Duration::from_secs(7 * 24 * 3600),
             weights: Vec::new(),
@@ -148,6 +154,11 @@ pub enum Command {
         conn: u64,
         call: call::Call,
     },
+    /// A call that names no call (an empty `Call` message).
+    EmptyCall {
+        framework: FrameworkId,
+        conn: u64,
+    },
     SchedulerDisconnected {
         framework: FrameworkId,
         conn: u64,
@@ -156,6 +167,8 @@ pub enum Command {
     /// Operator kill (`kill_task`).
     Kill {
         task_id: String,
+        /// The grace period asked for (`None`: the task's own).
+        policy: Option<v1::KillPolicy>,
         caller: Identity,
         reply: oneshot::Sender<Result<(), OperatorError>>,
     },
@@ -210,10 +223,16 @@ impl MasterHandle {
     }
 
     /// An operator's kill of a task, if `caller` may (`kill_task`).
-    pub async fn kill(&self, task_id: String, caller: Identity) -> Result<(), OperatorError> {
+    pub async fn kill(
+        &self,
+        task_id: String,
+        policy: Option<v1::KillPolicy>,
+        caller: Identity,
+    ) -> Result<(), OperatorError> {
         let (reply, rx) = oneshot::channel();
         self.send(Command::Kill {
             task_id,
+            policy,
             caller,
             reply,
         });
@@ -427,6 +446,17 @@ impl Master {
                 conn,
                 call,
             } => self.scheduler_call(&framework, conn, call),
+            Command::EmptyCall { framework, conn } => {
+                if self.is_current_stream(&framework, conn) {
+                    self.send_to_framework(
+                        &framework,
+                        error_event(
+                            "an empty call: set one of the fields of Call (accept, decline, kill, \
+                             acknowledge, reconcile, suppress, revive, teardown, heartbeat)",
+                        ),
+                    );
+                }
+            }
             Command::SchedulerDisconnected { framework, conn } => {
                 self.scheduler_disconnected(&framework, conn)
             }
@@ -435,10 +465,11 @@ impl Master {
             }
             Command::Kill {
                 task_id,
+                policy,
                 caller,
                 reply,
             } => {
-                let _ = reply.send(self.operator_kill(&task_id, &caller));
+                let _ = reply.send(self.operator_kill(&task_id, policy.as_ref(), &caller));
             }
             Command::Teardown {
                 framework_id,
@@ -454,11 +485,14 @@ impl Master {
     }
 
     /// A call on a scheduler's stream; calls from a replaced stream are ignored.
+    fn is_current_stream(&self, id: &FrameworkId, conn: u64) -> bool {
+        self.frameworks
+            .get(id)
+            .is_some_and(|f| f.conn.as_ref().map(|(c, _)| *c) == Some(conn))
+    }
+
     fn scheduler_call(&mut self, id: &FrameworkId, conn: u64, call: call::Call) {
-        let Some(framework) = self.frameworks.get(id) else {
-            return;
-        };
-        if framework.conn.as_ref().map(|(c, _)| *c) != Some(conn) {
+        if !self.is_current_stream(id, conn) {
             return;
         }
         let now = Instant::now();
@@ -468,7 +502,9 @@ impl Master {
             }
             call::Call::Accept(accept) => self.accept(id, accept, now),
             call::Call::Decline(decline) => self.decline(id, &decline, now),
-            call::Call::Kill(kill) => self.scheduler_kill(id, &kill.task_id),
+            call::Call::Kill(kill) => {
+                self.scheduler_kill(id, &kill.task_id, kill.kill_policy.as_ref())
+            }
             call::Call::Acknowledge(ack) => self.acknowledge(id, &ack),
             call::Call::Reconcile(reconcile) => self.reconcile(id, &reconcile.task_ids),
             call::Call::Suppress(_) => self.suppress(id),
@@ -510,6 +546,19 @@ impl Master {
             })
     }
 
+    /// The grace period of a kill of `task`: `asked` (a KILL's own policy), else the
+    /// task's kill policy, else the cluster's default; at most the cluster's maximum.
+    fn kill_grace(&self, task: &Task, asked: Option<&v1::KillPolicy>) -> Duration {
+        asked
+            .or(task.info.kill_policy.as_ref())
+            .and_then(|p| p.grace_period_secs)
+            .filter(|s| cella_proto::validate::is_grace_period(*s))
+            .map_or(self.config.kill_grace_period, |s| {
+                Duration::from_secs_f64(s.min(self.config.max_kill_grace_period.as_secs_f64()))
+            })
+            .min(self.config.max_kill_grace_period)
+    }
+
     /// Tells the agent an update was acknowledged (updates without a uuid need none).
     fn ack_to_agent(&self, agent: &AgentId, task_id: &str, uuid: &str) {
         if uuid.is_empty() {
@@ -541,9 +590,14 @@ fn error_event(message: &str) -> v1::Event {
     }
 }
 
-fn kill_message(framework: &FrameworkId, task_id: &str) -> master_to_agent::Message {
+fn kill_message(
+    framework: &FrameworkId,
+    task_id: &str,
+    grace: Duration,
+) -> master_to_agent::Message {
     master_to_agent::Message::Kill(master_to_agent::KillTask {
         framework_id: framework.to_string(),
         task_id: task_id.to_string(),
+        grace_period_ms: Some(state::duration_ms(grace)),
     })
 }

@@ -184,32 +184,27 @@ impl Master {
             );
             checked.push((task, verdict));
         }
-        let needed = checked
-            .iter()
-            .filter_map(|(_, v)| v.as_ref().ok())
-            .fold(Resources::default(), |acc, r| acc.saturating_add(r));
-        if !needed.fits(&offered) && problem.is_none() {
-            let why = format!(
-                "the tasks need {} cpus, {} bytes of memory and {} bytes of disk; the offers hold {} cpus, {} and {}",
-                needed.cpus(),
-                needed.mem_bytes,
-                needed.disk_bytes,
-                offered.cpus(),
-                offered.mem_bytes,
-                offered.disk_bytes
-            );
-            for (_, verdict) in &mut checked {
-                if verdict.is_ok() {
-                    *verdict = Err(why.clone());
+        // Tasks take their resources from the offers in order; one that does not fit
+        // in what is left is refused, naming what it lacks.
+        let mut left = offered;
+        let mut needed = Resources::default();
+        for (task, verdict) in &mut checked {
+            if let Ok(wants) = verdict {
+                if wants.fits(&left) {
+                    left = left.saturating_sub(wants);
+                    needed = needed.saturating_add(wants);
+                } else {
+                    *verdict = Err(shortfall(&task.task_id, wants, &left, &offered));
                 }
             }
         }
 
         // Give the offers back to the allocator: what the tasks use becomes the
-        // framework's allocation, the rest is refused for `refuse_for`.
+        // framework's allocation, the rest is refused for `refuse_for` (nothing is
+        // refused when no task could be launched).
         let mut remaining = needed;
         for (offer, _, resources) in &offers {
-            if !needed.fits(&offered) {
+            if needed.is_empty() {
                 let _ = self.allocator.decline_offer(*offer, Duration::ZERO, now);
             } else {
                 let used = remaining.min(resources);
@@ -262,5 +257,71 @@ impl Master {
             problem = Some("ACCEPT names no offer".to_string());
         }
         (offers, problem)
+    }
+}
+
+/// Why a task does not fit in what is `left` of the offers: each resource it needs
+/// more of, with units.
+fn shortfall(task_id: &str, wants: &Resources, left: &Resources, offered: &Resources) -> String {
+    let mut short = Vec::new();
+    if wants.cpus_milli > left.cpus_milli {
+        short.push(format!(
+            "{} cpus (the offers have {} left of {})",
+            wants.cpus(),
+            left.cpus(),
+            offered.cpus()
+        ));
+    }
+    if wants.mem_bytes > left.mem_bytes {
+        short.push(format!(
+            "{} of memory (the offers have {} left of {})",
+            bytes(wants.mem_bytes),
+            bytes(left.mem_bytes),
+            bytes(offered.mem_bytes)
+        ));
+    }
+    if wants.disk_bytes > left.disk_bytes {
+        short.push(format!(
+            "{} of disk (the offers have {} left of {})",
+            bytes(wants.disk_bytes),
+            bytes(left.disk_bytes),
+            bytes(offered.disk_bytes)
+        ));
+    }
+    format!(
+        "task {task_id:?} does not fit in the offers: it needs {}; ask for less, or accept \
+         offers (of one agent) that hold more",
+        short.join(" and ")
+    )
+}
+
+/// A size for people: in the largest binary unit that keeps it readable, with the
+/// exact byte count when that unit rounds it.
+fn bytes(n: u64) -> String {
+    const UNITS: [(&str, u32); 4] = [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)];
+    for (unit, shift) in UNITS {
+        if n >= 1 << shift {
+            let value = n as f64 / f64::from(1u32 << (shift - 10)) / 1024.0;
+            return if n % (1 << shift) == 0 {
+                format!("{} {unit}", n >> shift)
+            } else {
+                format!("{value:.1} {unit} ({n} bytes)")
+            };
+        }
+    }
+    format!("{n} bytes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_are_printed_with_units() {
+        assert_eq!(bytes(0), "0 bytes");
+        assert_eq!(bytes(512), "512 bytes");
+        assert_eq!(bytes(64 << 20), "64 MiB");
+        assert_eq!(bytes(3 << 30), "3 GiB");
+        assert_eq!(bytes((1 << 30) + (512 << 20)), "1.5 GiB (1610612736 bytes)");
     }
 }

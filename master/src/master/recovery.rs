@@ -85,6 +85,7 @@ impl Master {
                 resources,
                 status: r.status,
                 usage: None,
+                acks: Default::default(),
             };
             if task.is_terminal() {
                 completed.push((task.status.timestamp_ns, id.clone()));

@@ -15,6 +15,18 @@ use crate::authz::agents::check_status_update;
 use crate::authz::task_request;
 use crate::state::{Task, from_wire};
 
+/// Where a state is in a task's life: later states have higher ranks (every end
+/// has the same).
+fn status_rank(state: v1::TaskState) -> u8 {
+    match state {
+        v1::TaskState::Unspecified => 0,
+        v1::TaskState::TaskStaging => 1,
+        v1::TaskState::TaskStarting => 2,
+        v1::TaskState::TaskRunning => 3,
+        _ => 4,
+    }
+}
+
 /// Bounds the reconciliations kept waiting for recovering agents (beyond it, the
 /// answer is given at once).
 const MAX_DEFERRED_RECONCILES: usize = 100_000;
@@ -113,6 +125,7 @@ impl Master {
                 resources,
                 status,
                 usage: None,
+                acks: Default::default(),
             },
         );
         if let Some(f) = self.frameworks.get_mut(framework) {
@@ -202,9 +215,10 @@ impl Master {
             task.status = status.clone();
         }
         // Updates of a task reach the master one at a time, each after the previous
-        // one was acknowledged; the agent's newest state may be ahead (the task ended
-        // while a scheduler was away). The master's view follows the newest state.
-        if latest_state.is_terminal() && !task.is_terminal() {
+        // one was acknowledged; the agent's newest state may be ahead (the task runs,
+        // or ended, while its scheduler has not acknowledged STARTING). The master's
+        // view follows the newest state.
+        if status_rank(latest_state) > status_rank(task.state()) && !task.is_terminal() {
             task.status.state = latest_state as i32;
             task.status.message = format!(
                 "{} on the agent; the update with the details waits for the scheduler's \
@@ -213,6 +227,25 @@ impl Master {
             );
         }
         let framework = task.framework.clone();
+        let framework_removed = !self.frameworks.contains_key(&framework);
+        if framework_removed
+            && status.state() == v1::TaskState::TaskKilled
+            && status.reason() == v1::Reason::KilledByRequest
+        {
+            // The master killed it because its framework was removed (teardown or
+            // failover timeout): say so, to whoever reads the task's status.
+            status.reason = v1::Reason::FrameworkRemoved as i32;
+            status.message = "killed because its framework was removed (teardown, or its \
+                              failover timeout passed)"
+                .into();
+            if task.is_terminal() {
+                task.status.reason = status.reason;
+                task.status.message.clone_from(&status.message);
+            }
+        }
+        if !framework_removed {
+            task.acks.passed_on(&status.uuid);
+        }
         let resources = task.resources;
         let ended = !was_terminal && task.is_terminal();
         self.registry.task_changed(&status.task_id);
@@ -220,7 +253,7 @@ impl Master {
             self.task_ended(&status.task_id, agent, &framework, resources);
         }
         self.metrics.status_updates.inc();
-        if self.frameworks.contains_key(&framework) {
+        if !framework_removed {
             self.send_to_framework(&framework, update_event(status));
         } else {
             // The framework was removed (teardown, failover timeout): nobody will ever
@@ -301,14 +334,23 @@ impl Master {
         self.send_to_framework(&framework, update_event(status));
     }
 
-    /// RECONCILE: the current status of each task (every task of the framework when
-    /// none is named); unknown tasks are LOST.
+    /// RECONCILE: the current status of each task, with reason RECONCILIATION;
+    /// unknown tasks are LOST. Implicit (no task named): every task of the framework
+    /// that is live or has an update it has not acknowledged yet.
     pub(super) fn reconcile(&mut self, framework: &FrameworkId, task_ids: &[String]) {
         let ids: Vec<String> = if task_ids.is_empty() {
-            self.frameworks
+            let mut ids: BTreeSet<String> = self
+                .frameworks
                 .get(framework)
                 .map(|f| f.tasks.iter().cloned().collect())
-                .unwrap_or_default()
+                .unwrap_or_default();
+            ids.extend(
+                self.tasks
+                    .iter()
+                    .filter(|(_, t)| &t.framework == framework && t.acks.waiting.is_some())
+                    .map(|(id, _)| id.clone()),
+            );
+            ids.into_iter().collect()
         } else {
             task_ids.to_vec()
         };
@@ -333,10 +375,12 @@ impl Master {
                 .filter(|t| &t.framework == framework)
             {
                 Some(task) => v1::TaskStatus {
-                    reason: if task.status.reason == 0 {
-                        v1::Reason::Reconciliation as i32
-                    } else {
-                        task.status.reason
+                    reason: v1::Reason::Reconciliation as i32,
+                    // The reason of the state is in its own update; the answer keeps
+                    // it in the message.
+                    message: match task.status.reason() {
+                        v1::Reason::Unspecified => task.status.message.clone(),
+                        reason => format!("{}: {}", reason.name(), task.status.message),
                     },
                     uuid: String::new(),
                     ..task.status.clone()
@@ -355,8 +399,13 @@ impl Master {
         }
     }
 
-    /// Sends the kill of a live task to its agent; the outcome comes as its update.
-    pub(super) fn kill_task(&mut self, task_id: &str) -> Result<(), OperatorError> {
+    /// Sends the kill of a live task to its agent, with the grace period of `policy`
+    /// (else the task's own); the outcome comes as its update.
+    pub(super) fn kill_task(
+        &mut self,
+        task_id: &str,
+        policy: Option<&v1::KillPolicy>,
+    ) -> Result<(), OperatorError> {
         let Some(task) = self.tasks.get(task_id) else {
             return Err(OperatorError::NotFound(format!("unknown task {task_id:?}")));
         };
@@ -367,7 +416,8 @@ impl Master {
             )));
         }
         let agent = task.agent.clone();
-        if !self.send_to_agent(&agent, kill_message(&task.framework, task_id)) {
+        let grace = self.kill_grace(task, policy);
+        if !self.send_to_agent(&agent, kill_message(&task.framework, task_id, grace)) {
             return Err(OperatorError::Conflict(format!(
                 "agent {agent} is not connected; the task will be killed when it comes back"
             )));
@@ -387,6 +437,7 @@ impl Master {
     pub(super) fn operator_kill(
         &mut self,
         task_id: &str,
+        policy: Option<&v1::KillPolicy>,
         caller: &Identity,
     ) -> Result<(), OperatorError> {
         let Some(task) = self.tasks.get(task_id) else {
@@ -401,11 +452,16 @@ impl Master {
             }),
             &format!("killing task {task_id}"),
         )?;
-        self.kill_task(task_id)
+        self.kill_task(task_id, policy)
     }
 
     /// KILL from a scheduler: only its own tasks.
-    pub(super) fn scheduler_kill(&mut self, framework: &FrameworkId, task_id: &str) {
+    pub(super) fn scheduler_kill(
+        &mut self,
+        framework: &FrameworkId,
+        task_id: &str,
+        policy: Option<&v1::KillPolicy>,
+    ) {
         let owned = self
             .tasks
             .get(task_id)
@@ -415,15 +471,42 @@ impl Master {
                 framework,
                 error_event(&format!("KILL: unknown task {task_id:?}")),
             );
-        } else if let Err(e) = self.kill_task(task_id) {
+        } else if let Err(e) = self.kill_task(task_id, policy) {
             self.send_to_framework(framework, error_event(&format!("KILL: {e}")));
         }
     }
 
-    /// ACKNOWLEDGE: passed on to the task's agent, for the caller's own tasks only.
+    /// ACKNOWLEDGE: passed on to the task's agent, for the caller's own tasks and
+    /// updates the master passed on only (a duplicate acknowledgement is harmless).
     pub(super) fn acknowledge(&mut self, framework: &FrameworkId, ack: &call::Acknowledge) {
-        match self.tasks.get(&ack.task_id) {
+        match self.tasks.get_mut(&ack.task_id) {
             Some(task) if &task.framework == framework => {
+                let problem = if ack.uuid.is_empty() {
+                    Some("uuid is empty: copy it from the UPDATE being acknowledged".to_string())
+                } else if task.acks.knows(&ack.uuid) == Some(false) {
+                    Some(format!(
+                        "task {:?} has no update with uuid {:?}{}: acknowledge the uuid of \
+                         an UPDATE event of this task (reconciliation answers have none and \
+                         need no acknowledgement)",
+                        ack.task_id,
+                        ack.uuid,
+                        task.acks
+                            .waiting
+                            .as_ref()
+                            .map(|w| format!(" (the one waiting for it is {w:?})"))
+                            .unwrap_or_default()
+                    ))
+                } else {
+                    None
+                };
+                if let Some(problem) = problem {
+                    self.send_to_framework(
+                        framework,
+                        error_event(&format!("ACKNOWLEDGE: {problem}")),
+                    );
+                    return;
+                }
+                task.acks.acknowledged(&ack.uuid);
                 let agent = task.agent.clone();
                 self.ack_to_agent(&agent, &ack.task_id, &ack.uuid);
             }

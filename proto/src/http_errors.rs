@@ -1,0 +1,62 @@
+//! Every error answer of the HTTP APIs is JSON (`{"error": "…"}`, [`crate::api::Error`]):
+//! the handlers write their own, and this middleware turns the ones the HTTP stack
+//! writes itself (404 for an unknown path, 405 for a wrong method, 400 for a query
+//! string that does not parse, 413 for a body that is too large) into the same form.
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::Response;
+
+use crate::api;
+
+/// The most of a plain-text error body that is read to build the JSON one.
+const MAX_TEXT_BYTES: usize = 16 << 10;
+
+/// Middleware (`axum::middleware::from_fn(json_errors)`): error answers that are not
+/// JSON become JSON that says what was wrong.
+pub async fn json_errors(request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, MAX_TEXT_BYTES)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let message = match status {
+        StatusCode::NOT_FOUND => format!("no such endpoint: {path} (GET / lists them)"),
+        StatusCode::METHOD_NOT_ALLOWED => {
+            let allowed = parts
+                .headers
+                .get(header::ALLOW)
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| !v.is_empty())
+                .map(|v| format!("; use {v}"))
+                .unwrap_or_default();
+            format!("{method} is not allowed on {path}{allowed}")
+        }
+        _ if !text.is_empty() => text,
+        _ => status
+            .canonical_reason()
+            .unwrap_or("request failed")
+            .to_string(),
+    };
+    let body = serde_json::to_vec(&api::Error { error: message }).unwrap_or_default();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Response::from_parts(parts, Body::from(body))
+}

@@ -1,0 +1,263 @@
+//! What outside clients find, end to end (a real master, a real agent and the `cella`
+//! CLI over mutual TLS): kills with a grace period (SIGTERM, then SIGKILL), the
+//! master's view of a task whose scheduler never acknowledges, the agent's API errors
+//! and both `/metrics` through `promtool`, and every CLI command into a closed pipe.
+//! Needs root, `promtool` (Debian's `prometheus`) and `cargo build --workspace --bins`.
+
+use std::io::Write;
+use std::os::fd::OwnedFd;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use axum::http::{Method, StatusCode};
+use cella_proto::v1;
+use cella_tests::{Cluster, DEADLINE, Scheduler, framework, task};
+use serde_json::Value;
+
+/// What each test agent offers.
+const RES: &str = "cpus:2;mem:2GiB;disk:1GiB";
+
+fn with_grace(mut t: v1::TaskInfo, secs: f64) -> v1::TaskInfo {
+    t.kill_policy = Some(v1::KillPolicy {
+        grace_period_secs: Some(secs),
+    });
+    t
+}
+
+/// Waits until the task's stdout (read through its agent's API) contains `text`.
+async fn wait_stdout(c: &Cluster, task_id: &str, text: &str) -> String {
+    let url = format!(
+        "https://{}/api/v1/tasks/{task_id}/files/stdout",
+        c.agents[0].http
+    );
+    let deadline = Instant::now() + DEADLINE;
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        if let Ok(chunk) = cella_proto::tls::https_get_json::<Value>(&url, &c.agent_tls).await {
+            last = chunk["data"].as_str().unwrap_or_default().to_string();
+            if last.contains(text) {
+                return last;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{task_id}: {text:?} not in its stdout within {DEADLINE:?}: {last:?}");
+}
+
+/// Kills `task_id` and returns its end and how long it took.
+async fn kill_and_time(s: &mut Scheduler, task_id: &str) -> (v1::TaskStatus, Duration) {
+    let asked = Instant::now();
+    s.kill(task_id);
+    let end = s.update(task_id, v1::TaskState::TaskKilled).await;
+    (end, asked.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_sends_sigterm_then_sigkill_after_the_grace_period() {
+    let c = Cluster::start(1, RES).await;
+    let mut s = c.subscribe(framework("grace", "*", 0.0)).await;
+    let offer = s.offers().await.remove(0);
+    let traps = "trap 'echo got TERM; exit 0' TERM; echo ready; while true; do sleep 0.1; done";
+    let ignores = "trap '' TERM; echo ready; sleep 1000";
+    s.accept(
+        &offer.offer_id,
+        vec![
+            with_grace(task("traps", &["sh", "-c", traps], 0.1, 32), 30.0),
+            with_grace(task("ignores", &["sh", "-c", ignores], 0.1, 32), 2.0),
+            // No kill policy: the cluster's default (5 s); but `sleep` has no handler
+            // for SIGTERM, which would have ended it: killed at once.
+            task("plain", &["sleep", "1000"], 0.1, 32),
+            with_grace(task("by-cli", &["sh", "-c", traps], 0.1, 32), 30.0),
+        ],
+    );
+    for id in ["traps", "ignores", "by-cli"] {
+        wait_stdout(&c, id, "ready").await;
+    }
+    s.update("plain", v1::TaskState::TaskRunning).await;
+
+    // Traps SIGTERM and exits: well within its 30 s grace, having run its handler.
+    let (end, took) = kill_and_time(&mut s, "traps").await;
+    assert!(took < Duration::from_secs(10), "took {took:?}: {end:?}");
+    assert_eq!(end.reason(), v1::Reason::KilledByRequest, "{end:?}");
+    wait_stdout(&c, "traps", "got TERM").await;
+
+    // Ignores SIGTERM: SIGKILL once its 2 s have passed.
+    let (end, took) = kill_and_time(&mut s, "ignores").await;
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(10),
+        "took {took:?}: {end:?}"
+    );
+    assert_eq!(end.signal, Some(9), "{end:?}");
+
+    // No handler as PID 1 of its namespace: killed at once.
+    let (end, took) = kill_and_time(&mut s, "plain").await;
+    assert!(took < Duration::from_secs(3), "took {took:?}: {end:?}");
+
+    // `cella kill --grace-period 0` overrides the task's 30 s: SIGKILL at once.
+    let asked = Instant::now();
+    let out = c.cella(&["kill", "--grace-period", "0", "by-cli"]).await;
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    let end = s.update("by-cli", v1::TaskState::TaskKilled).await;
+    assert!(asked.elapsed() < Duration::from_secs(5), "{end:?}");
+    assert_eq!(end.signal, Some(9), "{end:?}");
+    drop(s);
+    c.finish();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn masters_view_follows_a_task_whose_scheduler_never_acknowledges() {
+    let c = Cluster::start(1, RES).await;
+    let mut s = c.subscribe(framework("never-acks", "*", 0.0)).await;
+    s.acknowledge = false;
+    let offer = s.offers().await.remove(0);
+    s.accept(
+        &offer.offer_id,
+        vec![task("no-ack", &["sleep", "1000"], 0.1, 32)],
+    );
+    let starting = s.update("no-ack", v1::TaskState::TaskStarting).await;
+    let sent = Instant::now();
+    // STARTING is never acknowledged, so RUNNING never reaches the scheduler; the
+    // master shows it all the same.
+    c.wait_task_state("no-ack", "RUNNING").await;
+
+    // The agent re-sends STARTING 1 s, 3 s and 7 s after the first send: a kill 3.5 s
+    // in must show in the master's view long before the 7 s re-send.
+    tokio::time::sleep(Duration::from_millis(3_500).saturating_sub(sent.elapsed())).await;
+    let out = c.cella(&["kill", "no-ack"]).await;
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    let asked = Instant::now();
+    let killed = c.wait_task_state("no-ack", "KILLED").await;
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "the master showed KILLED {:?} after the kill: {killed:?}",
+        asked.elapsed()
+    );
+    // The scheduler has seen nothing but STARTING (again and again).
+    assert!(
+        s.history
+            .iter()
+            .all(|u| u.state() == v1::TaskState::TaskStarting && u.uuid == starting.uuid),
+        "{:?}",
+        s.history
+    );
+    drop(s);
+    c.finish();
+}
+
+/// What `promtool check metrics` says of `text`.
+fn promtool_check(text: &str) -> (bool, String) {
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian's prometheus package; see scripts/install-test-deps.sh)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success() && said.trim().is_empty(), said)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_api_errors_are_json_and_both_metrics_pass_promtool() {
+    let c = Cluster::start(1, RES).await;
+    // A task, so that labelled families have samples.
+    let mut s = c.subscribe(framework("metrics", "*", 0.0)).await;
+    let offer = s.offers().await.remove(0);
+    s.accept(&offer.offer_id, vec![task("m1", &["true"], 0.1, 32)]);
+    s.update("m1", v1::TaskState::TaskFinished).await;
+
+    let agent = format!("https://{}", c.agents[0].http);
+    for (method, path, status) in [
+        (Method::GET, "/nope", StatusCode::NOT_FOUND),
+        (
+            Method::POST,
+            "/api/v1/containers",
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+        (Method::DELETE, "/metrics", StatusCode::METHOD_NOT_ALLOWED),
+    ] {
+        let r = cella_proto::tls::https_request(
+            method.clone(),
+            &format!("{agent}{path}"),
+            None,
+            &c.agent_tls,
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status, status, "{method} {path}");
+        let v: Value = serde_json::from_slice(&r.body).unwrap_or_else(|e| {
+            panic!(
+                "{method} {path}: not JSON ({e}): {:?}",
+                String::from_utf8_lossy(&r.body)
+            )
+        });
+        assert!(v["error"].as_str().is_some_and(|e| e.contains(path)), "{v}");
+    }
+
+    for (url, tls) in [
+        (format!("{agent}/metrics"), &c.agent_tls),
+        (format!("{}/metrics", c.master_url), &c.client_tls),
+    ] {
+        let r = cella_proto::tls::https_request(Method::GET, &url, None, tls)
+            .await
+            .unwrap();
+        assert!(r.status.is_success(), "{url}: {}", r.status);
+        let text = String::from_utf8_lossy(&r.body);
+        let (clean, said) = promtool_check(&text);
+        assert!(clean, "promtool check metrics on {url}: {said}\n{text}");
+    }
+    drop(s);
+    c.finish();
+}
+
+/// The read end of a pipe that is already closed: writes to the other end fail
+/// with EPIPE.
+fn closed_pipe() -> OwnedFd {
+    let (read, write) = nix::unistd::pipe().unwrap();
+    drop(read);
+    write
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_command_panics_on_a_closed_stdout() {
+    let c = Cluster::start(1, RES).await;
+    let runs: &[&[&str]] = &[
+        &["run", "--detach", "--name", "piped", "--", "sleep", "100"],
+        &["tasks"],
+        &["agents"],
+        &["--help"],
+        &["exec", "--help"],
+        &["auth", "--help"],
+    ];
+    for args in runs {
+        let mut command = c.cella_command();
+        command.args(*args).stdout(Stdio::from(closed_pipe()));
+        let out = cella_tests::run_cli(command, args).await;
+        assert!(
+            !out.stderr.contains("panicked"),
+            "cella {args:?} panicked on a closed stdout: {}",
+            out.describe()
+        );
+        assert_eq!(out.code, Some(0), "cella {args:?}: {}", out.describe());
+    }
+    // The detached task was launched all the same.
+    let tasks = c.tasks().await;
+    assert!(
+        tasks
+            .iter()
+            .any(|t| t.name == "piped" && t.state.name() == "RUNNING"),
+        "{tasks:?}"
+    );
+    c.finish();
+}
