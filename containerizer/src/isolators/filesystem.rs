@@ -10,7 +10,37 @@ use crate::task::{TaskConfig, TaskId};
 /// Where the sandbox appears inside a rootfs when no working directory is given.
 pub const SANDBOX_IN_ROOTFS: &str = "/mnt/sandbox";
 
-pub struct FilesystemIsolator;
+/// Host paths no task sees without a rootfs: password hashes, host keys, the
+/// administrators' homes. Cella's own state is added by the launcher.
+pub const HOST_SECRETS: [&str; 13] = [
+    "/etc/shadow",
+    "/etc/shadow-",
+    "/etc/gshadow",
+    "/etc/gshadow-",
+    "/etc/security/opasswd",
+    "/etc/ssh/ssh_host_rsa_key",
+    "/etc/ssh/ssh_host_ecdsa_key",
+    "/etc/ssh/ssh_host_ed25519_key",
+    "/etc/ssh/ssh_host_dsa_key",
+    "/etc/ssl/private",
+    "/root",
+    "/home",
+    "/var/lib/cella",
+];
+
+pub struct FilesystemIsolator {
+    /// Masked in every task without a rootfs, with [`HOST_SECRETS`].
+    masked: Vec<PathBuf>,
+}
+
+impl FilesystemIsolator {
+    /// `hidden`: the launcher's own state (see `ContainerizerConfig::hidden`).
+    pub fn new(hidden: Vec<PathBuf>) -> Self {
+        let mut masked: Vec<PathBuf> = HOST_SECRETS.iter().map(PathBuf::from).collect();
+        masked.extend(hidden);
+        Self { masked }
+    }
+}
 
 fn existing_dir(field: &'static str, path: &Path, what: &str) -> Result<PathBuf, IsolatorError> {
     let canonical = path
@@ -97,10 +127,24 @@ impl Isolator for FilesystemIsolator {
                 format!("{} must be absolute", spec.cwd.display()),
             ));
         }
+        let mut devices = crate::devices::default_nodes();
+        for path in &config.devices {
+            let node = crate::devices::host_device(path)
+                .map_err(|e| IsolatorError::invalid("--device", e.to_string()))?;
+            devices.retain(|d| d.path != node.path);
+            devices.push(node);
+        }
+        let masked = if rootfs.is_none() {
+            self.masked.clone()
+        } else {
+            Vec::new()
+        };
         spec.filesystem = FilesystemSpec {
+            masked,
             rootfs,
             binds,
             tmp_size_bytes: spec.filesystem.tmp_size_bytes,
+            devices,
         };
         Ok(())
     }
