@@ -406,3 +406,40 @@ fn links_in_a_rootfs_resolve_inside_it() {
         "nothing may be created in the host directory a link names",
     );
 }
+
+#[test]
+fn raw_sockets_only_on_request() {
+    use exec_harness::helper::helper_value;
+    let sb = Sandbox::new();
+    let out = sb.helper(&[], "raw-socket");
+    out.assert_code(0);
+    out.check_eq(
+        helper_value(&out, "raw_socket_errno"),
+        u64::try_from(libc::EPERM).unwrap_or(0),
+        "a root task must not open a raw socket by default (CAP_NET_RAW dropped)",
+    );
+    let out = sb.helper(&["--cap-add", "NET_RAW"], "raw-socket");
+    out.assert_code(0);
+    out.check_eq(
+        helper_value(&out, "raw_socket_errno"),
+        0,
+        "--cap-add NET_RAW gives raw sockets back",
+    );
+}
+
+#[test]
+fn a_system_directory_cannot_be_the_working_directory() {
+    let sb = Sandbox::new();
+    for dir in ["/etc", "/usr/share", "/"] {
+        let out = sb.run(&["--workdir", dir], &["touch", "cella-probe"]);
+        out.assert_code(2);
+        out.stderr_has(
+            "--workdir",
+            format!("--workdir {dir} must be refused, naming the option"),
+        );
+        out.check(
+            !Path::new(dir).join("cella-probe").exists(),
+            format!("nothing may be written in {dir}"),
+        );
+    }
+}

@@ -28,6 +28,14 @@ pub const HOST_SECRETS: [&str; 13] = [
     "/var/lib/cella",
 ];
 
+/// The host's system directories: without a rootfs, the working directory (which the
+/// task may write) may be none of them, nothing beneath them, and nothing above them
+/// (such as `/`).
+const SYSTEM_DIRS: [&str; 12] = [
+    "/etc", "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/boot", "/dev",
+    "/proc", "/sys",
+];
+
 pub struct FilesystemIsolator {
     /// Masked in every task without a rootfs, with [`HOST_SECRETS`].
     masked: Vec<PathBuf>,
@@ -71,12 +79,23 @@ impl Isolator for FilesystemIsolator {
             None => None,
         };
         let sandbox = existing_dir("--workdir", &config.sandbox, "working directory")?;
-        if rootfs.is_none() && sandbox == Path::new("/") {
-            return Err(IsolatorError::invalid(
-                "--workdir",
-                "the working directory is writable by the task, and / would make the whole host writable; \
-                 run from (or pass --workdir) a directory of its own",
-            ));
+        if rootfs.is_none() {
+            if let Some(system) = SYSTEM_DIRS
+                .iter()
+                .map(Path::new)
+                .find(|d| sandbox.starts_with(d) || d.starts_with(&sandbox))
+            {
+                return Err(IsolatorError::invalid(
+                    "--workdir",
+                    format!(
+                        "the working directory is writable by the task, and {} would make the host's {} \
+                         writable; run from (or pass --workdir) a directory of its own, and give the task \
+                         a system path it must write with --volume HOST:TASK:rw",
+                        sandbox.display(),
+                        system.display()
+                    ),
+                ));
+            }
         }
         let sandbox_target = match (&rootfs, &config.workdir_in_task) {
             (None, _) => sandbox.clone(),
