@@ -548,6 +548,15 @@ fn new_containerizer(config: &AgentConfig) -> Result<Containerizer, AgentError> 
         runtime_dir: config.runtime_dir.clone(),
         cgroup_root: config.cgroup_root.clone(),
         cleanup_if_orphaned: false,
+        hidden: [
+            Some(config.work_dir.clone()),
+            Some(config.tls_dir.clone()),
+            config.acl.clone(),
+            config.credentials.clone(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
     })
     .map_err(|e| AgentError::Containerizer(e.to_string()))?;
     Ok(containerizer)

@@ -29,13 +29,13 @@ import json
 import os
 import sys
 
-DOCKER_DEFAULT_CAPS = [
+# Cella's default set: Docker's 14 without CAP_NET_RAW.
+DEFAULT_CAPS = [
     "CAP_CHOWN",
     "CAP_DAC_OVERRIDE",
     "CAP_FSETID",
     "CAP_FOWNER",
     "CAP_MKNOD",
-    "CAP_NET_RAW",
     "CAP_SETGID",
     "CAP_SETUID",
     "CAP_SETFCAP",
@@ -138,9 +138,9 @@ def main():
     proc["env"] = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
     proc["noNewPrivileges"] = True
     proc["capabilities"] = {
-        "bounding": list(DOCKER_DEFAULT_CAPS),
-        "effective": list(DOCKER_DEFAULT_CAPS),
-        "permitted": list(DOCKER_DEFAULT_CAPS),
+        "bounding": list(DEFAULT_CAPS),
+        "effective": list(DEFAULT_CAPS),
+        "permitted": list(DEFAULT_CAPS),
         "inheritable": [],
         "ambient": [],
     }
@@ -173,7 +173,7 @@ def main():
     else:
         with open(profile_path) as f:
             profile = json.load(f)
-        linux["seccomp"] = convert_profile(profile, set(DOCKER_DEFAULT_CAPS))
+        linux["seccomp"] = convert_profile(profile, set(DEFAULT_CAPS))
 
     tmp = config_path + ".tmp"
     with open(tmp, "w") as f:

@@ -1,5 +1,5 @@
-//! Capabilities: Docker's default set (14), `--cap-add` / `--cap-drop` (with `ALL`),
-//! and applying a mask in the task before exec. HELPER-OWNED.
+//! Capabilities: Docker's default set without `CAP_NET_RAW` (13), `--cap-add` /
+//! `--cap-drop` (with `ALL`), and applying a mask in the task before exec.
 
 use std::str::FromStr;
 
@@ -16,9 +16,12 @@ pub enum CapError {
 /// Where the kernel says which capability is its last one.
 const CAP_LAST_CAP: &str = "/proc/sys/kernel/cap_last_cap";
 
-/// Docker's default capability set as a mask.
+/// The default capability set as a mask: Docker's without `CAP_NET_RAW`. With the
+/// host's network a raw socket sees the host's traffic (the master's and the agent's
+/// too); Kubernetes' restricted profile drops it as well. `--cap-add NET_RAW` gives
+/// it back.
 pub fn default_mask() -> u64 {
-    crate::seccomp::compile::docker_default_caps_mask()
+    crate::seccomp::compile::docker_default_caps_mask() & !Capability::CAP_NET_RAW.bitmask()
 }
 
 /// The highest capability number the running kernel knows, from
@@ -174,32 +177,29 @@ mod tests {
     }
 
     #[test]
-    fn default_is_dockers_fourteen() {
+    fn default_is_dockers_fourteen_without_net_raw() {
         let m = default_mask();
-        assert_eq!(m.count_ones(), 14);
+        assert_eq!(m.count_ones(), 13);
         // CHOWN 0, DAC_OVERRIDE 1, FOWNER 3, FSETID 4, KILL 5, SETGID 6, SETUID 7,
-        // SETPCAP 8, NET_BIND_SERVICE 10, NET_RAW 13, SYS_CHROOT 18, MKNOD 27,
-        // AUDIT_WRITE 29, SETFCAP 31.
-        let bits = [0, 1, 3, 4, 5, 6, 7, 8, 10, 13, 18, 27, 29, 31];
+        // SETPCAP 8, NET_BIND_SERVICE 10, SYS_CHROOT 18, MKNOD 27, AUDIT_WRITE 29,
+        // SETFCAP 31 (Docker's also has NET_RAW 13).
+        let bits = [0, 1, 3, 4, 5, 6, 7, 8, 10, 18, 27, 29, 31];
         assert_eq!(m, bits.iter().fold(0u64, |m, b| m | (1 << b)));
-        assert_eq!(m, 0xa80425fb);
+        assert_eq!(m, 0xa80405fb);
     }
 
     #[test]
     fn resolve_add_drop() {
         let net_raw = Capability::CAP_NET_RAW.bitmask();
         assert_eq!(
-            resolve(&[], &s(&["NET_RAW"])).unwrap(),
-            default_mask() & !net_raw
+            resolve(&s(&["NET_RAW"]), &[]).unwrap(),
+            default_mask() | net_raw
         );
         assert_eq!(
-            resolve(&[], &s(&["cap_net_raw"])).unwrap(),
-            default_mask() & !net_raw
+            resolve(&[], &s(&["cap_kill"])).unwrap(),
+            default_mask() & !Capability::CAP_KILL.bitmask()
         );
-        assert_eq!(
-            resolve(&[], &s(&["Net_Raw"])).unwrap(),
-            default_mask() & !net_raw
-        );
+        assert_eq!(resolve(&[], &s(&["Net_Raw"])).unwrap(), default_mask());
         let admin = Capability::CAP_SYS_ADMIN.bitmask();
         assert_eq!(
             resolve(&s(&["sys_admin"]), &[]).unwrap(),
@@ -238,6 +238,6 @@ mod tests {
         assert_eq!(names(0), Vec::<String>::new());
         assert_eq!(names(1 | (1 << 13)), s(&["CAP_CHOWN", "CAP_NET_RAW"]));
         assert_eq!(names(1 << 63), s(&["CAP_63"]));
-        assert_eq!(names(default_mask()).len(), 14);
+        assert_eq!(names(default_mask()).len(), 13);
     }
 }

@@ -8,6 +8,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio as ProcStdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -19,6 +20,7 @@ use crate::isolators::{
     IsolatorError, NamespacesIsolator, PosixIsolator, SeccompIsolator,
 };
 use crate::paths::RunDir;
+use crate::sealed_exe::SealedExe;
 use crate::shim::ExitStatus;
 use crate::spec::{FilesystemSpec, ShimSpec};
 use crate::start_failure::StartFailure;
@@ -37,6 +39,11 @@ pub struct ContainerizerConfig {
     /// The shim cleans up after a task whose launcher died (`cella exec`); the agent
     /// recovers its tasks instead.
     pub cleanup_if_orphaned: bool,
+    /// Host paths of the launcher's own state that a task without a rootfs must not
+    /// see (the agent's work directory with every sandbox and its checkpoint, its TLS
+    /// directory, ACL and credentials). The run directories, the shim and the host's
+    /// secrets ([`crate::isolators::HOST_SECRETS`]) are always hidden.
+    pub hidden: Vec<PathBuf>,
 }
 
 impl ContainerizerConfig {
@@ -163,6 +170,8 @@ pub struct Containerizer {
     config: ContainerizerConfig,
     cgroups: CgroupRoot,
     isolators: Vec<Box<dyn Isolator>>,
+    /// The sealed copy of the shim every launch runs, made at the first launch.
+    shim: OnceLock<Result<SealedExe, String>>,
 }
 
 impl Containerizer {
@@ -170,8 +179,11 @@ impl Containerizer {
         let cgroups = CgroupRoot::discover(config.cgroup_root.as_deref())?;
         // prepare runs in this order, cleanup in reverse. Only the cgroups isolator
         // creates anything in prepare, so it goes last.
+        let mut hidden = config.hidden.clone();
+        hidden.push(config.runtime_dir.clone());
+        hidden.push(config.shim_path.clone());
         let isolators: Vec<Box<dyn Isolator>> = vec![
-            Box::new(FilesystemIsolator),
+            Box::new(FilesystemIsolator::new(hidden)),
             Box::new(NamespacesIsolator),
             Box::new(PosixIsolator),
             Box::new(CapabilitiesIsolator),
@@ -183,6 +195,7 @@ impl Containerizer {
             config,
             cgroups,
             isolators,
+            shim: OnceLock::new(),
         })
     }
 
@@ -212,6 +225,8 @@ impl Containerizer {
                 rootfs: None,
                 binds: Vec::new(),
                 tmp_size_bytes: None,
+                devices: Vec::new(),
+                masked: Vec::new(),
             },
             identity: None,
             rlimits: Vec::new(),
@@ -297,8 +312,16 @@ impl Containerizer {
                 io::Error::last_os_error(),
             ));
         }
-        let mut command = Command::new(&self.config.shim_path);
-        command.arg(dir);
+        let shim = self
+            .shim
+            .get_or_init(|| {
+                SealedExe::copy_of(&self.config.shim_path)
+                    .map_err(|e| format!("copying the shim into sealed memory: {e}"))
+            })
+            .as_ref()
+            .map_err(|e| LaunchError::Setup(e.clone()))?;
+        let mut command = Command::new(shim.exec_path());
+        command.arg0(shim.source()).arg(dir);
         let lock_fd = lock.as_raw_fd();
         // SAFETY: between fork and exec the closure only calls dup2 and fcntl, which
         // are async-signal-safe, and allocates nothing.

@@ -9,10 +9,12 @@
 pub mod capabilities;
 pub mod cgroups;
 pub mod containerizer;
+pub mod devices;
 pub mod events;
 pub mod isolators;
 pub mod paths;
 mod proc_info;
+mod sealed_exe;
 pub mod seccomp;
 pub mod shim;
 pub mod spec;

@@ -61,7 +61,10 @@ pub fn default_program() -> Program {
 /// Docker's default capabilities, otherwise compiled now (a task given e.g.
 /// `CAP_SYS_ADMIN` may use `mount`, as with Docker).
 pub fn default_program_for(caps_mask: u64) -> Result<Program, SeccompError> {
-    if caps_mask == compile::docker_default_caps_mask() {
+    // The profile names no rule for CAP_NET_RAW: with or without it (Cella's default
+    // set drops it) the program is the build-time one.
+    let net_raw = caps::Capability::CAP_NET_RAW.bitmask();
+    if caps_mask | net_raw == compile::docker_default_caps_mask() {
         return Ok(default_program());
     }
     compile_profile(DEFAULT_PROFILE_JSON, caps_mask)
@@ -176,6 +179,11 @@ mod tests {
             .expect("default profile compiles");
         assert_eq!(runtime, default_program());
         assert!(default_program().len() < compile::MAX_INSTRUCTIONS);
+        // Cella's default set (without CAP_NET_RAW) gets the same program.
+        let without_net_raw =
+            compile_profile(DEFAULT_PROFILE_JSON, crate::capabilities::default_mask())
+                .expect("default profile compiles");
+        assert_eq!(without_net_raw, default_program());
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::cgroups::Placement;
+use crate::devices::DeviceNode;
 use crate::task::{NetMode, Rlimit, Stdio};
 
 /// A bind mount to set up inside the task's mount namespace.
@@ -28,6 +29,11 @@ pub struct FilesystemSpec {
     pub binds: Vec<BindMount>,
     /// Size limit of the private /tmp (tmpfs); `None`: the tmpfs default.
     pub tmp_size_bytes: Option<u64>,
+    /// The nodes of the task's private /dev (the defaults and those passed in).
+    pub devices: Vec<DeviceNode>,
+    /// Host paths hidden from a task without a rootfs: a directory behind an empty
+    /// read-only tmpfs, a file behind the task's /dev/null. Missing ones are skipped.
+    pub masked: Vec<PathBuf>,
 }
 
 /// A seccomp program for the shim to load.

@@ -127,6 +127,9 @@ pub struct TaskConfig {
     /// or `/` (rootfs).
     pub workdir_in_task: Option<PathBuf>,
     pub volumes: Vec<Volume>,
+    /// Host device nodes passed in (`/dev/fuse`): created at the same path in the
+    /// task's private /dev and allowed in its cgroup. See [`crate::devices`].
+    pub devices: Vec<PathBuf>,
     pub hostname: Option<String>,
     /// `NAME`, `UID` or `UID:GID`; `None` keeps the caller's identity (root).
     pub user: Option<String>,
@@ -164,6 +167,7 @@ impl TaskConfig {
             sandbox,
             workdir_in_task: None,
             volumes: Vec::new(),
+            devices: Vec::new(),
             hostname: None,
             user: None,
             seccomp: SeccompChoice::Default,

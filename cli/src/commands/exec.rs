@@ -68,6 +68,12 @@ pub struct ExecArgs {
     /// Make a host path visible to the task: HOST:TASK[:ro|rw] (repeatable; default rw).
     #[arg(long = "volume", short = 'v', value_name = "HOST:TASK[:ro|rw]", value_parser = parse_volume)]
     volumes: Vec<Volume>,
+    /// Pass a host device into the task's private /dev, e.g. /dev/fuse (repeatable):
+    /// the node appears at the same path and the task's cgroup allows reading and
+    /// writing it. No other device beyond null, zero, full, random, urandom, tty and
+    /// pseudo-terminals can be opened.
+    #[arg(long = "device", value_name = "/dev/NAME")]
+    devices: Vec<PathBuf>,
     /// The task's hostname (it has its own UTS namespace).
     #[arg(long, value_name = "NAME")]
     hostname: Option<String>,
@@ -213,6 +219,7 @@ pub fn run(args: ExecArgs) -> i32 {
         config.workdir_in_task = Some(args.workdir.clone().unwrap_or_else(|| PathBuf::from("/")));
     }
     config.volumes = args.volumes.clone();
+    config.devices = args.devices.clone();
     config.hostname = args.hostname.clone();
     config.user = args.user.clone();
     config.seccomp = args.seccomp.clone();
@@ -226,6 +233,7 @@ pub fn run(args: ExecArgs) -> i32 {
         runtime_dir: PathBuf::from(RUNTIME_DIR),
         cgroup_root: args.cgroup_root.clone(),
         cleanup_if_orphaned: true,
+        hidden: Vec::new(),
     }) {
         Ok(c) => c,
         Err(e) => return fail(EXIT_CELLA_FAILED, e),

@@ -57,7 +57,8 @@ fn status_field_kib(field: &str) -> u64 {
 
 /// Modes: `burn-cpu:MS` (burn MS ms of CPU time), `spin-wall:MS` (busy loop for MS ms
 /// of wall time), `alloc:MIB:HOLD_MS` (allocate and touch MIB MiB, hold them), `segv`
-/// (a real segmentation fault). Results go to stdout as `helper: key=value` lines.
+/// (a real segmentation fault), `raw-socket` (open an ICMP raw socket, print the
+/// errno, 0 for success). Results go to stdout as `helper: key=value` lines.
 fn run_helper(mode: &str) -> i32 {
     let parts: Vec<&str> = mode.split(':').collect();
     let num = |i: usize| -> u64 {
@@ -106,6 +107,19 @@ fn run_helper(mode: &str) -> i32 {
             // (vm.mmap_min_addr), the write faults and the kernel kills the process
             // with SIGSEGV, which is the point of this helper.
             unsafe { std::ptr::without_provenance_mut::<u8>(16).write_volatile(1) };
+        }
+        "raw-socket" => {
+            // SAFETY: socket takes integer arguments only; the descriptor, if any, is
+            // closed below.
+            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) };
+            let errno = if fd < 0 {
+                std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
+            } else {
+                // SAFETY: fd is the descriptor socket just returned, closed once.
+                unsafe { libc::close(fd) };
+                0
+            };
+            println!("helper: raw_socket_errno={errno}");
         }
         other => panic!("unknown helper mode {other}"),
     }

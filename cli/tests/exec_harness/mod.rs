@@ -495,3 +495,37 @@ impl Sandbox {
         self.run(&all, &cmd)
     }
 }
+
+pub fn busybox() -> PathBuf {
+    ["/bin/busybox", "/usr/bin/busybox", "/sbin/busybox"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .expect("busybox not found: install the Debian package busybox-static")
+}
+
+/// A minimal rootfs: static busybox, a few applet links, passwd/group with `app`.
+pub fn make_rootfs() -> tempfile::TempDir {
+    let root = tempfile::Builder::new()
+        .prefix("cella-rootfs-")
+        .tempdir()
+        .expect("tempdir");
+    fs::set_permissions(root.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    for dir in ["bin", "etc", "proc", "dev", "sys", "tmp"] {
+        fs::create_dir(root.path().join(dir)).expect("mkdir");
+    }
+    fs::copy(busybox(), root.path().join("bin/busybox")).expect("copy busybox");
+    for applet in [
+        "sh", "echo", "cat", "ls", "id", "hostname", "mount", "touch", "tr",
+    ] {
+        std::os::unix::fs::symlink("busybox", root.path().join("bin").join(applet))
+            .expect("symlink");
+    }
+    fs::write(
+        root.path().join("etc/passwd"),
+        "root:x:0:0:root:/:/bin/sh\napp:x:1234:1234:app:/:/bin/sh\n",
+    )
+    .expect("passwd");
+    fs::write(root.path().join("etc/group"), "root:x:0:\napp:x:1234:\n").expect("group");
+    root
+}

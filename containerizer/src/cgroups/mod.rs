@@ -13,6 +13,7 @@
 //! [`CgroupRoot::discover_on`] picks the backend from it, the only place that looks at
 //! the version.
 
+mod device_filter;
 mod fsx;
 mod host;
 mod v1;
@@ -28,6 +29,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::devices::AllowedDevice;
 use crate::units::MilliCpus;
 use crate::usage::Usage;
 
@@ -162,6 +164,11 @@ pub trait CgroupBackend: Debug + Send + Sync {
 pub trait CgroupManager: Debug + Send + Sync {
     /// What `cella-shim` needs to put the child in it.
     fn placement(&self) -> Placement;
+
+    /// Restricts the task to read and write `allowed` devices and nothing else
+    /// (no mknod): v1 `devices.deny`/`devices.allow`, v2 a device filter program.
+    /// Called once, before the task runs.
+    fn allow_devices(&self, allowed: &[AllowedDevice]) -> Result<(), CgroupError>;
 
     /// Changes the limits of a running task.
     fn update(&self, limits: &CgroupLimits) -> Result<(), CgroupError>;

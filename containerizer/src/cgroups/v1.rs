@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use super::host::Host;
 use super::{CgroupBackend, CgroupError, CgroupLimits, CgroupManager, Placement, TaskCgroup, fsx};
+use crate::devices::AllowedDevice;
 use crate::usage::Usage;
 
 /// CFS period; quotas are expressed per this period.
@@ -26,6 +27,7 @@ struct Roles {
     pids: usize,
     blkio: Option<usize>,
     freezer: Option<usize>,
+    devices: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -87,6 +89,7 @@ impl Hierarchies {
         let cpuacct = locate(sys, "cpuacct", root, &mut bases)?;
         let blkio = locate(sys, "blkio", root, &mut bases)?;
         let freezer = locate(sys, "freezer", root, &mut bases)?;
+        let devices = locate(sys, "devices", root, &mut bases)?;
         Ok(Self {
             bases,
             roles: Roles {
@@ -96,6 +99,7 @@ impl Hierarchies {
                 pids,
                 blkio,
                 freezer,
+                devices,
             },
         })
     }
@@ -253,6 +257,23 @@ impl CgroupManager for TaskGroup {
         Placement::V1 {
             procs_files: self.dirs.iter().map(|d| d.join("cgroup.procs")).collect(),
         }
+    }
+
+    /// Denies every device, then allows each of `allowed`: a child of a cgroup may
+    /// only narrow its parent's list, so "a" is denied first.
+    fn allow_devices(&self, allowed: &[AllowedDevice]) -> Result<(), CgroupError> {
+        let Some(i) = self.roles.devices else {
+            return Err(CgroupError::MissingController(
+                "devices (a task's device allowlist lives there; mount the v1 devices controller)"
+                    .into(),
+            ));
+        };
+        let dir = self.dir(i);
+        fsx::write(&dir.join("devices.deny"), "a")?;
+        for device in allowed {
+            fsx::write(&dir.join("devices.allow"), &device.v1_rule())?;
+        }
+        Ok(())
     }
 
     fn update(&self, limits: &CgroupLimits) -> Result<(), CgroupError> {

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use super::host::Host;
 use super::{CgroupBackend, CgroupError, CgroupLimits, CgroupManager, Placement, TaskCgroup, fsx};
+use crate::devices::AllowedDevice;
 use crate::usage::Usage;
 
 const PERIOD_US: u64 = 100_000;
@@ -281,6 +282,10 @@ impl CgroupManager for TaskGroup {
         Placement::V2 {
             dir: self.dir.clone(),
         }
+    }
+
+    fn allow_devices(&self, allowed: &[AllowedDevice]) -> Result<(), CgroupError> {
+        super::device_filter::attach(&self.dir, allowed)
     }
 
     fn update(&self, limits: &CgroupLimits) -> Result<(), CgroupError> {

@@ -50,6 +50,12 @@ impl Isolator for CgroupsIsolator {
             .root
             .create(id.as_str(), &limits(&config.resources))
             .map_err(failed)?;
+        // The filesystem isolator, earlier in the pipeline, chose the task's devices.
+        let allowed = crate::devices::allowlist(&spec.filesystem.devices);
+        if let Err(e) = cgroup.allow_devices(&allowed) {
+            let _ = cgroup.remove();
+            return Err(failed(e));
+        }
         spec.cgroup = cgroup.placement();
         Ok(())
     }

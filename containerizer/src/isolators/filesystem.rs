@@ -10,7 +10,45 @@ use crate::task::{TaskConfig, TaskId};
 /// Where the sandbox appears inside a rootfs when no working directory is given.
 pub const SANDBOX_IN_ROOTFS: &str = "/mnt/sandbox";
 
-pub struct FilesystemIsolator;
+/// Host paths no task sees without a rootfs: password hashes, host keys, the
+/// administrators' homes. Cella's own state is added by the launcher.
+pub const HOST_SECRETS: [&str; 13] = [
+    "/etc/shadow",
+    "/etc/shadow-",
+    "/etc/gshadow",
+    "/etc/gshadow-",
+    "/etc/security/opasswd",
+    "/etc/ssh/ssh_host_rsa_key",
+    "/etc/ssh/ssh_host_ecdsa_key",
+    "/etc/ssh/ssh_host_ed25519_key",
+    "/etc/ssh/ssh_host_dsa_key",
+    "/etc/ssl/private",
+    "/root",
+    "/home",
+    "/var/lib/cella",
+];
+
+/// The host's system directories: without a rootfs, the working directory (which the
+/// task may write) may be none of them, nothing beneath them, and nothing above them
+/// (such as `/`).
+const SYSTEM_DIRS: [&str; 12] = [
+    "/etc", "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/boot", "/dev",
+    "/proc", "/sys",
+];
+
+pub struct FilesystemIsolator {
+    /// Masked in every task without a rootfs, with [`HOST_SECRETS`].
+    masked: Vec<PathBuf>,
+}
+
+impl FilesystemIsolator {
+    /// `hidden`: the launcher's own state (see `ContainerizerConfig::hidden`).
+    pub fn new(hidden: Vec<PathBuf>) -> Self {
+        let mut masked: Vec<PathBuf> = HOST_SECRETS.iter().map(PathBuf::from).collect();
+        masked.extend(hidden);
+        Self { masked }
+    }
+}
 
 fn existing_dir(field: &'static str, path: &Path, what: &str) -> Result<PathBuf, IsolatorError> {
     let canonical = path
@@ -41,12 +79,23 @@ impl Isolator for FilesystemIsolator {
             None => None,
         };
         let sandbox = existing_dir("--workdir", &config.sandbox, "working directory")?;
-        if rootfs.is_none() && sandbox == Path::new("/") {
-            return Err(IsolatorError::invalid(
-                "--workdir",
-                "the working directory is writable by the task, and / would make the whole host writable; \
-                 run from (or pass --workdir) a directory of its own",
-            ));
+        if rootfs.is_none() {
+            if let Some(system) = SYSTEM_DIRS
+                .iter()
+                .map(Path::new)
+                .find(|d| sandbox.starts_with(d) || d.starts_with(&sandbox))
+            {
+                return Err(IsolatorError::invalid(
+                    "--workdir",
+                    format!(
+                        "the working directory is writable by the task, and {} would make the host's {} \
+                         writable; run from (or pass --workdir) a directory of its own, and give the task \
+                         a system path it must write with --volume HOST:TASK:rw",
+                        sandbox.display(),
+                        system.display()
+                    ),
+                ));
+            }
         }
         let sandbox_target = match (&rootfs, &config.workdir_in_task) {
             (None, _) => sandbox.clone(),
@@ -97,10 +146,24 @@ impl Isolator for FilesystemIsolator {
                 format!("{} must be absolute", spec.cwd.display()),
             ));
         }
+        let mut devices = crate::devices::default_nodes();
+        for path in &config.devices {
+            let node = crate::devices::host_device(path)
+                .map_err(|e| IsolatorError::invalid("--device", e.to_string()))?;
+            devices.retain(|d| d.path != node.path);
+            devices.push(node);
+        }
+        let masked = if rootfs.is_none() {
+            self.masked.clone()
+        } else {
+            Vec::new()
+        };
         spec.filesystem = FilesystemSpec {
+            masked,
             rootfs,
             binds,
             tmp_size_bytes: spec.filesystem.tmp_size_bytes,
+            devices,
         };
         Ok(())
     }

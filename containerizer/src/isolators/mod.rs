@@ -28,7 +28,7 @@ mod security;
 
 pub use cgroups::CgroupsIsolator;
 pub use disk::{DiskIsolator, disk_usage};
-pub use filesystem::FilesystemIsolator;
+pub use filesystem::{FilesystemIsolator, HOST_SECRETS};
 pub use namespaces::NamespacesIsolator;
 pub use posix::PosixIsolator;
 pub use security::{CapabilitiesIsolator, SeccompIsolator};

@@ -89,6 +89,11 @@ fn setup_and_exec(spec: &ShimSpec, stdio: Option<&StdioFiles>) -> Result<Never, 
         redirect_stdio(files)?;
     }
     super::mounts::setup(&spec.filesystem).map_err(|e| Failure::setup("filesystem", e))?;
+    if stdio.is_some() {
+        // The task's own /dev/null in place of the host's: nothing of the host's tree
+        // stays reachable through fd 0 (fchmod, /proc/self/fd/0).
+        stdin_from_task_null()?;
+    }
     if let Some(name) = &spec.hostname {
         nix::unistd::sethostname(name).map_err(|e| Failure::setup("setting the hostname", e))?;
     }
@@ -212,6 +217,18 @@ pub fn open_stdio(stdio: &Stdio) -> Result<Option<StdioFiles>, Failure> {
         open_out(stdout)?,
         open_out(stderr)?,
     ])))
+}
+
+fn stdin_from_task_null() -> Result<(), Failure> {
+    let null = fs::File::open("/dev/null").map_err(|e| Failure::setup("opening /dev/null", e))?;
+    // SAFETY: dup2 onto fd 0 from a descriptor we own; the old fd 0 is closed.
+    if unsafe { libc::dup2(null.as_raw_fd(), 0) } < 0 {
+        return Err(Failure::setup(
+            "redirecting stdin",
+            io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
 }
 
 fn redirect_stdio(files: &StdioFiles) -> Result<(), Failure> {

@@ -15,6 +15,7 @@
 //! starting even before `shim.pid` exists.
 
 mod child;
+mod in_root;
 mod mounts;
 
 use std::fs;

@@ -4,8 +4,10 @@
 //! mount_setattr turns every mount read-only, then only the sandbox, the volumes
 //! given read-write, a private /tmp and /dev/shm, and the new /proc are made writable
 //! again, each `nodev,nosuid` so a root task cannot create a device node and open the
-//! host's disk through it. With a rootfs the same is done after pivot_root, with a
-//! minimal /dev (read-only tmpfs holding bind mounts of the harmless devices).
+//! host's disk through it. With a rootfs the same is done after pivot_root. Either
+//! way the task gets a private, minimal /dev (a read-only tmpfs holding bind mounts of
+//! the host's nodes of [`crate::devices`], a private devpts and /dev/shm), never the
+//! host's /dev itself.
 
 use std::ffi::CString;
 use std::fs;
@@ -13,12 +15,15 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 
 use nix::fcntl::OFlag;
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sys::stat::Mode;
 
+use super::in_root::{Links, Root, Want};
+
+use crate::devices::DeviceNode;
 use crate::proc_info::unescape_mountinfo;
 use crate::spec::FilesystemSpec;
 use crate::sys::{MOUNT_ATTR_NODEV, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY, mount_setattr};
@@ -31,6 +36,10 @@ pub enum MountError {
         path: PathBuf,
         source: io::Error,
     },
+    /// A mount target that is not what it must be (a symbolic link, a file for a
+    /// directory, the root itself): refused rather than followed.
+    #[error("mount target {path} {why}")]
+    Refused { path: PathBuf, why: String },
 }
 
 fn err<'a>(
@@ -58,8 +67,6 @@ const NONE: Option<&str> = None;
 const PROC_READ_ONLY: [&str; 5] = ["sys", "sysrq-trigger", "irq", "bus", "fs"];
 /// Paths under /proc that reveal the host's kernel; hidden behind /dev/null.
 const PROC_MASKED: [&str; 4] = ["kcore", "keys", "timer_list", "sched_debug"];
-/// Device nodes a rootfs task gets in its /dev.
-const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
 
 pub fn setup(fs_spec: &FilesystemSpec) -> Result<(), MountError> {
     let root = Path::new("/");
@@ -88,7 +95,8 @@ pub fn setup(fs_spec: &FilesystemSpec) -> Result<(), MountError> {
         }
         None => PathBuf::from("/"),
     };
-    let at = |p: &Path| base.join(p.strip_prefix("/").unwrap_or(p));
+    // Every mount target is resolved in `base`, never outside it (see in_root.rs).
+    let in_root = Root::open(&base)?;
     let mut writable: Vec<PathBuf> = Vec::new();
 
     // Bind sources are opened before /tmp is replaced: a sandbox under /tmp would
@@ -104,31 +112,47 @@ pub fn setup(fs_spec: &FilesystemSpec) -> Result<(), MountError> {
         .map_err(err("opening", &bind.source))?;
         sources.push((fd, bind.source.is_dir()));
     }
+    // The host's device nodes, opened before anything is mounted over its /dev.
+    let mut device_sources = Vec::with_capacity(fs_spec.devices.len());
+    for node in &fs_spec.devices {
+        let fd = nix::fcntl::open(&node.path, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty())
+            .map_err(err("opening the host's", &node.path))?;
+        device_sources.push(fd);
+    }
 
-    let tmp = at(Path::new("/tmp"));
     let tmp_opts = match fs_spec.tmp_size_bytes {
         Some(size) => format!("mode=1777,size={size}"),
         None => "mode=1777".to_string(),
     };
     let private = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-    fs::create_dir_all(&tmp).map_err(ioerr("creating", &tmp))?;
+    let tmp = in_root.target(Path::new("/tmp"), Want::Dir, Links::Refuse)?;
     mount(
         Some("tmpfs"),
-        &tmp,
+        &tmp.mount_path(),
         Some("tmpfs"),
         private,
         Some(tmp_opts.as_str()),
     )
-    .map_err(err("mounting a private /tmp on", &tmp))?;
+    .map_err(err("mounting a private /tmp on", Path::new("/tmp")))?;
     writable.push(PathBuf::from("/tmp"));
 
+    // Every task gets its own /dev, with or without a rootfs: the host's holds its
+    // disks, /dev/kvm and /dev/userfaultfd.
+    setup_dev(&in_root, &fs_spec.devices, &device_sources)?;
+    writable.push(PathBuf::from("/dev/pts"));
+    writable.push(PathBuf::from("/dev/shm"));
+    // Before the binds: a sandbox beneath a masked directory is bound back in.
+    for path in &fs_spec.masked {
+        mask(path)?;
+    }
+
     for (bind, (fd, is_dir)) in fs_spec.binds.iter().zip(&sources) {
-        let target = at(&bind.target);
-        make_mount_point(*is_dir, &target)?;
+        let want = if *is_dir { Want::Dir } else { Want::File };
+        let target = in_root.target(&bind.target, want, Links::InRoot)?;
         let via = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
         mount(
             Some(&via),
-            &target,
+            &target.mount_path(),
             NONE,
             MsFlags::MS_BIND | MsFlags::MS_REC,
             NONE,
@@ -140,43 +164,27 @@ pub fn setup(fs_spec: &FilesystemSpec) -> Result<(), MountError> {
     }
     drop(sources);
 
-    let proc = at(Path::new("/proc"));
-    fs::create_dir_all(&proc).map_err(ioerr("creating", &proc))?;
+    let proc = in_root.target(Path::new("/proc"), Want::Dir, Links::Refuse)?;
     mount(
         Some("proc"),
-        &proc,
+        &proc.mount_path(),
         Some("proc"),
         private | MsFlags::MS_NOEXEC,
         NONE,
     )
-    .map_err(err("mounting /proc on", &proc))?;
+    .map_err(err("mounting /proc on", Path::new("/proc")))?;
     writable.push(PathBuf::from("/proc"));
 
     if fs_spec.rootfs.is_some() {
-        setup_dev(&at(Path::new("/dev")))?;
-        let sys = at(Path::new("/sys"));
-        fs::create_dir_all(&sys).map_err(ioerr("creating", &sys))?;
+        let sys = in_root.target(Path::new("/sys"), Want::Dir, Links::Refuse)?;
         mount(
             Some("/sys"),
-            &sys,
+            &sys.mount_path(),
             NONE,
             MsFlags::MS_BIND | MsFlags::MS_REC,
             NONE,
         )
-        .map_err(err("binding /sys on", &sys))?;
-        writable.push(PathBuf::from("/dev/pts"));
-    }
-    let shm = at(Path::new("/dev/shm"));
-    if shm.is_dir() {
-        mount(
-            Some("shm"),
-            &shm,
-            Some("tmpfs"),
-            private | MsFlags::MS_NOEXEC,
-            Some("mode=1777"),
-        )
-        .map_err(err("mounting a private /dev/shm on", &shm))?;
-        writable.push(PathBuf::from("/dev/shm"));
+        .map_err(err("binding /sys on", Path::new("/sys")))?;
     }
 
     if let Some(rootfs) = &fs_spec.rootfs {
@@ -263,25 +271,41 @@ fn harden_proc() -> Result<(), MountError> {
     Ok(())
 }
 
-/// A minimal /dev for a rootfs: a tmpfs with the harmless devices bound from the
-/// host, a private devpts and the usual symlinks. Made read-only with the rest.
-fn setup_dev(dev: &Path) -> Result<(), MountError> {
-    fs::create_dir_all(dev).map_err(ioerr("creating", dev))?;
+/// The task's private /dev: a tmpfs holding the nodes of `devices` (the harmless
+/// defaults and any passed in), a private devpts, /dev/shm and the usual symlinks.
+/// Made read-only with the rest; the cgroup's device allowlist refuses every other
+/// device, so a node found or created elsewhere cannot be opened.
+fn setup_dev(
+    in_root: &Root,
+    devices: &[DeviceNode],
+    sources: &[OwnedFd],
+) -> Result<(), MountError> {
+    let dev_path = Path::new("/dev");
+    let covered = in_root.target(dev_path, Want::Dir, Links::Refuse)?;
     mount(
         Some("tmpfs"),
-        dev,
+        &covered.mount_path(),
         Some("tmpfs"),
         MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
         Some("mode=755,size=65536"),
     )
-    .map_err(err("mounting a tmpfs on", dev))?;
-    for name in DEVICES {
-        let target = dev.join(name);
-        fs::File::create(&target).map_err(ioerr("creating", &target))?;
-        let source = Path::new("/dev").join(name);
-        mount(Some(&source), &target, NONE, MsFlags::MS_BIND, NONE)
-            .map_err(err("binding", &target))?;
+    .map_err(err("mounting a tmpfs on", dev_path))?;
+    drop(covered);
+    // Bound from the host's nodes, not made with mknod: the task's cgroup, which
+    // this process is in already, allows no mknod at all.
+    for (node, source) in devices.iter().zip(sources) {
+        let target = in_root.target(&node.path, Want::File, Links::Refuse)?;
+        let via = PathBuf::from(format!("/proc/self/fd/{}", source.as_raw_fd()));
+        mount(
+            Some(&via),
+            &target.mount_path(),
+            NONE,
+            MsFlags::MS_BIND,
+            NONE,
+        )
+        .map_err(err("binding", &node.path))?;
     }
+    let dev = in_root.target(dev_path, Want::Dir, Links::Refuse)?;
     for (link, to) in [
         ("fd", "/proc/self/fd"),
         ("stdin", "/proc/self/fd/0"),
@@ -289,39 +313,47 @@ fn setup_dev(dev: &Path) -> Result<(), MountError> {
         ("stderr", "/proc/self/fd/2"),
         ("ptmx", "pts/ptmx"),
     ] {
-        let path = dev.join(link);
-        std::os::unix::fs::symlink(to, &path).map_err(ioerr("creating", &path))?;
+        nix::unistd::symlinkat(to, dev.fd(), link)
+            .map_err(err("creating", &dev_path.join(link)))?;
     }
-    let pts = dev.join("pts");
-    fs::create_dir(&pts).map_err(ioerr("creating", &pts))?;
+    let pts = in_root.target(Path::new("/dev/pts"), Want::Dir, Links::Refuse)?;
     mount(
         Some("devpts"),
-        &pts,
+        &pts.mount_path(),
         Some("devpts"),
         MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
         Some("newinstance,ptmxmode=0666,mode=0620"),
     )
-    .map_err(err("mounting devpts on", &pts))?;
-    let shm = dev.join("shm");
-    fs::create_dir(&shm).map_err(ioerr("creating", &shm))?;
+    .map_err(err("mounting devpts on", Path::new("/dev/pts")))?;
+    let shm = in_root.target(Path::new("/dev/shm"), Want::Dir, Links::Refuse)?;
+    mount(
+        Some("shm"),
+        &shm.mount_path(),
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("mode=1777"),
+    )
+    .map_err(err("mounting a private /dev/shm on", Path::new("/dev/shm")))?;
     Ok(())
 }
 
-/// A bind target inside a rootfs must exist: a directory for a directory, a file
-/// for a file.
-fn make_mount_point(is_dir: bool, target: &Path) -> Result<(), MountError> {
-    if target.exists() {
+/// Hides `path`: a directory behind an empty tmpfs (read-only with the rest), a
+/// file behind the task's /dev/null. A path that does not exist is left alone.
+fn mask(path: &Path) -> Result<(), MountError> {
+    let Ok(meta) = fs::metadata(path) else {
         return Ok(());
-    }
-    if is_dir {
-        fs::create_dir_all(target).map_err(ioerr("creating", target))
+    };
+    if meta.is_dir() {
+        mount(
+            Some("tmpfs"),
+            path,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some("mode=755,size=65536"),
+        )
+        .map_err(err("masking", path))
     } else {
-        if let Some(parent) = target.parent() {
-            fs::create_dir_all(parent).map_err(ioerr("creating", parent))?;
-        }
-        fs::File::create(target)
-            .map(drop)
-            .map_err(ioerr("creating", target))
+        mount(Some("/dev/null"), path, NONE, MsFlags::MS_BIND, NONE).map_err(err("masking", path))
     }
 }
 
