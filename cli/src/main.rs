@@ -1,6 +1,7 @@
 //! `cella`: the Cella command-line tool.
 
 mod commands;
+mod image_store;
 mod profile;
 
 use clap::{Parser, Subcommand};
@@ -33,6 +34,8 @@ enum Command {
     Certs(commands::certs::CertsArgs),
     /// Tokens and passwords for the HTTP APIs.
     Auth(commands::auth::AuthArgs),
+    /// Container images in this node's store: list, pull, rm, gc.
+    Images(commands::images::ImagesArgs),
 }
 
 /// `cella exec` alone, parsed without building the other subcommands: `exec` is on
@@ -68,6 +71,7 @@ fn main() {
         Command::Logs(args) => commands::logs::run(args),
         Command::Certs(args) => commands::certs::run(args),
         Command::Auth(args) => commands::auth::run(args),
+        Command::Images(args) => commands::images::run(args),
     };
     std::process::exit(code);
 }
