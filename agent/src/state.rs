@@ -16,6 +16,7 @@ use cella_containerizer::{Containerizer, Running};
 use cella_proto::v1;
 
 use crate::config::AgentConfig;
+use crate::images::Images;
 use crate::metrics::Metrics;
 use crate::paths;
 use crate::policy::Access;
@@ -105,6 +106,8 @@ pub struct Shared {
     pub http_endpoint: String,
     pub containerizer: Arc<Containerizer>,
     pub store: Store,
+    /// The image store and the tasks' leases on it.
+    pub images: Images,
     pub metrics: Metrics,
     /// Who may read what through the API.
     pub access: Arc<Access>,
@@ -124,6 +127,7 @@ impl Shared {
         http_endpoint: String,
         containerizer: Arc<Containerizer>,
         store: Store,
+        images: Images,
         access: Arc<Access>,
     ) -> Shared {
         Shared {
@@ -133,6 +137,7 @@ impl Shared {
             http_endpoint,
             containerizer,
             store,
+            images,
             metrics: Metrics::new(access.denials()),
             access,
             agent_id: Mutex::new(None),
@@ -160,6 +165,26 @@ impl Shared {
     /// `<work-dir>/sandboxes/<task>`.
     pub fn sandbox_dir(&self, task_id: &str) -> PathBuf {
         paths::sandbox_dir(&self.config.work_dir, task_id)
+    }
+
+    /// Ids of the tasks that have not ended: they hold their images' leases.
+    pub fn live_task_ids(&self) -> std::collections::HashSet<String> {
+        lock(&self.tasks)
+            .iter()
+            .filter(|(_, t)| !t.state.is_terminal())
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// Releases the image leases of ended tasks and keeps the image store within its
+    /// size, on the blocking pool.
+    pub async fn release_ended_images(self: &Arc<Self>) {
+        let shared = self.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            let live = shared.live_task_ids();
+            shared.images.release_ended(&live);
+        })
+        .await;
     }
 
     /// The tasks to list in Register: everything not yet forgotten.

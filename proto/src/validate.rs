@@ -27,7 +27,9 @@ pub enum InvalidTask {
         "task_id {0:?}: use 1 to 128 characters from A-Z a-z 0-9 . _ - (not starting with '.')"
     )]
     TaskId(String),
-    #[error("command: empty; give the program and its arguments (or an image whose command to run)")]
+    #[error(
+        "command: empty; give the program and its arguments (or an image whose command to run)"
+    )]
     EmptyCommand,
     #[error(
         "image.reference {0:?}: give HOST[:PORT]/REPO[:TAG][@DIGEST], a short name, oci:DIR or an archive path (at most 1024 characters, no spaces)"
@@ -81,7 +83,8 @@ pub fn task(task: &v1::TaskInfo) -> Result<(), InvalidTask> {
     let image = task.image.as_ref();
     if let Some(image) = image {
         let r = &image.reference;
-        if r.is_empty() || r.len() > 1024 || r.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        if r.is_empty() || r.len() > 1024 || r.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
             return Err(InvalidTask::ImageReference(r.clone()));
         }
         if !task.rootfs.is_empty() {

@@ -102,8 +102,8 @@ pub struct ExecArgs {
     /// relative to Cella's own cgroup. Default: <own cgroup>/cella.
     #[arg(long, value_name = "PATH")]
     cgroup_root: Option<PathBuf>,
-    /// The command and its arguments.
-    #[arg(required = true, last = true, value_name = "COMMAND")]
+    /// The command and its arguments (with --image: instead of the image's command).
+    #[arg(required_unless_present = "image", last = true, value_name = "COMMAND")]
     pub(super) command: Vec<String>,
 }
 
@@ -205,10 +205,7 @@ pub fn run(args: ExecArgs) -> i32 {
 
 /// Runs the task; `image` gives the image's layers, its settings applied, and the
 /// sandbox that holds the task's writable layer.
-pub(super) fn run_with(
-    mut args: ExecArgs,
-    image: Option<super::exec_image::ImageTask>,
-) -> i32 {
+pub(super) fn run_with(mut args: ExecArgs, image: Option<super::exec_image::ImageTask>) -> i32 {
     if let Some(image) = &image {
         args.command = image.settings.command.clone();
         args.env = image.settings.env.clone();

@@ -71,7 +71,10 @@ pub fn run(args: ExecArgs) -> i32 {
     code
 }
 
-fn task_for(args: &ExecArgs, image: cella_image::PreparedImage) -> Result<ImageTask, (i32, String)> {
+fn task_for(
+    args: &ExecArgs,
+    image: cella_image::PreparedImage,
+) -> Result<ImageTask, (i32, String)> {
     let settings = image
         .config
         .run_settings(
@@ -84,7 +87,12 @@ fn task_for(args: &ExecArgs, image: cella_image::PreparedImage) -> Result<ImageT
     let sandbox = tempfile::Builder::new()
         .prefix("cella-exec-")
         .tempdir()
-        .map_err(|e| (EXIT_CELLA_FAILED, format!("creating the task's sandbox: {e}")))?;
+        .map_err(|e| {
+            (
+                EXIT_CELLA_FAILED,
+                format!("creating the task's sandbox: {e}"),
+            )
+        })?;
     Ok(ImageTask {
         layers: image.layers,
         settings,

@@ -42,8 +42,17 @@ pub struct RunArgs {
     #[arg(long)]
     user: Option<String>,
     /// A root filesystem directory on the agent.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", conflicts_with = "image")]
     rootfs: Option<PathBuf>,
+    /// Run from a container image: HOST[:PORT]/REPO[:TAG][@DIGEST], a short name
+    /// (against the agent's default registry), or oci:DIR / an archive on the agent.
+    /// The agent pulls it; its entrypoint, command, environment, user and working
+    /// directory apply; a COMMAND replaces the image's command.
+    #[arg(long, value_name = "REF")]
+    image: Option<String>,
+    /// With --image: keep the image's root filesystem read-only.
+    #[arg(long, requires = "image")]
+    read_only: bool,
     /// Environment variable K=V (repeatable).
     #[arg(long = "env", short = 'e', value_name = "K=V")]
     env: Vec<String>,
@@ -58,8 +67,8 @@ pub struct RunArgs {
     /// Print the task id once it is RUNNING and exit 0; the task keeps running.
     #[arg(long, short = 'd')]
     detach: bool,
-    /// The command and its arguments.
-    #[arg(required = true, last = true, value_name = "COMMAND")]
+    /// The command and its arguments (with --image: instead of the image's command).
+    #[arg(required_unless_present = "image", last = true, value_name = "COMMAND")]
     command: Vec<String>,
 }
 
@@ -161,6 +170,10 @@ async fn run_async(args: RunArgs) -> anyhow::Result<i32> {
         volumes: Vec::new(),
         hostname: String::new(),
         secrets,
+        image: args.image.as_ref().map(|reference| v1::ContainerImage {
+            reference: reference.clone(),
+            read_only: args.read_only,
+        }),
     };
 
     let started = Instant::now();

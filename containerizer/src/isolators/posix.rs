@@ -25,7 +25,9 @@ impl Isolator for PosixIsolator {
         if let Some(user) = &config.user {
             let id = match &config.image {
                 Some(image) => crate::user::resolve_in_layers(user, &image.layers),
-                None => crate::user::resolve(user, config.rootfs.as_deref().unwrap_or(Path::new("/"))),
+                None => {
+                    crate::user::resolve(user, config.rootfs.as_deref().unwrap_or(Path::new("/")))
+                }
             }
             .map_err(|e| IsolatorError::invalid("--user", e.to_string()))?;
             spec.identity = Some(id);
