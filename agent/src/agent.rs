@@ -27,7 +27,7 @@ use crate::paths;
 use crate::policy::Access;
 use crate::recovery;
 use crate::resources::{self, Totals};
-use crate::state::{Shared, lock};
+use crate::state::{Shared, Stores, lock};
 use crate::status_updates::StatusUpdateManager;
 use crate::store::{Checkpoint, Store, StoreError, StoreOwner};
 use crate::tasks::TaskRunner;
@@ -185,8 +185,7 @@ impl Agent {
             hostname,
             format!("https://{http_addr}"),
             Arc::new(containerizer),
-            store,
-            images,
+            Stores { store, images },
             access.clone(),
         ));
         let updates = Arc::new(StatusUpdateManager::new(shared.clone()));

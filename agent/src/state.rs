@@ -119,6 +119,12 @@ pub struct Shared {
     cleaning_up: AtomicBool,
 }
 
+/// What the agent keeps on disk: the checkpoint and the image store.
+pub struct Stores {
+    pub store: Store,
+    pub images: Images,
+}
+
 impl Shared {
     pub fn new(
         config: AgentConfig,
@@ -126,10 +132,10 @@ impl Shared {
         hostname: String,
         http_endpoint: String,
         containerizer: Arc<Containerizer>,
-        store: Store,
-        images: Images,
+        stores: Stores,
         access: Arc<Access>,
     ) -> Shared {
+        let Stores { store, images } = stores;
         Shared {
             config,
             totals,

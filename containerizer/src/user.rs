@@ -143,7 +143,7 @@ fn resolve_with(spec: &str, passwd_path: &Path, group_path: &Path) -> Result<Ide
         return Err(UserError::Invalid(spec.to_string()));
     }
     let user_num = numeric(spec, user)?;
-    let passwd = read_optional(&passwd_path)?
+    let passwd = read_optional(passwd_path)?
         .map(|t| parse_passwd(&t))
         .unwrap_or_default();
     let found = passwd
@@ -161,7 +161,7 @@ fn resolve_with(spec: &str, passwd_path: &Path, group_path: &Path) -> Result<Ide
         }
     };
 
-    let groups_text = read_optional(&group_path)?;
+    let groups_text = read_optional(group_path)?;
     let groups_file = groups_text.as_deref().map(parse_group).unwrap_or_default();
     let mut groups = Vec::new();
     match group {

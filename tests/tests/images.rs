@@ -8,7 +8,7 @@
 //! `GREETING=hello`, working directory `/data`, user `0:0`.
 
 #[path = "../../image/tests/common/mod.rs"]
-#[allow(dead_code, unused_imports)]
+#[allow(unused_imports)]
 mod image_common;
 
 use std::path::{Path, PathBuf};
