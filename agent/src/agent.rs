@@ -22,11 +22,12 @@ use tokio::task::JoinHandle;
 use crate::config::{AgentConfig, ConfigError, RecoverMode};
 use crate::connection::{self, Connection, MasterCommand};
 use crate::http::{self, Api};
+use crate::images::Images;
 use crate::paths;
 use crate::policy::Access;
 use crate::recovery;
 use crate::resources::{self, Totals};
-use crate::state::{Shared, lock};
+use crate::state::{Shared, Stores, lock};
 use crate::status_updates::StatusUpdateManager;
 use crate::store::{Checkpoint, Store, StoreError, StoreOwner};
 use crate::tasks::TaskRunner;
@@ -118,6 +119,14 @@ impl Agent {
         let authenticator = Authenticator::new(config.credentials.as_deref())
             .map_err(|m| ConfigError::new("--credentials", m))?;
         let containerizer = new_containerizer(&config)?;
+        let images_config = config.clone();
+        let images = tokio::task::spawn_blocking(move || Images::open(&images_config))
+            .await
+            .map_err(|e| AgentError::Containerizer(format!("opening the image store: {e}")))?
+            .map_err(|message| AgentError::Io {
+                path: paths::images_dir(&config.work_dir),
+                message,
+            })?;
 
         let work_dir = config.work_dir.clone();
         let detected = tokio::task::spawn_blocking(move || resources::detect(&work_dir))
@@ -176,7 +185,7 @@ impl Agent {
             hostname,
             format!("https://{http_addr}"),
             Arc::new(containerizer),
-            store,
+            Stores { store, images },
             access.clone(),
         ));
         let updates = Arc::new(StatusUpdateManager::new(shared.clone()));
@@ -188,6 +197,8 @@ impl Agent {
             stop_rx.clone(),
         ));
         recovery::recover(&runner, checkpoint).await?;
+        // Leases of tasks that did not survive the restart go before any GC.
+        shared.release_ended_images().await;
         tracing::info!(
             cpus = %shared.totals.cpus,
             mem = %cella_containerizer::units::format_bytes(shared.totals.mem_bytes),

@@ -20,6 +20,7 @@
 //! | the wording of a terminal status; exit codes 125/126/127 → reasons | [`tasks::status`] |
 //! | usage sampled; `Usage` → `TaskUsage` | [`tasks::usage`] |
 //! | sandboxes garbage-collected | [`tasks::gc`] |
+//! | a task's image pulled, leased, released; the image store's GC | [`images`] |
 //! | a status update checkpointed, sent, **retried** (timer), acknowledged | [`status_updates`] (queue and backoff: [`status_updates::queue`]) |
 //! | **recovery** from the checkpoint at start; reboot detection | [`recovery`] |
 //! | the checkpoint database (redb, group commit) | [`store`] |
@@ -91,6 +92,7 @@ pub mod agent;
 pub mod config;
 pub mod connection;
 pub mod http;
+pub mod images;
 pub mod metrics;
 pub mod paths;
 pub mod periodic;

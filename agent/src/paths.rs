@@ -9,6 +9,8 @@
 //!     agent.redb.damaged-<secs>    a damaged checkpoint set aside (--strict=false)
 //!   sandboxes/<task>/              a task's sandbox (kept after it ends, until GC)
 //!     stdout, stderr               the task's output
+//!     .rootfs/upper, .rootfs/work  an image task's writable layer (overlayfs)
+//!   images/                        the image store (cella_image::StorePaths)
 //! <runtime-dir>/                   --runtime-dir (default /run/cella/agent, a tmpfs)
 //!   tasks/<task>/                  the containerizer's run directory of a task
 //!                                  (cella_containerizer::paths::RunDir)
@@ -21,6 +23,7 @@ const LOCK: &str = "lock";
 const CHECKPOINT: &str = "agent.redb";
 const DAMAGED_SUFFIX: &str = ".damaged-";
 const SANDBOXES: &str = "sandboxes";
+const IMAGES: &str = "images";
 const STDOUT: &str = "stdout";
 const STDERR: &str = "stderr";
 const RUN_DIRS: &str = "tasks";
@@ -50,6 +53,11 @@ pub fn damaged_checkpoint_file(work_dir: &Path, unix_secs: u64) -> PathBuf {
 /// [`damaged_checkpoint_file`].
 pub fn is_damaged_checkpoint(name: &str) -> bool {
     name.starts_with(&format!("{CHECKPOINT}{DAMAGED_SUFFIX}"))
+}
+
+/// `<work-dir>/images`: the image store.
+pub fn images_dir(work_dir: &Path) -> PathBuf {
+    work_dir.join(IMAGES)
 }
 
 /// `<work-dir>/sandboxes`: one directory per task.

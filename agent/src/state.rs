@@ -16,6 +16,7 @@ use cella_containerizer::{Containerizer, Running};
 use cella_proto::v1;
 
 use crate::config::AgentConfig;
+use crate::images::Images;
 use crate::metrics::Metrics;
 use crate::paths;
 use crate::policy::Access;
@@ -105,6 +106,8 @@ pub struct Shared {
     pub http_endpoint: String,
     pub containerizer: Arc<Containerizer>,
     pub store: Store,
+    /// The image store and the tasks' leases on it.
+    pub images: Images,
     pub metrics: Metrics,
     /// Who may read what through the API.
     pub access: Arc<Access>,
@@ -116,6 +119,12 @@ pub struct Shared {
     cleaning_up: AtomicBool,
 }
 
+/// What the agent keeps on disk: the checkpoint and the image store.
+pub struct Stores {
+    pub store: Store,
+    pub images: Images,
+}
+
 impl Shared {
     pub fn new(
         config: AgentConfig,
@@ -123,9 +132,10 @@ impl Shared {
         hostname: String,
         http_endpoint: String,
         containerizer: Arc<Containerizer>,
-        store: Store,
+        stores: Stores,
         access: Arc<Access>,
     ) -> Shared {
+        let Stores { store, images } = stores;
         Shared {
             config,
             totals,
@@ -133,6 +143,7 @@ impl Shared {
             http_endpoint,
             containerizer,
             store,
+            images,
             metrics: Metrics::new(access.denials()),
             access,
             agent_id: Mutex::new(None),
@@ -160,6 +171,26 @@ impl Shared {
     /// `<work-dir>/sandboxes/<task>`.
     pub fn sandbox_dir(&self, task_id: &str) -> PathBuf {
         paths::sandbox_dir(&self.config.work_dir, task_id)
+    }
+
+    /// Ids of the tasks that have not ended: they hold their images' leases.
+    pub fn live_task_ids(&self) -> std::collections::HashSet<String> {
+        lock(&self.tasks)
+            .iter()
+            .filter(|(_, t)| !t.state.is_terminal())
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// Releases the image leases of ended tasks and keeps the image store within its
+    /// size, on the blocking pool.
+    pub async fn release_ended_images(self: &Arc<Self>) {
+        let shared = self.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            let live = shared.live_task_ids();
+            shared.images.release_ended(&live);
+        })
+        .await;
     }
 
     /// The tasks to list in Register: everything not yet forgotten.

@@ -3,6 +3,7 @@
 #[macro_use]
 mod output;
 mod commands;
+mod image_store;
 mod profile;
 
 use clap::{Parser, Subcommand};
@@ -35,6 +36,8 @@ enum Command {
     Certs(commands::certs::CertsArgs),
     /// Tokens and passwords for the HTTP APIs.
     Auth(commands::auth::AuthArgs),
+    /// Container images in this node's store: list, pull, rm, gc.
+    Images(commands::images::ImagesArgs),
 }
 
 // `cella exec` alone, parsed without building the other subcommands: `exec` is on
@@ -75,6 +78,7 @@ fn main() {
         Command::Logs(args) => commands::logs::run(args),
         Command::Certs(args) => commands::certs::run(args),
         Command::Auth(args) => commands::auth::run(args),
+        Command::Images(args) => commands::images::run(args),
     };
     std::process::exit(code);
 }

@@ -223,6 +223,7 @@ impl Containerizer {
             net: NetMode::Host,
             filesystem: FilesystemSpec {
                 rootfs: None,
+                overlay: None,
                 binds: Vec::new(),
                 tmp_size_bytes: None,
                 devices: Vec::new(),

@@ -31,5 +31,5 @@ pub use containerizer::{
     Containerizer, ContainerizerConfig, LaunchError, Recovered, Running, Termination,
 };
 pub use start_failure::StartFailure;
-pub use task::{NetMode, SeccompChoice, TaskConfig, TaskId, Volume};
+pub use task::{ImageRootfs, NetMode, SeccompChoice, TaskConfig, TaskId, Volume};
 pub use usage::{Limitation, Usage};

@@ -50,6 +50,12 @@ impl RunDir {
         self.0.join("exit_status")
     }
 
+    /// Where an image task's overlay root is mounted (in the task's mount namespace
+    /// only: the host sees an empty directory).
+    pub fn rootfs(&self) -> PathBuf {
+        self.0.join("rootfs")
+    }
+
     /// Anything the shim itself has to say (it has no terminal).
     pub fn shim_log(&self) -> PathBuf {
         self.0.join("shim.log")

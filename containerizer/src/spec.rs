@@ -20,11 +20,34 @@ pub struct BindMount {
     pub read_only: bool,
 }
 
+/// An overlay mounted as the task's root: the image's layers under a writable upper
+/// directory. The shim creates `upper`, `work` and `mount_point`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OverlaySpec {
+    /// Lower directories, lowest first.
+    pub layers: Vec<PathBuf>,
+    pub upper: PathBuf,
+    pub work: PathBuf,
+    /// Where the overlay is mounted (in the run directory); it becomes `rootfs`.
+    pub mount_point: PathBuf,
+    /// Keep the root read-only (the upper directory then only holds mount points).
+    pub read_only: bool,
+    /// Directories the task expects in its root (its working directory), created
+    /// before the root turns read-only.
+    pub create_dirs: Vec<PathBuf>,
+    /// A directory inside the task's view (its sandbox's copy of the upper
+    /// directory) covered by an empty read-only tmpfs.
+    pub hide: Option<PathBuf>,
+}
+
 /// The filesystem the task sees.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FilesystemSpec {
     /// pivot_root into this directory; `None`: the host's tree, read-only.
     pub rootfs: Option<PathBuf>,
+    /// Mount this overlay on `rootfs` first.
+    #[serde(default)]
+    pub overlay: Option<OverlaySpec>,
     /// Writable bind mounts (the sandbox) and volumes, in order.
     pub binds: Vec<BindMount>,
     /// Size limit of the private /tmp (tmpfs); `None`: the tmpfs default.

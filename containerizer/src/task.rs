@@ -91,6 +91,21 @@ pub struct Volume {
     pub read_only: bool,
 }
 
+/// A root filesystem stacked from an image's unpacked layers with overlayfs. The
+/// writable upper layer lives in the task's sandbox (so `--disk` counts it) under
+/// [`IMAGE_UPPER_IN_SANDBOX`], hidden from the task's own view of its sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageRootfs {
+    /// Unpacked layer directories, lowest first.
+    pub layers: Vec<PathBuf>,
+    /// The root stays read-only: only the sandbox, /tmp and volumes are writable.
+    pub read_only: bool,
+}
+
+/// The directory of the sandbox that holds an image task's overlay upper and work
+/// directories.
+pub const IMAGE_UPPER_IN_SANDBOX: &str = ".rootfs";
+
 /// A resource limit applied with setrlimit before exec.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rlimit {
@@ -120,6 +135,9 @@ pub struct TaskConfig {
     pub net: NetMode,
     /// A directory to pivot_root into; `None` shows the host's tree read-only.
     pub rootfs: Option<PathBuf>,
+    /// An image's layers to stack as the root filesystem (instead of `rootfs`).
+    #[serde(default)]
+    pub image: Option<ImageRootfs>,
     /// The task's writable working directory on the host (the sandbox). Without a
     /// rootfs it appears at the same path inside; with one, at `workdir_in_task`.
     pub sandbox: PathBuf,
@@ -164,6 +182,7 @@ impl TaskConfig {
             resources: Resources::default(),
             net: NetMode::Host,
             rootfs: None,
+            image: None,
             sandbox,
             workdir_in_task: None,
             volumes: Vec::new(),

@@ -123,6 +123,26 @@ fn numeric(spec: &str, s: &str) -> Result<Option<u32>, UserError> {
 
 /// Resolves a user spec; `root` is `/` or the task's rootfs.
 pub fn resolve(spec: &str, root: &std::path::Path) -> Result<Identity, UserError> {
+    resolve_with(spec, &root.join("etc/passwd"), &root.join("etc/group"))
+}
+
+/// Resolves a user spec against an image's layers (lowest first), before they are
+/// stacked: each file comes from the highest layer that has it. A layer where the
+/// path is not a regular file (a whiteout, a directory) hides the lower ones.
+pub fn resolve_in_layers(spec: &str, layers: &[PathBuf]) -> Result<Identity, UserError> {
+    let top = |file: &str| {
+        layers
+            .iter()
+            .rev()
+            .map(|layer| layer.join(file))
+            .find(|path| path.symlink_metadata().is_ok())
+            .filter(|path| path.is_file())
+            .unwrap_or_else(|| PathBuf::from(format!("/{file} (not in the image)")))
+    };
+    resolve_with(spec, &top("etc/passwd"), &top("etc/group"))
+}
+
+fn resolve_with(spec: &str, passwd_path: &Path, group_path: &Path) -> Result<Identity, UserError> {
     let (user, group) = match spec.split_once(':') {
         Some((u, g)) => (u, Some(g)),
         None => (spec, None),
@@ -130,11 +150,8 @@ pub fn resolve(spec: &str, root: &std::path::Path) -> Result<Identity, UserError
     if user.is_empty() || group.is_some_and(|g| g.is_empty() || g.contains(':')) {
         return Err(UserError::Invalid(spec.to_string()));
     }
-    let passwd_path = root.join("etc/passwd");
-    let group_path = root.join("etc/group");
-
     let user_num = numeric(spec, user)?;
-    let passwd = read_optional(&passwd_path)?
+    let passwd = read_optional(passwd_path)?
         .map(|t| parse_passwd(&t))
         .unwrap_or_default();
     let found = passwd
@@ -152,7 +169,7 @@ pub fn resolve(spec: &str, root: &std::path::Path) -> Result<Identity, UserError
         }
     };
 
-    let groups_text = read_optional(&group_path)?;
+    let groups_text = read_optional(group_path)?;
     let groups_file = groups_text.as_deref().map(parse_group).unwrap_or_default();
     let mut groups = Vec::new();
     match group {

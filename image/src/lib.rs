@@ -28,6 +28,7 @@ mod error;
 pub mod manifest;
 pub mod progress;
 pub mod reference;
+pub mod run_settings;
 pub mod settings;
 pub mod source;
 mod store;
@@ -38,6 +39,7 @@ pub use error::ImageError;
 pub use manifest::{ImageConfig, Platform};
 pub use progress::{Progress, ProgressCallback, ProgressEvent};
 pub use reference::{ImageReference, RegistryReference};
+pub use run_settings::{NoCommand, RunSettings};
 pub use settings::{Credentials, RegistrySettings, StoreSettings, UnpackLimits};
 pub use store::{
     GcReport, ImageInfo, ImageRecord, ImageStore, Lease, PrepareOptions, PreparedImage, PullPolicy,

@@ -70,6 +70,7 @@ impl Reason {
             Reason::AgentRestarted => "AGENT_RESTARTED",
             Reason::Reconciliation => "RECONCILIATION",
             Reason::FrameworkRemoved => "FRAMEWORK_REMOVED",
+            Reason::ImageFailed => "IMAGE_FAILED",
         }
     }
 
@@ -106,7 +107,7 @@ mod tests {
     #[test]
     fn reason_names_round_trip() {
         let all: Vec<Reason> = Reason::all().collect();
-        assert_eq!(all.len(), 14, "every reason of cella.proto");
+        assert_eq!(all.len(), 15, "every reason of cella.proto");
         for reason in all {
             assert_eq!(Reason::from_name(reason.name()), Some(reason));
         }

@@ -27,13 +27,21 @@ pub enum InvalidTask {
         "task_id {0:?}: use 1 to 128 characters from A-Z a-z 0-9 . _ - (not starting with '.')"
     )]
     TaskId(String),
-    #[error("command: empty; give the program and its arguments")]
+    #[error(
+        "command: empty; give the program and its arguments (or an image whose command to run)"
+    )]
     EmptyCommand,
     #[error(
         "kill_policy.grace_period_secs: {0} is not a duration; give seconds from 0 (SIGKILL at \
          once) upwards"
     )]
     GracePeriod(f64),
+    #[error(
+        "image.reference {0:?}: give HOST[:PORT]/REPO[:TAG][@DIGEST], a short name, oci:DIR or an archive path (at most 1024 characters, no spaces)"
+    )]
+    ImageReference(String),
+    #[error("image and rootfs: a task runs from one or the other; drop one")]
+    ImageAndRootfs,
     #[error("resources.cpus: {0} is not a CPU count; give a decimal number from 0.001 to 1000000")]
     Cpus(f64),
     #[error("resources.cpus: a task needs CPUs; give at least 0.001")]
@@ -82,7 +90,23 @@ pub fn task(task: &v1::TaskInfo) -> Result<(), InvalidTask> {
     if !is_valid_id(&task.task_id) {
         return Err(InvalidTask::TaskId(task.task_id.clone()));
     }
-    if task.command.first().is_none_or(String::is_empty) {
+    let image = task.image.as_ref();
+    if let Some(image) = image {
+        let r = &image.reference;
+        if r.is_empty() || r.len() > 1024 || r.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(InvalidTask::ImageReference(r.clone()));
+        }
+        if !task.rootfs.is_empty() {
+            return Err(InvalidTask::ImageAndRootfs);
+        }
+    }
+    // An image brings its own command; a command given replaces it.
+    let command_ok = match task.command.first() {
+        Some(program) => !program.is_empty(),
+        None => image.is_some(),
+    };
+    if !command_ok {
         return Err(InvalidTask::EmptyCommand);
     }
     resources(task.resources.as_ref())?;
@@ -250,6 +274,7 @@ mod tests {
             kill_policy: Some(v1::KillPolicy {
                 grace_period_secs: Some(10.0),
             }),
+            image: None,
             secrets: vec![v1::SecretEnv {
                 name: "DB_PASSWORD".into(),
                 value: "hunter2".into(),
@@ -331,6 +356,36 @@ mod tests {
             grace_period_secs: Some(0.0),
         });
         assert_eq!(task(&t), Ok(()));
+    }
+
+    #[test]
+    fn images() {
+        let image = |reference: &str| v1::ContainerImage {
+            reference: reference.into(),
+            read_only: false,
+        };
+        // An image brings its own command.
+        let mut t = valid();
+        t.rootfs.clear();
+        t.command.clear();
+        t.image = Some(image("localhost:5000/busybox:latest"));
+        assert_eq!(task(&t), Ok(()));
+        for bad in ["", "a b", "x\ty"] {
+            refused(
+                |t| {
+                    t.rootfs.clear();
+                    t.image = Some(image(bad));
+                },
+                InvalidTask::ImageReference(bad.into()),
+            );
+        }
+        refused(
+            |t| {
+                t.rootfs = "/srv/root".into();
+                t.image = Some(image("busybox"));
+            },
+            InvalidTask::ImageAndRootfs,
+        );
     }
 
     #[test]

@@ -12,8 +12,10 @@ use std::time::Duration;
 use cella_containerizer::units::MilliCpus;
 use serde::Deserialize;
 
+pub mod images;
 pub mod parse;
 
+pub use images::{ImageArgs, ImagesConfig, ImagesFile};
 use parse::check_attribute;
 pub use parse::{ResourceSpec, parse_attributes, parse_resources};
 
@@ -130,6 +132,8 @@ pub struct AgentArgs {
     /// Bearer tokens and passwords for this agent's HTTP API (TOML, mode 0600).
     #[arg(long, value_name = "FILE")]
     pub credentials: Option<PathBuf>,
+    #[command(flatten)]
+    pub images: ImageArgs,
 }
 
 /// `--recover`: what happens to the tasks a previous agent run left.
@@ -168,6 +172,8 @@ pub struct FileConfig {
     pub allow_rootfs: Option<Vec<String>>,
     pub acl: Option<PathBuf>,
     pub credentials: Option<PathBuf>,
+    /// `[images]`: registries and the image store.
+    pub images: Option<ImagesFile>,
 }
 
 /// Attributes in the TOML file: a string or a table.
@@ -234,6 +240,8 @@ pub struct AgentConfig {
     pub acl: Option<PathBuf>,
     /// Tokens and passwords for this agent's HTTP API.
     pub credentials: Option<PathBuf>,
+    /// Registries and the image store.
+    pub images: ImagesConfig,
 }
 
 pub const DEFAULT_MASTER: &str = "https://127.0.0.1:5050";
@@ -270,6 +278,7 @@ impl Default for AgentConfig {
             tasks: TaskPolicy::default(),
             acl: None,
             credentials: None,
+            images: ImagesConfig::default(),
         }
     }
 }
@@ -460,6 +469,7 @@ impl AgentArgs {
                 .map_err(|m| ConfigError::new(origin("gc-delay", self.gc_delay.is_some()), m))?;
         }
         self.resolve_policy(file, &origin, &mut config)?;
+        config.images = self.images.resolve(file.images.as_ref(), source)?;
         Ok(config)
     }
 

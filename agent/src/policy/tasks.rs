@@ -188,8 +188,20 @@ impl TaskPolicy {
                 });
             }
         }
-        if !info.rootfs.is_empty() {
-            let path = resolved(Path::new(&info.rootfs))?;
+        // An image from a directory or an archive on this node is a root filesystem
+        // from the host too: the same allowlist applies.
+        let local_image = info.image.as_ref().and_then(|image| {
+            match cella_image::ImageReference::parse(&image.reference, "localhost") {
+                Ok(cella_image::ImageReference::OciLayout { dir, .. }) => Some(dir),
+                Ok(cella_image::ImageReference::DockerArchive { file, .. }) => Some(file),
+                _ => None,
+            }
+        });
+        let rootfs = (!info.rootfs.is_empty())
+            .then(|| std::path::PathBuf::from(&info.rootfs))
+            .or(local_image);
+        if let Some(rootfs) = rootfs {
+            let path = resolved(&rootfs)?;
             if !self
                 .rootfs
                 .iter()

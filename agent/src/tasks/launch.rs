@@ -9,10 +9,13 @@ use cella_containerizer::{LaunchError, TaskId};
 use cella_proto::time::now_ns;
 use cella_proto::v1;
 
+use crate::images::ImageFailure;
 use crate::state::{Task, lock};
 use crate::tasks::TaskRunner;
 use crate::tasks::kill::kill_slot;
-use crate::tasks::spec::{Launchable, SpecError, admit, prepare_sandbox};
+use crate::tasks::spec::{
+    Launchable, SpecError, admit, admit_image, check_image_task, prepare_sandbox,
+};
 use crate::tasks::status::{report, report_detached, start_failure_reason, status};
 use crate::tasks::watch::{attach, watch};
 
@@ -69,8 +72,15 @@ pub async fn launch(runner: Arc<TaskRunner>, owner: Owner, info: v1::TaskInfo) {
             format!("task id {id:?} is already used on this agent: task ids must be unique");
         return refuse(message, true).await;
     }
-    let Launchable { config, identity } = match admit(&info, &sandbox, &shared.config.tasks) {
-        Ok(l) => l,
+    // An image task is checked first and admitted once its image is ready: the
+    // user it runs as comes from the image.
+    let admitted = if info.image.is_some() {
+        check_image_task(&info, &shared.config.tasks).map(|()| None)
+    } else {
+        admit(&info, &sandbox, &shared.config.tasks).map(Some)
+    };
+    let admitted = match admitted {
+        Ok(a) => a,
         Err(e) => {
             if let SpecError::Refused(refusal) = &e {
                 shared.metrics.launch_refused(refusal.reason());
@@ -104,6 +114,20 @@ pub async fn launch(runner: Arc<TaskRunner>, owner: Owner, info: v1::TaskInfo) {
         status(&id, &framework_id, v1::TaskState::TaskStarting),
     )
     .await;
+
+    let Launchable { config, identity } = match admitted {
+        Some(launchable) => launchable,
+        None => match prepare_image(&runner, &id, &framework_id, &info, &sandbox).await {
+            Some(launchable) => launchable,
+            None => {
+                shared
+                    .metrics
+                    .launched("error", started.elapsed().as_secs_f64());
+                shared.release_ended_images().await;
+                return;
+            }
+        },
+    };
 
     let permit = runner.launch_permits.acquire().await;
     let c = shared.containerizer.clone();
@@ -141,6 +165,7 @@ pub async fn launch(runner: Arc<TaskRunner>, owner: Owner, info: v1::TaskInfo) {
                 s.exit_code = Some(*code);
             }
             report(updates, s).await;
+            shared.release_ended_images().await;
             return;
         }
         Err(join) => {
@@ -149,6 +174,7 @@ pub async fn launch(runner: Arc<TaskRunner>, owner: Owner, info: v1::TaskInfo) {
             s.reason = v1::Reason::LaunchFailed as i32;
             s.message = format!("the launch did not complete: {join}");
             report(updates, s).await;
+            shared.release_ended_images().await;
             return;
         }
     };
@@ -165,4 +191,55 @@ pub async fn launch(runner: Arc<TaskRunner>, owner: Owner, info: v1::TaskInfo) {
         kill_slot(shared, &slot).await;
     }
     watch(runner.clone(), id, framework_id, slot);
+}
+
+/// Prepares an image task's image (pulled if needed) and admits the task with it.
+/// `None` when it cannot run: its end (ERROR for a wrong task, FAILED with reason
+/// IMAGE_FAILED for an image that cannot be had) is reported.
+async fn prepare_image(
+    runner: &TaskRunner,
+    id: &str,
+    framework_id: &str,
+    info: &v1::TaskInfo,
+    sandbox: &std::path::Path,
+) -> Option<Launchable> {
+    let shared = &runner.shared;
+    let image = info.image.as_ref()?;
+    let prepared_at = Instant::now();
+    let outcome = match shared.images.prepare(id, image, info).await {
+        Ok(task_image) => {
+            tracing::info!(
+                task = %id,
+                image = %task_image.image.reference,
+                digest = %task_image.image.digest,
+                layers = task_image.image.layers.len(),
+                seconds = prepared_at.elapsed().as_secs_f64(),
+                "image ready"
+            );
+            admit_image(info, sandbox, &shared.config.tasks, &task_image).map_err(|e| {
+                (
+                    v1::TaskState::TaskError,
+                    v1::Reason::InvalidTask,
+                    e.to_string(),
+                )
+            })
+        }
+        Err(ImageFailure::Invalid(message)) => {
+            Err((v1::TaskState::TaskError, v1::Reason::InvalidTask, message))
+        }
+        Err(ImageFailure::Failed(message)) => {
+            Err((v1::TaskState::TaskFailed, v1::Reason::ImageFailed, message))
+        }
+    };
+    match outcome {
+        Ok(launchable) => Some(launchable),
+        Err((state, reason, message)) => {
+            tracing::info!(task = %id, "image task not launched: {message}");
+            let mut s = status(id, framework_id, state);
+            s.reason = reason as i32;
+            s.message = message;
+            report(&runner.updates, s).await;
+            None
+        }
+    }
 }

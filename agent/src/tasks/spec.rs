@@ -12,6 +12,7 @@ use cella_containerizer::units::MilliCpus;
 use cella_containerizer::{NetMode, TaskConfig, Volume};
 use cella_proto::v1;
 
+use crate::images::TaskImage;
 use crate::paths;
 use crate::policy::TaskPolicy;
 use crate::policy::tasks::Refusal;
@@ -56,6 +57,46 @@ pub fn admit(
         config: task_config(info, sandbox, user),
         identity,
     })
+}
+
+/// The checks of [`admit`] that come before an image task's image is prepared: the
+/// task rules and the agent's allowlist of paths.
+pub fn check_image_task(info: &v1::TaskInfo, policy: &TaskPolicy) -> Result<(), SpecError> {
+    cella_proto::validate::task(info).map_err(|e| SpecError::Invalid(e.to_string()))?;
+    policy.check_paths(info)?;
+    Ok(())
+}
+
+/// Admits an image task once its image is ready ([`check_image_task`] passed): the
+/// user (the task's, else the image's, else the agent's task user) resolved in the
+/// image's `/etc/passwd`; the image's command, environment and working directory
+/// applied.
+pub fn admit_image(
+    info: &v1::TaskInfo,
+    sandbox: &Path,
+    policy: &TaskPolicy,
+    image: &TaskImage,
+) -> Result<Launchable, SpecError> {
+    let user = image
+        .settings
+        .user
+        .clone()
+        .unwrap_or_else(|| policy.user_of(info).to_owned());
+    let identity = cella_containerizer::user::resolve_in_layers(&user, &image.image.layers)
+        .map_err(|e| {
+            SpecError::Invalid(format!("user (in image {}): {e}", image.image.reference))
+        })?;
+    policy.check_user(info, identity.uid)?;
+    let mut config = task_config(info, sandbox, &user);
+    config.command = image.settings.command.clone();
+    config.env = image.settings.env.clone();
+    config.env.extend(cella_proto::secrets::environment(info));
+    config.workdir_in_task = image.settings.working_dir.clone();
+    config.image = Some(cella_containerizer::ImageRootfs {
+        layers: image.image.layers.clone(),
+        read_only: info.image.as_ref().is_some_and(|i| i.read_only),
+    });
+    Ok(Launchable { config, identity })
 }
 
 /// Maps the wire's TaskInfo to the containerizer's configuration for a task that

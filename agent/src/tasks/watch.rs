@@ -111,6 +111,7 @@ async fn monitor(
     }
     let c = shared.containerizer.clone();
     let _ = tokio::task::spawn_blocking(move || c.destroy(&task_id)).await;
+    shared.release_ended_images().await;
 }
 
 /// Resolves when the task's shim has exited: its pidfd becomes readable (or, if the

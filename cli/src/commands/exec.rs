@@ -53,16 +53,28 @@ pub struct ExecArgs {
     #[arg(long, value_name = "host|none", default_value = "host", value_parser = parse_net)]
     net: NetMode,
     /// A root filesystem directory to pivot_root into (read-only).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", conflicts_with = "image")]
     rootfs: Option<PathBuf>,
+    /// Run from a container image: HOST[:PORT]/REPO[:TAG][@DIGEST], a short name
+    /// (against --default-registry), oci:DIR[:TAG] or a `docker save` archive (.tar).
+    /// Its entrypoint, command, environment, user and working directory apply; a
+    /// COMMAND replaces the image's command.
+    #[arg(long, value_name = "REF")]
+    pub(super) image: Option<String>,
+    /// With --image: keep the image's root filesystem read-only.
+    #[arg(long, requires = "image")]
+    read_only: bool,
+    #[command(flatten)]
+    pub(super) store: crate::image_store::StoreArgs,
     /// Run as NAME, UID or UID:GID (looked up in the rootfs's /etc/passwd with --rootfs).
     #[arg(long, value_name = "USER")]
-    user: Option<String>,
+    pub(super) user: Option<String>,
     /// Environment variable for the command (repeatable); the host's is not passed on.
     #[arg(long = "env", short = 'e', value_name = "K=V")]
-    env: Vec<String>,
+    pub(super) env: Vec<String>,
     /// Working directory: writable by the task (default: the current directory).
-    /// With --rootfs, a path inside the rootfs (default /).
+    /// With --rootfs, a path inside the rootfs (default /); with --image, a path
+    /// inside the image (default: the image's, else the sandbox).
     #[arg(long, short = 'w', value_name = "DIR")]
     workdir: Option<PathBuf>,
     /// Make a host path visible to the task: HOST:TASK[:ro|rw] (repeatable; default rw).
@@ -96,9 +108,9 @@ pub struct ExecArgs {
     /// relative to Cella's own cgroup. Default: <own cgroup>/cella.
     #[arg(long, value_name = "PATH")]
     cgroup_root: Option<PathBuf>,
-    /// The command and its arguments.
-    #[arg(required = true, last = true, value_name = "COMMAND")]
-    command: Vec<String>,
+    /// The command and its arguments (with --image: instead of the image's command).
+    #[arg(required_unless_present = "image", last = true, value_name = "COMMAND")]
+    pub(super) command: Vec<String>,
 }
 
 pub fn parse_size_arg(s: &str) -> Result<u64, String> {
@@ -191,9 +203,25 @@ fn fail(code: i32, message: impl std::fmt::Display) -> i32 {
 }
 
 pub fn run(args: ExecArgs) -> i32 {
-    let sandbox = match &args.rootfs {
-        Some(_) => std::env::current_dir(),
-        None => args.workdir.clone().map_or_else(std::env::current_dir, Ok),
+    if args.image.is_some() {
+        return super::exec_image::run(args);
+    }
+    run_with(args, None)
+}
+
+/// Runs the task; `image` gives the image's layers, its settings applied, and the
+/// sandbox that holds the task's writable layer.
+pub(super) fn run_with(mut args: ExecArgs, image: Option<super::exec_image::ImageTask>) -> i32 {
+    if let Some(image) = &image {
+        args.command = image.settings.command.clone();
+        args.env = image.settings.env.clone();
+        args.user = image.settings.user.clone();
+        args.workdir = args.workdir.clone().or(image.settings.working_dir.clone());
+    }
+    let sandbox = match (&args.rootfs, &image) {
+        (_, Some(image)) => Ok(image.sandbox.path().to_path_buf()),
+        (Some(_), None) => std::env::current_dir(),
+        (None, None) => args.workdir.clone().map_or_else(std::env::current_dir, Ok),
     };
     let sandbox = match sandbox {
         Ok(dir) => dir,
@@ -218,6 +246,13 @@ pub fn run(args: ExecArgs) -> i32 {
     if args.rootfs.is_some() {
         config.workdir_in_task = Some(args.workdir.clone().unwrap_or_else(|| PathBuf::from("/")));
     }
+    if let Some(image) = &image {
+        config.image = Some(cella_containerizer::ImageRootfs {
+            layers: image.layers.clone(),
+            read_only: args.read_only,
+        });
+        config.workdir_in_task = args.workdir.clone();
+    }
     config.volumes = args.volumes.clone();
     config.devices = args.devices.clone();
     config.hostname = args.hostname.clone();
@@ -238,7 +273,7 @@ pub fn run(args: ExecArgs) -> i32 {
         Ok(c) => c,
         Err(e) => return fail(EXIT_CELLA_FAILED, e),
     };
-    let id = match TaskId::new(format!("exec-{}", std::process::id())) {
+    let id = match TaskId::new(task_id()) {
         Ok(id) => id,
         Err(e) => return fail(EXIT_CELLA_FAILED, e),
     };
@@ -291,6 +326,11 @@ pub fn run(args: ExecArgs) -> i32 {
         }
     }
     end.status.shell_code()
+}
+
+/// The task's id, also the lease an image is held by while it runs.
+pub(super) fn task_id() -> String {
+    format!("exec-{}", std::process::id())
 }
 
 fn explain_limitation(end: &Termination, args: &ExecArgs) {

@@ -3,6 +3,8 @@ pub mod auth;
 pub mod certs;
 pub mod dev;
 pub mod exec;
+mod exec_image;
+pub mod images;
 pub mod logs;
 pub mod run;
 pub mod tasks;

@@ -48,8 +48,17 @@ pub struct RunArgs {
     #[arg(long)]
     user: Option<String>,
     /// A root filesystem directory on the agent.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", conflicts_with = "image")]
     rootfs: Option<PathBuf>,
+    /// Run from a container image: HOST[:PORT]/REPO[:TAG][@DIGEST], a short name
+    /// (against the agent's default registry), or oci:DIR / an archive on the agent.
+    /// The agent pulls it; its entrypoint, command, environment, user and working
+    /// directory apply; a COMMAND replaces the image's command.
+    #[arg(long, value_name = "REF")]
+    image: Option<String>,
+    /// With --image: keep the image's root filesystem read-only.
+    #[arg(long, requires = "image")]
+    read_only: bool,
     /// Environment variable K=V (repeatable).
     #[arg(long = "env", short = 'e', value_name = "K=V")]
     env: Vec<String>,
@@ -73,8 +82,8 @@ pub struct RunArgs {
     /// it, wait as long as some agent could fit the task once resources free up.
     #[arg(long, value_name = "DURATION", value_parser = cella_proto::time::parse_duration)]
     wait: Option<Duration>,
-    /// The command and its arguments.
-    #[arg(required = true, last = true, value_name = "COMMAND")]
+    /// The command and its arguments (with --image: instead of the image's command).
+    #[arg(required_unless_present = "image", last = true, value_name = "COMMAND")]
     command: Vec<String>,
 }
 
@@ -220,6 +229,10 @@ async fn run_async(args: RunArgs) -> anyhow::Result<i32> {
         secrets,
         kill_policy: args.grace_period.map(|g| v1::KillPolicy {
             grace_period_secs: Some(g.as_secs_f64()),
+        }),
+        image: args.image.as_ref().map(|reference| v1::ContainerImage {
+            reference: reference.clone(),
+            read_only: args.read_only,
         }),
     };
 

@@ -4,11 +4,18 @@
 use std::path::{Path, PathBuf};
 
 use super::{Isolator, IsolatorError};
-use crate::spec::{BindMount, FilesystemSpec, ShimSpec};
-use crate::task::{TaskConfig, TaskId};
+use crate::paths::RunDir;
+use crate::spec::{BindMount, FilesystemSpec, OverlaySpec, ShimSpec};
+use crate::task::{IMAGE_UPPER_IN_SANDBOX, ImageRootfs, TaskConfig, TaskId};
 
 /// Where the sandbox appears inside a rootfs when no working directory is given.
 pub const SANDBOX_IN_ROOTFS: &str = "/mnt/sandbox";
+
+/// The most layers an image root may stack. overlayfs takes its options in one page
+/// (4096 bytes); the shim names each layer by a short descriptor path
+/// (`/proc/self/fd/N:`, at most 19 bytes), so 200 layers and the upper and work
+/// directories fit. Docker's own limit is 127 layers.
+pub const MAX_IMAGE_LAYERS: usize = 200;
 
 /// Host paths no task sees without a rootfs: password hashes, host keys, the
 /// administrators' homes. Cella's own state is added by the launcher.
@@ -63,6 +70,44 @@ fn existing_dir(field: &'static str, path: &Path, what: &str) -> Result<PathBuf,
     Ok(canonical)
 }
 
+/// The overlay of an image task: its layers, the upper and work directories in the
+/// sandbox, the mount point in the run directory.
+fn overlay_spec(
+    image: &ImageRootfs,
+    sandbox: &Path,
+    run_dir: &Path,
+    config: &TaskConfig,
+) -> Result<OverlaySpec, IsolatorError> {
+    if image.layers.is_empty() {
+        return Err(IsolatorError::invalid("--image", "the image has no layers"));
+    }
+    if image.layers.len() > MAX_IMAGE_LAYERS {
+        return Err(IsolatorError::invalid(
+            "--image",
+            format!(
+                "the image has {} layers; at most {MAX_IMAGE_LAYERS} can be stacked: squash the image",
+                image.layers.len()
+            ),
+        ));
+    }
+    let layers = image
+        .layers
+        .iter()
+        .map(|layer| existing_dir("--image", layer, "image layer"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let upper_root = sandbox.join(IMAGE_UPPER_IN_SANDBOX);
+    let create_dirs = config.workdir_in_task.iter().cloned().collect();
+    Ok(OverlaySpec {
+        layers,
+        upper: upper_root.join("upper"),
+        work: upper_root.join("work"),
+        mount_point: RunDir::from_path(run_dir.to_path_buf()).rootfs(),
+        read_only: image.read_only,
+        create_dirs,
+        hide: Some(Path::new(SANDBOX_IN_ROOTFS).join(IMAGE_UPPER_IN_SANDBOX)),
+    })
+}
+
 impl Isolator for FilesystemIsolator {
     fn name(&self) -> &'static str {
         "filesystem"
@@ -74,11 +119,24 @@ impl Isolator for FilesystemIsolator {
         config: &TaskConfig,
         spec: &mut ShimSpec,
     ) -> Result<(), IsolatorError> {
-        let rootfs = match &config.rootfs {
-            Some(dir) => Some(existing_dir("--rootfs", dir, "root filesystem")?),
-            None => None,
-        };
         let sandbox = existing_dir("--workdir", &config.sandbox, "working directory")?;
+        let (rootfs, overlay) = match (&config.rootfs, &config.image) {
+            (Some(_), Some(_)) => {
+                return Err(IsolatorError::invalid(
+                    "--image",
+                    "a task runs from a root filesystem directory or from an image, not both: drop --rootfs or --image",
+                ));
+            }
+            (Some(dir), None) => (
+                Some(existing_dir("--rootfs", dir, "root filesystem")?),
+                None,
+            ),
+            (None, Some(image)) => {
+                let overlay = overlay_spec(image, &sandbox, &spec.run_dir, config)?;
+                (Some(overlay.mount_point.clone()), Some(overlay))
+            }
+            (None, None) => (None, None),
+        };
         if rootfs.is_none() {
             if let Some(system) = SYSTEM_DIRS
                 .iter()
@@ -161,6 +219,7 @@ impl Isolator for FilesystemIsolator {
         spec.filesystem = FilesystemSpec {
             masked,
             rootfs,
+            overlay,
             binds,
             tmp_size_bytes: spec.filesystem.tmp_size_bytes,
             devices,

@@ -23,9 +23,13 @@ impl Isolator for PosixIsolator {
         spec: &mut ShimSpec,
     ) -> Result<(), IsolatorError> {
         if let Some(user) = &config.user {
-            let root = config.rootfs.as_deref().unwrap_or(Path::new("/"));
-            let id = crate::user::resolve(user, root)
-                .map_err(|e| IsolatorError::invalid("--user", e.to_string()))?;
+            let id = match &config.image {
+                Some(image) => crate::user::resolve_in_layers(user, &image.layers),
+                None => {
+                    crate::user::resolve(user, config.rootfs.as_deref().unwrap_or(Path::new("/")))
+                }
+            }
+            .map_err(|e| IsolatorError::invalid("--user", e.to_string()))?;
             spec.identity = Some(id);
         }
         for kv in &config.env {

@@ -25,7 +25,7 @@ use super::in_root::{Links, Root, Want};
 
 use crate::devices::DeviceNode;
 use crate::proc_info::unescape_mountinfo;
-use crate::spec::FilesystemSpec;
+use crate::spec::{FilesystemSpec, OverlaySpec};
 use crate::sys::{MOUNT_ATTR_NODEV, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY, mount_setattr};
 
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +79,10 @@ pub fn setup(fs_spec: &FilesystemSpec) -> Result<(), MountError> {
         NONE,
     )
     .map_err(err("making mounts private", root))?;
+
+    if let Some(overlay) = &fs_spec.overlay {
+        mount_overlay(overlay)?;
+    }
 
     // Everything is laid out under `base` first: the rootfs, or the host's `/`.
     let base: PathBuf = match &fs_spec.rootfs {
@@ -164,6 +168,29 @@ pub fn setup(fs_spec: &FilesystemSpec) -> Result<(), MountError> {
     }
     drop(sources);
 
+    if let Some(overlay) = &fs_spec.overlay {
+        for dir in &overlay.create_dirs {
+            in_root.target(dir, Want::Dir, Links::InRoot)?;
+        }
+        if let Some(hide) = &overlay.hide {
+            // The sandbox (bound above) holds the overlay's upper directory: the task
+            // sees its files through the root, not as the overlay's raw layer.
+            let target = in_root.target(hide, Want::Dir, Links::Refuse)?;
+            mount(
+                Some("tmpfs"),
+                &target.mount_path(),
+                Some("tmpfs"),
+                private | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY,
+                Some("mode=000,size=4096"),
+            )
+            .map_err(err("hiding the overlay's upper directory at", hide))?;
+        }
+        if !overlay.read_only {
+            // The image's root itself (not the mounts below it) becomes writable.
+            writable.insert(0, PathBuf::from("/"));
+        }
+    }
+
     let proc = in_root.target(Path::new("/proc"), Want::Dir, Links::Refuse)?;
     mount(
         Some("proc"),
@@ -205,6 +232,61 @@ pub fn setup(fs_spec: &FilesystemSpec) -> Result<(), MountError> {
     }
     harden_proc()?;
     Ok(())
+}
+
+/// Mounts the image's layers with a writable upper directory on the overlay's mount
+/// point. Every directory is named by a descriptor (`/proc/self/fd/N`): the options
+/// fit in overlayfs' one page whatever the store's path, and no path needs escaping
+/// of the `:` and `,` that separate options.
+fn mount_overlay(overlay: &OverlaySpec) -> Result<(), MountError> {
+    let parent = overlay.upper.parent().unwrap_or(&overlay.upper);
+    fs::create_dir_all(parent).map_err(ioerr("creating", parent))?;
+    fs::set_permissions(parent, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .map_err(ioerr("making private", parent))?;
+    for dir in [&overlay.upper, &overlay.work, &overlay.mount_point] {
+        fs::create_dir_all(dir).map_err(ioerr("creating", dir))?;
+    }
+    let open = |path: &Path| {
+        nix::fcntl::open(
+            path,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(err("opening", path))
+    };
+    let fd_path = |fd: &std::os::fd::OwnedFd| format!("/proc/self/fd/{}", fd.as_raw_fd());
+    // overlayfs lists the top layer first.
+    let lowers = overlay
+        .layers
+        .iter()
+        .rev()
+        .map(|layer| open(layer))
+        .collect::<Result<Vec<_>, _>>()?;
+    let upper = open(&overlay.upper)?;
+    let work = open(&overlay.work)?;
+    let lowerdir: Vec<String> = lowers.iter().map(fd_path).collect();
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lowerdir.join(":"),
+        fd_path(&upper),
+        fd_path(&work)
+    );
+    mount(
+        Some("overlay"),
+        &overlay.mount_point,
+        Some("overlay"),
+        MsFlags::MS_NODEV,
+        Some(options.as_str()),
+    )
+    .map_err(|e| MountError::Mount {
+        what: "mounting the image's layers (overlay) on",
+        path: overlay.mount_point.clone(),
+        source: io::Error::other(format!(
+            "{e} ({} layers, options of {} bytes)",
+            overlay.layers.len(),
+            options.len()
+        )),
+    })
 }
 
 /// Makes `path` (and with `recursive` every mount below it) read-only.

@@ -165,9 +165,8 @@ pub fn task_request<'a>(
             .map(|v| (v.host_path.as_str(), !v.read_only))
             .collect(),
         rootfs: (!task.rootfs.is_empty()).then_some(task.rootfs.as_str()),
-        // TaskInfo has no image reference yet; once it has one, it goes here and
-        // `use_image` is enforced with it.
-        image: None,
+        // As the scheduler wrote it: `use_image` prefixes name what it may write.
+        image: task.image.as_ref().map(|i| i.reference.as_str()),
         cpus: r.cpus,
         mem_bytes: r.mem_bytes,
         disk_bytes: r.disk_bytes,

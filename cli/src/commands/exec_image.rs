@@ -1,0 +1,101 @@
+//! `cella exec --image`: the image is prepared in the node's store (pulled if
+//! needed) and held by a lease named after the task while it runs; the task's
+//! writable layer lives in a sandbox of its own, removed when the task ends.
+
+use std::path::PathBuf;
+
+use cella_image::{ImageReference, PrepareOptions, RunSettings};
+
+use super::exec::{EXIT_CELLA_FAILED, EXIT_USAGE, ExecArgs, run_with, task_id};
+use crate::image_store::{StoreArgs, progress_printer};
+
+/// An image ready for the task.
+pub struct ImageTask {
+    /// Unpacked layers, lowest first.
+    pub layers: Vec<PathBuf>,
+    pub settings: RunSettings,
+    /// Holds the overlay's upper and work directories.
+    pub sandbox: tempfile::TempDir,
+}
+
+pub fn run(args: ExecArgs) -> i32 {
+    let Some(text) = args.image.clone() else {
+        return run_with(args, None);
+    };
+    let store = match args.store.open() {
+        Ok(store) => store,
+        Err(e) => {
+            eprintln!("cella: {e:#}");
+            return EXIT_CELLA_FAILED;
+        }
+    };
+    let reference = match ImageReference::parse(&text, &args.store.default_registry) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cella: --image: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    let lease = task_id();
+    let options = PrepareOptions {
+        credentials: StoreArgs::env_credentials(),
+        progress: Some(progress_printer()),
+        ..PrepareOptions::default()
+    };
+    let prepared = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting the runtime: {e}"))
+        .and_then(|runtime| {
+            runtime
+                .block_on(store.prepare(&reference, &lease, &options))
+                .map_err(|e| e.to_string())
+        });
+    let image = match prepared {
+        Ok(image) => image,
+        Err(e) => {
+            eprintln!("cella: {e}");
+            return EXIT_CELLA_FAILED;
+        }
+    };
+    let code = match task_for(&args, image) {
+        Ok(task) => run_with(args, Some(task)),
+        Err((code, message)) => {
+            eprintln!("cella: {message}");
+            code
+        }
+    };
+    if let Err(e) = store.release(&lease) {
+        eprintln!("cella: releasing the image: {e}");
+    }
+    code
+}
+
+fn task_for(
+    args: &ExecArgs,
+    image: cella_image::PreparedImage,
+) -> Result<ImageTask, (i32, String)> {
+    let settings = image
+        .config
+        .run_settings(
+            &image.reference,
+            &args.command,
+            &args.env,
+            args.user.as_deref(),
+        )
+        .map_err(|e| (EXIT_USAGE, e.to_string()))?;
+    let sandbox = tempfile::Builder::new()
+        .prefix("cella-exec-")
+        .tempdir()
+        .map_err(|e| {
+            (
+                EXIT_CELLA_FAILED,
+                format!("creating the task's sandbox: {e}"),
+            )
+        })?;
+    Ok(ImageTask {
+        layers: image.layers,
+        settings,
+        sandbox,
+    })
+}
