@@ -12,9 +12,11 @@ async fn another_framework_cannot_acknowledge_or_kill_a_task() {
     let dir = tempfile::tempdir().unwrap();
     let m = master::try_spawn(config(dir.path())).unwrap();
     let mut alice = subscribe(&m, "", "alice").await.unwrap();
-    let mut bob = subscribe(&m, "", "bob").await.unwrap();
     let mut a = register_agent(&m, "agent-a", vec![]).await;
     let offers = alice.next_offers().await;
+    // Bob subscribes once alice holds the agent's offer (with both subscribed first,
+    // the one offer could go to either).
+    let mut bob = subscribe(&m, "", "bob").await.unwrap();
     alice.call(
         &m,
         call::Call::Accept(call::Accept {
