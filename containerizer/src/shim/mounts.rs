@@ -5,7 +5,9 @@
 //! given read-write, a private /tmp and /dev/shm, and the new /proc are made writable
 //! again, each `nodev,nosuid` so a root task cannot create a device node and open the
 //! host's disk through it. With a rootfs the same is done after pivot_root, with a
-//! minimal /dev (read-only tmpfs holding bind mounts of the harmless devices).
+//! minimal /dev (read-only tmpfs holding bind mounts of the harmless devices). An
+//! image's root is an overlay mounted here first, then used as the rootfs; its root
+//! directory stays writable unless the image is read-only.
 
 use std::ffi::CString;
 use std::fs;
