@@ -356,3 +356,48 @@ async fn two_tasks_share_one_pull_and_gc_follows_their_end() {
     assert_eq!(stored_images(&cluster), 0, "the unused image was collected");
     cluster.finish();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_task_survives_an_agent_restart_with_its_image() {
+    image_common::require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let registry = registry_with_busybox(dir.path());
+    let mut cluster = cluster_for(&registry, &["--image-store-size=1"]).await;
+    let out = cluster
+        .cella(&[
+            "run",
+            "--detach",
+            "--user",
+            "nobody",
+            "--image",
+            "busybox:1",
+            "--",
+            "sleep 300",
+        ])
+        .await;
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    let id = out.stdout.trim().to_string();
+    cluster.wait_task_state(&id, "RUNNING").await;
+
+    // The agent dies and comes back: the task is recovered, and the image it runs
+    // from stays (its lease survived), however small the store's budget.
+    cluster
+        .restart_agent_hard(0, Duration::from_millis(200))
+        .await;
+    cluster.wait_task_state(&id, "RUNNING").await;
+    assert_eq!(
+        stored_images(&cluster),
+        1,
+        "the running task's image was kept"
+    );
+
+    let kill = cluster.cella(&["kill", &id]).await;
+    assert_eq!(kill.code, Some(0), "{}", kill.describe());
+    cluster.wait_task_state(&id, "KILLED").await;
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while stored_images(&cluster) != 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(stored_images(&cluster), 0, "collected once the task ended");
+    cluster.finish();
+}

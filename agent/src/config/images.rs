@@ -8,7 +8,21 @@ use std::path::{Path, PathBuf};
 use cella_image::{Credentials, RegistrySettings};
 use serde::Deserialize;
 
-use super::ConfigError;
+/// A setting that cannot be used: the flag or key, and what to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub field: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
 
 /// The store's size when none is configured.
 pub const DEFAULT_STORE_SIZE: u64 = 10 << 30;
@@ -244,7 +258,7 @@ mod tests {
         assert!(
             err.field
                 .starts_with("images.store_size (in /etc/cella/agent.toml)"),
-            "{err}"
+            "{err:?}"
         );
     }
 }

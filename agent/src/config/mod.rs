@@ -469,7 +469,10 @@ impl AgentArgs {
                 .map_err(|m| ConfigError::new(origin("gc-delay", self.gc_delay.is_some()), m))?;
         }
         self.resolve_policy(file, &origin, &mut config)?;
-        config.images = self.images.resolve(file.images.as_ref(), source)?;
+        config.images = self
+            .images
+            .resolve(file.images.as_ref(), source)
+            .map_err(|e| ConfigError::new(e.field, e.message))?;
         Ok(config)
     }
 

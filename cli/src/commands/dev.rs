@@ -34,7 +34,15 @@ pub struct DevArgs {
     /// Where task cgroups go (default: <own cgroup>/cella).
     #[arg(long, value_name = "PATH")]
     cgroup_root: Option<PathBuf>,
+    /// Registries for `cella run --image`. Without --insecure-registry, a registry on
+    /// localhost:5000 (127.0.0.1:5000) is spoken to over plain HTTP.
+    #[command(flatten)]
+    images: cella_agent::config::ImageArgs,
 }
+
+/// Registries a development cluster reaches over plain HTTP unless told otherwise:
+/// a registry started on this machine for trying images.
+const DEV_INSECURE_REGISTRIES: [&str; 2] = ["localhost:5000", "127.0.0.1:5000"];
 
 /// A certificate directory made by an older `cella dev` (one shared agent
 /// certificate, no revocation list) is moved aside, so that a new one is made.
@@ -149,6 +157,14 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
     if let Some(spec) = &args.resources {
         config.resources = cella_agent::config::parse_resources(spec, false)
             .map_err(|e| anyhow::anyhow!("--resources: {e}"))?;
+    }
+    config.images = args
+        .images
+        .resolve(None, None)
+        .map_err(|e| anyhow::anyhow!("{}: {}", e.field, e.message))?;
+    if args.images.insecure_registries.is_empty() {
+        config.images.registries.insecure_registries =
+            DEV_INSECURE_REGISTRIES.map(str::to_owned).to_vec();
     }
     let agent = Agent::start(config).await.context("starting the agent")?;
 

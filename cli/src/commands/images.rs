@@ -31,8 +31,8 @@ enum ImagesCommand {
     /// Remove images no task uses, least recently used first, until the store takes
     /// at most SIZE (default 0: every unused image).
     Gc {
-        #[arg(long, value_name = "SIZE", default_value = "0", value_parser = super::exec::parse_size_arg)]
-        max_size: u64,
+        #[arg(long, value_name = "SIZE", value_parser = super::exec::parse_size_arg)]
+        max_size: Option<u64>,
     },
 }
 
@@ -107,7 +107,7 @@ fn run_inner(args: ImagesArgs) -> anyhow::Result<()> {
             }
         }
         ImagesCommand::Gc { max_size } => {
-            let report = store.gc(max_size)?;
+            let report = store.gc(max_size.unwrap_or(0))?;
             for digest in &report.removed {
                 let _ = writeln!(out, "deleted {digest}");
             }

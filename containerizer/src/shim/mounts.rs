@@ -8,6 +8,8 @@
 //! way the task gets a private, minimal /dev (a read-only tmpfs holding bind mounts of
 //! the host's nodes of [`crate::devices`], a private devpts and /dev/shm), never the
 //! host's /dev itself.
+//! An image's root is an overlay mounted here first, then used as the rootfs; its root
+//! directory stays writable unless the image is read-only.
 
 use std::ffi::CString;
 use std::fs;

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Launch from an image against launch from a root filesystem directory, with
+# `cella exec -- /bin/true` (see docs/benchmarks.md, "Launch from an image"):
+#   (a) --rootfs DIR: the image unpacked by umoci into a directory;
+#   (b) --image REF, warm: the image already in the store (the overlay is mounted per
+#       launch; nothing is fetched);
+#   (c) --image REF, cold: the store emptied before each run (`cella images gc`), so
+#       the launch pulls, verifies and unpacks the image first.
+# Same image (scripts/busybox-image.sh: busybox-static, one layer), same session.
+#
+#   sudo benches/image/launch.sh [RUNS]     (default 50; needs docker-registry, umoci,
+#                                            skopeo, busybox-static, hyperfine)
+#
+# Everything lives in a temporary directory, removed at the end (also on failure).
+set -euo pipefail
+
+runs=${1:-50}
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+[ "$(id -u)" = 0 ] || { echo "launch.sh: run as root" >&2; exit 2; }
+for tool in docker-registry umoci skopeo hyperfine; do
+    command -v "$tool" >/dev/null || { echo "launch.sh: $tool missing: scripts/install-test-deps.sh" >&2; exit 2; }
+done
+
+work=$(mktemp -d "${TMPDIR:-/var/tmp}/cella-image-launch.XXXXXX")
+registry_pid=
+cleanup() {
+    local status=$?
+    if [ -n "$registry_pid" ]; then
+        kill "$registry_pid" 2>/dev/null || true
+        wait "$registry_pid" 2>/dev/null || true
+    fi
+    rm -rf "$work"
+    exit "$status"
+}
+trap cleanup EXIT
+log() { printf '[image-launch] %s\n' "$*" >&2; }
+
+log "building cella and cella-shim (release)"
+cargo build --quiet --release -p cella-cli --bin cella -p cella-containerizer --bin cella-shim
+# Copies: a concurrent cargo build cannot swap the binaries during the measurement.
+cp target/release/cella target/release/cella-shim "$work/"
+export CELLA_SHIM=$work/cella-shim
+
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+host=127.0.0.1:$port
+cat >"$work/registry.yml" <<YML
+version: 0.1
+log:
+  level: error
+storage:
+  filesystem:
+    rootdirectory: $work/registry
+http:
+  addr: $host
+YML
+docker-registry serve "$work/registry.yml" >"$work/registry.log" 2>&1 &
+registry_pid=$!
+for _ in $(seq 50); do
+    curl -fsS "http://$host/v2/" >/dev/null 2>&1 && break
+    sleep 0.1
+done
+ref=$host/bench/busybox:1
+log "building and pushing $ref"
+scripts/busybox-image.sh "$ref" >/dev/null
+
+log "unpacking the same image into a directory for --rootfs"
+skopeo --insecure-policy copy --quiet --src-tls-verify=false "docker://$ref" "oci:$work/layout:1"
+umoci unpack --image "$work/layout:1" "$work/bundle" >/dev/null
+
+cella=$work/cella
+image_flags="--insecure-registry $host"
+warm_store=$work/store-warm
+cold_store=$work/store-cold
+"$cella" images --image-store "$warm_store" $image_flags pull "$ref" >/dev/null 2>&1
+
+log "timing $runs runs of each"
+hyperfine -N --runs "$runs" --warmup 3 --export-markdown "$work/report.md" \
+    -n "rootfs dir" "$cella exec --rootfs $work/bundle/rootfs -- /bin/true" \
+    -n "image (warm)" "$cella exec --image $ref --image-store $warm_store $image_flags -- /bin/true" \
+    -n "image (cold)" --prepare "$cella images --image-store $cold_store gc" \
+    "$cella exec --image $ref --image-store $cold_store $image_flags -- /bin/true" >&2
+cat "$work/report.md"

@@ -1,0 +1,135 @@
+//! `cella exec --image` with an OCI image layout the test writes itself (no registry,
+//! no tools but the host's busybox-static), so that it runs unchanged in the cgroup v2
+//! VM: the overlay root, the image's configuration, a command override, a read-only
+//! root, and the writable layer counted against `--disk`.
+
+mod exec_harness;
+
+/// The image crate's layout writers (they reach for two tools of its registry
+/// module, which this test does not need).
+#[path = "../../image/tests/common/images.rs"]
+#[allow(dead_code)]
+mod images;
+mod registry {
+    pub fn require_tool(tool: &str) {
+        panic!("{tool} is not used by this test");
+    }
+    pub fn run(command: &mut std::process::Command) -> String {
+        panic!("{command:?} is not used by this test");
+    }
+}
+
+use std::path::{Path, PathBuf};
+
+use exec_harness::{MIB, Sandbox};
+use images::{Compression, layer, write_image};
+
+const APPLETS: [&str; 12] = [
+    "sh", "echo", "cat", "id", "pwd", "ls", "touch", "head", "sleep", "true", "test", "mkdir",
+];
+
+/// Two layers: busybox with a few applets, /etc and /tmp; then /etc/hello and /data.
+/// Entrypoint `/bin/sh -c`, command `echo hi`, `GREETING=hello`, working dir /data.
+fn busybox_image(dir: &Path) -> PathBuf {
+    let busybox = std::fs::read("/bin/busybox")
+        .expect("/bin/busybox (busybox-static): run scripts/install-test-deps.sh");
+    let base = layer(Compression::Gzip, |t| {
+        t.dir("bin/", 0o755).file("bin/busybox", &busybox, 0o755);
+        for applet in APPLETS {
+            t.symlink(&format!("bin/{applet}"), "busybox");
+        }
+        t.dir("etc/", 0o755)
+            .file(
+                "etc/passwd",
+                b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n",
+                0o644,
+            )
+            .file("etc/group", b"root:x:0:\nnogroup:x:65534:\n", 0o644)
+            .dir("tmp/", 0o1777);
+    });
+    let top = layer(Compression::None, |t| {
+        t.file("etc/hello", b"from the second layer\n", 0o644)
+            .dir("data/", 0o755);
+    });
+    let layout = dir.join("layout");
+    let arch = match std::env::consts::ARCH {
+        "aarch64" => "arm64",
+        _ => "amd64",
+    };
+    write_image(
+        &layout,
+        "latest",
+        arch,
+        &[base, top],
+        serde_json::json!({
+            "Entrypoint": ["/bin/sh", "-c"],
+            "Cmd": ["echo hi"],
+            "Env": ["PATH=/bin", "GREETING=hello"],
+            "WorkingDir": "/data",
+        }),
+    );
+    layout
+}
+
+fn image_opts(sb: &Sandbox, extra: &[&str]) -> Vec<String> {
+    let layout = busybox_image(sb.out());
+    let mut opts = vec![
+        "--image".to_string(),
+        format!("oci:{}:latest", layout.display()),
+        "--image-store".to_string(),
+        sb.out().join("store").display().to_string(),
+    ];
+    opts.extend(extra.iter().map(|s| (*s).to_string()));
+    opts
+}
+
+#[test]
+fn the_image_config_applies_and_a_command_replaces_its_command() {
+    let sb = Sandbox::new();
+    let opts = image_opts(&sb, &[]);
+    let out = sb.run::<String>(&opts, &[]);
+    out.assert_code(0);
+    out.check_eq(
+        out.stdout.as_str(),
+        "hi\n",
+        "the image's entrypoint and command",
+    );
+
+    let script =
+        "echo $GREETING from $(pwd) as $(id -u); cat /etc/hello; echo x > /written && cat /written";
+    let out = sb.run(&opts, &[script.to_string()]);
+    out.assert_code(0);
+    out.check_eq(
+        out.stdout.as_str(),
+        "hello from /data as 0\nfrom the second layer\nx\n",
+        "the override with the image's env, working dir, layers and a writable root",
+    );
+}
+
+#[test]
+fn a_read_only_image_root_refuses_writes() {
+    let sb = Sandbox::new();
+    let opts = image_opts(&sb, &["--read-only"]);
+    let out = sb.run(
+        &opts,
+        &["echo x > /written || echo refused; echo y > /tmp/y && cat /tmp/y".to_string()],
+    );
+    out.assert_code(0);
+    out.check_eq(
+        out.stdout.as_str(),
+        "refused\ny\n",
+        "/ read-only, /tmp writable",
+    );
+}
+
+#[test]
+fn writes_to_the_image_root_count_against_disk() {
+    let sb = Sandbox::new();
+    let opts = image_opts(&sb, &["--disk", "4MiB"]);
+    let bytes = 8 * MIB;
+    let out = sb.run(
+        &opts,
+        &[format!("head -c {bytes} /dev/zero > /big && sleep 30")],
+    );
+    out.check_eq(out.limitation(), Some("DISK_LIMIT"), "the disk limitation");
+}
