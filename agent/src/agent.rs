@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use cella_containerizer::{Containerizer, ContainerizerConfig};
 use cella_proto::auth::Authenticator;
 use cella_proto::reload::{Trigger, changed, log, revocations};
+use cella_proto::service;
 use cella_proto::tls::{ClientAuth, ExpectedServer, Identity, Trust};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -205,6 +206,7 @@ impl Agent {
             updates: updates.clone(),
             auth: authenticator.clone(),
         });
+        let log_level_from = shared.config.reload_log_level_from.clone();
         let mut watched = vec![trust.crl_path().to_path_buf()];
         watched.extend(shared.config.acl.iter().cloned());
         watched.extend(shared.config.credentials.iter().cloned());
@@ -230,7 +232,7 @@ impl Agent {
             tokio::spawn(cella_proto::reload::watch(
                 watched,
                 cella_proto::reload::CHECK_EVERY,
-                move |why| reload(why, &trust, &access, &authenticator),
+                move |why| reload(why, &trust, &access, &authenticator, log_level_from.as_deref()),
             )),
         ];
         Ok(Agent {
@@ -391,19 +393,77 @@ pub async fn run(
 ) -> Result<(), AgentError> {
     let kill = config.kill_tasks_on_exit;
     let cleanup = config.recover == RecoverMode::Cleanup;
+    service::extend_timeout(RECOVERY_TIMEOUT, "recovering the previous run's tasks");
     let agent = Agent::start(config).await?;
     if cleanup {
         return agent.cleanup().await;
     }
+    let status = tokio::spawn(report_status(agent.shared.clone(), agent.updates.clone()));
     tokio::select! {
         () = shutdown => {
+            service::stopping("stopping; the tasks keep running");
             tracing::info!(kill_tasks = kill, "agent stopping");
+            status.abort();
             agent.shutdown(kill).await
         }
         why = agent.stopped_by_master() => {
+            service::stopping("stopping: the master shut this agent down");
             tracing::warn!("the master shut this agent down: {why}");
+            status.abort();
             agent.shutdown(true).await
         }
+    }
+}
+
+/// How long systemd waits for the recovery of the previous run's tasks.
+const RECOVERY_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long the agent waits to register before it says it is ready anyway (and
+/// goes on trying): a node must boot even while its master is down.
+const REGISTRATION_WAIT: Duration = Duration::from_secs(90);
+
+/// Tells systemd READY=1 once the agent has registered with the master (or after
+/// [`REGISTRATION_WAIT`]), and keeps its STATUS= line current.
+async fn report_status(shared: Arc<Shared>, updates: Arc<StatusUpdateManager>) {
+    let started = Instant::now();
+    let mut ready = false;
+    let mut extended = Instant::now();
+    loop {
+        let registered = updates.is_connected();
+        let tasks = shared.attached_tasks();
+        let line = if registered {
+            format!(
+                "{tasks} tasks running; registered with {} as {}",
+                shared.config.master,
+                shared.agent_id().unwrap_or_default()
+            )
+        } else if ready {
+            format!(
+                "{tasks} tasks running; not connected to the master {}, retrying",
+                shared.config.master
+            )
+        } else {
+            format!(
+                "{tasks} tasks recovered; registering with the master {}",
+                shared.config.master
+            )
+        };
+        if !ready && (registered || started.elapsed() >= REGISTRATION_WAIT) {
+            ready = true;
+            service::ready(&line);
+            tracing::info!("ready: {line}");
+        } else if !ready && extended.elapsed() >= Duration::from_secs(10) {
+            // Still making progress (retrying the master): give it more time.
+            extended = Instant::now();
+            service::extend_timeout(Duration::from_secs(30), &line);
+        } else {
+            service::status(&line);
+        }
+        tokio::time::sleep(if ready {
+            Duration::from_secs(5)
+        } else {
+            Duration::from_millis(200)
+        })
+        .await;
     }
 }
 
@@ -447,8 +507,15 @@ async fn dispatch(
 }
 
 /// Re-reads the revocation list, the agent's own ACL and its credentials when they
-/// changed; a file that cannot be used leaves the previous version in force.
-fn reload(why: Trigger, trust: &Trust, access: &Access, auth: &Authenticator) {
+/// changed, and on SIGHUP the log level of the configuration file `config`; a file
+/// that cannot be used leaves the previous version in force.
+fn reload(
+    why: Trigger,
+    trust: &Trust,
+    access: &Access,
+    auth: &Authenticator,
+    config: Option<&std::path::Path>,
+) {
     log(
         why,
         "revocation list",
@@ -456,6 +523,21 @@ fn reload(why: Trigger, trust: &Trust, access: &Access, auth: &Authenticator) {
     );
     log(why, "ACL", changed(access.reload(why.forced())));
     log(why, "credentials", changed(auth.reload(why.forced())));
+    if why == Trigger::Hangup {
+        if let Some(path) = config {
+            let level = crate::config::FileConfig::load(path)
+                .map_err(|e| e.to_string())
+                .and_then(|file| {
+                    cella_proto::logging::set_level(file.log_level.as_deref().unwrap_or("info"))
+                });
+            log(why, "log level", level);
+        }
+        tracing::info!(
+            "SIGHUP: re-read the revocation list{}, the credentials file (if any){}",
+            if access.local_path().is_some() { ", the ACL" } else { "" },
+            if config.is_some() { " and the log level" } else { "" },
+        );
+    }
 }
 
 /// The task user must exist here, and be root only where root tasks are allowed.
@@ -547,6 +629,12 @@ fn new_containerizer(config: &AgentConfig) -> Result<Containerizer, AgentError> 
         runtime_dir: config.runtime_dir.clone(),
         cgroup_root: config.cgroup_root.clone(),
         cleanup_if_orphaned: false,
+        // Under systemd on a cgroup v2 host each task gets a scope of its own, so
+        // that the agent's unit can restart while tasks run (see
+        // docs/deployment.md, "cgroup layout").
+        systemd_slice: std::path::Path::new("/run/systemd/system")
+            .is_dir()
+            .then(|| cella_containerizer::cgroups::SYSTEMD_SLICE.to_string()),
     })
     .map_err(|e| AgentError::Containerizer(e.to_string()))?;
     Ok(containerizer)

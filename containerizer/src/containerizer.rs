@@ -37,6 +37,9 @@ pub struct ContainerizerConfig {
     /// The shim cleans up after a task whose launcher died (`cella exec`); the agent
     /// recovers its tasks instead.
     pub cleanup_if_orphaned: bool,
+    /// Under systemd with cgroup v2 only (and no `cgroup_root`): each task in a
+    /// transient scope of this slice (see [`CgroupRoot::discover_in_slice`]).
+    pub systemd_slice: Option<String>,
 }
 
 impl ContainerizerConfig {
@@ -167,7 +170,10 @@ pub struct Containerizer {
 
 impl Containerizer {
     pub fn new(config: ContainerizerConfig) -> Result<Self, CgroupError> {
-        let cgroups = CgroupRoot::discover(config.cgroup_root.as_deref())?;
+        let cgroups = CgroupRoot::discover_in_slice(
+            config.cgroup_root.as_deref(),
+            config.systemd_slice.as_deref(),
+        )?;
         // prepare runs in this order, cleanup in reverse. Only the cgroups isolator
         // creates anything in prepare, so it goes last.
         let isolators: Vec<Box<dyn Isolator>> = vec![
@@ -291,7 +297,15 @@ impl Containerizer {
                 io::Error::last_os_error(),
             ));
         }
-        let mut command = Command::new(&self.config.shim_path);
+        let mut launcher = self.cgroups.shim_launcher(id.as_str()).into_iter();
+        let mut command = match launcher.next() {
+            Some(program) => {
+                let mut c = Command::new(program);
+                c.args(launcher).arg(&self.config.shim_path);
+                c
+            }
+            None => Command::new(&self.config.shim_path),
+        };
         command.arg(dir);
         let lock_fd = lock.as_raw_fd();
         // SAFETY: between fork and exec the closure only calls dup2 and fcntl, which

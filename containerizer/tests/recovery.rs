@@ -53,6 +53,7 @@ impl Launcher {
             runtime_dir: self.dir.path().join("run"),
             cgroup_root: Some(self.cgroup_root.clone()),
             cleanup_if_orphaned: false,
+            systemd_slice: None,
         })
         .expect("containerizer")
     }

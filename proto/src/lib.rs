@@ -23,9 +23,11 @@
 pub mod acl;
 pub mod api;
 pub mod auth;
+pub mod logging;
 pub mod perms;
 pub mod reload;
 pub mod secrets;
+pub mod service;
 pub mod signals;
 mod states;
 pub mod time;

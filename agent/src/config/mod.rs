@@ -130,6 +130,11 @@ pub struct AgentArgs {
     /// Bearer tokens and passwords for this agent's HTTP API (TOML, mode 0600).
     #[arg(long, value_name = "FILE")]
     pub credentials: Option<PathBuf>,
+    /// What is logged: "info", "debug", or per module ("info,cella_agent=debug");
+    /// `$CELLA_LOG` wins. On SIGHUP the `log_level` of the --config file is re-read
+    /// [default: info].
+    #[arg(long, value_name = "LEVEL")]
+    pub log_level: Option<String>,
 }
 
 /// `--recover`: what happens to the tasks a previous agent run left.
@@ -168,6 +173,7 @@ pub struct FileConfig {
     pub allow_rootfs: Option<Vec<String>>,
     pub acl: Option<PathBuf>,
     pub credentials: Option<PathBuf>,
+    pub log_level: Option<String>,
 }
 
 /// Attributes in the TOML file: a string or a table.
@@ -234,6 +240,10 @@ pub struct AgentConfig {
     pub acl: Option<PathBuf>,
     /// Tokens and passwords for this agent's HTTP API.
     pub credentials: Option<PathBuf>,
+    /// The log filter ([`cella_proto::logging`]).
+    pub log_level: String,
+    /// `--config`: re-read on SIGHUP for `log_level` (unless `--log-level` was given).
+    pub reload_log_level_from: Option<PathBuf>,
 }
 
 pub const DEFAULT_MASTER: &str = "https://127.0.0.1:5050";
@@ -270,6 +280,8 @@ impl Default for AgentConfig {
             tasks: TaskPolicy::default(),
             acl: None,
             credentials: None,
+            log_level: "info".into(),
+            reload_log_level_from: None,
         }
     }
 }
@@ -315,6 +327,14 @@ impl AgentArgs {
             }
         };
         let mut config = AgentConfig::default();
+        if let Some(level) = self.log_level.clone().or_else(|| file.log_level.clone()) {
+            cella_proto::logging::check_level(&level)
+                .map_err(|m| ConfigError::new(origin("log-level", self.log_level.is_some()), m))?;
+            config.log_level = level;
+        }
+        if self.log_level.is_none() {
+            config.reload_log_level_from = source.map(Path::to_path_buf);
+        }
 
         if let Some(master) = self.master.clone().or_else(|| file.master.clone()) {
             check_master_url(&master)

@@ -226,6 +226,7 @@ pub fn run(args: ExecArgs) -> i32 {
         runtime_dir: PathBuf::from(RUNTIME_DIR),
         cgroup_root: args.cgroup_root.clone(),
         cleanup_if_orphaned: true,
+        systemd_slice: None,
     }) {
         Ok(c) => c,
         Err(e) => return fail(EXIT_CELLA_FAILED, e),
