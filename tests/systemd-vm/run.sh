@@ -47,7 +47,7 @@ suite=bookworm
 packages=(systemd systemd-sysv iproute2 procps jq)
 # Every check the guest must report (in boot 1 and boot 2).
 checks=(package-install package-layout units-verify master-security setup task-oom-score
-    1-restart 2-stop-start 3-kill-9 4-task-killed 5-watchdog 6-master-restart
+    task-cgroup-journal 1-restart 2-stop-start 3-kill-9 4-task-killed 5-watchdog 6-master-restart
     package-upgrade 7-reboot package-purge)
 
 log() { printf '[systemd-vm] %s\n' "$*" >&2; }

@@ -548,6 +548,31 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// Every key documented in the shipped /etc/cella/agent.toml, uncommented, is one
+    /// the agent accepts, and the file resolves as it is.
+    #[test]
+    fn the_shipped_file_documents_known_keys() {
+        let text = include_str!("../../../systemd/agent.toml");
+        let keys: String = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| l.split_once(" = ").is_some_and(|(k, _)| !k.contains(' ')))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let file = FileConfig::parse(&keys).unwrap_or_else(|e| panic!("{keys}\n{e}"));
+        assert_eq!(file.log_level.as_deref(), Some("info"));
+        assert!(file.task_user.is_some() && file.allow_volumes.is_some());
+        let shipped = FileConfig::parse(text).expect("agent.toml parses");
+        let config = AgentArgs::default()
+            .resolve_with(&shipped, Some(Path::new("agent.toml")))
+            .expect("agent.toml resolves");
+        assert_eq!(config.master, DEFAULT_MASTER);
+        assert_eq!(
+            config.reload_log_level_from.as_deref(),
+            Some(Path::new("agent.toml"))
+        );
+    }
+
     #[test]
     fn resource_strings() {
         let spec = parse_resources("cpus:4;mem:8GiB;disk:20GiB", false).unwrap();
