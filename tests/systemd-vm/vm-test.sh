@@ -331,8 +331,8 @@ phase1_setup() {
     REASONS=()
     local cg
     cg=$(sed -n 's/^0:://p' "/proc/$TASK_PID/cgroup")
-    [ "$cg" = "/cella.slice/cella-$TASK_ID.scope/task" ] \
-        || REASONS+=("the task is in the cgroup $cg, not /cella.slice/cella-$TASK_ID.scope/task")
+    [ "$cg" = "/cella.slice/cella-task-$TASK_ID.scope/task" ] \
+        || REASONS+=("the task is in the cgroup $cg, not /cella.slice/cella-task-$TASK_ID.scope/task")
     local lines
     lines=$(journalctl -b --no-pager -o cat -u cella-agent "TASK_ID=$TASK_ID" 2>/dev/null | wc -l)
     [ "$lines" -gt 0 ] || REASONS+=("journalctl -u cella-agent TASK_ID=$TASK_ID shows nothing")

@@ -1,5 +1,5 @@
 //! cgroup v2 under systemd: every task in a transient scope of its own,
-//! `cella-<task>.scope` in `cella.slice`, which systemd delegates to Cella.
+//! `cella-task-<task>.scope` in `cella.slice`, which systemd delegates to Cella.
 //!
 //! Why not beneath the agent's unit: systemd (before 254 and `DelegateSubgroup=`)
 //! starts a restarted service's process in the unit's own cgroup. Once tasks sit in
@@ -17,7 +17,7 @@
 //! The task's usage is the task's alone; the shim's few pages are not in it.
 //!
 //! ```text
-//! /sys/fs/cgroup/cella.slice/cella-<task>.scope/   Delegate=yes, made by systemd
+//! /sys/fs/cgroup/cella.slice/cella-task-<task>.scope/  Delegate=yes, made by systemd
 //!                                           shim/  cella-shim
 //!                                           task/  the task: limits, usage, kill
 //! ```
@@ -33,8 +33,8 @@ use crate::usage::Usage;
 
 /// The slice Cella's task scopes go to.
 pub const SLICE: &str = "cella.slice";
-/// Scope names are `cella-<task id>.scope` (task ids are valid in unit names).
-const SCOPE_PREFIX: &str = "cella-";
+/// Scope names are `cella-task-<task id>.scope` (task ids are valid in unit names).
+const SCOPE_PREFIX: &str = "cella-task-";
 const SCOPE_SUFFIX: &str = ".scope";
 /// The leaf of a scope that holds the shim, and the task's cgroup.
 const SHIM_LEAF: &str = "shim";
@@ -262,7 +262,7 @@ mod tests {
         assert_eq!(
             s.open("t-1").placement(),
             Placement::Scope {
-                dir: PathBuf::from("/fake/cella.slice/cella-t-1.scope/task"),
+                dir: PathBuf::from("/fake/cella.slice/cella-task-t-1.scope/task"),
                 limits: CgroupLimits::default(),
             }
         );
@@ -272,7 +272,7 @@ mod tests {
             .map(|a| a.into_string().expect("utf-8"))
             .collect();
         assert_eq!(launcher[..2], ["systemd-run", "--scope"]);
-        assert!(launcher.contains(&"--unit=cella-t-1.scope".to_string()));
+        assert!(launcher.contains(&"--unit=cella-task-t-1.scope".to_string()));
         assert!(launcher.contains(&"--slice=cella.slice".to_string()));
         assert_eq!(launcher.last().map(String::as_str), Some("--"));
     }
