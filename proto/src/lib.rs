@@ -23,6 +23,7 @@
 pub mod acl;
 pub mod api;
 pub mod auth;
+pub mod journal;
 pub mod logging;
 pub mod perms;
 pub mod reload;

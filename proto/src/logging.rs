@@ -86,10 +86,13 @@ pub fn init(level: &str) {
     };
     let (filter, handle) = reload::Layer::new(filter);
     let registry = tracing_subscriber::registry().with(filter);
+    let identifier = std::env::args()
+        .next()
+        .and_then(|a| a.rsplit('/').next().map(str::to_string))
+        .unwrap_or_else(|| "cella".into());
     let journal = stderr_is_journal()
-        .then(|| tracing_journald::layer().ok())
-        .flatten()
-        .map(|l| l.with_field_prefix(None));
+        .then(|| crate::journal::JournalLayer::new(&identifier).ok())
+        .flatten();
     match journal {
         Some(journal) => registry.with(journal).init(),
         None => registry
