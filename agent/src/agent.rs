@@ -87,6 +87,9 @@ pub struct Agent {
     http_addr: SocketAddr,
     stop: watch::Sender<bool>,
     background: Vec<JoinHandle<()>>,
+    /// Re-reads certificates' revocations, ACLs and the log level; it has nothing to
+    /// finish, so a stop aborts it rather than waiting.
+    reloader: JoinHandle<()>,
     store_owner: Option<StoreOwner>,
     stopped: watch::Receiver<Option<String>>,
     /// The work directory's lock, held for the agent's lifetime.
@@ -229,12 +232,12 @@ impl Agent {
             tokio::spawn(updates.clone().retry_timer(stop_rx.clone())),
             tokio::spawn(usage_loop(shared.clone(), usage_tx, stop_rx.clone())),
             tokio::spawn(gc_loop(shared.clone(), stop_rx)),
-            tokio::spawn(cella_proto::reload::watch(
-                watched,
-                cella_proto::reload::CHECK_EVERY,
-                move |why| reload(why, &trust, &access, &authenticator, log_level_from.as_deref()),
-            )),
         ];
+        let reloader = tokio::spawn(cella_proto::reload::watch(
+            watched,
+            cella_proto::reload::CHECK_EVERY,
+            move |why| reload(why, &trust, &access, &authenticator, log_level_from.as_deref()),
+        ));
         Ok(Agent {
             shared,
             updates,
@@ -242,6 +245,7 @@ impl Agent {
             http_addr,
             stop,
             background,
+            reloader,
             store_owner: Some(store_owner),
             stopped,
             _lock: work_lock,
@@ -305,6 +309,7 @@ impl Agent {
         }
         // Monitors let go of their tasks; the background work ends.
         let _ = self.stop.send(true);
+        self.reloader.abort();
         for handle in self.background.drain(..) {
             if tokio::time::timeout(Duration::from_secs(6), &mut Box::pin(handle))
                 .await
@@ -374,6 +379,7 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
+        self.reloader.abort();
         for handle in &self.background {
             handle.abort();
         }

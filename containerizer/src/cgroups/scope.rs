@@ -47,6 +47,8 @@ const WANTED: [&str; 4] = ["cpu", "memory", "pids", "io"];
 pub struct Slice {
     name: String,
     dir: PathBuf,
+    /// The service this process runs as (`cella-agent.service`), if any.
+    own_service: Option<String>,
 }
 
 impl Slice {
@@ -65,9 +67,17 @@ impl Slice {
                 "{name:?} is not a top-level slice: name one like cella.slice"
             )));
         }
+        let own_service = sys
+            .own
+            .iter()
+            .find(|o| o.controllers.is_empty())
+            .and_then(|o| o.path.rsplit('/').next())
+            .filter(|unit| unit.ends_with(".service"))
+            .map(str::to_string);
         Ok(Self {
             name: name.to_string(),
             dir: mount.mount_point.join(name),
+            own_service,
         })
     }
 
@@ -153,6 +163,15 @@ impl CgroupBackend for Slice {
         ]
         .into_iter()
         .map(OsString::from)
+        // At shutdown the agent stops before its tasks' scopes (stop order is the
+        // reverse of start order): a task killed by the shutdown is then not
+        // reported as ended by an agent that is still up, but LOST (the machine
+        // rebooted) by the agent of the next boot.
+        .chain(
+            self.own_service
+                .iter()
+                .map(|unit| OsString::from(format!("--property=Before={unit}"))),
+        )
         .chain([
             OsString::from(format!("--slice={}", self.name)),
             OsString::from(format!("--unit={}", Self::scope_name(name))),
@@ -275,6 +294,10 @@ mod tests {
         assert!(launcher.contains(&"--unit=cella-task-t-1.scope".to_string()));
         assert!(launcher.contains(&"--slice=cella.slice".to_string()));
         assert_eq!(launcher.last().map(String::as_str), Some("--"));
+        assert!(
+            launcher.contains(&"--property=Before=cella-agent.service".to_string()),
+            "the agent stops before its tasks at shutdown: {launcher:?}"
+        );
     }
 
     #[test]
