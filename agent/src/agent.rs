@@ -236,7 +236,15 @@ impl Agent {
         let reloader = tokio::spawn(cella_proto::reload::watch(
             watched,
             cella_proto::reload::CHECK_EVERY,
-            move |why| reload(why, &trust, &access, &authenticator, log_level_from.as_deref()),
+            move |why| {
+                reload(
+                    why,
+                    &trust,
+                    &access,
+                    &authenticator,
+                    log_level_from.as_deref(),
+                )
+            },
         ));
         Ok(Agent {
             shared,
@@ -540,8 +548,16 @@ fn reload(
         }
         tracing::info!(
             "SIGHUP: re-read the revocation list{}, the credentials file (if any){}",
-            if access.local_path().is_some() { ", the ACL" } else { "" },
-            if config.is_some() { " and the log level" } else { "" },
+            if access.local_path().is_some() {
+                ", the ACL"
+            } else {
+                ""
+            },
+            if config.is_some() {
+                " and the log level"
+            } else {
+                ""
+            },
         );
     }
 }

@@ -129,11 +129,10 @@ mod tests {
                 section = format!("{l}\n");
             } else if let Some((key, _)) = l.split_once(" = ")
                 && !key.contains(' ')
+                && section.is_empty()
             {
-                if section.is_empty() {
-                    table.push_str(l);
-                    table.push('\n');
-                }
+                table.push_str(l);
+                table.push('\n');
             }
         }
         let parsed: Result<FileConfig, _> = toml::from_str(&table);

@@ -158,9 +158,10 @@ mod tests {
         };
         let out = encode("cella-agent", Level::WARN, "cella_agent::tasks", &fields);
         let text = String::from_utf8_lossy(&out);
-        assert!(text.starts_with(
-            "MESSAGE\n"
-        ), "a message with a newline is length-prefixed: {text:?}");
+        assert!(
+            text.starts_with("MESSAGE\n"),
+            "a message with a newline is length-prefixed: {text:?}"
+        );
         let message = "task ended task_id=t1 framework_id=f-2 why=a\nb";
         let mut expected = b"MESSAGE\n".to_vec();
         expected.extend_from_slice(&(message.len() as u64).to_le_bytes());

@@ -30,7 +30,9 @@ pub fn ready(status: &str) {
 /// sent once.
 pub fn status(text: &str) {
     static LAST: Mutex<String> = Mutex::new(String::new());
-    let mut last = LAST.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut last = LAST
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if *last != text {
         text.clone_into(&mut last);
         send(&[NotifyState::Status(text)]);
@@ -45,7 +47,10 @@ pub fn stopping(status: &str) {
 /// EXTEND_TIMEOUT_USEC=: start-up (or stop) takes longer; systemd waits `by` from now.
 pub fn extend_timeout(by: Duration, status: &str) {
     let usec = u32::try_from(by.as_micros()).unwrap_or(u32::MAX);
-    send(&[NotifyState::ExtendTimeoutUsec(usec), NotifyState::Status(status)]);
+    send(&[
+        NotifyState::ExtendTimeoutUsec(usec),
+        NotifyState::Status(status),
+    ]);
 }
 
 /// The watchdog interval systemd asked for (`WatchdogSec=` → WATCHDOG_USEC), if any.
@@ -67,7 +72,9 @@ pub fn watchdog() {
     let Some(interval) = watchdog_interval() else {
         return;
     };
-    let mut last = LAST.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut last = LAST
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if last.is_none_or(|t| t.elapsed() >= interval / 4) {
         *last = Some(Instant::now());
         send(&[NotifyState::Watchdog]);

@@ -227,11 +227,18 @@ impl CgroupRoot {
     /// Like [`CgroupRoot::discover`], with tasks in transient scopes of the systemd
     /// slice `slice` (e.g. [`SYSTEMD_SLICE`]) when the host has cgroup v2 only and
     /// no `root` is given; `None`, or any other host, chooses as `discover` does.
-    pub fn discover_in_slice(root: Option<&Path>, slice: Option<&str>) -> Result<Self, CgroupError> {
+    pub fn discover_in_slice(
+        root: Option<&Path>,
+        slice: Option<&str>,
+    ) -> Result<Self, CgroupError> {
         Self::discover_with(&Host::read()?, root, slice)
     }
 
-    fn discover_with(host: &Host, root: Option<&Path>, slice: Option<&str>) -> Result<Self, CgroupError> {
+    fn discover_with(
+        host: &Host,
+        root: Option<&Path>,
+        slice: Option<&str>,
+    ) -> Result<Self, CgroupError> {
         let mode = host.mode()?;
         if let (Mode::Unified, None, Some(slice)) = (mode, root, slice) {
             return Ok(Self {

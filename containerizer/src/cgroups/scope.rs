@@ -61,8 +61,7 @@ impl Slice {
                 why: "no cgroup2 filesystem is mounted".into(),
             });
         };
-        if !name.ends_with(".slice") || name.contains('/') || name[..name.len() - 6].contains('-')
-        {
+        if !name.ends_with(".slice") || name.contains('/') || name[..name.len() - 6].contains('-') {
             return Err(CgroupError::V2Setup(format!(
                 "{name:?} is not a top-level slice: name one like cella.slice"
             )));
@@ -302,8 +301,8 @@ mod tests {
 
     #[test]
     fn only_top_level_slices() {
-        let host = Host::parse("41 31 0:38 / /fake rw - cgroup2 cgroup2 rw\n", "0::/\n")
-            .expect("layout");
+        let host =
+            Host::parse("41 31 0:38 / /fake rw - cgroup2 cgroup2 rw\n", "0::/\n").expect("layout");
         assert!(Slice::discover(&host, "a-b.slice").is_err());
         assert!(Slice::discover(&host, "cella").is_err());
     }

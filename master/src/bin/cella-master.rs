@@ -434,12 +434,16 @@ async fn serve(args: Settings) -> anyhow::Result<()> {
 /// On SIGHUP: the `log_level` of the configuration file, re-read.
 fn reload_log_level(why: Trigger, config: Option<&Path>) {
     let Some(path) = config else {
-        tracing::info!("SIGHUP: re-read the revocation list, the ACL and the credentials files in use");
+        tracing::info!(
+            "SIGHUP: re-read the revocation list, the ACL and the credentials files in use"
+        );
         return;
     };
     let level = FileConfig::load(path)
         .map_err(|e| e.to_string())
-        .and_then(|file| cella_proto::logging::set_level(file.log_level.as_deref().unwrap_or("info")));
+        .and_then(|file| {
+            cella_proto::logging::set_level(file.log_level.as_deref().unwrap_or("info"))
+        });
     log(why, "log level", level);
     tracing::info!(
         "SIGHUP: re-read the revocation list, the ACL and the credentials files in use, and \
