@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use cella_containerizer::{Containerizer, ContainerizerConfig};
 use cella_proto::auth::Authenticator;
 use cella_proto::reload::{Trigger, changed, log, revocations};
+use cella_proto::service;
 use cella_proto::tls::{ClientAuth, ExpectedServer, Identity, Trust};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -87,6 +88,9 @@ pub struct Agent {
     http_addr: SocketAddr,
     stop: watch::Sender<bool>,
     background: Vec<JoinHandle<()>>,
+    /// Re-reads certificates' revocations, ACLs and the log level; it has nothing to
+    /// finish, so a stop aborts it rather than waiting.
+    reloader: JoinHandle<()>,
     store_owner: Option<StoreOwner>,
     stopped: watch::Receiver<Option<String>>,
     /// The work directory's lock, held for the agent's lifetime.
@@ -216,6 +220,7 @@ impl Agent {
             updates: updates.clone(),
             auth: authenticator.clone(),
         });
+        let log_level_from = shared.config.reload_log_level_from.clone();
         let mut watched = vec![trust.crl_path().to_path_buf()];
         watched.extend(shared.config.acl.iter().cloned());
         watched.extend(shared.config.credentials.iter().cloned());
@@ -238,12 +243,20 @@ impl Agent {
             tokio::spawn(updates.clone().retry_timer(stop_rx.clone())),
             tokio::spawn(usage_loop(shared.clone(), usage_tx, stop_rx.clone())),
             tokio::spawn(gc_loop(shared.clone(), stop_rx)),
-            tokio::spawn(cella_proto::reload::watch(
-                watched,
-                cella_proto::reload::CHECK_EVERY,
-                move |why| reload(why, &trust, &access, &authenticator),
-            )),
         ];
+        let reloader = tokio::spawn(cella_proto::reload::watch(
+            watched,
+            cella_proto::reload::CHECK_EVERY,
+            move |why| {
+                reload(
+                    why,
+                    &trust,
+                    &access,
+                    &authenticator,
+                    log_level_from.as_deref(),
+                )
+            },
+        ));
         Ok(Agent {
             shared,
             updates,
@@ -251,6 +264,7 @@ impl Agent {
             http_addr,
             stop,
             background,
+            reloader,
             store_owner: Some(store_owner),
             stopped,
             _lock: work_lock,
@@ -314,6 +328,7 @@ impl Agent {
         }
         // Monitors let go of their tasks; the background work ends.
         let _ = self.stop.send(true);
+        self.reloader.abort();
         for handle in self.background.drain(..) {
             if tokio::time::timeout(Duration::from_secs(6), &mut Box::pin(handle))
                 .await
@@ -383,6 +398,7 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
+        self.reloader.abort();
         for handle in &self.background {
             handle.abort();
         }
@@ -402,19 +418,77 @@ pub async fn run(
 ) -> Result<(), AgentError> {
     let kill = config.kill_tasks_on_exit;
     let cleanup = config.recover == RecoverMode::Cleanup;
+    service::extend_timeout(RECOVERY_TIMEOUT, "recovering the previous run's tasks");
     let agent = Agent::start(config).await?;
     if cleanup {
         return agent.cleanup().await;
     }
+    let status = tokio::spawn(report_status(agent.shared.clone(), agent.updates.clone()));
     tokio::select! {
         () = shutdown => {
+            service::stopping("stopping; the tasks keep running");
             tracing::info!(kill_tasks = kill, "agent stopping");
+            status.abort();
             agent.shutdown(kill).await
         }
         why = agent.stopped_by_master() => {
+            service::stopping("stopping: the master shut this agent down");
             tracing::warn!("the master shut this agent down: {why}");
+            status.abort();
             agent.shutdown(true).await
         }
+    }
+}
+
+/// How long systemd waits for the recovery of the previous run's tasks.
+const RECOVERY_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long the agent waits to register before it says it is ready anyway (and
+/// goes on trying): a node must boot even while its master is down.
+const REGISTRATION_WAIT: Duration = Duration::from_secs(90);
+
+/// Tells systemd READY=1 once the agent has registered with the master (or after
+/// [`REGISTRATION_WAIT`]), and keeps its STATUS= line current.
+async fn report_status(shared: Arc<Shared>, updates: Arc<StatusUpdateManager>) {
+    let started = Instant::now();
+    let mut ready = false;
+    let mut extended = Instant::now();
+    loop {
+        let registered = updates.is_connected();
+        let tasks = shared.attached_tasks();
+        let line = if registered {
+            format!(
+                "{tasks} tasks running; registered with {} as {}",
+                shared.config.master,
+                shared.agent_id().unwrap_or_default()
+            )
+        } else if ready {
+            format!(
+                "{tasks} tasks running; not connected to the master {}, retrying",
+                shared.config.master
+            )
+        } else {
+            format!(
+                "{tasks} tasks recovered; registering with the master {}",
+                shared.config.master
+            )
+        };
+        if !ready && (registered || started.elapsed() >= REGISTRATION_WAIT) {
+            ready = true;
+            service::ready(&line);
+            tracing::info!("ready: {line}");
+        } else if !ready && extended.elapsed() >= Duration::from_secs(10) {
+            // Still making progress (retrying the master): give it more time.
+            extended = Instant::now();
+            service::extend_timeout(Duration::from_secs(30), &line);
+        } else {
+            service::status(&line);
+        }
+        tokio::time::sleep(if ready {
+            Duration::from_secs(5)
+        } else {
+            Duration::from_millis(200)
+        })
+        .await;
     }
 }
 
@@ -459,8 +533,15 @@ async fn dispatch(
 }
 
 /// Re-reads the revocation list, the agent's own ACL and its credentials when they
-/// changed; a file that cannot be used leaves the previous version in force.
-fn reload(why: Trigger, trust: &Trust, access: &Access, auth: &Authenticator) {
+/// changed, and on SIGHUP the log level of the configuration file `config`; a file
+/// that cannot be used leaves the previous version in force.
+fn reload(
+    why: Trigger,
+    trust: &Trust,
+    access: &Access,
+    auth: &Authenticator,
+    config: Option<&std::path::Path>,
+) {
     log(
         why,
         "revocation list",
@@ -468,6 +549,29 @@ fn reload(why: Trigger, trust: &Trust, access: &Access, auth: &Authenticator) {
     );
     log(why, "ACL", changed(access.reload(why.forced())));
     log(why, "credentials", changed(auth.reload(why.forced())));
+    if why == Trigger::Hangup {
+        if let Some(path) = config {
+            let level = crate::config::FileConfig::load(path)
+                .map_err(|e| e.to_string())
+                .and_then(|file| {
+                    cella_proto::logging::set_level(file.log_level.as_deref().unwrap_or("info"))
+                });
+            log(why, "log level", level);
+        }
+        tracing::info!(
+            "SIGHUP: re-read the revocation list{}, the credentials file (if any){}",
+            if access.local_path().is_some() {
+                ", the ACL"
+            } else {
+                ""
+            },
+            if config.is_some() {
+                " and the log level"
+            } else {
+                ""
+            },
+        );
+    }
 }
 
 /// The task user must exist here, and be root only where root tasks are allowed.
@@ -568,6 +672,12 @@ fn new_containerizer(config: &AgentConfig) -> Result<Containerizer, AgentError> 
         .into_iter()
         .flatten()
         .collect(),
+        // Under systemd on a cgroup v2 host each task gets a scope of its own, so
+        // that the agent's unit can restart while tasks run (see
+        // docs/deployment.md, "cgroup layout").
+        systemd_slice: std::path::Path::new("/run/systemd/system")
+            .is_dir()
+            .then(|| cella_containerizer::cgroups::SYSTEMD_SLICE.to_string()),
     })
     .map_err(|e| AgentError::Containerizer(e.to_string()))?;
     Ok(containerizer)

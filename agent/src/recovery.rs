@@ -119,7 +119,7 @@ pub async fn recover(runner: &Arc<TaskRunner>, checkpoint: Checkpoint) -> Result
         match outcome {
             Outcome::Running(running) => {
                 reattached += 1;
-                tracing::info!(task = %id, shim = running.shim_pid(), "re-attached to the running task");
+                tracing::info!(task_id = %id, shim = running.shim_pid(), "re-attached to the running task");
                 let (slot, kill_requested) = attach(shared, &id, *running);
                 if !was_running {
                     // It was launched but RUNNING was never generated.
@@ -135,7 +135,7 @@ pub async fn recover(runner: &Arc<TaskRunner>, checkpoint: Checkpoint) -> Result
                 if kill_requested == Some(true) {
                     // The kill was requested before the restart and may not have
                     // been delivered: deliver it (again).
-                    tracing::info!(task = %id, "killing the task: its kill was requested before the restart");
+                    tracing::info!(task_id = %id, "killing the task: its kill was requested before the restart");
                     kill_slot(shared, &slot).await;
                 }
                 watch(runner.clone(), id, framework_id, slot);
@@ -143,12 +143,12 @@ pub async fn recover(runner: &Arc<TaskRunner>, checkpoint: Checkpoint) -> Result
             Outcome::Ended(mut s) => {
                 s.task_id = id.clone();
                 s.framework_id = framework_id;
-                tracing::info!(task = %id, state = s.state().as_str_name(), "the task ended while the agent was away: {}", s.message);
+                tracing::info!(task_id = %id, state = s.state().as_str_name(), "the task ended while the agent was away: {}", s.message);
                 updates.send(s).await?;
                 ended.push(id);
             }
             Outcome::Lost(why) => {
-                tracing::warn!(task = %id, "reported LOST: {why}");
+                tracing::warn!(task_id = %id, "reported LOST: {why}");
                 updates
                     .send(v1::TaskStatus {
                         task_id: id.clone(),
@@ -188,7 +188,7 @@ pub async fn recover(runner: &Arc<TaskRunner>, checkpoint: Checkpoint) -> Result
                 continue;
             }
             if let Ok(id) = TaskId::new(name.clone()) {
-                tracing::info!(task = %name, "removing the leftovers of a task that is not running");
+                tracing::info!(task_id = %name, "removing the leftovers of a task that is not running");
                 c.destroy(&id);
             }
         }

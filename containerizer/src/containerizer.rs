@@ -44,6 +44,9 @@ pub struct ContainerizerConfig {
     /// directory, ACL and credentials). The run directories, the shim and the host's
     /// secrets ([`crate::isolators::HOST_SECRETS`]) are always hidden.
     pub hidden: Vec<PathBuf>,
+    /// Under systemd with cgroup v2 only (and no `cgroup_root`): each task in a
+    /// transient scope of this slice (see [`CgroupRoot::discover_in_slice`]).
+    pub systemd_slice: Option<String>,
 }
 
 impl ContainerizerConfig {
@@ -176,7 +179,10 @@ pub struct Containerizer {
 
 impl Containerizer {
     pub fn new(config: ContainerizerConfig) -> Result<Self, CgroupError> {
-        let cgroups = CgroupRoot::discover(config.cgroup_root.as_deref())?;
+        let cgroups = CgroupRoot::discover_in_slice(
+            config.cgroup_root.as_deref(),
+            config.systemd_slice.as_deref(),
+        )?;
         // prepare runs in this order, cleanup in reverse. Only the cgroups isolator
         // creates anything in prepare, so it goes last.
         let mut hidden = config.hidden.clone();
@@ -321,8 +327,23 @@ impl Containerizer {
             })
             .as_ref()
             .map_err(|e| LaunchError::Setup(e.clone()))?;
-        let mut command = Command::new(shim.exec_path());
-        command.arg0(shim.source()).arg(dir);
+        let mut launcher = self.cgroups.shim_launcher(id.as_str()).into_iter();
+        // Through a launcher (systemd-run, which execs the shim in the task's scope)
+        // the sealed copy's descriptor must survive the first exec: it is then the
+        // launcher that execs `/proc/self/fd/N`.
+        let (mut command, shim_fd) = match launcher.next() {
+            Some(program) => {
+                let mut c = Command::new(program);
+                c.args(launcher).arg(shim.exec_path());
+                (c, Some(shim.raw_fd()))
+            }
+            None => {
+                let mut c = Command::new(shim.exec_path());
+                c.arg0(shim.source());
+                (c, None)
+            }
+        };
+        command.arg(dir);
         let lock_fd = lock.as_raw_fd();
         // SAFETY: between fork and exec the closure only calls dup2 and fcntl, which
         // are async-signal-safe, and allocates nothing.
@@ -337,6 +358,12 @@ impl Containerizer {
                     }
                 } else if libc::dup2(lock_fd, SHIM_LOCK_FD) < 0 {
                     return Err(io::Error::last_os_error());
+                }
+                if let Some(fd) = shim_fd {
+                    let flags = libc::fcntl(fd, libc::F_GETFD);
+                    if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
                 }
                 Ok(())
             });

@@ -56,6 +56,11 @@ impl SealedExe {
         PathBuf::from(format!("/proc/self/fd/{}", self.memfd.as_raw_fd()))
     }
 
+    /// The copy's descriptor number in this process.
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        self.memfd.as_raw_fd()
+    }
+
     pub fn source(&self) -> &Path {
         &self.source
     }

@@ -54,6 +54,7 @@ fn run(
         ))),
         cleanup_if_orphaned: false,
         hidden,
+        systemd_slice: None,
     })
     .expect("containerizer");
     let id = TaskId::new(name).expect("id");

@@ -54,6 +54,7 @@ impl Launcher {
             cgroup_root: Some(self.cgroup_root.clone()),
             cleanup_if_orphaned: false,
             hidden: Vec::new(),
+            systemd_slice: None,
         })
         .expect("containerizer")
     }

@@ -99,7 +99,7 @@ impl AgentService for AgentApi {
                     }
                     Ok(_) => {}
                     Err(e) => {
-                        tracing::debug!(agent = %agent, "agent stream error: {e}");
+                        tracing::debug!(agent_id = %agent, "agent stream error: {e}");
                         break;
                     }
                 }
@@ -177,7 +177,7 @@ impl SchedulerService for SchedulerApi {
                         });
                     }
                     Err(e) => {
-                        tracing::debug!(framework = %framework, "scheduler stream error: {e}");
+                        tracing::debug!(framework_id = %framework, "scheduler stream error: {e}");
                         break;
                     }
                 }

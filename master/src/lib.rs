@@ -3,6 +3,7 @@
 
 pub mod allocator;
 pub mod authz;
+pub mod config;
 pub mod control;
 pub mod grpc;
 pub mod http;

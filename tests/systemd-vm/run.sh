@@ -23,7 +23,7 @@
 #   CELLA_SYSTEMD_VM_DROPINS=DIR     copied to the guest's /etc/systemd/system/ before
 #                              the first boot, e.g. DIR/cella-agent.service.d/x.conf
 #                              (debugging: try a unit setting without a new package)
-#   CELLA_SYSTEMD_VM_BOOT1_TIMEOUT=540 CELLA_SYSTEMD_VM_BOOT2_TIMEOUT=300  seconds
+#   CELLA_SYSTEMD_VM_BOOT1_TIMEOUT=720 CELLA_SYSTEMD_VM_BOOT2_TIMEOUT=420  seconds
 #   CELLA_SYSTEMD_VM_KEEP=1          keep the work dir (tests/systemd-vm/work/run.*)
 #   CELLA_SYSTEMD_VM_KERNEL=/boot/vmlinuz-...  (default: the newest; its initrd too)
 #   CELLA_SYSTEMD_VM_MEM=2048 CELLA_SYSTEMD_VM_SMP=2
@@ -37,8 +37,8 @@ cache_base=${CELLA_SYSTEMD_VM_CACHE:-/var/cache/cella-systemd-vm}
 cache_days=${CELLA_SYSTEMD_VM_CACHE_DAYS:-30}
 mirror=${CELLA_SYSTEMD_VM_MIRROR:-http://deb.debian.org/debian}
 cgroup_mode=${CELLA_SYSTEMD_VM_CGROUP:-unified}
-boot1_timeout=${CELLA_SYSTEMD_VM_BOOT1_TIMEOUT:-540}
-boot2_timeout=${CELLA_SYSTEMD_VM_BOOT2_TIMEOUT:-300}
+boot1_timeout=${CELLA_SYSTEMD_VM_BOOT1_TIMEOUT:-720}
+boot2_timeout=${CELLA_SYSTEMD_VM_BOOT2_TIMEOUT:-420}
 mem=${CELLA_SYSTEMD_VM_MEM:-2048}
 smp=${CELLA_SYSTEMD_VM_SMP:-2}
 suite=bookworm
@@ -47,7 +47,7 @@ suite=bookworm
 packages=(systemd systemd-sysv iproute2 procps jq)
 # Every check the guest must report (in boot 1 and boot 2).
 checks=(package-install package-layout units-verify master-security setup task-oom-score
-    1-restart 2-stop-start 3-kill-9 4-task-killed 5-watchdog 6-master-restart
+    task-cgroup-journal 1-restart 2-stop-start 3-kill-9 4-task-killed 5-watchdog 6-master-restart
     package-upgrade 7-reboot package-purge)
 
 log() { printf '[systemd-vm] %s\n' "$*" >&2; }

@@ -16,7 +16,12 @@
 # shellcheck disable=SC2317 # helpers called through wait_until look unreachable
 set -u
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-export CELLA_MASTER=https://127.0.0.1:5050 CELLA_TLS_DIR=/etc/cella/tls
+# The cluster's CA lives in /etc/cella/tls on this one machine; the command-line
+# tool uses the certificate of the user admin issued from it.
+CA=/etc/cella/tls
+export CELLA_MASTER=https://127.0.0.1:5050 CELLA_TLS_DIR=$CA/users/admin
+# The test-only trigger that hangs the agent's work loop (step 5).
+HANG_TRIGGER=/run/cella/agent/test-hang-work-loop
 
 STATE=/var/lib/cella-vm
 LOGS=/var/log/cella-vm
@@ -49,7 +54,7 @@ diagnose() {
     echo "----- diagnostics -----"
     systemctl status --no-pager --lines=0 cella-master.service cella-agent.service 2>&1 | head -n 30
     journalctl -b --no-pager -o short-monotonic -n 25 -u cella-agent.service -u cella-master.service 2>&1
-    systemd-cgls --no-pager /system.slice/cella-agent.service 2>&1 | head -n 20
+    systemd-cgls --no-pager /system.slice/cella-agent.service /cella.slice 2>&1 | head -n 30
     echo "-----------------------"
 }
 
@@ -210,7 +215,7 @@ finish() { # $1 = reboot | poweroff
 # Boot 1 cannot go on: the checks from $1 on get their line ("not run: $2"), the
 # package is purged (that check does not need the rest) and the VM powers off.
 abort_phase1() {
-    local labels=(task-oom-score 1-restart 2-stop-start 3-kill-9 4-task-killed 5-watchdog
+    local labels=(task-oom-score task-cgroup-journal 1-restart 2-stop-start 3-kill-9 4-task-killed 5-watchdog
         6-master-restart package-upgrade 7-reboot)
     local l skip=1
     for l in "${labels[@]}"; do
@@ -277,11 +282,22 @@ phase1_setup() {
         fail master-security "systemd-analyze security cella-master: ${score:-no score} (want at most 3.0)"
     fi
 
-    # A cluster on this machine, as the README says.
-    if ! out=$(cella certs init /etc/cella/tls 2>&1); then
-        fail setup "cella certs init: $out"
+    # A cluster on this machine, as the README says: the CA and the master's
+    # certificate, this node's agent certificate (its bundle copied into the agent's
+    # TLS directory) and a user's.
+    if ! out=$(cella certs init "$CA" 2>&1 \
+            && cella certs issue agent "$(hostname)" --dir "$CA" 2>&1 \
+            && install -m 0644 "$CA/agents/$(hostname)/agent.pem" "$CA/agent.pem" \
+            && install -m 0600 "$CA/agents/$(hostname)/agent-key.pem" "$CA/agent-key.pem" \
+            && cella certs issue user admin --dir "$CA" 2>&1); then
+        fail setup "cella certs init / issue: $out"
         abort_phase1 task-oom-score "no certificates"
     fi
+    # Test only: the agent's work loop hangs when $HANG_TRIGGER appears (step 5).
+    mkdir -p /etc/systemd/system/cella-agent.service.d
+    printf '[Service]\nEnvironment=CELLA_AGENT_TEST_HANG_WORK_LOOP=%s\n' "$HANG_TRIGGER" \
+        > /etc/systemd/system/cella-agent.service.d/test-hang.conf
+    systemctl daemon-reload
     systemctl enable cella-master.service cella-agent.service 2> /dev/null
     systemctl start --no-block cella-master.service cella-agent.service
     REASONS=()
@@ -309,6 +325,20 @@ phase1_setup() {
     else
         fail task-oom-score "oom_score_adj: agent ${agent_adj:-?} (want -900), task ${task_adj:-?} (want 0)"
     fi
+
+    # Where the task lives: its own scope in cella.slice, not the agent's unit; and
+    # the agent's journal lines about it carry its id as a field.
+    REASONS=()
+    local cg
+    cg=$(sed -n 's/^0:://p' "/proc/$TASK_PID/cgroup")
+    [ "$cg" = "/cella.slice/cella-task-$TASK_ID.scope/task" ] \
+        || REASONS+=("the task is in the cgroup $cg, not /cella.slice/cella-task-$TASK_ID.scope/task")
+    local lines
+    lines=$(journalctl -b --no-pager -o cat -u cella-agent "TASK_ID=$TASK_ID" 2>/dev/null | wc -l)
+    [ "$lines" -gt 0 ] || REASONS+=("journalctl -u cella-agent TASK_ID=$TASK_ID shows nothing")
+    journalctl -b --no-pager -o verbose -u cella-agent "TASK_ID=$TASK_ID" 2>/dev/null \
+        | grep -q '^ *FRAMEWORK_ID=' || REASONS+=("the task's journal lines carry no FRAMEWORK_ID")
+    report task-cgroup-journal "task in $cg; journalctl -u cella-agent TASK_ID=$TASK_ID: $lines lines, with FRAMEWORK_ID"
 }
 
 step1_restart() {
@@ -381,18 +411,22 @@ step5_watchdog() {
         return
     fi
     since=$(now_stamp)
-    kill -STOP "$old"
+    # The agent's work loop hangs (the rest of the agent goes on): only the
+    # watchdog, pinged from that loop, can tell.
+    touch "$HANG_TRIGGER"
     # The watchdog, the abort timeout (SIGABRT, then SIGKILL) and a start.
     if agent_back "$old" $(((wd_us + abort_us) / 1000000 + 60)); then
         journal_has cella-agent "$since" "Watchdog timeout" \
             || REASONS+=("the agent was replaced, but not by the watchdog")
+        journal_has cella-agent "$since" "the work loop hangs now" \
+            || REASONS+=("the agent never saw the test trigger $HANG_TRIGGER")
         task_survived
     else
-        REASONS+=("the stopped agent was not restarted")
-        kill -CONT "$old" 2> /dev/null
+        REASONS+=("the agent with a hung work loop was not restarted")
     fi
+    rm -f "$HANG_TRIGGER"
     agent_journal_reasons "$since"
-    report 5-watchdog "agent pid $old stopped with SIGSTOP; the watchdog ($((wd_us / 1000000)) s) had it restarted as pid $(main_pid cella-agent); task pid $TASK_PID recovered"
+    report 5-watchdog "agent pid $old: its work loop hung; the watchdog ($((wd_us / 1000000)) s) had it restarted as pid $(main_pid cella-agent); task pid $TASK_PID recovered"
 }
 
 step6_master_restart() {
@@ -476,7 +510,7 @@ step7_after_reboot() {
     # Nothing left of it: no process, no cgroup, no run directory.
     pgrep -f 'cella-vm-probe-2$' > /dev/null && REASONS+=("a process of the task runs after the reboot")
     local left
-    left=$(find /sys/fs/cgroup -name "$TASK_ID" 2> /dev/null | head -n 3 | tr '\n' ' ')
+    left=$(find /sys/fs/cgroup -name "*$TASK_ID*" 2> /dev/null | head -n 3 | tr '\n' ' ')
     [ -z "$left" ] || REASONS+=("cgroups left: $left")
     [ -e "/run/cella/agent/tasks/$TASK_ID" ] && REASONS+=("run directory left: /run/cella/agent/tasks/$TASK_ID")
     report 7-reboot "task $TASK_ID LOST ($reason) once: '$message'; no process, cgroup or run directory left"

@@ -22,15 +22,6 @@ struct Cli {
 
 fn main() {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CELLA_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        // Colours only on a terminal: journald and log files get plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let config = match cli.args.resolve() {
         Ok(c) => c,
         Err(e) => {
@@ -38,6 +29,9 @@ fn main() {
             std::process::exit(cella_agent::ConfigError::EXIT_CODE);
         }
     };
+    // To the journal with structured fields (TASK_ID, FRAMEWORK_ID, AGENT_ID) under
+    // systemd, to stderr otherwise.
+    cella_proto::logging::init(&config.log_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("cella-agent")

@@ -134,6 +134,11 @@ pub struct AgentArgs {
     pub credentials: Option<PathBuf>,
     #[command(flatten)]
     pub images: ImageArgs,
+    /// What is logged: "info", "debug", or per module ("info,cella_agent=debug");
+    /// `$CELLA_LOG` wins. On SIGHUP the `log_level` of the --config file is re-read
+    /// [default: info].
+    #[arg(long, value_name = "LEVEL")]
+    pub log_level: Option<String>,
 }
 
 /// `--recover`: what happens to the tasks a previous agent run left.
@@ -174,6 +179,7 @@ pub struct FileConfig {
     pub credentials: Option<PathBuf>,
     /// `[images]`: registries and the image store.
     pub images: Option<ImagesFile>,
+    pub log_level: Option<String>,
 }
 
 /// Attributes in the TOML file: a string or a table.
@@ -242,6 +248,10 @@ pub struct AgentConfig {
     pub credentials: Option<PathBuf>,
     /// Registries and the image store.
     pub images: ImagesConfig,
+    /// The log filter ([`cella_proto::logging`]).
+    pub log_level: String,
+    /// `--config`: re-read on SIGHUP for `log_level` (unless `--log-level` was given).
+    pub reload_log_level_from: Option<PathBuf>,
 }
 
 pub const DEFAULT_MASTER: &str = "https://127.0.0.1:5050";
@@ -279,6 +289,8 @@ impl Default for AgentConfig {
             acl: None,
             credentials: None,
             images: ImagesConfig::default(),
+            log_level: "info".into(),
+            reload_log_level_from: None,
         }
     }
 }
@@ -324,6 +336,14 @@ impl AgentArgs {
             }
         };
         let mut config = AgentConfig::default();
+        if let Some(level) = self.log_level.clone().or_else(|| file.log_level.clone()) {
+            cella_proto::logging::check_level(&level)
+                .map_err(|m| ConfigError::new(origin("log-level", self.log_level.is_some()), m))?;
+            config.log_level = level;
+        }
+        if self.log_level.is_none() {
+            config.reload_log_level_from = source.map(Path::to_path_buf);
+        }
 
         if let Some(master) = self.master.clone().or_else(|| file.master.clone()) {
             check_master_url(&master)
@@ -540,6 +560,31 @@ impl AgentArgs {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// Every key documented in the shipped /etc/cella/agent.toml, uncommented, is one
+    /// the agent accepts, and the file resolves as it is.
+    #[test]
+    fn the_shipped_file_documents_known_keys() {
+        let text = include_str!("../../../systemd/agent.toml");
+        let keys: String = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| l.split_once(" = ").is_some_and(|(k, _)| !k.contains(' ')))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let file = FileConfig::parse(&keys).unwrap_or_else(|e| panic!("{keys}\n{e}"));
+        assert_eq!(file.log_level.as_deref(), Some("info"));
+        assert!(file.task_user.is_some() && file.allow_volumes.is_some());
+        let shipped = FileConfig::parse(text).expect("agent.toml parses");
+        let config = AgentArgs::default()
+            .resolve_with(&shipped, Some(Path::new("agent.toml")))
+            .expect("agent.toml resolves");
+        assert_eq!(config.master, DEFAULT_MASTER);
+        assert_eq!(
+            config.reload_log_level_from.as_deref(),
+            Some(Path::new("agent.toml"))
+        );
+    }
 
     #[test]
     fn resource_strings() {

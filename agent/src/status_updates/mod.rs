@@ -131,7 +131,7 @@ impl StatusUpdateManager {
         match acked {
             Acked::Unknown => {
                 tracing::debug!(
-                    task = task_id,
+                    task_id = task_id,
                     uuid,
                     "acknowledgement of an unknown update ignored"
                 );

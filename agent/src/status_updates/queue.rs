@@ -206,7 +206,7 @@ impl Updates {
         self.by_uuid.remove(uuid);
         if p.status.task_id != task_id {
             tracing::debug!(
-                task = task_id,
+                task_id = task_id,
                 "acknowledgement names task {} for update {uuid}",
                 p.status.task_id
             );

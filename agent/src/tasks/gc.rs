@@ -103,7 +103,7 @@ pub fn gc_sweep(shared: &Shared) -> Vec<String> {
         match std::fs::remove_dir_all(paths::sandbox_dir(&shared.config.work_dir, id)) {
             Ok(()) => true,
             Err(e) => {
-                tracing::warn!(task = id, "removing the sandbox failed: {e}");
+                tracing::warn!(task_id = id, "removing the sandbox failed: {e}");
                 false
             }
         }
@@ -113,7 +113,7 @@ pub fn gc_sweep(shared: &Shared) -> Vec<String> {
     for (end, id) in ended {
         if now.saturating_sub(end) >= delay_ns {
             if remove(&id) {
-                tracing::info!(task = %id, "sandbox removed (--gc-delay passed)");
+                tracing::info!(task_id = %id, "sandbox removed (--gc-delay passed)");
                 removed.push(id);
             }
         } else {
@@ -126,7 +126,7 @@ pub fn gc_sweep(shared: &Shared) -> Vec<String> {
             break;
         }
         if remove(&id) {
-            tracing::warn!(task = %id, "sandbox removed early: the work directory's filesystem is more than 90% full");
+            tracing::warn!(task_id = %id, "sandbox removed early: the work directory's filesystem is more than 90% full");
             removed.push(id);
         }
     }

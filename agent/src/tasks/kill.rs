@@ -22,7 +22,7 @@ pub async fn kill_slot(shared: &Shared, slot: &RunningSlot) {
         if let Some(running) = lock(&slot).as_ref()
             && let Err(e) = c.kill(running)
         {
-            tracing::warn!(task = %running.id, "kill failed: {e}");
+            tracing::warn!(task_id = %running.id, "kill failed: {e}");
         }
     })
     .await;
@@ -97,10 +97,10 @@ pub async fn kill(runner: Arc<TaskRunner>, framework_id: String, task_id: String
     if let Some(durable) = durable
         && let Err(e) = durable.await
     {
-        tracing::error!(task = %task_id, "kill request not checkpointed (killing anyway): {e}");
+        tracing::error!(task_id = %task_id, "kill request not checkpointed (killing anyway): {e}");
     }
     match found {
-        Found::Ended => tracing::debug!(task = %task_id, "kill of a task that already ended"),
+        Found::Ended => tracing::debug!(task_id = %task_id, "kill of a task that already ended"),
         Found::Unknown => {
             // Like Mesos: the agent does not know the task, so it is lost here.
             let mut s = status(&task_id, &framework_id, v1::TaskState::TaskLost);

@@ -84,7 +84,7 @@ pub async fn launch(runner: Arc<TaskRunner>, owner: Owner, info: v1::TaskInfo) {
         Err(e) => {
             if let SpecError::Refused(refusal) = &e {
                 shared.metrics.launch_refused(refusal.reason());
-                tracing::warn!(task = %id, framework = %framework_id, "launch refused: {refusal}");
+                tracing::warn!(task_id = %id, framework_id = %framework_id, "launch refused: {refusal}");
             }
             return refuse(e.to_string(), false).await;
         }
@@ -157,7 +157,7 @@ pub async fn launch(runner: Arc<TaskRunner>, owner: Owner, info: v1::TaskInfo) {
                 ),
             };
             shared.metrics.launched(outcome, elapsed);
-            tracing::info!(task = %id, "launch failed: {e}");
+            tracing::info!(task_id = %id, framework_id = %framework_id, "launch failed: {e}");
             let mut s = status(&id, &framework_id, state);
             s.reason = reason as i32;
             s.message = e.to_string();
@@ -179,6 +179,13 @@ pub async fn launch(runner: Arc<TaskRunner>, owner: Owner, info: v1::TaskInfo) {
         }
     };
     shared.metrics.launched("running", elapsed);
+    tracing::info!(
+        task_id = %id,
+        framework_id = %framework_id,
+        agent_id = %shared.agent_id().unwrap_or_default(),
+        pid = running.pid,
+        "task running (launched in {elapsed:.3} s)"
+    );
     // A task forgotten meanwhile is killed as well: nothing would report its end.
     let (slot, kill_requested) = attach(shared, &id, running);
     let kill_now = kill_requested.unwrap_or(true);

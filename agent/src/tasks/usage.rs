@@ -35,15 +35,40 @@ pub fn usage_to_wire(task_id: &str, u: &Usage) -> v1::TaskUsage {
     }
 }
 
+/// Test only: the file whose appearance hangs the usage loop (see [`usage_loop`]).
+pub const TEST_HANG_ENV: &str = "CELLA_AGENT_TEST_HANG_WORK_LOOP";
+
 /// Samples every running task each `--usage-interval` and publishes the report on
 /// `reports` (the connection sends the latest one while registered), until `stop`.
+///
+/// This is the agent's work loop: each round pings systemd's watchdog
+/// ([`cella_proto::service::watchdog`]), so a stuck loop gets the agent restarted;
+/// under a watchdog it comes round at least every third of its interval.
+///
+/// For tests of that watchdog only: when `$CELLA_AGENT_TEST_HANG_WORK_LOOP` names a
+/// file and the file appears, the loop removes it and hangs for good.
 pub async fn usage_loop(
     shared: Arc<Shared>,
     reports: watch::Sender<Option<UsageReport>>,
     stop: watch::Receiver<bool>,
 ) {
-    let mut timer = Periodic::new(shared.config.usage_interval, stop);
+    let period = cella_proto::service::watchdog_period()
+        .map_or(shared.config.usage_interval, |w| {
+            w.min(shared.config.usage_interval)
+        });
+    let hang_trigger = std::env::var_os(TEST_HANG_ENV).map(std::path::PathBuf::from);
+    let mut timer = Periodic::new(period, stop);
     while timer.next().await {
+        if let Some(trigger) = &hang_trigger
+            && std::fs::remove_file(trigger).is_ok()
+        {
+            tracing::warn!(
+                "{} appeared: the work loop hangs now (a test of the watchdog)",
+                trigger.display()
+            );
+            std::future::pending::<()>().await;
+        }
+        cella_proto::service::watchdog();
         shared.update_task_gauges();
         let slots: Vec<(String, RunningSlot)> = lock(&shared.tasks)
             .iter()

@@ -69,7 +69,7 @@ async fn monitor(
     let termination = match tokio::task::spawn_blocking(move || c.collect(running)).await {
         Ok(t) => t,
         Err(e) => {
-            tracing::error!(task = %id, "collecting the task failed: {e}");
+            tracing::error!(task_id = %id, "collecting the task failed: {e}");
             let mut s = status(&id, &framework_id, v1::TaskState::TaskLost);
             s.reason = v1::Reason::LaunchFailed as i32;
             s.message = format!("the agent could not collect the task's exit status: {e}");
@@ -103,7 +103,14 @@ async fn monitor(
     }
     s.task_id = id.clone();
     s.framework_id = framework_id;
-    tracing::info!(task = %id, state = s.state().as_str_name(), "{}", s.message);
+    tracing::info!(
+        task_id = %id,
+        framework_id = %s.framework_id,
+        agent_id = %shared.agent_id().unwrap_or_default(),
+        state = s.state().as_str_name(),
+        "task ended: {}",
+        s.message
+    );
     // Only once the end is checkpointed: an agent that crashed (or stopped) before
     // finds the run directory and reports the same end again.
     if !report(&runner.updates, s).await {
@@ -131,12 +138,12 @@ async fn wait_for_exit(
     match registered {
         Ok(fd) => {
             if let Err(e) = fd.readable().await {
-                tracing::warn!(task = %id, "waiting on the task's pidfd: {e}; polling instead");
+                tracing::warn!(task_id = %id, "waiting on the task's pidfd: {e}; polling instead");
                 wait_polling(shared, slot).await;
             }
         }
         Err(e) => {
-            tracing::warn!(task = %id, "cannot watch the task's pidfd: {e}; polling instead");
+            tracing::warn!(task_id = %id, "cannot watch the task's pidfd: {e}; polling instead");
             wait_polling(shared, slot).await;
         }
     }

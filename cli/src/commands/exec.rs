@@ -269,6 +269,7 @@ pub(super) fn run_with(mut args: ExecArgs, image: Option<super::exec_image::Imag
         cgroup_root: args.cgroup_root.clone(),
         cleanup_if_orphaned: true,
         hidden: Vec::new(),
+        systemd_slice: None,
     }) {
         Ok(c) => c,
         Err(e) => return fail(EXIT_CELLA_FAILED, e),

@@ -16,11 +16,14 @@
 mod device_filter;
 mod fsx;
 mod host;
+mod scope;
 mod v1;
 mod v2;
 
 pub use host::{Host, Mode, detect_mode, parse_mode, unescape_mountinfo};
+pub use scope::{SLICE as SYSTEMD_SLICE, enter_scope};
 
+use std::ffi::OsString;
 use std::fmt::Debug;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
@@ -72,13 +75,21 @@ pub enum Placement {
     V2 { dir: PathBuf },
     /// cgroup v1: the child enters each of these cgroups itself (see `shim/child.rs`).
     V1 { procs_files: Vec<PathBuf> },
+    /// cgroup v2 under systemd: the shim runs in the task's delegated scope and
+    /// creates the task cgroup `dir` (`<scope>/task`) with `limits` and a device
+    /// filter allowing `devices` itself ([`enter_scope`]), then clones the task into it.
+    Scope {
+        dir: PathBuf,
+        limits: CgroupLimits,
+        devices: Vec<crate::devices::AllowedDevice>,
+    },
 }
 
 impl Placement {
     /// Every cgroup directory the task lives in.
     pub fn dirs(&self) -> Vec<PathBuf> {
         match self {
-            Placement::V2 { dir } => vec![dir.clone()],
+            Placement::V2 { dir } | Placement::Scope { dir, .. } => vec![dir.clone()],
             Placement::V1 { procs_files } => procs_files
                 .iter()
                 .filter_map(|f| f.parent().map(Path::to_path_buf))
@@ -89,7 +100,7 @@ impl Placement {
     /// The `cgroup.procs` file of every cgroup directory the task lives in.
     pub fn procs_files(&self) -> Vec<PathBuf> {
         match self {
-            Placement::V2 { dir } => vec![dir.join("cgroup.procs")],
+            Placement::V2 { dir } | Placement::Scope { dir, .. } => vec![dir.join("cgroup.procs")],
             Placement::V1 { procs_files } => procs_files.clone(),
         }
     }
@@ -123,6 +134,10 @@ impl Placement {
         });
         for dir in &dirs {
             let _ = fsx::rmdir(dir);
+        }
+        if matches!(self, Placement::Scope { .. }) {
+            // The scope is systemd's: it goes by itself once empty.
+            return;
         }
         for base in dirs.iter().filter_map(|d| d.parent()) {
             let _ = std::fs::remove_dir(base);
@@ -158,6 +173,13 @@ pub trait CgroupBackend: Debug + Send + Sync {
     /// leaf, or `None` when nothing had to move (v1, or a base elsewhere).
     /// Call it before any other thread or child exists, and before `create`.
     fn move_self_into_leaf(&self, leaf: &str) -> Result<Option<PathBuf>, CgroupError>;
+
+    /// The command (and its arguments) the shim of task `name` is started through,
+    /// before the shim's own path; empty to start the shim directly. Under systemd
+    /// this is `systemd-run --scope ...`, which puts the shim in the task's scope.
+    fn shim_launcher(&self, _name: &str) -> Vec<OsString> {
+        Vec::new()
+    }
 }
 
 /// One task's cgroup (one directory per hierarchy on v1), as youki's `CgroupManager`.
@@ -210,7 +232,31 @@ impl CgroupRoot {
 
     /// [`CgroupRoot::discover`] on a given host layout (tests inject one).
     pub fn discover_on(host: &Host, root: Option<&Path>) -> Result<Self, CgroupError> {
+        Self::discover_with(host, root, None)
+    }
+
+    /// Like [`CgroupRoot::discover`], with tasks in transient scopes of the systemd
+    /// slice `slice` (e.g. [`SYSTEMD_SLICE`]) when the host has cgroup v2 only and
+    /// no `root` is given; `None`, or any other host, chooses as `discover` does.
+    pub fn discover_in_slice(
+        root: Option<&Path>,
+        slice: Option<&str>,
+    ) -> Result<Self, CgroupError> {
+        Self::discover_with(&Host::read()?, root, slice)
+    }
+
+    fn discover_with(
+        host: &Host,
+        root: Option<&Path>,
+        slice: Option<&str>,
+    ) -> Result<Self, CgroupError> {
         let mode = host.mode()?;
+        if let (Mode::Unified, None, Some(slice)) = (mode, root, slice) {
+            return Ok(Self {
+                mode,
+                backend: Arc::new(scope::Slice::discover(host, slice)?),
+            });
+        }
         let backend: Arc<dyn CgroupBackend> = match mode {
             Mode::Unified => Arc::new(v2::Base::discover(host, root)?),
             Mode::Hybrid | Mode::Legacy => Arc::new(v1::Hierarchies::discover(host, root)?),

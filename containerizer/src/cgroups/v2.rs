@@ -212,6 +212,20 @@ impl CgroupBackend for Base {
 }
 
 impl TaskGroup {
+    /// The task cgroup at `dir` (which may not exist yet).
+    pub(super) fn at(dir: PathBuf) -> Self {
+        Self { dir }
+    }
+
+    pub(super) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Writes the limits of a new task cgroup.
+    pub(super) fn write_initial_limits(&self, limits: &CgroupLimits) -> Result<(), CgroupError> {
+        self.write_limits(limits, false)
+    }
+
     fn file(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }

@@ -79,6 +79,11 @@ fn setup_and_exec(spec: &ShimSpec, stdio: Option<&StdioFiles>) -> Result<Never, 
     if let Placement::V1 { procs_files } = &spec.cgroup {
         enter_v1_cgroups(procs_files)?;
     }
+    // The launcher may keep itself from the OOM killer (the agent's unit sets
+    // OOMScoreAdjust=-900) and the shim inherits that; the task must not: when memory
+    // runs out, tasks go before the agent. Raising the value needs no privilege.
+    std::fs::write("/proc/self/oom_score_adj", "0")
+        .map_err(|e| Failure::setup("resetting /proc/self/oom_score_adj", e))?;
     // Decoded before privileges drop; loading it is the last step before exec.
     let default_program = match &spec.seccomp {
         Some(SeccompProgram::Default) => crate::seccomp::default_program(),

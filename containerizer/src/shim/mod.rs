@@ -225,8 +225,17 @@ fn start_task(
     if spec.net == NetMode::None {
         flags |= libc::CLONE_NEWNET as u64;
     }
+    if let Placement::Scope {
+        dir,
+        limits,
+        devices,
+    } = &spec.cgroup
+    {
+        crate::cgroups::enter_scope(dir, limits, devices)
+            .map_err(|e| sys_err("the task's cgroup in its scope")(io::Error::other(e)))?;
+    }
     let cgroup_dir: Option<OwnedFd> = match &spec.cgroup {
-        Placement::V2 { dir } => Some(
+        Placement::V2 { dir } | Placement::Scope { dir, .. } => Some(
             fs::File::open(dir)
                 .map(OwnedFd::from)
                 .map_err(io_err(dir))?,

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use cella_master::authz::Authorizer;
+use cella_master::config::{FileConfig, FileError, setting};
 use cella_master::{MasterConfig, parse_duration};
 use cella_proto::auth::Authenticator;
 use cella_proto::reload::{Trigger, changed, log, revocations};
@@ -51,18 +52,17 @@ struct RegistryFile {
 
 #[derive(clap::Args)]
 struct Args {
-    /// Address to serve gRPC and the HTTP API on (TLS only).
-    #[arg(long, default_value = "127.0.0.1:5050", env = "CELLA_MASTER_LISTEN")]
-    listen: SocketAddr,
+    /// A TOML file with the same settings as the flags (keys with underscores, e.g.
+    /// `agent_timeout = "60s"`; see /etc/cella/master.toml); flags win over the file.
+    #[arg(long, value_name = "FILE", env = "CELLA_MASTER_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to serve gRPC and the HTTP API on (TLS only) [default: 127.0.0.1:5050].
+    #[arg(long, env = "CELLA_MASTER_LISTEN")]
+    listen: Option<SocketAddr>,
     /// Directory with ca.pem, master.pem, master-key.pem and crl.pem (see `cella certs
-    /// init`); crl.pem is re-read when it changes.
-    #[arg(
-        long,
-        value_name = "DIR",
-        env = "CELLA_TLS_DIR",
-        default_value = "/etc/cella/tls"
-    )]
-    tls_dir: PathBuf,
+    /// init`); crl.pem is re-read when it changes [default: /etc/cella/tls].
+    #[arg(long, value_name = "DIR", env = "CELLA_TLS_DIR")]
+    tls_dir: Option<PathBuf>,
     /// The ACL file (TOML): once given, everything it does not grant is denied.
     /// Without one every authenticated principal may do everything. Re-read when it
     /// changes or on SIGHUP.
@@ -72,53 +72,222 @@ struct Args {
     /// Re-read when it changes or on SIGHUP.
     #[arg(long, value_name = "FILE", env = "CELLA_MASTER_CREDENTIALS")]
     credentials: Option<PathBuf>,
-    /// Rescind offers not answered within this.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
-    offer_timeout: Duration,
-    /// Ping agents (and heartbeat schedulers) this often.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
-    ping_interval: Duration,
-    /// An agent silent this long is unreachable.
-    #[arg(long, default_value = "15s", value_parser = parse_duration)]
-    agent_unreachable_after: Duration,
-    /// An unreachable agent is lost after this; its tasks become LOST (AGENT_LOST).
-    #[arg(long, default_value = "60s", value_parser = parse_duration)]
-    agent_timeout: Duration,
+    /// Rescind offers not answered within this [default: 30s].
+    #[arg(long, value_parser = parse_duration)]
+    offer_timeout: Option<Duration>,
+    /// Ping agents (and heartbeat schedulers) this often [default: 5s].
+    #[arg(long, value_parser = parse_duration)]
+    ping_interval: Option<Duration>,
+    /// An agent silent this long is unreachable [default: 15s].
+    #[arg(long, value_parser = parse_duration)]
+    agent_unreachable_after: Option<Duration>,
+    /// An unreachable agent is lost after this; its tasks become LOST (AGENT_LOST)
+    /// [default: 60s].
+    #[arg(long, value_parser = parse_duration)]
+    agent_timeout: Option<Duration>,
     /// A killed task whose kill policy names no grace period gets SIGTERM, then
-    /// SIGKILL after this (0s: SIGKILL at once).
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
-    kill_grace_period: Duration,
-    /// The longest grace period a task or a kill may ask for.
-    #[arg(long, default_value = "5m", value_parser = parse_duration)]
-    max_kill_grace_period: Duration,
-    /// Run allocation at least this often.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
-    allocation_interval: Duration,
+    /// SIGKILL after this (0s: SIGKILL at once) [default: 5s].
+    #[arg(long, value_parser = parse_duration)]
+    kill_grace_period: Option<Duration>,
+    /// The longest grace period a task or a kill may ask for [default: 5m].
+    #[arg(long, value_parser = parse_duration)]
+    max_kill_grace_period: Option<Duration>,
+    /// Run allocation at least this often [default: 1s].
+    #[arg(long, value_parser = parse_duration)]
+    allocation_interval: Option<Duration>,
     /// Where the registry (agents, frameworks, tasks) is persisted, in
-    /// `registry.redb`; a restarted master reloads it.
-    #[arg(
-        long,
-        value_name = "DIR",
-        env = "CELLA_MASTER_WORK_DIR",
-        default_value = "/var/lib/cella/master"
-    )]
-    work_dir: PathBuf,
-    /// DRF weight of a role, ROLE=WEIGHT (repeatable; default 1).
+    /// `registry.redb`; a restarted master reloads it [default: /var/lib/cella/master].
+    #[arg(long, value_name = "DIR", env = "CELLA_MASTER_WORK_DIR")]
+    work_dir: Option<PathBuf>,
+    /// DRF weight of a role, ROLE=WEIGHT (repeatable; default 1). Given once, the
+    /// file's role_weights are ignored.
     #[arg(long = "role-weight", value_name = "ROLE=WEIGHT", value_parser = parse_weight)]
     weights: Vec<(String, f64)>,
-    /// Open connections at most (lowered to what the descriptor limit allows).
-    #[arg(long, default_value_t = Limits::default().max_connections)]
-    max_connections: usize,
+    /// Open connections at most (lowered to what the descriptor limit allows)
+    /// [default: 10000].
+    #[arg(long)]
+    max_connections: Option<usize>,
     /// Connections without a client certificate per client address; beyond it the
-    /// oldest idle one is closed.
-    #[arg(long, default_value_t = Limits::default().max_anonymous_per_address)]
+    /// oldest idle one is closed [default: 128].
+    #[arg(long)]
+    max_connections_per_address: Option<usize>,
+    /// Close connections with no request in flight for this long [default: 60s].
+    #[arg(long, value_parser = parse_duration)]
+    idle_timeout: Option<Duration>,
+    /// The largest gRPC message accepted, e.g. 16MiB [default: 16MiB].
+    #[arg(long, value_parser = cella_proto::acl::parse_size)]
+    max_message_size: Option<u64>,
+    /// What is logged: "info", "debug", or per module ("info,cella_master=debug");
+    /// `$CELLA_LOG` wins. On SIGHUP the `log_level` of the --config file is re-read
+    /// [default: info].
+    #[arg(long, value_name = "LEVEL")]
+    log_level: Option<String>,
+}
+
+/// The master's settings: flags, then the --config file, then the defaults.
+struct Settings {
+    listen: SocketAddr,
+    tls_dir: PathBuf,
+    acl: Option<PathBuf>,
+    credentials: Option<PathBuf>,
+    offer_timeout: Duration,
+    ping_interval: Duration,
+    agent_unreachable_after: Duration,
+    agent_timeout: Duration,
+    kill_grace_period: Duration,
+    max_kill_grace_period: Duration,
+    allocation_interval: Duration,
+    work_dir: PathBuf,
+    weights: Vec<(String, f64)>,
+    max_connections: usize,
     max_connections_per_address: usize,
-    /// Close connections with no request in flight for this long.
-    #[arg(long, default_value = "60s", value_parser = parse_duration)]
     idle_timeout: Duration,
-    /// The largest gRPC message accepted (e.g. 16MiB).
-    #[arg(long, default_value = "16MiB", value_parser = cella_proto::acl::parse_size)]
     max_message_size: u64,
+    log_level: String,
+    /// Re-read on SIGHUP for `log_level`, when no --log-level was given.
+    reload_log_level_from: Option<PathBuf>,
+}
+
+impl Args {
+    fn resolve(self) -> Result<Settings, FileError> {
+        let path = self.config.clone();
+        let file = match &path {
+            Some(p) => FileConfig::load(p)?,
+            None => FileConfig::default(),
+        };
+        let p = path.as_deref();
+        let duration = |s: &String| parse_duration(s);
+        let defaults = Limits::default();
+        let weights = if self.weights.is_empty() {
+            let mut weights = Vec::new();
+            for (role, weight) in file.role_weights.clone().unwrap_or_default() {
+                weights.push(
+                    parse_weight(&format!("{role}={weight}")).map_err(|message| FileError {
+                        key: "role_weights".into(),
+                        file: p.map(|p| p.display().to_string()).unwrap_or_default(),
+                        message,
+                    })?,
+                );
+            }
+            weights
+        } else {
+            self.weights
+        };
+        let log_level = setting(
+            self.log_level.clone(),
+            file.log_level.as_ref(),
+            "log_level",
+            p,
+            |s: &String| cella_proto::logging::check_level(s).map(|()| s.clone()),
+            || "info".to_string(),
+        )?;
+        Ok(Settings {
+            listen: setting(
+                self.listen,
+                file.listen.as_ref(),
+                "listen",
+                p,
+                |s: &String| {
+                    s.parse()
+                        .map_err(|e| format!("{s:?}: {e}; use ADDRESS:PORT, e.g. 0.0.0.0:5050"))
+                },
+                || SocketAddr::from(([127, 0, 0, 1], 5050)),
+            )?,
+            tls_dir: self
+                .tls_dir
+                .or(file.tls_dir)
+                .unwrap_or_else(|| PathBuf::from("/etc/cella/tls")),
+            acl: self.acl.or(file.acl),
+            credentials: self.credentials.or(file.credentials),
+            offer_timeout: setting(
+                self.offer_timeout,
+                file.offer_timeout.as_ref(),
+                "offer_timeout",
+                p,
+                duration,
+                || Duration::from_secs(30),
+            )?,
+            ping_interval: setting(
+                self.ping_interval,
+                file.ping_interval.as_ref(),
+                "ping_interval",
+                p,
+                duration,
+                || Duration::from_secs(5),
+            )?,
+            agent_unreachable_after: setting(
+                self.agent_unreachable_after,
+                file.agent_unreachable_after.as_ref(),
+                "agent_unreachable_after",
+                p,
+                duration,
+                || Duration::from_secs(15),
+            )?,
+            agent_timeout: setting(
+                self.agent_timeout,
+                file.agent_timeout.as_ref(),
+                "agent_timeout",
+                p,
+                duration,
+                || Duration::from_secs(60),
+            )?,
+            kill_grace_period: setting(
+                self.kill_grace_period,
+                file.kill_grace_period.as_ref(),
+                "kill_grace_period",
+                p,
+                duration,
+                || Duration::from_secs(5),
+            )?,
+            max_kill_grace_period: setting(
+                self.max_kill_grace_period,
+                file.max_kill_grace_period.as_ref(),
+                "max_kill_grace_period",
+                p,
+                duration,
+                || Duration::from_secs(300),
+            )?,
+            allocation_interval: setting(
+                self.allocation_interval,
+                file.allocation_interval.as_ref(),
+                "allocation_interval",
+                p,
+                duration,
+                || Duration::from_secs(1),
+            )?,
+            work_dir: self
+                .work_dir
+                .or(file.work_dir)
+                .unwrap_or_else(|| PathBuf::from("/var/lib/cella/master")),
+            weights,
+            max_connections: self
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(defaults.max_connections),
+            max_connections_per_address: self
+                .max_connections_per_address
+                .or(file.max_connections_per_address)
+                .unwrap_or(defaults.max_anonymous_per_address),
+            idle_timeout: setting(
+                self.idle_timeout,
+                file.idle_timeout.as_ref(),
+                "idle_timeout",
+                p,
+                duration,
+                || Duration::from_secs(60),
+            )?,
+            max_message_size: setting(
+                self.max_message_size,
+                file.max_message_size.as_ref(),
+                "max_message_size",
+                p,
+                |s: &String| cella_proto::acl::parse_size(s),
+                || 16 << 20,
+            )?,
+            reload_log_level_from: if self.log_level.is_none() { path } else { None },
+            log_level,
+        })
+    }
 }
 
 fn parse_weight(s: &str) -> Result<(String, f64), String> {
@@ -136,18 +305,16 @@ fn parse_weight(s: &str) -> Result<(String, f64), String> {
     Ok((role.to_string(), weight))
 }
 
+/// The exit status for a configuration that cannot be used (the unit does not
+/// restart the master then: RestartPreventExitStatus=2).
+const CONFIG_EXIT_CODE: i32 = 2;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CELLA_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        // Colours only on a terminal: journald and log files get plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let cli = Cli::parse();
+    if cli.command.is_some() {
+        cella_proto::logging::init("info");
+    }
     match cli.command {
         Some(Sub::Backup(RegistryFile { file, work_dir })) => backup(&work_dir, &file).await,
         Some(Sub::Restore(RegistryFile { file, work_dir })) => {
@@ -161,7 +328,22 @@ async fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
-        None => serve(cli.args).await,
+        None => {
+            let settings = match cli.args.resolve() {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("cella-master: {e}");
+                    std::process::exit(CONFIG_EXIT_CODE);
+                }
+            };
+            // To the journal with structured fields under systemd, to stderr otherwise.
+            cella_proto::logging::init(&settings.log_level);
+            let result = serve(settings).await;
+            if let Err(e) = &result {
+                cella_proto::service::stopping(&format!("failed: {e:#}"));
+            }
+            result
+        }
     }
 }
 
@@ -176,7 +358,7 @@ async fn backup(work_dir: &Path, file: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn serve(args: Args) -> anyhow::Result<()> {
+async fn serve(args: Settings) -> anyhow::Result<()> {
     let layout = Layout::new(&args.tls_dir);
     cella_proto::perms::check_private_file(&layout.master_key)
         .context("the master's private key")?;
@@ -246,15 +428,25 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     watched.extend(args.credentials.iter().cloned());
     let reloads = {
         let master = master.clone();
+        let config = args.reload_log_level_from.clone();
         tokio::spawn(cella_proto::reload::watch(
             watched,
             cella_proto::reload::CHECK_EVERY,
-            move |why| reload(why, &trust, &authorizer, &authenticator, &master),
+            move |why| {
+                reload(why, &trust, &authorizer, &authenticator, &master);
+                if why == Trigger::Hangup {
+                    reload_log_level(why, config.as_deref());
+                }
+            },
         ))
     };
     tracing::info!("cella-master serving on https://{}", args.listen);
+    // The registry is loaded (try_spawn) and the port is bound: clients are served
+    // from here on.
+    cella_proto::service::ready(&format!("serving on https://{}", args.listen));
     let served = cella_master::serve(listener, Arc::new(tls), master, async {
         let signal = cella_proto::signals::shutdown_signal().await;
+        cella_proto::service::stopping("stopping: closing the streams and the registry");
         tracing::info!("{signal}: stopping");
     })
     .await;
@@ -264,6 +456,27 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     served?;
     tracing::info!("cella-master stopped");
     Ok(())
+}
+
+/// On SIGHUP: the `log_level` of the configuration file, re-read.
+fn reload_log_level(why: Trigger, config: Option<&Path>) {
+    let Some(path) = config else {
+        tracing::info!(
+            "SIGHUP: re-read the revocation list, the ACL and the credentials files in use"
+        );
+        return;
+    };
+    let level = FileConfig::load(path)
+        .map_err(|e| e.to_string())
+        .and_then(|file| {
+            cella_proto::logging::set_level(file.log_level.as_deref().unwrap_or("info"))
+        });
+    log(why, "log level", level);
+    tracing::info!(
+        "SIGHUP: re-read the revocation list, the ACL and the credentials files in use, and \
+         the log level of {}",
+        path.display()
+    );
 }
 
 /// Re-reads the revocation list, the ACL and the credentials that changed; a file that

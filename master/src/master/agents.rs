@@ -95,7 +95,7 @@ impl Master {
         };
         self.agents.insert(id.clone(), agent);
         self.registry.agent_changed(&id);
-        tracing::info!(agent = %id, node, hostname = %reg.hostname, tasks = reg.tasks.len(), "agent registered");
+        tracing::info!(agent_id = %id, node, hostname = %reg.hostname, tasks = reg.tasks.len(), "agent registered");
 
         // A new agent has no tasks: any it reports would be made up.
         let tasks = if reg.agent_id.is_empty() && !reg.tasks.is_empty() {
@@ -270,7 +270,7 @@ impl Master {
                 .allocator
                 .update_agent_allocation(agent, &framework, resources)
             {
-                tracing::warn!(agent = %agent, framework = %framework, "allocation not recorded: {e}");
+                tracing::warn!(agent_id = %agent, framework_id = %framework, "allocation not recorded: {e}");
             }
         }
     }
@@ -291,7 +291,7 @@ impl Master {
         agent.last_seen = Instant::now();
         match message {
             agent_message::Message::Register(_) => {
-                tracing::warn!(agent = %id, "ignoring a second Register on one stream");
+                tracing::warn!(agent_id = %id, "ignoring a second Register on one stream");
             }
             agent_message::Message::Pong(_) => {}
             agent_message::Message::Usage(report) => self.record_usage(id, report.tasks),
@@ -311,7 +311,7 @@ impl Master {
         if agent.conn.as_ref().map(|(c, _)| *c) != Some(conn) {
             return;
         }
-        tracing::warn!(agent = %id, "agent disconnected: unreachable until it re-registers");
+        tracing::warn!(agent_id = %id, "agent disconnected: unreachable until it re-registers");
         self.mark_unreachable(id);
     }
 
@@ -357,7 +357,7 @@ impl Master {
             }
         }
         for id in silent {
-            tracing::warn!(agent = %id, "agent stopped answering pings: unreachable");
+            tracing::warn!(agent_id = %id, "agent stopped answering pings: unreachable");
             self.mark_unreachable(&id);
         }
         for id in lost {
@@ -366,7 +366,7 @@ impl Master {
     }
 
     fn agent_lost(&mut self, id: &AgentId) {
-        tracing::warn!(agent = %id, "agent lost: its tasks are LOST");
+        tracing::warn!(agent_id = %id, "agent lost: its tasks are LOST");
         let offers = self.allocator.remove_agent(id).unwrap_or_default();
         for offer in offers {
             self.forget_offer(offer.id, true);

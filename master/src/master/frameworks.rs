@@ -82,7 +82,7 @@ impl Master {
         match self.frameworks.get_mut(&id) {
             Some(existing) => {
                 if !existing.principal.is_empty() && existing.principal != principal {
-                    tracing::warn!(framework = %id, owner = %existing.principal, principal, "refused a subscription to another principal's framework");
+                    tracing::warn!(framework_id = %id, owner = %existing.principal, principal, "refused a subscription to another principal's framework");
                     return Err(Status::permission_denied(format!(
                         "framework {id} belongs to principal {:?}, not {principal:?}: only the \
                          principal that registered a framework may subscribe to it again",
@@ -104,11 +104,11 @@ impl Master {
                     existing.name = info.name.clone();
                 }
                 let _ = self.allocator.activate_framework(&id);
-                tracing::info!(framework = %id, "framework re-subscribed");
+                tracing::info!(framework_id = %id, "framework re-subscribed");
             }
             None => {
                 if !info.framework_id.is_empty() {
-                    tracing::info!(framework = %id, "framework subscribed with an id this master does not know");
+                    tracing::info!(framework_id = %id, "framework subscribed with an id this master does not know");
                 }
                 self.allocator
                     .add_framework(id.clone(), &role, true)
@@ -128,7 +128,7 @@ impl Master {
                         tasks: Default::default(),
                     },
                 );
-                tracing::info!(framework = %id, role, principal, "framework subscribed");
+                tracing::info!(framework_id = %id, role, principal, "framework subscribed");
             }
         }
         self.registry.framework_changed(&id);
@@ -182,7 +182,7 @@ impl Master {
         framework.conn = None;
         framework.caller = None;
         framework.failover_deadline = Some(Instant::now() + framework.failover_timeout);
-        tracing::info!(framework = %id, timeout = ?framework.failover_timeout, "framework disconnected; waiting for failover");
+        tracing::info!(framework_id = %id, timeout = ?framework.failover_timeout, "framework disconnected; waiting for failover");
         let _ = self.allocator.deactivate_framework(id);
         self.rescind_offers(|o| &o.framework == id, false);
     }
@@ -205,7 +205,7 @@ impl Master {
             .map(|f| f.id.clone())
             .collect();
         for id in expired {
-            tracing::info!(framework = %id, "failover timeout passed: removing the framework and killing its tasks");
+            tracing::info!(framework_id = %id, "failover timeout passed: removing the framework and killing its tasks");
             self.remove_framework(&id);
         }
     }
@@ -250,7 +250,7 @@ impl Master {
             }),
             &format!("tearing down framework {framework_id}"),
         )?;
-        tracing::info!(framework = %id, by = %caller, "teardown by an operator: killing its tasks");
+        tracing::info!(framework_id = %id, by = %caller, "teardown by an operator: killing its tasks");
         if let Some((_, tx)) = self.frameworks.get(&id).and_then(|f| f.conn.as_ref()) {
             let _ = tx.send(error_event("an operator tore this framework down"));
         }

@@ -50,7 +50,7 @@ impl Master {
                 r.role
             };
             if let Err(e) = self.allocator.add_framework(id.clone(), &role, false) {
-                tracing::warn!(framework = %id, "allocator: {e}");
+                tracing::warn!(framework_id = %id, "allocator: {e}");
             }
             if r.suppressed {
                 let _ = self.allocator.suppress(&id);

@@ -168,7 +168,7 @@ impl Master {
         }
         if foreign > 0 {
             self.metrics.agent_refused("usage_not_its_task");
-            tracing::warn!(agent = %agent, tasks = foreign, "refused usage samples of other agents' tasks");
+            tracing::warn!(agent_id = %agent, tasks = foreign, "refused usage samples of other agents' tasks");
         }
     }
 
@@ -200,7 +200,7 @@ impl Master {
             // or came back without it) and told the scheduler so. Anything the
             // agent says later would be a second end: acknowledged and dropped.
             tracing::info!(
-                task = %status.task_id,
+                task_id = %status.task_id,
                 state = status.state().name(),
                 "update of a task the master already reported {}: dropped",
                 task.state().name()
@@ -275,7 +275,7 @@ impl Master {
             .allocator
             .recover_resources(agent, framework, resources)
         {
-            tracing::debug!(task = task_id, "recover resources: {e}");
+            tracing::debug!(task_id = task_id, "recover resources: {e}");
         }
         if let Some(a) = self.agents.get_mut(agent) {
             a.tasks.remove(task_id);
@@ -511,7 +511,7 @@ impl Master {
                 self.ack_to_agent(&agent, &ack.task_id, &ack.uuid);
             }
             _ => {
-                tracing::warn!(framework = %framework, task = %ack.task_id, "refused an acknowledgement of a task that is not the framework's");
+                tracing::warn!(framework_id = %framework, task_id = %ack.task_id, "refused an acknowledgement of a task that is not the framework's");
                 self.send_to_framework(
                     framework,
                     error_event(&format!(

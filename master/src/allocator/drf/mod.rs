@@ -267,7 +267,7 @@ impl HierarchicalDrf {
         a.allocated.add_or_warn(&value, "agent allocated");
         if !a.allocated.saturating_add(&a.offered).fits(&a.total) {
             tracing::warn!(
-                agent = %a.id,
+                agent_id = %a.id,
                 total = %a.total,
                 allocated = %a.allocated,
                 offered = %a.offered,
