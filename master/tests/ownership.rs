@@ -46,9 +46,16 @@ async fn another_framework_cannot_acknowledge_or_kill_a_task() {
         }),
     );
     let mut errors = Vec::new();
+    let mut others = Vec::new();
+    let deadline = std::time::Instant::now() + WAIT;
     while errors.len() < 2 {
-        if let event::Event::Error(e) = bob.next().await {
-            errors.push(e.message);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "two errors expected; errors {errors:?}, other events {others:?}"
+        );
+        match bob.next().await {
+            event::Event::Error(e) => errors.push(e.message),
+            other => others.push(format!("{other:?}")),
         }
     }
     assert!(
