@@ -16,14 +16,12 @@
 //! Arguments: `--agents A` (1000), `--tasks-per-agent K` (10), `--runs N` (3).
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use cella_bench_cluster::*;
 use serde_json::json;
-use tokio::sync::{Semaphore, watch};
 
 async fn wait_count(c: &AtomicUsize, want: usize, timeout: Duration) -> Result<Duration> {
     let t = Instant::now();

@@ -12,14 +12,12 @@
 //! Arguments: `--sizes` (default `500x0,1000x0,2000x0,1000x10,1000x20,2000x10`),
 //! `--repeats N` (default 2).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use cella_bench_cluster::*;
 use serde_json::json;
-use tokio::sync::{Semaphore, watch};
 
 struct Sample {
     agents: usize,
