@@ -86,7 +86,7 @@ struct Args {
     agent_timeout: Duration,
     /// A killed task whose kill policy names no grace period gets SIGTERM, then
     /// SIGKILL after this (0s: SIGKILL at once).
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = parse_grace)]
     kill_grace_period: Duration,
     /// The longest grace period a task or a kill may ask for.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
@@ -291,4 +291,12 @@ fn reload(
         "credentials",
         changed(authenticator.reload(why.forced())),
     );
+}
+
+/// A grace period: `0` (or `0s`: SIGKILL at once), or a duration (`5s`, `1m`).
+fn parse_grace(input: &str) -> Result<Duration, String> {
+    if matches!(input.trim(), "0" | "0s" | "0ms") {
+        return Ok(Duration::ZERO);
+    }
+    parse_duration(input)
 }
