@@ -382,7 +382,8 @@ async fn the_masters_view_follows_the_agents_newest_state_without_acknowledgemen
     let (s, a) = launched(&m, "agent-v", vec![task_info("t1")]).await;
     let fw = s.id.clone();
     use v1::TaskState::{TaskKilled, TaskRunning, TaskStarting};
-    // STARTING is never acknowledged; the agent sends it again as the task moves on.
+    // STARTING is never acknowledged: the agent tells the newest state as the task
+    // moves on, and sends STARTING again (with the newest state) on its retries.
     a.send(
         &m,
         update(
@@ -399,15 +400,21 @@ async fn the_masters_view_follows_the_agents_newest_state_without_acknowledgemen
     assert_eq!(task_state(&m, "t1").await.0, "STARTING");
     a.send(
         &m,
-        update(
-            &a,
-            &fw,
-            "t1",
-            TaskStarting,
-            TaskRunning,
-            v1::Reason::Unspecified,
-            "u1",
-        ),
+        agent_message::Message::NewestState(agent_message::NewestState {
+            task_id: "t1".into(),
+            state: TaskRunning as i32,
+        }),
+    );
+    handled(&m).await;
+    assert_eq!(task_state(&m, "t1").await.0, "RUNNING");
+    // Another agent cannot move it.
+    let other = register_agent(&m, "agent-w", vec![]).await;
+    other.send(
+        &m,
+        agent_message::Message::NewestState(agent_message::NewestState {
+            task_id: "t1".into(),
+            state: TaskKilled as i32,
+        }),
     );
     handled(&m).await;
     assert_eq!(task_state(&m, "t1").await.0, "RUNNING");

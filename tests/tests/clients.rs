@@ -265,3 +265,42 @@ async fn no_command_panics_on_a_closed_stdout() {
     );
     c.finish();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_says_at_once_when_no_agent_could_fit_the_task() {
+    let c = Cluster::start(1, RES).await;
+    let started = Instant::now();
+    let out = c.cella(&["run", "--cpus", "100", "--", "true"]).await;
+    assert_eq!(out.code, Some(125), "{}", out.describe());
+    assert!(
+        out.stderr.contains("no agent of the cluster has 100 cpus"),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // An agent could fit it, but not now: --wait gives up after its limit.
+    let out = c
+        .cella(&["run", "--detach", "--cpus", "1.5", "--", "sleep", "100"])
+        .await;
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    let out = c
+        .cella(&["run", "--cpus", "1", "--wait", "1s", "--", "true"])
+        .await;
+    assert_eq!(out.code, Some(125), "{}", out.describe());
+    assert!(out.stderr.contains("--wait"), "{}", out.describe());
+
+    // A master URL without https:// says how to write it.
+    let out = c.cella(&["tasks", "--master", "127.0.0.1:5050"]).await;
+    assert_ne!(out.code, Some(0), "{}", out.describe());
+    assert!(
+        out.stderr.contains("https://HOST:PORT"),
+        "{}",
+        out.describe()
+    );
+    c.finish();
+}

@@ -91,10 +91,10 @@ impl Updates {
     }
 
     /// Adds a checkpointed update; sends it now when it heads its task's queue and
-    /// the agent is connected. Returns whether it was sent. Queued behind an
-    /// unacknowledged update, it makes the agent send that one again at once (its
-    /// retry schedule unchanged), carrying the task's new newest state: the master's
-    /// view follows the task while its scheduler has not acknowledged.
+    /// the agent is connected. Returns whether it was sent. Queued behind an update
+    /// already sent and not acknowledged, it is told to the master as the task's
+    /// newest state at once ([`agent_message::NewestState`]): the master's view
+    /// follows the task while its scheduler has not acknowledged.
     pub fn add(&mut self, seq: u64, status: v1::TaskStatus, now: Instant) -> bool {
         let task = status.task_id.clone();
         self.insert(seq, status);
@@ -102,10 +102,24 @@ impl Updates {
         match head {
             Some(h) if h == seq => self.send(seq, now),
             Some(h) if self.pending.get(&h).is_some_and(|p| p.next_retry.is_some()) => {
-                self.transmit(h);
+                self.tell_newest_state(seq);
                 false
             }
             _ => false,
+        }
+    }
+
+    /// Tells the master the state of update `seq` is its task's newest.
+    fn tell_newest_state(&self, seq: u64) {
+        if let (Some(conn), Some(p)) = (&self.conn, self.pending.get(&seq)) {
+            let _ = conn.send(v1::AgentMessage {
+                message: Some(agent_message::Message::NewestState(
+                    agent_message::NewestState {
+                        task_id: p.status.task_id.clone(),
+                        state: p.status.state,
+                    },
+                )),
+            });
         }
     }
 
@@ -330,16 +344,18 @@ mod tests {
         let seq = u.next_seq();
         assert!(u.add(seq, starting, now));
         rx.try_recv().unwrap();
-        // RUNNING while STARTING waits for its acknowledgement: STARTING is sent
-        // again at once with RUNNING as the newest state; RUNNING itself waits.
+        // RUNNING while STARTING waits for its acknowledgement: the master hears of
+        // it at once; the update itself waits (no update is sent again early).
         let seq = u.next_seq();
         assert!(!u.add(seq, status("a", v1::TaskState::TaskRunning), now));
         let m = rx.try_recv().unwrap();
-        let Some(agent_message::Message::StatusUpdate(update)) = m.message else {
-            panic!("not a status update: {m:?}");
+        let Some(agent_message::Message::NewestState(newest)) = m.message else {
+            panic!("not the newest state: {m:?}");
         };
-        assert_eq!(update.latest_state(), v1::TaskState::TaskRunning);
-        assert_eq!(update.status.unwrap().state(), v1::TaskState::TaskStarting);
+        assert_eq!(
+            (newest.task_id.as_str(), newest.state()),
+            ("a", v1::TaskState::TaskRunning)
+        );
         assert!(rx.try_recv().is_err());
         // The retry schedule is unchanged: the first re-send is still 1 s after the send.
         assert_eq!(u.retry_due(now + Duration::from_millis(999)), 0);

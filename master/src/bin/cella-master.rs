@@ -87,7 +87,7 @@ struct Args {
     agent_timeout: Option<Duration>,
     /// A killed task whose kill policy names no grace period gets SIGTERM, then
     /// SIGKILL after this (0s: SIGKILL at once) [default: 5s].
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = parse_grace)]
     kill_grace_period: Option<Duration>,
     /// The longest grace period a task or a kill may ask for [default: 5m].
     #[arg(long, value_parser = parse_duration)]
@@ -236,7 +236,7 @@ impl Args {
                 file.kill_grace_period.as_ref(),
                 "kill_grace_period",
                 p,
-                duration,
+                |s: &String| parse_grace(s),
                 || Duration::from_secs(5),
             )?,
             max_kill_grace_period: setting(
@@ -504,4 +504,12 @@ fn reload(
         "credentials",
         changed(authenticator.reload(why.forced())),
     );
+}
+
+/// A grace period: `0` (or `0s`: SIGKILL at once), or a duration (`5s`, `1m`).
+fn parse_grace(input: &str) -> Result<Duration, String> {
+    if matches!(input.trim(), "0" | "0s" | "0ms") {
+        return Ok(Duration::ZERO);
+    }
+    parse_duration(input)
 }

@@ -301,6 +301,10 @@ impl Master {
                     self.status_update(id, status, latest_state);
                 }
             }
+            agent_message::Message::NewestState(newest) => {
+                let state = newest.state();
+                self.newest_state(id, &newest.task_id, state);
+            }
         }
     }
 

@@ -11,7 +11,7 @@ use cella_proto::{secrets, validate};
 
 use super::{Master, OperatorError, error_event, kill_message, update_event};
 use crate::allocator::{AgentId, Allocator, FrameworkId, Resources};
-use crate::authz::agents::check_status_update;
+use crate::authz::agents::{Refusal, check_status_update};
 use crate::authz::task_request;
 use crate::state::{Task, from_wire};
 
@@ -26,6 +26,10 @@ fn status_rank(state: v1::TaskState) -> u8 {
         _ => 4,
     }
 }
+
+/// The `uuid` of a task status the master took from an agent's newest state (one it
+/// decided itself has none).
+const NEWEST_STATE: &str = "newest-state";
 
 /// Bounds the reconciliations kept waiting for recovering agents (beyond it, the
 /// answer is given at once).
@@ -260,6 +264,58 @@ impl Master {
             // acknowledge this update, so the master does, or the agent would keep it
             // and re-send it forever.
             self.ack_to_agent(agent, &status.task_id, &status.uuid);
+        }
+    }
+
+    /// The agent's newest state of a task whose earlier update waits for its
+    /// scheduler's acknowledgement: the master's view follows it (only forward, only
+    /// for a task the master placed on that agent).
+    pub(super) fn newest_state(&mut self, agent: &AgentId, task_id: &str, state: v1::TaskState) {
+        let refusal = match self.tasks.get(task_id) {
+            _ if status_rank(state) < status_rank(v1::TaskState::TaskStarting) => {
+                Some(Refusal::IllegalState {
+                    task: task_id.to_string(),
+                    state: state.name(),
+                })
+            }
+            None => Some(Refusal::UnknownTask {
+                task: task_id.to_string(),
+            }),
+            Some(t) if &t.agent != agent => Some(Refusal::NotItsTask {
+                task: task_id.to_string(),
+                owner: t.agent.clone(),
+                sender: agent.clone(),
+            }),
+            Some(_) => None,
+        };
+        if let Some(refusal) = refusal {
+            self.agent_refused(agent.as_str(), &refusal);
+            return;
+        }
+        let Some(task) = self.tasks.get_mut(task_id) else {
+            return;
+        };
+        if task.is_terminal() || status_rank(state) <= status_rank(task.state()) {
+            return;
+        }
+        task.status.state = state as i32;
+        task.status.reason = 0;
+        task.status.message = format!(
+            "{} on the agent; the update with the details waits for the scheduler's \
+             acknowledgement of earlier updates",
+            state.name()
+        );
+        task.status.timestamp_ns = now_ns();
+        if task.status.uuid.is_empty() {
+            // From the agent, not decided by the master: its update about the same
+            // state is passed on, not dropped.
+            task.status.uuid = NEWEST_STATE.into();
+        }
+        let (framework, resources) = (task.framework.clone(), task.resources);
+        let ended = task.is_terminal();
+        self.registry.task_changed(task_id);
+        if ended {
+            self.task_ended(task_id, agent, &framework, resources);
         }
     }
 
