@@ -41,6 +41,14 @@ pub struct Images {
     store_size: u64,
 }
 
+/// The store may be shared (`cella exec --image` and `cella images` use the agent's
+/// by default): the agent's leases carry this prefix, and it releases no other.
+const LEASE_PREFIX: &str = "agent-task:";
+
+fn lease_of(task_id: &str) -> String {
+    format!("{LEASE_PREFIX}{task_id}")
+}
+
 impl Images {
     /// Opens the store under the work directory, discarding what a crash left half
     /// written.
@@ -77,7 +85,7 @@ impl Images {
             .map_err(|e| ImageFailure::Invalid(format!("image.reference: {e}")))?;
         let prepared = self
             .store
-            .prepare(&reference, task_id, &PrepareOptions::default())
+            .prepare(&reference, &lease_of(task_id), &PrepareOptions::default())
             .await
             .map_err(|e| ImageFailure::Failed(e.to_string()))?;
         let user = (!info.user.is_empty()).then_some(info.user.as_str());
@@ -99,14 +107,14 @@ impl Images {
 
     /// Drops the lease of one task (its launch failed).
     pub fn release(&self, task_id: &str) {
-        if let Err(e) = self.store.release(task_id) {
+        if let Err(e) = self.store.release(&lease_of(task_id)) {
             tracing::warn!(task = task_id, "releasing the task's image: {e}");
         }
     }
 
-    /// Releases the leases of every task not in `live` (ended, forgotten, or from a
-    /// previous run that is gone), then removes unused images while the store is
-    /// over its size. Blocking.
+    /// Releases the leases of this agent's tasks not in `live` (ended, forgotten, or
+    /// from a previous run that is gone), then removes unused images while the store
+    /// is over its size. Blocking.
     pub fn release_ended(&self, live: &HashSet<String>) {
         let leases = match self.store.leases() {
             Ok(leases) => leases,
@@ -115,8 +123,13 @@ impl Images {
                 return;
             }
         };
-        for lease in leases.iter().filter(|l| !live.contains(&l.name)) {
-            self.release(&lease.name);
+        for lease in &leases {
+            let Some(task_id) = lease.name.strip_prefix(LEASE_PREFIX) else {
+                continue;
+            };
+            if !live.contains(task_id) {
+                self.release(task_id);
+            }
         }
         match self.store.gc(self.store_size) {
             Ok(report) if !report.removed.is_empty() => tracing::info!(

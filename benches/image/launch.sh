@@ -10,6 +10,7 @@
 #
 #   sudo benches/image/launch.sh [RUNS]     (default 50; needs docker-registry, umoci,
 #                                            skopeo, busybox-static, hyperfine)
+#   CELLA_BENCH_PROFILE=debug ...           the debug build instead of release
 #
 # Everything lives in a temporary directory, removed at the end (also on failure).
 set -euo pipefail
@@ -35,10 +36,17 @@ cleanup() {
 trap cleanup EXIT
 log() { printf '[image-launch] %s\n' "$*" >&2; }
 
-log "building cella and cella-shim (release)"
-cargo build --quiet --release -p cella-cli --bin cella -p cella-containerizer --bin cella-shim
+profile=${CELLA_BENCH_PROFILE:-release}
+log "building cella and cella-shim ($profile)"
+if [ "$profile" = release ]; then
+    cargo build --quiet --release -p cella-cli --bin cella -p cella-containerizer --bin cella-shim
+    bin_dir=target/release
+else
+    cargo build --quiet -p cella-cli --bin cella -p cella-containerizer --bin cella-shim
+    bin_dir=target/debug
+fi
 # Copies: a concurrent cargo build cannot swap the binaries during the measurement.
-cp target/release/cella target/release/cella-shim "$work/"
+cp "$bin_dir/cella" "$bin_dir/cella-shim" "$work/"
 export CELLA_SHIM=$work/cella-shim
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')

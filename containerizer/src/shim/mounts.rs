@@ -273,13 +273,27 @@ fn mount_overlay(overlay: &OverlaySpec) -> Result<(), MountError> {
         fd_path(&upper),
         fd_path(&work)
     );
+    // `volatile` (Linux 5.10+): no sync of the upper layer's filesystem, above all
+    // none when the task's namespace ends and the overlay is unmounted, which would
+    // flush the whole filesystem of the sandbox (the writable layer is the task's
+    // scratch space, like the rest of its sandbox; a crash ends the task anyway).
+    let volatile = format!("{options},volatile");
     mount(
         Some("overlay"),
         &overlay.mount_point,
         Some("overlay"),
         MsFlags::MS_NODEV,
-        Some(options.as_str()),
+        Some(volatile.as_str()),
     )
+    .or_else(|_| {
+        mount(
+            Some("overlay"),
+            &overlay.mount_point,
+            Some("overlay"),
+            MsFlags::MS_NODEV,
+            Some(options.as_str()),
+        )
+    })
     .map_err(|e| MountError::Mount {
         what: "mounting the image's layers (overlay) on",
         path: overlay.mount_point.clone(),

@@ -190,8 +190,9 @@ fn finish(
     options: &PrepareOptions,
     pulled: bool,
 ) -> Result<PreparedImage, ImageError> {
-    if !pulled {
-        record.last_used_ms = records::now_ms();
+    let now = records::now_ms();
+    if !pulled && now.saturating_sub(record.last_used_ms) >= super::LAST_USE_GRANULARITY_MS {
+        record.last_used_ms = now;
         records::write(&store.paths.image(&record.digest), &record)?;
     }
     let ref_path = store.paths.reference(name);

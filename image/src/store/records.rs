@@ -54,6 +54,18 @@ pub fn now_ms() -> u64 {
 
 /// Writes `value` to `path` atomically.
 pub fn write<T: Serialize>(path: &Path, value: &T) -> Result<(), ImageError> {
+    write_with(path, value, true)
+}
+
+/// Like [`write`] without fsync: for records that only matter within one boot of the
+/// machine (leases: a reboot ends every task that held one). The rename is atomic
+/// for every process; after a power loss the file may be missing or empty, which
+/// readers of such records tolerate ([`read_all_lenient`]).
+pub fn write_volatile<T: Serialize>(path: &Path, value: &T) -> Result<(), ImageError> {
+    write_with(path, value, false)
+}
+
+fn write_with<T: Serialize>(path: &Path, value: &T, durable: bool) -> Result<(), ImageError> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
@@ -72,9 +84,11 @@ pub fn write<T: Serialize>(path: &Path, value: &T) -> Result<(), ImageError> {
     let result = (|| {
         let mut file = std::fs::File::create(&tmp)?;
         file.write_all(&bytes)?;
-        file.sync_all()?;
+        if durable {
+            file.sync_all()?;
+        }
         std::fs::rename(&tmp, path)?;
-        sync_dir(dir)
+        if durable { sync_dir(dir) } else { Ok(()) }
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -110,6 +124,31 @@ pub fn read_all<T: DeserializeOwned>(dir: &Path) -> Result<Vec<T>, ImageError> {
         }
         if let Some(record) = read(&entry.path())? {
             records.push(record);
+        }
+    }
+    Ok(records)
+}
+
+/// Every readable record in `dir`; a damaged one (a volatile record a power loss
+/// cut short) is logged and removed.
+pub fn read_all_lenient<T: DeserializeOwned>(dir: &Path) -> Result<Vec<T>, ImageError> {
+    let mut records = Vec::new();
+    let entries = std::fs::read_dir(dir).map_err(ImageError::io(dir, "list the records"))?;
+    for entry in entries {
+        let entry = entry.map_err(ImageError::io(dir, "list the records"))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') || !name.ends_with(".json") {
+            continue;
+        }
+        match read(&entry.path()) {
+            Ok(Some(record)) => records.push(record),
+            Ok(None) => {}
+            Err(ImageError::Damaged { path, problem }) => {
+                tracing::warn!(path = %path.display(), "removing a damaged record: {problem}");
+                let _ = std::fs::remove_file(&path);
+            }
+            Err(e) => return Err(e),
         }
     }
     Ok(records)
