@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Cluster benchmarks of issue 3: launch latency, 1,000 tasks on one agent, master
-# memory per agent and per task; and of issue 4: agent and master restart. Builds in release mode and prints Markdown tables.
+# Cluster benchmarks: launch latency, 1,000 tasks on one agent, master
+# memory per agent and per task; and agent and master restart. Builds in release mode and prints Markdown tables.
 #
 #   sudo benches/cluster/run.sh [--only launch|many|memory|agent-restart|master-restart] [--quick] [--no-build]
 #
@@ -76,7 +76,7 @@ CELLA_BENCH_RUNTIME_DIR="$tmpfs" bench launch "launch: runtime dir on a tmpfs" "
 bench many "many: runtime dir on the root disk" "${many_args[@]}"
 CELLA_BENCH_RUNTIME_DIR="$tmpfs" bench many "many: runtime dir on a tmpfs" "${many_args[@]}"
 bench memory "memory" "${memory_args[@]}"
-# Recovery (issue 4): the agent's runtime directory on the tmpfs, as on most systems.
+# Recovery: the agent's runtime directory on the tmpfs, as on most systems.
 CELLA_BENCH_RUNTIME_DIR="$tmpfs" bench agent-restart "agent-restart: 1,000 tasks, agent SIGKILL and restart (runtime dir on a tmpfs)" "${agent_restart_args[@]}"
 bench master-restart "master-restart: 1,000 simulated agents, 10,000 tasks, master SIGKILL and restart" "${master_restart_args[@]}"
 echo

@@ -1,5 +1,5 @@
 //! Resolving `--user NAME|UID[:GID]` against the passwd/group files of the host or of
-//! the task's rootfs. HELPER-OWNED.
+//! the task's rootfs.
 //!
 //! Follows Docker (runc's `GetExecUser`):
 //! * the user part matches a passwd entry by name, or by uid when it is numeric; a

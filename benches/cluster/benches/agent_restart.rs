@@ -1,4 +1,4 @@
-//! Recovery benchmark 1 (issue 4, "Performance"): an agent with N (default 1,000)
+//! Recovery benchmark 1: an agent with N (default 1,000)
 //! running `sleep 1000` tasks is killed with SIGKILL and started again on the same work
 //! and runtime directories. Measured from the new process's start (just before
 //! `spawn`) until

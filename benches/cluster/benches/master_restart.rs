@@ -1,4 +1,4 @@
-//! Recovery benchmark 2 (issue 4, "Performance"): a master with a work directory (the
+//! Recovery benchmark 2: a master with a work directory (the
 //! registry persisted in `<work>/registry.redb`) and A (default 1,000) simulated agents,
 //! each with K (default 10) running tasks, is killed with SIGKILL and started again on
 //! the same work directory and port. Measured from the new master's start (just before
