@@ -99,6 +99,7 @@ pub mod periodic;
 pub mod policy;
 pub mod recovery;
 pub mod resources;
+pub mod startup;
 pub mod state;
 pub mod status_updates;
 pub mod store;
