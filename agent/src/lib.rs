@@ -23,6 +23,7 @@
 //! | a task's image pulled, leased, released; the image store's GC | [`images`] |
 //! | a status update checkpointed, sent, **retried** (timer), acknowledged | [`status_updates`] (queue and backoff: [`status_updates::queue`]) |
 //! | **recovery** from the checkpoint at start; reboot detection | [`recovery`] |
+//! | the checks and openings before the start (task user, TLS, containerizer, checkpoint, lock); start errors | [`startup`] |
 //! | the checkpoint database (redb, group commit) | [`store`] |
 //! | every path under the work and runtime directories | [`paths`] |
 //! | what every part reads: config, totals, tasks, agent id | [`state`] |
