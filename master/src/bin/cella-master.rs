@@ -440,6 +440,19 @@ async fn serve(args: Settings) -> anyhow::Result<()> {
             },
         ))
     };
+    // systemd's watchdog is pinged when the master's actor, which does its work,
+    // answers a request: a stuck actor stops the pings and systemd restarts it.
+    let watchdog = cella_proto::service::watchdog_period().map(|period| {
+        let master = master.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(period).await;
+                if master.state().await.is_some() {
+                    cella_proto::service::watchdog();
+                }
+            }
+        })
+    });
     tracing::info!("cella-master serving on https://{}", args.listen);
     // The registry is loaded (try_spawn) and the port is bound: clients are served
     // from here on.
@@ -452,6 +465,9 @@ async fn serve(args: Settings) -> anyhow::Result<()> {
     .await;
     reloads.abort();
     control.abort();
+    if let Some(w) = watchdog {
+        w.abort();
+    }
     let _ = std::fs::remove_file(args.work_dir.join(cella_master::control::SOCKET));
     served?;
     tracing::info!("cella-master stopped");

@@ -366,8 +366,7 @@ impl Master {
         let mut tick = tokio::time::interval(
             self.config
                 .allocation_interval
-                .min(self.config.ping_interval)
-                .min(cella_proto::service::watchdog_period().unwrap_or(Duration::MAX)),
+                .min(self.config.ping_interval),
         );
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_ping = Instant::now();
@@ -383,9 +382,6 @@ impl Master {
                     }
                 }
                 _ = tick.tick() => {
-                    // The actor's loop is the master's work: while it comes round,
-                    // systemd's watchdog is content.
-                    cella_proto::service::watchdog();
                     let now = Instant::now();
                     if now.duration_since(last_ping) >= self.config.ping_interval {
                         last_ping = now;
@@ -514,7 +510,7 @@ impl Master {
             call::Call::Suppress(_) => self.suppress(id),
             call::Call::Revive(_) => self.revive(id),
             call::Call::Teardown(_) => {
-                tracing::info!(framework_id = %id, "teardown: killing its tasks");
+                tracing::info!(framework = %id, "teardown: killing its tasks");
                 self.remove_framework(id);
             }
             call::Call::Heartbeat(_) => {}
