@@ -149,7 +149,9 @@ impl StatusUpdateManager {
                         .get(task_id)
                         .is_some_and(|t| t.state.is_terminal() && t.running.is_none())
                     {
-                        tasks.remove(task_id);
+                        if let Some(task) = tasks.remove(task_id) {
+                            keep_end_time(&task.sandbox, task.ended_ns);
+                        }
                         writes.push(Write::DeleteTask(task_id.to_string()));
                     }
                 }
@@ -204,5 +206,19 @@ impl StatusUpdateManager {
                 tracing::debug!(sent, "re-sent unacknowledged status updates");
             }
         }
+    }
+}
+
+/// Once a task is forgotten, the garbage collector knows its end only from its
+/// sandbox's modification time: the sandbox is stamped with the end, or a task that
+/// wrote nothing lately would look as old as its launch and lose its sandbox before
+/// `--gc-delay` has passed.
+fn keep_end_time(sandbox: &std::path::Path, ended_ns: u64) {
+    if ended_ns == 0 {
+        return;
+    }
+    let end = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ended_ns);
+    if let Err(e) = std::fs::File::open(sandbox).and_then(|dir| dir.set_modified(end)) {
+        tracing::debug!(sandbox = %sandbox.display(), "stamping the end time: {e}");
     }
 }
