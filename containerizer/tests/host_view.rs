@@ -3,6 +3,8 @@
 //! live under the target directory, not /tmp, so the task's private /tmp cannot be
 //! what hides them.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -14,19 +16,7 @@ fn shim() -> PathBuf {
         nix::unistd::geteuid().is_root(),
         "these tests need root (cgroups, namespaces)"
     );
-    let exe = std::env::current_exe().expect("current_exe");
-    // target/debug/deps/host_view-… → target/debug/cella-shim
-    let shim = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .join("cella-shim");
-    assert!(
-        shim.exists(),
-        "{} is missing: build the bins",
-        shim.display()
-    );
-    shim
+    common::shim_path()
 }
 
 /// Runs `sh -c script` in `sandbox` with `hidden`: its exit code, stdout, stderr.

@@ -1,7 +1,9 @@
 //! Re-attaching to tasks after the launcher (the agent) went away: real shims, real
 //! cgroups, a launcher that is dropped without collecting its task.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -9,22 +11,6 @@ use cella_containerizer::task::Stdio;
 use cella_containerizer::{Containerizer, ContainerizerConfig, Recovered, TaskConfig, TaskId};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-fn shim_path() -> PathBuf {
-    // target/debug/deps/recovery-… → target/debug/cella-shim
-    let exe = std::env::current_exe().expect("current_exe");
-    let shim = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .join("cella-shim");
-    assert!(
-        shim.exists(),
-        "{} is missing: run `cargo build --workspace --bins` first",
-        shim.display()
-    );
-    shim
-}
 
 /// A launcher with its own runtime dir and cgroup root, removed on drop.
 struct Launcher {
@@ -49,7 +35,7 @@ impl Launcher {
     /// A fresh containerizer on the same runtime dir: what an agent restart creates.
     fn containerizer(&self) -> Containerizer {
         Containerizer::new(ContainerizerConfig {
-            shim_path: shim_path(),
+            shim_path: common::shim_path(),
             runtime_dir: self.dir.path().join("run"),
             cgroup_root: Some(self.cgroup_root.clone()),
             cleanup_if_orphaned: false,

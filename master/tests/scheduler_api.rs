@@ -51,6 +51,20 @@ fn update(
     agent_message::Message::StatusUpdate(u)
 }
 
+/// A RUNNING update whose newest state is RUNNING too.
+fn running(agent: &Agent, fw: &str, task: &str, uuid: &str) -> agent_message::Message {
+    use v1::TaskState::TaskRunning;
+    update(
+        agent,
+        fw,
+        task,
+        TaskRunning,
+        TaskRunning,
+        v1::Reason::Unspecified,
+        uuid,
+    )
+}
+
 fn ack(task: &str, uuid: &str) -> call::Call {
     call::Call::Acknowledge(call::Acknowledge {
         agent_id: String::new(),
@@ -90,18 +104,7 @@ async fn implicit_reconciliation_answers_every_task_not_fully_acknowledged() {
     let (mut s, a) = launched(&m, "agent-r", vec![task_info("t-run"), task_info("t-end")]).await;
     let fw = s.id.clone();
     use v1::TaskState::{TaskFinished, TaskRunning};
-    a.send(
-        &m,
-        update(
-            &a,
-            &fw,
-            "t-run",
-            TaskRunning,
-            TaskRunning,
-            v1::Reason::Unspecified,
-            "u1",
-        ),
-    );
+    a.send(&m, running(&a, &fw, "t-run", "u1"));
     a.send(
         &m,
         update(
@@ -168,19 +171,7 @@ async fn acknowledgements_of_no_update_get_an_error_event() {
     let m = master::try_spawn(config(dir.path())).unwrap();
     let (mut s, mut a) = launched(&m, "agent-k", vec![task_info("t1")]).await;
     let fw = s.id.clone();
-    use v1::TaskState::TaskRunning;
-    a.send(
-        &m,
-        update(
-            &a,
-            &fw,
-            "t1",
-            TaskRunning,
-            TaskRunning,
-            v1::Reason::Unspecified,
-            "u1",
-        ),
-    );
+    a.send(&m, running(&a, &fw, "t1", "u1"));
     assert_eq!(s.update_for("t1").await.uuid, "u1");
 
     s.call(&m, ack("t1", "no-such-uuid"));
@@ -219,19 +210,8 @@ async fn teardown_kills_with_the_grace_period_and_reason_framework_removed() {
     let m = master::try_spawn(config(dir.path())).unwrap();
     let (mut s, mut a) = launched(&m, "agent-t", vec![task_info("t1")]).await;
     let fw = s.id.clone();
-    use v1::TaskState::{TaskKilled, TaskRunning};
-    a.send(
-        &m,
-        update(
-            &a,
-            &fw,
-            "t1",
-            TaskRunning,
-            TaskRunning,
-            v1::Reason::Unspecified,
-            "u1",
-        ),
-    );
+    use v1::TaskState::TaskKilled;
+    a.send(&m, running(&a, &fw, "t1", "u1"));
     s.update_for("t1").await;
     s.call(&m, ack("t1", "u1"));
 
