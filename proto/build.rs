@@ -25,6 +25,10 @@ fn main() -> io::Result<()> {
         // A secret's value never appears in a debug print (logs) or in JSON (APIs):
         // `Debug` is written by hand in `secrets.rs`.
         .skip_debug(["cella.v1.SecretEnv"])
+        // A task's summary rides on its terminal update only: boxed, so every other
+        // status (and every enum holding one) stays small.
+        .boxed(".cella.v1.TaskStatus.summary")
+        .boxed(".cella.v1.AgentMessage.UsageReport.node")
         .field_attribute("cella.v1.SecretEnv.value", "#[serde(skip_serializing)]")
         .compile_fds(fds)
 }

@@ -70,6 +70,23 @@ fn full_sample(task_id: &str) -> v1::TaskUsage {
         io_read_bytes: Some(4096),
         io_write_bytes: Some(8192),
         disk_used_bytes: Some(12_345),
+        mem_swap_bytes: Some(0),
+        cpu_nr_throttled: Some(1),
+        io_read_ops: Some(3),
+        io_write_ops: Some(5),
+        cpu_pressure: Some(pressure(1.25)),
+        memory_pressure: Some(pressure(0.5)),
+        io_pressure: Some(pressure(0.0)),
+    }
+}
+
+fn pressure(avg10: f64) -> v1::Pressure {
+    v1::Pressure {
+        some_avg10: avg10,
+        some_total_us: 1_000,
+        full_avg10: Some(avg10 / 2.0),
+        full_total_us: Some(500),
+        ..Default::default()
     }
 }
 
@@ -109,6 +126,7 @@ async fn operator_api_json_round_trips_through_the_cli_types() {
     };
     send(agent_message::Message::Usage(agent_message::UsageReport {
         tasks: vec![sample.clone()],
+        ..Default::default()
     }));
     let mut end = status_update("agent-api", &fw, "t-end", v1::TaskState::TaskFailed, "u1");
     if let Some(s) = end.status.as_mut() {
@@ -244,8 +262,8 @@ async fn operator_api_json_round_trips_through_the_cli_types() {
     // Every figure of the agent's sample, none null.
     assert_eq!(running.usage, Some(api::Usage::from(&sample)));
     let usage = raw_state["tasks"][1]["usage"].as_object().unwrap();
-    assert_eq!(usage.len(), 14, "{usage:?}");
-    assert!(usage.values().all(|v| v.is_u64()), "{usage:?}");
+    assert_eq!(usage.len(), 21, "{usage:?}");
+    assert!(usage.values().all(|v| !v.is_null()), "{usage:?}");
 
     // The other endpoints serve the same views.
     let (agents, _) = get_typed::<Vec<api::Agent>>(&url, &client, "/api/v1/agents").await;

@@ -138,7 +138,7 @@ pub struct Task {
 
 /// A task's measured usage: every figure of the agent's latest sample
 /// ([`v1::TaskUsage`]); `null` when the agent's kernel does not offer it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Usage {
     pub cpu_user_ns: Option<u64>,
     pub cpu_system_ns: Option<u64>,
@@ -153,9 +153,53 @@ pub struct Usage {
     pub pids_current: Option<u64>,
     pub io_read_bytes: Option<u64>,
     pub io_write_bytes: Option<u64>,
+    #[serde(default)]
+    pub mem_swap_bytes: Option<u64>,
+    #[serde(default)]
+    pub cpu_nr_throttled: Option<u64>,
+    #[serde(default)]
+    pub io_read_ops: Option<u64>,
+    #[serde(default)]
+    pub io_write_ops: Option<u64>,
+    /// Pressure stall figures; `null` where the kernel keeps none for the task.
+    #[serde(default)]
+    pub cpu_pressure: Option<Pressure>,
+    #[serde(default)]
+    pub memory_pressure: Option<Pressure>,
+    #[serde(default)]
+    pub io_pressure: Option<Pressure>,
     /// When the agent took the sample.
     #[serde(default)]
     pub timestamp_ns: u64,
+}
+
+/// Pressure stall information of one resource ([`v1::Pressure`]): percentages of wall
+/// time over 10, 60 and 300 s, and the total stall time in microseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Pressure {
+    pub some_avg10: f64,
+    pub some_avg60: f64,
+    pub some_avg300: f64,
+    pub some_total_us: u64,
+    pub full_avg10: Option<f64>,
+    pub full_avg60: Option<f64>,
+    pub full_avg300: Option<f64>,
+    pub full_total_us: Option<u64>,
+}
+
+impl From<&v1::Pressure> for Pressure {
+    fn from(p: &v1::Pressure) -> Self {
+        Self {
+            some_avg10: p.some_avg10,
+            some_avg60: p.some_avg60,
+            some_avg300: p.some_avg300,
+            some_total_us: p.some_total_us,
+            full_avg10: p.full_avg10,
+            full_avg60: p.full_avg60,
+            full_avg300: p.full_avg300,
+            full_total_us: p.full_total_us,
+        }
+    }
 }
 
 impl From<&v1::TaskUsage> for Usage {
@@ -174,6 +218,13 @@ impl From<&v1::TaskUsage> for Usage {
             pids_current: u.pids_current,
             io_read_bytes: u.io_read_bytes,
             io_write_bytes: u.io_write_bytes,
+            mem_swap_bytes: u.mem_swap_bytes,
+            cpu_nr_throttled: u.cpu_nr_throttled,
+            io_read_ops: u.io_read_ops,
+            io_write_ops: u.io_write_ops,
+            cpu_pressure: u.cpu_pressure.as_ref().map(Pressure::from),
+            memory_pressure: u.memory_pressure.as_ref().map(Pressure::from),
+            io_pressure: u.io_pressure.as_ref().map(Pressure::from),
             timestamp_ns: u.timestamp_ns,
         }
     }
@@ -322,6 +373,22 @@ mod tests {
             io_read_bytes: Some(11),
             io_write_bytes: Some(12),
             disk_used_bytes: Some(13),
+            mem_swap_bytes: Some(14),
+            cpu_nr_throttled: Some(15),
+            io_read_ops: Some(16),
+            io_write_ops: Some(17),
+            cpu_pressure: Some(v1::Pressure {
+                some_avg10: 1.5,
+                some_total_us: 18,
+                ..Default::default()
+            }),
+            memory_pressure: Some(v1::Pressure {
+                some_avg60: 2.5,
+                full_avg60: Some(0.5),
+                full_total_us: Some(19),
+                ..Default::default()
+            }),
+            io_pressure: None,
         };
         let usage = Usage::from(&sample);
         let json = serde_json::to_value(usage).unwrap();

@@ -399,6 +399,7 @@ async fn agents_speak_only_for_themselves() {
             mem_current_bytes: Some(1 << 40),
             ..Default::default()
         }],
+        ..Default::default()
     }));
     // The forged update is refused (and counted); the task stays RUNNING on its agent.
     wait_until("the refusals to be counted", async || {

@@ -32,6 +32,9 @@ pub fn usage_to_wire(task_id: &str, u: &Usage) -> v1::TaskUsage {
         io_read_bytes: u.io_read_bytes,
         io_write_bytes: u.io_write_bytes,
         disk_used_bytes: u.disk_used_bytes,
+        mem_swap_bytes: u.mem_swap_bytes,
+        cpu_nr_throttled: u.cpu_nr_throttled,
+        ..Default::default()
     }
 }
 
@@ -98,6 +101,9 @@ pub async fn usage_loop(
                 }
             }
         }
-        reports.send_replace(Some(UsageReport { tasks: samples }));
+        reports.send_replace(Some(UsageReport {
+            tasks: samples,
+            ..Default::default()
+        }));
     }
 }

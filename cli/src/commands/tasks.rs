@@ -119,7 +119,7 @@ pub fn tasks(args: TasksArgs) -> i32 {
 /// A task's line in `cella tasks`; `now` in nanoseconds since the Unix epoch.
 fn task_row(t: &api::Task, now: u64) -> Vec<String> {
     let age = format!("{}s", now.saturating_sub(t.updated_ns) / 1_000_000_000);
-    let usage = t.usage.unwrap_or_default();
+    let usage = t.usage.clone().unwrap_or_default();
     let cpu = match (usage.cpu_user_ns, usage.cpu_system_ns) {
         (Some(user), Some(system)) => format!("{:.2}s", user.saturating_add(system) as f64 / 1e9),
         _ => "-".into(),

@@ -379,6 +379,8 @@ impl Master {
             signal: None,
             timestamp_ns: now_ns(),
             uuid: String::new(),
+            summary: None,
+            image_digest: task.status.image_digest.clone(),
         };
         let status = task.status.clone();
         let (agent, framework, resources) =
