@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use crate::cgroups::{CgroupError, CgroupRoot, Placement};
+use crate::isolators::COSTLY_USAGE_INTERVAL;
 use crate::isolators::{
     CapabilitiesIsolator, CgroupsIsolator, DiskIsolator, FilesystemIsolator, Isolator,
     IsolatorError, NamespacesIsolator, PosixIsolator, SeccompIsolator,
@@ -109,6 +110,10 @@ pub struct Running {
     /// Kept open so the shim knows its launcher is alive (see `cleanup_if_orphaned`).
     _events: Option<fs::File>,
     started: Instant,
+    /// When the launch was asked for (ns since the epoch).
+    started_ns: u64,
+    /// When the costly figures (disk) were last measured.
+    costly_sampled: Option<Instant>,
     peaks: Peaks,
     last: Usage,
     limitation: Option<Limitation>,
@@ -141,6 +146,11 @@ impl Running {
         &self.peaks
     }
 
+    /// How long ago the task was launched (or re-attached by recovery).
+    pub fn age(&self) -> Duration {
+        self.started.elapsed()
+    }
+
     /// The limit that ended (or is ending) the task, if any.
     pub fn limitation(&self) -> Option<Limitation> {
         self.limitation
@@ -168,6 +178,10 @@ pub struct Termination {
     pub peaks: Peaks,
     /// From the launch request to the task's end.
     pub wall: Duration,
+    /// When the task was launched and when it ended (ns since the epoch); 0 when
+    /// unknown.
+    pub started_ns: u64,
+    pub ended_ns: u64,
 }
 
 /// The isolation pipeline of one machine.
@@ -278,11 +292,29 @@ impl Containerizer {
     }
 
     /// Takes a usage sample, folds it into the peaks, and enforces limits: a task
-    /// over a limit that the kernel does not enforce itself (disk) is killed.
+    /// over a limit that the kernel does not enforce itself (disk) is killed. The
+    /// costly figures (the sandbox's disk) are measured at most every
+    /// [`COSTLY_USAGE_INTERVAL`] and carried over in between, so the counters can be
+    /// sampled densely.
     pub fn sample(&self, running: &mut Running) -> Usage {
+        self.sample_with(running, false)
+    }
+
+    fn sample_with(&self, running: &mut Running, every_figure: bool) -> Usage {
+        let costly_due = every_figure
+            || running
+                .costly_sampled
+                .is_none_or(|at| at.elapsed() >= COSTLY_USAGE_INTERVAL);
         let mut usage = Usage::default();
         for isolator in &self.isolators {
-            isolator.usage(&running.id, &mut usage);
+            if costly_due || !isolator.usage_is_costly() {
+                isolator.usage(&running.id, &mut usage);
+            }
+        }
+        if costly_due {
+            running.costly_sampled = Some(Instant::now());
+        } else {
+            usage.disk_used_bytes = running.last.disk_used_bytes;
         }
         running.peaks.observe(&usage);
         if running.limitation.is_none() {
@@ -359,7 +391,12 @@ impl Containerizer {
             let _ = shim.wait();
         }
         let wall = running.exited_at.unwrap_or_else(Instant::now) - running.started;
-        let usage = self.sample(&mut running);
+        let ended_ns = running
+            .started_ns
+            .saturating_add(u64::try_from(wall.as_nanos()).unwrap_or(0));
+        // The last sample, before the cgroups go: the CPU, I/O and OOM counters are
+        // final and the kernel's memory peak is kept.
+        let usage = self.sample_with(&mut running, true);
         let status = fs::read(running.run_dir.exit_status())
             .ok()
             .and_then(|raw| serde_json::from_slice::<ExitStatus>(&raw).ok())
@@ -382,6 +419,8 @@ impl Containerizer {
             usage,
             peaks: running.peaks.clone(),
             wall,
+            started_ns: running.started_ns,
+            ended_ns,
         }
     }
 
@@ -456,6 +495,8 @@ impl Containerizer {
                     run_dir,
                     _events: events,
                     started: Instant::now(),
+                    started_ns: crate::proc_info::boot_ticks_to_epoch_ns(shim_start).unwrap_or(0),
+                    costly_sampled: None,
                     peaks: Peaks::default(),
                     last: Usage::default(),
                     limitation: None,
@@ -493,12 +534,23 @@ impl Containerizer {
                 } else {
                     None
                 };
+                let started_ns = shim
+                    .and_then(|(_, ticks)| crate::proc_info::boot_ticks_to_epoch_ns(ticks))
+                    .unwrap_or(0);
+                // The shim wrote the exit status right after the task ended.
+                let ended_ns = fs::metadata(run_dir.exit_status())
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(0));
                 Recovered::Ended(Termination {
                     status,
                     limitation,
                     usage,
                     peaks,
-                    wall: Duration::ZERO,
+                    wall: Duration::from_nanos(ended_ns.saturating_sub(started_ns)),
+                    started_ns,
+                    ended_ns,
                 })
             }
             None => Recovered::Unknown(why),

@@ -12,6 +12,24 @@ pub fn process_start_time(pid: i32) -> Option<u64> {
     Some(stat.starttime)
 }
 
+/// The wall-clock time (ns since the epoch) of `ticks` clock ticks after boot, e.g. a
+/// process's start time.
+pub fn boot_ticks_to_epoch_ns(ticks: u64) -> Option<u64> {
+    let boot = procfs::boot_time_secs().ok()?;
+    let per_second = procfs::ticks_per_second().max(1);
+    Some(
+        boot.saturating_mul(1_000_000_000)
+            .saturating_add(ticks.saturating_mul(1_000_000_000) / per_second),
+    )
+}
+
+/// Now, in ns since the epoch.
+pub fn now_epoch_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
 /// Whether `pid` is a zombie: it has exited and waits to be reaped.
 pub fn process_is_zombie(pid: i32) -> bool {
     Process::new(pid)

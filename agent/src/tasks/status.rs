@@ -129,6 +129,7 @@ pub fn terminal_status(
         message,
         exit_code: code.or_else(|| t.status.launch_failure.as_ref().map(|(c, _)| *c)),
         signal,
+        summary: Some(Box::new(crate::tasks::usage::summary_to_wire(t))),
         ..Default::default()
     }
 }
@@ -152,6 +153,8 @@ mod tests {
             usage: Usage::default(),
             peaks: Peaks::default(),
             wall: Duration::from_secs(1),
+            started_ns: 1,
+            ended_ns: 1_000_000_001,
         }
     }
 

@@ -6,7 +6,8 @@
 
 use std::sync::Arc;
 
-use cella_containerizer::Usage;
+use cella_containerizer::usage::Pressure;
+use cella_containerizer::{Termination, Usage};
 use cella_proto::time::now_ns;
 use cella_proto::v1::{self, agent_message::UsageReport};
 use tokio::sync::watch;
@@ -34,7 +35,51 @@ pub fn usage_to_wire(task_id: &str, u: &Usage) -> v1::TaskUsage {
         disk_used_bytes: u.disk_used_bytes,
         mem_swap_bytes: u.mem_swap_bytes,
         cpu_nr_throttled: u.cpu_nr_throttled,
-        ..Default::default()
+        io_read_ops: u.io_read_ops,
+        io_write_ops: u.io_write_ops,
+        cpu_pressure: u.cpu_pressure.as_ref().map(pressure_to_wire),
+        memory_pressure: u.memory_pressure.as_ref().map(pressure_to_wire),
+        io_pressure: u.io_pressure.as_ref().map(pressure_to_wire),
+    }
+}
+
+pub fn pressure_to_wire(p: &Pressure) -> v1::Pressure {
+    v1::Pressure {
+        some_avg10: p.some_avg10,
+        some_avg60: p.some_avg60,
+        some_avg300: p.some_avg300,
+        some_total_us: p.some_total_us,
+        full_avg10: p.full.as_ref().map(|f| f.avg10),
+        full_avg60: p.full.as_ref().map(|f| f.avg60),
+        full_avg300: p.full.as_ref().map(|f| f.avg300),
+        full_total_us: p.full.as_ref().map(|f| f.total_us),
+    }
+}
+
+/// What a task used over its life, from its last sample (taken after it ended,
+/// before its cgroups were removed: the CPU, I/O and OOM counters are final) and the
+/// largest figures sampled while it ran.
+pub fn summary_to_wire(t: &Termination) -> v1::TaskSummary {
+    let (u, p) = (&t.usage, &t.peaks);
+    v1::TaskSummary {
+        started_ns: t.started_ns,
+        ended_ns: t.ended_ns,
+        cpu_user_ns: u.cpu_user_ns,
+        cpu_system_ns: u.cpu_system_ns,
+        cpu_throttled_ns: u.cpu_throttled_ns,
+        // The kernel's peak; where it keeps none (v2 before 5.19), the sampled one.
+        mem_peak_bytes: u.mem_peak_bytes.or(p.mem_peak_bytes),
+        mem_anon_peak_sampled_bytes: p.mem_anon_bytes,
+        mem_file_peak_sampled_bytes: p.mem_file_bytes,
+        mem_kernel_peak_sampled_bytes: p.mem_kernel_bytes,
+        mem_swap_peak_sampled_bytes: p.mem_swap_bytes,
+        oom_kills: u.oom_kills,
+        pids_peak_sampled: p.pids_peak,
+        io_read_bytes: u.io_read_bytes,
+        io_write_bytes: u.io_write_bytes,
+        io_read_ops: u.io_read_ops,
+        io_write_ops: u.io_write_ops,
+        disk_peak_sampled_bytes: p.disk_peak_bytes,
     }
 }
 
@@ -77,9 +122,6 @@ pub async fn usage_loop(
             .iter()
             .filter_map(|(id, t)| t.running.clone().map(|s| (id.clone(), s)))
             .collect();
-        if slots.is_empty() {
-            continue;
-        }
         let c = shared.containerizer.clone();
         let samples = tokio::task::spawn_blocking(move || {
             let mut out = Vec::with_capacity(slots.len());
@@ -101,9 +143,40 @@ pub async fn usage_loop(
                 }
             }
         }
+        let node = node_usage(u32::try_from(samples.len()).unwrap_or(u32::MAX));
         reports.send_replace(Some(UsageReport {
             tasks: samples,
+            node: Some(Box::new(node)),
             ..Default::default()
         }));
+    }
+}
+
+/// The node's totals: CPU time of all CPUs (/proc/stat), memory (/proc/meminfo) and
+/// pressure (/proc/pressure/*, absent without PSI). A figure that cannot be read is
+/// unset.
+pub fn node_usage(tasks_running: u32) -> v1::NodeUsage {
+    use procfs::{Current, CurrentSI};
+    let ns_per_tick = 1_000_000_000 / procfs::ticks_per_second().max(1);
+    let cpu = procfs::KernelStats::current().ok().map(|k| k.total);
+    let mem = procfs::Meminfo::current().ok();
+    let pressure = |name: &str| {
+        std::fs::read_to_string(format!("/proc/pressure/{name}"))
+            .ok()
+            .and_then(|text| Pressure::parse(&text))
+            .map(|p| pressure_to_wire(&p))
+    };
+    v1::NodeUsage {
+        timestamp_ns: now_ns(),
+        cpu_user_ns: cpu
+            .as_ref()
+            .map(|c| c.user.saturating_add(c.nice).saturating_mul(ns_per_tick)),
+        cpu_system_ns: cpu.as_ref().map(|c| c.system.saturating_mul(ns_per_tick)),
+        mem_total_bytes: mem.as_ref().map(|m| m.mem_total),
+        mem_available_bytes: mem.as_ref().and_then(|m| m.mem_available),
+        tasks_running,
+        cpu_pressure: pressure("cpu"),
+        memory_pressure: pressure("memory"),
+        io_pressure: pressure("io"),
     }
 }

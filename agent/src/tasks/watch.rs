@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cella_containerizer::Running;
+use cella_containerizer::usage::{DENSE_SAMPLE_PERIOD, next_sample_in};
 use cella_proto::v1;
 use tokio::io::unix::AsyncFd;
 
@@ -58,6 +59,7 @@ async fn monitor(
     tokio::select! {
         () = wait_for_exit(&runner.shared, &id, &slot, exit_fd) => {}
         _ = stop.wait_for(|stopped| *stopped) => return,
+        () = sample_first_second(&runner.shared, &slot) => {}
     }
     let shared = &runner.shared;
     let c = shared.containerizer.clone();
@@ -119,6 +121,33 @@ async fn monitor(
     let c = shared.containerizer.clone();
     let _ = tokio::task::spawn_blocking(move || c.destroy(&task_id)).await;
     shared.release_ended_images().await;
+}
+
+/// Samples the task every 10 ms during its first second, so that a short task's
+/// memory is seen before it exits (the usage loop comes round only every
+/// `--usage-interval`); then never resolves.
+async fn sample_first_second(shared: &Shared, slot: &RunningSlot) {
+    let regular = shared.config.usage_interval;
+    loop {
+        let age = match lock(slot).as_ref() {
+            Some(r) => r.age(),
+            None => break,
+        };
+        if age >= DENSE_SAMPLE_PERIOD {
+            break;
+        }
+        tokio::time::sleep(next_sample_in(age, regular)).await;
+        let c = shared.containerizer.clone();
+        let slot = slot.clone();
+        // A few cgroup files: short enough for the blocking pool's queue.
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Some(running) = lock(&slot).as_mut() {
+                c.sample(running);
+            }
+        })
+        .await;
+    }
+    std::future::pending::<()>().await;
 }
 
 /// Resolves when the task's shim has exited: its pidfd becomes readable (or, if the

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use cella_containerizer::containerizer::Termination;
 use cella_containerizer::task::{Resources, Stdio};
 use cella_containerizer::units::{self, MilliCpus, format_bytes};
+use cella_containerizer::usage::next_sample_in;
 use cella_containerizer::{
     Containerizer, ContainerizerConfig, LaunchError, Limitation, NetMode, SeccompChoice,
     StartFailure, TaskConfig, TaskId, Volume,
@@ -23,7 +24,8 @@ use serde::Serialize;
 pub const EXIT_USAGE: i32 = 2;
 pub const EXIT_CELLA_FAILED: i32 = StartFailure::Setup.exit_code();
 
-/// How often usage is sampled while the task runs.
+/// How often usage is sampled while the task runs, after its first second (sampled
+/// every 10 ms).
 const SAMPLE_INTERVAL: Duration = Duration::from_millis(100);
 /// How long a task may take to exit after a forwarded Ctrl-C or SIGTERM.
 const STOP_GRACE: Duration = Duration::from_secs(3);
@@ -288,7 +290,11 @@ pub(super) fn run_with(mut args: ExecArgs, image: Option<super::exec_image::Imag
     };
 
     let mut stop_deadline: Option<Instant> = None;
-    while !containerizer.wait(&mut running, SAMPLE_INTERVAL) {
+    loop {
+        let next = next_sample_in(running.age(), SAMPLE_INTERVAL);
+        if containerizer.wait(&mut running, next) {
+            break;
+        }
         containerizer.sample(&mut running);
         let sig = SIGNAL.swap(0, Ordering::SeqCst);
         if sig != 0 {
@@ -370,7 +376,11 @@ struct UsageJson {
     pids_peak: Option<u64>,
     io_read_bytes: Option<u64>,
     io_write_bytes: Option<u64>,
+    io_read_ops: Option<u64>,
+    io_write_ops: Option<u64>,
     disk_peak_bytes: Option<u64>,
+    started_ns: u64,
+    ended_ns: u64,
     exit_code: Option<i32>,
     signal: Option<i32>,
     limitation: Option<&'static str>,
@@ -395,7 +405,11 @@ fn usage_json(end: &Termination, cgroup_version: u8) -> UsageJson {
         pids_peak: p.pids_peak,
         io_read_bytes: u.io_read_bytes,
         io_write_bytes: u.io_write_bytes,
+        io_read_ops: u.io_read_ops,
+        io_write_ops: u.io_write_ops,
         disk_peak_bytes: p.disk_peak_bytes,
+        started_ns: end.started_ns,
+        ended_ns: end.ended_ns,
         exit_code: end
             .status
             .code
@@ -413,7 +427,7 @@ fn usage_table(end: &Termination, cgroup_version: u8) -> String {
     };
     let bytes = |b: Option<u64>| b.map_or_else(|| "-".to_string(), format_bytes);
     let count = |n: Option<u64>| n.map_or_else(|| "-".to_string(), |n| n.to_string());
-    let rows: [(&str, String); 17] = [
+    let rows: [(&str, String); 19] = [
         ("wall time", secs(Some(j.wall_ns))),
         ("cpu user", secs(j.cpu_user_ns)),
         ("cpu system", secs(j.cpu_system_ns)),
@@ -434,6 +448,8 @@ fn usage_table(end: &Termination, cgroup_version: u8) -> String {
         ("processes peak", count(j.pids_peak)),
         ("io read", bytes(j.io_read_bytes)),
         ("io written", bytes(j.io_write_bytes)),
+        ("io reads", count(j.io_read_ops)),
+        ("io writes", count(j.io_write_ops)),
         ("disk peak", bytes(j.disk_peak_bytes)),
         (
             "exit",

@@ -301,22 +301,22 @@ impl CgroupManager for TaskGroup {
             };
             (s.cpu_user_ns, s.cpu_system_ns) = split_exact_total(total, user, system);
         }
-        if let Some(text) = fsx::read(&self.dir(self.roles.cpu).join("cpu.stat")) {
-            s.cpu_nr_throttled = fsx::keyed(&text, "nr_throttled");
-            s.cpu_throttled_ns = fsx::keyed(&text, "throttled_time");
-        }
+        fsx::with_text(&self.dir(self.roles.cpu).join("cpu.stat"), |text| {
+            s.cpu_nr_throttled = fsx::keyed(text, "nr_throttled");
+            s.cpu_throttled_ns = fsx::keyed(text, "throttled_time");
+        });
 
         let m = self.dir(self.roles.memory);
         s.mem_current_bytes = fsx::read_u64(&m.join("memory.usage_in_bytes"));
         s.mem_peak_bytes = fsx::read_u64(&m.join("memory.max_usage_in_bytes"));
-        if let Some(text) = fsx::read(&m.join("memory.stat")) {
+        fsx::with_text(&m.join("memory.stat"), |text| {
             // total_rss already includes transparent huge pages (total_rss_huge is a
             // subset of it, see Documentation/admin-guide/cgroup-v1/memory.rst).
-            s.mem_anon_bytes = fsx::keyed(&text, "total_rss");
-            s.mem_file_bytes = fsx::keyed(&text, "total_cache");
+            s.mem_anon_bytes = fsx::keyed(text, "total_rss");
+            s.mem_file_bytes = fsx::keyed(text, "total_cache");
             // Present only when swap is accounted, exactly like the memsw files.
-            s.mem_swap_bytes = fsx::keyed(&text, "total_swap");
-        }
+            s.mem_swap_bytes = fsx::keyed(text, "total_swap");
+        });
         if s.mem_swap_bytes.is_none()
             && let (Some(memsw), Some(usage)) = (
                 fsx::read_u64(&m.join("memory.memsw.usage_in_bytes")),
@@ -335,11 +335,15 @@ impl CgroupManager for TaskGroup {
 
         if let Some(i) = self.roles.blkio {
             let d = self.dir(i);
-            let text = fsx::read(&d.join("blkio.throttle.io_service_bytes_recursive"))
-                .or_else(|| fsx::read(&d.join("blkio.throttle.io_service_bytes")));
-            if let Some(text) = text {
-                (s.io_read_bytes, s.io_write_bytes) = blkio_totals(&text);
-            }
+            // The throttle files count what reached the block layer from this cgroup
+            // (the recursive ones include child cgroups; older kernels lack them).
+            let totals = |name: &str| {
+                fsx::with_text(&d.join(format!("{name}_recursive")), blkio_totals)
+                    .or_else(|| fsx::with_text(&d.join(name), blkio_totals))
+                    .unwrap_or((None, None))
+            };
+            (s.io_read_bytes, s.io_write_bytes) = totals("blkio.throttle.io_service_bytes");
+            (s.io_read_ops, s.io_write_ops) = totals("blkio.throttle.io_serviced");
         }
         s
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::host::Host;
 use super::{CgroupBackend, CgroupError, CgroupLimits, CgroupManager, Placement, TaskCgroup, fsx};
 use crate::devices::AllowedDevice;
-use crate::usage::Usage;
+use crate::usage::{Pressure, Usage};
 
 const PERIOD_US: u64 = 100_000;
 /// The kernel refuses a CFS quota below 1 ms.
@@ -310,21 +310,21 @@ impl CgroupManager for TaskGroup {
         let mut s = Usage::default();
         let us = |v: Option<u64>| v.map(|v| v.saturating_mul(1000));
 
-        if let Some(text) = fsx::read(&self.file("cpu.stat")) {
-            s.cpu_user_ns = us(fsx::keyed(&text, "user_usec"));
-            s.cpu_system_ns = us(fsx::keyed(&text, "system_usec"));
+        fsx::with_text(&self.file("cpu.stat"), |text| {
+            s.cpu_user_ns = us(fsx::keyed(text, "user_usec"));
+            s.cpu_system_ns = us(fsx::keyed(text, "system_usec"));
             // These two only exist while the cpu controller is enabled.
-            s.cpu_nr_throttled = fsx::keyed(&text, "nr_throttled");
-            s.cpu_throttled_ns = us(fsx::keyed(&text, "throttled_usec"));
-        }
+            s.cpu_nr_throttled = fsx::keyed(text, "nr_throttled");
+            s.cpu_throttled_ns = us(fsx::keyed(text, "throttled_usec"));
+        });
 
         s.mem_current_bytes = fsx::read_u64(&self.file("memory.current"));
         s.mem_peak_bytes = fsx::read_u64(&self.file("memory.peak"));
-        if let Some(text) = fsx::read(&self.file("memory.stat")) {
-            s.mem_anon_bytes = fsx::keyed(&text, "anon");
-            s.mem_file_bytes = fsx::keyed(&text, "file");
-            s.mem_kernel_bytes = fsx::keyed(&text, "kernel").or_else(|| kernel_parts(&text));
-        }
+        fsx::with_text(&self.file("memory.stat"), |text| {
+            s.mem_anon_bytes = fsx::keyed(text, "anon");
+            s.mem_file_bytes = fsx::keyed(text, "file");
+            s.mem_kernel_bytes = fsx::keyed(text, "kernel").or_else(|| kernel_parts(text));
+        });
         s.mem_swap_bytes = fsx::read_u64(&self.file("memory.swap.current"));
         s.oom_kills = fsx::keyed_file(&self.file("memory.events"), "oom_kill");
 
@@ -332,9 +332,17 @@ impl CgroupManager for TaskGroup {
         s.pids_peak = fsx::read_u64(&self.file("pids.peak"));
         s.pids_limit_hits = fsx::keyed_file(&self.file("pids.events"), "max");
 
-        if let Some(text) = fsx::read(&self.file("io.stat")) {
-            (s.io_read_bytes, s.io_write_bytes) = io_totals(&text);
+        if let Some(io) = fsx::with_text(&self.file("io.stat"), io_totals) {
+            s.io_read_bytes = Some(io.read_bytes);
+            s.io_write_bytes = Some(io.write_bytes);
+            s.io_read_ops = Some(io.read_ops);
+            s.io_write_ops = Some(io.write_ops);
         }
+        // Absent without PSI (CONFIG_PSI, or psi=0 on the kernel's command line).
+        s.cpu_pressure = fsx::with_text(&self.file("cpu.pressure"), Pressure::parse).flatten();
+        s.memory_pressure =
+            fsx::with_text(&self.file("memory.pressure"), Pressure::parse).flatten();
+        s.io_pressure = fsx::with_text(&self.file("io.pressure"), Pressure::parse).flatten();
         s
     }
 
@@ -391,10 +399,19 @@ fn kernel_parts(stat: &str) -> Option<u64> {
     }
 }
 
-/// `rbytes` and `wbytes` summed over the devices of `io.stat`
-/// (`MAJ:MIN rbytes=N wbytes=N rios=N ...` per line).
-fn io_totals(text: &str) -> (Option<u64>, Option<u64>) {
-    let (mut read, mut write) = (0u64, 0u64);
+/// Bytes and operations read and written, summed over the devices of `io.stat`.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct IoTotals {
+    read_bytes: u64,
+    write_bytes: u64,
+    read_ops: u64,
+    write_ops: u64,
+}
+
+/// `rbytes`, `wbytes`, `rios` and `wios` summed over the devices of `io.stat`
+/// (`MAJ:MIN rbytes=N wbytes=N rios=N wios=N ...` per line).
+fn io_totals(text: &str) -> IoTotals {
+    let mut t = IoTotals::default();
     for field in text.split_whitespace() {
         let Some((key, value)) = field.split_once('=') else {
             continue;
@@ -402,13 +419,16 @@ fn io_totals(text: &str) -> (Option<u64>, Option<u64>) {
         let Ok(value) = value.parse::<u64>() else {
             continue;
         };
-        match key {
-            "rbytes" => read = read.saturating_add(value),
-            "wbytes" => write = write.saturating_add(value),
-            _ => {}
-        }
+        let total = match key {
+            "rbytes" => &mut t.read_bytes,
+            "wbytes" => &mut t.write_bytes,
+            "rios" => &mut t.read_ops,
+            "wios" => &mut t.write_ops,
+            _ => continue,
+        };
+        *total = total.saturating_add(value);
     }
-    (Some(read), Some(write))
+    t
 }
 
 #[cfg(test)]
@@ -427,8 +447,16 @@ mod tests {
     fn io_stat_sums_devices() {
         let text = "8:0 rbytes=4096 wbytes=512 rios=1 wios=1 dbytes=0 dios=0\n\
                     253:0 rbytes=100 wbytes=0 rios=1 wios=0 dbytes=0 dios=0\n";
-        assert_eq!(io_totals(text), (Some(4196), Some(512)));
-        assert_eq!(io_totals(""), (Some(0), Some(0)));
+        assert_eq!(
+            io_totals(text),
+            IoTotals {
+                read_bytes: 4196,
+                write_bytes: 512,
+                read_ops: 2,
+                write_ops: 1
+            }
+        );
+        assert_eq!(io_totals(""), IoTotals::default());
     }
 
     #[test]

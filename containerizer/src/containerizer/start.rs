@@ -200,6 +200,9 @@ impl Containerizer {
             run_dir: run_dir.clone(),
             _events: Some(events),
             started,
+            started_ns: crate::proc_info::now_epoch_ns()
+                .saturating_sub(u64::try_from(started.elapsed().as_nanos()).unwrap_or(0)),
+            costly_sampled: None,
             peaks: Peaks::default(),
             last: Usage::default(),
             limitation: None,

@@ -132,6 +132,10 @@ impl Isolator for DiskIsolator {
         usage.disk_used_bytes = disk_usage(&sandbox).ok().map(|bytes| bytes + tmp);
     }
 
+    fn usage_is_costly(&self) -> bool {
+        true
+    }
+
     fn watch(&self, id: &TaskId, usage: &Usage) -> Option<Limitation> {
         let limit = self.with(|t| t.get(id).and_then(|w| w.limit))?;
         usage

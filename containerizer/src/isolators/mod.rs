@@ -37,6 +37,9 @@ use crate::spec::ShimSpec;
 use crate::task::{Resources, TaskConfig, TaskId};
 use crate::usage::{Limitation, Usage};
 
+/// How often a costly usage figure (the sandbox's disk) is measured at most.
+pub const COSTLY_USAGE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Why an isolator refused or failed a task.
 #[derive(Debug, thiserror::Error)]
 pub enum IsolatorError {
@@ -93,6 +96,13 @@ pub trait Isolator: Send + Sync {
     }
 
     fn usage(&self, _id: &TaskId, _usage: &mut Usage) {}
+
+    /// Whether `usage` costs more than reading a few counters (a directory walk): the
+    /// containerizer then measures it at most every [`COSTLY_USAGE_INTERVAL`] and
+    /// carries the last figure over in between.
+    fn usage_is_costly(&self) -> bool {
+        false
+    }
 
     fn cleanup(&self, _id: &TaskId) -> Result<(), IsolatorError> {
         Ok(())
