@@ -125,9 +125,9 @@ impl CgroupBackend for Hierarchies {
                 dirs,
                 roles: self.roles,
             };
-            group
-                .write_limits(limits, false)
-                .map(|()| TaskCgroup::new(group))
+            group.write_limits(limits, false)?;
+            group.activate_io_accounting();
+            Ok(TaskCgroup::new(group))
         });
         if result.is_err() {
             fsx::rmdirs_quietly(&created);
@@ -157,6 +157,31 @@ impl CgroupBackend for Hierarchies {
     /// v1 has no "no internal processes" rule: nothing has to move.
     fn move_self_into_leaf(&self, _leaf: &str) -> Result<Option<PathBuf>, CgroupError> {
         Ok(None)
+    }
+}
+
+impl TaskGroup {
+    /// Kernels since 6.x count a v1 cgroup's `blkio.throttle.io_service*` only on
+    /// disks where blk-throttle was activated, which the first throttle rule on the
+    /// disk does. A rule of `0` ("no limit") in the task's own cgroup activates it for
+    /// good without limiting anything; written once per process for every disk, best
+    /// effort (a disk that refuses it keeps reading 0).
+    fn activate_io_accounting(&self) {
+        static DONE: std::sync::Once = std::sync::Once::new();
+        let Some(i) = self.roles.blkio else {
+            return;
+        };
+        let rule = self.dir(i).join("blkio.throttle.read_bps_device");
+        DONE.call_once(|| {
+            let Ok(disks) = std::fs::read_dir("/sys/block") else {
+                return;
+            };
+            for disk in disks.flatten() {
+                if let Some(dev) = fsx::read(&disk.path().join("dev")) {
+                    let _ = fsx::write(&rule, &format!("{} 0", dev.trim()));
+                }
+            }
+        });
     }
 }
 
