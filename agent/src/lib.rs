@@ -31,7 +31,7 @@
 //! | flags and the TOML file | [`config`] |
 //! | what tasks may be and use here; who may use the API | [`policy`] |
 //! | CPUs, memory and disk the machine offers | [`resources`] |
-//! | Prometheus metrics | [`metrics`] |
+//! | Prometheus metrics | [`metrics`], per task [`task_metrics`] |
 //!
 //! The modules import each other without a cycle (checked by
 //! `tests/module_graph.rs`): [`agent`] knows every other module and nothing imports
@@ -104,6 +104,7 @@ pub mod startup;
 pub mod state;
 pub mod status_updates;
 pub mod store;
+pub mod task_metrics;
 pub mod tasks;
 
 pub use agent::{Agent, AgentError, run};

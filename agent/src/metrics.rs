@@ -8,6 +8,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::task_metrics::TaskSeries;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabel {
     pub state: String,
@@ -41,12 +43,18 @@ pub struct Metrics {
     pub recovery_errors: Counter,
     /// Launches refused by the agent's own allowlist, by reason (root, volume, rootfs).
     pub launches_refused: Family<ReasonLabel, Counter>,
+    /// The running tasks' latest samples (`cella_task_*`).
+    pub task_series: TaskSeries,
 }
 
 impl Metrics {
     /// The agent's metrics, with the API's denials (`denials`, from its access policy).
     pub fn new(denials: &Family<crate::policy::access::PermissionLabel, Counter>) -> Self {
-        let mut registry = Registry::with_prefix("cella_agent");
+        // The agent's own series are `cella_agent_*`, the tasks' `cella_task_*`.
+        let mut root = Registry::default();
+        let task_series = TaskSeries::default();
+        root.register_collector(Box::new(task_series.clone()));
+        let registry = root.sub_registry_with_prefix("cella_agent");
         let m = Self {
             registry: Registry::default(),
             tasks: Family::default(),
@@ -60,6 +68,7 @@ impl Metrics {
             registrations: Counter::default(),
             recovery_errors: Counter::default(),
             launches_refused: Family::default(),
+            task_series,
         };
         registry.register(
             "launches_refused",
@@ -112,7 +121,10 @@ impl Metrics {
             "Checkpoint records that could not be recovered at start (--strict=false)",
             m.recovery_errors.clone(),
         );
-        Self { registry, ..m }
+        Self {
+            registry: root,
+            ..m
+        }
     }
 
     /// Sets the per-state task gauges (every state is listed, zeros included).

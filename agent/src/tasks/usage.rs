@@ -14,6 +14,7 @@ use tokio::sync::watch;
 
 use crate::periodic::Periodic;
 use crate::state::{RunningSlot, Shared, lock};
+use crate::task_metrics::TaskSample;
 
 /// The wire form of a task's measured usage, stamped now.
 pub fn usage_to_wire(task_id: &str, u: &Usage) -> v1::TaskUsage {
@@ -122,6 +123,7 @@ pub async fn usage_loop(
             .iter()
             .filter_map(|(id, t)| t.running.clone().map(|s| (id.clone(), s)))
             .collect();
+        let mut series = Vec::with_capacity(slots.len());
         let c = shared.containerizer.clone();
         let samples = tokio::task::spawn_blocking(move || {
             let mut out = Vec::with_capacity(slots.len());
@@ -140,9 +142,17 @@ pub async fn usage_loop(
             for u in &samples {
                 if let Some(t) = tasks.get_mut(&u.task_id) {
                     t.usage = Some(u.clone());
+                    if t.running.is_some() {
+                        series.push(TaskSample {
+                            framework: t.framework_id.clone(),
+                            role: t.role.clone(),
+                            usage: u.clone(),
+                        });
+                    }
                 }
             }
         }
+        shared.metrics.task_series.replace(series);
         let node = node_usage(u32::try_from(samples.len()).unwrap_or(u32::MAX));
         reports.send_replace(Some(UsageReport {
             tasks: samples,

@@ -89,6 +89,7 @@ async fn monitor(
         match tasks.get_mut(&id) {
             Some(t) => {
                 t.running = None;
+                shared.metrics.task_series.forget(&id);
                 t.usage = Some(usage_to_wire(&id, &termination.usage));
                 (t.kill_requested, t.info.clone())
             }
