@@ -10,7 +10,7 @@ use exec_harness::{MIB, Outcome, Sandbox, in_vm};
 use serde_json::Value;
 
 /// Every key `--usage-json` must have, and no other.
-const USAGE_KEYS: [&str; 19] = [
+const USAGE_KEYS: [&str; 23] = [
     "wall_ns",
     "cpu_user_ns",
     "cpu_system_ns",
@@ -25,7 +25,11 @@ const USAGE_KEYS: [&str; 19] = [
     "pids_peak",
     "io_read_bytes",
     "io_write_bytes",
+    "io_read_ops",
+    "io_write_ops",
     "disk_peak_bytes",
+    "started_ns",
+    "ended_ns",
     "exit_code",
     "signal",
     "limitation",

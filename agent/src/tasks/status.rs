@@ -193,6 +193,10 @@ mod tests {
         );
         let s = terminal_status(&term(None, Some(15), None), false, &info);
         assert_eq!(s.message, "killed by signal 15 (SIGTERM)");
+        // Every terminal status carries the task's summary, times included.
+        let summary = s.summary.expect("summary");
+        assert_eq!((summary.started_ns, summary.ended_ns), (1, 1_000_000_001));
+        assert_eq!(summary.cpu_user_ns, None, "no sample, no figure");
     }
 
     #[test]
