@@ -496,3 +496,58 @@ async fn shutdown_from_the_master_kills_everything() {
     stopping.await.unwrap().unwrap();
     rig.stop().await;
 }
+
+/// A task's terminal update carries its summary: a short task's page cache, seen only by
+/// the sampling of its first second (the file is gone when it ends); and every usage
+/// report carries the node's totals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_task_s_summary_and_the_node_s_totals() {
+    const MIB: u64 = 1 << 20;
+    let mut rig = Rig::start().await;
+    let mut s = rig.session().await;
+    registered(&s, "agent-u");
+    let script =
+        "dd if=/dev/zero of=big bs=1M count=64 2>/dev/null && cat big >/dev/null && rm big";
+    launch(&s, common::task("short", &["sh", "-c", script], 256 << 20));
+    let end = run_to_end(&mut s, "short").await.pop().unwrap();
+    assert_eq!(end.state(), v1::TaskState::TaskFinished, "{end:?}");
+    let summary = end.summary.expect("a terminal update carries the summary");
+    assert!(
+        summary.started_ns > 0 && summary.ended_ns > summary.started_ns,
+        "{summary:?}"
+    );
+    assert!(
+        summary
+            .mem_file_peak_sampled_bytes
+            .is_some_and(|f| f >= 48 * MIB),
+        "page cache peak: {summary:?}"
+    );
+    assert!(
+        summary
+            .mem_anon_peak_sampled_bytes
+            .is_some_and(|a| a < 16 * MIB),
+        "anon peak: {summary:?}"
+    );
+    assert!(summary.cpu_system_ns.is_some_and(|n| n > 0), "{summary:?}");
+    assert!(
+        summary.mem_peak_bytes.is_some_and(|n| n >= 48 * MIB),
+        "{summary:?}"
+    );
+    assert_eq!(summary.oom_kills, Some(0), "{summary:?}");
+
+    let node = loop {
+        match tokio::time::timeout(common::WAIT, s.from_agent.recv()).await {
+            Ok(Some(agent_message::Message::Usage(report))) => {
+                if let Some(node) = report.node {
+                    break node;
+                }
+            }
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => panic!("no usage report with the node's totals"),
+        }
+    };
+    assert!(node.mem_total_bytes.is_some_and(|n| n > 0), "{node:?}");
+    assert!(node.mem_available_bytes.is_some(), "{node:?}");
+    assert!(node.cpu_user_ns.is_some_and(|n| n > 0), "{node:?}");
+    rig.stop().await;
+}
