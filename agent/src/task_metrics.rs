@@ -12,7 +12,11 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 
-use crate::state::lock;
+/// The samples even if a thread panicked while holding them (they are replaced
+/// whole, so they are never half-written).
+fn lock(m: &Mutex<Vec<TaskSample>>) -> std::sync::MutexGuard<'_, Vec<TaskSample>> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// One running task's latest sample and the labels it is shown with.
 #[derive(Debug, Clone)]
