@@ -5,6 +5,7 @@
 //! running under its shim.
 
 use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -124,11 +125,37 @@ async fn monitor(
     shared.release_ended_images().await;
 }
 
+/// Tasks in their first second, sampled densely right now.
+static DENSE_TASKS: AtomicUsize = AtomicUsize::new(0);
+
+/// All dense sampling together takes about one sample per [`DENSE_BUDGET`]: a burst of
+/// launches (1,000 tasks in a few seconds) spreads its samples out rather than
+/// spending cores on them.
+const DENSE_BUDGET: Duration = Duration::from_millis(1);
+
+/// Counts a task in [`DENSE_TASKS`] while it lives.
+struct DenseTask;
+
+impl DenseTask {
+    fn enter() -> Self {
+        DENSE_TASKS.fetch_add(1, Ordering::Relaxed);
+        Self
+    }
+}
+
+impl Drop for DenseTask {
+    fn drop(&mut self) {
+        DENSE_TASKS.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Samples the task every 10 ms during its first second, so that a short task's
 /// memory is seen before it exits (the usage loop comes round only every
-/// `--usage-interval`); then never resolves.
+/// `--usage-interval`); more rarely when many tasks start at once ([`DENSE_BUDGET`]).
+/// Then never resolves.
 async fn sample_first_second(shared: &Shared, slot: &RunningSlot) {
     let regular = shared.config.usage_interval;
+    let dense = DenseTask::enter();
     loop {
         let age = match lock(slot).as_ref() {
             Some(r) => r.age(),
@@ -137,7 +164,9 @@ async fn sample_first_second(shared: &Shared, slot: &RunningSlot) {
         if age >= DENSE_SAMPLE_PERIOD {
             break;
         }
-        tokio::time::sleep(next_sample_in(age, regular)).await;
+        let crowd = u32::try_from(DENSE_TASKS.load(Ordering::Relaxed)).unwrap_or(u32::MAX);
+        let pause = next_sample_in(age, regular).max(DENSE_BUDGET.saturating_mul(crowd));
+        tokio::time::sleep(pause).await;
         let c = shared.containerizer.clone();
         let slot = slot.clone();
         // A few cgroup files: short enough for the blocking pool's queue.
@@ -148,6 +177,7 @@ async fn sample_first_second(shared: &Shared, slot: &RunningSlot) {
         })
         .await;
     }
+    drop(dense);
     std::future::pending::<()>().await;
 }
 
