@@ -16,6 +16,7 @@
 //! | `views` | the JSON the operator API serves, and the gauges of `/metrics` |
 
 mod agents;
+mod audit;
 mod frameworks;
 mod offers;
 mod recovery;
@@ -84,6 +85,8 @@ pub struct MasterConfig {
     pub limits: Limits,
     /// The largest gRPC message the master accepts, in bytes.
     pub max_message_bytes: usize,
+    /// The audit log (task ends, kills, denials); `None`: none is kept.
+    pub audit: Option<Arc<crate::audit::AuditLog>>,
 }
 
 impl Default for MasterConfig {
@@ -105,6 +108,7 @@ impl Default for MasterConfig {
             authenticator: Authenticator::certificates_only(),
             limits: Limits::default(),
             max_message_bytes: 16 << 20,
+            audit: None,
         }
     }
 }
@@ -276,6 +280,9 @@ pub fn try_spawn(config: MasterConfig) -> Result<MasterHandle, StoreError> {
         Some(dir) => Some(Store::open(dir)?),
         None => None,
     };
+    if let Some(log) = &config.audit {
+        config.authorizer.record_denials_in(log.clone());
+    }
     let (tx, rx) = mpsc::unbounded_channel();
     let connections = Arc::new(ConnectionStats::default());
     let metrics = std::sync::Arc::new(Metrics::new(
@@ -389,6 +396,9 @@ impl Master {
                         self.heartbeat_frameworks();
                     }
                     self.expire_offers(now);
+                    if let Some(log) = &self.config.audit {
+                        log.checkpoint_if_due();
+                    }
                     self.expire_frameworks(now);
                     if now.duration_since(last_allocation) >= self.config.allocation_interval {
                         self.allocation_wanted = true;
@@ -404,6 +414,9 @@ impl Master {
             self.flush();
             if let Some(reply) = self.stopping.take() {
                 self.registry.close();
+                if let Some(Err(e)) = self.config.audit.as_ref().map(|l| l.checkpoint()) {
+                    tracing::error!("audit log: {e}");
+                }
                 let _ = reply.send(());
                 return;
             }
