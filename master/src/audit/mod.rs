@@ -68,6 +68,9 @@ struct Inner {
     /// (task id, update uuid) of every task end recorded: a resent update (after
     /// a master or agent restart) is not recorded twice.
     ended: HashSet<(String, String)>,
+    /// The tasks with an end recorded: a state the master decides later (LOST, from
+    /// a registry older than the log) is not a second end.
+    ended_tasks: HashSet<String>,
     times: HashMap<String, Times>,
     signer: Option<Signer>,
     checkpointed: Head,
@@ -97,11 +100,13 @@ impl AuditLog {
             None => None,
         };
         let mut ended = HashSet::new();
+        let mut ended_tasks = HashSet::new();
         let mut hashes = HashMap::new();
         let previous = Checkpoint::read(&config.dir.join(checkpoint::FILE)).ok();
         let writer = Writer::open(&config.dir, config.segment_bytes, |r, hash| {
             if let Event::TaskEnd(end) = &r.event {
                 ended.insert((end.task_id.clone(), end.update_uuid.clone()));
+                ended_tasks.insert(end.task_id.clone());
             }
             if previous.as_ref().is_some_and(|c| c.records == r.seq) {
                 hashes.insert(r.seq, hash.to_string());
@@ -132,6 +137,7 @@ impl AuditLog {
                 },
                 writer,
                 ended,
+                ended_tasks,
                 times: HashMap::new(),
                 signer,
                 last_checkpoint: Instant::now(),
@@ -179,21 +185,20 @@ impl AuditLog {
         t.started_ns.get_or_insert(at_ns);
     }
 
-    /// Whether the end of `task_id` with update `uuid` is recorded already.
+    /// Whether the end of `task_id` with update `uuid` is recorded already (for a
+    /// state the master decided, `uuid` empty: whether any end of it is).
     pub fn has_ended(&self, task_id: &str, uuid: &str) -> bool {
-        self.lock()
-            .ended
-            .contains(&(task_id.to_string(), uuid.to_string()))
+        has_ended(&self.lock(), task_id, uuid)
     }
 
     /// Records a task's end (once per task id and update uuid), fsynced. The times
     /// the log noted fill `submitted_ns` and `started_ns` where they are unset.
     pub fn task_end(&self, mut end: TaskEnd) -> std::io::Result<()> {
         let mut inner = self.lock();
-        let key = (end.task_id.clone(), end.update_uuid.clone());
-        if inner.ended.contains(&key) {
+        if has_ended(&inner, &end.task_id, &end.update_uuid) {
             return Ok(());
         }
+        let key = (end.task_id.clone(), end.update_uuid.clone());
         let times = inner.times.get(&end.task_id).copied().unwrap_or_default();
         end.submitted_ns = end.submitted_ns.or(times.submitted_ns);
         end.started_ns = end.started_ns.or(times.started_ns);
@@ -201,6 +206,7 @@ impl AuditLog {
         append(&mut inner, Event::TaskEnd(Box::new(end)))?;
         inner.times.remove(&task_id);
         inner.ended.insert(key);
+        inner.ended_tasks.insert(task_id);
         Ok(())
     }
 
@@ -238,6 +244,16 @@ impl AuditLog {
         inner.checkpointed = head;
         inner.last_checkpoint = Instant::now();
         Ok(())
+    }
+}
+
+fn has_ended(inner: &Inner, task_id: &str, uuid: &str) -> bool {
+    if uuid.is_empty() {
+        inner.ended_tasks.contains(task_id)
+    } else {
+        inner
+            .ended
+            .contains(&(task_id.to_string(), uuid.to_string()))
     }
 }
 
