@@ -28,7 +28,7 @@ struct Setup {
 impl Setup {
     fn new() -> Setup {
         let dir = tempfile::tempdir().unwrap();
-        let tls = cella_proto::tls::init_cluster_dir(&dir.path().join("tls"), &[]).unwrap();
+        let tls = cella_proto::tls::init_dir(&dir.path().join("tls"), &[]).unwrap();
         Setup { dir, tls }
     }
 
@@ -436,4 +436,46 @@ async fn denials_are_recorded() {
         denied[0]
     );
     verify::verify(&setup.audit_dir(), &setup.ca()).expect("verifies");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_api_serves_the_records_as_stored() {
+    let setup = Setup::new();
+    let dir = log_of(&setup, 2).await;
+    let m = setup.master(2500, None);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}", listener.local_addr().unwrap());
+    let tls = &setup.tls;
+    let server = cella_proto::tls::server_config(&tls.ca_cert, &tls.master_cert, &tls.master_key);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(cella_master::serve(
+        listener,
+        std::sync::Arc::new(server.unwrap()),
+        m,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let client =
+        cella_proto::tls::client_config(&tls.ca_cert, &tls.client_cert, &tls.client_key).unwrap();
+    let get = |path: String| {
+        let client = client.clone();
+        async move {
+            cella_proto::tls::https_request(axum::http::Method::GET, &path, None, &client)
+                .await
+                .unwrap()
+        }
+    };
+    let all = get(format!("{url}/api/v1/audit")).await;
+    assert!(all.status.is_success(), "{all:?}");
+    let mut stored = Vec::new();
+    report::export(&dir, Period::default(), false, &mut stored).unwrap();
+    assert_eq!(all.body.as_ref(), stored.as_slice());
+    assert_eq!(String::from_utf8_lossy(&all.body).lines().count(), 2);
+    let none = get(format!("{url}/api/v1/audit?until=1")).await;
+    assert!(none.status.is_success() && none.body.is_empty(), "{none:?}");
+    let bad = get(format!("{url}/api/v1/audit?since=yesterday")).await;
+    assert_eq!(bad.status.as_u16(), 400, "{bad:?}");
+    let _ = stop.send(());
+    served.await.unwrap().unwrap();
 }

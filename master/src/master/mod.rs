@@ -204,6 +204,8 @@ pub struct MasterHandle {
     pub connections: Arc<ConnectionStats>,
     pub limits: Limits,
     pub max_message_bytes: usize,
+    /// The audit log, for the operator API.
+    pub audit: Option<Arc<crate::audit::AuditLog>>,
 }
 
 impl MasterHandle {
@@ -298,6 +300,7 @@ pub fn try_spawn(config: MasterConfig) -> Result<MasterHandle, StoreError> {
         connections,
         limits: config.limits.clone(),
         max_message_bytes: config.max_message_bytes,
+        audit: config.audit.clone(),
     };
     let master = Master::new(config, metrics, store);
     tokio::spawn(master.run(rx));
