@@ -112,6 +112,9 @@ impl Writer {
         mut each: impl FnMut(&Record, &str),
     ) -> io::Result<Writer> {
         std::fs::create_dir_all(dir)?;
+        // Records name users, commands and hosts: the master's alone, like its
+        // registry.
+        std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
         let segments = segments(dir)?;
         let mut head = Head::default();
         for (i, (_, path)) in segments.iter().enumerate() {
@@ -189,7 +192,7 @@ impl Writer {
                 let mut f = OpenOptions::new()
                     .create(true)
                     .append(true)
-                    .mode(0o640)
+                    .mode(0o600)
                     .open(&path)?;
                 self.size = f.seek(io::SeekFrom::End(0))?;
                 if created {
