@@ -157,6 +157,58 @@ async fn master_killed_while_tasks_finish_keeps_one_record_per_acknowledged_end(
         "{}",
         c.log_tails()
     );
+
+    // The figures for a spreadsheet: one CSV row and one summed task per end.
+    let csv = c
+        .cella(&["audit", "export", "--dir", audit, "--format", "csv"])
+        .await;
+    assert_eq!(
+        csv.stdout.lines().count(),
+        ends.len() + 1,
+        "{}",
+        csv.describe()
+    );
+    let summary = c
+        .cella(&[
+            "audit",
+            "summary",
+            "--dir",
+            audit,
+            "--by",
+            "framework",
+            "--json",
+        ])
+        .await;
+    let totals: serde_json::Value = serde_json::from_str(&summary.stdout).expect("JSON");
+    assert_eq!(
+        totals[&framework_id]["tasks"].as_u64(),
+        Some(ends.len() as u64),
+        "{}",
+        summary.describe()
+    );
+
+    // A copy without its second record: `cella audit verify` exits 1 and names it.
+    let copy = c.path().join("audit-copy");
+    std::fs::create_dir_all(&copy).expect("creating the copy");
+    for entry in std::fs::read_dir(audit).expect("the audit directory") {
+        let entry = entry.expect("an entry");
+        let text = std::fs::read_to_string(entry.path()).expect("readable");
+        let kept: String = text
+            .split_inclusive('\n')
+            .filter(|l| !l.starts_with("{\"seq\":2,"))
+            .collect();
+        std::fs::write(copy.join(entry.file_name()), kept).expect("writing the copy");
+    }
+    let copy = copy.to_str().expect("UTF-8");
+    let tampered = c
+        .cella(&["audit", "verify", copy, "--ca", ca.to_str().expect("UTF-8")])
+        .await;
+    assert_eq!(tampered.code, Some(1), "{}", tampered.describe());
+    assert!(
+        tampered.stderr.contains("record 2 is missing"),
+        "{}",
+        tampered.describe()
+    );
     drop(s);
     c.finish();
 }
