@@ -11,8 +11,11 @@
 //! | `verify` | checking a log: chain, segment links, checkpoints |
 //! | `report` | export (JSON lines, CSV) and totals by role, framework or user |
 //!
-//! A record is written and fsynced before `task_end`/`record` return: the master
-//! passes a terminal update on (which leads to its acknowledgement) only after that.
+//! A record is durable when `task_end`/`record` return, or, for
+//! [`AuditLog::task_end_unsynced`], after the next [`AuditLog::sync`] (one
+//! `fdatasync` for every record of a batch): the master holds back what a batch of
+//! commands would send to schedulers and agents until then, so that nothing that
+//! lets an agent drop a terminal update leaves before its record is on disk.
 
 pub mod checkpoint;
 pub mod record;
@@ -71,6 +74,8 @@ struct Inner {
     /// The tasks with an end recorded: a state the master decides later (LOST, from
     /// a registry older than the log) is not a second end.
     ended_tasks: HashSet<String>,
+    /// Task ends written since the last sync.
+    unsynced_ends: Vec<(String, String)>,
     times: HashMap<String, Times>,
     signer: Option<Signer>,
     checkpointed: Head,
@@ -138,6 +143,7 @@ impl AuditLog {
                 writer,
                 ended,
                 ended_tasks,
+                unsynced_ends: Vec::new(),
                 times: HashMap::new(),
                 signer,
                 last_checkpoint: Instant::now(),
@@ -193,7 +199,39 @@ impl AuditLog {
 
     /// Records a task's end (once per task id and update uuid), fsynced. The times
     /// the log noted fill `submitted_ns` and `started_ns` where they are unset.
-    pub fn task_end(&self, mut end: TaskEnd) -> std::io::Result<()> {
+    pub fn task_end(&self, end: TaskEnd) -> std::io::Result<()> {
+        self.task_end_unsynced(end)?;
+        self.sync()
+    }
+
+    /// Whether records were written that the next [`AuditLog::sync`] makes durable.
+    pub fn unsynced(&self) -> bool {
+        self.lock().writer.unsynced()
+    }
+
+    /// Makes every record written durable. On failure they are gone again (as are
+    /// their task ends from the set of recorded ones).
+    pub fn sync(&self) -> std::io::Result<()> {
+        let mut inner = self.lock();
+        match inner.writer.sync() {
+            Ok(()) => {
+                inner.unsynced_ends.clear();
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!("audit log: fdatasync failed, the newest records are dropped: {e}");
+                for (task, uuid) in std::mem::take(&mut inner.unsynced_ends) {
+                    inner.ended.remove(&(task.clone(), uuid));
+                    inner.ended_tasks.remove(&task);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// [`AuditLog::task_end`] without the sync: durable after the next
+    /// [`AuditLog::sync`].
+    pub fn task_end_unsynced(&self, mut end: TaskEnd) -> std::io::Result<()> {
         let mut inner = self.lock();
         if has_ended(&inner, &end.task_id, &end.update_uuid) {
             return Ok(());
@@ -205,14 +243,16 @@ impl AuditLog {
         let task_id = end.task_id.clone();
         append(&mut inner, Event::TaskEnd(Box::new(end)))?;
         inner.times.remove(&task_id);
-        inner.ended.insert(key);
+        inner.ended.insert(key.clone());
+        inner.unsynced_ends.push(key);
         inner.ended_tasks.insert(task_id);
         Ok(())
     }
 
     /// Records a kill or a denial, fsynced.
     pub fn record(&self, event: Event) -> std::io::Result<()> {
-        append(&mut self.lock(), event)
+        append(&mut self.lock(), event)?;
+        self.sync()
     }
 
     /// Writes a checkpoint if the interval has passed and the head moved.
@@ -220,7 +260,7 @@ impl AuditLog {
         let due = {
             let inner = self.lock();
             inner.last_checkpoint.elapsed() >= inner.interval
-                && inner.checkpointed != inner.writer.head
+                && inner.checkpointed != inner.writer.synced_head
         };
         if due && let Err(e) = self.checkpoint() {
             tracing::error!("audit log: {e}");
@@ -230,7 +270,8 @@ impl AuditLog {
     /// Writes a checkpoint of the head now (signed when a key is configured).
     pub fn checkpoint(&self) -> Result<(), String> {
         let mut inner = self.lock();
-        let head = inner.writer.head.clone();
+        // Only what is on disk is covered.
+        let head = inner.writer.synced_head.clone();
         let c = match &inner.signer {
             Some(s) => s.checkpoint(&head, now_ns())?,
             None => checkpoint::unsigned(&head, now_ns()),

@@ -1,6 +1,7 @@
 //! The segment files of the log (`segment-NNNNNNNN.jsonl`, numbered from 1) and the
-//! appending writer: each record is written and fsynced before `append` returns;
-//! a segment past the size limit is closed and the next record starts a new one.
+//! appending writer: records are written, then made durable by [`Writer::sync`]
+//! (one `fdatasync` for all written since the last); a segment past the size limit
+//! is synced and closed, and the next record starts a new one.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Seek, Write};
@@ -99,6 +100,10 @@ pub struct Writer {
     file: Option<File>,
     size: u64,
     pub head: Head,
+    /// The size and head the last sync made durable (what a failed sync falls back
+    /// to).
+    synced_size: u64,
+    pub synced_head: Head,
 }
 
 impl Writer {
@@ -163,6 +168,8 @@ impl Writer {
             segment,
             file: None,
             size,
+            synced_size: size,
+            synced_head: head.clone(),
             head,
         })
     }
@@ -172,7 +179,41 @@ impl Writer {
         segment_name(self.segment)
     }
 
-    /// Writes `record` (its `seq` and `prev` are set here) and fsyncs it.
+    /// Whether records were written that are not synced yet.
+    pub fn unsynced(&self) -> bool {
+        self.head != self.synced_head
+    }
+
+    /// Makes every record written durable. On failure the records written since the
+    /// last sync are cut off again and the head goes back: the caller must treat
+    /// them as never written.
+    pub fn sync(&mut self) -> io::Result<()> {
+        if !self.unsynced() {
+            return Ok(());
+        }
+        let result = match &self.file {
+            Some(f) => f.sync_data(),
+            None => Err(io::Error::other("the segment is not open")),
+        };
+        match result {
+            Ok(()) => {
+                self.synced_size = self.size;
+                self.synced_head = self.head.clone();
+                Ok(())
+            }
+            Err(e) => {
+                if let Some(f) = &self.file {
+                    let _ = f.set_len(self.synced_size);
+                }
+                self.file = None;
+                self.size = self.synced_size;
+                self.head = self.synced_head.clone();
+                Err(e)
+            }
+        }
+    }
+
+    /// Writes `record` (its `seq` and `prev` are set here), not synced yet.
     pub fn append(&mut self, mut record: Record) -> io::Result<Head> {
         record.seq = self.head.seq + 1;
         record.prev.clone_from(&self.head.hash);
@@ -180,8 +221,11 @@ impl Writer {
         let hash = line_hash(line.as_bytes());
         line.push('\n');
         if self.size > 0 && self.size + line.len() as u64 > self.segment_bytes {
+            // The closed segment is complete on disk before the next one starts.
+            self.sync()?;
             self.segment += 1;
             self.size = 0;
+            self.synced_size = 0;
             self.file = None;
         }
         let file = match &mut self.file {
@@ -195,16 +239,16 @@ impl Writer {
                     .mode(0o600)
                     .open(&path)?;
                 self.size = f.seek(io::SeekFrom::End(0))?;
+                if !self.unsynced() {
+                    self.synced_size = self.size;
+                }
                 if created {
                     sync_dir(&self.dir)?;
                 }
                 self.file.insert(f)
             }
         };
-        if let Err(e) = file
-            .write_all(line.as_bytes())
-            .and_then(|()| file.sync_data())
-        {
+        if let Err(e) = file.write_all(line.as_bytes()) {
             // Whatever part of the line was written is cut off again (or, should
             // that fail too, when the log is opened next).
             let _ = file.set_len(self.size);

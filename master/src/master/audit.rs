@@ -1,9 +1,19 @@
 //! What the master writes to its audit log (`crate::audit`): task ends, built from
-//! its view of the task and the terminal status, and kill requests.
+//! its view of the task and the terminal status, and kill requests; and the group
+//! commit of task ends: the records of a batch of commands are written, then synced
+//! once, and what the batch sends to schedulers and agents is held back until then.
 
 use cella_proto::v1;
 
 use super::{Master, OperatorError};
+use crate::allocator::{AgentId, FrameworkId};
+
+/// A message held back until the audit log is synced.
+pub(super) enum Held {
+    Framework(FrameworkId, v1::Event),
+    /// An acknowledgement to an agent: agent, task id, uuid.
+    Ack(AgentId, String, String),
+}
 use crate::audit::record::{Kill, Requested};
 use crate::audit::{Event, TaskEnd};
 
@@ -81,7 +91,50 @@ impl Master {
             message: status.message.clone(),
             summary,
         };
-        log.task_end(end).is_ok()
+        log.task_end_unsynced(end).is_ok()
+    }
+
+    /// Whether messages to schedulers and agents are held back now: a task end is
+    /// written but not synced yet (or earlier messages are held: order is kept).
+    pub(super) fn holding(&self) -> bool {
+        self.config
+            .audit
+            .as_ref()
+            .is_some_and(|log| log.unsynced() || !self.held.borrow().is_empty())
+    }
+
+    /// Holds `held` back until [`Master::release_held`].
+    pub(super) fn hold(&self, held: Held) {
+        self.held.borrow_mut().push(held);
+    }
+
+    /// Syncs the audit log, then sends what was held back, in order. Should the sync
+    /// fail, the terminal updates and acknowledgements are dropped (their records
+    /// are gone): the agents send those updates again, and they are recorded then.
+    pub(super) fn release_held(&mut self) {
+        let Some(log) = self.config.audit.clone() else {
+            return;
+        };
+        if !log.unsynced() && self.held.borrow().is_empty() {
+            return;
+        }
+        let synced = log.sync().is_ok();
+        for held in self.held.take() {
+            match held {
+                Held::Framework(id, event) => {
+                    let terminal = matches!(
+                        &event.event,
+                        Some(v1::event::Event::Update(u))
+                            if u.status.as_ref().is_some_and(|s| s.state().is_terminal())
+                    );
+                    if synced || !terminal {
+                        self.send_to_framework(&id, event);
+                    }
+                }
+                Held::Ack(agent, task, uuid) if synced => self.ack_to_agent(&agent, &task, &uuid),
+                Held::Ack(..) => {}
+            }
+        }
     }
 
     /// Records a kill request: who asked, through which API, and whether it was

@@ -328,6 +328,8 @@ struct Master {
     recovering: BTreeSet<AgentId>,
     /// Explicit reconciliations of unknown tasks, answered once `recovering` empties.
     deferred_reconciles: Vec<(FrameworkId, String)>,
+    /// Messages held back until the audit log is synced (see `audit.rs`).
+    held: std::cell::RefCell<Vec<audit::Held>>,
 }
 
 impl Master {
@@ -365,6 +367,7 @@ impl Master {
             stopping: None,
             recovering: BTreeSet::new(),
             deferred_reconciles: Vec::new(),
+            held: Default::default(),
         };
         if let Some(loaded) = loaded {
             master.recover(loaded);
@@ -408,6 +411,7 @@ impl Master {
                     }
                 }
             }
+            self.release_held();
             if self.allocation_wanted {
                 self.allocation_wanted = false;
                 last_allocation = Instant::now();
@@ -536,6 +540,10 @@ impl Master {
     // ------------------------------------------------------------ plumbing
 
     fn send_to_framework(&self, id: &FrameworkId, event: v1::Event) -> bool {
+        if self.holding() {
+            self.hold(audit::Held::Framework(id.clone(), event));
+            return self.frameworks.get(id).is_some_and(|f| f.conn.is_some());
+        }
         self.frameworks
             .get(id)
             .and_then(|f| f.conn.as_ref())
@@ -578,6 +586,11 @@ impl Master {
     /// Tells the agent an update was acknowledged (updates without a uuid need none).
     fn ack_to_agent(&self, agent: &AgentId, task_id: &str, uuid: &str) {
         if uuid.is_empty() {
+            return;
+        }
+        if self.holding() {
+            let held = audit::Held::Ack(agent.clone(), task_id.to_string(), uuid.to_string());
+            self.hold(held);
             return;
         }
         self.send_to_agent(
