@@ -253,13 +253,15 @@ impl Master {
         }
         let resources = task.resources;
         let ended = !was_terminal && task.is_terminal();
+        // Recorded (while the master still knows the task) before anything that
+        // lets the agent drop the update; if it cannot be, nothing is sent.
+        let recorded = self.audit_status(&status.task_id, &status);
         self.registry.task_changed(&status.task_id);
         if ended {
             self.task_ended(&status.task_id, agent, &framework, resources);
         }
         self.metrics.status_updates.inc();
-        // Durable before anything that lets the agent drop the update.
-        if !self.audit_status(&status.task_id, &status) {
+        if !recorded {
             return;
         }
         if !framework_removed {
