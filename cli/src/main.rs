@@ -38,6 +38,8 @@ enum Command {
     Auth(commands::auth::AuthArgs),
     /// Container images in this node's store: list, pull, rm, gc.
     Images(commands::images::ImagesArgs),
+    /// The master's audit log: verify, export, summary (on the master's node).
+    Audit(commands::audit::AuditArgs),
 }
 
 // `cella exec` alone, parsed without building the other subcommands: `exec` is on
@@ -79,6 +81,7 @@ fn main() {
         Command::Certs(args) => commands::certs::run(args),
         Command::Auth(args) => commands::auth::run(args),
         Command::Images(args) => commands::images::run(args),
+        Command::Audit(args) => commands::audit::run(args),
     };
     std::process::exit(code);
 }

@@ -58,6 +58,7 @@ pub fn router(master: MasterHandle) -> Router {
         .route("/api/v1/tasks/{id}", get(task))
         .route("/api/v1/tasks/{id}/kill", post(kill))
         .route("/metrics", get(metrics))
+        .route("/api/v1/audit", get(audit))
         .layer(axum::middleware::from_fn_with_state(
             master.authenticator.clone(),
             require_caller,
@@ -95,6 +96,7 @@ async fn index() -> Json<serde_json::Value> {
             "GET /api/v1/tasks/{id}",
             "POST /api/v1/tasks/{id}/kill?grace_period_secs=SECONDS",
             "GET /metrics",
+            "GET /api/v1/audit?since=TIME&until=TIME",
         ],
         "docs": "docs/api.md in Cella's source; /usr/share/doc/cella/api.md where the \
                  Debian package is installed",
@@ -354,4 +356,50 @@ async fn metrics(
         return r;
     }
     cella_proto::exposition::response(&headers, m.metrics.encode())
+}
+
+#[derive(Deserialize)]
+struct AuditQuery {
+    since: Option<String>,
+    until: Option<String>,
+}
+
+/// `GET /api/v1/audit`: the audit log's records of a period, as JSON lines exactly as
+/// stored (so their hashes can be checked); needs `view(audit)`.
+async fn audit(
+    State(m): State<MasterHandle>,
+    Extension(caller): Extension<Caller>,
+    Query(q): Query<AuditQuery>,
+) -> Response {
+    let view = Action::View {
+        what: ViewKind::Audit,
+        target: None,
+    };
+    if let Some(r) = refusal(&m, &caller, &view, "GET /api/v1/audit") {
+        return r;
+    }
+    let Some(log) = m.audit.clone() else {
+        return error(StatusCode::NOT_FOUND, "this master keeps no audit log");
+    };
+    let now = cella_proto::time::now_ns();
+    let parse = |t: &Option<String>| {
+        t.as_deref()
+            .map(|s| crate::audit::report::parse_time(s, now))
+            .transpose()
+    };
+    let period = match (parse(&q.since), parse(&q.until)) {
+        (Ok(since_ns), Ok(until_ns)) => crate::audit::report::Period { since_ns, until_ns },
+        (Err(e), _) => return error(StatusCode::BAD_REQUEST, format!("since: {e}")),
+        (_, Err(e)) => return error(StatusCode::BAD_REQUEST, format!("until: {e}")),
+    };
+    let read = tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        crate::audit::report::export(log.dir(), period, false, &mut out).map(|_| out)
+    })
+    .await;
+    match read {
+        Ok(Ok(body)) => ([("content-type", "application/jsonl")], body).into_response(),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(_) => unavailable(),
+    }
 }

@@ -2,6 +2,7 @@
 //! API, served on one mutual-TLS port.
 
 pub mod allocator;
+pub mod audit;
 pub mod authz;
 pub mod config;
 pub mod control;

@@ -1,4 +1,5 @@
 //! One module per subcommand.
+pub mod audit;
 pub mod auth;
 pub mod certs;
 pub mod dev;

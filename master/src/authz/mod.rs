@@ -16,7 +16,7 @@ pub mod agents;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 
 use cella_proto::acl::{Acl, Action, Denied, Policy, TaskRequest};
 use cella_proto::reload::Watched;
@@ -25,6 +25,8 @@ use cella_proto::v1::{self, master_to_agent};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+
+use crate::audit::{AuditLog, Event, record};
 
 /// The label of a denial counter: the permission that was missing.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -53,6 +55,8 @@ pub struct Authorizer {
     /// `None`: permissive.
     file: Option<Watched<AclFile>>,
     denials: Family<PermissionLabel, Counter>,
+    /// Where denials are recorded besides the log and the counter.
+    audit: std::sync::RwLock<Option<Arc<AuditLog>>>,
 }
 
 impl std::fmt::Debug for Authorizer {
@@ -69,6 +73,7 @@ impl Authorizer {
         Arc::new(Authorizer {
             file: None,
             denials: Family::default(),
+            audit: Default::default(),
         })
     }
 
@@ -77,6 +82,7 @@ impl Authorizer {
         Ok(Arc::new(Authorizer {
             file: Some(Watched::load(path, read_acl)?),
             denials: Family::default(),
+            audit: Default::default(),
         }))
     }
 
@@ -116,6 +122,11 @@ impl Authorizer {
         }
     }
 
+    /// Records every later denial in `log` too.
+    pub fn record_denials_in(&self, log: Arc<AuditLog>) {
+        *self.audit.write().unwrap_or_else(PoisonError::into_inner) = Some(log);
+    }
+
     /// The denial counters, for `/metrics`.
     pub fn denials(&self) -> &Family<PermissionLabel, Counter> {
         &self.denials
@@ -136,6 +147,14 @@ impl Authorizer {
                 permission = %denied.permission,
                 "denied: {what}: {denied}"
             );
+            let audit = self.audit.read().unwrap_or_else(PoisonError::into_inner);
+            if let Some(log) = audit.as_ref() {
+                let _ = log.record(Event::Denied(record::Denied {
+                    principal: denied.principal.clone(),
+                    permission: denied.permission.clone(),
+                    what: what.to_string(),
+                }));
+            }
         })
     }
 

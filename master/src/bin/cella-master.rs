@@ -117,6 +117,18 @@ struct Args {
     /// The largest gRPC message accepted, e.g. 16MiB [default: 16MiB].
     #[arg(long, value_parser = cella_proto::acl::parse_size)]
     max_message_size: Option<u64>,
+    /// Where the audit log (finished tasks, kills, denials) is kept
+    /// [default: WORK_DIR/audit].
+    #[arg(long, value_name = "DIR", env = "CELLA_MASTER_AUDIT_DIR")]
+    audit_dir: Option<PathBuf>,
+    /// An audit log segment past this size is closed and a new one started, e.g.
+    /// 64MiB [default: 64MiB].
+    #[arg(long, value_parser = cella_proto::acl::parse_size)]
+    audit_segment_size: Option<u64>,
+    /// Write a signed checkpoint of the audit log's head this often (and at a clean
+    /// shutdown) [default: 60s].
+    #[arg(long, value_parser = parse_duration)]
+    audit_checkpoint_interval: Option<Duration>,
     /// What is logged: "info", "debug", or per module ("info,cella_master=debug");
     /// `$CELLA_LOG` wins. On SIGHUP the `log_level` of the --config file is re-read
     /// [default: info].
@@ -138,6 +150,9 @@ struct Settings {
     max_kill_grace_period: Duration,
     allocation_interval: Duration,
     work_dir: PathBuf,
+    audit_dir: PathBuf,
+    audit_segment_size: u64,
+    audit_checkpoint_interval: Duration,
     weights: Vec<(String, f64)>,
     max_connections: usize,
     max_connections_per_address: usize,
@@ -255,6 +270,29 @@ impl Args {
                 duration,
                 || Duration::from_secs(1),
             )?,
+            audit_segment_size: setting(
+                self.audit_segment_size,
+                file.audit_segment_size.as_ref(),
+                "audit_segment_size",
+                p,
+                |s: &String| cella_proto::acl::parse_size(s),
+                || 64 << 20,
+            )?,
+            audit_checkpoint_interval: setting(
+                self.audit_checkpoint_interval,
+                file.audit_checkpoint_interval.as_ref(),
+                "audit_checkpoint_interval",
+                p,
+                duration,
+                || Duration::from_secs(60),
+            )?,
+            audit_dir: self.audit_dir.or(file.audit_dir).unwrap_or_else(|| {
+                self.work_dir
+                    .clone()
+                    .or(file.work_dir.clone())
+                    .unwrap_or_else(|| PathBuf::from("/var/lib/cella/master"))
+                    .join("audit")
+            }),
             work_dir: self
                 .work_dir
                 .or(file.work_dir)
@@ -404,6 +442,13 @@ async fn serve(args: Settings) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
+    let audit = cella_master::audit::AuditLog::open(&cella_master::audit::AuditConfig {
+        dir: args.audit_dir.clone(),
+        segment_bytes: args.audit_segment_size,
+        checkpoint_interval: args.audit_checkpoint_interval,
+        signer: Some((layout.master_cert.clone(), layout.master_key.clone())),
+    })
+    .map_err(anyhow::Error::msg)?;
     let config = MasterConfig {
         offer_timeout: args.offer_timeout,
         ping_interval: args.ping_interval,
@@ -418,6 +463,7 @@ async fn serve(args: Settings) -> anyhow::Result<()> {
         authenticator: authenticator.clone(),
         limits,
         max_message_bytes: usize::try_from(args.max_message_size).unwrap_or(usize::MAX),
+        audit: Some(audit),
         ..MasterConfig::default()
     };
     let master = cella_master::master::try_spawn(config)?;

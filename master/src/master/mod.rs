@@ -16,6 +16,7 @@
 //! | `views` | the JSON the operator API serves, and the gauges of `/metrics` |
 
 mod agents;
+mod audit;
 mod frameworks;
 mod offers;
 mod recovery;
@@ -84,6 +85,8 @@ pub struct MasterConfig {
     pub limits: Limits,
     /// The largest gRPC message the master accepts, in bytes.
     pub max_message_bytes: usize,
+    /// The audit log (task ends, kills, denials); `None`: none is kept.
+    pub audit: Option<Arc<crate::audit::AuditLog>>,
 }
 
 impl Default for MasterConfig {
@@ -105,6 +108,7 @@ impl Default for MasterConfig {
             authenticator: Authenticator::certificates_only(),
             limits: Limits::default(),
             max_message_bytes: 16 << 20,
+            audit: None,
         }
     }
 }
@@ -200,6 +204,8 @@ pub struct MasterHandle {
     pub connections: Arc<ConnectionStats>,
     pub limits: Limits,
     pub max_message_bytes: usize,
+    /// The audit log, for the operator API.
+    pub audit: Option<Arc<crate::audit::AuditLog>>,
 }
 
 impl MasterHandle {
@@ -276,6 +282,9 @@ pub fn try_spawn(config: MasterConfig) -> Result<MasterHandle, StoreError> {
         Some(dir) => Some(Store::open(dir)?),
         None => None,
     };
+    if let Some(log) = &config.audit {
+        config.authorizer.record_denials_in(log.clone());
+    }
     let (tx, rx) = mpsc::unbounded_channel();
     let connections = Arc::new(ConnectionStats::default());
     let metrics = std::sync::Arc::new(Metrics::new(
@@ -291,6 +300,7 @@ pub fn try_spawn(config: MasterConfig) -> Result<MasterHandle, StoreError> {
         connections,
         limits: config.limits.clone(),
         max_message_bytes: config.max_message_bytes,
+        audit: config.audit.clone(),
     };
     let master = Master::new(config, metrics, store);
     tokio::spawn(master.run(rx));
@@ -318,6 +328,8 @@ struct Master {
     recovering: BTreeSet<AgentId>,
     /// Explicit reconciliations of unknown tasks, answered once `recovering` empties.
     deferred_reconciles: Vec<(FrameworkId, String)>,
+    /// Messages held back until the audit log is synced (see `audit.rs`).
+    held: std::cell::RefCell<Vec<audit::Held>>,
 }
 
 impl Master {
@@ -355,6 +367,7 @@ impl Master {
             stopping: None,
             recovering: BTreeSet::new(),
             deferred_reconciles: Vec::new(),
+            held: Default::default(),
         };
         if let Some(loaded) = loaded {
             master.recover(loaded);
@@ -389,12 +402,16 @@ impl Master {
                         self.heartbeat_frameworks();
                     }
                     self.expire_offers(now);
+                    if let Some(log) = &self.config.audit {
+                        log.checkpoint_if_due();
+                    }
                     self.expire_frameworks(now);
                     if now.duration_since(last_allocation) >= self.config.allocation_interval {
                         self.allocation_wanted = true;
                     }
                 }
             }
+            self.release_held();
             if self.allocation_wanted {
                 self.allocation_wanted = false;
                 last_allocation = Instant::now();
@@ -404,6 +421,9 @@ impl Master {
             self.flush();
             if let Some(reply) = self.stopping.take() {
                 self.registry.close();
+                if let Some(Err(e)) = self.config.audit.as_ref().map(|l| l.checkpoint()) {
+                    tracing::error!("audit log: {e}");
+                }
                 let _ = reply.send(());
                 return;
             }
@@ -520,6 +540,10 @@ impl Master {
     // ------------------------------------------------------------ plumbing
 
     fn send_to_framework(&self, id: &FrameworkId, event: v1::Event) -> bool {
+        if self.holding() {
+            self.hold(audit::Held::Framework(id.clone(), event));
+            return self.frameworks.get(id).is_some_and(|f| f.conn.is_some());
+        }
         self.frameworks
             .get(id)
             .and_then(|f| f.conn.as_ref())
@@ -562,6 +586,11 @@ impl Master {
     /// Tells the agent an update was acknowledged (updates without a uuid need none).
     fn ack_to_agent(&self, agent: &AgentId, task_id: &str, uuid: &str) {
         if uuid.is_empty() {
+            return;
+        }
+        if self.holding() {
+            let held = audit::Held::Ack(agent.clone(), task_id.to_string(), uuid.to_string());
+            self.hold(held);
             return;
         }
         self.send_to_agent(

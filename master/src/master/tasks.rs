@@ -140,6 +140,7 @@ impl Master {
         }
         self.registry.task_changed(&task_id);
         self.metrics.tasks_launched.inc();
+        self.audit_launched(&task_id);
         let sent = self.send_to_agent(
             agent,
             master_to_agent::Message::Launch(master_to_agent::LaunchTask {
@@ -252,11 +253,17 @@ impl Master {
         }
         let resources = task.resources;
         let ended = !was_terminal && task.is_terminal();
+        // Recorded (while the master still knows the task) before anything that
+        // lets the agent drop the update; if it cannot be, nothing is sent.
+        let recorded = self.audit_status(&status.task_id, &status);
         self.registry.task_changed(&status.task_id);
         if ended {
             self.task_ended(&status.task_id, agent, &framework, resources);
         }
         self.metrics.status_updates.inc();
+        if !recorded {
+            return;
+        }
         if !framework_removed {
             self.send_to_framework(&framework, update_event(status));
         } else {
@@ -385,6 +392,7 @@ impl Master {
         let status = task.status.clone();
         let (agent, framework, resources) =
             (task.agent.clone(), task.framework.clone(), task.resources);
+        self.audit_status(task_id, &status);
         self.registry.task_changed(task_id);
         if state.is_terminal() {
             self.task_ended(task_id, &agent, &framework, resources);
@@ -510,7 +518,9 @@ impl Master {
             }),
             &format!("killing task {task_id}"),
         )?;
-        self.kill_task(task_id, policy)
+        let result = self.kill_task(task_id, policy);
+        self.audit_kill(task_id, caller.principal(), "operator", policy, &result);
+        result
     }
 
     /// KILL from a scheduler: only its own tasks.
@@ -529,8 +539,14 @@ impl Master {
                 framework,
                 error_event(&format!("KILL: unknown task {task_id:?}")),
             );
-        } else if let Err(e) = self.kill_task(task_id, policy) {
-            self.send_to_framework(framework, error_event(&format!("KILL: {e}")));
+        } else {
+            let result = self.kill_task(task_id, policy);
+            let (principal, _) = self.target_of(framework);
+            let by = format!("{principal} (framework {framework})");
+            self.audit_kill(task_id, by, "scheduler", policy, &result);
+            if let Err(e) = result {
+                self.send_to_framework(framework, error_event(&format!("KILL: {e}")));
+            }
         }
     }
 
