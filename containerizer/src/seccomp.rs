@@ -1,4 +1,5 @@
-//! Seccomp: Cella's default allowlist (equivalent to Docker's default profile),
+//! Seccomp: Cella's default allowlist (Docker's default profile with the differences
+//! listed in docs/security.md, checked by [`docker_diff`]),
 //! profiles in Docker's JSON format, compiled to compact classic BPF (a binary search
 //! over syscall-number ranges, see [`codegen`]).
 //! The default profile is compiled at build time (build.rs), never per launch.
@@ -11,6 +12,8 @@ use std::path::{Path, PathBuf};
 
 pub(crate) mod codegen;
 pub(crate) mod compile;
+#[cfg(test)]
+mod docker_diff;
 #[cfg(test)]
 mod equivalence;
 #[cfg(test)]
