@@ -67,6 +67,9 @@ pub fn terminal_status(
     let signal = t.status.signal;
     let how = match (code, signal) {
         (Some(c), _) => format!("exited with code {c}"),
+        // Cluster tasks run under the default profile, which never kills: a filter
+        // the command installed did.
+        (None, Some(libc::SIGSYS)) => cella_containerizer::seccomp::sigsys_explanation(None),
         (None, Some(s)) => format!("killed by {}", signal_name(s)),
         (None, None) => "ended without an exit status".to_string(),
     };
@@ -190,6 +193,13 @@ mod tests {
         );
         let s = terminal_status(&term(None, Some(15), None), false, &info);
         assert_eq!(s.message, "killed by signal 15 (SIGTERM)");
+        let s = terminal_status(&term(None, Some(libc::SIGSYS), None), false, &info);
+        assert!(
+            s.message.starts_with("killed by seccomp (SIGSYS): ") && s.message.contains("syscall="),
+            "{}",
+            s.message
+        );
+        assert_eq!(s.signal, Some(libc::SIGSYS));
     }
 
     #[test]

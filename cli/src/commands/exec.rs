@@ -323,6 +323,17 @@ pub(super) fn run_with(mut args: ExecArgs, image: Option<super::exec_image::Imag
         .disk_peak_bytes
         .map(|b| b.saturating_sub(disk_baseline));
     explain_limitation(&end, &args);
+    if end.status.signal == Some(libc::SIGSYS) {
+        let profile = match &args.seccomp {
+            SeccompChoice::Default => Some("default".to_string()),
+            SeccompChoice::Unconfined => None,
+            SeccompChoice::Profile(path) => Some(path.display().to_string()),
+        };
+        eprintln!(
+            "cella: {}",
+            cella_containerizer::seccomp::sigsys_explanation(profile.as_deref())
+        );
+    }
     if let Some((_, why)) = &end.status.launch_failure {
         eprintln!("cella: {why}");
     }
