@@ -5,8 +5,7 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use axum::http::{Method, StatusCode};
 use cella_proto::tls;
@@ -38,32 +37,9 @@ fn json_error(path: &str, body: &str) -> String {
         .to_string()
 }
 
-/// What `promtool check metrics` says of `text` (its exit status and output). Needs
-/// Debian's `prometheus` package (`scripts/install-test-deps.sh`).
-pub fn promtool_check(text: &str) -> (bool, String) {
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian's prometheus package; see scripts/install-test-deps.sh)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
+#[path = "../../tests/src/promtool.rs"]
+mod promtool;
+use promtool::promtool_check;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_api_errors_queries_index_and_metrics() {
@@ -182,11 +158,9 @@ async fn operator_api_errors_queries_index_and_metrics() {
             && text.contains("# TYPE cella_master_offers_sent_total counter"),
         "{text}"
     );
-    let (ok, said) = promtool_check(&text);
-    assert!(
-        ok && said.trim().is_empty(),
-        "promtool check metrics: {said}\n{text}"
-    );
+    if let Err(said) = promtool_check(&text) {
+        panic!("promtool check metrics: {said}\n{text}");
+    }
     let (status, open) = request(
         &url,
         &client,

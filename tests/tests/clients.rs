@@ -148,30 +148,6 @@ async fn masters_view_follows_a_task_whose_scheduler_never_acknowledges() {
     c.finish();
 }
 
-/// What `promtool check metrics` says of `text`.
-fn promtool_check(text: &str) -> (bool, String) {
-    let mut child = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian's prometheus package; see scripts/install-test-deps.sh)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success() && said.trim().is_empty(), said)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_api_errors_are_json_and_both_metrics_pass_promtool() {
     let c = Cluster::start(1, RES).await;
@@ -218,8 +194,9 @@ async fn agent_api_errors_are_json_and_both_metrics_pass_promtool() {
             .unwrap();
         assert!(r.status.is_success(), "{url}: {}", r.status);
         let text = String::from_utf8_lossy(&r.body);
-        let (clean, said) = promtool_check(&text);
-        assert!(clean, "promtool check metrics on {url}: {said}\n{text}");
+        if let Err(said) = cella_tests::promtool::promtool_check(&text) {
+            panic!("promtool check metrics on {url}: {said}\n{text}");
+        }
     }
     drop(s);
     c.finish();
