@@ -161,14 +161,7 @@ async fn memory_limit_kill_and_command_not_found() {
     .await;
 
     let end = s.wait_terminal("hog").await;
-    assert_eq!(end.state(), v1::TaskState::TaskFailed, "{end:?}");
-    assert_eq!(end.reason(), v1::Reason::MemoryLimit, "{end:?}");
-    assert!(
-        end.message
-            .starts_with("memory limit of 32 MiB reached: the kernel killed the task"),
-        "{}",
-        end.message
-    );
+    common::assert_killed_at_32_mib(&end);
 
     let end = s.wait_terminal("nope").await;
     assert_eq!(end.state(), v1::TaskState::TaskFailed, "{end:?}");
