@@ -1,12 +1,13 @@
 //! The agent's HTTPS API (TLS with the agent's certificate, `--http-listen`):
 //!
+//! * `GET /`: what this is, its endpoints and where the docs are; no authentication.
 //! * `GET /health`: no authentication.
 //! * `GET /metrics`: Prometheus text.
 //! * `GET /api/v1/containers`: tasks with their latest usage (JSON).
 //! * `GET /api/v1/tasks/{id}/files/{name}?offset=N&length=M`: a chunk of a file in
 //!   the task's sandbox (for `cella logs`).
 //!
-//! All but `/health` need an authenticated caller (a client certificate of the
+//! All but `/` and `/health` need an authenticated caller (a client certificate of the
 //! cluster CA, or a token or password of `--credentials`), and a permission of the
 //! access policy ([`crate::policy::access`]): `view(state)` for `/metrics`, and for a
 //! task's data `view(tasks)` (containers) or `view(sandbox)` (files), granted for the
@@ -87,13 +88,12 @@ pub fn router(api: Arc<Api>) -> Router {
             api.auth.clone(),
             require_caller,
         ));
-    Router::new()
+    let routes = Router::new()
+        .route("/", get(index))
         .route("/health", get(health))
         .merge(protected)
-        .layer(axum::middleware::from_fn(
-            cella_proto::http_errors::json_errors,
-        ))
-        .with_state(api)
+        .with_state(api);
+    cella_proto::http_errors::with_json_errors(routes)
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -102,6 +102,26 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
         axum::Json(serde_json::json!({ "error": message.into() })),
     )
         .into_response()
+}
+
+/// `GET /`: what this is and where to go on (no authentication, like `/health`).
+async fn index() -> Response {
+    axum::Json(serde_json::json!({
+        "service": "cella-agent",
+        "version": env!("CARGO_PKG_VERSION"),
+        "about": "A Cella agent: it runs the tasks its master sends it. Schedulers and \
+                  operators talk to the master; this HTTP JSON API shows this node's \
+                  tasks, their usage and their sandbox files (`cella logs` reads them).",
+        "api": [
+            "GET /health",
+            "GET /api/v1/containers",
+            "GET /api/v1/tasks/{id}/files/{name}?offset=N&length=M",
+            "GET /metrics",
+        ],
+        "docs": "docs/api.md in Cella's source; /usr/share/doc/cella/api.md where the \
+                 Debian package is installed",
+    }))
+    .into_response()
 }
 
 async fn health(State(api): State<Arc<Api>>) -> Response {

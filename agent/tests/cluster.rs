@@ -100,6 +100,31 @@ async fn exit_code_logs_and_confined_file_reads() {
     .await
     .unwrap();
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    // GET / says what this is and where the API and docs are, to anyone.
+    let r = cella_proto::tls::https_request(Method::GET, &format!("{base}/"), None, &anon)
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    let index: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(index["service"], "cella-agent", "{index}");
+    let (api, docs) = (index["api"].to_string(), index["docs"].to_string());
+    assert!(api.contains("\"GET /api/v1/containers\""), "{index}");
+    assert!(docs.contains("api.md"), "{index}");
+    // A wrong method: 405 naming the methods the path takes.
+    let r = cella_proto::tls::https_request(
+        Method::POST,
+        &format!("{base}/api/v1/containers"),
+        None,
+        &tls,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    let error: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(
+        error["error"], "POST is not allowed on /api/v1/containers; use GET, HEAD",
+        "{error}"
+    );
     let r = get("/metrics".into()).await;
     let text = String::from_utf8_lossy(&r.body).to_string();
     assert!(
@@ -136,14 +161,7 @@ async fn memory_limit_kill_and_command_not_found() {
     .await;
 
     let end = s.wait_terminal("hog").await;
-    assert_eq!(end.state(), v1::TaskState::TaskFailed, "{end:?}");
-    assert_eq!(end.reason(), v1::Reason::MemoryLimit, "{end:?}");
-    assert!(
-        end.message
-            .starts_with("memory limit of 32 MiB reached: the kernel killed the task"),
-        "{}",
-        end.message
-    );
+    common::assert_killed_at_32_mib(&end);
 
     let end = s.wait_terminal("nope").await;
     assert_eq!(end.state(), v1::TaskState::TaskFailed, "{end:?}");

@@ -298,14 +298,7 @@ async fn launch_exit_code_memory_limit_kill_and_errors() {
         ),
     );
     let end = run_to_end(&mut s, "hog").await.pop().unwrap();
-    assert_eq!(end.state(), v1::TaskState::TaskFailed, "{end:?}");
-    assert_eq!(end.reason(), v1::Reason::MemoryLimit, "{end:?}");
-    assert!(
-        end.message
-            .starts_with("memory limit of 32 MiB reached: the kernel killed the task"),
-        "{}",
-        end.message
-    );
+    common::assert_killed_at_32_mib(&end);
 
     launch(&s, common::task("nf", &["/no/such/program"], 16 << 20));
     let end = run_to_end(&mut s, "nf").await.pop().unwrap();

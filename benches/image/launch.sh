@@ -16,24 +16,8 @@
 set -euo pipefail
 
 runs=${1:-50}
-cd "$(dirname "${BASH_SOURCE[0]}")/../.."
-[ "$(id -u)" = 0 ] || { echo "launch.sh: run as root" >&2; exit 2; }
-for tool in docker-registry umoci skopeo hyperfine; do
-    command -v "$tool" >/dev/null || { echo "launch.sh: $tool missing: scripts/install-test-deps.sh" >&2; exit 2; }
-done
-
-work=$(mktemp -d "${TMPDIR:-/var/tmp}/cella-image-launch.XXXXXX")
-registry_pid=
-cleanup() {
-    local status=$?
-    if [ -n "$registry_pid" ]; then
-        kill "$registry_pid" 2>/dev/null || true
-        wait "$registry_pid" 2>/dev/null || true
-    fi
-    rm -rf "$work"
-    exit "$status"
-}
-trap cleanup EXIT
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+bench_setup image-launch docker-registry umoci skopeo hyperfine
 log() { printf '[image-launch] %s\n' "$*" >&2; }
 
 profile=${CELLA_BENCH_PROFILE:-release}
@@ -49,24 +33,7 @@ fi
 cp "$bin_dir/cella" "$bin_dir/cella-shim" "$work/"
 export CELLA_SHIM=$work/cella-shim
 
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-host=127.0.0.1:$port
-cat >"$work/registry.yml" <<YML
-version: 0.1
-log:
-  level: error
-storage:
-  filesystem:
-    rootdirectory: $work/registry
-http:
-  addr: $host
-YML
-docker-registry serve "$work/registry.yml" >"$work/registry.log" 2>&1 &
-registry_pid=$!
-for _ in $(seq 50); do
-    curl -fsS "http://$host/v2/" >/dev/null 2>&1 && break
-    sleep 0.1
-done
+start_registry
 ref=$host/bench/busybox:1
 log "building and pushing $ref"
 scripts/busybox-image.sh "$ref" >/dev/null

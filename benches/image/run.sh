@@ -15,25 +15,9 @@
 set -euo pipefail
 
 rounds=${1:-5}
-cd "$(dirname "${BASH_SOURCE[0]}")/../.."
-[ "$(id -u)" = 0 ] || { echo "run.sh: run as root (umoci unpack keeps ownership)" >&2; exit 2; }
-for tool in docker-registry umoci skopeo hyperfine busybox python3; do
-    command -v "$tool" >/dev/null || { echo "run.sh: $tool missing: scripts/install-test-deps.sh" >&2; exit 2; }
-done
-
-work=$(mktemp -d "${TMPDIR:-/var/tmp}/cella-image-bench.XXXXXX")
-registry_pid=
-cleanup() {
-    local status=$?
-    if [ -n "$registry_pid" ]; then
-        kill "$registry_pid" 2>/dev/null || true
-        wait "$registry_pid" 2>/dev/null || true
-    fi
-    rm -rf "$work"
-    exit "$status"
-}
-trap cleanup EXIT
-
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+# Root: umoci unpack keeps ownership.
+bench_setup image-bench docker-registry umoci skopeo hyperfine busybox python3
 log() { printf '[bench] %s\n' "$*" >&2; }
 
 log "building cella-image's pull example (release)"
@@ -68,24 +52,7 @@ rm -rf "$bundle"
 size=$(du -sb "$layout/blobs" | cut -f1)
 log "image: $(( size >> 20 )) MiB of blobs, $(umoci stat --image "$layout:bench" | grep -c '^sha256') layers"
 
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-host=127.0.0.1:$port
-cat > "$work/registry.yml" <<YAML
-version: 0.1
-log:
-  level: error
-storage:
-  filesystem:
-    rootdirectory: $work/registry
-http:
-  addr: $host
-YAML
-docker-registry serve "$work/registry.yml" > "$work/registry.log" 2>&1 &
-registry_pid=$!
-for _ in $(seq 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
-    sleep 0.1
-done
+start_registry
 skopeo --insecure-policy copy --quiet --preserve-digests --dest-tls-verify=false \
     "oci:$layout:bench" "docker://$host/bench:1"
 log "pushed to $host/bench:1"

@@ -148,6 +148,19 @@ impl Cluster {
                  this cluster's TLS directory, or --master at this cluster's master",
                 self.tls_dir.display()
             ))
+        } else if text.contains("not the master's certificate expected there") {
+            Some(format!(
+                "{} is not the master: it answers with another Cella certificate (an agent's \
+                 API, say, port 5051 by default); point --master at the master's URL (port \
+                 5050 by default)",
+                self.master
+            ))
+        } else if text.contains("InvalidContentType") {
+            Some(format!(
+                "{} does not speak TLS (a plain HTTP server, or another service on that \
+                 port?); point --master at the Cella master's URL",
+                self.master
+            ))
         } else if matches!(&e, cella_proto::tls::Error::Http { status: 404, message, .. }
             if message.starts_with("no such endpoint"))
         {

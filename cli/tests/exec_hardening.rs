@@ -427,6 +427,35 @@ fn raw_sockets_only_on_request() {
     );
 }
 
+/// The default seccomp profile's socket rules, from inside a real task: the kernel's
+/// crypto API (AF_ALG) and the hypervisor's sockets (AF_VSOCK) fail with EPERM, the
+/// ordinary families open. Unconfined, the same calls reach the kernel, which answers
+/// for itself (0, or EAFNOSUPPORT where it lacks the family): never EPERM.
+#[test]
+fn seccomp_battery_denies_kernel_crypto_and_vsock_sockets() {
+    use exec_harness::helper::{SOCKETS, helper_value};
+    let sb = Sandbox::new();
+    let eperm = u64::try_from(libc::EPERM).unwrap_or(0);
+    let confined = sb.helper(&[], "sockets");
+    confined.assert_code(0);
+    let unconfined = sb.helper(&["--seccomp", "unconfined"], "sockets");
+    unconfined.assert_code(0);
+    for (name, _, _) in SOCKETS {
+        let key = format!("socket_{name}_errno");
+        let denied = matches!(name, "alg" | "vsock");
+        let errno = helper_value(&confined, &key);
+        confined.check(
+            (errno == eperm) == denied,
+            format!("default profile: socket({name}) gave errno {errno}; denied must be {denied} (EPERM)"),
+        );
+        let errno = helper_value(&unconfined, &key);
+        unconfined.check(
+            errno != eperm,
+            format!("unconfined: socket({name}) gave EPERM; only the profile may deny it"),
+        );
+    }
+}
+
 #[test]
 fn a_system_directory_cannot_be_the_working_directory() {
     let sb = Sandbox::new();

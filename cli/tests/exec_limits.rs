@@ -123,3 +123,21 @@ fn disk_limit_kills_and_is_reported() {
         "disk_peak_bytes must show the excess",
     );
 }
+
+#[test]
+fn disk_limit_counts_only_what_the_task_adds() {
+    let sb = Sandbox::new();
+    // 8 MiB already in the working directory, more than the limit: not the task's.
+    std::fs::write(sb.path().join("existing"), vec![1u8; 8 << 20]).unwrap();
+    let script = "dd if=/dev/zero of=./new bs=1048576 count=2 2>/dev/null; sleep 0.5";
+    let out = sb.sh(&["--disk", "5MiB"], script);
+    out.assert_code(0);
+    out.check_eq(out.limitation(), None, "limitation");
+    let peak = out.num("disk_peak_bytes");
+    out.check(
+        (2 * MIB..4 * MIB).contains(&peak),
+        format!(
+            "disk_peak_bytes {peak} must count the 2 MiB written, not the 8 MiB that were there"
+        ),
+    );
+}

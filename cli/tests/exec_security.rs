@@ -109,6 +109,32 @@ fn custom_seccomp_profile_denies_mkdir() {
     assert!(!sb.path().join("dir").exists(), "the directory was created");
 }
 
+/// A profile that kills (here: every call, and mkdir only) ends the command with
+/// SIGSYS, and cella says so and how to find the call, instead of a bare 159.
+#[test]
+fn a_profile_that_kills_is_named_with_a_hint() {
+    let sb = Sandbox::new();
+    for (name, json) in [
+        ("deny-all.json", r#"{ "defaultAction": "SCMP_ACT_KILL" }"#),
+        (
+            "kill-mkdir.json",
+            r#"{ "defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+                { "names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_KILL_PROCESS" } ] }"#,
+        ),
+    ] {
+        let profile = sb.out().join(name);
+        fs::write(&profile, json).expect("write profile");
+        let profile = profile.to_string_lossy().into_owned();
+        let out = sb.run(&["--seccomp", &profile], &["mkdir", "./dir"]);
+        out.assert_code(128 + libc::SIGSYS);
+        out.stderr_has(
+            &format!("killed by seccomp (SIGSYS): the seccomp profile {profile} denies"),
+            "stderr must name seccomp and the profile",
+        );
+        out.stderr_has("syscall=", "stderr must say how to find the system call");
+    }
+}
+
 #[test]
 fn user_option_drops_root_and_capabilities() {
     let sb = Sandbox::new();

@@ -1,4 +1,5 @@
-//! Seccomp: Cella's default allowlist (equivalent to Docker's default profile),
+//! Seccomp: Cella's default allowlist (Docker's default profile with the differences
+//! listed in docs/security.md, checked by [`docker_diff`]),
 //! profiles in Docker's JSON format, compiled to compact classic BPF (a binary search
 //! over syscall-number ranges, see [`codegen`]).
 //! The default profile is compiled at build time (build.rs), never per launch.
@@ -11,6 +12,8 @@ use std::path::{Path, PathBuf};
 
 pub(crate) mod codegen;
 pub(crate) mod compile;
+#[cfg(test)]
+mod docker_diff;
 #[cfg(test)]
 mod equivalence;
 #[cfg(test)]
@@ -116,6 +119,26 @@ pub fn load_profile_for(path: &Path, caps_mask: u64) -> Result<Program, SeccompE
         ),
     })?;
     compile_at(&json, caps_mask, path)
+}
+
+/// What a task that died of `SIGSYS` is told: a seccomp filter killed it at a system
+/// call, and how to find which. `profile` names the profile Cella gave it; `None`
+/// when Cella's filter cannot have done it (the default profile answers with an
+/// errno), so the filter is one the command installed itself.
+pub fn sigsys_explanation(profile: Option<&str>) -> String {
+    let whose = match profile {
+        Some(name) => format!("the seccomp profile {name}"),
+        None => "a seccomp filter the command installed (Cella's default profile fails \
+                 denied calls with EPERM instead)"
+            .to_string(),
+    };
+    format!(
+        "killed by seccomp (SIGSYS): {whose} denies a system call the command made. \
+         To find it: the kernel logged the call (`journalctl -k` or `dmesg`: \
+         `type=1326 ... sig=31 ... syscall=N`; `ausyscall N` names it), or run the \
+         command under the default profile, where the call fails with EPERM and the \
+         command's own error names it"
+    )
 }
 
 /// Splits a packed instruction into a `sock_filter`, without integer casts.

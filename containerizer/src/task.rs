@@ -74,7 +74,7 @@ pub enum NetMode {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SeccompChoice {
-    /// Cella's default allowlist, equivalent to Docker's default profile.
+    /// Cella's default allowlist, derived from Docker's default profile.
     #[default]
     Default,
     /// No filter at all.

@@ -68,9 +68,6 @@ pub fn router(master: MasterHandle) -> Router {
         .route("/health", get(health))
         .merge(authenticated)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(axum::middleware::from_fn(
-            cella_proto::http_errors::json_errors,
-        ))
         .with_state(master)
 }
 

@@ -34,7 +34,11 @@ pub fn router(master: MasterHandle) -> axum::Router {
         })
         .max_decoding_message_size(limit),
     );
-    http::router(master).merge(cella_proto::tls::grpc_router(routes))
+    // JSON errors around the whole: their 405s then carry axum's Allow header (gRPC
+    // answers are 200 with a grpc-status, which the middleware leaves alone).
+    cella_proto::http_errors::with_json_errors(
+        http::router(master).merge(cella_proto::tls::grpc_router(routes)),
+    )
 }
 
 /// Runs a master on `listener` until `shutdown` completes.

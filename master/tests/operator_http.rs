@@ -5,8 +5,7 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use axum::http::{Method, StatusCode};
 use cella_proto::tls;
@@ -38,32 +37,9 @@ fn json_error(path: &str, body: &str) -> String {
         .to_string()
 }
 
-/// What `promtool check metrics` says of `text` (its exit status and output). Needs
-/// Debian's `prometheus` package (`scripts/install-test-deps.sh`).
-pub fn promtool_check(text: &str) -> (bool, String) {
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian's prometheus package; see scripts/install-test-deps.sh)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
+#[path = "../../tests/src/promtool.rs"]
+mod promtool;
+use promtool::promtool_check;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_api_errors_queries_index_and_metrics() {
@@ -92,13 +68,13 @@ async fn operator_api_errors_queries_index_and_metrics() {
             Method::POST,
             "/api/v1/tasks",
             StatusCode::METHOD_NOT_ALLOWED,
-            "POST is not allowed on /api/v1/tasks",
+            "POST is not allowed on /api/v1/tasks; use GET",
         ),
         (
             Method::GET,
             "/api/v1/tasks/t1/kill",
             StatusCode::METHOD_NOT_ALLOWED,
-            "GET is not allowed on /api/v1/tasks/t1/kill",
+            "GET is not allowed on /api/v1/tasks/t1/kill; use POST",
         ),
         (
             Method::GET,
@@ -182,11 +158,9 @@ async fn operator_api_errors_queries_index_and_metrics() {
             && text.contains("# TYPE cella_master_offers_sent_total counter"),
         "{text}"
     );
-    let (ok, said) = promtool_check(&text);
-    assert!(
-        ok && said.trim().is_empty(),
-        "promtool check metrics: {said}\n{text}"
-    );
+    if let Err(said) = promtool_check(&text) {
+        panic!("promtool check metrics: {said}\n{text}");
+    }
     let (status, open) = request(
         &url,
         &client,
@@ -231,5 +205,54 @@ async fn operator_api_errors_queries_index_and_metrics() {
     };
     assert!(message.contains("empty call"), "{message}");
     drop((calls, events));
+    master.stop().await;
+}
+
+/// `curl -i -X METHOD` of `path` with the client certificate: the status line,
+/// headers and body as curl prints them.
+fn curl(layout: &tls::Layout, method: &str, url: &str) -> String {
+    let out = Command::new("curl")
+        .args(["-sS", "-i", "--http1.1", "-X", method, "--cacert"])
+        .arg(&layout.ca_cert)
+        .arg("--cert")
+        .arg(&layout.client_cert)
+        .arg("--key")
+        .arg(&layout.client_key)
+        .arg(url)
+        .output()
+        .expect("curl");
+    assert!(out.status.success(), "curl {method} {url}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_method_names_the_allowed_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let layout = tls::init_dir(&dir.path().join("certs"), &[]).unwrap();
+    let master = start(&layout, &dir.path().join("master")).await;
+    let url = master.url();
+    for (method, path, allowed) in [
+        ("POST", "/api/v1/tasks", "GET,HEAD"),
+        ("DELETE", "/api/v1/tasks/t1/kill", "POST"),
+        ("PUT", "/", "GET,HEAD"),
+    ] {
+        let answer = tokio::task::block_in_place(|| curl(&layout, method, &format!("{url}{path}")));
+        let lower = answer.to_ascii_lowercase();
+        assert!(
+            lower.starts_with("http/1.1 405"),
+            "{method} {path}: {answer}"
+        );
+        assert!(
+            lower.contains(&format!("\r\nallow: {}\r\n", allowed.to_ascii_lowercase())),
+            "{method} {path}: no Allow: {allowed} header in {answer}"
+        );
+        let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+        let error = json_error(path, body);
+        let want = format!(
+            "{method} is not allowed on {path}; use {}",
+            allowed.replace(',', ", ")
+        );
+        assert_eq!(error, want, "{method} {path}");
+    }
     master.stop().await;
 }

@@ -65,6 +65,20 @@ fn running(agent: &Agent, fw: &str, task: &str, uuid: &str) -> agent_message::Me
     )
 }
 
+/// The agent's word that `task` is now in `state` (no update of its own).
+fn newest_state(task: &str, state: v1::TaskState) -> agent_message::Message {
+    agent_message::Message::NewestState(agent_message::NewestState {
+        task_id: task.into(),
+        state: state as i32,
+    })
+}
+
+/// `agent` sends `message` and the master has handled it.
+async fn step(m: &master::MasterHandle, agent: &Agent, message: agent_message::Message) {
+    agent.send(m, message);
+    handled(m).await;
+}
+
 fn ack(task: &str, uuid: &str) -> call::Call {
     call::Call::Acknowledge(call::Acknowledge {
         agent_id: String::new(),
@@ -364,53 +378,26 @@ async fn the_masters_view_follows_the_agents_newest_state_without_acknowledgemen
     use v1::TaskState::{TaskKilled, TaskRunning, TaskStarting};
     // STARTING is never acknowledged: the agent tells the newest state as the task
     // moves on, and sends STARTING again (with the newest state) on its retries.
-    a.send(
-        &m,
+    let starting = |newest| {
         update(
             &a,
             &fw,
             "t1",
             TaskStarting,
-            TaskStarting,
+            newest,
             v1::Reason::Unspecified,
             "u1",
-        ),
-    );
-    handled(&m).await;
+        )
+    };
+    step(&m, &a, starting(TaskStarting)).await;
     assert_eq!(task_state(&m, "t1").await.0, "STARTING");
-    a.send(
-        &m,
-        agent_message::Message::NewestState(agent_message::NewestState {
-            task_id: "t1".into(),
-            state: TaskRunning as i32,
-        }),
-    );
-    handled(&m).await;
+    step(&m, &a, newest_state("t1", TaskRunning)).await;
     assert_eq!(task_state(&m, "t1").await.0, "RUNNING");
     // Another agent cannot move it.
     let other = register_agent(&m, "agent-w", vec![]).await;
-    other.send(
-        &m,
-        agent_message::Message::NewestState(agent_message::NewestState {
-            task_id: "t1".into(),
-            state: TaskKilled as i32,
-        }),
-    );
-    handled(&m).await;
+    step(&m, &other, newest_state("t1", TaskKilled)).await;
     assert_eq!(task_state(&m, "t1").await.0, "RUNNING");
-    a.send(
-        &m,
-        update(
-            &a,
-            &fw,
-            "t1",
-            TaskStarting,
-            TaskKilled,
-            v1::Reason::Unspecified,
-            "u1",
-        ),
-    );
-    handled(&m).await;
+    step(&m, &a, starting(TaskKilled)).await;
     assert_eq!(task_state(&m, "t1").await.0, "KILLED");
     m.stop().await;
 }

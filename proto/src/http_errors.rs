@@ -3,6 +3,7 @@
 //! writes itself (404 for an unknown path, 405 for a wrong method, 400 for a query
 //! string that does not parse, 413 for a body that is too large) into the same form.
 
+use axum::Router;
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -14,8 +15,17 @@ use crate::api;
 /// The most of a plain-text error body that is read to build the JSON one.
 const MAX_TEXT_BYTES: usize = 16 << 10;
 
-/// Middleware (`axum::middleware::from_fn(json_errors)`): error answers that are not
-/// JSON become JSON that says what was wrong.
+/// `router` with [`json_errors`] around it as a whole. A layer on the router itself
+/// would wrap each route inside axum's method dispatch, which adds the `Allow` header
+/// of a 405 only after such a layer has run.
+pub fn with_json_errors(router: Router) -> Router {
+    Router::new()
+        .fallback_service(router)
+        .layer(axum::middleware::from_fn(json_errors))
+}
+
+/// Middleware (see [`with_json_errors`]): error answers that are not JSON become JSON
+/// that says what was wrong; a 405 names the methods the path takes.
 pub async fn json_errors(request: Request, next: Next) -> Response {
     let method = request.method().clone();
     let path = request.uri().path().to_string();
@@ -42,7 +52,7 @@ pub async fn json_errors(request: Request, next: Next) -> Response {
                 .get(header::ALLOW)
                 .and_then(|v| v.to_str().ok())
                 .filter(|v| !v.is_empty())
-                .map(|v| format!("; use {v}"))
+                .map(|v| format!("; use {}", v.replace(',', ", ")))
                 .unwrap_or_default();
             format!("{method} is not allowed on {path}{allowed}")
         }

@@ -28,6 +28,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
+pub mod promtool;
 pub mod security;
 
 /// Generous deadline for anything the cluster should do "soon".

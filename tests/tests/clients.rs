@@ -148,30 +148,6 @@ async fn masters_view_follows_a_task_whose_scheduler_never_acknowledges() {
     c.finish();
 }
 
-/// What `promtool check metrics` says of `text`.
-fn promtool_check(text: &str) -> (bool, String) {
-    let mut child = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian's prometheus package; see scripts/install-test-deps.sh)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success() && said.trim().is_empty(), said)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_api_errors_are_json_and_both_metrics_pass_promtool() {
     let c = Cluster::start(1, RES).await;
@@ -218,8 +194,9 @@ async fn agent_api_errors_are_json_and_both_metrics_pass_promtool() {
             .unwrap();
         assert!(r.status.is_success(), "{url}: {}", r.status);
         let text = String::from_utf8_lossy(&r.body);
-        let (clean, said) = promtool_check(&text);
-        assert!(clean, "promtool check metrics on {url}: {said}\n{text}");
+        if let Err(said) = cella_tests::promtool::promtool_check(&text) {
+            panic!("promtool check metrics on {url}: {said}\n{text}");
+        }
     }
     drop(s);
     c.finish();
@@ -302,5 +279,57 @@ async fn run_says_at_once_when_no_agent_could_fit_the_task() {
         "{}",
         out.describe()
     );
+    c.finish();
+}
+
+/// Runs a plain HTTP server on a free port that answers 400 to anything (as one does
+/// to a TLS handshake); returns its address.
+fn plain_http_server() -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            let mut buf = [0u8; 1024];
+            let _ = std::io::Read::read(&mut conn, &mut buf);
+            let _ = conn.write_all(
+                b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_failures_say_what_is_wrong() {
+    let c = Cluster::start(1, RES).await;
+    // Another cluster's TLS directory: the master's certificate is of a CA it does
+    // not know.
+    let other = tempfile::tempdir().unwrap();
+    cella_tests::certs_init(&c.bins, other.path());
+    let other_dir = other.path().to_str().unwrap();
+    let plain = format!("https://{}", plain_http_server());
+    let agent = format!("https://{}", c.agents[0].http);
+    for (args, says) in [
+        (
+            vec!["tasks", "--tls-dir", other_dir],
+            "UnknownIssuer".to_string(),
+        ),
+        (
+            vec!["tasks", "--tls-dir", other_dir],
+            format!("not signed by the CA in {other_dir}"),
+        ),
+        (
+            vec!["tasks", "--master", agent.as_str()],
+            format!("{agent} is not the master"),
+        ),
+        (
+            vec!["tasks", "--master", plain.as_str()],
+            format!("{plain} does not speak TLS"),
+        ),
+    ] {
+        let out = c.cella(&args).await;
+        assert_ne!(out.code, Some(0), "{}", out.describe());
+        assert!(out.stderr.contains(&says), "{says:?}: {}", out.describe());
+    }
     c.finish();
 }

@@ -67,6 +67,9 @@ pub fn terminal_status(
     let signal = t.status.signal;
     let how = match (code, signal) {
         (Some(c), _) => format!("exited with code {c}"),
+        // Cluster tasks run under the default profile, which never kills: a filter
+        // the command installed did.
+        (None, Some(libc::SIGSYS)) => cella_containerizer::seccomp::sigsys_explanation(None),
         (None, Some(s)) => format!("killed by {}", signal_name(s)),
         (None, None) => "ended without an exit status".to_string(),
     };
@@ -197,6 +200,13 @@ mod tests {
         let summary = s.summary.expect("summary");
         assert_eq!((summary.started_ns, summary.ended_ns), (1, 1_000_000_001));
         assert_eq!(summary.cpu_user_ns, None, "no sample, no figure");
+        let s = terminal_status(&term(None, Some(libc::SIGSYS), None), false, &info);
+        assert!(
+            s.message.starts_with("killed by seccomp (SIGSYS): ") && s.message.contains("syscall="),
+            "{}",
+            s.message
+        );
+        assert_eq!(s.signal, Some(libc::SIGSYS));
     }
 
     #[test]

@@ -507,3 +507,16 @@ pub fn cleanup_cgroups(name: &str) {
         let _ = std::fs::remove_dir(base);
     }
 }
+
+/// Asserts that `end` is the failure of a task the kernel killed at its memory limit
+/// of 32 MiB, as the agent reports it.
+pub fn assert_killed_at_32_mib(end: &v1::TaskStatus) {
+    assert_eq!(end.state(), v1::TaskState::TaskFailed, "{end:?}");
+    assert_eq!(end.reason(), v1::Reason::MemoryLimit, "{end:?}");
+    assert!(
+        end.message
+            .starts_with("memory limit of 32 MiB reached: the kernel killed the task"),
+        "{}",
+        end.message
+    );
+}

@@ -48,7 +48,9 @@ pub struct ExecArgs {
     /// Maximum number of processes and threads.
     #[arg(long, value_name = "N", value_parser = parse_pids, allow_negative_numbers = true)]
     pids: Option<u64>,
-    /// Disk limit for the working directory and /tmp; Cella kills the task past it.
+    /// Disk limit for what the task adds to the working directory and /tmp; Cella
+    /// kills the task past it. Files already in the working directory at the start
+    /// do not count: their size is the baseline, and only the growth is limited.
     #[arg(long, value_name = "SIZE", value_parser = parse_size, allow_hyphen_values = true)]
     disk: Option<u64>,
     /// Network: the host's stack, or a private namespace with only loopback.
@@ -264,6 +266,15 @@ pub(super) fn run_with(mut args: ExecArgs, image: Option<super::exec_image::Imag
     config.cap_drop = args.cap_drop.clone();
     config.stdio = Stdio::Inherit;
     config.measure_disk = want_usage || args.disk.is_some();
+    // An existing working directory is not the task's doing: the containerizer
+    // limits the whole tree, so its limit is what is there now plus --disk, and the
+    // figures shown subtract the baseline again.
+    let disk_baseline = if config.measure_disk {
+        cella_containerizer::isolators::disk_usage(&config.sandbox).unwrap_or(0)
+    } else {
+        0
+    };
+    config.resources.disk_bytes = args.disk.map(|d| d.saturating_add(disk_baseline));
 
     let containerizer = match Containerizer::new(ContainerizerConfig {
         shim_path: ContainerizerConfig::default_shim_path(),
@@ -312,8 +323,23 @@ pub(super) fn run_with(mut args: ExecArgs, image: Option<super::exec_image::Imag
             let _ = containerizer.kill(&running);
         }
     }
-    let end = containerizer.finish(running);
+    let mut end = containerizer.finish(running);
+    end.peaks.disk_peak_bytes = end
+        .peaks
+        .disk_peak_bytes
+        .map(|b| b.saturating_sub(disk_baseline));
     explain_limitation(&end, &args);
+    if end.status.signal == Some(libc::SIGSYS) {
+        let profile = match &args.seccomp {
+            SeccompChoice::Default => Some("default".to_string()),
+            SeccompChoice::Unconfined => None,
+            SeccompChoice::Profile(path) => Some(path.display().to_string()),
+        };
+        eprintln!(
+            "cella: {}",
+            cella_containerizer::seccomp::sigsys_explanation(profile.as_deref())
+        );
+    }
     if let Some((_, why)) = &end.status.launch_failure {
         eprintln!("cella: {why}");
     }
@@ -348,7 +374,7 @@ fn explain_limitation(end: &Termination, args: &ExecArgs) {
             limit(args.mem)
         ),
         Some(Limitation::DiskLimit) => eprintln!(
-            "cella: disk limit of {} reached (working directory and /tmp): Cella killed the task (DISK_LIMIT)",
+            "cella: disk limit of {} reached (growth of the working directory, and /tmp): Cella killed the task (DISK_LIMIT)",
             limit(args.disk)
         ),
         Some(Limitation::PidsLimit) => eprintln!(

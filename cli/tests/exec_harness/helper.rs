@@ -58,7 +58,8 @@ fn status_field_kib(field: &str) -> u64 {
 /// Modes: `burn-cpu:MS` (burn MS ms of CPU time), `spin-wall:MS` (busy loop for MS ms
 /// of wall time), `alloc:MIB:HOLD_MS` (allocate and touch MIB MiB, hold them), `segv`
 /// (a real segmentation fault), `raw-socket` (open an ICMP raw socket, print the
-/// errno, 0 for success). Results go to stdout as `helper: key=value` lines.
+/// errno, 0 for success), `sockets` (open a socket of each family in [`SOCKETS`],
+/// print `socket_<family>_errno`). Results go to stdout as `helper: key=value` lines.
 fn run_helper(mode: &str) -> i32 {
     let parts: Vec<&str> = mode.split(':').collect();
     let num = |i: usize| -> u64 {
@@ -109,22 +110,41 @@ fn run_helper(mode: &str) -> i32 {
             unsafe { std::ptr::without_provenance_mut::<u8>(16).write_volatile(1) };
         }
         "raw-socket" => {
-            // SAFETY: socket takes integer arguments only; the descriptor, if any, is
-            // closed below.
-            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) };
-            let errno = if fd < 0 {
-                std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
-            } else {
-                // SAFETY: fd is the descriptor socket just returned, closed once.
-                unsafe { libc::close(fd) };
-                0
-            };
+            let errno = socket_errno(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP);
             println!("helper: raw_socket_errno={errno}");
+        }
+        "sockets" => {
+            for (name, family, kind) in SOCKETS {
+                let errno = socket_errno(family, kind, 0);
+                println!("helper: socket_{name}_errno={errno}");
+            }
         }
         other => panic!("unknown helper mode {other}"),
     }
     println!("helper: cpu_ns={}", process_cpu_ns());
     println!("helper: acc={acc}");
+    0
+}
+
+/// The address families the `sockets` mode tries: (name, family, socket type).
+pub const SOCKETS: [(&str, i32, i32); 5] = [
+    ("unix", libc::AF_UNIX, libc::SOCK_STREAM),
+    ("inet", libc::AF_INET, libc::SOCK_STREAM),
+    ("netlink", libc::AF_NETLINK, libc::SOCK_RAW),
+    ("alg", libc::AF_ALG, libc::SOCK_SEQPACKET),
+    ("vsock", libc::AF_VSOCK, libc::SOCK_STREAM),
+];
+
+/// Opens and closes a socket; the errno of the failure, 0 for success.
+fn socket_errno(family: i32, kind: i32, protocol: i32) -> i32 {
+    // SAFETY: socket takes integer arguments only; the descriptor, if any, is closed
+    // below.
+    let fd = unsafe { libc::socket(family, kind, protocol) };
+    if fd < 0 {
+        return std::io::Error::last_os_error().raw_os_error().unwrap_or(-1);
+    }
+    // SAFETY: fd is the descriptor socket just returned, closed once.
+    unsafe { libc::close(fd) };
     0
 }
 

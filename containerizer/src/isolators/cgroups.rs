@@ -1,6 +1,6 @@
 //! cpu, memory, pids and io through the task's cgroups.
 
-use super::{Isolator, IsolatorError};
+use super::{Isolator, IsolatorError, Prepared};
 use crate::cgroups::{CgroupLimits, CgroupRoot};
 use crate::spec::ShimSpec;
 use crate::task::{Resources, TaskConfig, TaskId};
@@ -40,12 +40,7 @@ impl Isolator for CgroupsIsolator {
         "cgroups"
     }
 
-    fn prepare(
-        &self,
-        id: &TaskId,
-        config: &TaskConfig,
-        spec: &mut ShimSpec,
-    ) -> Result<(), IsolatorError> {
+    fn prepare(&self, id: &TaskId, config: &TaskConfig, spec: &mut ShimSpec) -> Prepared {
         let cgroup = self
             .root
             .create(id.as_str(), &limits(&config.resources))

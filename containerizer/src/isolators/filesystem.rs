@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{Isolator, IsolatorError};
+use super::{Isolator, IsolatorError, Prepared};
 use crate::paths::RunDir;
 use crate::spec::{BindMount, FilesystemSpec, OverlaySpec, ShimSpec};
 use crate::task::{IMAGE_UPPER_IN_SANDBOX, ImageRootfs, TaskConfig, TaskId};
@@ -113,12 +113,7 @@ impl Isolator for FilesystemIsolator {
         "filesystem"
     }
 
-    fn prepare(
-        &self,
-        _id: &TaskId,
-        config: &TaskConfig,
-        spec: &mut ShimSpec,
-    ) -> Result<(), IsolatorError> {
+    fn prepare(&self, _id: &TaskId, config: &TaskConfig, spec: &mut ShimSpec) -> Prepared {
         let sandbox = existing_dir("--workdir", &config.sandbox, "working directory")?;
         let (rootfs, overlay) = match (&config.rootfs, &config.image) {
             (Some(_), Some(_)) => {

@@ -67,6 +67,9 @@ impl IsolatorError {
 }
 
 /// One aspect of isolation.
+/// What [`Isolator::prepare`] returns.
+pub type Prepared = Result<(), IsolatorError>;
+
 pub trait Isolator: Send + Sync {
     fn name(&self) -> &'static str;
 
@@ -76,12 +79,7 @@ pub trait Isolator: Send + Sync {
     }
 
     /// Checks `config` and fills in this isolator's part of `spec`.
-    fn prepare(
-        &self,
-        id: &TaskId,
-        config: &TaskConfig,
-        spec: &mut ShimSpec,
-    ) -> Result<(), IsolatorError>;
+    fn prepare(&self, id: &TaskId, config: &TaskConfig, spec: &mut ShimSpec) -> Prepared;
 
     /// The task runs as `pid` (in the launcher's pid namespace).
     fn isolate(&self, _id: &TaskId, _pid: i32) {}

@@ -1,7 +1,7 @@
 //! pid, mount, uts and ipc namespaces always (the shim clones with them); the
 //! network namespace per task; the hostname.
 
-use super::{Isolator, IsolatorError};
+use super::{Isolator, IsolatorError, Prepared};
 use crate::spec::ShimSpec;
 use crate::task::{TaskConfig, TaskId};
 
@@ -26,12 +26,7 @@ impl Isolator for NamespacesIsolator {
         "namespaces"
     }
 
-    fn prepare(
-        &self,
-        _id: &TaskId,
-        config: &TaskConfig,
-        spec: &mut ShimSpec,
-    ) -> Result<(), IsolatorError> {
+    fn prepare(&self, _id: &TaskId, config: &TaskConfig, spec: &mut ShimSpec) -> Prepared {
         if let Some(name) = &config.hostname {
             if !valid_hostname(name) {
                 return Err(IsolatorError::invalid(

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use super::{Isolator, IsolatorError};
+use super::{Isolator, IsolatorError, Prepared};
 use crate::spec::ShimSpec;
 use crate::task::{TaskConfig, TaskId};
 
@@ -16,12 +16,7 @@ impl Isolator for PosixIsolator {
         "posix"
     }
 
-    fn prepare(
-        &self,
-        _id: &TaskId,
-        config: &TaskConfig,
-        spec: &mut ShimSpec,
-    ) -> Result<(), IsolatorError> {
+    fn prepare(&self, _id: &TaskId, config: &TaskConfig, spec: &mut ShimSpec) -> Prepared {
         if let Some(user) = &config.user {
             let id = match &config.image {
                 Some(image) => crate::user::resolve_in_layers(user, &image.layers),

@@ -1,7 +1,7 @@
 //! Capabilities and seccomp. The default seccomp program was compiled when Cella
 //! was built; only a custom profile file is compiled, once, at prepare.
 
-use super::{Isolator, IsolatorError};
+use super::{Isolator, IsolatorError, Prepared};
 use crate::spec::{SeccompProgram, ShimSpec};
 use crate::task::{SeccompChoice, TaskConfig, TaskId};
 
@@ -12,12 +12,7 @@ impl Isolator for CapabilitiesIsolator {
         "capabilities"
     }
 
-    fn prepare(
-        &self,
-        _id: &TaskId,
-        config: &TaskConfig,
-        spec: &mut ShimSpec,
-    ) -> Result<(), IsolatorError> {
+    fn prepare(&self, _id: &TaskId, config: &TaskConfig, spec: &mut ShimSpec) -> Prepared {
         spec.capabilities = crate::capabilities::resolve(&config.cap_add, &config.cap_drop)
             .map_err(|e| IsolatorError::invalid("--cap-add/--cap-drop", e.to_string()))?;
         Ok(())
@@ -43,12 +38,7 @@ impl Isolator for SeccompIsolator {
         "seccomp"
     }
 
-    fn prepare(
-        &self,
-        _id: &TaskId,
-        config: &TaskConfig,
-        spec: &mut ShimSpec,
-    ) -> Result<(), IsolatorError> {
+    fn prepare(&self, _id: &TaskId, config: &TaskConfig, spec: &mut ShimSpec) -> Prepared {
         spec.seccomp = match &config.seccomp {
             SeccompChoice::Default => Some(SeccompProgram::Default),
             SeccompChoice::Unconfined => None,

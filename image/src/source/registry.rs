@@ -10,6 +10,7 @@
 
 use std::time::Duration;
 
+use cella_proto::tls::error_chain;
 use futures::StreamExt as _;
 use oci_client::client::{
     BlobResponse, Certificate, CertificateEncoding, ClientConfig, ClientProtocol,
@@ -375,21 +376,6 @@ impl RegistrySource {
             },
         }
     }
-}
-
-/// An error with its causes, so a TLS or connection failure says what went wrong.
-pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !message.contains(&text) {
-            message.push_str(": ");
-            message.push_str(&text);
-        }
-        source = cause.source();
-    }
-    message
 }
 
 impl RegistrySource {

@@ -111,20 +111,26 @@ pub fn read<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, ImageError> {
         })
 }
 
-/// Every record in `dir` (temp files skipped).
-pub fn read_all<T: DeserializeOwned>(dir: &Path) -> Result<Vec<T>, ImageError> {
-    let mut records = Vec::new();
+/// The paths of the record files in `dir` (temp files skipped).
+fn record_paths(dir: &Path) -> Result<Vec<std::path::PathBuf>, ImageError> {
+    let mut paths = Vec::new();
     let entries = std::fs::read_dir(dir).map_err(ImageError::io(dir, "list the records"))?;
     for entry in entries {
         let entry = entry.map_err(ImageError::io(dir, "list the records"))?;
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if name.starts_with('.') || !name.ends_with(".json") {
-            continue;
+        if !name.starts_with('.') && name.ends_with(".json") {
+            paths.push(entry.path());
         }
-        if let Some(record) = read(&entry.path())? {
-            records.push(record);
-        }
+    }
+    Ok(paths)
+}
+
+/// Every record in `dir` (temp files skipped).
+pub fn read_all<T: DeserializeOwned>(dir: &Path) -> Result<Vec<T>, ImageError> {
+    let mut records = Vec::new();
+    for path in record_paths(dir)? {
+        records.extend(read(&path)?);
     }
     Ok(records)
 }
@@ -133,17 +139,9 @@ pub fn read_all<T: DeserializeOwned>(dir: &Path) -> Result<Vec<T>, ImageError> {
 /// cut short) is logged and removed.
 pub fn read_all_lenient<T: DeserializeOwned>(dir: &Path) -> Result<Vec<T>, ImageError> {
     let mut records = Vec::new();
-    let entries = std::fs::read_dir(dir).map_err(ImageError::io(dir, "list the records"))?;
-    for entry in entries {
-        let entry = entry.map_err(ImageError::io(dir, "list the records"))?;
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if name.starts_with('.') || !name.ends_with(".json") {
-            continue;
-        }
-        match read(&entry.path()) {
-            Ok(Some(record)) => records.push(record),
-            Ok(None) => {}
+    for path in record_paths(dir)? {
+        match read(&path) {
+            Ok(record) => records.extend(record),
             Err(ImageError::Damaged { path, problem }) => {
                 tracing::warn!(path = %path.display(), "removing a damaged record: {problem}");
                 let _ = std::fs::remove_file(&path);

@@ -143,8 +143,10 @@ pub(crate) fn read(path: &std::path::Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(PathIoError::on(path))
 }
 
-/// Formats an error with all its sources, `outer: inner: innermost`.
-pub(crate) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+/// Formats an error with all its sources, `outer: inner: innermost` (a cause already
+/// in its parent's text is not repeated), so a TLS or connection failure says what
+/// went wrong.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
     let mut out = err.to_string();
     let mut source = err.source();
     while let Some(e) = source {

@@ -260,6 +260,8 @@ fn default_profile_decisions() {
         allow
     );
     assert_eq!(ret(libc::SYS_socket, [2, 1, 0, 0, 0, 0]), allow);
+    let af_alg = 38;
+    assert_eq!(ret(libc::SYS_socket, [af_alg, 5, 0, 0, 0, 0]), eperm);
     // x32 numbers get the default action, even for allowed syscalls.
     assert_eq!(ret(0x4000_0000, [0; 6]), eperm);
     assert_eq!(
