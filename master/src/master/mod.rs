@@ -13,6 +13,7 @@
 //! | `frameworks` | subscription, failover, suppress/revive, teardown and removal |
 //! | `offers` | allocation, accept, decline, rescind and expiry of offers |
 //! | `tasks` | validation, launch, status updates, reconciliation, kill |
+//! | `usage` | usage reports: each task's history, each agent's node totals |
 //! | `views` | the JSON the operator API serves, and the gauges of `/metrics` |
 
 mod agents;
@@ -21,6 +22,7 @@ mod offers;
 mod recovery;
 mod registry;
 mod tasks;
+mod usage;
 mod views;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -45,6 +47,7 @@ use crate::metrics::Metrics;
 use crate::state::{self, Agent, Framework, OutstandingOffer, Task};
 use crate::store::{self, Store, StoreError};
 use registry::Registry;
+pub use usage::{TaskUsageAnswer, UsageQuery};
 
 /// Tunables of the master.
 #[derive(Debug, Clone)]
@@ -84,6 +87,8 @@ pub struct MasterConfig {
     pub limits: Limits,
     /// The largest gRPC message the master accepts, in bytes.
     pub max_message_bytes: usize,
+    /// The resolution and reach of each task's usage history.
+    pub usage_history: crate::usage::Tiers,
 }
 
 impl Default for MasterConfig {
@@ -105,6 +110,7 @@ impl Default for MasterConfig {
             authenticator: Authenticator::certificates_only(),
             limits: Limits::default(),
             max_message_bytes: 16 << 20,
+            usage_history: crate::usage::Tiers::default(),
         }
     }
 }
@@ -164,6 +170,12 @@ pub enum Command {
         conn: u64,
     },
     State(oneshot::Sender<api::State>),
+    /// A task's usage (`None`: unknown task).
+    TaskUsage {
+        task_id: String,
+        query: UsageQuery,
+        reply: oneshot::Sender<Option<TaskUsageAnswer>>,
+    },
     /// Operator kill (`kill_task`).
     Kill {
         task_id: String,
@@ -205,6 +217,22 @@ pub struct MasterHandle {
 impl MasterHandle {
     pub fn send(&self, command: Command) -> bool {
         self.tx.send(command).is_ok()
+    }
+
+    /// A task's usage: `None` when the master is stopping, `Some(None)` for an
+    /// unknown task.
+    pub async fn task_usage(
+        &self,
+        task_id: String,
+        query: UsageQuery,
+    ) -> Option<Option<TaskUsageAnswer>> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::TaskUsage {
+            task_id,
+            query,
+            reply,
+        });
+        rx.await.ok()
     }
 
     pub async fn state(&self) -> Option<api::State> {
@@ -318,6 +346,7 @@ struct Master {
     recovering: BTreeSet<AgentId>,
     /// Explicit reconciliations of unknown tasks, answered once `recovering` empties.
     deferred_reconciles: Vec<(FrameworkId, String)>,
+    usage: usage::UsageBook,
 }
 
 impl Master {
@@ -330,6 +359,7 @@ impl Master {
             Some((s, l)) => (Some(s), Some(l)),
             None => (None, None),
         };
+        let usage = usage::UsageBook::new(config.usage_history.clone());
         let mut allocator_config = AllocatorConfig::default();
         if let Some(l) = &loaded {
             allocator_config.first_offer_id = allocator_config.first_offer_id.max(l.next_offer_id);
@@ -355,6 +385,7 @@ impl Master {
             stopping: None,
             recovering: BTreeSet::new(),
             deferred_reconciles: Vec::new(),
+            usage,
         };
         if let Some(loaded) = loaded {
             master.recover(loaded);
@@ -462,6 +493,13 @@ impl Master {
             }
             Command::State(reply) => {
                 let _ = reply.send(self.state_view());
+            }
+            Command::TaskUsage {
+                task_id,
+                query,
+                reply,
+            } => {
+                let _ = reply.send(self.task_usage_view(&task_id, query));
             }
             Command::Kill {
                 task_id,
