@@ -6,7 +6,8 @@
 //! offering (present before, absent now) therefore keeps its last value on the master:
 //! the protocol cannot say "gone", and kernels do not take figures back while a task
 //! runs. A pressure message travels whole when any of its figures changed. A task
-//! whose figures all stayed the same is left out of a delta report.
+//! whose figures all stayed the same still travels as its id and timestamp (a few
+//! bytes), so the master knows it was sampled and rates read 0, not unknown.
 
 use std::collections::HashMap;
 
@@ -40,27 +41,25 @@ macro_rules! each_figure {
 }
 
 /// The figures of `current` that differ from `previous` (all of them without a
-/// previous sample), with its task id and timestamp; `None` when no figure changed.
-pub fn encode(previous: Option<&TaskUsage>, current: &TaskUsage) -> Option<TaskUsage> {
+/// previous sample), with its task id and timestamp.
+pub fn encode(previous: Option<&TaskUsage>, current: &TaskUsage) -> TaskUsage {
     let Some(previous) = previous else {
-        return Some(current.clone());
+        return current.clone();
     };
     let mut delta = TaskUsage {
         task_id: current.task_id.clone(),
         timestamp_ns: current.timestamp_ns,
         ..Default::default()
     };
-    let mut changed = false;
     macro_rules! keep_changed {
         ($f:ident) => {
             if current.$f.is_some() && current.$f != previous.$f {
                 delta.$f = current.$f.clone();
-                changed = true;
             }
         };
     }
     each_figure!(keep_changed);
-    changed.then_some(delta)
+    delta
 }
 
 /// The full sample that `delta` describes on top of `previous` (the latest full sample
@@ -82,8 +81,8 @@ pub fn merge(previous: Option<&TaskUsage>, delta: TaskUsage) -> TaskUsage {
 }
 
 /// The report to send after `previous` (the last full report sent on this stream):
-/// `current` itself when there is none, otherwise a delta report of the tasks whose
-/// figures changed. The node's totals always travel whole (one small message).
+/// `current` itself when there is none, otherwise a delta report. The node's totals
+/// always travel whole (one small message).
 pub fn encode_report(previous: Option<&UsageReport>, current: &UsageReport) -> UsageReport {
     let Some(previous) = previous else {
         return UsageReport {
@@ -100,7 +99,7 @@ pub fn encode_report(previous: Option<&UsageReport>, current: &UsageReport) -> U
         tasks: current
             .tasks
             .iter()
-            .filter_map(|t| encode(before.get(t.task_id.as_str()).copied(), t))
+            .map(|t| encode(before.get(t.task_id.as_str()).copied(), t))
             .collect(),
         node: current.node.clone(),
         delta: true,
@@ -173,23 +172,15 @@ mod tests {
         #[test]
         fn merge_of_encode_rebuilds_the_sample(prev in sample(), cur in sample()) {
             let expected = sticky(&prev, &cur);
-            match encode(Some(&prev), &cur) {
-                Some(delta) => {
-                    prop_assert_eq!(&delta.task_id, &cur.task_id);
-                    prop_assert_eq!(delta.timestamp_ns, cur.timestamp_ns);
-                    prop_assert_eq!(merge(Some(&prev), delta), expected);
-                }
-                // Left out: the master keeps `prev`, whose figures are `expected`'s.
-                None => prop_assert_eq!(
-                    TaskUsage { timestamp_ns: cur.timestamp_ns, ..prev.clone() },
-                    expected
-                ),
-            }
+            let delta = encode(Some(&prev), &cur);
+            prop_assert_eq!(&delta.task_id, &cur.task_id);
+            prop_assert_eq!(delta.timestamp_ns, cur.timestamp_ns);
+            prop_assert_eq!(merge(Some(&prev), delta), expected);
         }
 
         #[test]
         fn a_full_sample_round_trips_without_a_previous_one(cur in sample()) {
-            let delta = encode(None, &cur).unwrap();
+            let delta = encode(None, &cur);
             prop_assert_eq!(merge(None, delta), cur);
         }
 
@@ -201,18 +192,15 @@ mod tests {
             let mut held: Option<TaskUsage> = None;
             for cur in samples {
                 let expected = match &held { Some(h) => sticky(h, &cur), None => cur.clone() };
-                if let Some(delta) = encode(sent.as_ref(), &cur) {
-                    held = Some(merge(held.as_ref(), delta));
-                }
-                let held_figures = TaskUsage { timestamp_ns: cur.timestamp_ns, ..held.clone().unwrap() };
-                prop_assert_eq!(held_figures, expected);
+                held = Some(merge(held.as_ref(), encode(sent.as_ref(), &cur)));
+                prop_assert_eq!(held.clone().unwrap(), expected);
                 sent = Some(cur);
             }
         }
     }
 
     #[test]
-    fn an_unchanged_task_is_left_out_and_the_first_report_is_full() {
+    fn an_unchanged_task_is_its_id_and_timestamp_and_the_first_report_is_full() {
         let a = TaskUsage {
             task_id: "a".into(),
             cpu_user_ns: Some(1),
@@ -243,8 +231,13 @@ mod tests {
         };
         let delta = encode_report(Some(&first), &next);
         assert!(delta.delta);
-        assert_eq!(delta.tasks.len(), 1);
-        assert_eq!(delta.tasks[0].task_id, "b");
-        assert_eq!(delta.tasks[0].cpu_user_ns, Some(2));
+        let a = TaskUsage {
+            task_id: "a".into(),
+            ..Default::default()
+        };
+        assert_eq!(delta.tasks[0], a, "nothing changed");
+        assert_eq!(delta.tasks[1].task_id, "b");
+        assert_eq!(delta.tasks[1].cpu_user_ns, Some(2));
+        assert_eq!(delta.tasks[1].mem_current_bytes, Some(10));
     }
 }
