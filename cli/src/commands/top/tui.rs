@@ -191,3 +191,92 @@ fn event_loop(
         }
     }
 }
+
+#[cfg(test)]
+mod bench {
+    //! `cella top`'s frame time for 1,000 running tasks: from the master's JSON
+    //! (`GET /api/v1/tasks?state=RUNNING`, as received) to a drawn frame: decoding,
+    //! rates, sorting, filtering and ratatui's drawing into an in-memory 200×60
+    //! terminal (the terminal's own output is left out). A benchmark, not a test:
+    //! `cargo test -p cella-cli --bin cella top_frame -- --ignored --nocapture`.
+
+    use std::time::{Duration, Instant};
+
+    use cella_proto::{api, v1};
+    use ratatui::backend::TestBackend;
+
+    use super::super::rows::Samples;
+    use super::*;
+
+    fn snapshot(tasks: usize, t: u64) -> String {
+        let list: Vec<api::Task> = (0..tasks as u64)
+            .map(|i| api::Task {
+                id: format!("task-{i:05}-{:08x}", i * 2_654_435_761 % (1 << 32)),
+                name: "bench".into(),
+                framework_id: "fw".into(),
+                agent_id: format!("agent-{:04}", i % 10),
+                state: v1::TaskState::TaskRunning,
+                reason: v1::Reason::Unspecified,
+                message: String::new(),
+                exit_code: None,
+                signal: None,
+                command: vec!["sleep".into(), "1000".into()],
+                secrets: Vec::new(),
+                resources: v1::Resources {
+                    cpus: 0.5,
+                    mem_bytes: 256 << 20,
+                    disk_bytes: 0,
+                },
+                agent_endpoint: "https://10.0.0.1:5051".into(),
+                usage: Some(api::Usage {
+                    timestamp_ns: t * 1_000_000_000,
+                    cpu_user_ns: Some(t * i * 1_000_000),
+                    cpu_system_ns: Some(t * 1_000_000),
+                    cpu_throttled_ns: Some(0),
+                    mem_current_bytes: Some(i << 16),
+                    io_read_bytes: Some(t * i),
+                    io_write_bytes: Some(t),
+                    pids_current: Some(3),
+                    cpu_pressure: Some(api::Pressure::default()),
+                    ..Default::default()
+                }),
+                updated_ns: 1,
+            })
+            .collect();
+        serde_json::to_string(&list).unwrap()
+    }
+
+    #[test]
+    #[ignore = "a benchmark: run it with --ignored --nocapture"]
+    fn top_frame_of_1000_tasks() {
+        let before = snapshot(1000, 1);
+        let after = snapshot(1000, 2);
+        let mut terminal = Terminal::new(TestBackend::new(200, 60)).unwrap();
+        let view = View {
+            sort: SortBy::Cpu,
+            filter: String::new(),
+            editing: false,
+            error: None,
+            master: "https://master:5050".into(),
+        };
+        let mut times: Vec<Duration> = Vec::new();
+        for _ in 0..30 {
+            let mut samples = Samples::default();
+            let first: Vec<api::Task> = serde_json::from_str(&before).unwrap();
+            samples.update(&first);
+            let started = Instant::now();
+            let tasks: Vec<api::Task> = serde_json::from_str(&after).unwrap();
+            samples.update(&tasks);
+            let rows = samples.rows(&tasks);
+            draw(&mut terminal, &view, &rows).unwrap();
+            times.push(started.elapsed());
+        }
+        times.sort();
+        println!(
+            "cella top, 1,000 running tasks ({} KiB of JSON), JSON to drawn frame: median {:?}, max {:?} (30 frames)",
+            after.len() / 1024,
+            times[times.len() / 2],
+            times[times.len() - 1]
+        );
+    }
+}
