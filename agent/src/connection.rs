@@ -165,6 +165,8 @@ async fn session(link: &mut Connection, stop: &mut watch::Receiver<bool>) -> End
         }
     };
     let mut registered = false;
+    // The last report sent on this stream: the next one carries only what changed.
+    let mut usage_sent: Option<UsageReport> = None;
     loop {
         tokio::select! {
             message = inbound.next() => {
@@ -178,6 +180,7 @@ async fn session(link: &mut Connection, stop: &mut watch::Receiver<bool>) -> End
                 let Some(message) = message.message else { continue };
                 if let master_to_agent::Message::Registered(r) = &message {
                     registered = true;
+                    usage_sent = None;
                     registered_as(link, r, &tx).await;
                     continue;
                 }
@@ -192,8 +195,10 @@ async fn session(link: &mut Connection, stop: &mut watch::Receiver<bool>) -> End
                 // dropped (the master does not know the agent yet).
                 let report = link.usage.borrow_and_update().clone();
                 if let (true, Some(report)) = (registered, report) {
+                    let wire = cella_proto::usage_delta::encode_report(usage_sent.as_ref(), &report);
+                    usage_sent = Some(report);
                     let _ = tx.send(v1::AgentMessage {
-                        message: Some(agent_message::Message::Usage(report)),
+                        message: Some(agent_message::Message::Usage(wire)),
                     });
                 }
             }

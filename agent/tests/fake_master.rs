@@ -544,3 +544,45 @@ async fn a_short_task_s_summary_and_the_node_s_totals() {
     assert!(node.cpu_user_ns.is_some_and(|n| n > 0), "{node:?}");
     rig.stop().await;
 }
+
+/// The next usage report (status updates in between are acknowledged).
+async fn next_usage(s: &mut Session) -> agent_message::UsageReport {
+    let deadline = Instant::now() + common::WAIT;
+    loop {
+        let left = deadline
+            .checked_duration_since(Instant::now())
+            .expect("a usage report");
+        match tokio::time::timeout(left, s.from_agent.recv()).await {
+            Ok(Some(agent_message::Message::Usage(r))) if !r.tasks.is_empty() => return r,
+            Ok(Some(agent_message::Message::StatusUpdate(u))) => ack(s, &u.status.unwrap()),
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => panic!("no usage report"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_reports_are_full_first_then_deltas_and_full_after_reconnecting() {
+    let mut rig = Rig::start().await;
+    let mut s = rig.session().await;
+    registered(&s, "agent-u");
+    launch(&s, common::task("u1", &["sleep", "100"], 16 << 20));
+    let first = next_usage(&mut s).await;
+    assert!(!first.delta, "{first:?}");
+    assert!(first.tasks[0].mem_current_bytes.is_some(), "{first:?}");
+    let second = next_usage(&mut s).await;
+    assert!(second.delta, "{second:?}");
+    let t = &second.tasks[0];
+    assert_eq!(t.task_id, "u1");
+    assert!(t.timestamp_ns > first.tasks[0].timestamp_ns);
+    // A sleeping task is not OOM-killed: that figure is left out of the delta.
+    assert_eq!(t.oom_kills, None, "{second:?}");
+    drop(s);
+    let mut s = rig.session().await;
+    registered(&s, "agent-u");
+    let again = next_usage(&mut s).await;
+    assert!(!again.delta, "full after a new registration: {again:?}");
+    assert!(again.tasks[0].mem_current_bytes.is_some(), "{again:?}");
+    drop(s);
+    rig.stop().await;
+}

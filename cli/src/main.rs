@@ -30,6 +30,10 @@ enum Command {
     Agents(commands::tasks::AgentsArgs),
     /// Kill a task.
     Kill(commands::tasks::KillArgs),
+    /// A task's usage: latest figures, rates, history and summary.
+    Usage(commands::usage::UsageArgs),
+    /// A live view of the running tasks' usage, sorted (q quits).
+    Top(commands::top::TopArgs),
     /// Show a task's output.
     Logs(commands::logs::LogsArgs),
     /// The cluster's certificates: create the CA, issue per node and user, list, revoke.
@@ -77,6 +81,8 @@ fn main() {
         Command::Tasks(args) => commands::tasks::tasks(args),
         Command::Agents(args) => commands::tasks::agents(args),
         Command::Kill(args) => commands::tasks::kill(args),
+        Command::Usage(args) => commands::usage::run(args),
+        Command::Top(args) => commands::top::run(args),
         Command::Logs(args) => commands::logs::run(args),
         Command::Certs(args) => commands::certs::run(args),
         Command::Auth(args) => commands::auth::run(args),

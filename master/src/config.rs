@@ -27,6 +27,8 @@ pub struct FileConfig {
     pub kill_grace_period: Option<String>,
     pub max_kill_grace_period: Option<String>,
     pub allocation_interval: Option<String>,
+    /// `"1s:10m,10s:6h,1m:24h"`: each task's usage history tiers.
+    pub usage_history: Option<String>,
     /// DRF weights: `{ prod = 2, batch = 0.5 }`.
     pub role_weights: Option<BTreeMap<String, f64>>,
     pub max_connections: Option<usize>,

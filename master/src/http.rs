@@ -21,7 +21,7 @@ use cella_proto::auth::{Caller, require_caller};
 use cella_proto::v1::{self, TaskState};
 use serde::Deserialize;
 
-use crate::master::{MasterHandle, OperatorError};
+use crate::master::{MasterHandle, OperatorError, UsageQuery};
 
 /// The largest request body the API reads (it takes none today; this bounds what a
 /// peer can make it buffer).
@@ -56,6 +56,7 @@ pub fn router(master: MasterHandle) -> Router {
         .route("/api/v1/frameworks/{id}/teardown", post(teardown))
         .route("/api/v1/tasks", get(tasks))
         .route("/api/v1/tasks/{id}", get(task))
+        .route("/api/v1/tasks/{id}/usage", get(task_usage))
         .route("/api/v1/tasks/{id}/kill", post(kill))
         .route("/metrics", get(metrics))
         .route("/api/v1/audit", get(audit))
@@ -91,6 +92,7 @@ async fn index() -> Json<serde_json::Value> {
             "POST /api/v1/frameworks/{id}/teardown",
             "GET /api/v1/tasks?state=STATE&framework=ID",
             "GET /api/v1/tasks/{id}",
+            "GET /api/v1/tasks/{id}/usage?since=DURATION&resolution=DURATION",
             "POST /api/v1/tasks/{id}/kill?grace_period_secs=SECONDS",
             "GET /metrics",
             "GET /api/v1/audit?since=TIME&until=TIME",
@@ -278,6 +280,60 @@ async fn task(
         Some(t) => Json(t).into_response(),
         None => error(StatusCode::FORBIDDEN, format!("task {id:?} is not visible")),
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UsageParams {
+    /// Only samples of this last stretch of time (`10m`).
+    since: Option<String>,
+    /// Samples folded into buckets this long (`1m`).
+    resolution: Option<String>,
+}
+
+/// `GET /api/v1/tasks/{id}/usage`: authorized as viewing the task and its usage.
+async fn task_usage(
+    State(m): State<MasterHandle>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    Query(params): Query<UsageParams>,
+) -> Response {
+    let duration = |key: &str, value: &Option<String>| {
+        value
+            .as_deref()
+            .map(|v| cella_proto::time::parse_duration(v).map_err(|e| format!("{key}={v:?}: {e}")))
+            .transpose()
+    };
+    let (since, resolution) = match (
+        duration("since", &params.since),
+        duration("resolution", &params.resolution),
+    ) {
+        (Ok(s), Ok(r)) => (s, r),
+        (Err(e), _) | (_, Err(e)) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let nanos = |d: std::time::Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+    let query = UsageQuery {
+        since_ns: since.map_or(0, |s| cella_proto::time::now_ns().saturating_sub(nanos(s))),
+        resolution_ns: resolution.map(nanos),
+    };
+    let Some(answer) = m.task_usage(id.clone(), query).await else {
+        return unavailable();
+    };
+    let Some(answer) = answer else {
+        return error(StatusCode::NOT_FOUND, format!("unknown task {id:?}"));
+    };
+    let target = Some(Target {
+        owner: &answer.owner,
+        role: &answer.role,
+    });
+    let what = format!("GET /api/v1/tasks/{id}/usage");
+    for kind in [ViewKind::Tasks, ViewKind::Usage] {
+        let view = Action::View { what: kind, target };
+        if let Some(r) = refusal(&m, &caller, &view, &what) {
+            return r;
+        }
+    }
+    Json(answer.view).into_response()
 }
 
 fn operator_error(e: OperatorError) -> Response {

@@ -165,6 +165,7 @@ async fn operator_api_json_round_trips_through_the_cli_types() {
             "http_endpoint",
             "id",
             "node",
+            "node_usage",
             "state",
             "tasks",
             "total",

@@ -12,6 +12,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::v1;
 
+mod usage;
+pub use usage::{NodeUsage, Summary, TaskUsage};
+
 /// `GET /api/v1/state`: everything the master knows.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct State {
@@ -41,6 +44,9 @@ pub struct Agent {
     pub used: Used,
     /// How many live tasks it runs.
     pub tasks: usize,
+    /// The node's totals from the agent's latest usage report.
+    #[serde(default)]
+    pub node_usage: Option<NodeUsage>,
 }
 
 /// Whether the master hears from an agent.

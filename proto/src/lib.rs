@@ -16,6 +16,7 @@
 //! * [`path_io`]: I/O errors that name their path.
 //! * [`reload`]: re-reading edited files on change or SIGHUP.
 //! * [`time`]: timestamps in nanoseconds and durations as people write them.
+//! * [`usage_delta`]: usage reports that carry only the figures that changed.
 //! * [`signals`]: the signals that stop a daemon.
 //!
 //! Task states and reasons have names (`RUNNING`, `MEMORY_LIMIT`):
@@ -37,6 +38,7 @@ pub mod signals;
 mod states;
 pub mod time;
 pub mod tls;
+pub mod usage_delta;
 pub mod validate;
 
 /// Generated protocol types and services (package `cella.v1`).

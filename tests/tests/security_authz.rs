@@ -205,6 +205,19 @@ async fn every_permission_is_allowed_with_it_and_denied_without() {
         serde_json::from_slice::<api::Task>(&r.body).is_ok_and(|t| t.usage.is_some())
     })
     .await;
+    // A task's usage is authorized as the task and its usage: others get the refusal
+    // of any view they lack, an unknown task a 404.
+    let r = ask(&c, &alice.master, "GET", "/api/v1/tasks/a-ok/usage").await;
+    assert_eq!(r.status.as_u16(), 200, "{}", body(&r));
+    let u: api::TaskUsage = serde_json::from_slice(&r.body).unwrap();
+    assert!(u.latest.is_some() && !u.history.is_empty(), "{u:?}");
+    assert!(u.summary.is_some_and(|s| !s.is_final), "{u:?}");
+    let r = ask(&c, &alice.master, "GET", "/api/v1/tasks/b-ok/usage").await;
+    assert_refused(&r, "user:alice lacks view(tasks");
+    let r = ask(&c, &carol.master, "GET", "/api/v1/tasks/a-ok/usage").await;
+    assert_refused(&r, "user:carol lacks view(usage");
+    let r = ask(&c, &alice.master, "GET", "/api/v1/tasks/unknown/usage").await;
+    assert_eq!(r.status.as_u16(), 404, "{}", body(&r));
     let r = ask(&c, &carol.master, "GET", "/api/v1/tasks?state=RUNNING").await;
     let tasks: Vec<api::Task> = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(tasks.len(), 2);

@@ -7,5 +7,8 @@ pub mod exec;
 mod exec_image;
 pub mod images;
 pub mod logs;
+mod rates;
 pub mod run;
 pub mod tasks;
+pub mod top;
+pub mod usage;

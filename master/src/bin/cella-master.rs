@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use cella_master::authz::Authorizer;
 use cella_master::config::{FileConfig, FileError, setting};
+use cella_master::usage::Tiers;
 use cella_master::{MasterConfig, parse_duration};
 use cella_proto::auth::Authenticator;
 use cella_proto::reload::{Trigger, changed, log, revocations};
@@ -95,6 +96,11 @@ struct Args {
     /// Run allocation at least this often [default: 1s].
     #[arg(long, value_parser = parse_duration)]
     allocation_interval: Option<Duration>,
+    /// Each task's usage history: RESOLUTION:SPAN tiers, finest first; older points
+    /// are folded into the next tier, beyond the last they are dropped
+    /// [default: 1s:10m,10s:6h,1m:24h].
+    #[arg(long, value_name = "TIERS", value_parser = Tiers::parse)]
+    usage_history: Option<Tiers>,
     /// Where the registry (agents, frameworks, tasks) is persisted, in
     /// `registry.redb`; a restarted master reloads it [default: /var/lib/cella/master].
     #[arg(long, value_name = "DIR", env = "CELLA_MASTER_WORK_DIR")]
@@ -149,6 +155,7 @@ struct Settings {
     kill_grace_period: Duration,
     max_kill_grace_period: Duration,
     allocation_interval: Duration,
+    usage_history: Tiers,
     work_dir: PathBuf,
     audit_dir: PathBuf,
     audit_segment_size: u64,
@@ -293,6 +300,14 @@ impl Args {
                     .unwrap_or_else(|| PathBuf::from("/var/lib/cella/master"))
                     .join("audit")
             }),
+            usage_history: setting(
+                self.usage_history,
+                file.usage_history.as_ref(),
+                "usage_history",
+                p,
+                |s: &String| Tiers::parse(s),
+                Tiers::default,
+            )?,
             work_dir: self
                 .work_dir
                 .or(file.work_dir)
@@ -457,6 +472,7 @@ async fn serve(args: Settings) -> anyhow::Result<()> {
         kill_grace_period: args.kill_grace_period.min(args.max_kill_grace_period),
         max_kill_grace_period: args.max_kill_grace_period,
         allocation_interval: args.allocation_interval,
+        usage_history: args.usage_history,
         weights: args.weights,
         work_dir: Some(args.work_dir.clone()),
         authorizer: authorizer.clone(),

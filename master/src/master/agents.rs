@@ -294,7 +294,7 @@ impl Master {
                 tracing::warn!(agent_id = %id, "ignoring a second Register on one stream");
             }
             agent_message::Message::Pong(_) => {}
-            agent_message::Message::Usage(report) => self.record_usage(id, report.tasks),
+            agent_message::Message::Usage(report) => self.record_usage(id, report),
             agent_message::Message::StatusUpdate(update) => {
                 let latest_state = update.latest_state();
                 if let Some(status) = update.status {
@@ -389,6 +389,7 @@ impl Master {
             );
         }
         self.agents.remove(id);
+        self.usage.forget_agent(id);
         self.registry.agent_changed(id);
         self.metrics.agents_lost.inc();
         self.agent_recovered(id);

@@ -13,6 +13,7 @@
 //! | `frameworks` | subscription, failover, suppress/revive, teardown and removal |
 //! | `offers` | allocation, accept, decline, rescind and expiry of offers |
 //! | `tasks` | validation, launch, status updates, reconciliation, kill |
+//! | `usage` | usage reports: each task's history, each agent's node totals |
 //! | `views` | the JSON the operator API serves, and the gauges of `/metrics` |
 
 mod agents;
@@ -22,6 +23,7 @@ mod offers;
 mod recovery;
 mod registry;
 mod tasks;
+mod usage;
 mod views;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -46,6 +48,7 @@ use crate::metrics::Metrics;
 use crate::state::{self, Agent, Framework, OutstandingOffer, Task};
 use crate::store::{self, Store, StoreError};
 use registry::Registry;
+pub use usage::{TaskUsageAnswer, UsageQuery};
 
 /// Tunables of the master.
 #[derive(Debug, Clone)]
@@ -87,6 +90,8 @@ pub struct MasterConfig {
     pub max_message_bytes: usize,
     /// The audit log (task ends, kills, denials); `None`: none is kept.
     pub audit: Option<Arc<crate::audit::AuditLog>>,
+    /// The resolution and reach of each task's usage history.
+    pub usage_history: crate::usage::Tiers,
 }
 
 impl Default for MasterConfig {
@@ -109,6 +114,7 @@ impl Default for MasterConfig {
             limits: Limits::default(),
             max_message_bytes: 16 << 20,
             audit: None,
+            usage_history: crate::usage::Tiers::default(),
         }
     }
 }
@@ -168,6 +174,12 @@ pub enum Command {
         conn: u64,
     },
     State(oneshot::Sender<api::State>),
+    /// A task's usage (`None`: unknown task).
+    TaskUsage {
+        task_id: String,
+        query: UsageQuery,
+        reply: oneshot::Sender<Option<TaskUsageAnswer>>,
+    },
     /// Operator kill (`kill_task`).
     Kill {
         task_id: String,
@@ -211,6 +223,22 @@ pub struct MasterHandle {
 impl MasterHandle {
     pub fn send(&self, command: Command) -> bool {
         self.tx.send(command).is_ok()
+    }
+
+    /// A task's usage: `None` when the master is stopping, `Some(None)` for an
+    /// unknown task.
+    pub async fn task_usage(
+        &self,
+        task_id: String,
+        query: UsageQuery,
+    ) -> Option<Option<TaskUsageAnswer>> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::TaskUsage {
+            task_id,
+            query,
+            reply,
+        });
+        rx.await.ok()
     }
 
     pub async fn state(&self) -> Option<api::State> {
@@ -330,6 +358,7 @@ struct Master {
     deferred_reconciles: Vec<(FrameworkId, String)>,
     /// Messages held back until the audit log is synced (see `audit.rs`).
     held: std::cell::RefCell<Vec<audit::Held>>,
+    usage: usage::UsageBook,
 }
 
 impl Master {
@@ -342,6 +371,7 @@ impl Master {
             Some((s, l)) => (Some(s), Some(l)),
             None => (None, None),
         };
+        let usage = usage::UsageBook::new(config.usage_history.clone());
         let mut allocator_config = AllocatorConfig::default();
         if let Some(l) = &loaded {
             allocator_config.first_offer_id = allocator_config.first_offer_id.max(l.next_offer_id);
@@ -368,6 +398,7 @@ impl Master {
             recovering: BTreeSet::new(),
             deferred_reconciles: Vec::new(),
             held: Default::default(),
+            usage,
         };
         if let Some(loaded) = loaded {
             master.recover(loaded);
@@ -482,6 +513,13 @@ impl Master {
             }
             Command::State(reply) => {
                 let _ = reply.send(self.state_view());
+            }
+            Command::TaskUsage {
+                task_id,
+                query,
+                reply,
+            } => {
+                let _ = reply.send(self.task_usage_view(&task_id, query));
             }
             Command::Kill {
                 task_id,

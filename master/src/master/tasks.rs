@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use cella_proto::acl::{Action, Target};
 use cella_proto::time::now_ns;
 use cella_proto::tls::Identity;
-use cella_proto::v1::{self, call, master_to_agent};
+use cella_proto::v1::{self, agent_message::UsageReport, call, master_to_agent};
 use cella_proto::{secrets, validate};
 
 use super::{Master, OperatorError, error_event, kill_message, update_event};
@@ -160,13 +160,17 @@ impl Master {
         }
     }
 
-    /// Keeps each task's latest usage sample, every figure of it (of the tasks on
-    /// the reporting agent only).
-    pub(super) fn record_usage(&mut self, agent: &AgentId, samples: Vec<v1::TaskUsage>) {
+    /// Keeps each task's latest usage sample, every figure of it, and its history
+    /// (of the tasks on the reporting agent only).
+    pub(super) fn record_usage(&mut self, agent: &AgentId, report: UsageReport) {
+        let samples = self.decode_usage(agent, report);
         let mut foreign = 0;
         for usage in samples {
             match self.tasks.get_mut(&usage.task_id) {
-                Some(task) if &task.agent == agent => task.usage = Some(usage),
+                Some(task) if &task.agent == agent => {
+                    self.usage.record(&usage);
+                    task.usage = Some(usage);
+                }
                 Some(_) => foreign += 1,
                 None => {}
             }
@@ -356,6 +360,7 @@ impl Master {
         while self.completed.len() > self.config.completed_tasks_kept {
             if let Some(old) = self.completed.pop_front() {
                 self.tasks.remove(&old);
+                self.usage.forget_task(&old);
                 self.registry.task_changed(&old);
             }
         }

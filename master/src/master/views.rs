@@ -47,6 +47,7 @@ impl Master {
             allocated: to_wire(&allocated),
             used,
             tasks: a.tasks.len(),
+            node_usage: self.usage.node(&a.id),
         }
     }
 
