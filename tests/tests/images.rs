@@ -378,6 +378,24 @@ async fn an_image_task_survives_an_agent_restart_with_its_image() {
     assert_eq!(out.code, Some(0), "{}", out.describe());
     let id = out.stdout.trim().to_string();
     cluster.wait_task_state(&id, "RUNNING").await;
+    // The task carries the digest of the image it runs: the one stored. (The master
+    // may show RUNNING before the update itself arrives: wait for it.)
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let running = loop {
+        let task = cluster.wait_task_state(&id, "RUNNING").await;
+        if !task.image_digest.is_empty() || std::time::Instant::now() > deadline {
+            break task;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let stored: Vec<String> = std::fs::read_dir(image_store(&cluster).join("images"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().replace(".json", ""))
+        .collect();
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    let digest = format!("sha256:{}", stored[0]);
+    assert_eq!(running.image_digest, digest);
 
     // The agent dies and comes back: the task is recovered, and the image it runs
     // from stays (its lease survived), however small the store's budget.
@@ -393,7 +411,9 @@ async fn an_image_task_survives_an_agent_restart_with_its_image() {
 
     let kill = cluster.cella(&["kill", &id]).await;
     assert_eq!(kill.code, Some(0), "{}", kill.describe());
-    cluster.wait_task_state(&id, "KILLED").await;
+    // The recovered agent's terminal update still names the image's digest.
+    let killed = cluster.wait_task_state(&id, "KILLED").await;
+    assert_eq!(killed.image_digest, digest, "{killed:?}");
     let deadline = std::time::Instant::now() + DEADLINE;
     while stored_images(&cluster) != 0 && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
