@@ -17,12 +17,15 @@ pub struct GcReport {
     pub removed: Vec<Digest>,
     /// Images over the budget that a lease kept.
     pub kept_leased: Vec<Digest>,
+    /// Leases removed because their holder process was gone.
+    pub released_leases: Vec<String>,
     pub bytes_before: u64,
     pub bytes_after: u64,
 }
 
 pub(super) fn gc(store: &ImageStore, max_bytes: u64) -> Result<GcReport, ImageError> {
     let _exclusive = super::locks::FileLock::acquire_blocking(&store.paths.lock("store"), true)?;
+    let released_leases = store.release_abandoned()?;
     let bytes_before = disk_usage(store)?;
     let mut images: Vec<ImageRecord> = records::read_all(&store.paths.images())?;
     sweep(store, &images)?;
@@ -34,6 +37,7 @@ pub(super) fn gc(store: &ImageStore, max_bytes: u64) -> Result<GcReport, ImageEr
     images.sort_by_key(|i| (i.last_used_ms, i.pulled_at_ms));
     let mut report = GcReport {
         bytes_before,
+        released_leases,
         ..GcReport::default()
     };
     let mut usage = disk_usage(store)?;
