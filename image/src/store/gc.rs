@@ -11,13 +11,14 @@ use crate::error::ImageError;
 use crate::reference::ImageReference;
 
 /// What a GC run did.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct GcReport {
     /// Images removed, least recently used first.
     pub removed: Vec<Digest>,
     /// Images over the budget that a lease kept.
     pub kept_leased: Vec<Digest>,
     /// Leases removed because their holder process was gone.
+    #[serde(default)]
     pub released_leases: Vec<String>,
     pub bytes_before: u64,
     pub bytes_after: u64,

@@ -102,8 +102,8 @@ pub struct PreparedImage {
     pub lease: String,
 }
 
-/// One image as listed.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One image as listed (also the JSON of the agent's `/api/v1/images`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ImageInfo {
     pub digest: Digest,
     /// Names pointing at it (none once a re-pulled tag moved to a newer image).
