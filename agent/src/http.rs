@@ -6,6 +6,7 @@
 //! * `GET /api/v1/containers`: tasks with their latest usage (JSON).
 //! * `GET /api/v1/tasks/{id}/files/{name}?offset=N&length=M`: a chunk of a file in
 //!   the task's sandbox (for `cella logs`).
+//! * `/api/v1/images…`: the node's image store ([`crate::http_images`]).
 //!
 //! All but `/` and `/health` need an authenticated caller (a client certificate of the
 //! cluster CA, or a token or password of `--credentials`), and a permission of the
@@ -84,6 +85,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/v1/containers", get(containers))
         .route("/api/v1/tasks/{id}/files/{*name}", get(read_file))
+        .merge(crate::http_images::routes())
         .layer(axum::middleware::from_fn_with_state(
             api.auth.clone(),
             require_caller,
@@ -96,7 +98,7 @@ pub fn router(api: Arc<Api>) -> Router {
     cella_proto::http_errors::with_json_errors(routes)
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
+pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (
         status,
         axum::Json(serde_json::json!({ "error": message.into() })),

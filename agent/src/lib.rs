@@ -93,6 +93,7 @@ pub mod agent;
 pub mod config;
 pub mod connection;
 pub mod http;
+pub mod http_images;
 pub mod images;
 pub mod metrics;
 pub mod paths;

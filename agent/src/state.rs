@@ -50,6 +50,9 @@ pub struct Task {
     /// The containerizer's handle while the task runs.
     pub running: Option<RunningSlot>,
     pub usage: Option<v1::TaskUsage>,
+    /// The manifest digest of the task's image once it is resolved: every later
+    /// status of the task carries it.
+    pub image_digest: String,
 }
 
 impl Task {
@@ -68,6 +71,7 @@ impl Task {
             ended_ns: self.ended_ns,
             kill_requested: self.kill_requested,
             shim_start_time: self.shim_start_time,
+            image_digest: self.image_digest.clone(),
         }
     }
 
@@ -88,6 +92,7 @@ impl Task {
             kill_requested: record.kill_requested,
             running: None,
             usage: None,
+            image_digest: record.image_digest,
         }
     }
 }

@@ -97,6 +97,10 @@ pub struct TaskRecord {
     pub role: String,
     #[prost(string, tag = "12")]
     pub principal: String,
+    /// The manifest digest ("sha256:…") an image task's image resolved to; empty
+    /// before that and for tasks without an image.
+    #[prost(string, tag = "13")]
+    pub image_digest: String,
 }
 
 /// A change to the checkpoint.
@@ -496,6 +500,7 @@ mod tests {
             shim_start_time: 7,
             role: "web".into(),
             principal: "user:alice".into(),
+            image_digest: format!("sha256:{}", "ab".repeat(32)),
         };
         store
             .write(vec![

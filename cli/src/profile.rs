@@ -82,11 +82,7 @@ impl ClusterArgs {
             .clone()
             .or_else(|| std::env::var("CELLA_MASTER").ok())
             .or_else(|| profile.as_ref().map(|p| p.master.clone()));
-        let tls_dir = self
-            .tls_dir
-            .clone()
-            .or_else(|| std::env::var_os("CELLA_TLS_DIR").map(PathBuf::from))
-            .or_else(|| profile.as_ref().map(|p| p.tls_dir.clone()));
+        let tls_dir = self.tls_dir_from(profile.as_ref());
         let (Some(master), Some(tls_dir)) = (master, tls_dir) else {
             bail!(
                 "no master configured: start one with `cella dev` (it writes {}), or pass --master URL and --tls-dir DIR",
@@ -100,21 +96,13 @@ impl ClusterArgs {
                  the master serves only TLS"
             );
         }
-        let layout = cella_proto::tls::Layout::new(&tls_dir);
-        let context = || format!("loading the client certificate from {}", tls_dir.display());
-        let trust =
-            cella_proto::tls::Trust::load(&layout.ca_cert, &layout.crl).with_context(context)?;
-        let config = |expected| {
-            cella_proto::tls::client_config_trusting(
-                &trust,
-                &layout.client_cert,
-                &layout.client_key,
-                expected,
-            )
-            .with_context(context)
-        };
-        let tls = config(cella_proto::tls::ExpectedServer::Master)?;
-        let agent_tls = config(cella_proto::tls::ExpectedServer::Agent)?;
+        let [tls, agent_tls] = client_configs(
+            &tls_dir,
+            [
+                cella_proto::tls::ExpectedServer::Master,
+                cella_proto::tls::ExpectedServer::Agent,
+            ],
+        )?;
         Ok(Cluster {
             master,
             tls_dir,
@@ -122,6 +110,55 @@ impl ClusterArgs {
             agent_tls,
         })
     }
+}
+
+impl ClusterArgs {
+    fn tls_dir_from(&self, profile: Option<&Profile>) -> Option<PathBuf> {
+        self.tls_dir
+            .clone()
+            .or_else(|| std::env::var_os("CELLA_TLS_DIR").map(PathBuf::from))
+            .or_else(|| profile.map(|p| p.tls_dir.clone()))
+    }
+
+    /// The client configuration for an agent's API alone (no master needed):
+    /// `--tls-dir`, then `CELLA_TLS_DIR`, then the profile's.
+    pub fn agent_tls(&self) -> anyhow::Result<rustls::ClientConfig> {
+        let path = profile_path();
+        let profile = read_profile(&path)?;
+        let Some(tls_dir) = self.tls_dir_from(profile.as_ref()) else {
+            bail!(
+                "no client certificate configured: pass --tls-dir DIR (ca.pem, client.pem,                  client-key.pem) or set CELLA_TLS_DIR"
+            );
+        };
+        let [tls] = client_configs(&tls_dir, [cella_proto::tls::ExpectedServer::Agent])?;
+        Ok(tls)
+    }
+}
+
+/// The client certificate of `tls_dir`, configured for each kind of server.
+fn client_configs<const N: usize>(
+    tls_dir: &Path,
+    servers: [cella_proto::tls::ExpectedServer; N],
+) -> anyhow::Result<[rustls::ClientConfig; N]> {
+    let layout = cella_proto::tls::Layout::new(tls_dir);
+    let context = || format!("loading the client certificate from {}", tls_dir.display());
+    let trust =
+        cella_proto::tls::Trust::load(&layout.ca_cert, &layout.crl).with_context(context)?;
+    let mut configs = Vec::with_capacity(N);
+    for expected in servers {
+        configs.push(
+            cella_proto::tls::client_config_trusting(
+                &trust,
+                &layout.client_cert,
+                &layout.client_key,
+                expected,
+            )
+            .with_context(context)?,
+        );
+    }
+    configs
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("one configuration per server"))
 }
 
 impl Cluster {

@@ -133,3 +133,78 @@ fn writes_to_the_image_root_count_against_disk() {
     );
     out.check_eq(out.limitation(), Some("DISK_LIMIT"), "the disk limitation");
 }
+
+/// `cella images --image-store STORE ARGS…` (the store directly: no agent).
+fn images(store: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(exec_harness::cella_bin())
+        .arg("images")
+        .arg("--image-store")
+        .arg(store)
+        .args(args)
+        .output()
+        .expect("run cella images")
+}
+
+/// The image's lease held by `cella exec` is released by its death (kill -9) once the
+/// task that uses the image has ended too: GC then collects the image.
+#[test]
+fn a_lease_of_a_killed_exec_is_released_when_its_task_ends() {
+    use exec_harness::{CgroupGuard, KillOnDrop, poll_until};
+    use std::time::Duration;
+
+    let sb = Sandbox::new();
+    let gate = sb.out().join("gate");
+    std::fs::create_dir(&gate).unwrap();
+    let volume = format!("{}:/gate", gate.display());
+    let opts = image_opts(&sb, &["--volume", &volume]);
+    let store = sb.out().join("store");
+    let (mut command, _, cgroup, _) = sb.command(
+        &opts,
+        &["while ! test -e /gate/go; do sleep 1; done".to_string()],
+    );
+    let _cgroup_guard = CgroupGuard(cgroup);
+    command
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut cella = KillOnDrop(command.spawn().expect("start cella exec"));
+    let lease = store.join("leases");
+    let listed = |needle: &str| {
+        let out = images(&store, &[]);
+        String::from_utf8_lossy(&out.stdout).contains(needle)
+    };
+    let holder = format!("exec-{}", cella.0.id());
+    // The task runs once the shim holds the lease too (two holders in the record).
+    let running = poll_until(Duration::from_secs(30), || {
+        std::fs::read_dir(&lease).is_ok_and(|d| {
+            d.flatten().any(|e| {
+                std::fs::read_to_string(e.path()).is_ok_and(|t| t.matches("\"pid\"").count() == 2)
+            })
+        })
+    });
+    assert!(running, "cella exec did not start the task");
+    assert!(listed(&holder), "{:?}", images(&store, &[]));
+
+    cella.0.kill().expect("kill -9 cella exec");
+    let _ = cella.0.wait();
+    // The task still runs from the image (its shim outlives cella exec): kept.
+    let out = images(&store, &["gc"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        listed(&holder),
+        "the running task's image was kept: {:?}",
+        images(&store, &[])
+    );
+
+    // The task ends: nothing holds the lease any more; GC removes it and the image.
+    std::fs::write(gate.join("go"), "").unwrap();
+    let collected = poll_until(Duration::from_secs(30), || {
+        images(&store, &["gc"]);
+        std::fs::read_dir(store.join("images")).is_ok_and(|d| d.count() == 0)
+    });
+    assert!(collected, "the image stayed: {:?}", images(&store, &[]));
+    assert!(
+        std::fs::read_dir(&lease).is_ok_and(|d| d.count() == 0),
+        "the abandoned lease was removed"
+    );
+}

@@ -42,6 +42,6 @@ pub use reference::{ImageReference, RegistryReference};
 pub use run_settings::{NoCommand, RunSettings};
 pub use settings::{Credentials, RegistrySettings, StoreSettings, UnpackLimits};
 pub use store::{
-    GcReport, ImageInfo, ImageRecord, ImageStore, Lease, PrepareOptions, PreparedImage, PullPolicy,
-    StorePaths,
+    GcReport, ImageInfo, ImageRecord, ImageStore, Lease, LeaseHolder, PrepareOptions,
+    PreparedImage, PullPolicy, StorePaths,
 };

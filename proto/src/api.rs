@@ -140,6 +140,10 @@ pub struct Task {
     pub usage: Option<Usage>,
     /// When its status last changed.
     pub updated_ns: u64,
+    /// The manifest digest (`sha256:…`) its image resolved to on the agent; empty for
+    /// a task without an image and before the image is resolved.
+    #[serde(default)]
+    pub image_digest: String,
 }
 
 /// A task's measured usage: every figure of the agent's latest sample
@@ -322,6 +326,7 @@ mod tests {
                 ..Usage::default()
             }),
             updated_ns: 1_700_000_000_000_000_000,
+            image_digest: String::new(),
         }
     }
 

@@ -157,7 +157,15 @@ fn exec_names_the_image_that_cannot_be_pulled() {
 /// A cluster whose agent reaches `registry` (its CA, credentials in a Docker
 /// config.json) with `extra` agent flags.
 async fn cluster_for(registry: &Registry, extra: &[&str]) -> Cluster {
+    cluster_with_acl(registry, extra, None).await
+}
+
+/// [`cluster_for`], with the master enforcing `acl` when given.
+async fn cluster_with_acl(registry: &Registry, extra: &[&str], acl: Option<&str>) -> Cluster {
     let mut cluster = Cluster::new();
+    if let Some(acl) = acl {
+        cluster.use_acl(acl);
+    }
     let auth = cluster.path().join("registry-auth.json");
     let token = base64_of(&format!("{USER}:{PASSWORD}"));
     std::fs::write(
@@ -378,6 +386,24 @@ async fn an_image_task_survives_an_agent_restart_with_its_image() {
     assert_eq!(out.code, Some(0), "{}", out.describe());
     let id = out.stdout.trim().to_string();
     cluster.wait_task_state(&id, "RUNNING").await;
+    // The task carries the digest of the image it runs: the one stored. (The master
+    // may show RUNNING before the update itself arrives: wait for it.)
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let running = loop {
+        let task = cluster.wait_task_state(&id, "RUNNING").await;
+        if !task.image_digest.is_empty() || std::time::Instant::now() > deadline {
+            break task;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let stored: Vec<String> = std::fs::read_dir(image_store(&cluster).join("images"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().replace(".json", ""))
+        .collect();
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    let digest = format!("sha256:{}", stored[0]);
+    assert_eq!(running.image_digest, digest);
 
     // The agent dies and comes back: the task is recovered, and the image it runs
     // from stays (its lease survived), however small the store's budget.
@@ -393,11 +419,132 @@ async fn an_image_task_survives_an_agent_restart_with_its_image() {
 
     let kill = cluster.cella(&["kill", &id]).await;
     assert_eq!(kill.code, Some(0), "{}", kill.describe());
-    cluster.wait_task_state(&id, "KILLED").await;
+    // The recovered agent's terminal update still names the image's digest.
+    let killed = cluster.wait_task_state(&id, "KILLED").await;
+    assert_eq!(killed.image_digest, digest, "{killed:?}");
     let deadline = std::time::Instant::now() + DEADLINE;
     while stored_images(&cluster) != 0 && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(stored_images(&cluster), 0, "collected once the task ended");
+    cluster.finish();
+}
+
+/// `cella images --agent URL`: the agent's store through its API, for the cluster's
+/// operator; a viewer may list but not change it, a principal without permissions
+/// may do neither, and each refusal is logged by the agent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_through_the_agents_api_with_permissions() {
+    image_common::require_root();
+    const ACL: &str = r#"
+[principals]
+"agent:*" = ["agent"]
+"user:test" = ["operator"]
+"user:carol" = ["viewer"]
+"user:erin" = ["nobody"]
+
+[roles.agent]
+register_agent = true
+
+[roles.operator]
+admin = true
+
+[roles.viewer]
+view = ["state"]
+
+[roles.nobody]
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let registry = registry_with_busybox(dir.path());
+    let cluster = cluster_with_acl(&registry, &[], Some(ACL)).await;
+    let agent = format!("https://{}", cluster.agents[0].http);
+    let images = async |tls_dir: Option<&Path>, args: &[&str]| {
+        let mut all = vec!["images", "--agent", &agent];
+        let tls = tls_dir.map(|d| d.display().to_string());
+        if let Some(tls) = &tls {
+            all.extend(["--tls-dir", tls]);
+        }
+        all.extend(args);
+        cluster.cella(&all).await
+    };
+    // The agent enforces the ACL once the master sent it.
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while images(None, &[]).await.code != Some(0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            images(None, &[]).await.describe()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The pull (three layers unpacked by a debug build on a shared machine) may take
+    // longer than other commands.
+    let mut pull = cluster.cella_command();
+    pull.args(["images", "--agent", &agent, "pull", "busybox:1"]);
+    let out = tokio::time::timeout(Duration::from_secs(300), pull.output())
+        .await
+        .expect("the pull through the agent ends")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("library/busybox:1 sha256:"),
+        "{out:?}"
+    );
+    assert_eq!(stored_images(&cluster), 1);
+    let out = images(None, &["ls"]).await;
+    assert!(
+        out.stdout.contains("library/busybox:1"),
+        "{}",
+        out.describe()
+    );
+
+    // Certificate directories of two more users (their own key, the cluster's CA).
+    let user_dir = |name: &str| {
+        let user = cluster.user(name, &[]);
+        std::fs::copy(cluster.tls_dir.join("ca.pem"), user.dir.join("ca.pem")).ok();
+        user.dir
+    };
+    let carol = user_dir("carol");
+    let erin = user_dir("erin");
+    let out = images(Some(&carol), &["ls"]).await;
+    assert_eq!(out.code, Some(0), "a viewer may list: {}", out.describe());
+    assert!(
+        out.stdout.contains("library/busybox:1"),
+        "{}",
+        out.describe()
+    );
+    for args in [&["gc"][..], &["rm", "busybox:1"], &["pull", "busybox:1"]] {
+        let out = images(Some(&carol), args).await;
+        assert_eq!(out.code, Some(1), "{}", out.describe());
+        assert!(
+            out.stderr.contains("403") && out.stderr.contains("user:carol lacks admin"),
+            "{}",
+            out.describe()
+        );
+    }
+    let out = images(Some(&erin), &["ls"]).await;
+    assert!(
+        out.code == Some(1) && out.stderr.contains("user:erin lacks view(state)"),
+        "{}",
+        out.describe()
+    );
+    assert_eq!(
+        stored_images(&cluster),
+        1,
+        "the refused calls changed nothing"
+    );
+    let logged = cluster.log_lines_with("denied: POST /api/v1/images/gc");
+    assert!(
+        logged.contains("user:carol"),
+        "the agent logs the denial: {logged}"
+    );
+
+    let out = images(None, &["rm", "busybox:1"]).await;
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    assert!(out.stdout.contains("deleted sha256:"), "{}", out.describe());
+    let out = images(None, &["gc"]).await;
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    assert_eq!(stored_images(&cluster), 0);
     cluster.finish();
 }

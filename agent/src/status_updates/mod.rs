@@ -94,6 +94,9 @@ impl StatusUpdateManager {
             let record = if update_task {
                 tasks.get_mut(&status.task_id).map(|t| {
                     t.state = state;
+                    if status.image_digest.is_empty() {
+                        status.image_digest.clone_from(&t.image_digest);
+                    }
                     if state.is_terminal() && t.ended_ns == 0 {
                         t.ended_ns = now_ns();
                     }

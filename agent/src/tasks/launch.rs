@@ -107,6 +107,7 @@ pub async fn launch(runner: Arc<TaskRunner>, owner: Owner, info: v1::TaskInfo) {
             kill_requested: false,
             running: None,
             usage: None,
+            image_digest: String::new(),
         },
     );
     report(
@@ -223,6 +224,9 @@ async fn prepare_image(
                 seconds = prepared_at.elapsed().as_secs_f64(),
                 "image ready"
             );
+            if let Some(task) = lock(&shared.tasks).get_mut(id) {
+                task.image_digest = task_image.image.digest.to_string();
+            }
             admit_image(info, sandbox, &shared.config.tasks, &task_image).map_err(|e| {
                 (
                     v1::TaskState::TaskError,

@@ -4,13 +4,16 @@
 
 use std::path::PathBuf;
 
-use cella_image::{ImageReference, PrepareOptions, RunSettings};
+use cella_image::{ImageReference, ImageStore, LeaseHolder, PrepareOptions, RunSettings};
 
 use super::exec::{EXIT_CELLA_FAILED, EXIT_USAGE, ExecArgs, run_with, task_id};
 use crate::image_store::{StoreArgs, progress_printer};
 
 /// An image ready for the task.
-pub struct ImageTask {
+pub struct ImageTask<'a> {
+    /// The store and the lease that holds the image.
+    pub store: &'a ImageStore,
+    pub lease: String,
     /// Unpacked layers, lowest first.
     pub layers: Vec<PathBuf>,
     pub settings: RunSettings,
@@ -37,7 +40,17 @@ pub fn run(args: ExecArgs) -> i32 {
         }
     };
     let lease = task_id();
+    // Named with this process: a `kill -9` of it leaves a lease that counts as
+    // released (the shim then ends the task too).
+    let holder = match LeaseHolder::this_process() {
+        Ok(holder) => holder,
+        Err(e) => {
+            eprintln!("cella: {e}");
+            return EXIT_CELLA_FAILED;
+        }
+    };
     let options = PrepareOptions {
+        holder: Some(holder),
         credentials: StoreArgs::env_credentials(),
         progress: Some(progress_printer()),
         ..PrepareOptions::default()
@@ -58,7 +71,7 @@ pub fn run(args: ExecArgs) -> i32 {
             return EXIT_CELLA_FAILED;
         }
     };
-    let code = match task_for(&args, image) {
+    let code = match task_for(&args, image, &store, &lease) {
         Ok(task) => run_with(args, Some(task)),
         Err((code, message)) => {
             eprintln!("cella: {message}");
@@ -71,10 +84,12 @@ pub fn run(args: ExecArgs) -> i32 {
     code
 }
 
-fn task_for(
+fn task_for<'a>(
     args: &ExecArgs,
     image: cella_image::PreparedImage,
-) -> Result<ImageTask, (i32, String)> {
+    store: &'a ImageStore,
+    lease: &str,
+) -> Result<ImageTask<'a>, (i32, String)> {
     let settings = image
         .config
         .run_settings(
@@ -94,6 +109,8 @@ fn task_for(
             )
         })?;
     Ok(ImageTask {
+        store,
+        lease: lease.to_owned(),
         layers: image.layers,
         settings,
         sandbox,

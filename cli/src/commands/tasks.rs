@@ -104,16 +104,29 @@ pub fn tasks(args: TasksArgs) -> i32 {
             return Ok(0);
         }
         let now = now_ns();
-        let rows: Vec<Vec<String>> = tasks.iter().map(|t| task_row(t, now)).collect();
-        print_table(
-            &[
-                "ID", "STATE", "REASON", "CPUS", "MEM", "CPU USED", "MEM USED", "UPDATED",
-                "COMMAND",
-            ],
-            &rows,
-        );
+        let mut rows: Vec<Vec<String>> = tasks.iter().map(|t| task_row(t, now)).collect();
+        let mut header = vec![
+            "ID", "STATE", "REASON", "CPUS", "MEM", "CPU USED", "MEM USED", "UPDATED", "COMMAND",
+        ];
+        // Shown only when a listed task runs from an image: its digest's first 12
+        // hex digits, as `docker images` shortens them.
+        if tasks.iter().any(|t| !t.image_digest.is_empty()) {
+            header.insert(8, "IMAGE");
+            for (row, t) in rows.iter_mut().zip(&tasks) {
+                row.insert(8, short_digest(&t.image_digest));
+            }
+        }
+        print_table(&header, &rows);
         Ok(0)
     })
+}
+
+fn short_digest(digest: &str) -> String {
+    match digest.strip_prefix("sha256:") {
+        Some(hex) => format!("sha256:{}", &hex[..hex.len().min(12)]),
+        None if digest.is_empty() => "-".into(),
+        None => digest.to_string(),
+    }
 }
 
 /// A task's line in `cella tasks`; `now` in nanoseconds since the Unix epoch.

@@ -90,11 +90,23 @@ fn overlay_spec(
             ),
         ));
     }
-    let layers = image
+    let mut layers = image
         .layers
         .iter()
         .map(|layer| existing_dir("--image", layer, "image layer"))
         .collect::<Result<Vec<_>, _>>()?;
+    // The mount points as a layer of their own on top (when one more layer fits), so
+    // that the task's writable layer stays untouched by the launch.
+    let runtime_dir = run_dir.parent().and_then(Path::parent);
+    if let (Some(runtime_dir), true) = (runtime_dir, layers.len() < MAX_IMAGE_LAYERS) {
+        match super::mount_points::layer(runtime_dir) {
+            Ok(layer) => layers.push(layer),
+            Err(e) => tracing::warn!(
+                "the image mount point layer in {}: {e}; the task's writable layer gets them",
+                runtime_dir.display()
+            ),
+        }
+    }
     let upper_root = sandbox.join(IMAGE_UPPER_IN_SANDBOX);
     let create_dirs = config.workdir_in_task.iter().cloned().collect();
     Ok(OverlaySpec {

@@ -22,6 +22,7 @@
 mod cgroups;
 mod disk;
 mod filesystem;
+mod mount_points;
 mod namespaces;
 mod posix;
 mod security;

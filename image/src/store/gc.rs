@@ -11,18 +11,22 @@ use crate::error::ImageError;
 use crate::reference::ImageReference;
 
 /// What a GC run did.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct GcReport {
     /// Images removed, least recently used first.
     pub removed: Vec<Digest>,
     /// Images over the budget that a lease kept.
     pub kept_leased: Vec<Digest>,
+    /// Leases removed because their holder process was gone.
+    #[serde(default)]
+    pub released_leases: Vec<String>,
     pub bytes_before: u64,
     pub bytes_after: u64,
 }
 
 pub(super) fn gc(store: &ImageStore, max_bytes: u64) -> Result<GcReport, ImageError> {
     let _exclusive = super::locks::FileLock::acquire_blocking(&store.paths.lock("store"), true)?;
+    let released_leases = store.release_abandoned()?;
     let bytes_before = disk_usage(store)?;
     let mut images: Vec<ImageRecord> = records::read_all(&store.paths.images())?;
     sweep(store, &images)?;
@@ -34,6 +38,7 @@ pub(super) fn gc(store: &ImageStore, max_bytes: u64) -> Result<GcReport, ImageEr
     images.sort_by_key(|i| (i.last_used_ms, i.pulled_at_ms));
     let mut report = GcReport {
         bytes_before,
+        released_leases,
         ..GcReport::default()
     };
     let mut usage = disk_usage(store)?;

@@ -26,8 +26,27 @@ impl FileLock {
             .map_err(ImageError::io(path, "open the lock file"))
     }
 
-    /// Waits for the lock (on a blocking thread).
+    /// Waits for the lock (on a blocking thread when another holder makes it wait: a
+    /// free lock is taken at once, without starting a thread for it, which matters on
+    /// every launch from a stored image).
     pub async fn acquire(path: PathBuf, exclusive: bool) -> Result<Self, ImageError> {
+        let file = Self::open(&path)?;
+        let arg = if exclusive {
+            FlockArg::LockExclusiveNonblock
+        } else {
+            FlockArg::LockSharedNonblock
+        };
+        match Flock::lock(file, arg) {
+            Ok(lock) => return Ok(Self { _lock: lock }),
+            Err((_, Errno::EWOULDBLOCK | Errno::EINTR)) => {}
+            Err((_, errno)) => {
+                return Err(ImageError::Io {
+                    path,
+                    op: "lock",
+                    source: errno.into(),
+                });
+            }
+        }
         tokio::task::spawn_blocking(move || Self::acquire_blocking(&path, exclusive))
             .await
             .map_err(|e| ImageError::Task(e.to_string()))?

@@ -13,6 +13,7 @@
 //! ```
 
 mod gc;
+mod holder;
 mod locks;
 mod paths;
 mod pull;
@@ -21,6 +22,7 @@ mod records;
 use std::path::{Path, PathBuf};
 
 pub use gc::GcReport;
+pub use holder::LeaseHolder;
 pub use paths::StorePaths;
 pub use records::{ImageRecord, Lease};
 
@@ -54,6 +56,10 @@ pub struct PrepareOptions {
     pub credentials: Option<Credentials>,
     pub pull_policy: PullPolicy,
     pub progress: Option<ProgressCallback>,
+    /// The process holding the lease: once it is gone the lease counts as released
+    /// (`cella exec` killed with SIGKILL). `None`: held until released (the agent's
+    /// task leases, which it reconciles with its checkpoint).
+    pub holder: Option<LeaseHolder>,
 }
 
 impl Default for PrepareOptions {
@@ -63,6 +69,7 @@ impl Default for PrepareOptions {
             credentials: None,
             pull_policy: PullPolicy::default(),
             progress: None,
+            holder: None,
         }
     }
 }
@@ -74,6 +81,7 @@ impl std::fmt::Debug for PrepareOptions {
             .field("credentials", &self.credentials)
             .field("pull_policy", &self.pull_policy)
             .field("progress", &self.progress.is_some())
+            .field("holder", &self.holder)
             .finish()
     }
 }
@@ -94,8 +102,8 @@ pub struct PreparedImage {
     pub lease: String,
 }
 
-/// One image as listed.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One image as listed (also the JSON of the agent's `/api/v1/images`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ImageInfo {
     pub digest: Digest,
     /// Names pointing at it (none once a re-pulled tag moved to a newer image).
@@ -167,7 +175,7 @@ impl ImageStore {
                 reference: digest.to_string(),
             });
         }
-        self.write_lease(lease, digest)
+        self.write_lease(lease, digest, None)
     }
 
     /// Drops a lease; `false` if there was none. The image's last use becomes now.
@@ -191,10 +199,25 @@ impl ImageStore {
         }
     }
 
-    /// Every lease on record. After a restart the agent compares these with its
+    /// Every lease that holds its image: those whose holder process is gone count as
+    /// released (GC removes them). After a restart the agent compares these with its
     /// checkpoint and releases those of tasks that no longer exist, before any GC.
     pub fn leases(&self) -> Result<Vec<Lease>, ImageError> {
-        records::read_all_lenient(&self.paths.leases())
+        let all: Vec<Lease> = records::read_all_lenient(&self.paths.leases())?;
+        Ok(all.into_iter().filter(|l| !l.abandoned()).collect())
+    }
+
+    /// Removes the leases whose holder is gone; their names. Only with the store's
+    /// exclusive lock held: no lease is being written meanwhile, so a lease taken
+    /// again under the same name is never removed by mistake.
+    fn release_abandoned(&self) -> Result<Vec<String>, ImageError> {
+        let all: Vec<Lease> = records::read_all_lenient(&self.paths.leases())?;
+        let mut released = Vec::new();
+        for lease in all.into_iter().filter(Lease::abandoned) {
+            self.release(&lease.name)?;
+            released.push(lease.name);
+        }
+        Ok(released)
     }
 
     /// Every image, most recently used first.
@@ -260,7 +283,28 @@ impl ImageStore {
         FileLock::acquire(self.paths.lock("store"), exclusive).await
     }
 
-    fn write_lease(&self, lease: &str, digest: &Digest) -> Result<(), ImageError> {
+    /// Adds `holder` to the processes holding `lease` (`cella exec` adds the shim
+    /// that outlives it: the task's overlay lives as long as the shim).
+    pub fn hold(&self, lease: &str, holder: LeaseHolder) -> Result<(), ImageError> {
+        let path = self.paths.lease(lease);
+        let Some(mut record) = records::read::<Lease>(&path)? else {
+            return Err(ImageError::NotFound {
+                reference: format!("lease {lease}"),
+            });
+        };
+        if !record.holders.is_empty() && !record.holders.contains(&holder) {
+            record.holders.push(holder);
+            records::write_volatile(&path, &record)?;
+        }
+        Ok(())
+    }
+
+    fn write_lease(
+        &self,
+        lease: &str,
+        digest: &Digest,
+        holder: Option<LeaseHolder>,
+    ) -> Result<(), ImageError> {
         let path = self.paths.lease(lease);
         let since = match records::read::<Lease>(&path)? {
             Some(existing) if &existing.image == digest => existing.since_ms,
@@ -275,6 +319,7 @@ impl ImageStore {
                 name: lease.to_owned(),
                 image: digest.clone(),
                 since_ms: since,
+                holders: holder.into_iter().collect(),
             },
         )
     }

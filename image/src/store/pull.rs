@@ -206,7 +206,7 @@ fn finish(
             },
         )?;
     }
-    store.write_lease(lease, &record.digest)?;
+    store.write_lease(lease, &record.digest, options.holder.clone())?;
     Ok(PreparedImage {
         reference: name.to_owned(),
         digest: record.digest.clone(),

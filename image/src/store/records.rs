@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::digest::Digest;
 use crate::error::ImageError;
 use crate::manifest::{ImageConfig, LayerDescriptor, Platform};
+use crate::store::holder::LeaseHolder;
 
 /// One image in the store.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -43,6 +44,17 @@ pub struct Lease {
     pub image: Digest,
     /// Milliseconds since the epoch when the lease was taken.
     pub since_ms: u64,
+    /// The processes holding it, if processes do ([`LeaseHolder`]); none: held until
+    /// released.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub holders: Vec<LeaseHolder>,
+}
+
+impl Lease {
+    /// Whether every process that held it is gone: the lease counts as released.
+    pub fn abandoned(&self) -> bool {
+        !self.holders.is_empty() && self.holders.iter().all(LeaseHolder::is_gone)
+    }
 }
 
 pub fn now_ms() -> u64 {

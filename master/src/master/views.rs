@@ -117,5 +117,6 @@ fn task_view(t: &Task, agent_endpoint: String) -> api::Task {
         agent_endpoint,
         usage: t.usage.as_ref().map(api::Usage::from),
         updated_ns: t.status.timestamp_ns,
+        image_digest: t.status.image_digest.clone(),
     }
 }
