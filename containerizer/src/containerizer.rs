@@ -196,7 +196,7 @@ impl Containerizer {
             Box::new(PosixIsolator),
             Box::new(CapabilitiesIsolator),
             Box::new(SeccompIsolator::new()),
-            Box::new(DiskIsolator::new()),
+            Box::new(DiskIsolator::new(cgroups.clone())),
             Box::new(CgroupsIsolator::new(cgroups.clone())),
         ];
         Ok(Self {
@@ -476,6 +476,13 @@ impl Containerizer {
                     .to_string()
             }
         };
+        // The isolators learn of the task too, so that destroy releases what it held
+        // (a disk quota's project id).
+        for isolator in &self.isolators {
+            if let Err(e) = isolator.recover(&[(id.clone(), config.clone())]) {
+                tracing::warn!(task = %id, isolator = isolator.name(), "recover: {e}");
+            }
+        }
         // What the cgroups still know (CPU time, OOM kills) is collected before they go.
         let mut usage = Usage::default();
         for isolator in &self.isolators {

@@ -342,7 +342,7 @@ fn explain_limitation(end: &Termination, args: &ExecArgs) {
             limit(args.mem)
         ),
         Some(Limitation::DiskLimit) => eprintln!(
-            "cella: disk limit of {} reached (working directory and /tmp): Cella killed the task (DISK_LIMIT)",
+            "cella: disk limit of {} reached (working directory and /tmp): writes past it failed or Cella killed the task (DISK_LIMIT)",
             limit(args.disk)
         ),
         Some(Limitation::PidsLimit) => eprintln!(
