@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use cella_containerizer::containerizer::Termination;
-use cella_containerizer::task::{Resources, Stdio};
+use cella_containerizer::task::{DEFAULT_DISK_BYTES, DEFAULT_PIDS_LIMIT, Resources, Stdio};
 use cella_containerizer::units::{self, MilliCpus, format_bytes};
 use cella_containerizer::{
     Containerizer, ContainerizerConfig, LaunchError, Limitation, NetMode, SeccompChoice,
@@ -43,10 +43,11 @@ pub struct ExecArgs {
     /// Memory limit, e.g. 64MiB, 1GiB, 500M or bytes; the kernel kills the task past it.
     #[arg(long, value_name = "SIZE", value_parser = parse_size, allow_hyphen_values = true)]
     mem: Option<u64>,
-    /// Maximum number of processes and threads.
+    /// Maximum number of processes and threads [default: 4096].
     #[arg(long, value_name = "N", value_parser = parse_pids, allow_negative_numbers = true)]
     pids: Option<u64>,
-    /// Disk limit for the working directory and /tmp; Cella kills the task past it.
+    /// Disk limit for the working directory (what it holds already counts) and /tmp;
+    /// writes past it fail or Cella kills the task [default: 10GiB].
     #[arg(long, value_name = "SIZE", value_parser = parse_size, allow_hyphen_values = true)]
     disk: Option<u64>,
     /// Network: the host's stack, or a private namespace with only loopback.
@@ -238,8 +239,8 @@ pub(super) fn run_with(mut args: ExecArgs, image: Option<super::exec_image::Imag
     config.resources = Resources {
         cpus: args.cpus,
         memory_bytes: args.mem,
-        pids: args.pids,
-        disk_bytes: args.disk,
+        pids: Some(args.pids.unwrap_or(DEFAULT_PIDS_LIMIT)),
+        disk_bytes: Some(args.disk.unwrap_or(DEFAULT_DISK_BYTES)),
     };
     config.net = args.net;
     config.rootfs = args.rootfs.clone();
@@ -343,11 +344,11 @@ fn explain_limitation(end: &Termination, args: &ExecArgs) {
         ),
         Some(Limitation::DiskLimit) => eprintln!(
             "cella: disk limit of {} reached (working directory and /tmp): writes past it failed or Cella killed the task (DISK_LIMIT)",
-            limit(args.disk)
+            limit(Some(args.disk.unwrap_or(DEFAULT_DISK_BYTES)))
         ),
         Some(Limitation::PidsLimit) => eprintln!(
             "cella: process limit of {} reached: the task could not create more processes (PIDS_LIMIT)",
-            args.pids.map_or_else(|| "?".into(), |n| n.to_string())
+            args.pids.unwrap_or(DEFAULT_PIDS_LIMIT)
         ),
         None => {}
     }
