@@ -41,7 +41,7 @@ use axum::routing::get;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use cella_containerizer::safe_open::OpenError;
+use cella_containerizer::safe_open::{OpenError, Refused};
 use cella_proto::acl::{Action, Target, ViewKind};
 use cella_proto::auth::{Authenticator, Caller, require_caller};
 
@@ -271,6 +271,10 @@ fn read_chunk(
     // Never a link, FIFO, socket or device node the task put in place of a file.
     let mut file = cella_containerizer::safe_open::open_regular_beneath(sandbox, rel).map_err(
         |e| match e {
+            // A directory is a wrong request; anything else the task planted is refused.
+            OpenError::Refused(r @ Refused::Directory) => {
+                (StatusCode::BAD_REQUEST, format!("{shown} {}", r.describe()))
+            }
             OpenError::Refused(r) => (StatusCode::FORBIDDEN, format!("{shown} {}", r.describe())),
             OpenError::Io(e) => match e.raw_os_error() {
                 Some(libc::ENOENT) => (

@@ -8,8 +8,9 @@
 //!   usage is read from the quota;
 //! - elsewhere the sandbox is measured by walking it (as Mesos' `disk/du`), by a
 //!   thread per task that measures again sooner the closer the task is to its limit,
-//!   as often as a fast writer needs to fill what is left but never spending more
-//!   than a twentieth of its time walking. A task writing as fast as it can overshoots
+//!   as often as a fast writer needs to fill what is left but spending no more than
+//!   a twentieth of its time walking, unless the task is seen writing fast enough to
+//!   reach its limit before the next walk. A task writing as fast as it can overshoots
 //!   by what it writes in one interval (see docs/benchmarks.md).
 
 mod quota;
@@ -38,6 +39,8 @@ const MIN_INTERVAL: Duration = Duration::from_millis(1);
 const MAX_INTERVAL: Duration = Duration::from_secs(1);
 /// At most 1/20 of the watcher's time is spent walking.
 const WALK_SHARE: u32 = 20;
+/// A writer about to reach its limit: up to 1/2 of the time is spent walking.
+const URGENT_SHARE: u32 = 2;
 /// With a quota the kernel holds the limit; the watcher only notices it was reached.
 const QUOTA_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -166,6 +169,8 @@ fn watcher(
     stop: &mpsc::Receiver<()>,
     cgroup: &TaskCgroup,
 ) {
+    // The previous walk: when, and what it found.
+    let mut last: Option<(Instant, u64)> = None;
     loop {
         let started = Instant::now();
         let used = meter.measure();
@@ -178,7 +183,14 @@ fn watcher(
         let wait = if meter.project.is_some() {
             QUOTA_INTERVAL
         } else {
-            next_walk(limit.saturating_sub(used.unwrap_or(0)), cost)
+            let used = used.unwrap_or(0);
+            // Bytes per second since the previous walk.
+            #[allow(clippy::cast_precision_loss)]
+            let rate = last.map_or(0.0, |(at, before)| {
+                used.saturating_sub(before) as f64 / started.duration_since(at).as_secs_f64()
+            });
+            last = Some((started, used));
+            next_walk(limit.saturating_sub(used), cost, rate)
         };
         if !matches!(
             stop.recv_timeout(wait),
@@ -191,11 +203,23 @@ fn watcher(
 
 /// The wait before the next walk: the time a fast writer needs to fill `room`,
 /// within the bounds, and long enough that walking (`cost` each) stays a small share.
-fn next_walk(room: u64, cost: Duration) -> Duration {
+/// A task seen writing (`rate`, bytes per second) that would reach its limit sooner
+/// is walked again within half that time, as often as every other walk's time: only
+/// a fast writer near its limit costs that much, and not for long.
+fn next_walk(room: u64, cost: Duration, rate: f64) -> Duration {
     #[allow(clippy::cast_precision_loss)]
     let fill = Duration::from_secs_f64(room as f64 / FAST_WRITER);
-    fill.clamp(MIN_INTERVAL, MAX_INTERVAL)
-        .max(cost * WALK_SHARE)
+    let steady = fill
+        .clamp(MIN_INTERVAL, MAX_INTERVAL)
+        .max(cost * WALK_SHARE);
+    // Seconds until the limit at the rate seen (infinite when not growing).
+    #[allow(clippy::cast_precision_loss)]
+    let reach = room as f64 / rate;
+    if reach < steady.as_secs_f64() {
+        Duration::from_secs_f64(reach / 2.0).max(cost * URGENT_SHARE)
+    } else {
+        steady
+    }
 }
 
 impl Isolator for DiskIsolator {
@@ -293,14 +317,19 @@ mod tests {
     #[test]
     fn walks_sooner_near_the_limit_but_not_too_often() {
         let cheap = Duration::from_micros(10);
-        let far = super::next_walk(1 << 30, cheap);
-        let near = super::next_walk(1 << 20, cheap);
+        let far = super::next_walk(1 << 30, cheap, 0.0);
+        let near = super::next_walk(1 << 20, cheap, 0.0);
         assert!(near < far, "{near:?} !< {far:?}");
         assert!(near >= super::MIN_INTERVAL);
-        assert_eq!(super::next_walk(1 << 40, cheap), super::MAX_INTERVAL);
-        // A walk of 100 ms is not repeated more often than every 2 s.
+        assert_eq!(super::next_walk(1 << 40, cheap, 0.0), super::MAX_INTERVAL);
+        // A walk of 100 ms is not repeated more often than every 2 s...
+        let slow = Duration::from_millis(100);
+        assert_eq!(super::next_walk(0, slow, 0.0), Duration::from_secs(2));
+        // ...unless the task is about to reach its limit: then every 200 ms.
+        assert_eq!(super::next_walk(1 << 20, slow, 1e9), slow * 2);
+        // A slow writer (a log line a second) changes nothing.
         assert_eq!(
-            super::next_walk(0, Duration::from_millis(100)),
+            super::next_walk(1 << 20, slow, 100.0),
             Duration::from_secs(2)
         );
     }
