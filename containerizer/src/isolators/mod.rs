@@ -28,7 +28,7 @@ mod posix;
 mod security;
 
 pub use cgroups::CgroupsIsolator;
-pub use disk::{DiskIsolator, PROJECT_IDS, QuotaFs, disk_usage};
+pub use disk::{DiskIsolator, PROJECT_IDS, QuotaFs, disk_usage, project_of};
 pub use filesystem::{FilesystemIsolator, HOST_SECRETS};
 pub use namespaces::NamespacesIsolator;
 pub use posix::PosixIsolator;

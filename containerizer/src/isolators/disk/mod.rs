@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-pub use quota::{PROJECT_IDS, QuotaFs};
+pub use quota::{PROJECT_IDS, QuotaFs, project_of};
 pub use walk::disk_usage;
 
 use super::{Isolator, IsolatorError};
