@@ -185,8 +185,8 @@ impl Containerizer {
             config.cgroup_root.as_deref(),
             config.systemd_slice.as_deref(),
         )?;
-        // prepare runs in this order, cleanup in reverse. Only the cgroups isolator
-        // creates anything in prepare, so it goes last.
+        // prepare runs in this order, cleanup in reverse. Only the disk (a project
+        // quota) and cgroups isolators create anything in prepare, so they go last.
         let mut hidden = config.hidden.clone();
         hidden.push(config.runtime_dir.clone());
         hidden.push(config.shim_path.clone());

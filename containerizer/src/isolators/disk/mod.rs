@@ -41,6 +41,7 @@ const MAX_INTERVAL: Duration = Duration::from_secs(1);
 const WALK_SHARE: u32 = 20;
 /// A writer about to reach its limit: up to 1/2 of the time is spent walking.
 const URGENT_SHARE: u32 = 2;
+const WATCHER_STACK: usize = 256 * 1024;
 /// With a quota the kernel holds the limit; the watcher only notices it was reached.
 const QUOTA_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -274,8 +275,11 @@ impl Isolator for DiskIsolator {
             return;
         };
         let cgroup = self.cgroups.open(id.as_str());
+        // One per task with a limit (every agent task): a small stack, as the walk
+        // keeps its state on the heap.
         let spawned = std::thread::Builder::new()
             .name(format!("disk-{id}"))
+            .stack_size(WATCHER_STACK)
             .spawn(move || watcher(&meter, limit, &hit, &stop, &cgroup));
         if let Err(e) = spawned {
             tracing::warn!(task = %id, "no disk watcher (the limit is checked at each usage sample): {e}");
