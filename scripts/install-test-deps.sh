@@ -7,6 +7,7 @@
 #                    linux-libc-dev (the kernel's syscall table, checked by the seccomp tests)
 #                    debootstrap e2fsprogs (the systemd VM: tests/systemd-vm)
 #                    prometheus (its promtool checks both /metrics in the API tests)
+#                    xfsprogs (mkfs.xfs: the disk quota tests, cli/tests/exec_disk.rs)
 #   cargo-nextest and cargo-deb (from crates.io if they are not on PATH)
 # Runs `apt-get update` at most once, and only if a package is missing. Needs root for
 # apt-get. Prints one line when everything is already there.
@@ -14,7 +15,7 @@ set -euo pipefail
 
 # debootstrap and e2fsprogs (mkfs.ext4 -d, debugfs): the systemd VM (tests/systemd-vm).
 packages=(qemu-system-x86 linux-image-amd64 busybox-static crun hyperfine iproute2 cpio procps
-    docker-registry umoci skopeo linux-libc-dev debootstrap e2fsprogs prometheus)
+    docker-registry umoci skopeo linux-libc-dev debootstrap e2fsprogs prometheus xfsprogs)
 
 log() { printf '[deps] %s\n' "$*"; }
 die() { printf '[deps] ERROR: %s\n' "$*" >&2; exit 1; }

@@ -31,10 +31,7 @@
 //! reaches it. `length` defaults to 64 KiB and is capped at 1 MiB; an `offset`
 //! beyond the end gives empty data.
 
-use std::ffi::CString;
 use std::io::Read;
-use std::os::fd::{FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path};
 use std::sync::Arc;
 
@@ -46,6 +43,7 @@ use axum::routing::get;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use cella_containerizer::safe_open::{OpenError, Refused};
 use cella_proto::acl::{Action, Target, ViewKind};
 use cella_proto::auth::{Authenticator, Caller, require_caller};
 
@@ -285,38 +283,6 @@ async fn read_file(
     }
 }
 
-/// Opens `rel` beneath `dir` without following any symlink.
-pub fn open_beneath(dir: &Path, rel: &Path) -> std::io::Result<std::fs::File> {
-    let dir = std::fs::File::open(dir)?;
-    let name = CString::new(rel.as_os_str().as_bytes())
-        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: `open_how` is a plain struct of integers, for which all zeroes is valid
-    // (and what the kernel expects of fields and padding we do not set).
-    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = u64::try_from(libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK)
-        .unwrap_or(0);
-    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
-    use std::os::fd::AsRawFd;
-    // SAFETY: `dir` is an open directory descriptor for the whole call, `name` is a
-    // NUL-terminated string, and `how` is a valid `open_how` whose size is passed.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            &raw const how,
-            std::mem::size_of::<libc::open_how>(),
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let fd = i32::try_from(fd).map_err(|_| std::io::Error::from_raw_os_error(libc::EBADF))?;
-    // SAFETY: openat2 returned a new descriptor that nothing else owns.
-    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-    Ok(std::fs::File::from(owned))
-}
-
 fn read_chunk(
     sandbox: &Path,
     rel: &Path,
@@ -324,30 +290,31 @@ fn read_chunk(
     length: u64,
 ) -> Result<FileChunk, (StatusCode, String)> {
     let shown = rel.display().to_string();
-    let mut file = open_beneath(sandbox, rel).map_err(|e| match e.raw_os_error() {
-        Some(libc::ENOENT) => (
-            StatusCode::NOT_FOUND,
-            format!("{shown}: no such file in the task's sandbox"),
-        ),
-        Some(libc::ELOOP) | Some(libc::EXDEV) => (
-            StatusCode::FORBIDDEN,
-            format!("{shown}: symbolic links are not followed: only files inside the task's sandbox can be read"),
-        ),
-        Some(libc::ENOSYS) => (
-            StatusCode::NOT_IMPLEMENTED,
-            "this kernel lacks openat2 (Linux 5.6+): sandbox files cannot be read safely".into(),
-        ),
-        _ => (StatusCode::INTERNAL_SERVER_ERROR, format!("{shown}: {e}")),
-    })?;
+    // Never a link, FIFO, socket or device node the task put in place of a file.
+    let mut file = cella_containerizer::safe_open::open_regular_beneath(sandbox, rel).map_err(
+        |e| match e {
+            // A directory is a wrong request; anything else the task planted is refused.
+            OpenError::Refused(r @ Refused::Directory) => {
+                (StatusCode::BAD_REQUEST, format!("{shown} {}", r.describe()))
+            }
+            OpenError::Refused(r) => (StatusCode::FORBIDDEN, format!("{shown} {}", r.describe())),
+            OpenError::Io(e) => match e.raw_os_error() {
+                Some(libc::ENOENT) => (
+                    StatusCode::NOT_FOUND,
+                    format!("{shown}: no such file in the task's sandbox"),
+                ),
+                Some(libc::ENOSYS) => (
+                    StatusCode::NOT_IMPLEMENTED,
+                    "this kernel lacks openat2 (Linux 5.6+): sandbox files cannot be read safely"
+                        .into(),
+                ),
+                _ => (StatusCode::INTERNAL_SERVER_ERROR, format!("{shown}: {e}")),
+            },
+        },
+    )?;
     let meta = file
         .metadata()
         .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("{shown}: {e}")))?;
-    if !meta.is_file() {
-        return Err((
-            StatusCode::BAD_REQUEST,
-            format!("{shown} is not a regular file"),
-        ));
-    }
     let size = meta.len();
     let mut buf = Vec::new();
     if offset < size {

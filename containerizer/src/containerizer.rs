@@ -199,8 +199,8 @@ impl Containerizer {
             config.cgroup_root.as_deref(),
             config.systemd_slice.as_deref(),
         )?;
-        // prepare runs in this order, cleanup in reverse. Only the cgroups isolator
-        // creates anything in prepare, so it goes last.
+        // prepare runs in this order, cleanup in reverse. Only the disk (a project
+        // quota) and cgroups isolators create anything in prepare, so they go last.
         let mut hidden = config.hidden.clone();
         hidden.push(config.runtime_dir.clone());
         hidden.push(config.shim_path.clone());
@@ -210,7 +210,7 @@ impl Containerizer {
             Box::new(PosixIsolator),
             Box::new(CapabilitiesIsolator),
             Box::new(SeccompIsolator::new()),
-            Box::new(DiskIsolator::new()),
+            Box::new(DiskIsolator::new(cgroups.clone())),
             Box::new(CgroupsIsolator::new(cgroups.clone())),
         ];
         Ok(Self {
@@ -517,6 +517,13 @@ impl Containerizer {
                     .to_string()
             }
         };
+        // The isolators learn of the task too, so that destroy releases what it held
+        // (a disk quota's project id).
+        for isolator in &self.isolators {
+            if let Err(e) = isolator.recover(&[(id.clone(), config.clone())]) {
+                tracing::warn!(task = %id, isolator = isolator.name(), "recover: {e}");
+            }
+        }
         // What the cgroups still know (CPU time, OOM kills) is collected before they go.
         let mut usage = Usage::default();
         for isolator in &self.isolators {

@@ -14,6 +14,7 @@ pub mod events;
 pub mod isolators;
 pub mod paths;
 mod proc_info;
+pub mod safe_open;
 mod sealed_exe;
 pub mod seccomp;
 pub mod shim;

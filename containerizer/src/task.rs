@@ -115,6 +115,12 @@ pub struct Rlimit {
     pub hard: u64,
 }
 
+/// The process limit of a task that sets none, in `cella exec` and on agents
+/// (`default_pids_limit`): no task runs without one.
+pub const DEFAULT_PIDS_LIMIT: u64 = 4096;
+/// The disk limit of a task that sets none (10 GiB; `default_disk` on agents).
+pub const DEFAULT_DISK_BYTES: u64 = 10 << 30;
+
 /// Resource limits of a task. `None` means unlimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Resources {

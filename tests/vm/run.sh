@@ -19,7 +19,9 @@
 #   CELLA_VM_KERNEL=/boot/...  kernel image (default: newest /boot/vmlinuz-*)
 #   CELLA_VM_MEM=4096 CELLA_VM_SMP=2   (the image is unpacked into RAM, then copied
 #                              to a tmpfs, and /tmp once more when the checkout is there)
-#   CELLA_VM_MODULES="veth overlay loop"  kernel modules to load (with their dependencies)
+#   CELLA_VM_MODULES="veth overlay loop crc32c_generic xfs"  kernel modules to load (with
+#                              their dependencies; xfs needs crc32c_generic, which
+#                              modules.dep does not list)
 #   CELLA_VM_EXTRA_FILES="..." more host files (e.g. /usr/bin/crun) to put in the image at
 #                              the same path, with the libraries ldd lists for them
 #   CELLA_VM_NO_BUILD=1        do not run cargo (only with explicit binaries)
@@ -35,7 +37,7 @@ workbase="$here/work"
 timeout_s=${CELLA_VM_TIMEOUT:-1200}
 mem=${CELLA_VM_MEM:-4096}
 smp=${CELLA_VM_SMP:-2}
-modules=${CELLA_VM_MODULES-veth overlay loop}
+modules=${CELLA_VM_MODULES-veth overlay loop crc32c_generic xfs}
 
 log() { printf '[vm] %s\n' "$*" >&2; }
 die() { printf '[vm] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -231,6 +233,13 @@ for f in ${CELLA_VM_EXTRA_FILES:-}; do
     [ -e "$f" ] || die "CELLA_VM_EXTRA_FILES: no such file: $f"
     copy_with_libs "$f"
 done
+# mkfs.xfs (xfsprogs): the disk quota tests make an XFS filesystem on a loop device.
+mkfs_xfs=$(command -v mkfs.xfs || true)
+if [ -n "$mkfs_xfs" ]; then
+    copy_with_libs "$mkfs_xfs"
+else
+    log "no mkfs.xfs on the host (scripts/install-test-deps.sh): the disk quota tests will fail"
+fi
 
 # The repository's sources (no target/, .git/), so tests can cd to their package
 # directory and read fixtures relative to it.

@@ -118,6 +118,14 @@ pub struct AgentArgs {
     /// this node run a root task unless this is on.
     #[arg(long)]
     pub allow_root_tasks: bool,
+    /// The process limit of tasks that set none (0 is refused: every task has one)
+    /// [default: 4096].
+    #[arg(long, value_name = "N")]
+    pub default_pids_limit: Option<u64>,
+    /// The disk limit of tasks that ask for no disk, e.g. 10GiB (0 is refused)
+    /// [default: 10GiB].
+    #[arg(long, value_name = "SIZE")]
+    pub default_disk: Option<String>,
     /// A host directory tasks may mount as a volume, PREFIX[:ro|rw] (read-only unless
     /// :rw; repeatable). None by default.
     #[arg(long = "allow-volume", value_name = "PREFIX[:ro|rw]")]
@@ -173,6 +181,8 @@ pub struct FileConfig {
     pub gc_delay: Option<String>,
     pub task_user: Option<String>,
     pub allow_root_tasks: Option<bool>,
+    pub default_pids_limit: Option<u64>,
+    pub default_disk: Option<String>,
     pub allow_volumes: Option<Vec<String>>,
     pub allow_rootfs: Option<Vec<String>>,
     pub acl: Option<PathBuf>,
@@ -514,6 +524,32 @@ impl AgentArgs {
             }
         }
         config.tasks.allow_root = self.allow_root_tasks || file.allow_root_tasks.unwrap_or(false);
+        if let Some(n) = self.default_pids_limit.or(file.default_pids_limit) {
+            if n == 0 {
+                return Err(ConfigError::new(
+                    origin("default-pids-limit", self.default_pids_limit.is_some()),
+                    "0: every task needs a process limit; give a number of processes, e.g. 4096",
+                ));
+            }
+            config.tasks.default_pids = n;
+        }
+        let disk = self
+            .default_disk
+            .clone()
+            .or_else(|| file.default_disk.clone());
+        if let Some(text) = disk {
+            let field = origin("default-disk", self.default_disk.is_some());
+            match cella_containerizer::units::parse_size(&text) {
+                Ok(0) => {
+                    return Err(ConfigError::new(
+                        field,
+                        "0: every task needs a disk limit; give a size, e.g. 10GiB",
+                    ));
+                }
+                Ok(bytes) => config.tasks.default_disk_bytes = bytes,
+                Err(e) => return Err(ConfigError::new(field, format!("{text:?}: {e}"))),
+            }
+        }
         let (volumes, from_flag) = if self.allow_volumes.is_empty() {
             (file.allow_volumes.clone().unwrap_or_default(), false)
         } else {

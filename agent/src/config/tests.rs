@@ -261,3 +261,54 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn default_task_limits() {
+    let c = AgentArgs::default()
+        .resolve_with(&FileConfig::default(), None)
+        .unwrap();
+    assert_eq!(c.tasks.default_pids, 4096);
+    assert_eq!(c.tasks.default_disk_bytes, 10 << 30);
+    let file = FileConfig::parse("default_pids_limit = 100\ndefault_disk = \"1GiB\"").unwrap();
+    let c = AgentArgs::default().resolve_with(&file, None).unwrap();
+    assert_eq!(
+        (c.tasks.default_pids, c.tasks.default_disk_bytes),
+        (100, 1 << 30)
+    );
+    // A task that sets neither gets them; one that sets them keeps its own.
+    let mut info = cella_proto::v1::TaskInfo::default();
+    c.tasks.apply_defaults(&mut info);
+    assert_eq!(info.pids_limit, 100);
+    assert_eq!(info.resources.unwrap().disk_bytes, 1 << 30);
+    let mut info = cella_proto::v1::TaskInfo {
+        pids_limit: 7,
+        resources: Some(cella_proto::v1::Resources {
+            disk_bytes: 5,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    c.tasks.apply_defaults(&mut info);
+    assert_eq!(
+        (info.pids_limit, info.resources.unwrap().disk_bytes),
+        (7, 5)
+    );
+    // 0 would mean unlimited: refused, naming the setting.
+    let args = AgentArgs {
+        default_pids_limit: Some(0),
+        ..Default::default()
+    };
+    let err = args.resolve_with(&FileConfig::default(), None).unwrap_err();
+    assert_eq!(err.field, "--default-pids-limit");
+    let file = FileConfig::parse("default_disk = \"0\"").unwrap();
+    let err = AgentArgs::default()
+        .resolve_with(&file, Some(Path::new("a.toml")))
+        .unwrap_err();
+    assert_eq!(err.field, "default_disk (in a.toml)");
+    let args = AgentArgs {
+        default_disk: Some("lots".into()),
+        ..Default::default()
+    };
+    let err = args.resolve_with(&FileConfig::default(), None).unwrap_err();
+    assert_eq!(err.field, "--default-disk");
+}

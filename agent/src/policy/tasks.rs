@@ -17,6 +17,7 @@ use cella_proto::v1;
 
 /// The user tasks run as when they name none.
 pub const DEFAULT_TASK_USER: &str = "nobody";
+pub use cella_containerizer::task::{DEFAULT_DISK_BYTES, DEFAULT_PIDS_LIMIT};
 
 /// A host directory tasks may mount: everything beneath `prefix`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +57,9 @@ pub struct TaskPolicy {
     pub allow_root: bool,
     pub volumes: Vec<VolumeAllow>,
     pub rootfs: Vec<PathBuf>,
+    /// The limits a task gets when it sets none: no task runs without them.
+    pub default_pids: u64,
+    pub default_disk_bytes: u64,
 }
 
 impl Default for TaskPolicy {
@@ -65,6 +69,8 @@ impl Default for TaskPolicy {
             allow_root: false,
             volumes: Vec::new(),
             rootfs: Vec::new(),
+            default_pids: DEFAULT_PIDS_LIMIT,
+            default_disk_bytes: DEFAULT_DISK_BYTES,
         }
     }
 }
@@ -127,6 +133,18 @@ fn listing<'a>(items: impl Iterator<Item = String> + 'a) -> String {
 }
 
 impl TaskPolicy {
+    /// Gives `info` this node's default process and disk limits where it sets none
+    /// (0), before it is checkpointed, so a recovered task keeps the limits it ran with.
+    pub fn apply_defaults(&self, info: &mut v1::TaskInfo) {
+        if info.pids_limit == 0 {
+            info.pids_limit = self.default_pids;
+        }
+        let resources = info.resources.get_or_insert_default();
+        if resources.disk_bytes == 0 {
+            resources.disk_bytes = self.default_disk_bytes;
+        }
+    }
+
     /// For `cella dev`: tasks run as root unless they name a user, any volume and
     /// rootfs.
     pub fn permissive() -> TaskPolicy {
@@ -138,6 +156,7 @@ impl TaskPolicy {
                 read_write: true,
             }],
             rootfs: vec![PathBuf::from("/")],
+            ..TaskPolicy::default()
         }
     }
 

@@ -49,7 +49,8 @@ pub async fn gc_loop(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
 }
 
 fn modified_ns(path: &Path) -> u64 {
-    std::fs::metadata(path)
+    // lstat: a task's stdout replaced by a link to a host file is not followed.
+    std::fs::symlink_metadata(path)
         .and_then(|m| m.modified())
         .map_or(0, unix_ns)
 }

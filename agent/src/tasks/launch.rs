@@ -27,7 +27,8 @@ pub struct Owner {
 }
 
 /// Handles a Launch from the master.
-pub async fn launch(runner: Arc<TaskRunner>, owner: Owner, info: v1::TaskInfo) {
+pub async fn launch(runner: Arc<TaskRunner>, owner: Owner, mut info: v1::TaskInfo) {
+    runner.shared.config.tasks.apply_defaults(&mut info);
     let Owner {
         framework_id,
         role,

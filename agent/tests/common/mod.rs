@@ -143,6 +143,11 @@ pub struct Cluster {
 
 impl Cluster {
     pub async fn start() -> Cluster {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts a cluster whose agent's configuration `edit` has changed first.
+    pub async fn start_with(edit: impl FnOnce(&mut AgentConfig)) -> Cluster {
         require_root();
         let _ = tracing_subscriber::fmt()
             .with_env_filter(
@@ -173,6 +178,9 @@ impl Cluster {
             attributes: vec![("rack".into(), "r1".into())],
             ..Default::default()
         };
+        let mut config = config;
+        edit(&mut config);
+        let work_dir = config.work_dir.clone();
         let agent = Agent::start(config.clone()).await.expect("agent starts");
         Cluster {
             cgroup,

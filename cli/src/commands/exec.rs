@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use cella_containerizer::containerizer::Termination;
-use cella_containerizer::task::{Resources, Stdio};
+use cella_containerizer::task::{DEFAULT_DISK_BYTES, DEFAULT_PIDS_LIMIT, Resources, Stdio};
 use cella_containerizer::units::{self, MilliCpus, format_bytes};
 use cella_containerizer::usage::next_sample_in;
 use cella_containerizer::{
@@ -45,12 +45,13 @@ pub struct ExecArgs {
     /// Memory limit, e.g. 64MiB, 1GiB, 500M or bytes; the kernel kills the task past it.
     #[arg(long, value_name = "SIZE", value_parser = parse_size, allow_hyphen_values = true)]
     mem: Option<u64>,
-    /// Maximum number of processes and threads.
+    /// Maximum number of processes and threads [default: 4096].
     #[arg(long, value_name = "N", value_parser = parse_pids, allow_negative_numbers = true)]
     pids: Option<u64>,
-    /// Disk limit for what the task adds to the working directory and /tmp; Cella
-    /// kills the task past it. Files already in the working directory at the start
-    /// do not count: their size is the baseline, and only the growth is limited.
+    /// Disk limit for what the task adds to the working directory and /tmp; writes
+    /// past it fail or Cella kills the task [default: 10GiB]. Files already in the
+    /// working directory at the start do not count: their size is the baseline, and
+    /// only the growth is limited.
     #[arg(long, value_name = "SIZE", value_parser = parse_size, allow_hyphen_values = true)]
     disk: Option<u64>,
     /// Network: the host's stack, or a private namespace with only loopback.
@@ -236,14 +237,13 @@ pub(super) fn run_with(mut args: ExecArgs, image: Option<super::exec_image::Imag
             );
         }
     };
-    let want_usage = args.usage || args.usage_json.is_some();
     let mut config = TaskConfig::new(args.command.clone(), sandbox);
     config.env = args.env.clone();
     config.resources = Resources {
         cpus: args.cpus,
         memory_bytes: args.mem,
-        pids: args.pids,
-        disk_bytes: args.disk,
+        pids: Some(args.pids.unwrap_or(DEFAULT_PIDS_LIMIT)),
+        disk_bytes: Some(args.disk.unwrap_or(DEFAULT_DISK_BYTES)),
     };
     config.net = args.net;
     config.rootfs = args.rootfs.clone();
@@ -265,16 +265,17 @@ pub(super) fn run_with(mut args: ExecArgs, image: Option<super::exec_image::Imag
     config.cap_add = args.cap_add.clone();
     config.cap_drop = args.cap_drop.clone();
     config.stdio = Stdio::Inherit;
-    config.measure_disk = want_usage || args.disk.is_some();
-    // An existing working directory is not the task's doing: the containerizer
-    // limits the whole tree, so its limit is what is there now plus --disk, and the
-    // figures shown subtract the baseline again.
-    let disk_baseline = if config.measure_disk {
-        cella_containerizer::isolators::disk_usage(&config.sandbox).unwrap_or(0)
-    } else {
-        0
-    };
-    config.resources.disk_bytes = args.disk.map(|d| d.saturating_add(disk_baseline));
+    // Every task has a disk limit (--disk or the default), so the disk is always
+    // measured. An existing working directory is not the task's doing: the
+    // containerizer limits the whole tree, so its limit is what is there now plus the
+    // limit, and the figures shown subtract the baseline again.
+    config.measure_disk = true;
+    let disk_baseline = cella_containerizer::isolators::disk_usage(&config.sandbox).unwrap_or(0);
+    config.resources.disk_bytes = Some(
+        args.disk
+            .unwrap_or(DEFAULT_DISK_BYTES)
+            .saturating_add(disk_baseline),
+    );
 
     let containerizer = match Containerizer::new(ContainerizerConfig {
         shim_path: ContainerizerConfig::default_shim_path(),
@@ -383,12 +384,12 @@ fn explain_limitation(end: &Termination, args: &ExecArgs) {
             limit(args.mem)
         ),
         Some(Limitation::DiskLimit) => eprintln!(
-            "cella: disk limit of {} reached (growth of the working directory, and /tmp): Cella killed the task (DISK_LIMIT)",
-            limit(args.disk)
+            "cella: disk limit of {} reached (growth of the working directory, and /tmp): writes past it failed or Cella killed the task (DISK_LIMIT)",
+            limit(Some(args.disk.unwrap_or(DEFAULT_DISK_BYTES)))
         ),
         Some(Limitation::PidsLimit) => eprintln!(
             "cella: process limit of {} reached: the task could not create more processes (PIDS_LIMIT)",
-            args.pids.map_or_else(|| "?".into(), |n| n.to_string())
+            args.pids.unwrap_or(DEFAULT_PIDS_LIMIT)
         ),
         None => {}
     }

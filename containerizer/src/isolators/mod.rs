@@ -12,8 +12,9 @@
 //! | `usage` | add measured figures |
 //! | `cleanup` | undo everything; idempotent, unknown ids are fine |
 //!
-//! Only the cgroups isolator creates anything in `prepare`, and it runs last, so a
-//! configuration error is reported before anything exists on the machine.
+//! Only the disk isolator (a project quota) and the cgroups isolator create anything
+//! in `prepare`, and they run last, so a configuration error is reported before
+//! anything exists on the machine.
 //! Placing the child into its cgroups (`isolate` in Mesos) needs no round trip to the
 //! launcher: from the [`crate::cgroups::Placement`] the cgroups isolator prepared, the
 //! shim's clone3 creates the child inside its cgroup (v2), or the child enters its
@@ -28,7 +29,7 @@ mod posix;
 mod security;
 
 pub use cgroups::CgroupsIsolator;
-pub use disk::{DiskIsolator, disk_usage};
+pub use disk::{DiskIsolator, PROJECT_IDS, QuotaFs, disk_usage, project_of};
 pub use filesystem::{FilesystemIsolator, HOST_SECRETS};
 pub use namespaces::NamespacesIsolator;
 pub use posix::PosixIsolator;

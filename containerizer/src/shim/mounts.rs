@@ -241,13 +241,39 @@ pub fn setup(fs_spec: &FilesystemSpec) -> Result<(), MountError> {
 /// fit in overlayfs' one page whatever the store's path, and no path needs escaping
 /// of the `:` and `,` that separate options.
 fn mount_overlay(overlay: &OverlaySpec) -> Result<(), MountError> {
+    // The upper and work directories live in the sandbox, which belongs to the task:
+    // should a link stand where they go, the mkdir and chmod below must not follow it
+    // to a host directory. So the parent is opened without following a link, and
+    // everything else is made and opened relative to it.
     let parent = overlay.upper.parent().unwrap_or(&overlay.upper);
-    fs::create_dir_all(parent).map_err(ioerr("creating", parent))?;
-    fs::set_permissions(parent, std::os::unix::fs::PermissionsExt::from_mode(0o700))
-        .map_err(ioerr("making private", parent))?;
-    for dir in [&overlay.upper, &overlay.work, &overlay.mount_point] {
-        fs::create_dir_all(dir).map_err(ioerr("creating", dir))?;
+    match nix::unistd::mkdir(parent, Mode::S_IRWXU) {
+        Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+        Err(e) => return Err(err("creating", parent)(e)),
     }
+    let parent_fd = nix::fcntl::open(
+        parent,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(err("opening (it must be a directory, not a link)", parent))?;
+    nix::sys::stat::fchmod(&parent_fd, Mode::S_IRWXU).map_err(err("making private", parent))?;
+    let in_parent = |dir: &Path| {
+        let name = dir.file_name().unwrap_or_default();
+        match nix::sys::stat::mkdirat(&parent_fd, name, Mode::S_IRWXU) {
+            Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+            Err(e) => return Err(err("creating", dir)(e)),
+        }
+        nix::fcntl::openat(
+            &parent_fd,
+            name,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(err("opening (it must be a directory, not a link)", dir))
+    };
+    let upper = in_parent(&overlay.upper)?;
+    let work = in_parent(&overlay.work)?;
+    fs::create_dir_all(&overlay.mount_point).map_err(ioerr("creating", &overlay.mount_point))?;
     let open = |path: &Path| {
         nix::fcntl::open(
             path,
@@ -264,8 +290,6 @@ fn mount_overlay(overlay: &OverlaySpec) -> Result<(), MountError> {
         .rev()
         .map(|layer| open(layer))
         .collect::<Result<Vec<_>, _>>()?;
-    let upper = open(&overlay.upper)?;
-    let work = open(&overlay.work)?;
     let lowerdir: Vec<String> = lowers.iter().map(fd_path).collect();
     let options = format!(
         "lowerdir={},upperdir={},workdir={}",

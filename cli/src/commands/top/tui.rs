@@ -228,6 +228,7 @@ mod bench {
                     disk_bytes: 0,
                 },
                 agent_endpoint: "https://10.0.0.1:5051".into(),
+                image_digest: String::new(),
                 usage: Some(api::Usage {
                     timestamp_ns: t * 1_000_000_000,
                     cpu_user_ns: Some(t * i * 1_000_000),

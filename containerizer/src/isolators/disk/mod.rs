@@ -1,0 +1,345 @@
+//! Disk space used under the sandbox and in the private /tmp, and its limit. A task
+//! that reaches its limit (`--disk`) is killed with `DISK_LIMIT`. The private /tmp is a
+//! tmpfs sized to the limit, so it cannot be used to escape it.
+//!
+//! How exactly the limit holds depends on the sandbox's filesystem:
+//! - with project quotas enforced ([`quota`], as Mesos' `disk/xfs`), the kernel
+//!   refuses every write past the limit (`EDQUOT`): the sandbox never holds more, and
+//!   usage is read from the quota;
+//! - elsewhere the sandbox is measured by walking it (as Mesos' `disk/du`), by a
+//!   thread per task that measures again sooner the closer the task is to its limit,
+//!   as often as a fast writer needs to fill what is left but spending no more than
+//!   a twentieth of its time walking, unless the task is seen writing fast enough to
+//!   reach its limit before the next walk. A task writing as fast as it can overshoots
+//!   by what it writes in one interval (see docs/benchmarks.md).
+
+mod quota;
+mod walk;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+pub use quota::{PROJECT_IDS, QuotaFs, project_of};
+pub use walk::disk_usage;
+
+use super::{Isolator, IsolatorError};
+use crate::cgroups::{CgroupRoot, TaskCgroup};
+use crate::spec::ShimSpec;
+use crate::task::{TaskConfig, TaskId};
+use crate::usage::{Limitation, Usage};
+
+/// A writer into the page cache at full speed, bytes per second: the watcher measures
+/// again before such a writer could have filled the room left.
+const FAST_WRITER: f64 = 2.0 * 1024.0 * 1024.0 * 1024.0;
+/// Bounds of the interval between two walks of the sandbox.
+const MIN_INTERVAL: Duration = Duration::from_millis(1);
+const MAX_INTERVAL: Duration = Duration::from_secs(1);
+/// At most 1/20 of the watcher's time is spent walking.
+const WALK_SHARE: u32 = 20;
+/// A writer about to reach its limit: up to 1/2 of the time is spent walking.
+const URGENT_SHARE: u32 = 2;
+const WATCHER_STACK: usize = 256 * 1024;
+/// With a quota the kernel holds the limit; the watcher only notices it was reached.
+const QUOTA_INTERVAL: Duration = Duration::from_millis(100);
+
+/// How one task's disk usage is measured.
+#[derive(Clone)]
+struct Meter {
+    sandbox: PathBuf,
+    /// The filesystem's project quota and the sandbox's project id.
+    project: Option<(QuotaFs, u32)>,
+    pid: Option<i32>,
+}
+
+impl Meter {
+    /// Bytes in the sandbox and the private /tmp.
+    fn measure(&self) -> Option<u64> {
+        let tmp = self.pid.and_then(walk::tmp_usage).unwrap_or(0);
+        let sandbox = match &self.project {
+            Some((fs, id)) => fs.used(*id).ok()?,
+            None => disk_usage(&self.sandbox).ok()?,
+        };
+        Some(sandbox + tmp)
+    }
+
+    /// Whether `used` means the limit is reached: a quota lets usage reach the limit
+    /// exactly and refuses the next write, a walk sees the limit passed.
+    fn reached(&self, used: u64, limit: u64) -> bool {
+        if self.project.is_some() {
+            used >= limit
+        } else {
+            used > limit
+        }
+    }
+}
+
+struct Watched {
+    meter: Meter,
+    limit: Option<u64>,
+    measure: bool,
+    /// Set by the watcher thread once it has killed the task at its limit.
+    hit: Arc<AtomicBool>,
+    /// Dropped at cleanup, which ends the watcher thread.
+    stop: Option<mpsc::Sender<()>>,
+}
+
+pub struct DiskIsolator {
+    tasks: Mutex<HashMap<TaskId, Watched>>,
+    cgroups: CgroupRoot,
+}
+
+impl DiskIsolator {
+    /// `cgroups`: where the watcher finds a task to kill at its limit.
+    pub fn new(cgroups: CgroupRoot) -> Self {
+        Self {
+            tasks: Mutex::default(),
+            cgroups,
+        }
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut HashMap<TaskId, Watched>) -> R) -> R {
+        // A poisoned lock only means another thread panicked mid-update of plain data.
+        let mut guard = self
+            .tasks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&mut guard)
+    }
+
+    fn watched(config: &TaskConfig, project: Option<(QuotaFs, u32)>) -> Watched {
+        let limit = config.resources.disk_bytes;
+        Watched {
+            meter: Meter {
+                sandbox: config.sandbox.clone(),
+                project,
+                pid: None,
+            },
+            limit,
+            measure: config.measure_disk || limit.is_some(),
+            hit: Arc::new(AtomicBool::new(false)),
+            stop: None,
+        }
+    }
+}
+
+/// Gives the sandbox a project of its own limited to `limit` bytes, where its
+/// filesystem enforces project quotas. Falls back to measuring (with a warning) if
+/// the quota cannot be set up.
+fn take_project(id: &TaskId, config: &TaskConfig, limit: u64) -> Option<(QuotaFs, u32)> {
+    let fs = QuotaFs::of(&config.sandbox)?;
+    let project = match fs.allocate(limit) {
+        Ok(project) => project,
+        Err(e) => {
+            tracing::warn!(task = %id, mount = %fs.mount_point().display(),
+                "no project quota for the sandbox, its size is measured instead: {e}");
+            return None;
+        }
+    };
+    if let Err(e) = quota::set_project_tree(&config.sandbox, project) {
+        tracing::warn!(task = %id, sandbox = %config.sandbox.display(),
+            "cannot give the sandbox project {project}, its size is measured instead: {e}");
+        let _ = fs.release(project);
+        return None;
+    }
+    Some((fs, project))
+}
+
+/// Gives back the sandbox's project: no limit, and every file it holds back in
+/// project 0, so the id is free again (a link or FIFO the task left, which is never
+/// opened, keeps it taken until the sandbox is removed).
+fn release_project(meter: &Meter) {
+    let Some((fs, project)) = &meter.project else {
+        return;
+    };
+    if meter.sandbox.exists() {
+        let _ = quota::set_project_tree(&meter.sandbox, 0);
+    }
+    if let Err(e) = fs.release(*project) {
+        tracing::warn!(project, mount = %fs.mount_point().display(), "clearing the project quota: {e}");
+    }
+}
+
+/// Measures until the task reaches `limit`, then kills it; ends when `stop` is dropped.
+fn watcher(
+    meter: &Meter,
+    limit: u64,
+    hit: &AtomicBool,
+    stop: &mpsc::Receiver<()>,
+    cgroup: &TaskCgroup,
+) {
+    // The previous walk: when, and what it found.
+    let mut last: Option<(Instant, u64)> = None;
+    loop {
+        let started = Instant::now();
+        let used = meter.measure();
+        let cost = started.elapsed();
+        if used.is_some_and(|used| meter.reached(used, limit)) {
+            hit.store(true, Ordering::SeqCst);
+            let _ = cgroup.kill();
+            return;
+        }
+        let wait = if meter.project.is_some() {
+            QUOTA_INTERVAL
+        } else {
+            let used = used.unwrap_or(0);
+            // Bytes per second since the previous walk.
+            #[allow(clippy::cast_precision_loss)]
+            let rate = last.map_or(0.0, |(at, before)| {
+                used.saturating_sub(before) as f64 / started.duration_since(at).as_secs_f64()
+            });
+            last = Some((started, used));
+            next_walk(limit.saturating_sub(used), cost, rate)
+        };
+        if !matches!(
+            stop.recv_timeout(wait),
+            Err(mpsc::RecvTimeoutError::Timeout)
+        ) {
+            return;
+        }
+    }
+}
+
+/// The wait before the next walk: the time a fast writer needs to fill `room`,
+/// within the bounds, and long enough that walking (`cost` each) stays a small share.
+/// A task seen writing (`rate`, bytes per second) that would reach its limit sooner
+/// is walked again within half that time, as often as every other walk's time: only
+/// a fast writer near its limit costs that much, and not for long.
+fn next_walk(room: u64, cost: Duration, rate: f64) -> Duration {
+    #[allow(clippy::cast_precision_loss)]
+    let fill = Duration::from_secs_f64(room as f64 / FAST_WRITER);
+    let steady = fill
+        .clamp(MIN_INTERVAL, MAX_INTERVAL)
+        .max(cost * WALK_SHARE);
+    // Seconds until the limit at the rate seen (infinite when not growing).
+    #[allow(clippy::cast_precision_loss)]
+    let reach = room as f64 / rate;
+    if reach < steady.as_secs_f64() {
+        Duration::from_secs_f64(reach / 2.0).max(cost * URGENT_SHARE)
+    } else {
+        steady
+    }
+}
+
+impl Isolator for DiskIsolator {
+    fn name(&self) -> &'static str {
+        "disk"
+    }
+
+    fn prepare(
+        &self,
+        id: &TaskId,
+        config: &TaskConfig,
+        spec: &mut ShimSpec,
+    ) -> Result<(), IsolatorError> {
+        let limit = config.resources.disk_bytes;
+        spec.filesystem.tmp_size_bytes = limit;
+        let project = limit.and_then(|limit| take_project(id, config, limit));
+        let watched = Self::watched(config, project);
+        self.with(|t| t.insert(id.clone(), watched));
+        Ok(())
+    }
+
+    fn recover(&self, tasks: &[(TaskId, TaskConfig)]) -> Result<(), IsolatorError> {
+        for (id, config) in tasks {
+            if self.with(|t| t.contains_key(id)) {
+                continue;
+            }
+            // The sandbox's own project id says which quota is the task's.
+            let project = config.resources.disk_bytes.and_then(|_| {
+                let fs = QuotaFs::of(&config.sandbox)?;
+                let project = quota::project_of(&config.sandbox).ok()?;
+                PROJECT_IDS.contains(&project).then_some((fs, project))
+            });
+            let watched = Self::watched(config, project);
+            self.with(|t| t.insert(id.clone(), watched));
+        }
+        Ok(())
+    }
+
+    fn isolate(&self, id: &TaskId, pid: i32) {
+        let start = self.with(|t| {
+            let w = t.get_mut(id)?;
+            w.meter.pid = Some(pid);
+            let limit = w.limit?;
+            if w.stop.is_some() {
+                return None;
+            }
+            let (tx, rx) = mpsc::channel();
+            w.stop = Some(tx);
+            Some((w.meter.clone(), limit, w.hit.clone(), rx))
+        });
+        let Some((meter, limit, hit, stop)) = start else {
+            return;
+        };
+        let cgroup = self.cgroups.open(id.as_str());
+        // One per task with a limit (every agent task): a small stack, as the walk
+        // keeps its state on the heap.
+        let spawned = std::thread::Builder::new()
+            .name(format!("disk-{id}"))
+            .stack_size(WATCHER_STACK)
+            .spawn(move || watcher(&meter, limit, &hit, &stop, &cgroup));
+        if let Err(e) = spawned {
+            tracing::warn!(task = %id, "no disk watcher (the limit is checked at each usage sample): {e}");
+        }
+    }
+
+    fn usage(&self, id: &TaskId, usage: &mut Usage) {
+        let Some(meter) = self.with(|t| t.get(id).filter(|w| w.measure).map(|w| w.meter.clone()))
+        else {
+            return;
+        };
+        usage.disk_used_bytes = meter.measure();
+    }
+
+    /// Without project quotas a measure walks the sandbox.
+    fn usage_is_costly(&self) -> bool {
+        true
+    }
+
+    fn watch(&self, id: &TaskId, usage: &Usage) -> Option<Limitation> {
+        let (limit, hit, meter) =
+            self.with(|t| t.get(id).map(|w| (w.limit, w.hit.clone(), w.meter.clone())))?;
+        let limit = limit?;
+        let reached = hit.load(Ordering::SeqCst)
+            || usage
+                .disk_used_bytes
+                .is_some_and(|used| meter.reached(used, limit));
+        reached.then_some(Limitation::DiskLimit)
+    }
+
+    fn cleanup(&self, id: &TaskId) -> Result<(), IsolatorError> {
+        // Dropping the entry drops the watcher's sender, which ends the thread.
+        if let Some(watched) = self.with(|t| t.remove(id)) {
+            release_project(&watched.meter);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    #[test]
+    fn walks_sooner_near_the_limit_but_not_too_often() {
+        let cheap = Duration::from_micros(10);
+        let far = super::next_walk(1 << 30, cheap, 0.0);
+        let near = super::next_walk(1 << 20, cheap, 0.0);
+        assert!(near < far, "{near:?} !< {far:?}");
+        assert!(near >= super::MIN_INTERVAL);
+        assert_eq!(super::next_walk(1 << 40, cheap, 0.0), super::MAX_INTERVAL);
+        // A walk of 100 ms is not repeated more often than every 2 s...
+        let slow = Duration::from_millis(100);
+        assert_eq!(super::next_walk(0, slow, 0.0), Duration::from_secs(2));
+        // ...unless the task is about to reach its limit: then every 200 ms.
+        assert_eq!(super::next_walk(1 << 20, slow, 1e9), slow * 2);
+        // A slow writer (a log line a second) changes nothing.
+        assert_eq!(
+            super::next_walk(1 << 20, slow, 100.0),
+            Duration::from_secs(2)
+        );
+    }
+}
