@@ -4,7 +4,8 @@
 #   1. scripts/install-test-deps.sh          (installs only what is missing)
 #   2. cargo fmt --all -- --check            (lint; skipped by --no-lint and --vm-only)
 #      cargo clippy --workspace --all-targets -- -D warnings
-#   3. cargo nextest run --workspace --no-fail-fast   (host: cgroup v1, namespaces; skipped by --vm-only)
+#   3. cargo nextest run --workspace --no-fail-fast   (host: cgroup v1, namespaces; skipped by --vm-only;
+#                                             the xfs_quota_* tests run in step 4 only)
 #   4. tests/vm/run.sh                       (cgroup v2 tests in a qemu VM; skipped by --host-only)
 #   5. tests/systemd-vm/run.sh               (the Debian package and its units under systemd
 #                                             in a qemu VM; skipped by --host-only)
@@ -84,8 +85,11 @@ fi
 
 if [ "$run_host" = 1 ]; then
     t=$(date +%s)
-    section "host tests: cargo nextest run --workspace --no-fail-fast"
-    if cargo nextest run --workspace --no-fail-fast; then
+    # The XFS project quota tests (named xfs_quota_*) run in the VM of step 4, whose
+    # Debian kernel has XFS quotas; kernels built without CONFIG_XFS_QUOTA (as some
+    # hosts are) cannot mount prjquota, so the host run leaves them to the VM.
+    section "host tests: cargo nextest run --workspace --no-fail-fast -E 'not test(/^xfs_quota_/)'"
+    if cargo nextest run --workspace --no-fail-fast -E 'not test(/^xfs_quota_/)'; then
         host_status=ok
     else
         host_status=FAILED

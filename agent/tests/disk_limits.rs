@@ -55,7 +55,7 @@ async fn a_task_that_sets_no_limits_gets_the_nodes_defaults() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_xfs_a_fast_writer_is_held_to_its_disk_limit() {
+async fn xfs_quota_holds_a_fast_writer_through_the_agent() {
     let mount = match xfs::XfsMount::new() {
         Ok(m) => m,
         Err(why) => {

@@ -30,7 +30,7 @@ fn allocated(dir: &Path) -> u64 {
 const WRITER: &str = "dd if=/dev/zero of=./big bs=1048576 count=100";
 
 #[test]
-fn xfs_project_quota_holds_a_fast_writer_to_its_limit() {
+fn xfs_quota_holds_a_fast_writer_to_its_limit() {
     let xfs = match XfsMount::new() {
         Ok(m) => m,
         Err(why) => {

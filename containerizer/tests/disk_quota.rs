@@ -28,7 +28,7 @@ fn containerizer(runtime: &std::path::Path, cgroup_root: &str) -> Containerizer 
 }
 
 #[test]
-fn project_id_is_recovered_after_a_restart_and_released_at_the_end() {
+fn xfs_quota_project_id_is_recovered_after_a_restart_and_released_at_the_end() {
     assert!(nix::unistd::geteuid().is_root(), "this test needs root");
     let mount = match xfs::XfsMount::new() {
         Ok(m) => m,

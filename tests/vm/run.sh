@@ -4,7 +4,7 @@
 #
 #   tests/vm/run.sh                    build and run the default set (all test binaries
 #                                      of cella-containerizer and cella-cli, and the
-#                                      agent's recovery tests)
+#                                      agent's recovery and disk limit tests)
 #   tests/vm/run.sh BINARY [BINARY...] run these test binaries (cella, cella-shim and
 #                                      cella-agent are built and included as well)
 #
@@ -123,9 +123,10 @@ for line in sys.stdin:
     # Only integration tests (tests/*.rs) run in the VM: they are what touches the
     # kernel. Unit tests (parsers, the seccomp compiler) run on the host already and
     # would only be slow under emulation. Of the agent, only its recovery tests
-    # (restarts against real shims and cgroups); its protocol tests gain nothing here.
+    # (restarts against real shims and cgroups) and its disk limit tests (XFS project
+    # quotas, which the host's kernel may lack); its protocol tests gain nothing here.
     agent = os.path.basename(os.path.dirname(m["manifest_path"])) == "agent"
-    if want == "tests" and agent and m["target"]["name"] != "recovery":
+    if want == "tests" and agent and m["target"]["name"] not in ("recovery", "disk_limits"):
         continue
     if want == "tests" and is_test and "test" in kinds:
         print(os.path.dirname(m["manifest_path"]) + "|" + m["executable"])
