@@ -135,6 +135,30 @@ fn a_profile_that_kills_is_named_with_a_hint() {
     }
 }
 
+/// A profile that refuses every call with an errno lets `execve` through but not the
+/// loader's first calls: the command dies of SIGSEGV before its own code runs, and
+/// cella says that the profile stopped it, naming the calls.
+#[test]
+fn a_profile_that_denies_start_up_is_named() {
+    let sb = Sandbox::new();
+    let profile = sb.out().join("deny-all-errno.json");
+    fs::write(&profile, r#"{ "defaultAction": "SCMP_ACT_ERRNO" }"#).expect("write profile");
+    let profile = profile.to_string_lossy().into_owned();
+    let out = sb.run(&["--seccomp", &profile], &["true"]);
+    out.check(
+        out.code == 128 + libc::SIGSEGV,
+        "the loader dies of SIGSEGV under a deny-all profile",
+    );
+    out.stderr_has(
+        &format!("the seccomp profile {profile} denies brk, mmap"),
+        "stderr must name the profile and the start-up calls it denies",
+    );
+    out.stderr_has(
+        "stopped the command before it could start",
+        "stderr must say the profile stopped the command",
+    );
+}
+
 #[test]
 fn user_option_drops_root_and_capabilities() {
     let sb = Sandbox::new();

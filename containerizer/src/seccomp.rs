@@ -18,7 +18,10 @@ mod docker_diff;
 mod equivalence;
 #[cfg(test)]
 mod reference;
+mod startup;
 pub(crate) mod syscalls;
+
+pub use startup::startup_explanation;
 
 /// A compiled filter: `struct sock_filter` instructions packed as
 /// `code<<48 | jt<<40 | jf<<32 | k` (the form carried in [`crate::spec::ShimSpec`]).

@@ -350,6 +350,12 @@ pub(super) fn run_with(mut args: ExecArgs, image: Option<super::exec_image::Imag
             cella_containerizer::seccomp::sigsys_explanation(profile.as_deref())
         );
     }
+    if let (SeccompChoice::Profile(path), Some(_)) = (&args.seccomp, end.status.signal)
+        && end.status.signal != Some(libc::SIGSYS)
+        && let Some(why) = cella_containerizer::seccomp::startup_explanation(path)
+    {
+        eprintln!("cella: {why}");
+    }
     if let Some((_, why)) = &end.status.launch_failure {
         eprintln!("cella: {why}");
     }
