@@ -8,6 +8,8 @@
 //!   the task's sandbox (for `cella logs`).
 //! * `/api/v1/images…`: the node's image store ([`crate::http_images`]).
 //!
+//! The state handlers share, and the JSON error answer, are in [`crate::http_state`].
+//!
 //! All but `/` and `/health` need an authenticated caller (a client certificate of the
 //! cluster CA, or a token or password of `--credentials`), and a permission of the
 //! access policy ([`crate::policy::access`]): `view(state)` for `/metrics`, and for a
@@ -45,20 +47,14 @@ use tokio::sync::watch;
 
 use cella_containerizer::safe_open::{OpenError, Refused};
 use cella_proto::acl::{Action, Target, ViewKind};
-use cella_proto::auth::{Authenticator, Caller, require_caller};
+use cella_proto::auth::{Caller, require_caller};
 
-use crate::state::{Shared, lock};
-use crate::status_updates::StatusUpdateManager;
+use crate::state::lock;
 
 const DEFAULT_LENGTH: u64 = 64 << 10;
 const MAX_LENGTH: u64 = 1 << 20;
 
-/// What the API shows: the shared state, and whether updates can reach the master.
-pub struct Api {
-    pub shared: Arc<Shared>,
-    pub updates: Arc<StatusUpdateManager>,
-    pub auth: Arc<Authenticator>,
-}
+pub use crate::http_state::{Api, error};
 
 pub async fn serve(
     api: Arc<Api>,
@@ -94,14 +90,6 @@ pub fn router(api: Arc<Api>) -> Router {
         .merge(protected)
         .with_state(api);
     cella_proto::http_errors::with_json_errors(routes)
-}
-
-pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (
-        status,
-        axum::Json(serde_json::json!({ "error": message.into() })),
-    )
-        .into_response()
 }
 
 /// `GET /`: what this is and where to go on (no authentication, like `/health`).

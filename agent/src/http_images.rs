@@ -25,7 +25,7 @@ use cella_proto::acl::{Action, ViewKind};
 use cella_proto::auth::Caller;
 use serde::Deserialize;
 
-use crate::http::{Api, error};
+use crate::http_state::{Api, error};
 
 /// The lease a pull holds while it runs (it is released when the pull returns).
 const PULL_LEASE_PREFIX: &str = "agent-pull:";

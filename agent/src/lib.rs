@@ -94,6 +94,7 @@ pub mod config;
 pub mod connection;
 pub mod http;
 pub mod http_images;
+pub mod http_state;
 pub mod images;
 pub mod metrics;
 pub mod paths;

@@ -567,9 +567,11 @@ async fn usage_reports_are_full_first_then_deltas_and_full_after_reconnecting() 
     let mut s = rig.session().await;
     registered(&s, "agent-u");
     launch(&s, common::task("u1", &["sleep", "100"], 16 << 20));
+    // The stream's first report (sent before the task ran, with the node's totals
+    // only) is full; a task new to the stream comes with every figure, even in a delta.
     let first = next_usage(&mut s).await;
-    assert!(!first.delta, "{first:?}");
     assert!(first.tasks[0].mem_current_bytes.is_some(), "{first:?}");
+    assert!(first.tasks[0].oom_kills.is_some(), "{first:?}");
     let second = next_usage(&mut s).await;
     assert!(second.delta, "{second:?}");
     let t = &second.tasks[0];

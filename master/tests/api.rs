@@ -201,6 +201,7 @@ async fn operator_api_json_round_trips_through_the_cli_types() {
             "exit_code",
             "framework_id",
             "id",
+            "image_digest",
             "message",
             "name",
             "reason",

@@ -257,22 +257,28 @@ fn mount_overlay(overlay: &OverlaySpec) -> Result<(), MountError> {
     )
     .map_err(err("opening (it must be a directory, not a link)", parent))?;
     nix::sys::stat::fchmod(&parent_fd, Mode::S_IRWXU).map_err(err("making private", parent))?;
-    let in_parent = |dir: &Path| {
+    let in_parent = |dir: &Path, mode: Mode| {
         let name = dir.file_name().unwrap_or_default();
-        match nix::sys::stat::mkdirat(&parent_fd, name, Mode::S_IRWXU) {
+        match nix::sys::stat::mkdirat(&parent_fd, name, mode) {
             Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
             Err(e) => return Err(err("creating", dir)(e)),
         }
-        nix::fcntl::openat(
+        let fd = nix::fcntl::openat(
             &parent_fd,
             name,
-            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
             Mode::empty(),
         )
-        .map_err(err("opening (it must be a directory, not a link)", dir))
+        .map_err(err("opening (it must be a directory, not a link)", dir))?;
+        // Whatever the umask: see the upper directory's mode below.
+        nix::sys::stat::fchmod(&fd, mode).map_err(err("setting the mode of", dir))?;
+        Ok(fd)
     };
-    let upper = in_parent(&overlay.upper)?;
-    let work = in_parent(&overlay.work)?;
+    // The overlay's root takes the upper directory's mode: 0755, so that a task running
+    // as any user can reach its root filesystem (the parent, 0700, keeps the sandbox's
+    // other users out of the upper directory itself).
+    let upper = in_parent(&overlay.upper, Mode::from_bits_truncate(0o755))?;
+    let work = in_parent(&overlay.work, Mode::S_IRWXU)?;
     fs::create_dir_all(&overlay.mount_point).map_err(ioerr("creating", &overlay.mount_point))?;
     let open = |path: &Path| {
         nix::fcntl::open(
