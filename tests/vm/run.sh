@@ -124,7 +124,7 @@ for line in sys.stdin:
     # kernel. Unit tests (parsers, the seccomp compiler) run on the host already and
     # would only be slow under emulation. Of the agent, only its recovery tests
     # (restarts against real shims and cgroups) and its disk limit tests (XFS project
-    # quotas, which the host's kernel may lack); its protocol tests gain nothing here.
+    # quotas, which a host kernel may lack); its protocol tests gain nothing here.
     agent = os.path.basename(os.path.dirname(m["manifest_path"])) == "agent"
     if want == "tests" and agent and m["target"]["name"] not in ("recovery", "disk_limits"):
         continue
