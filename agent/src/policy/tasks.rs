@@ -257,7 +257,8 @@ impl TaskPolicy {
             if self.devices.is_empty() {
                 return Err(refused());
             }
-            let path = resolved(Path::new(device))?;
+            // A node missing here is not one the agent allows either.
+            let path = resolved(Path::new(device)).map_err(|_| refused())?;
             if !self.devices.iter().any(|d| resolved_prefix(d) == path) {
                 return Err(refused());
             }
@@ -344,8 +345,10 @@ mod tests {
             ..TaskPolicy::default()
         };
         assert!(devices.check(&fuse, 1000).is_ok());
-        fuse.devices = vec!["/dev/zero".into()];
-        assert!(devices.check(&fuse, 1000).is_err());
+        for other in ["/dev/zero", "/dev/no-such-device"] {
+            fuse.devices = vec![other.into()];
+            assert_eq!(devices.check(&fuse, 1000).unwrap_err().reason(), "device");
+        }
         assert!(VolumeAllow::parse("data:rw").is_err());
         assert_eq!(
             VolumeAllow::parse("/srv:rw").unwrap(),
