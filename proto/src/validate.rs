@@ -20,6 +20,9 @@ pub const MAX_ID_LEN: usize = 128;
 /// The longest hostname a task may have, in bytes (the UTS namespace's limit).
 pub const MAX_HOSTNAME_LEN: usize = 64;
 
+/// The most host devices a task may ask for.
+pub const MAX_TASK_DEVICES: usize = 16;
+
 /// Why a task is refused: the field, what is wrong and what to write instead.
 #[derive(Debug, Clone, PartialEq, Error)]
 pub enum InvalidTask {
@@ -76,6 +79,13 @@ pub enum InvalidTask {
     SecretValue { index: usize, name: String },
     #[error("volumes[{index}].task_path {path:?}: must be absolute, without '..'")]
     VolumeTaskPath { index: usize, path: String },
+    #[error(
+        "devices[{index}] {path:?}: give the absolute path of a device node under /dev \
+         (e.g. /dev/fuse), without '..'"
+    )]
+    Device { index: usize, path: String },
+    #[error("devices: {0} given; a task may ask for at most 16 host devices")]
+    TooManyDevices(usize),
 }
 
 /// A grace period of a kill policy: finite seconds, not negative.
@@ -85,7 +95,7 @@ pub fn is_grace_period(secs: f64) -> bool {
 
 /// Checks everything about `task` that does not depend on the agent it runs on:
 /// id syntax, command, resources, kill policy, environment, network mode, user
-/// syntax, hostname and volume paths. Returns the first problem found, in that order.
+/// syntax, hostname, volume paths and device paths. Returns the first problem found, in that order.
 pub fn task(task: &v1::TaskInfo) -> Result<(), InvalidTask> {
     if !is_valid_id(&task.task_id) {
         return Err(InvalidTask::TaskId(task.task_id.clone()));
@@ -145,7 +155,29 @@ pub fn task(task: &v1::TaskInfo) -> Result<(), InvalidTask> {
             });
         }
     }
+    devices(&task.devices)
+}
+
+/// Host devices: at most [`MAX_TASK_DEVICES`], each a path under /dev (not /dev itself).
+fn devices(devices: &[String]) -> Result<(), InvalidTask> {
+    if devices.len() > MAX_TASK_DEVICES {
+        return Err(InvalidTask::TooManyDevices(devices.len()));
+    }
+    for (index, path) in devices.iter().enumerate() {
+        if !is_device_path(path) {
+            return Err(InvalidTask::Device {
+                index,
+                path: path.clone(),
+            });
+        }
+    }
     Ok(())
+}
+
+/// Whether `path` can name a host device node: absolute, under /dev, without '..'.
+pub fn is_device_path(path: &str) -> bool {
+    let p = Path::new(path);
+    is_confined_absolute(p) && p.starts_with("/dev") && p != Path::new("/dev")
 }
 
 /// Secret environment variables: proper names, none repeated or also in `env`, and
@@ -279,6 +311,7 @@ mod tests {
                 name: "DB_PASSWORD".into(),
                 value: "hunter2".into(),
             }],
+            devices: vec!["/dev/fuse".into()],
         }
     }
 
@@ -514,6 +547,42 @@ mod tests {
         t.secrets[0].value = "hunter\0two".into();
         let e = task(&t).unwrap_err().to_string();
         assert!(e.contains("DB_PASSWORD") && !e.contains("hunter"), "{e}");
+    }
+
+    #[test]
+    fn device_paths() {
+        for bad in [
+            "fuse",
+            "/dev",
+            "/dev/",
+            "/etc/passwd",
+            "/dev/../etc/passwd",
+            "",
+        ] {
+            refused(
+                |t| t.devices.push(bad.into()),
+                InvalidTask::Device {
+                    index: 1,
+                    path: bad.into(),
+                },
+            );
+        }
+        let mut t = valid();
+        t.devices = vec!["/dev/net/tun".into(), "/dev/null".into()];
+        assert_eq!(task(&t), Ok(()));
+        refused(
+            |t| t.devices = vec!["/dev/null".into(); 17],
+            InvalidTask::TooManyDevices(17),
+        );
+        let e = InvalidTask::Device {
+            index: 0,
+            path: "/etc/x".into(),
+        }
+        .to_string();
+        assert!(
+            e.starts_with("devices[0] \"/etc/x\": give the absolute"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -134,6 +134,10 @@ pub struct AgentArgs {
     /// None by default.
     #[arg(long = "allow-rootfs", value_name = "PREFIX")]
     pub allow_rootfs: Vec<String>,
+    /// A host device tasks may be given, e.g. /dev/fuse (an exact path; repeatable).
+    /// None by default.
+    #[arg(long = "allow-device", value_name = "PATH")]
+    pub allow_devices: Vec<String>,
     /// An ACL file for this agent's HTTP API; without one the master's ACL applies.
     #[arg(long, value_name = "FILE")]
     pub acl: Option<PathBuf>,
@@ -185,6 +189,7 @@ pub struct FileConfig {
     pub default_disk: Option<String>,
     pub allow_volumes: Option<Vec<String>>,
     pub allow_rootfs: Option<Vec<String>>,
+    pub allow_devices: Option<Vec<String>>,
     pub acl: Option<PathBuf>,
     pub credentials: Option<PathBuf>,
     /// `[images]`: registries and the image store.
@@ -582,6 +587,26 @@ impl AgentArgs {
                 ));
             }
             config.tasks.rootfs.push(p);
+        }
+        let (devices, from_flag) = if self.allow_devices.is_empty() {
+            (file.allow_devices.clone().unwrap_or_default(), false)
+        } else {
+            (self.allow_devices.clone(), true)
+        };
+        config.tasks.devices = Vec::new();
+        for d in devices {
+            if !cella_proto::validate::is_device_path(&d) {
+                let field = if from_flag {
+                    "--allow-device".to_string()
+                } else {
+                    origin("allow-devices", false)
+                };
+                return Err(ConfigError::new(
+                    field,
+                    format!("{d:?}: give the absolute path of a device under /dev, e.g. /dev/fuse"),
+                ));
+            }
+            config.tasks.devices.push(PathBuf::from(d));
         }
         config.acl = self.acl.clone().or_else(|| file.acl.clone());
         config.credentials = self

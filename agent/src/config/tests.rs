@@ -153,6 +153,7 @@ task_user = "1000"
 allow_root_tasks = true
 allow_volumes = ["/srv/data:rw", "/srv/ref"]
 allow_rootfs = ["/srv/rootfs"]
+allow_devices = ["/dev/fuse"]
 acl = "/etc/cella/agent-acl.toml"
 credentials = "/etc/cella/agent-credentials.toml"
 "#,
@@ -175,6 +176,13 @@ credentials = "/etc/cella/agent-credentials.toml"
         ]
     );
     assert_eq!(c.tasks.rootfs, vec![PathBuf::from("/srv/rootfs")]);
+    assert_eq!(c.tasks.devices, vec![PathBuf::from("/dev/fuse")]);
+    let args = AgentArgs {
+        allow_devices: vec!["/etc/passwd".into()],
+        ..Default::default()
+    };
+    let err = args.resolve_with(&FileConfig::default(), None).unwrap_err();
+    assert_eq!(err.field, "--allow-device");
     assert_eq!(c.acl, Some(PathBuf::from("/etc/cella/agent-acl.toml")));
     // Flags win over the file.
     let args = AgentArgs {

@@ -8,8 +8,13 @@
 //!   compared component by component after resolving symbolic links, so neither
 //!   `/srv/data/../../etc` nor a link planted under an allowed prefix leads out.
 //!
-//! The defaults allow no volume, no rootfs and no root task: an operator opens what
-//! the node's tasks need (`--allow-volume`, `--allow-rootfs`, `--allow-root-tasks`).
+//! * A host device must be one the agent allows, by exact path (after resolving
+//!   symbolic links on both sides): whatever the master's ACL grants, a node hands out
+//!   only the devices its operator listed.
+//!
+//! The defaults allow no volume, no rootfs, no device and no root task: an operator
+//! opens what the node's tasks need (`--allow-volume`, `--allow-rootfs`,
+//! `--allow-device`, `--allow-root-tasks`).
 
 use std::path::{Path, PathBuf};
 
@@ -57,6 +62,8 @@ pub struct TaskPolicy {
     pub allow_root: bool,
     pub volumes: Vec<VolumeAllow>,
     pub rootfs: Vec<PathBuf>,
+    /// Host devices tasks may be given (exact paths).
+    pub devices: Vec<PathBuf>,
     /// The limits a task gets when it sets none: no task runs without them.
     pub default_pids: u64,
     pub default_disk_bytes: u64,
@@ -69,6 +76,7 @@ impl Default for TaskPolicy {
             allow_root: false,
             volumes: Vec::new(),
             rootfs: Vec::new(),
+            devices: Vec::new(),
             default_pids: DEFAULT_PIDS_LIMIT,
             default_disk_bytes: DEFAULT_DISK_BYTES,
         }
@@ -93,6 +101,8 @@ pub enum Refusal {
     },
     #[error("rootfs {path} is outside what this agent allows (its allow_rootfs: {allowed})")]
     Rootfs { path: String, allowed: String },
+    #[error("device {path} is not one this agent allows (its allow_devices: {allowed})")]
+    Device { path: String, allowed: String },
     #[error("{path}: {message}")]
     Path { path: String, message: String },
 }
@@ -104,6 +114,7 @@ impl Refusal {
             Refusal::Root { .. } => "root",
             Refusal::Volume { .. } | Refusal::Path { .. } => "volume",
             Refusal::Rootfs { .. } => "rootfs",
+            Refusal::Device { .. } => "device",
         }
     }
 }
@@ -232,6 +243,26 @@ impl TaskPolicy {
                 });
             }
         }
+        self.check_devices(info)
+    }
+
+    /// A task's host devices: each exactly one the agent allows.
+    fn check_devices(&self, info: &v1::TaskInfo) -> Result<(), Refusal> {
+        for device in &info.devices {
+            let refused = || Refusal::Device {
+                path: device.clone(),
+                allowed: listing(self.devices.iter().map(|p| p.display().to_string())),
+            };
+            // Nothing allowed: refused without looking at the host.
+            if self.devices.is_empty() {
+                return Err(refused());
+            }
+            // A node missing here is not one the agent allows either.
+            let path = resolved(Path::new(device)).map_err(|_| refused())?;
+            if !self.devices.iter().any(|d| resolved_prefix(d) == path) {
+                return Err(refused());
+            }
+        }
         Ok(())
     }
 }
@@ -299,6 +330,25 @@ mod tests {
                 .check(&task(&[("/", false)], "/"), 0)
                 .is_ok()
         );
+        let mut fuse = task(&[], "");
+        fuse.devices = vec!["/dev/null".into()];
+        let e = policy.check(&fuse, 1000).unwrap_err();
+        assert_eq!(e.reason(), "device");
+        assert!(
+            e.to_string().contains(
+                "device /dev/null is not one this agent allows (its allow_devices: none)"
+            ),
+            "{e}"
+        );
+        let devices = TaskPolicy {
+            devices: vec!["/dev/null".into()],
+            ..TaskPolicy::default()
+        };
+        assert!(devices.check(&fuse, 1000).is_ok());
+        for other in ["/dev/zero", "/dev/no-such-device"] {
+            fuse.devices = vec![other.into()];
+            assert_eq!(devices.check(&fuse, 1000).unwrap_err().reason(), "device");
+        }
         assert!(VolumeAllow::parse("data:rw").is_err());
         assert_eq!(
             VolumeAllow::parse("/srv:rw").unwrap(),

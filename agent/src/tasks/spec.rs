@@ -134,6 +134,8 @@ pub fn task_config(info: &v1::TaskInfo, sandbox: &Path, user: &str) -> TaskConfi
             read_only: v.read_only,
         })
         .collect();
+    // Admitted only if the agent allows each ([`TaskPolicy`]).
+    config.devices = info.devices.iter().map(PathBuf::from).collect();
     config.stdio = Stdio::Files {
         stdout: paths::sandbox_stdout(sandbox),
         stderr: paths::sandbox_stderr(sandbox),

@@ -59,6 +59,11 @@ pub struct RunArgs {
     /// With --image: keep the image's root filesystem read-only.
     #[arg(long, requires = "image")]
     read_only: bool,
+    /// Pass a host device into the task's private /dev, e.g. /dev/fuse (repeatable).
+    /// The master's ACL must grant it (use_device) and the agent allow it
+    /// (allow_devices).
+    #[arg(long = "device", value_name = "/dev/NAME")]
+    devices: Vec<String>,
     /// Environment variable K=V (repeatable).
     #[arg(long = "env", short = 'e', value_name = "K=V")]
     env: Vec<String>,
@@ -234,6 +239,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<i32> {
             reference: reference.clone(),
             read_only: args.read_only,
         }),
+        devices: args.devices.clone(),
     };
 
     let started = Instant::now();

@@ -166,7 +166,7 @@ impl Authorizer {
 }
 
 /// What `task` asks for, in the terms of the ACL: the framework's `role`, the task's
-/// user, volumes, rootfs and resources, and the attributes of the agent it would run
+/// user, volumes, rootfs, image, devices and resources, and the attributes of the agent it would run
 /// on.
 pub fn task_request<'a>(
     task: &'a v1::TaskInfo,
@@ -186,6 +186,7 @@ pub fn task_request<'a>(
         rootfs: (!task.rootfs.is_empty()).then_some(task.rootfs.as_str()),
         // As the scheduler wrote it: `use_image` prefixes name what it may write.
         image: task.image.as_ref().map(|i| i.reference.as_str()),
+        devices: task.devices.iter().map(String::as_str).collect(),
         cpus: r.cpus,
         mem_bytes: r.mem_bytes,
         disk_bytes: r.disk_bytes,

@@ -20,6 +20,7 @@
 //! use_volume = [{ prefix = "/srv/data", mode = "ro" }]
 //! use_rootfs = ["/srv/rootfs"]
 //! use_image = ["registry.example.com/batch/"]
+//! use_device = ["/dev/fuse"]              # exact host device paths
 //! run_task = [{ role = "batch", as_user = ["nobody"], agent_attributes = { zone = "a" },
 //!               max_cpus = 4, max_mem = "8GiB" }]
 //! ```
@@ -57,6 +58,8 @@ struct FileRole {
     use_rootfs: Vec<String>,
     #[serde(default)]
     use_image: Vec<String>,
+    #[serde(default)]
+    use_device: Vec<String>,
     kill_task: Option<String>,
     teardown_framework: Option<String>,
     #[serde(default)]
@@ -200,6 +203,20 @@ fn grants(name: &str, role: FileRole) -> Result<Grants, String> {
             )
         })?);
     }
+    let mut use_device = Vec::new();
+    for (i, d) in role.use_device.into_iter().enumerate() {
+        use_device.push(
+            normal_absolute(&d)
+                .filter(|p| p.starts_with("/dev/"))
+                .ok_or_else(|| {
+                    format!(
+                        "{}: {d:?}: give the absolute path of a device under /dev (e.g. \
+                         \"/dev/fuse\"), without '..'",
+                        at(&format!("use_device[{i}]"))
+                    )
+                })?,
+        );
+    }
     let mut view = Vec::new();
     for entry in role.view {
         let (what, role_pattern) = match entry.split_once(':') {
@@ -226,6 +243,7 @@ fn grants(name: &str, role: FileRole) -> Result<Grants, String> {
         use_volume,
         use_rootfs,
         use_image: role.use_image,
+        use_device,
         kill_task: scope(role.kill_task, &at("kill_task"))?,
         teardown_framework: scope(role.teardown_framework, &at("teardown_framework"))?,
         view,

@@ -146,6 +146,9 @@ pub struct Grants {
     pub use_volume: Vec<VolumeGrant>,
     pub use_rootfs: Vec<String>,
     pub use_image: Vec<String>,
+    /// Host device paths (normal absolute paths, [`normal_absolute`]) a task may be
+    /// given; exact paths, not prefixes.
+    pub use_device: Vec<String>,
     pub kill_task: Option<Scope>,
     pub teardown_framework: Option<Scope>,
     pub view: Vec<ViewGrant>,
@@ -204,6 +207,8 @@ pub struct TaskRequest<'a> {
     pub rootfs: Option<&'a str>,
     /// A container image reference (`registry/name:tag`).
     pub image: Option<&'a str>,
+    /// Host device paths (`/dev/fuse`).
+    pub devices: Vec<&'a str>,
     pub cpus: f64,
     pub mem_bytes: u64,
     pub disk_bytes: u64,
@@ -428,6 +433,18 @@ fn check_task(grants: &[&Grants], task: &TaskRequest<'_>) -> Result<(), Refusal>
             .any(|prefix| image.starts_with(prefix.as_str()));
         if !ok {
             return Err((format!("use_image({image})"), None));
+        }
+    }
+    for device in &task.devices {
+        // Exact paths: a device is a node, not a tree ("/dev" would hand out every disk).
+        let ok = normal_absolute(device).is_some_and(|d| {
+            grants
+                .iter()
+                .flat_map(|g| &g.use_device)
+                .any(|allowed| *allowed == d)
+        });
+        if !ok {
+            return Err((format!("use_device({device})"), None));
         }
     }
     Ok(())

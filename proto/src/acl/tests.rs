@@ -25,6 +25,7 @@ view = ["tasks:batch", "sandbox:batch"]
 use_volume = [{ prefix = "/srv/data", mode = "ro" }, { prefix = "/srv/scratch", mode = "rw" }]
 use_rootfs = ["/srv/rootfs"]
 use_image = ["registry.example.com/batch/"]
+use_device = ["/dev/fuse"]
 run_task = [
   { role = "batch", as_user = ["*"], max_cpus = 4, max_mem = "1GiB" },
   { role = "dev*", as_user = ["root"], agent_attributes = { zone = "a" } },
@@ -202,6 +203,25 @@ fn volumes_rootfs_and_images() {
             .permission
             .starts_with("use_image(")
     );
+}
+
+#[test]
+fn devices_are_granted_by_exact_path() {
+    let p = policy();
+    let alice = user("alice", &[]);
+    let with = |devices: Vec<&'static str>| {
+        let mut t = task("batch", "nobody");
+        t.devices = devices;
+        Action::RunTask(t)
+    };
+    assert!(p.check(&alice, &with(vec!["/dev/fuse"])).is_ok());
+    assert!(p.check(&alice, &with(vec!["/dev/fuse/"])).is_ok());
+    let d = denied(&p, &alice, &with(vec!["/dev/fuse", "/dev/sda"]));
+    assert_eq!(d.permission, "use_device(/dev/sda)");
+    denied(&p, &alice, &with(vec!["/dev/fuse/../sda"]));
+    denied(&p, &user("carol", &[]), &with(vec!["/dev/fuse"]));
+    let e = Acl::parse("[roles.x]\nuse_device = [\"/etc/passwd\"]").unwrap_err();
+    assert!(e.contains("use_device[0]") && e.contains("/dev"), "{e}");
 }
 
 #[test]
