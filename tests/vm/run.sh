@@ -123,10 +123,11 @@ for line in sys.stdin:
     # Only integration tests (tests/*.rs) run in the VM: they are what touches the
     # kernel. Unit tests (parsers, the seccomp compiler) run on the host already and
     # would only be slow under emulation. Of the agent, only its recovery tests
-    # (restarts against real shims and cgroups) and its disk limit tests (XFS project
-    # quotas, which a host kernel may lack); its protocol tests gain nothing here.
+    # (restarts against real shims and cgroups), its disk limit tests (XFS project
+    # quotas, which a host kernel may lack) and its planted-file tests; its protocol
+    # tests gain nothing here and are too timing-sensitive under emulation.
     agent = os.path.basename(os.path.dirname(m["manifest_path"])) == "agent"
-    if want == "tests" and agent and m["target"]["name"] not in ("recovery", "disk_limits"):
+    if want == "tests" and agent and m["target"]["name"] not in ("recovery", "disk_limits", "planted_files"):
         continue
     if want == "tests" and is_test and "test" in kinds:
         print(os.path.dirname(m["manifest_path"]) + "|" + m["executable"])
