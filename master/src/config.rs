@@ -27,6 +27,10 @@ pub struct FileConfig {
     pub kill_grace_period: Option<String>,
     pub max_kill_grace_period: Option<String>,
     pub allocation_interval: Option<String>,
+    /// `"10GiB"`: the disk of a task that names none.
+    pub default_task_disk: Option<String>,
+    /// The process limit of a task that names none.
+    pub default_task_pids: Option<u64>,
     /// `"1s:10m,10s:6h,1m:24h"`: each task's usage history tiers.
     pub usage_history: Option<String>,
     /// DRF weights: `{ prod = 2, batch = 0.5 }`.

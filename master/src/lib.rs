@@ -12,6 +12,7 @@ pub mod master;
 pub mod metrics;
 pub mod state;
 pub mod store;
+pub mod task_defaults;
 pub mod usage;
 
 pub use cella_proto::time::parse_duration;

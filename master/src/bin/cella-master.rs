@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use cella_master::authz::Authorizer;
 use cella_master::config::{FileConfig, FileError, setting};
+use cella_master::task_defaults::TaskDefaults;
 use cella_master::usage::Tiers;
 use cella_master::{MasterConfig, parse_duration};
 use cella_proto::auth::Authenticator;
@@ -96,6 +97,15 @@ struct Args {
     /// Run allocation at least this often [default: 1s].
     #[arg(long, value_parser = parse_duration)]
     allocation_interval: Option<Duration>,
+    /// The disk of a task that names none (resources.disk_bytes 0), e.g. 10GiB: the
+    /// allocator counts it and the agent enforces it. 0: none, the agent's own
+    /// --default-disk applies without the allocator knowing [default: 0].
+    #[arg(long, value_name = "SIZE", value_parser = cella_proto::acl::parse_size)]
+    default_task_disk: Option<u64>,
+    /// The process limit of a task that names none (pids_limit 0). 0: none, the
+    /// agent's own --default-pids-limit applies [default: 0].
+    #[arg(long, value_name = "N")]
+    default_task_pids: Option<u64>,
     /// Each task's usage history: RESOLUTION:SPAN tiers, finest first; older points
     /// are folded into the next tier, beyond the last they are dropped
     /// [default: 1s:10m,10s:6h,1m:24h].
@@ -155,6 +165,7 @@ struct Settings {
     kill_grace_period: Duration,
     max_kill_grace_period: Duration,
     allocation_interval: Duration,
+    task_defaults: TaskDefaults,
     usage_history: Tiers,
     work_dir: PathBuf,
     audit_dir: PathBuf,
@@ -277,6 +288,20 @@ impl Args {
                 duration,
                 || Duration::from_secs(1),
             )?,
+            task_defaults: TaskDefaults {
+                disk_bytes: setting(
+                    self.default_task_disk,
+                    file.default_task_disk.as_ref(),
+                    "default_task_disk",
+                    p,
+                    |s: &String| cella_proto::acl::parse_size(s),
+                    || 0,
+                )?,
+                pids_limit: self
+                    .default_task_pids
+                    .or(file.default_task_pids)
+                    .unwrap_or(0),
+            },
             audit_segment_size: setting(
                 self.audit_segment_size,
                 file.audit_segment_size.as_ref(),
@@ -473,6 +498,7 @@ async fn serve(args: Settings) -> anyhow::Result<()> {
         max_kill_grace_period: args.max_kill_grace_period,
         allocation_interval: args.allocation_interval,
         usage_history: args.usage_history,
+        task_defaults: args.task_defaults,
         weights: args.weights,
         work_dir: Some(args.work_dir.clone()),
         authorizer: authorizer.clone(),

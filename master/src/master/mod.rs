@@ -47,6 +47,7 @@ use crate::authz::Authorizer;
 use crate::metrics::Metrics;
 use crate::state::{self, Agent, Framework, OutstandingOffer, Task};
 use crate::store::{self, Store, StoreError};
+pub use crate::task_defaults::TaskDefaults;
 use registry::Registry;
 pub use usage::{TaskUsageAnswer, UsageQuery};
 
@@ -92,6 +93,9 @@ pub struct MasterConfig {
     pub audit: Option<Arc<crate::audit::AuditLog>>,
     /// The resolution and reach of each task's usage history.
     pub usage_history: crate::usage::Tiers,
+    /// What a launched task that names no disk or no pids limit gets, so that the
+    /// allocator counts the disk it may fill (0: none; the agent's own default applies).
+    pub task_defaults: TaskDefaults,
 }
 
 impl Default for MasterConfig {
@@ -115,6 +119,7 @@ impl Default for MasterConfig {
             max_message_bytes: 16 << 20,
             audit: None,
             usage_history: crate::usage::Tiers::default(),
+            task_defaults: TaskDefaults::default(),
         }
     }
 }

@@ -177,7 +177,11 @@ impl Master {
 
         let mut seen = BTreeSet::new();
         let mut checked: Vec<(v1::TaskInfo, Result<Resources, String>)> = Vec::new();
-        for task in accept.tasks {
+        let mut disk_defaulted = BTreeSet::new();
+        for mut task in accept.tasks {
+            if self.config.task_defaults.apply(&mut task) {
+                disk_defaulted.insert(task.task_id.clone());
+            }
             let verdict = problem.clone().map_or_else(
                 || self.check_task(framework, agent.as_ref(), &task, &mut seen),
                 Err,
@@ -194,7 +198,15 @@ impl Master {
                     left = left.saturating_sub(wants);
                     needed = needed.saturating_add(wants);
                 } else {
-                    *verdict = Err(shortfall(&task.task_id, wants, &left, &offered));
+                    let mut why = shortfall(&task.task_id, wants, &left, &offered);
+                    if disk_defaulted.contains(&task.task_id) && wants.disk_bytes > left.disk_bytes
+                    {
+                        why.push_str(
+                            " (the task names no disk: it gets the cluster's default, \
+                             the master's --default-task-disk; name resources.disk_bytes to ask for less)",
+                        );
+                    }
+                    *verdict = Err(why);
                 }
             }
         }
