@@ -337,7 +337,11 @@ fn held_files_follow_the_task_and_let_its_cgroup_go() {
     assert_eq!(first.pids_current, Some(1), "{first:?}");
     assert!(first.cpu_user_ns.is_some() && first.mem_current_bytes.is_some());
     assert!(sampler.descriptors() >= 8, "{sampler:?}");
-    assert_eq!(sampler.sample(false), first, "asleep: the last sample again");
+    assert_eq!(
+        sampler.sample(false),
+        first,
+        "asleep: the last sample again"
+    );
 
     fx.spawn(&task, "while :; do :; done");
     let busy = eventually(Duration::from_secs(10), || {
@@ -356,7 +360,8 @@ fn held_files_follow_the_task_and_let_its_cgroup_go() {
         "{busy:?}"
     );
 
-    task.remove().expect("remove while the sampler holds its files");
+    task.remove()
+        .expect("remove while the sampler holds its files");
     for dir in task.placement().dirs() {
         assert!(!dir.exists(), "{} still exists", dir.display());
     }
