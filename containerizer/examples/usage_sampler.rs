@@ -6,10 +6,11 @@
 //! - `TaskCgroup::stats`, every file opened by path at every sample (the old way);
 //! - the floor: opening and reading one small file (`cgroup.procs`) of every task as
 //!   many times as `stats` reads files, by path and through a held directory;
-//! - `TaskSampler` (what the agent's usage loop now uses): a full sample through held
-//!   files, then samples while every task sleeps, while 10% of them are busy and
-//!   while all are (a busy worker wakes every 50 ms and writes to a page; the rounds
-//!   are 200 ms apart so that every busy task has run between two samples).
+//! - `TaskSampler` (what the agent's usage loop now uses): the memory read of sleeping
+//!   tasks it does every 10 s, a full sample through held files, then samples while
+//!   every task sleeps, while 10% of them are busy and while all are (a busy worker
+//!   wakes every 50 ms and writes to a page; the rounds are 200 ms apart so that every
+//!   busy task has run between two samples).
 //!
 //! Run as root: `cargo run --release --example usage_sampler -- [TASKS] [ROUNDS]`
 //! (default 1000 tasks, 20 rounds). Everything it creates is removed at the end, also
@@ -211,6 +212,25 @@ fn main() {
     );
     drop(dirs);
 
+    // A sleeping task's memory figures, read again every FULL_SAMPLE_INTERVAL.
+    let mut refreshing: Vec<TaskSampler> = tasks
+        .cgroups
+        .iter()
+        .map(|c| TaskSampler::new(c.clone()).with_full_interval(Duration::ZERO))
+        .collect();
+    for sampler in &mut refreshing {
+        std::hint::black_box(sampler.sample(true));
+    }
+    let refresh = row(
+        "TaskSampler, all tasks asleep, their memory read again",
+        measure(n, rounds, Duration::ZERO, || {
+            for sampler in &mut refreshing {
+                std::hint::black_box(sampler.sample(false));
+            }
+        }),
+    );
+    drop(refreshing);
+
     let slab0 = slab_kb();
     let mut samplers: Vec<TaskSampler> = tasks
         .cgroups
@@ -235,7 +255,7 @@ fn main() {
         }
     };
     let full = row(
-        "TaskSampler, full sample through held files",
+        "TaskSampler, every figure through held files",
         measure(n, rounds, Duration::ZERO, || sample_all(true)),
     );
     let pause = Duration::from_millis(200);
@@ -259,13 +279,18 @@ fn main() {
         "TaskSampler, all tasks busy",
         measure(n, rounds, pause, || sample_all(false)),
     );
-    // At a 1 s interval a task gets a full sample every FULL_SAMPLE_INTERVAL.
-    let every_nth = FULL_SAMPLE_INTERVAL.as_secs_f64();
-    for (what, steady) in [("asleep", idle), ("10% busy", mix), ("busy", busy)] {
-        let mean = (steady * (every_nth - 1.0) + full) / every_nth;
+    // At a 1 s interval one sample in FULL_SAMPLE_INTERVAL / 1 s reads more: a
+    // sleeping task's memory, a busy task's every figure.
+    let k = FULL_SAMPLE_INTERVAL.as_secs_f64();
+    for (what, steady, every_kth) in [
+        ("asleep", idle, refresh),
+        ("10% busy", mix, 0.9 * refresh + 0.1 * full),
+        ("busy", busy, full),
+    ] {
+        let mean = (steady * (k - 1.0) + every_kth) / k;
         println!(
-            "at 1 s, one full sample in {every_nth:.0}, {what}: {mean:.1} µs per task per sample, \
-             {:.2}% of one core for {n} tasks",
+            "at 1 s, one sample in {k:.0} reading more, {what}: {mean:.1} µs per task per \
+             sample, {:.2}% of one core for {n} tasks",
             mean * n as f64 / 1e6 * 100.0
         );
     }

@@ -320,7 +320,8 @@ fn stats_of_sleeping_and_busy_processes() {
 }
 
 /// The sampler's held files give current figures at every read, a sleeping task's
-/// sample is the last one again, and they do not keep the cgroup from going.
+/// sample is the last one again (its memory read again now and then), and they do
+/// not keep the cgroup from going.
 #[test]
 fn held_files_follow_the_task_and_let_its_cgroup_go() {
     let mut fx = Fixture::new();
@@ -342,6 +343,20 @@ fn held_files_follow_the_task_and_let_its_cgroup_go() {
         first,
         "asleep: the last sample again"
     );
+    // The refresh of a sleeping task's memory keeps every other figure.
+    let mut refreshing = TaskSampler::new(task.clone()).with_full_interval(Duration::ZERO);
+    refreshing.sample(true);
+    let refreshed = refreshing.sample(false);
+    assert_eq!(
+        (
+            refreshed.cpu_user_ns,
+            refreshed.pids_current,
+            refreshed.pids_limit_hits
+        ),
+        (first.cpu_user_ns, first.pids_current, first.pids_limit_hits)
+    );
+    assert!(refreshed.mem_current_bytes.is_some() && refreshed.mem_anon_bytes.is_some());
+    drop(refreshing);
 
     fx.spawn(&task, "while :; do :; done");
     let busy = eventually(Duration::from_secs(10), || {

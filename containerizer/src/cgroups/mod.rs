@@ -158,8 +158,12 @@ pub enum Figures {
     /// Every figure.
     Every,
     /// All but those the kernel keeps as a running maximum or count that only a
-    /// task's summary needs: its memory and pids peaks and pids limit hits, left `None`.
+    /// task's summary needs: its memory and pids peaks and pids limit hits.
     Running,
+    /// Only those the kernel changes while no process of the task runs: memory
+    /// (reclaim of page cache and swap-out, socket buffers) and, on v2, I/O
+    /// (writeback) and pressure.
+    Asleep,
 }
 
 /// One cgroup version's base: where task cgroups are created, found and listed.
@@ -214,17 +218,26 @@ pub trait CgroupManager: Debug + Send + Sync {
     /// not a cgroup's to measure). Opens every file by path: a sampler reading a
     /// task again and again holds them open ([`TaskSampler`]).
     fn stats(&self) -> Usage {
-        self.read_usage(&mut StatFiles::by_path(), Figures::Every, None)
+        let mut usage = Usage::default();
+        self.read_usage(&mut StatFiles::by_path(), Figures::Every, None, &mut usage);
+        usage
     }
 
     /// The cheapest figure that moves whenever any process of the task runs: its
     /// CPU time counter (v1 `cpuacct.usage`, v2 `cpu.stat` `usage_usec`).
     fn cpu_counter(&self, files: &mut StatFiles) -> Option<u64>;
 
-    /// The task's `figures` (see [`CgroupManager::stats`]), read through `files`;
-    /// `cpu` is the value [`CgroupManager::cpu_counter`] has just read, if any (v1
-    /// takes its exact CPU total from it instead of reading it again).
-    fn read_usage(&self, files: &mut StatFiles, figures: Figures, cpu: Option<u64>) -> Usage;
+    /// Reads the task's `figures` (see [`CgroupManager::stats`]) through `files`
+    /// into `usage`, leaving its other fields as they are; `cpu` is the value
+    /// [`CgroupManager::cpu_counter`] has just read, if any (v1 takes its exact CPU
+    /// total from it instead of reading it again).
+    fn read_usage(
+        &self,
+        files: &mut StatFiles,
+        figures: Figures,
+        cpu: Option<u64>,
+        usage: &mut Usage,
+    );
 
     /// Pids of every process in the task cgroup.
     fn pids(&self) -> Result<Vec<i32>, CgroupError>;

@@ -2,19 +2,21 @@
 //! held open ([`StatFiles::held`]), and a task that has not run since the last
 //! sample is not read again.
 //!
-//! Each sample first reads the task's CPU time counter. When it has not moved, no
-//! process of the task ran, so the figures the task itself changes (anon memory,
-//! pids, I/O it issues, CPU time) cannot have changed either, and the last sample is
-//! returned as it is. What does change without the task running is the kernel's
-//! doing: page cache and swap (reclaim moves a sleeping task's pages out), socket
-//! buffers (data arriving for it), writeback of its dirty pages on cgroup v2, and the
-//! pressure averages (which decay). Those figures of a sleeping task are therefore
-//! up to [`FULL_SAMPLE_INTERVAL`] old: every figure is read again at least that
-//! often, and always at the first and the last sample.
+//! Each sample first reads the task's CPU time counter (the kernel charges a running
+//! task at least every scheduler tick). When it has not moved, no process of the
+//! task ran, so the figures the task itself changes (anon memory, pids, I/O it
+//! issues, CPU time) cannot have changed either, and the last sample is returned as
+//! it is. What does change without the task running is the kernel's doing: page
+//! cache and swap (reclaim moves a sleeping task's pages out), socket buffers (data
+//! arriving for it), writeback of its dirty pages on cgroup v2, and the pressure
+//! averages (which decay). Those figures of a sleeping task are therefore up to
+//! [`FULL_SAMPLE_INTERVAL`] old: they are read again that often
+//! ([`Figures::Asleep`]).
 //!
 //! The kernel's own peaks and counts that only the summary needs (memory and pids
-//! peak, pids limit hits) are read in those full samples only; in between a running
-//! task's peaks are carried over, raised to the current figure if that is higher.
+//! peak, pids limit hits) are read in full samples only: the first, the last, and
+//! every [`FULL_SAMPLE_INTERVAL`] while the task runs. In between they are carried
+//! over, a peak raised to the current figure if that is higher.
 
 use std::time::{Duration, Instant};
 
@@ -33,8 +35,10 @@ pub struct TaskSampler {
     files: StatFiles,
     /// The last sample and the CPU counter it was taken at.
     last: Option<(Usage, Option<u64>)>,
-    /// When every figure was last read.
+    /// When every figure that can change was last read.
     full_at: Option<Instant>,
+    /// How often that happens at least.
+    full_interval: Duration,
 }
 
 impl TaskSampler {
@@ -45,7 +49,16 @@ impl TaskSampler {
             files: StatFiles::held(),
             last: None,
             full_at: None,
+            full_interval: FULL_SAMPLE_INTERVAL,
         }
+    }
+
+    /// Reads every figure that can change at least every `interval` rather than
+    /// [`FULL_SAMPLE_INTERVAL`] (zero: at every sample, which is what a benchmark of
+    /// those reads takes).
+    pub fn with_full_interval(mut self, interval: Duration) -> Self {
+        self.full_interval = interval;
+        self
     }
 
     /// How many descriptors it holds open.
@@ -57,29 +70,30 @@ impl TaskSampler {
     /// (the last sample, for the summary).
     pub fn sample(&mut self, every: bool) -> Usage {
         let cpu = self.cgroup.cpu_counter(&mut self.files);
-        let full = every
-            || self
-                .full_at
-                .is_none_or(|at| at.elapsed() >= FULL_SAMPLE_INTERVAL);
-        let last = match &self.last {
-            Some((usage, at)) if !full => {
-                if cpu.is_some() && cpu == *at {
-                    return usage.clone();
+        let due = self
+            .full_at
+            .is_none_or(|at| at.elapsed() >= self.full_interval);
+        let (figures, mut usage) = match self.last.take() {
+            Some((last, at)) if !every => {
+                let ran = cpu.is_none() || cpu != at;
+                match (ran, due) {
+                    (true, true) => (Figures::Every, Usage::default()),
+                    (true, false) => (Figures::Running, last),
+                    (false, true) => (Figures::Asleep, last),
+                    (false, false) => {
+                        self.last = Some((last.clone(), at));
+                        return last;
+                    }
                 }
-                Some(usage)
             }
-            _ => None,
+            _ => (Figures::Every, Usage::default()),
         };
-        let figures = if full {
-            Figures::Every
-        } else {
-            Figures::Running
-        };
-        let mut usage = self.cgroup.read_usage(&mut self.files, figures, cpu);
-        if let Some(last) = last {
-            carry_peaks(&mut usage, last);
+        self.cgroup
+            .read_usage(&mut self.files, figures, cpu, &mut usage);
+        if figures == Figures::Running || figures == Figures::Asleep {
+            raise_peaks(&mut usage);
         }
-        if full {
+        if due || figures == Figures::Every {
             self.full_at = Some(Instant::now());
         }
         self.last = Some((usage.clone(), cpu));
@@ -87,16 +101,15 @@ impl TaskSampler {
     }
 }
 
-/// Gives a [`Figures::Running`] sample the kernel's peaks and counts of the last
-/// full one, a peak raised to the current figure where that is higher.
-fn carry_peaks(usage: &mut Usage, last: &Usage) {
-    let higher = |a: Option<u64>, b: Option<u64>| match (a, b) {
+/// The kernel's peaks of the last full sample, carried over by a partial one,
+/// raised to the current figure where that is higher.
+fn raise_peaks(usage: &mut Usage) {
+    let higher = |peak: Option<u64>, now: Option<u64>| match (peak, now) {
         (Some(a), Some(b)) => Some(a.max(b)),
-        (a, _) => a,
+        (peak, _) => peak,
     };
-    usage.mem_peak_bytes = higher(last.mem_peak_bytes, usage.mem_current_bytes);
-    usage.pids_peak = higher(last.pids_peak, usage.pids_current);
-    usage.pids_limit_hits = last.pids_limit_hits;
+    usage.mem_peak_bytes = higher(usage.mem_peak_bytes, usage.mem_current_bytes);
+    usage.pids_peak = higher(usage.pids_peak, usage.pids_current);
 }
 
 #[cfg(test)]
@@ -104,29 +117,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn running_samples_keep_the_kernel_peaks() {
-        let last = Usage {
-            mem_peak_bytes: Some(100),
-            pids_peak: Some(3),
-            pids_limit_hits: Some(1),
-            ..Default::default()
-        };
+    fn partial_samples_raise_the_kernel_peaks() {
         let mut now = Usage {
+            mem_peak_bytes: Some(100),
             mem_current_bytes: Some(150),
+            pids_peak: Some(3),
             pids_current: Some(2),
             ..Default::default()
         };
-        carry_peaks(&mut now, &last);
+        raise_peaks(&mut now);
         assert_eq!(now.mem_peak_bytes, Some(150));
         assert_eq!(now.pids_peak, Some(3));
-        assert_eq!(now.pids_limit_hits, Some(1));
 
         // No kernel peak (v2 before 5.19): none is made up.
         let mut now = Usage {
             mem_current_bytes: Some(7),
             ..Default::default()
         };
-        carry_peaks(&mut now, &Usage::default());
+        raise_peaks(&mut now);
         assert_eq!(now.mem_peak_bytes, None);
     }
 }

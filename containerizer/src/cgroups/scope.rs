@@ -222,8 +222,14 @@ impl CgroupManager for ScopedTask {
         self.group.cpu_counter(files)
     }
 
-    fn read_usage(&self, files: &mut StatFiles, figures: Figures, cpu: Option<u64>) -> Usage {
-        self.group.read_usage(files, figures, cpu)
+    fn read_usage(
+        &self,
+        files: &mut StatFiles,
+        figures: Figures,
+        cpu: Option<u64>,
+        usage: &mut Usage,
+    ) {
+        self.group.read_usage(files, figures, cpu, usage);
     }
 
     fn pids(&self) -> Result<Vec<i32>, CgroupError> {

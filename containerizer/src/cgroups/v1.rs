@@ -312,11 +312,14 @@ impl CgroupManager for TaskGroup {
         files.number(self.dir(self.roles.cpuacct?), "cpuacct.usage")
     }
 
-    fn read_usage(&self, files: &mut StatFiles, figures: Figures, cpu: Option<u64>) -> Usage {
-        let mut s = Usage::default();
+    fn read_usage(&self, files: &mut StatFiles, figures: Figures, cpu: Option<u64>, s: &mut Usage) {
         let every = figures == Figures::Every;
+        let asleep = figures == Figures::Asleep;
 
-        if let Some(i) = self.roles.cpuacct {
+        if asleep {
+            // Only memory changes while the task sleeps (v1 charges writeback to
+            // the flusher, not to the task).
+        } else if let Some(i) = self.roles.cpuacct {
             let d = self.dir(i);
             // cpuacct.usage is exact (scheduler runtime); the user/system split the
             // kernel keeps is sampled at ticks and can be off by several percent. So
@@ -336,10 +339,12 @@ impl CgroupManager for TaskGroup {
                 .unwrap_or((None, None));
             (s.cpu_user_ns, s.cpu_system_ns) = split_exact_total(total, user, system);
         }
-        files.text(self.dir(self.roles.cpu), "cpu.stat", |text| {
-            s.cpu_nr_throttled = fsx::keyed(text, "nr_throttled");
-            s.cpu_throttled_ns = fsx::keyed(text, "throttled_time");
-        });
+        if !asleep {
+            files.text(self.dir(self.roles.cpu), "cpu.stat", |text| {
+                s.cpu_nr_throttled = fsx::keyed(text, "nr_throttled");
+                s.cpu_throttled_ns = fsx::keyed(text, "throttled_time");
+            });
+        }
 
         let m = self.dir(self.roles.memory);
         s.mem_current_bytes = files.number(m, "memory.usage_in_bytes");
@@ -363,6 +368,9 @@ impl CgroupManager for TaskGroup {
             s.mem_swap_bytes = Some(memsw.saturating_sub(usage));
         }
         s.mem_kernel_bytes = files.number(m, "memory.kmem.usage_in_bytes");
+        if asleep {
+            return;
+        }
         s.oom_kills = files.keyed(m, "memory.oom_control", "oom_kill");
 
         let p = self.dir(self.roles.pids);
@@ -391,7 +399,6 @@ impl CgroupManager for TaskGroup {
                 "blkio.throttle.io_serviced",
             );
         }
-        s
     }
 
     fn pids(&self) -> Result<Vec<i32>, CgroupError> {

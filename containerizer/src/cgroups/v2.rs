@@ -313,19 +313,27 @@ impl CgroupManager for TaskGroup {
         files.keyed(&self.dir, "cpu.stat", "usage_usec")
     }
 
-    fn read_usage(&self, files: &mut StatFiles, figures: Figures, _cpu: Option<u64>) -> Usage {
-        let mut s = Usage::default();
+    fn read_usage(
+        &self,
+        files: &mut StatFiles,
+        figures: Figures,
+        _cpu: Option<u64>,
+        s: &mut Usage,
+    ) {
         let every = figures == Figures::Every;
+        let asleep = figures == Figures::Asleep;
         let us = |v: Option<u64>| v.map(|v| v.saturating_mul(1000));
         let d = self.dir.as_path();
 
-        files.text(d, "cpu.stat", |text| {
-            s.cpu_user_ns = us(fsx::keyed(text, "user_usec"));
-            s.cpu_system_ns = us(fsx::keyed(text, "system_usec"));
-            // These two only exist while the cpu controller is enabled.
-            s.cpu_nr_throttled = fsx::keyed(text, "nr_throttled");
-            s.cpu_throttled_ns = us(fsx::keyed(text, "throttled_usec"));
-        });
+        if !asleep {
+            files.text(d, "cpu.stat", |text| {
+                s.cpu_user_ns = us(fsx::keyed(text, "user_usec"));
+                s.cpu_system_ns = us(fsx::keyed(text, "system_usec"));
+                // These two only exist while the cpu controller is enabled.
+                s.cpu_nr_throttled = fsx::keyed(text, "nr_throttled");
+                s.cpu_throttled_ns = us(fsx::keyed(text, "throttled_usec"));
+            });
+        }
 
         s.mem_current_bytes = files.number(d, "memory.current");
         if every {
@@ -337,9 +345,10 @@ impl CgroupManager for TaskGroup {
             s.mem_kernel_bytes = fsx::keyed(text, "kernel").or_else(|| kernel_parts(text));
         });
         s.mem_swap_bytes = files.number(d, "memory.swap.current");
-        s.oom_kills = files.keyed(d, "memory.events", "oom_kill");
-
-        s.pids_current = files.number(d, "pids.current");
+        if !asleep {
+            s.oom_kills = files.keyed(d, "memory.events", "oom_kill");
+            s.pids_current = files.number(d, "pids.current");
+        }
         if every {
             s.pids_peak = files.number(d, "pids.peak");
             s.pids_limit_hits = files.keyed(d, "pids.events", "max");
@@ -355,7 +364,6 @@ impl CgroupManager for TaskGroup {
         s.cpu_pressure = files.text(d, "cpu.pressure", Pressure::parse).flatten();
         s.memory_pressure = files.text(d, "memory.pressure", Pressure::parse).flatten();
         s.io_pressure = files.text(d, "io.pressure", Pressure::parse).flatten();
-        s
     }
 
     fn pids(&self) -> Result<Vec<i32>, CgroupError> {
