@@ -307,7 +307,9 @@ impl Containerizer {
                 .is_none_or(|at| at.elapsed() >= COSTLY_USAGE_INTERVAL);
         let mut usage = Usage::default();
         for isolator in &self.isolators {
-            if costly_due || !isolator.usage_is_costly() {
+            if every_figure {
+                isolator.final_usage(&running.id, &mut usage);
+            } else if costly_due || !isolator.usage_is_costly() {
                 isolator.usage(&running.id, &mut usage);
             }
         }
@@ -527,7 +529,7 @@ impl Containerizer {
         // What the cgroups still know (CPU time, OOM kills) is collected before they go.
         let mut usage = Usage::default();
         for isolator in &self.isolators {
-            isolator.usage(id, &mut usage);
+            isolator.final_usage(id, &mut usage);
         }
         let mut peaks = Peaks::default();
         peaks.observe(&usage);

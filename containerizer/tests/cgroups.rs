@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use cella_containerizer::Usage;
-use cella_containerizer::cgroups::{CgroupLimits, CgroupRoot, TaskCgroup};
+use cella_containerizer::cgroups::{CgroupLimits, CgroupRoot, TaskCgroup, TaskSampler};
 use cella_containerizer::units::MilliCpus;
 
 const MIB: u64 = 1024 * 1024;
@@ -316,6 +316,72 @@ fn stats_of_sleeping_and_busy_processes() {
 
     // A cgroup that does not exist has no figures at all, rather than zeros.
     assert_eq!(fx.root.open("never-created").stats(), Usage::default());
+    fx.finish();
+}
+
+/// The sampler's held files give current figures at every read, a sleeping task's
+/// sample is the last one again (its memory read again now and then), and they do
+/// not keep the cgroup from going.
+#[test]
+fn held_files_follow_the_task_and_let_its_cgroup_go() {
+    let mut fx = Fixture::new();
+    let task = fx.create("held", every_limit(1000, 256 * MIB, 20));
+    fx.spawn(&task, "exec sleep 1000");
+    let mut sampler = TaskSampler::new(task.clone());
+    // The shell has been released: wait until it is the sleep, which never wakes.
+    let first = eventually(Duration::from_secs(10), || {
+        let a = sampler.sample(true);
+        let b = sampler.sample(true);
+        (a == b).then_some(a)
+    })
+    .expect("a sleeping task's figures stand still");
+    assert_eq!(first.pids_current, Some(1), "{first:?}");
+    assert!(first.cpu_user_ns.is_some() && first.mem_current_bytes.is_some());
+    assert!(sampler.descriptors() >= 8, "{sampler:?}");
+    assert_eq!(
+        sampler.sample(false),
+        first,
+        "asleep: the last sample again"
+    );
+    // The refresh of a sleeping task's memory keeps every other figure.
+    let mut refreshing = TaskSampler::new(task.clone()).with_full_interval(Duration::ZERO);
+    refreshing.sample(true);
+    let refreshed = refreshing.sample(false);
+    assert_eq!(
+        (
+            refreshed.cpu_user_ns,
+            refreshed.pids_current,
+            refreshed.pids_limit_hits
+        ),
+        (first.cpu_user_ns, first.pids_current, first.pids_limit_hits)
+    );
+    assert!(refreshed.mem_current_bytes.is_some() && refreshed.mem_anon_bytes.is_some());
+    drop(refreshing);
+
+    fx.spawn(&task, "while :; do :; done");
+    let busy = eventually(Duration::from_secs(10), || {
+        let u = sampler.sample(false);
+        (u.pids_current == Some(2) && u.cpu_user_ns > first.cpu_user_ns).then_some(u)
+    });
+    assert!(
+        busy.is_some(),
+        "re-read held files show no new process or CPU time: {:?}",
+        sampler.sample(false)
+    );
+    let busy = busy.expect("busy");
+    assert_eq!(
+        busy.mem_peak_bytes.is_some(),
+        first.mem_peak_bytes.is_some(),
+        "{busy:?}"
+    );
+
+    task.remove()
+        .expect("remove while the sampler holds its files");
+    for dir in task.placement().dirs() {
+        assert!(!dir.exists(), "{} still exists", dir.display());
+    }
+    assert_eq!(sampler.sample(true), Usage::default(), "a removed cgroup");
+    drop(sampler);
     fx.finish();
 }
 

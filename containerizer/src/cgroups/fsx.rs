@@ -46,30 +46,6 @@ pub fn read(path: &Path) -> Option<String> {
     std::fs::read_to_string(path).ok()
 }
 
-thread_local! {
-    /// The sampler reads a dozen small files per task each round: one buffer per
-    /// thread, reused, spares an allocation per file.
-    static BUFFER: std::cell::RefCell<String> = std::cell::RefCell::new(String::with_capacity(4096));
-}
-
-/// Reads `path` into the thread's reused buffer and hands its text to `f`; `None`
-/// when the file cannot be read. `f` must not call `with_text` itself.
-pub fn with_text<T>(path: &Path, f: impl FnOnce(&str) -> T) -> Option<T> {
-    use std::io::Read;
-    BUFFER.with(|buffer| {
-        let mut text = buffer.try_borrow_mut().ok()?;
-        text.clear();
-        std::fs::File::open(path)
-            .and_then(|mut file| file.read_to_string(&mut text))
-            .ok()?;
-        Some(f(&text))
-    })
-}
-
-pub fn read_u64(path: &Path) -> Option<u64> {
-    with_text(path, |t| t.trim().parse().ok()).flatten()
-}
-
 /// The value of `key` in a flat keyed file (`key value` per line).
 pub fn keyed(text: &str, key: &str) -> Option<u64> {
     text.lines().find_map(|l| {
@@ -83,7 +59,7 @@ pub fn keyed(text: &str, key: &str) -> Option<u64> {
 }
 
 pub fn keyed_file(path: &Path, key: &str) -> Option<u64> {
-    with_text(path, |t| keyed(t, key)).flatten()
+    keyed(&read(path)?, key)
 }
 
 /// Pids listed in a `cgroup.procs` file; a cgroup that does not exist has none.

@@ -16,12 +16,16 @@
 mod device_filter;
 mod fsx;
 mod host;
+mod sampler;
 mod scope;
+mod stat_files;
 mod v1;
 mod v2;
 
 pub use host::{Host, Mode, detect_mode, parse_mode, unescape_mountinfo};
+pub use sampler::{FULL_SAMPLE_INTERVAL, TaskSampler};
 pub use scope::{SLICE as SYSTEMD_SLICE, enter_scope};
+pub use stat_files::{StatFiles, held_descriptors};
 
 use std::ffi::OsString;
 use std::fmt::Debug;
@@ -148,6 +152,20 @@ impl Placement {
 /// How long a shim cleaning up after an orphaned task waits for its processes to go.
 const ORPHAN_WAIT: Duration = Duration::from_secs(1);
 
+/// Which figures a usage read takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Figures {
+    /// Every figure.
+    Every,
+    /// All but those the kernel keeps as a running maximum or count that only a
+    /// task's summary needs: its memory and pids peaks and pids limit hits.
+    Running,
+    /// Only those the kernel changes while no process of the task runs: memory
+    /// (reclaim of page cache and swap-out, socket buffers) and, on v2, I/O
+    /// (writeback) and pressure.
+    Asleep,
+}
+
 /// One cgroup version's base: where task cgroups are created, found and listed.
 pub trait CgroupBackend: Debug + Send + Sync {
     /// `1` or `2`: the cgroup version whose interface files hold the limits.
@@ -197,8 +215,29 @@ pub trait CgroupManager: Debug + Send + Sync {
 
     /// The task's figures, normalised to ns and bytes; `None` where this
     /// kernel/hierarchy does not offer a figure (and always for the disk, which is
-    /// not a cgroup's to measure).
-    fn stats(&self) -> Usage;
+    /// not a cgroup's to measure). Opens every file by path: a sampler reading a
+    /// task again and again holds them open ([`TaskSampler`]).
+    fn stats(&self) -> Usage {
+        let mut usage = Usage::default();
+        self.read_usage(&mut StatFiles::by_path(), Figures::Every, None, &mut usage);
+        usage
+    }
+
+    /// The cheapest figure that moves whenever any process of the task runs: its
+    /// CPU time counter (v1 `cpuacct.usage`, v2 `cpu.stat` `usage_usec`).
+    fn cpu_counter(&self, files: &mut StatFiles) -> Option<u64>;
+
+    /// Reads the task's `figures` (see [`CgroupManager::stats`]) through `files`
+    /// into `usage`, leaving its other fields as they are; `cpu` is the value
+    /// [`CgroupManager::cpu_counter`] has just read, if any (v1 takes its exact CPU
+    /// total from it instead of reading it again).
+    fn read_usage(
+        &self,
+        files: &mut StatFiles,
+        figures: Figures,
+        cpu: Option<u64>,
+        usage: &mut Usage,
+    );
 
     /// Pids of every process in the task cgroup.
     fn pids(&self) -> Result<Vec<i32>, CgroupError>;

@@ -26,8 +26,10 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use super::host::Host;
+use super::stat_files::StatFiles;
 use super::{
-    CgroupBackend, CgroupError, CgroupLimits, CgroupManager, Placement, TaskCgroup, fsx, v2,
+    CgroupBackend, CgroupError, CgroupLimits, CgroupManager, Figures, Placement, TaskCgroup, fsx,
+    v2,
 };
 use crate::devices::AllowedDevice;
 use crate::usage::Usage;
@@ -216,8 +218,18 @@ impl CgroupManager for ScopedTask {
         self.group.update(limits)
     }
 
-    fn stats(&self) -> Usage {
-        self.group.stats()
+    fn cpu_counter(&self, files: &mut StatFiles) -> Option<u64> {
+        self.group.cpu_counter(files)
+    }
+
+    fn read_usage(
+        &self,
+        files: &mut StatFiles,
+        figures: Figures,
+        cpu: Option<u64>,
+        usage: &mut Usage,
+    ) {
+        self.group.read_usage(files, figures, cpu, usage);
     }
 
     fn pids(&self) -> Result<Vec<i32>, CgroupError> {

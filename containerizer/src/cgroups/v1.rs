@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::host::Host;
-use super::{CgroupBackend, CgroupError, CgroupLimits, CgroupManager, Placement, TaskCgroup, fsx};
+use super::stat_files::StatFiles;
+use super::{
+    CgroupBackend, CgroupError, CgroupLimits, CgroupManager, Figures, Placement, TaskCgroup, fsx,
+};
 use crate::devices::AllowedDevice;
 use crate::usage::Usage;
 
@@ -305,36 +308,50 @@ impl CgroupManager for TaskGroup {
         self.write_limits(limits, true)
     }
 
-    fn stats(&self) -> Usage {
-        let mut s = Usage::default();
+    fn cpu_counter(&self, files: &mut StatFiles) -> Option<u64> {
+        files.number(self.dir(self.roles.cpuacct?), "cpuacct.usage")
+    }
 
-        if let Some(i) = self.roles.cpuacct {
+    fn read_usage(&self, files: &mut StatFiles, figures: Figures, cpu: Option<u64>, s: &mut Usage) {
+        let every = figures == Figures::Every;
+        let asleep = figures == Figures::Asleep;
+
+        if asleep {
+            // Only memory changes while the task sleeps (v1 charges writeback to
+            // the flusher, not to the task).
+        } else if let Some(i) = self.roles.cpuacct {
             let d = self.dir(i);
             // cpuacct.usage is exact (scheduler runtime); the user/system split the
             // kernel keeps is sampled at ticks and can be off by several percent. So
             // the total comes from cpuacct.usage, divided in the ticks' proportion.
-            let total = fsx::read_u64(&d.join("cpuacct.usage"));
-            let user = fsx::read_u64(&d.join("cpuacct.usage_user"));
-            let system = fsx::read_u64(&d.join("cpuacct.usage_sys"));
-            let (user, system) = match (user, system) {
-                (Some(u), Some(s)) => (Some(u), Some(s)),
-                _ => fsx::read(&d.join("cpuacct.stat")).map_or((None, None), |text| {
-                    let ticks =
-                        |key| fsx::keyed(&text, key).map(|t| t.saturating_mul(NS_PER_USER_HZ_TICK));
-                    (ticks("user"), ticks("system"))
-                }),
-            };
+            let total = cpu.or_else(|| files.number(d, "cpuacct.usage"));
+            let (user, system) = files
+                .text(d, "cpuacct.usage_all", usage_all_totals)
+                .flatten()
+                .or_else(|| {
+                    files.text(d, "cpuacct.stat", |text| {
+                        let ticks = |key| {
+                            fsx::keyed(text, key).map(|t| t.saturating_mul(NS_PER_USER_HZ_TICK))
+                        };
+                        (ticks("user"), ticks("system"))
+                    })
+                })
+                .unwrap_or((None, None));
             (s.cpu_user_ns, s.cpu_system_ns) = split_exact_total(total, user, system);
         }
-        fsx::with_text(&self.dir(self.roles.cpu).join("cpu.stat"), |text| {
-            s.cpu_nr_throttled = fsx::keyed(text, "nr_throttled");
-            s.cpu_throttled_ns = fsx::keyed(text, "throttled_time");
-        });
+        if !asleep {
+            files.text(self.dir(self.roles.cpu), "cpu.stat", |text| {
+                s.cpu_nr_throttled = fsx::keyed(text, "nr_throttled");
+                s.cpu_throttled_ns = fsx::keyed(text, "throttled_time");
+            });
+        }
 
         let m = self.dir(self.roles.memory);
-        s.mem_current_bytes = fsx::read_u64(&m.join("memory.usage_in_bytes"));
-        s.mem_peak_bytes = fsx::read_u64(&m.join("memory.max_usage_in_bytes"));
-        fsx::with_text(&m.join("memory.stat"), |text| {
+        s.mem_current_bytes = files.number(m, "memory.usage_in_bytes");
+        if every {
+            s.mem_peak_bytes = files.number(m, "memory.max_usage_in_bytes");
+        }
+        files.text(m, "memory.stat", |text| {
             // total_rss already includes transparent huge pages (total_rss_huge is a
             // subset of it, see Documentation/admin-guide/cgroup-v1/memory.rst).
             s.mem_anon_bytes = fsx::keyed(text, "total_rss");
@@ -344,33 +361,44 @@ impl CgroupManager for TaskGroup {
         });
         if s.mem_swap_bytes.is_none()
             && let (Some(memsw), Some(usage)) = (
-                fsx::read_u64(&m.join("memory.memsw.usage_in_bytes")),
+                files.number(m, "memory.memsw.usage_in_bytes"),
                 s.mem_current_bytes,
             )
         {
             s.mem_swap_bytes = Some(memsw.saturating_sub(usage));
         }
-        s.mem_kernel_bytes = fsx::read_u64(&m.join("memory.kmem.usage_in_bytes"));
-        s.oom_kills = fsx::keyed_file(&m.join("memory.oom_control"), "oom_kill");
+        s.mem_kernel_bytes = files.number(m, "memory.kmem.usage_in_bytes");
+        if asleep {
+            return;
+        }
+        s.oom_kills = files.keyed(m, "memory.oom_control", "oom_kill");
 
         let p = self.dir(self.roles.pids);
-        s.pids_current = fsx::read_u64(&p.join("pids.current"));
-        s.pids_peak = fsx::read_u64(&p.join("pids.peak"));
-        s.pids_limit_hits = fsx::keyed_file(&p.join("pids.events"), "max");
+        s.pids_current = files.number(p, "pids.current");
+        if every {
+            s.pids_peak = files.number(p, "pids.peak");
+            s.pids_limit_hits = files.keyed(p, "pids.events", "max");
+        }
 
         if let Some(i) = self.roles.blkio {
             let d = self.dir(i);
             // The throttle files count what reached the block layer from this cgroup
             // (the recursive ones include child cgroups; older kernels lack them).
-            let totals = |name: &str| {
-                fsx::with_text(&d.join(format!("{name}_recursive")), blkio_totals)
-                    .or_else(|| fsx::with_text(&d.join(name), blkio_totals))
+            let mut totals = |recursive: &'static str, own: &'static str| {
+                files
+                    .text(d, recursive, blkio_totals)
+                    .or_else(|| files.text(d, own, blkio_totals))
                     .unwrap_or((None, None))
             };
-            (s.io_read_bytes, s.io_write_bytes) = totals("blkio.throttle.io_service_bytes");
-            (s.io_read_ops, s.io_write_ops) = totals("blkio.throttle.io_serviced");
+            (s.io_read_bytes, s.io_write_bytes) = totals(
+                "blkio.throttle.io_service_bytes_recursive",
+                "blkio.throttle.io_service_bytes",
+            );
+            (s.io_read_ops, s.io_write_ops) = totals(
+                "blkio.throttle.io_serviced_recursive",
+                "blkio.throttle.io_serviced",
+            );
         }
-        s
     }
 
     fn pids(&self) -> Result<Vec<i32>, CgroupError> {
@@ -438,6 +466,21 @@ impl CgroupManager for TaskGroup {
     }
 }
 
+/// User and system time summed over the CPUs of `cpuacct.usage_all` (a `cpu user
+/// system` header, then one line per CPU); `None` if a line does not parse.
+fn usage_all_totals(text: &str) -> Option<(Option<u64>, Option<u64>)> {
+    let (mut user, mut system) = (0u64, 0u64);
+    for line in text.lines().skip(1) {
+        let mut fields = line.split_whitespace().skip(1);
+        let (Some(u), Some(s)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        user = user.saturating_add(u.parse().ok()?);
+        system = system.saturating_add(s.parse().ok()?);
+    }
+    Some((Some(user), Some(system)))
+}
+
 /// Read and Write byte totals over all devices of a `blkio.*io_service_bytes` file
 /// (`MAJ:MIN Op value` lines plus a `Total value` line).
 fn blkio_totals(text: &str) -> (Option<u64>, Option<u64>) {
@@ -469,6 +512,13 @@ mod tests {
             "8:0 Read 4096\n8:0 Write 100\n8:0 Sync 1\n8:16 Read 10\n8:16 Write 0\nTotal 4206\n";
         assert_eq!(blkio_totals(text), (Some(4106), Some(100)));
         assert_eq!(blkio_totals("Total 0\n"), (Some(0), Some(0)));
+    }
+
+    #[test]
+    fn usage_all_sums_cpus() {
+        let text = "cpu user system\n0 100 20\n1 5 1\n";
+        assert_eq!(usage_all_totals(text), Some((Some(105), Some(21))));
+        assert_eq!(usage_all_totals("cpu user system\n0 x 1\n"), None);
     }
 }
 

@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::host::Host;
-use super::{CgroupBackend, CgroupError, CgroupLimits, CgroupManager, Placement, TaskCgroup, fsx};
+use super::stat_files::StatFiles;
+use super::{
+    CgroupBackend, CgroupError, CgroupLimits, CgroupManager, Figures, Placement, TaskCgroup, fsx,
+};
 use crate::devices::AllowedDevice;
 use crate::usage::{Pressure, Usage};
 
@@ -306,44 +309,61 @@ impl CgroupManager for TaskGroup {
         self.write_limits(limits, true)
     }
 
-    fn stats(&self) -> Usage {
-        let mut s = Usage::default();
+    fn cpu_counter(&self, files: &mut StatFiles) -> Option<u64> {
+        files.keyed(&self.dir, "cpu.stat", "usage_usec")
+    }
+
+    fn read_usage(
+        &self,
+        files: &mut StatFiles,
+        figures: Figures,
+        _cpu: Option<u64>,
+        s: &mut Usage,
+    ) {
+        let every = figures == Figures::Every;
+        let asleep = figures == Figures::Asleep;
         let us = |v: Option<u64>| v.map(|v| v.saturating_mul(1000));
+        let d = self.dir.as_path();
 
-        fsx::with_text(&self.file("cpu.stat"), |text| {
-            s.cpu_user_ns = us(fsx::keyed(text, "user_usec"));
-            s.cpu_system_ns = us(fsx::keyed(text, "system_usec"));
-            // These two only exist while the cpu controller is enabled.
-            s.cpu_nr_throttled = fsx::keyed(text, "nr_throttled");
-            s.cpu_throttled_ns = us(fsx::keyed(text, "throttled_usec"));
-        });
+        if !asleep {
+            files.text(d, "cpu.stat", |text| {
+                s.cpu_user_ns = us(fsx::keyed(text, "user_usec"));
+                s.cpu_system_ns = us(fsx::keyed(text, "system_usec"));
+                // These two only exist while the cpu controller is enabled.
+                s.cpu_nr_throttled = fsx::keyed(text, "nr_throttled");
+                s.cpu_throttled_ns = us(fsx::keyed(text, "throttled_usec"));
+            });
+        }
 
-        s.mem_current_bytes = fsx::read_u64(&self.file("memory.current"));
-        s.mem_peak_bytes = fsx::read_u64(&self.file("memory.peak"));
-        fsx::with_text(&self.file("memory.stat"), |text| {
+        s.mem_current_bytes = files.number(d, "memory.current");
+        if every {
+            s.mem_peak_bytes = files.number(d, "memory.peak");
+        }
+        files.text(d, "memory.stat", |text| {
             s.mem_anon_bytes = fsx::keyed(text, "anon");
             s.mem_file_bytes = fsx::keyed(text, "file");
             s.mem_kernel_bytes = fsx::keyed(text, "kernel").or_else(|| kernel_parts(text));
         });
-        s.mem_swap_bytes = fsx::read_u64(&self.file("memory.swap.current"));
-        s.oom_kills = fsx::keyed_file(&self.file("memory.events"), "oom_kill");
+        s.mem_swap_bytes = files.number(d, "memory.swap.current");
+        if !asleep {
+            s.oom_kills = files.keyed(d, "memory.events", "oom_kill");
+            s.pids_current = files.number(d, "pids.current");
+        }
+        if every {
+            s.pids_peak = files.number(d, "pids.peak");
+            s.pids_limit_hits = files.keyed(d, "pids.events", "max");
+        }
 
-        s.pids_current = fsx::read_u64(&self.file("pids.current"));
-        s.pids_peak = fsx::read_u64(&self.file("pids.peak"));
-        s.pids_limit_hits = fsx::keyed_file(&self.file("pids.events"), "max");
-
-        if let Some(io) = fsx::with_text(&self.file("io.stat"), io_totals) {
+        if let Some(io) = files.text(d, "io.stat", io_totals) {
             s.io_read_bytes = Some(io.read_bytes);
             s.io_write_bytes = Some(io.write_bytes);
             s.io_read_ops = Some(io.read_ops);
             s.io_write_ops = Some(io.write_ops);
         }
         // Absent without PSI (CONFIG_PSI, or psi=0 on the kernel's command line).
-        s.cpu_pressure = fsx::with_text(&self.file("cpu.pressure"), Pressure::parse).flatten();
-        s.memory_pressure =
-            fsx::with_text(&self.file("memory.pressure"), Pressure::parse).flatten();
-        s.io_pressure = fsx::with_text(&self.file("io.pressure"), Pressure::parse).flatten();
-        s
+        s.cpu_pressure = files.text(d, "cpu.pressure", Pressure::parse).flatten();
+        s.memory_pressure = files.text(d, "memory.pressure", Pressure::parse).flatten();
+        s.io_pressure = files.text(d, "io.pressure", Pressure::parse).flatten();
     }
 
     fn pids(&self) -> Result<Vec<i32>, CgroupError> {

@@ -1,18 +1,52 @@
 //! cpu, memory, pids and io through the task's cgroups.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
 use super::{Isolator, IsolatorError, Prepared};
-use crate::cgroups::{CgroupLimits, CgroupRoot};
+use crate::cgroups::{CgroupLimits, CgroupRoot, TaskSampler};
 use crate::spec::ShimSpec;
 use crate::task::{Resources, TaskConfig, TaskId};
 use crate::usage::{Limitation, Usage};
 
 pub struct CgroupsIsolator {
     root: CgroupRoot,
+    /// The usage sampler of each task from its launch (or recovery) to its cleanup;
+    /// it holds the task's cgroup files open.
+    samplers: Mutex<HashMap<TaskId, Arc<Mutex<TaskSampler>>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl CgroupsIsolator {
     pub fn new(root: CgroupRoot) -> Self {
-        Self { root }
+        Self {
+            root,
+            samplers: Mutex::default(),
+        }
+    }
+
+    fn start_sampling(&self, id: &TaskId) {
+        let sampler = TaskSampler::new(self.root.open(id.as_str()));
+        lock(&self.samplers).insert(id.clone(), Arc::new(Mutex::new(sampler)));
+    }
+
+    /// The cgroups' figures of task `id`, and the disk figure of `usage`, which the
+    /// disk isolator measured.
+    fn sample(&self, id: &TaskId, usage: &mut Usage, every: bool) {
+        let sampler = lock(&self.samplers).get(id).cloned();
+        let figures = match sampler {
+            Some(sampler) => lock(&sampler).sample(every),
+            // Not launched or recovered by this process: read once, by path.
+            None => self.root.open(id.as_str()).stats(),
+        };
+        let disk_used_bytes = usage.disk_used_bytes;
+        *usage = Usage {
+            disk_used_bytes,
+            ..figures
+        };
     }
 
     pub fn root(&self) -> &CgroupRoot {
@@ -52,6 +86,14 @@ impl Isolator for CgroupsIsolator {
             return Err(failed(e));
         }
         spec.cgroup = cgroup.placement();
+        self.start_sampling(id);
+        Ok(())
+    }
+
+    fn recover(&self, tasks: &[(TaskId, TaskConfig)]) -> Result<(), IsolatorError> {
+        for (id, _) in tasks {
+            self.start_sampling(id);
+        }
         Ok(())
     }
 
@@ -70,15 +112,16 @@ impl Isolator for CgroupsIsolator {
     }
 
     fn usage(&self, id: &TaskId, usage: &mut Usage) {
-        // Every figure is the cgroups' but the disk, which the disk isolator measured.
-        let disk_used_bytes = usage.disk_used_bytes;
-        *usage = Usage {
-            disk_used_bytes,
-            ..self.root.open(id.as_str()).stats()
-        };
+        self.sample(id, usage, false);
+    }
+
+    fn final_usage(&self, id: &TaskId, usage: &mut Usage) {
+        self.sample(id, usage, true);
     }
 
     fn cleanup(&self, id: &TaskId) -> Result<(), IsolatorError> {
+        // The task's files are closed before its cgroup goes.
+        lock(&self.samplers).remove(id);
         self.root.open(id.as_str()).remove().map_err(failed)
     }
 }

@@ -97,6 +97,12 @@ pub trait Isolator: Send + Sync {
 
     fn usage(&self, _id: &TaskId, _usage: &mut Usage) {}
 
+    /// The task's last sample, taken after it ended (its figures are final): every
+    /// figure, also those [`Isolator::usage`] reads only now and then.
+    fn final_usage(&self, id: &TaskId, usage: &mut Usage) {
+        self.usage(id, usage);
+    }
+
     /// Whether `usage` costs more than reading a few counters (a directory walk): the
     /// containerizer then measures it at most every [`COSTLY_USAGE_INTERVAL`] and
     /// carries the last figure over in between.
