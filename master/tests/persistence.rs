@@ -343,31 +343,14 @@ mod over_mtls {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn restart_over_mtls() {
-        let dir = tempfile::tempdir().unwrap();
-        let layout = tls::init_dir(&dir.path().join("certs"), &[]).unwrap();
-        let work = dir.path().join("master");
-        let client =
-            tls::client_config(&layout.ca_cert, &layout.client_cert, &layout.client_key).unwrap();
-        let agent_cfg =
-            tls::client_config(&layout.ca_cert, &layout.agent_cert, &layout.agent_key).unwrap();
-
-        let master = start(&layout, &work).await;
-        let (calls, events, fw) = grpc_scheduler(&master.url(), &client, "").await;
+        let m = TlsMaster::start().await;
+        let client = &m.client;
         // An agent registers with a task of that framework it runs.
-        let (agent_tx, to_agent) = grpc_agent(
-            &master.url(),
-            &agent_cfg,
-            registration(
-                "agent-tls",
-                vec![(fw.as_str(), "tls-1", v1::TaskState::TaskRunning)],
-            ),
-        )
-        .await;
-        drop((calls, events, agent_tx, to_agent));
-        master.stop().await;
+        let fw = m.framework_on_agent("agent-tls", &["tls-1"]).await.fw;
+        m.master.stop().await;
 
         // A new master on the same work dir knows the framework and the task.
-        let master = start(&layout, &work).await;
+        let master = start(&m.layout, &m.dir.path().join("master")).await;
         let state: serde_json::Value =
             tls::https_get_json(&format!("{}/api/v1/state", master.url()), &client)
                 .await

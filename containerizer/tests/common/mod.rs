@@ -25,8 +25,6 @@ pub fn shim_path() -> PathBuf {
     shim
 }
 
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
 /// What a root-only test works in: a runtime directory of its own (removed on drop,
 /// also when an assertion failed) and a cgroup root name no other test uses,
 /// `cella-test-<pid>-<tag><n>`. Dropping it destroys every task left in that cgroup
@@ -44,7 +42,8 @@ impl Workspace {
             nix::unistd::geteuid().is_root(),
             "these tests need root (cgroups, namespaces)"
         );
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
         Self {
             dir: tempfile::tempdir().expect("tempdir"),
             cgroup_root: PathBuf::from(format!("cella-test-{}-{tag}{n}", std::process::id())),

@@ -8,6 +8,11 @@
 // Each test binary uses a part of these helpers.
 #![allow(dead_code)]
 
+mod cluster;
+// Not every test binary uses these either.
+#[allow(unused_imports)]
+pub use cluster::{FrameworkOnAgent, TlsMaster, get_typed};
+
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::Path;
