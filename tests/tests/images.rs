@@ -436,27 +436,19 @@ async fn an_image_task_survives_an_agent_restart_with_its_image() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn images_through_the_agents_api_with_permissions() {
     image_common::require_root();
-    const ACL: &str = r#"
-[principals]
-"agent:*" = ["agent"]
-"user:test" = ["operator"]
-"user:carol" = ["viewer"]
+    let acl = cella_tests::security::acl_with(
+        r#""user:carol" = ["viewer"]
 "user:erin" = ["nobody"]
-
-[roles.agent]
-register_agent = true
-
-[roles.operator]
-admin = true
-
-[roles.viewer]
+"#,
+        r#"[roles.viewer]
 view = ["state"]
 
 [roles.nobody]
-"#;
+"#,
+    );
     let dir = tempfile::tempdir().unwrap();
     let registry = registry_with_busybox(dir.path());
-    let cluster = cluster_with_acl(&registry, &[], Some(ACL)).await;
+    let cluster = cluster_with_acl(&registry, &[], Some(&acl)).await;
     let agent = format!("https://{}", cluster.agents[0].http);
     let images = async |tls_dir: Option<&Path>, args: &[&str]| {
         let mut all = vec!["images", "--agent", &agent];
