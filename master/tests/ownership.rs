@@ -3,14 +3,12 @@
 
 mod common;
 
-use cella_master::master;
 use cella_proto::v1::{self, call, event, master_to_agent};
 use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_framework_cannot_acknowledge_or_kill_a_task() {
-    let dir = tempfile::tempdir().unwrap();
-    let m = master::try_spawn(config(dir.path())).unwrap();
+    let (_dir, m) = spawned();
     let mut alice = subscribe(&m, "", "alice").await.unwrap();
     let mut a = register_agent(&m, "agent-a", vec![]).await;
     let offers = alice.next_offers().await;

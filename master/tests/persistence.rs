@@ -182,8 +182,7 @@ async fn damaged_registry_refuses_to_start() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_update_storm_is_batched() {
-    let dir = tempfile::tempdir().unwrap();
-    let m = master::try_spawn(config(dir.path())).unwrap();
+    let (dir, m) = spawned();
     let s = subscribe(&m, "fw-storm", "alice").await.unwrap();
     let tasks: Vec<String> = (0..500).map(|i| format!("storm-{i}")).collect();
     let a = register_agent_with_tasks(
@@ -399,8 +398,7 @@ mod over_mtls {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_suppressed_framework_stays_suppressed_after_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let m = master::try_spawn(config(dir.path())).unwrap();
+    let (dir, m) = spawned();
     let (mut s, fw, _a) = framework_and_agent_a(&m).await;
     let offers = s.next_offers().await;
     s.call(&m, call::Call::Suppress(call::Suppress {}));
@@ -491,8 +489,7 @@ async fn reconciling_an_unknown_task_waits_for_the_agents_of_the_registry() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_back_after_its_tasks_were_lost_cannot_end_them_twice() {
-    let dir = tempfile::tempdir().unwrap();
-    let m = master::try_spawn(config(dir.path())).unwrap();
+    let (_dir, m) = spawned();
     let (mut s, fw, mut a) = framework_and_agent_a(&m).await;
     let offer = s.next_offers().await.remove(0);
     s.accept(&m, offer.offer_id, vec![task_info("t1")]);

@@ -113,8 +113,7 @@ async fn answers(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn implicit_reconciliation_answers_every_task_not_fully_acknowledged() {
-    let dir = tempfile::tempdir().unwrap();
-    let m = master::try_spawn(config(dir.path())).unwrap();
+    let (_dir, m) = spawned();
     let (mut s, a) = launched(&m, "agent-r", vec![task_info("t-run"), task_info("t-end")]).await;
     let fw = s.id.clone();
     use v1::TaskState::{TaskFinished, TaskRunning};
@@ -181,8 +180,7 @@ async fn implicit_reconciliation_answers_every_task_not_fully_acknowledged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledgements_of_no_update_get_an_error_event() {
-    let dir = tempfile::tempdir().unwrap();
-    let m = master::try_spawn(config(dir.path())).unwrap();
+    let (_dir, m) = spawned();
     let (mut s, mut a) = launched(&m, "agent-k", vec![task_info("t1")]).await;
     let fw = s.id.clone();
     a.send(&m, running(&a, &fw, "t1", "u1"));
@@ -220,8 +218,7 @@ async fn acknowledgements_of_no_update_get_an_error_event() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn teardown_kills_with_the_grace_period_and_reason_framework_removed() {
-    let dir = tempfile::tempdir().unwrap();
-    let m = master::try_spawn(config(dir.path())).unwrap();
+    let (_dir, m) = spawned();
     let (mut s, mut a) = launched(&m, "agent-t", vec![task_info("t1")]).await;
     let fw = s.id.clone();
     use v1::TaskState::TaskKilled;
@@ -268,8 +265,7 @@ async fn teardown_kills_with_the_grace_period_and_reason_framework_removed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kills_carry_the_grace_period_of_the_call_the_task_or_the_cluster() {
-    let dir = tempfile::tempdir().unwrap();
-    let m = master::try_spawn(config(dir.path())).unwrap();
+    let (_dir, m) = spawned();
     let with_policy = |id: &str, secs: f64| v1::TaskInfo {
         kill_policy: Some(v1::KillPolicy {
             grace_period_secs: Some(secs),
@@ -325,8 +321,7 @@ async fn kills_carry_the_grace_period_of_the_call_the_task_or_the_cluster() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_accept_beyond_the_offer_refuses_the_task_that_does_not_fit_with_units() {
-    let dir = tempfile::tempdir().unwrap();
-    let m = master::try_spawn(config(dir.path())).unwrap();
+    let (_dir, m) = spawned();
     let mut s = subscribe(&m, "", "alice").await.unwrap();
     let mut a = register_agent(&m, "agent-f", vec![]).await;
     let offers = s.next_offers().await;
@@ -371,8 +366,7 @@ async fn an_accept_beyond_the_offer_refuses_the_task_that_does_not_fit_with_unit
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_masters_view_follows_the_agents_newest_state_without_acknowledgements() {
-    let dir = tempfile::tempdir().unwrap();
-    let m = master::try_spawn(config(dir.path())).unwrap();
+    let (_dir, m) = spawned();
     let (s, a) = launched(&m, "agent-v", vec![task_info("t1")]).await;
     let fw = s.id.clone();
     use v1::TaskState::{TaskKilled, TaskRunning, TaskStarting};

@@ -45,6 +45,14 @@ pub fn config(dir: &Path) -> MasterConfig {
     }
 }
 
+/// A master actor on `config` in a new work directory, which lives as long as the
+/// returned `TempDir`.
+pub fn spawned() -> (tempfile::TempDir, MasterHandle) {
+    let dir = tempfile::tempdir().unwrap();
+    let m = cella_master::master::try_spawn(config(dir.path())).unwrap();
+    (dir, m)
+}
+
 pub fn task_info(id: &str) -> v1::TaskInfo {
     v1::TaskInfo {
         task_id: id.into(),
