@@ -15,18 +15,9 @@ async fn launched(
     agent: &str,
     tasks: Vec<v1::TaskInfo>,
 ) -> (Scheduler, Agent) {
-    let mut s = subscribe(m, "", "alice").await.unwrap();
-    let mut a = register_agent(m, agent, vec![]).await;
-    let offers = s.next_offers().await;
+    let (s, mut a, offers) = offered(m, "alice", agent).await;
     let n = tasks.len();
-    s.call(
-        m,
-        call::Call::Accept(call::Accept {
-            offer_ids: vec![offers[0].offer_id.clone()],
-            tasks,
-            refuse_seconds: None,
-        }),
-    );
+    s.accept(m, offers[0].offer_id.clone(), tasks);
     for _ in 0..n {
         a.next_launch().await;
     }
@@ -322,9 +313,7 @@ async fn kills_carry_the_grace_period_of_the_call_the_task_or_the_cluster() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_accept_beyond_the_offer_refuses_the_task_that_does_not_fit_with_units() {
     let (_dir, m) = spawned();
-    let mut s = subscribe(&m, "", "alice").await.unwrap();
-    let mut a = register_agent(&m, "agent-f", vec![]).await;
-    let offers = s.next_offers().await;
+    let (mut s, mut a, offers) = offered(&m, "alice", "agent-f").await;
     let big = v1::TaskInfo {
         resources: Some(v1::Resources {
             cpus: 0.5,
@@ -333,13 +322,10 @@ async fn an_accept_beyond_the_offer_refuses_the_task_that_does_not_fit_with_unit
         }),
         ..task_info("big")
     };
-    s.call(
+    s.accept(
         &m,
-        call::Call::Accept(call::Accept {
-            offer_ids: vec![offers[0].offer_id.clone()],
-            tasks: vec![task_info("small-1"), big, task_info("small-2")],
-            refuse_seconds: None,
-        }),
+        offers[0].offer_id.clone(),
+        vec![task_info("small-1"), big, task_info("small-2")],
     );
     let refused = s.update_for("big").await;
     assert_eq!(

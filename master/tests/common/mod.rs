@@ -277,6 +277,19 @@ pub struct Scheduler {
     pub pending_offers: VecDeque<Vec<v1::Offer>>,
 }
 
+/// Framework `principal` subscribed, agent `agent` registered without tasks, and
+/// the first offers the framework gets.
+pub async fn offered(
+    m: &MasterHandle,
+    principal: &str,
+    agent: &str,
+) -> (Scheduler, Agent, Vec<v1::Offer>) {
+    let mut s = subscribe(m, "", principal).await.unwrap();
+    let a = register_agent(m, agent, vec![]).await;
+    let offers = s.next_offers().await;
+    (s, a, offers)
+}
+
 pub async fn subscribe(
     m: &MasterHandle,
     framework_id: &str,
