@@ -67,12 +67,12 @@ fn pressure(avg10: f64) -> v1::Pressure {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_api_json_round_trips_through_the_cli_types() {
     let m = TlsMaster::start().await;
-    let (url, client) = (&m.url, &m.client);
+    let (url, client) = (m.url.clone(), m.client.clone());
 
     // A framework with two tasks on one agent: one runs and reports its usage, the
     // other fails with exit code 3.
     let f = m.framework_on_agent("agent-api", &["t-run", "t-end"]).await;
-    let fw = &f.fw;
+    let fw = f.fw.clone();
     let sample = full_sample("t-run");
     f.send(agent_message::Message::Usage(agent_message::UsageReport {
         tasks: vec![sample.clone()],

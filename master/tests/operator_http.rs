@@ -44,7 +44,7 @@ use promtool::promtool_check;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_api_errors_queries_index_and_metrics() {
     let m = TlsMaster::start().await;
-    let (url, client, layout) = (&m.url, &m.client, &m.layout);
+    let (url, client, layout) = (m.url.clone(), m.client.clone(), m.layout.clone());
 
     // Unknown paths, wrong methods, bad queries: JSON errors with the right status.
     let cases: [(Method, &str, StatusCode, &str); 7] = [
@@ -224,7 +224,7 @@ fn curl(layout: &tls::Layout, method: &str, url: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_method_names_the_allowed_ones() {
     let m = TlsMaster::start().await;
-    let (url, layout) = (&m.url, &m.layout);
+    let (url, layout) = (m.url.clone(), m.layout.clone());
     for (method, path, allowed) in [
         ("POST", "/api/v1/tasks", "GET,HEAD"),
         ("DELETE", "/api/v1/tasks/t1/kill", "POST"),

@@ -343,7 +343,7 @@ mod over_mtls {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn restart_over_mtls() {
         let m = TlsMaster::start().await;
-        let client = &m.client;
+        let client = m.client.clone();
         // An agent registers with a task of that framework it runs.
         let fw = m.framework_on_agent("agent-tls", &["tls-1"]).await.fw;
         m.master.stop().await;

@@ -43,9 +43,9 @@ async fn get<T: serde::de::DeserializeOwned + serde::Serialize>(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delta_reports_become_full_samples_and_a_history() {
     let m = TlsMaster::start().await;
-    let (url, client) = (&m.url, &m.client);
+    let (url, client) = (m.url.clone(), m.client.clone());
     let f = m.framework_on_agent("agent-u", &["t-run", "t-end"]).await;
-    let (fw, send) = (&f.fw, |message| f.send(message));
+    let (fw, send) = (f.fw.clone(), |message| f.send(message));
     // A full report, then two deltas: the second changes only the CPU figure of
     // t-run and leaves t-end out.
     send(agent_message::Message::Usage(agent_message::UsageReport {
