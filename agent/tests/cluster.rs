@@ -13,6 +13,17 @@ use cella_proto::v1;
 use common::restart::wait_until;
 use common::{Cluster, Master, WAIT, task};
 
+/// `method url` with `tls`; the request itself must succeed, whatever the answer.
+async fn request(
+    method: Method,
+    url: String,
+    tls: &rustls::ClientConfig,
+) -> cella_proto::tls::HttpResponse {
+    cella_proto::tls::https_request(method, &url, None, tls)
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exit_code_logs_and_confined_file_reads() {
     let cluster = Cluster::start().await;
@@ -51,11 +62,7 @@ async fn exit_code_logs_and_confined_file_reads() {
     let get = |path: String| {
         let tls = tls.clone();
         let url = format!("{base}{path}");
-        async move {
-            cella_proto::tls::https_request(Method::GET, &url, None, &tls)
-                .await
-                .unwrap()
-        }
+        async move { request(Method::GET, url, &tls).await }
     };
     let r = get("/api/v1/tasks/hi-3/files/stdout".into()).await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
@@ -87,23 +94,17 @@ async fn exit_code_logs_and_confined_file_reads() {
         cella_proto::tls::ExpectedServer::Agent,
     )
     .unwrap();
-    let r = cella_proto::tls::https_request(Method::GET, &format!("{base}/health"), None, &anon)
-        .await
-        .unwrap();
+    let r = request(Method::GET, format!("{base}/health"), &anon).await;
     assert_eq!(r.status, StatusCode::OK);
-    let r = cella_proto::tls::https_request(
+    let r = request(
         Method::GET,
-        &format!("{base}/api/v1/tasks/hi-3/files/stdout"),
-        None,
+        format!("{base}/api/v1/tasks/hi-3/files/stdout"),
         &anon,
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     // GET / says what this is and where the API and docs are, to anyone.
-    let r = cella_proto::tls::https_request(Method::GET, &format!("{base}/"), None, &anon)
-        .await
-        .unwrap();
+    let r = request(Method::GET, format!("{base}/"), &anon).await;
     assert_eq!(r.status, StatusCode::OK);
     let index: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(index["service"], "cella-agent", "{index}");
@@ -111,14 +112,7 @@ async fn exit_code_logs_and_confined_file_reads() {
     assert!(api.contains("\"GET /api/v1/containers\""), "{index}");
     assert!(docs.contains("api.md"), "{index}");
     // A wrong method: 405 naming the methods the path takes.
-    let r = cella_proto::tls::https_request(
-        Method::POST,
-        &format!("{base}/api/v1/containers"),
-        None,
-        &tls,
-    )
-    .await
-    .unwrap();
+    let r = request(Method::POST, format!("{base}/api/v1/containers"), &tls).await;
     assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
     let error: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(
@@ -369,13 +363,9 @@ async fn planted_fifos_and_links_are_never_opened() {
         ("pipe", "is a FIFO"),
     ] {
         let url = format!("{base}/api/v1/tasks/plant/files/{name}");
-        let r = tokio::time::timeout(
-            Duration::from_secs(10),
-            cella_proto::tls::https_request(Method::GET, &url, None, &tls),
-        )
-        .await
-        .unwrap_or_else(|_| panic!("reading {name} blocked"))
-        .unwrap();
+        let r = tokio::time::timeout(Duration::from_secs(10), request(Method::GET, url, &tls))
+            .await
+            .unwrap_or_else(|_| panic!("reading {name} blocked"));
         let body = String::from_utf8_lossy(&r.body);
         assert_eq!(r.status, StatusCode::FORBIDDEN, "{name}: {body}");
         assert!(body.contains(why), "{name}: {body}");
