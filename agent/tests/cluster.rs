@@ -26,9 +26,7 @@ async fn request(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exit_code_logs_and_confined_file_reads() {
-    let cluster = Cluster::start().await;
-    let agent_id = cluster.wait_registered().await;
-    let mut s = cluster.scheduler("").await;
+    let (cluster, agent_id, mut s) = Cluster::with_scheduler().await;
 
     s.launch(
         &agent_id,
@@ -135,9 +133,7 @@ async fn exit_code_logs_and_confined_file_reads() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_limit_kill_and_command_not_found() {
-    let cluster = Cluster::start().await;
-    let agent_id = cluster.wait_registered().await;
-    let mut s = cluster.scheduler("").await;
+    let (cluster, agent_id, mut s) = Cluster::with_scheduler().await;
 
     s.launch(
         &agent_id,
@@ -197,9 +193,7 @@ async fn memory_limit_kill_and_command_not_found() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unacknowledged_updates_are_resent_in_order_across_a_master_restart() {
-    let mut cluster = Cluster::start().await;
-    let agent_id = cluster.wait_registered().await;
-    let mut s = cluster.scheduler("").await;
+    let (mut cluster, agent_id, mut s) = Cluster::with_scheduler().await;
     s.auto_ack = false;
 
     s.launch(
@@ -277,9 +271,7 @@ async fn unacknowledged_updates_are_resent_in_order_across_a_master_restart() {
 /// re-attaches to the task and sends the updates that were not acknowledged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checkpoint_survives_a_restart_of_the_agent() {
-    let mut cluster = Cluster::start().await;
-    let agent_id = cluster.wait_registered().await;
-    let mut s = cluster.scheduler("").await;
+    let (mut cluster, agent_id, mut s) = Cluster::with_scheduler().await;
     s.auto_ack = false;
     s.launch(&agent_id, vec![task("kept", &["sleep", "100"], 16 << 20)])
         .await;
@@ -340,9 +332,7 @@ async fn checkpoint_survives_a_restart_of_the_agent() {
 /// task ends normally.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn planted_fifos_and_links_are_never_opened() {
-    let cluster = Cluster::start().await;
-    let agent_id = cluster.wait_registered().await;
-    let mut s = cluster.scheduler("").await;
+    let (cluster, agent_id, mut s) = Cluster::with_scheduler().await;
     let script = "rm -f stdout stderr && mkfifo stdout pipe && ln -s /etc/shadow stderr \
                   && touch planted && sleep 3";
     s.launch(
