@@ -13,11 +13,20 @@ use cella_proto::v1;
 use common::restart::wait_until;
 use common::{Cluster, Master, WAIT, task};
 
+/// `method url` with `tls`; the request itself must succeed, whatever the answer.
+async fn request(
+    method: Method,
+    url: String,
+    tls: &rustls::ClientConfig,
+) -> cella_proto::tls::HttpResponse {
+    cella_proto::tls::https_request(method, &url, None, tls)
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exit_code_logs_and_confined_file_reads() {
-    let cluster = Cluster::start().await;
-    let agent_id = cluster.wait_registered().await;
-    let mut s = cluster.scheduler("").await;
+    let (cluster, agent_id, mut s) = Cluster::with_scheduler().await;
 
     s.launch(
         &agent_id,
@@ -51,11 +60,7 @@ async fn exit_code_logs_and_confined_file_reads() {
     let get = |path: String| {
         let tls = tls.clone();
         let url = format!("{base}{path}");
-        async move {
-            cella_proto::tls::https_request(Method::GET, &url, None, &tls)
-                .await
-                .unwrap()
-        }
+        async move { request(Method::GET, url, &tls).await }
     };
     let r = get("/api/v1/tasks/hi-3/files/stdout".into()).await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
@@ -87,23 +92,17 @@ async fn exit_code_logs_and_confined_file_reads() {
         cella_proto::tls::ExpectedServer::Agent,
     )
     .unwrap();
-    let r = cella_proto::tls::https_request(Method::GET, &format!("{base}/health"), None, &anon)
-        .await
-        .unwrap();
+    let r = request(Method::GET, format!("{base}/health"), &anon).await;
     assert_eq!(r.status, StatusCode::OK);
-    let r = cella_proto::tls::https_request(
+    let r = request(
         Method::GET,
-        &format!("{base}/api/v1/tasks/hi-3/files/stdout"),
-        None,
+        format!("{base}/api/v1/tasks/hi-3/files/stdout"),
         &anon,
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     // GET / says what this is and where the API and docs are, to anyone.
-    let r = cella_proto::tls::https_request(Method::GET, &format!("{base}/"), None, &anon)
-        .await
-        .unwrap();
+    let r = request(Method::GET, format!("{base}/"), &anon).await;
     assert_eq!(r.status, StatusCode::OK);
     let index: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(index["service"], "cella-agent", "{index}");
@@ -111,14 +110,7 @@ async fn exit_code_logs_and_confined_file_reads() {
     assert!(api.contains("\"GET /api/v1/containers\""), "{index}");
     assert!(docs.contains("api.md"), "{index}");
     // A wrong method: 405 naming the methods the path takes.
-    let r = cella_proto::tls::https_request(
-        Method::POST,
-        &format!("{base}/api/v1/containers"),
-        None,
-        &tls,
-    )
-    .await
-    .unwrap();
+    let r = request(Method::POST, format!("{base}/api/v1/containers"), &tls).await;
     assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
     let error: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(
@@ -141,9 +133,7 @@ async fn exit_code_logs_and_confined_file_reads() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_limit_kill_and_command_not_found() {
-    let cluster = Cluster::start().await;
-    let agent_id = cluster.wait_registered().await;
-    let mut s = cluster.scheduler("").await;
+    let (cluster, agent_id, mut s) = Cluster::with_scheduler().await;
 
     s.launch(
         &agent_id,
@@ -203,9 +193,7 @@ async fn memory_limit_kill_and_command_not_found() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unacknowledged_updates_are_resent_in_order_across_a_master_restart() {
-    let mut cluster = Cluster::start().await;
-    let agent_id = cluster.wait_registered().await;
-    let mut s = cluster.scheduler("").await;
+    let (mut cluster, agent_id, mut s) = Cluster::with_scheduler().await;
     s.auto_ack = false;
 
     s.launch(
@@ -283,9 +271,7 @@ async fn unacknowledged_updates_are_resent_in_order_across_a_master_restart() {
 /// re-attaches to the task and sends the updates that were not acknowledged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checkpoint_survives_a_restart_of_the_agent() {
-    let mut cluster = Cluster::start().await;
-    let agent_id = cluster.wait_registered().await;
-    let mut s = cluster.scheduler("").await;
+    let (mut cluster, agent_id, mut s) = Cluster::with_scheduler().await;
     s.auto_ack = false;
     s.launch(&agent_id, vec![task("kept", &["sleep", "100"], 16 << 20)])
         .await;

@@ -19,9 +19,7 @@ use common::{Cluster, task};
 /// task ends normally.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn planted_fifos_and_links_are_never_opened() {
-    let cluster = Cluster::start().await;
-    let agent_id = cluster.wait_registered().await;
-    let mut s = cluster.scheduler("").await;
+    let (cluster, agent_id, mut s) = Cluster::with_scheduler().await;
     let script = "rm -f stdout stderr && mkfifo stdout pipe && ln -s /etc/shadow stderr \
                   && touch planted && sleep 3";
     s.launch(

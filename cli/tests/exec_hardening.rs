@@ -77,8 +77,7 @@ fn line_of<'a>(stdout: &'a str, name: &str) -> Option<&'a str> {
 
 #[test]
 fn a_task_sees_only_its_own_minimal_dev() {
-    let sb = Sandbox::new();
-    let out = sb.sh(
+    let out = Sandbox::run_sh(
         &[],
         "ls -a /dev; echo --; grep ' /dev' /proc/self/mountinfo",
     );
@@ -157,12 +156,11 @@ fn host_devices_cannot_be_opened_even_through_a_volume() {
 
 #[test]
 fn mknod_fails_for_every_device() {
-    let sb = Sandbox::new();
     // Root in the task keeps CAP_MKNOD (Docker's set); the allowlist has no mknod.
     let script = "for spec in 'b 7 0' 'c 10 232' 'c 1 3'; do \
                   if err=$(mknod /dev/shm/node $spec 2>&1); then echo \"$spec: ok\"; rm -f /dev/shm/node; \
                   else echo \"$spec: $err\"; fi; done";
-    let out = sb.sh(&[], script);
+    let out = Sandbox::run_sh(&[], script);
     out.assert_code(0);
     for spec in ["b 7 0", "c 10 232", "c 1 3"] {
         let line = line_of(&out.stdout, spec).unwrap_or("missing");
@@ -239,7 +237,6 @@ fn the_shim_runs_from_a_sealed_copy() {
 
 #[test]
 fn binaries_cannot_be_written_or_chmodded_from_a_task() {
-    let sb = Sandbox::new();
     let shim = exec_harness::shim_bin();
     let before = fingerprint(&shim);
     let script = format!(
@@ -250,7 +247,7 @@ fn binaries_cannot_be_written_or_chmodded_from_a_task() {
          done",
         shim = shim.display()
     );
-    let out = sb.sh(&[], &script);
+    let out = Sandbox::run_sh(&[], &script);
     out.assert_code(0);
     for f in ["/proc/self/exe".to_string(), shim.display().to_string()] {
         for what in ["chmod", "chown"] {
@@ -270,7 +267,6 @@ fn binaries_cannot_be_written_or_chmodded_from_a_task() {
 
 #[test]
 fn cella_state_and_host_secrets_are_masked() {
-    let sb = Sandbox::new();
     let shim = exec_harness::shim_bin();
     let script = format!(
         "echo \"run: $(ls -A {run} | wc -l)\"; \
@@ -281,7 +277,7 @@ fn cella_state_and_host_secrets_are_masked() {
         run = exec_harness::RUNTIME_DIR,
         shim = shim.display()
     );
-    let out = sb.sh(&[], &script);
+    let out = Sandbox::run_sh(&[], &script);
     out.assert_code(0);
     // The task's own run directory exists on the host while it runs.
     out.check_eq(

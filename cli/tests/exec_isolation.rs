@@ -22,8 +22,7 @@ fn host_ns(kind: &str) -> String {
 
 #[test]
 fn task_is_pid_1_with_own_namespaces() {
-    let sb = Sandbox::new();
-    let out = sb.sh(
+    let out = Sandbox::run_sh(
         &[],
         "echo pid=$$; for n in pid mnt ipc uts net; do echo $n=$(readlink /proc/self/ns/$n); done",
     );
@@ -53,9 +52,8 @@ fn task_is_pid_1_with_own_namespaces() {
 
 #[test]
 fn hostname_is_private() {
-    let sb = Sandbox::new();
     let before = fs::read_to_string("/proc/sys/kernel/hostname").expect("read hostname");
-    let out = sb.sh(&["--hostname", "h1"], "hostname");
+    let out = Sandbox::run_sh(&["--hostname", "h1"], "hostname");
     out.assert_code(0);
     out.check_eq(out.stdout.trim(), "h1", "hostname inside the task");
     let after = fs::read_to_string("/proc/sys/kernel/hostname").expect("read hostname");
@@ -64,8 +62,7 @@ fn hostname_is_private() {
 
 #[test]
 fn net_none_has_only_loopback_and_it_is_up() {
-    let sb = Sandbox::new();
-    let out = sb.sh(
+    let out = Sandbox::run_sh(
         &["--net", "none"],
         "cat /proc/net/dev; echo ---; ip link show lo; echo ns=$(readlink /proc/self/ns/net)",
     );
@@ -107,11 +104,10 @@ fn probe_name(prefix: &str) -> String {
 
 #[test]
 fn host_tree_is_read_only() {
-    let sb = Sandbox::new();
     let tag = probe_name("cella-probe");
     for dir in ["/etc", "/usr", "/"] {
         let target = Path::new(dir).join(&tag);
-        let out = sb.sh(&[], &format!("echo x > {}", target.display()));
+        let out = Sandbox::run_sh(&[], &format!("echo x > {}", target.display()));
         out.check(
             out.code != 0,
             format!("writing {} must fail", target.display()),
@@ -185,11 +181,10 @@ fn volumes_ro_and_rw() {
 
 #[test]
 fn root_task_cannot_use_devices_or_mount() {
-    let sb = Sandbox::new();
     // mknod may be refused, or succeed on a nodev mount where opening fails.
     let script = "mknod ./blk b 7 0 2>/dev/null; if head -c 1 ./blk > /dev/null 2>&1; then echo DEVICE-OPENED; fi; \
                   mkdir ./m && if mount -t tmpfs none ./m; then echo MOUNTED; fi; echo end";
-    let out = sb.sh(&[], script);
+    let out = Sandbox::run_sh(&[], script);
     out.assert_code(0);
     out.stdout_has("end", "the script did not finish");
     out.stdout_lacks(

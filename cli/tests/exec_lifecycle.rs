@@ -15,7 +15,6 @@ use exec_harness::{
 
 #[test]
 fn daemonized_children_die_with_the_task() {
-    let sb = Sandbox::new();
     let marker = format!("98765{}", std::process::id());
     // The task waits until the daemon runs `sleep MARKER` (up to 10 s), then lists
     // every process it can see.
@@ -27,7 +26,7 @@ fn daemonized_children_die_with_the_task() {
          i=0; until up || [ $i -ge 200 ]; do sleep 0.05; i=$((i+1)); done; \
          for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline 2>/dev/null; echo; done; exit 0"
     );
-    let out = sb.sh(&[], &script);
+    let out = Sandbox::run_sh(&[], &script);
     out.assert_code(0);
     let needle = format!("sleep {marker}");
     out.stdout_has(&needle, format!("the daemonized `{needle}` did not start"));

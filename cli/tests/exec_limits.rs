@@ -7,9 +7,8 @@ use exec_harness::{MIB, Sandbox, in_vm};
 
 #[test]
 fn memory_limit_kills_and_is_reported() {
-    let sb = Sandbox::new();
     // tail keeps the (newline-free) 100 MB line in memory.
-    let out = sb.sh(&["--mem", "32MiB"], "head -c 100000000 /dev/zero | tail");
+    let out = Sandbox::run_sh(&["--mem", "32MiB"], "head -c 100000000 /dev/zero | tail");
     out.assert_code(137);
     out.stderr_has(
         "memory limit",
@@ -75,8 +74,7 @@ fn cpu_limit_holds_a_busy_loop_to_half_a_cpu() {
 
 #[test]
 fn pids_limit_stops_a_fork_bomb() {
-    let sb = Sandbox::new();
-    let out = sb.sh(
+    let out = Sandbox::run_sh(
         &["--pids", "10"],
         "for i in $(seq 1 30); do sleep 30 & done; wait",
     );

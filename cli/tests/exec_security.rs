@@ -22,8 +22,7 @@ fn hex_caps(mask: u64) -> String {
 
 #[test]
 fn default_capabilities_no_new_privs_and_seccomp() {
-    let sb = Sandbox::new();
-    let out = sb.sh(&[], STATUS_SCRIPT);
+    let out = Sandbox::run_sh(&[], STATUS_SCRIPT);
     out.assert_code(0);
     out.check_eq(
         out.status_field("CapEff").as_str(),
@@ -161,9 +160,8 @@ fn a_profile_that_denies_start_up_is_named() {
 
 #[test]
 fn user_option_drops_root_and_capabilities() {
-    let sb = Sandbox::new();
     for user in ["65534", "nobody"] {
-        let out = sb.sh(&["--user", user], STATUS_SCRIPT);
+        let out = Sandbox::run_sh(&["--user", user], STATUS_SCRIPT);
         out.assert_code(0);
         out.check(
             out.stdout.lines().any(|l| l == "65534"),

@@ -6,70 +6,39 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use cella_containerizer::task::{Resources, Stdio};
+use cella_containerizer::task::Resources;
 use cella_containerizer::units::MilliCpus;
 use cella_containerizer::usage::next_sample_in;
-use cella_containerizer::{
-    Containerizer, ContainerizerConfig, Limitation, TaskConfig, TaskId, Termination,
-};
+use cella_containerizer::{Containerizer, Limitation, Termination};
 
 const MIB: u64 = 1 << 20;
 
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-/// A containerizer with its own runtime directory, sandboxes and cgroup root, all
-/// removed on drop (also when an assertion failed).
+/// A containerizer in a workspace of its own, whose tasks and cgroup root are removed
+/// on drop (also when an assertion failed).
 struct Bench {
-    dir: tempfile::TempDir,
+    ws: common::Workspace,
     containerizer: Containerizer,
 }
 
 impl Bench {
     fn new() -> Self {
-        assert!(
-            nix::unistd::geteuid().is_root(),
-            "these tests need root (cgroups, namespaces)"
-        );
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let dir = tempfile::tempdir().expect("tempdir");
-        let containerizer = Containerizer::new(ContainerizerConfig {
-            shim_path: common::shim_path(),
-            runtime_dir: dir.path().join("run"),
-            cgroup_root: Some(PathBuf::from(format!(
-                "cella-test-{}-a{n}",
-                std::process::id()
-            ))),
-            cleanup_if_orphaned: false,
-            hidden: Vec::new(),
-            systemd_slice: None,
-        })
-        .expect("containerizer");
-        Self { dir, containerizer }
+        let ws = common::Workspace::new("a");
+        let containerizer = ws.containerizer();
+        Self { ws, containerizer }
     }
 
     fn sandbox(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
+        self.ws.dir.path().join(name)
     }
 
     /// Runs `script` as task `name`, sampled as `cella exec` samples (every 10 ms in
     /// the first second, then every 100 ms), and collects it.
     fn run(&self, name: &str, script: &str, resources: Resources) -> Termination {
-        let sandbox = self.sandbox(name);
-        std::fs::create_dir_all(&sandbox).expect("sandbox");
-        let mut config = TaskConfig::new(
-            vec!["sh".into(), "-c".into(), script.into()],
-            sandbox.clone(),
-        );
+        let (id, mut config) = self.ws.sh_task(name, script);
         config.resources = resources;
         config.measure_disk = true;
-        config.stdio = Stdio::Files {
-            stdout: sandbox.join("stdout"),
-            stderr: sandbox.join("stderr"),
-        };
-        let id = TaskId::new(name).expect("id");
         let c = &self.containerizer;
         let mut running = c.launch(&id, &config).expect("launch");
         loop {
@@ -89,20 +58,6 @@ impl Bench {
         text.trim()
             .parse()
             .unwrap_or_else(|e| panic!("{}: {text:?}: {e}", path.display()))
-    }
-}
-
-impl Drop for Bench {
-    fn drop(&mut self) {
-        let c = &self.containerizer;
-        if let Ok(names) = c.cgroups().list() {
-            for name in names {
-                if let Ok(id) = TaskId::new(name) {
-                    c.destroy(&id);
-                }
-            }
-        }
-        c.cgroups().remove_base_if_empty();
     }
 }
 
@@ -253,7 +208,7 @@ fn disk_use_matches_what_the_task_wrote() {
 #[test]
 fn direct_io_is_attributed_to_the_task() {
     let b = Bench::new();
-    let on_tmpfs = nix::sys::statfs::statfs(b.dir.path())
+    let on_tmpfs = nix::sys::statfs::statfs(b.ws.dir.path())
         .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC);
     if on_tmpfs {
         let end = b.run(

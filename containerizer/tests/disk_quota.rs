@@ -11,20 +11,12 @@ use std::time::Duration;
 
 use cella_containerizer::isolators::{PROJECT_IDS, QuotaFs, project_of};
 use cella_containerizer::task::Stdio;
-use cella_containerizer::{Containerizer, ContainerizerConfig, Recovered, TaskConfig, TaskId};
+use cella_containerizer::{Containerizer, Recovered, TaskConfig, TaskId};
 
 const MIB: u64 = 1024 * 1024;
 
 fn containerizer(runtime: &std::path::Path, cgroup_root: &str) -> Containerizer {
-    Containerizer::new(ContainerizerConfig {
-        shim_path: common::shim_path(),
-        runtime_dir: runtime.to_path_buf(),
-        cgroup_root: Some(cgroup_root.into()),
-        cleanup_if_orphaned: false,
-        hidden: Vec::new(),
-        systemd_slice: None,
-    })
-    .expect("containerizer")
+    common::containerizer(runtime, cgroup_root.as_ref())
 }
 
 #[test]

@@ -3,46 +3,25 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use cella_containerizer::task::Stdio;
-use cella_containerizer::{Containerizer, ContainerizerConfig, Recovered, TaskConfig, TaskId};
+use cella_containerizer::{Containerizer, Recovered, TaskConfig, TaskId};
 
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-/// A launcher with its own runtime dir and cgroup root, removed on drop.
+/// A launcher: a workspace of its own whose containerizers launch tasks and go away.
 struct Launcher {
-    dir: tempfile::TempDir,
-    cgroup_root: PathBuf,
+    ws: common::Workspace,
 }
 
 impl Launcher {
     fn new() -> Self {
-        assert!(
-            nix::unistd::geteuid().is_root(),
-            "these tests need root (cgroups, namespaces)"
-        );
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let dir = tempfile::tempdir().expect("tempdir");
         Self {
-            dir,
-            cgroup_root: PathBuf::from(format!("cella-test-{}-r{n}", std::process::id())),
+            ws: common::Workspace::new("r"),
         }
     }
 
     /// A fresh containerizer on the same runtime dir: what an agent restart creates.
     fn containerizer(&self) -> Containerizer {
-        Containerizer::new(ContainerizerConfig {
-            shim_path: common::shim_path(),
-            runtime_dir: self.dir.path().join("run"),
-            cgroup_root: Some(self.cgroup_root.clone()),
-            cleanup_if_orphaned: false,
-            hidden: Vec::new(),
-            systemd_slice: None,
-        })
-        .expect("containerizer")
+        self.ws.containerizer()
     }
 
     /// Launches task `name` running `script`, then the containerizer that launched it
@@ -65,17 +44,7 @@ impl Launcher {
     }
 
     fn task(&self, name: &str, script: &str) -> (TaskId, TaskConfig) {
-        let sandbox = self.dir.path().join(name);
-        std::fs::create_dir_all(&sandbox).expect("sandbox");
-        let mut config = TaskConfig::new(
-            vec!["sh".into(), "-c".into(), script.into()],
-            sandbox.clone(),
-        );
-        config.stdio = Stdio::Files {
-            stdout: sandbox.join("stdout"),
-            stderr: sandbox.join("stderr"),
-        };
-        (TaskId::new(name).expect("id"), config)
+        self.ws.sh_task(name, script)
     }
 }
 
@@ -86,20 +55,6 @@ struct Left {
     task_pid: i32,
     shim_pid: i32,
     shim_start_time: u64,
-}
-
-impl Drop for Launcher {
-    fn drop(&mut self) {
-        let c = self.containerizer();
-        if let Ok(names) = c.cgroups().list() {
-            for name in names {
-                if let Ok(id) = TaskId::new(name) {
-                    c.destroy(&id);
-                }
-            }
-        }
-        c.cgroups().remove_base_if_empty();
-    }
 }
 
 #[test]
@@ -137,7 +92,7 @@ fn a_running_task_is_re_attached_and_can_be_killed() {
         "killed by SIGKILL: {:?}",
         end.status
     );
-    let out = std::fs::read_to_string(l.dir.path().join("t-running/stdout")).expect("stdout");
+    let out = std::fs::read_to_string(l.ws.dir.path().join("t-running/stdout")).expect("stdout");
     assert_eq!(out, "up\n");
 }
 
@@ -150,7 +105,7 @@ fn a_shim_that_has_not_written_its_pid_yet_is_waited_for() {
     let t = l.launch_and_leave("t-starting", "exec sleep 1000");
 
     // Only the shim holds the lock; the task did not inherit it.
-    let run = l.dir.path().join("run/tasks/t-starting");
+    let run = l.ws.dir.path().join("run/tasks/t-starting");
     let holds_lock = |pid: i32| {
         std::fs::read_dir(format!("/proc/{pid}/fd"))
             .into_iter()
@@ -228,7 +183,7 @@ fn a_missing_run_directory_or_a_reused_pid_is_not_taken_for_the_task() {
 
     // A run directory whose shim pid now belongs to an unrelated process (this test
     // process, with another start time): not ours.
-    let run = l.dir.path().join("run/tasks/t-missing");
+    let run = l.ws.dir.path().join("run/tasks/t-missing");
     std::fs::create_dir_all(&run).expect("run dir");
     std::fs::write(run.join("shim.pid"), format!("{} 1\n", std::process::id())).expect("shim.pid");
     match c.recover(&id, &config, None) {

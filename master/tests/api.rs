@@ -12,33 +12,7 @@ use cella_proto::api;
 use cella_proto::tls;
 use cella_proto::v1::{self, agent_message};
 use common::*;
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 use serde_json::Value;
-
-/// `GET url + path` decoded as `T`, after checking that `T` encodes back to the JSON
-/// the master served.
-async fn get_typed<T: DeserializeOwned + Serialize>(
-    url: &str,
-    client: &rustls::ClientConfig,
-    path: &str,
-) -> (T, Value) {
-    let raw: Value = tls::https_get_json(&format!("{url}{path}"), client)
-        .await
-        .unwrap_or_else(|e| panic!("GET {path}: {e}"));
-    let typed: T = serde_json::from_value(raw.clone()).unwrap_or_else(|e| {
-        panic!(
-            "GET {path}: not a {} ({e}): {raw}",
-            std::any::type_name::<T>()
-        )
-    });
-    assert_eq!(
-        serde_json::to_value(&typed).unwrap(),
-        raw,
-        "GET {path}: the typed view encodes back to what was served"
-    );
-    (typed, raw)
-}
 
 /// The field names of a JSON object, sorted.
 fn keys(v: &Value) -> Vec<&str> {
@@ -92,39 +66,15 @@ fn pressure(avg10: f64) -> v1::Pressure {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_api_json_round_trips_through_the_cli_types() {
-    let dir = tempfile::tempdir().unwrap();
-    let layout = tls::init_dir(&dir.path().join("certs"), &[]).unwrap();
-    let client =
-        tls::client_config(&layout.ca_cert, &layout.client_cert, &layout.client_key).unwrap();
-    let agent_cfg =
-        tls::client_config(&layout.ca_cert, &layout.agent_cert, &layout.agent_key).unwrap();
-    let master = start(&layout, &dir.path().join("master")).await;
-    let url = master.url();
+    let m = TlsMaster::start().await;
+    let (url, client) = (m.url.clone(), m.client.clone());
 
     // A framework with two tasks on one agent: one runs and reports its usage, the
     // other fails with exit code 3.
-    let (calls, events, fw) = grpc_scheduler(&url, &client, "").await;
-    let (agent_tx, to_agent) = grpc_agent(
-        &url,
-        &agent_cfg,
-        registration(
-            "agent-api",
-            vec![
-                (fw.as_str(), "t-run", v1::TaskState::TaskRunning),
-                (fw.as_str(), "t-end", v1::TaskState::TaskRunning),
-            ],
-        ),
-    )
-    .await;
+    let f = m.framework_on_agent("agent-api", &["t-run", "t-end"]).await;
+    let fw = f.fw.clone();
     let sample = full_sample("t-run");
-    let send = |message| {
-        agent_tx
-            .send(v1::AgentMessage {
-                message: Some(message),
-            })
-            .unwrap()
-    };
-    send(agent_message::Message::Usage(agent_message::UsageReport {
+    f.send(agent_message::Message::Usage(agent_message::UsageReport {
         tasks: vec![sample.clone()],
         ..Default::default()
     }));
@@ -134,7 +84,7 @@ async fn operator_api_json_round_trips_through_the_cli_types() {
         s.exit_code = Some(3);
         s.message = "exited with code 3".into();
     }
-    send(agent_message::Message::StatusUpdate(end));
+    f.send(agent_message::Message::StatusUpdate(end));
 
     // The update follows the usage on the same stream: once it shows, both did.
     let deadline = Instant::now() + WAIT;
@@ -317,6 +267,6 @@ async fn operator_api_json_round_trips_through_the_cli_types() {
     let error: api::Error = serde_json::from_slice(&r.body).unwrap();
     assert!(error.error.contains("unknown task"), "{error:?}");
 
-    drop((calls, events, agent_tx, to_agent));
-    master.stop().await;
+    drop(f);
+    m.master.stop().await;
 }

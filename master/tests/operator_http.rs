@@ -43,12 +43,8 @@ use promtool::promtool_check;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_api_errors_queries_index_and_metrics() {
-    let dir = tempfile::tempdir().unwrap();
-    let layout = tls::init_dir(&dir.path().join("certs"), &[]).unwrap();
-    let client =
-        tls::client_config(&layout.ca_cert, &layout.client_cert, &layout.client_key).unwrap();
-    let master = start(&layout, &dir.path().join("master")).await;
-    let url = master.url();
+    let m = TlsMaster::start().await;
+    let (url, client, layout) = (m.url.clone(), m.client.clone(), m.layout.clone());
 
     // Unknown paths, wrong methods, bad queries: JSON errors with the right status.
     let cases: [(Method, &str, StatusCode, &str); 7] = [
@@ -205,7 +201,7 @@ async fn operator_api_errors_queries_index_and_metrics() {
     };
     assert!(message.contains("empty call"), "{message}");
     drop((calls, events));
-    master.stop().await;
+    m.master.stop().await;
 }
 
 /// `curl -i -X METHOD` of `path` with the client certificate: the status line,
@@ -227,10 +223,8 @@ fn curl(layout: &tls::Layout, method: &str, url: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_method_names_the_allowed_ones() {
-    let dir = tempfile::tempdir().unwrap();
-    let layout = tls::init_dir(&dir.path().join("certs"), &[]).unwrap();
-    let master = start(&layout, &dir.path().join("master")).await;
-    let url = master.url();
+    let m = TlsMaster::start().await;
+    let (url, layout) = (m.url.clone(), m.layout.clone());
     for (method, path, allowed) in [
         ("POST", "/api/v1/tasks", "GET,HEAD"),
         ("DELETE", "/api/v1/tasks/t1/kill", "POST"),
@@ -254,5 +248,5 @@ async fn a_wrong_method_names_the_allowed_ones() {
         );
         assert_eq!(error, want, "{method} {path}");
     }
-    master.stop().await;
+    m.master.stop().await;
 }

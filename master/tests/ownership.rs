@@ -3,28 +3,17 @@
 
 mod common;
 
-use cella_master::master;
 use cella_proto::v1::{self, call, event, master_to_agent};
 use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_framework_cannot_acknowledge_or_kill_a_task() {
-    let dir = tempfile::tempdir().unwrap();
-    let m = master::try_spawn(config(dir.path())).unwrap();
-    let mut alice = subscribe(&m, "", "alice").await.unwrap();
-    let mut a = register_agent(&m, "agent-a", vec![]).await;
-    let offers = alice.next_offers().await;
+    let (_dir, m) = spawned();
+    let (mut alice, mut a, offers) = offered(&m, "alice", "agent-a").await;
     // Bob subscribes once alice holds the agent's offer (with both subscribed first,
     // the one offer could go to either).
     let mut bob = subscribe(&m, "", "bob").await.unwrap();
-    alice.call(
-        &m,
-        call::Call::Accept(call::Accept {
-            offer_ids: vec![offers[0].offer_id.clone()],
-            tasks: vec![task_info("t1")],
-            refuse_seconds: None,
-        }),
-    );
+    alice.accept(&m, offers[0].offer_id.clone(), vec![task_info("t1")]);
     assert_eq!(a.next_launch().await.task_id, "t1");
     a.status(&m, &alice.id, "t1", v1::TaskState::TaskRunning, "u1");
     assert_eq!(alice.next_update().await.uuid, "u1");

@@ -182,8 +182,7 @@ async fn damaged_registry_refuses_to_start() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_update_storm_is_batched() {
-    let dir = tempfile::tempdir().unwrap();
-    let m = master::try_spawn(config(dir.path())).unwrap();
+    let (dir, m) = spawned();
     let s = subscribe(&m, "fw-storm", "alice").await.unwrap();
     let tasks: Vec<String> = (0..500).map(|i| format!("storm-{i}")).collect();
     let a = register_agent_with_tasks(
@@ -343,31 +342,14 @@ mod over_mtls {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn restart_over_mtls() {
-        let dir = tempfile::tempdir().unwrap();
-        let layout = tls::init_dir(&dir.path().join("certs"), &[]).unwrap();
-        let work = dir.path().join("master");
-        let client =
-            tls::client_config(&layout.ca_cert, &layout.client_cert, &layout.client_key).unwrap();
-        let agent_cfg =
-            tls::client_config(&layout.ca_cert, &layout.agent_cert, &layout.agent_key).unwrap();
-
-        let master = start(&layout, &work).await;
-        let (calls, events, fw) = grpc_scheduler(&master.url(), &client, "").await;
+        let m = TlsMaster::start().await;
+        let client = m.client.clone();
         // An agent registers with a task of that framework it runs.
-        let (agent_tx, to_agent) = grpc_agent(
-            &master.url(),
-            &agent_cfg,
-            registration(
-                "agent-tls",
-                vec![(fw.as_str(), "tls-1", v1::TaskState::TaskRunning)],
-            ),
-        )
-        .await;
-        drop((calls, events, agent_tx, to_agent));
-        master.stop().await;
+        let fw = m.framework_on_agent("agent-tls", &["tls-1"]).await.fw;
+        m.master.stop().await;
 
         // A new master on the same work dir knows the framework and the task.
-        let master = start(&layout, &work).await;
+        let master = start(&m.layout, &m.dir.path().join("master")).await;
         let state: serde_json::Value =
             tls::https_get_json(&format!("{}/api/v1/state", master.url()), &client)
                 .await
@@ -416,8 +398,7 @@ mod over_mtls {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_suppressed_framework_stays_suppressed_after_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let m = master::try_spawn(config(dir.path())).unwrap();
+    let (dir, m) = spawned();
     let (mut s, fw, _a) = framework_and_agent_a(&m).await;
     let offers = s.next_offers().await;
     s.call(&m, call::Call::Suppress(call::Suppress {}));
@@ -508,8 +489,7 @@ async fn reconciling_an_unknown_task_waits_for_the_agents_of_the_registry() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_back_after_its_tasks_were_lost_cannot_end_them_twice() {
-    let dir = tempfile::tempdir().unwrap();
-    let m = master::try_spawn(config(dir.path())).unwrap();
+    let (_dir, m) = spawned();
     let (mut s, fw, mut a) = framework_and_agent_a(&m).await;
     let offer = s.next_offers().await.remove(0);
     s.accept(&m, offer.offer_id, vec![task_info("t1")]);

@@ -15,18 +15,9 @@ async fn launched(
     agent: &str,
     tasks: Vec<v1::TaskInfo>,
 ) -> (Scheduler, Agent) {
-    let mut s = subscribe(m, "", "alice").await.unwrap();
-    let mut a = register_agent(m, agent, vec![]).await;
-    let offers = s.next_offers().await;
+    let (s, mut a, offers) = offered(m, "alice", agent).await;
     let n = tasks.len();
-    s.call(
-        m,
-        call::Call::Accept(call::Accept {
-            offer_ids: vec![offers[0].offer_id.clone()],
-            tasks,
-            refuse_seconds: None,
-        }),
-    );
+    s.accept(m, offers[0].offer_id.clone(), tasks);
     for _ in 0..n {
         a.next_launch().await;
     }
@@ -113,8 +104,7 @@ async fn answers(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn implicit_reconciliation_answers_every_task_not_fully_acknowledged() {
-    let dir = tempfile::tempdir().unwrap();
-    let m = master::try_spawn(config(dir.path())).unwrap();
+    let (_dir, m) = spawned();
     let (mut s, a) = launched(&m, "agent-r", vec![task_info("t-run"), task_info("t-end")]).await;
     let fw = s.id.clone();
     use v1::TaskState::{TaskFinished, TaskRunning};
@@ -181,8 +171,7 @@ async fn implicit_reconciliation_answers_every_task_not_fully_acknowledged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledgements_of_no_update_get_an_error_event() {
-    let dir = tempfile::tempdir().unwrap();
-    let m = master::try_spawn(config(dir.path())).unwrap();
+    let (_dir, m) = spawned();
     let (mut s, mut a) = launched(&m, "agent-k", vec![task_info("t1")]).await;
     let fw = s.id.clone();
     a.send(&m, running(&a, &fw, "t1", "u1"));
@@ -220,8 +209,7 @@ async fn acknowledgements_of_no_update_get_an_error_event() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn teardown_kills_with_the_grace_period_and_reason_framework_removed() {
-    let dir = tempfile::tempdir().unwrap();
-    let m = master::try_spawn(config(dir.path())).unwrap();
+    let (_dir, m) = spawned();
     let (mut s, mut a) = launched(&m, "agent-t", vec![task_info("t1")]).await;
     let fw = s.id.clone();
     use v1::TaskState::TaskKilled;
@@ -268,8 +256,7 @@ async fn teardown_kills_with_the_grace_period_and_reason_framework_removed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kills_carry_the_grace_period_of_the_call_the_task_or_the_cluster() {
-    let dir = tempfile::tempdir().unwrap();
-    let m = master::try_spawn(config(dir.path())).unwrap();
+    let (_dir, m) = spawned();
     let with_policy = |id: &str, secs: f64| v1::TaskInfo {
         kill_policy: Some(v1::KillPolicy {
             grace_period_secs: Some(secs),
@@ -325,11 +312,8 @@ async fn kills_carry_the_grace_period_of_the_call_the_task_or_the_cluster() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_accept_beyond_the_offer_refuses_the_task_that_does_not_fit_with_units() {
-    let dir = tempfile::tempdir().unwrap();
-    let m = master::try_spawn(config(dir.path())).unwrap();
-    let mut s = subscribe(&m, "", "alice").await.unwrap();
-    let mut a = register_agent(&m, "agent-f", vec![]).await;
-    let offers = s.next_offers().await;
+    let (_dir, m) = spawned();
+    let (mut s, mut a, offers) = offered(&m, "alice", "agent-f").await;
     let big = v1::TaskInfo {
         resources: Some(v1::Resources {
             cpus: 0.5,
@@ -338,13 +322,10 @@ async fn an_accept_beyond_the_offer_refuses_the_task_that_does_not_fit_with_unit
         }),
         ..task_info("big")
     };
-    s.call(
+    s.accept(
         &m,
-        call::Call::Accept(call::Accept {
-            offer_ids: vec![offers[0].offer_id.clone()],
-            tasks: vec![task_info("small-1"), big, task_info("small-2")],
-            refuse_seconds: None,
-        }),
+        offers[0].offer_id.clone(),
+        vec![task_info("small-1"), big, task_info("small-2")],
     );
     let refused = s.update_for("big").await;
     assert_eq!(
@@ -371,8 +352,7 @@ async fn an_accept_beyond_the_offer_refuses_the_task_that_does_not_fit_with_unit
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_masters_view_follows_the_agents_newest_state_without_acknowledgements() {
-    let dir = tempfile::tempdir().unwrap();
-    let m = master::try_spawn(config(dir.path())).unwrap();
+    let (_dir, m) = spawned();
     let (s, a) = launched(&m, "agent-v", vec![task_info("t1")]).await;
     let fw = s.id.clone();
     use v1::TaskState::{TaskKilled, TaskRunning, TaskStarting};

@@ -11,7 +11,6 @@ use cella_proto::api;
 use cella_proto::tls;
 use cella_proto::v1::{self, agent_message};
 use common::*;
-use serde_json::Value;
 
 const S: u64 = 1_000_000_000;
 
@@ -38,45 +37,15 @@ async fn get<T: serde::de::DeserializeOwned + serde::Serialize>(
     client: &rustls::ClientConfig,
     path: &str,
 ) -> T {
-    let raw: Value = tls::https_get_json(&format!("{url}{path}"), client)
-        .await
-        .unwrap_or_else(|e| panic!("GET {path}: {e}"));
-    let typed: T =
-        serde_json::from_value(raw.clone()).unwrap_or_else(|e| panic!("GET {path}: {e}: {raw}"));
-    assert_eq!(serde_json::to_value(&typed).unwrap(), raw, "GET {path}");
-    typed
+    get_typed(url, client, path).await.0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delta_reports_become_full_samples_and_a_history() {
-    let dir = tempfile::tempdir().unwrap();
-    let layout = tls::init_dir(&dir.path().join("certs"), &[]).unwrap();
-    let client =
-        tls::client_config(&layout.ca_cert, &layout.client_cert, &layout.client_key).unwrap();
-    let agent_cfg =
-        tls::client_config(&layout.ca_cert, &layout.agent_cert, &layout.agent_key).unwrap();
-    let master = start(&layout, &dir.path().join("master")).await;
-    let url = master.url();
-    let (_calls, _events, fw) = grpc_scheduler(&url, &client, "").await;
-    let (agent_tx, _to_agent) = grpc_agent(
-        &url,
-        &agent_cfg,
-        registration(
-            "agent-u",
-            vec![
-                (fw.as_str(), "t-run", v1::TaskState::TaskRunning),
-                (fw.as_str(), "t-end", v1::TaskState::TaskRunning),
-            ],
-        ),
-    )
-    .await;
-    let send = |message| {
-        agent_tx
-            .send(v1::AgentMessage {
-                message: Some(message),
-            })
-            .unwrap()
-    };
+    let m = TlsMaster::start().await;
+    let (url, client) = (m.url.clone(), m.client.clone());
+    let f = m.framework_on_agent("agent-u", &["t-run", "t-end"]).await;
+    let (fw, send) = (f.fw.clone(), |message| f.send(message));
     // A full report, then two deltas: the second changes only the CPU figure of
     // t-run and leaves t-end out.
     send(agent_message::Message::Usage(agent_message::UsageReport {
@@ -186,5 +155,5 @@ async fn delta_reports_become_full_samples_and_a_history() {
         let e: api::Error = serde_json::from_slice(&r.body).unwrap();
         assert!(!e.error.is_empty());
     }
-    master.stop().await;
+    m.master.stop().await;
 }

@@ -136,6 +136,13 @@ fn pki() -> (tempfile::TempDir, Layout) {
     (dir, layout)
 }
 
+/// A server with new certificates, served with `options`.
+async fn serve(options: ServeOptions) -> (tempfile::TempDir, Layout, Server) {
+    let (dir, layout) = pki();
+    let server = start(&layout, options).await;
+    (dir, layout, server)
+}
+
 fn client(layout: &Layout) -> rustls::ClientConfig {
     tls::client_config(&layout.ca_cert, &layout.client_cert, &layout.client_key).unwrap()
 }
@@ -248,8 +255,7 @@ fn init_dir_writes_keys_0600_and_refuses_to_overwrite() {
 
 #[tokio::test]
 async fn grpc_and_json_share_the_port_over_mtls() {
-    let (_dir, layout) = pki();
-    let server = start(&layout, ServeOptions::default()).await;
+    let (_dir, layout, server) = serve(ServeOptions::default()).await;
     let cfg = client(&layout);
 
     let channel = tls::grpc_channel(&server.url(), &cfg).await.unwrap();
@@ -319,8 +325,7 @@ async fn grpc_and_json_share_the_port_over_mtls() {
 
 #[tokio::test]
 async fn no_client_certificate_health_only() {
-    let (_dir, layout) = pki();
-    let server = start(&layout, ServeOptions::default()).await;
+    let (_dir, layout, server) = serve(ServeOptions::default()).await;
     let anon = tls::client_config_anonymous(&layout.ca_cert).unwrap();
 
     let resp = tls::https_request(
@@ -403,8 +408,7 @@ async fn read_all(mut s: TcpStream) -> Vec<u8> {
 
 #[tokio::test]
 async fn plaintext_gets_no_http_answer() {
-    let (_dir, layout) = pki();
-    let server = start(&layout, ServeOptions::default()).await;
+    let (_dir, layout, server) = serve(ServeOptions::default()).await;
 
     let mut s = TcpStream::connect(server.addr).await.unwrap();
     s.write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
@@ -439,8 +443,7 @@ async fn plaintext_gets_no_http_answer() {
 
 #[tokio::test]
 async fn tls12_client_is_accepted() {
-    let (_dir, layout) = pki();
-    let server = start(&layout, ServeOptions::default()).await;
+    let (_dir, layout, server) = serve(ServeOptions::default()).await;
 
     let mut roots = rustls::RootCertStore::empty();
     for c in tls::load_certs(&layout.ca_cert).unwrap() {
@@ -494,14 +497,10 @@ async fn tls12_client_is_accepted() {
 
 #[tokio::test]
 async fn slow_handshakes_do_not_block_and_time_out() {
-    let (_dir, layout) = pki();
-    let server = start(
-        &layout,
-        ServeOptions {
-            handshake_timeout: Duration::from_millis(300),
-            ..ServeOptions::default()
-        },
-    )
+    let (_dir, layout, server) = serve(ServeOptions {
+        handshake_timeout: Duration::from_millis(300),
+        ..ServeOptions::default()
+    })
     .await;
 
     // A client that connects and says nothing.
@@ -527,14 +526,10 @@ async fn slow_handshakes_do_not_block_and_time_out() {
 
 #[tokio::test]
 async fn shutdown_closes_open_streams_after_the_drain_timeout() {
-    let (_dir, layout) = pki();
-    let server = start(
-        &layout,
-        ServeOptions {
-            drain_timeout: Duration::from_millis(500),
-            ..ServeOptions::default()
-        },
-    )
+    let (_dir, layout, server) = serve(ServeOptions {
+        drain_timeout: Duration::from_millis(500),
+        ..ServeOptions::default()
+    })
     .await;
     let addr = server.addr;
     let channel = tls::grpc_channel(&server.url(), &client(&layout))

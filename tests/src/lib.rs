@@ -1118,6 +1118,14 @@ impl From<Output> for CliOutput {
     }
 }
 
+/// The write end of a pipe whose read end is already closed: writes to it fail with
+/// EPIPE, as a command's output into `| head` does once `head` has gone.
+pub fn closed_pipe() -> std::os::fd::OwnedFd {
+    let (read, write) = nix::unistd::pipe().unwrap();
+    drop(read);
+    write
+}
+
 /// Runs a prepared `cella` command with a [`DEADLINE`] (it is killed after it).
 pub async fn run_cli(mut command: tokio::process::Command, args: &[&str]) -> CliOutput {
     let child = command

@@ -187,3 +187,22 @@ pub async fn launch_one(s: &mut super::Scheduler, task: v1::TaskInfo) -> v1::Tas
         }
     }
 }
+
+/// An ACL file's text in which agents (`agent:*`) may register and the cluster's own
+/// client (`user:test`) is an operator, plus the test's own `principals` (lines of
+/// the `[principals]` table) and `roles` (tables).
+pub fn acl_with(principals: &str, roles: &str) -> String {
+    format!(
+        r#"[principals]
+"agent:*" = ["agent"]
+"user:test" = ["operator"]
+{principals}
+[roles.agent]
+register_agent = true
+
+[roles.operator]
+admin = true
+
+{roles}"#
+    )
+}

@@ -5,13 +5,12 @@
 //! Needs root, `promtool` (Debian's `prometheus`) and `cargo build --workspace --bins`.
 
 use std::io::Write;
-use std::os::fd::OwnedFd;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use axum::http::{Method, StatusCode};
 use cella_proto::v1;
-use cella_tests::{Cluster, DEADLINE, Scheduler, framework, task};
+use cella_tests::{Cluster, DEADLINE, Scheduler, closed_pipe, framework, task};
 use serde_json::Value;
 
 /// What each test agent offers.
@@ -200,14 +199,6 @@ async fn agent_api_errors_are_json_and_both_metrics_pass_promtool() {
     }
     drop(s);
     c.finish();
-}
-
-/// The read end of a pipe that is already closed: writes to the other end fail
-/// with EPIPE.
-fn closed_pipe() -> OwnedFd {
-    let (read, write) = nix::unistd::pipe().unwrap();
-    drop(read);
-    write
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -205,6 +205,16 @@ fn stored_images(cluster: &Cluster) -> usize {
         .unwrap_or(0)
 }
 
+/// Waits up to [`DEADLINE`] for the agent's store to hold no image; `what` says why
+/// it should be empty.
+async fn wait_no_images(cluster: &Cluster, what: &str) {
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while stored_images(cluster) != 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(stored_images(cluster), 0, "{what}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_from_an_image_through_the_agent() {
     image_common::require_root();
@@ -357,11 +367,7 @@ async fn two_tasks_share_one_pull_and_gc_follows_their_end() {
     eprintln!("{} blobs fetched once each", all);
 
     // Both ended: the leases are released and GC removes the image.
-    let deadline = std::time::Instant::now() + DEADLINE;
-    while stored_images(&cluster) != 0 && std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(stored_images(&cluster), 0, "the unused image was collected");
+    wait_no_images(&cluster, "the unused image was collected").await;
     cluster.finish();
 }
 
@@ -422,11 +428,7 @@ async fn an_image_task_survives_an_agent_restart_with_its_image() {
     // The recovered agent's terminal update still names the image's digest.
     let killed = cluster.wait_task_state(&id, "KILLED").await;
     assert_eq!(killed.image_digest, digest, "{killed:?}");
-    let deadline = std::time::Instant::now() + DEADLINE;
-    while stored_images(&cluster) != 0 && std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(stored_images(&cluster), 0, "collected once the task ended");
+    wait_no_images(&cluster, "collected once the task ended").await;
     cluster.finish();
 }
 
@@ -436,27 +438,19 @@ async fn an_image_task_survives_an_agent_restart_with_its_image() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn images_through_the_agents_api_with_permissions() {
     image_common::require_root();
-    const ACL: &str = r#"
-[principals]
-"agent:*" = ["agent"]
-"user:test" = ["operator"]
-"user:carol" = ["viewer"]
+    let acl = cella_tests::security::acl_with(
+        r#""user:carol" = ["viewer"]
 "user:erin" = ["nobody"]
-
-[roles.agent]
-register_agent = true
-
-[roles.operator]
-admin = true
-
-[roles.viewer]
+"#,
+        r#"[roles.viewer]
 view = ["state"]
 
 [roles.nobody]
-"#;
+"#,
+    );
     let dir = tempfile::tempdir().unwrap();
     let registry = registry_with_busybox(dir.path());
-    let cluster = cluster_with_acl(&registry, &[], Some(ACL)).await;
+    let cluster = cluster_with_acl(&registry, &[], Some(&acl)).await;
     let agent = format!("https://{}", cluster.agents[0].http);
     let images = async |tls_dir: Option<&Path>, args: &[&str]| {
         let mut all = vec!["images", "--agent", &agent];

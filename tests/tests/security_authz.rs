@@ -17,21 +17,13 @@ const RES: &str = "cpus:2;mem:2GiB;disk:1GiB";
 
 /// `none1` and `none2` have the same length: swapping them changes the ACL without
 /// changing the file's size.
-const ACL: &str = r#"
-[principals]
-"agent:*" = ["agent"]
-"user:test" = ["operator"]
-"group:batch" = ["batch"]
+fn acl() -> String {
+    cella_tests::security::acl_with(
+        r#""group:batch" = ["batch"]
 "user:carol" = ["viewer"]
 "user:erin" = ["none1"]
-
-[roles.agent]
-register_agent = true
-
-[roles.operator]
-admin = true
-
-[roles.batch]
+"#,
+        r#"[roles.batch]
 subscribe = ["batch"]
 run_task = [{ role = "batch", as_user = ["*"], max_cpus = 0.5 }]
 use_volume = [{ prefix = "DATA", mode = "ro" }]
@@ -45,7 +37,9 @@ view = ["state", "tasks"]
 
 [roles.none2]
 subscribe = ["batch"]
-"#;
+"#,
+    )
+}
 
 async fn wait_until(what: &str, mut f: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + DEADLINE;
@@ -107,7 +101,7 @@ async fn every_permission_is_allowed_with_it_and_denied_without() {
     let mut c = Cluster::new();
     let data = c.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
-    let acl = c.use_acl(&ACL.replace("DATA", data.to_str().unwrap()));
+    let acl = c.use_acl(&acl().replace("DATA", data.to_str().unwrap()));
     c.start_master().await;
     let agent = c.start_agent(RES).await;
     let alice = c.user("alice", &["batch"]);

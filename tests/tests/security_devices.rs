@@ -17,20 +17,12 @@ const DEVICE: &str = "/dev/fuse";
 /// One the ACL grants and the agent does not allow.
 const NOT_ON_AGENT: &str = "/dev/net/tun";
 
-const ACL: &str = r#"
-[principals]
-"agent:*" = ["agent"]
-"user:test" = ["operator"]
-"group:fuse" = ["fuse"]
+fn acl() -> String {
+    cella_tests::security::acl_with(
+        r#""group:fuse" = ["fuse"]
 "group:plain" = ["plain"]
-
-[roles.agent]
-register_agent = true
-
-[roles.operator]
-admin = true
-
-[roles.fuse]
+"#,
+        r#"[roles.fuse]
 subscribe = ["batch"]
 run_task = [{ role = "batch", as_user = ["*"] }]
 use_device = ["/dev/fuse", "/dev/net/tun"]
@@ -38,7 +30,9 @@ use_device = ["/dev/fuse", "/dev/net/tun"]
 [roles.plain]
 subscribe = ["batch"]
 run_task = [{ role = "batch", as_user = ["*"] }]
-"#;
+"#,
+    )
+}
 
 /// Whether `path` is a character device on this host; if not, the test cannot run
 /// (a failure under `CELLA_TEST_STRICT=1`).
@@ -91,7 +85,7 @@ async fn a_device_reaches_a_task_only_when_asked_granted_and_allowed() {
         return;
     }
     let mut c = Cluster::new();
-    c.use_acl(ACL);
+    c.use_acl(&acl());
     c.agent_flags.push(format!("--allow-device={DEVICE}"));
     c.start_master().await;
     let agent = c.start_agent(RES).await;

@@ -3,12 +3,11 @@
 //! sorted by CPU, into a closed pipe, and the live `cella top` driven by keys in a
 //! tmux pane. Needs root, tmux and `cargo build --workspace --bins`.
 
-use std::os::fd::OwnedFd;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use cella_proto::api;
-use cella_tests::{Cluster, DEADLINE};
+use cella_tests::{Cluster, DEADLINE, closed_pipe};
 
 const RES: &str = "cpus:2;mem:2GiB;disk:1GiB";
 
@@ -34,12 +33,6 @@ async fn start(c: &Cluster, name: &str, cpus: &str, command: &[&str]) -> String 
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-fn closed_pipe() -> OwnedFd {
-    let (read, write) = nix::unistd::pipe().unwrap();
-    drop(read);
-    write
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

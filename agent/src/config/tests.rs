@@ -1,6 +1,19 @@
 use super::*;
 use proptest::prelude::*;
 
+/// Why `args` do not resolve without a configuration file.
+fn flags_error(args: AgentArgs) -> ConfigError {
+    args.resolve_with(&FileConfig::default(), None).unwrap_err()
+}
+
+/// Why the configuration file `source` holding `text` does not resolve.
+fn file_error(text: &str, source: &str) -> ConfigError {
+    let file = FileConfig::parse(text).unwrap();
+    AgentArgs::default()
+        .resolve_with(&file, Some(Path::new(source)))
+        .unwrap_err()
+}
+
 /// Every key documented in the shipped /etc/cella/agent.toml, uncommented, is one
 /// the agent accepts, and the file resolves as it is.
 #[test]
@@ -109,34 +122,27 @@ usage_interval = "5s"
 
 #[test]
 fn errors_name_the_field() {
-    let file = FileConfig::parse("resources = \"cpus:lots\"").unwrap();
-    let err = AgentArgs::default()
-        .resolve_with(&file, Some(Path::new("/etc/a.toml")))
-        .unwrap_err();
+    let err = file_error("resources = \"cpus:lots\"", "/etc/a.toml");
     assert_eq!(err.field, "resources (in /etc/a.toml)");
-    let args = AgentArgs {
+    let err = flags_error(AgentArgs {
         master: Some("http://x:1".into()),
         ..Default::default()
-    };
-    let err = args.resolve_with(&FileConfig::default(), None).unwrap_err();
+    });
     assert_eq!(err.field, "--master");
     assert!(err.message.contains("https://"));
-    let args = AgentArgs {
-        http_listen: Some("localhost".into()),
-        ..Default::default()
-    };
     assert_eq!(
-        args.resolve_with(&FileConfig::default(), None)
-            .unwrap_err()
-            .field,
+        flags_error(AgentArgs {
+            http_listen: Some("localhost".into()),
+            ..Default::default()
+        })
+        .field,
         "--http-listen"
     );
     assert!(FileConfig::parse("wrok_dir = \"/x\"").is_err());
-    let args = AgentArgs {
+    let err = flags_error(AgentArgs {
         recover: Some("restart".into()),
         ..Default::default()
-    };
-    let err = args.resolve_with(&FileConfig::default(), None).unwrap_err();
+    });
     assert_eq!(err.field, "--recover");
 }
 
@@ -177,11 +183,10 @@ credentials = "/etc/cella/agent-credentials.toml"
     );
     assert_eq!(c.tasks.rootfs, vec![PathBuf::from("/srv/rootfs")]);
     assert_eq!(c.tasks.devices, vec![PathBuf::from("/dev/fuse")]);
-    let args = AgentArgs {
+    let err = flags_error(AgentArgs {
         allow_devices: vec!["/etc/passwd".into()],
         ..Default::default()
-    };
-    let err = args.resolve_with(&FileConfig::default(), None).unwrap_err();
+    });
     assert_eq!(err.field, "--allow-device");
     assert_eq!(c.acl, Some(PathBuf::from("/etc/cella/agent-acl.toml")));
     // Flags win over the file.
@@ -191,25 +196,19 @@ credentials = "/etc/cella/agent-credentials.toml"
     };
     let c = args.resolve_with(&file, None).unwrap();
     assert_eq!(c.tasks.volumes.len(), 1);
-    let args = AgentArgs {
+    let err = flags_error(AgentArgs {
         allow_volumes: vec!["data".into()],
         ..Default::default()
-    };
-    let err = args.resolve_with(&FileConfig::default(), None).unwrap_err();
+    });
     assert_eq!(err.field, "--allow-volume");
-    let file = FileConfig::parse("allow_volumes = [\"rel\"]").unwrap();
-    let err = AgentArgs::default()
-        .resolve_with(&file, Some(Path::new("a.toml")))
-        .unwrap_err();
+    let err = file_error("allow_volumes = [\"rel\"]", "a.toml");
     assert_eq!(err.field, "allow_volumes (in a.toml)");
-    let args = AgentArgs {
-        task_user: Some("a:b:c".into()),
-        ..Default::default()
-    };
     assert_eq!(
-        args.resolve_with(&FileConfig::default(), None)
-            .unwrap_err()
-            .field,
+        flags_error(AgentArgs {
+            task_user: Some("a:b:c".into()),
+            ..Default::default()
+        })
+        .field,
         "--task-user"
     );
 }
@@ -302,21 +301,16 @@ fn default_task_limits() {
         (7, 5)
     );
     // 0 would mean unlimited: refused, naming the setting.
-    let args = AgentArgs {
+    let err = flags_error(AgentArgs {
         default_pids_limit: Some(0),
         ..Default::default()
-    };
-    let err = args.resolve_with(&FileConfig::default(), None).unwrap_err();
+    });
     assert_eq!(err.field, "--default-pids-limit");
-    let file = FileConfig::parse("default_disk = \"0\"").unwrap();
-    let err = AgentArgs::default()
-        .resolve_with(&file, Some(Path::new("a.toml")))
-        .unwrap_err();
+    let err = file_error("default_disk = \"0\"", "a.toml");
     assert_eq!(err.field, "default_disk (in a.toml)");
-    let args = AgentArgs {
+    let err = flags_error(AgentArgs {
         default_disk: Some("lots".into()),
         ..Default::default()
-    };
-    let err = args.resolve_with(&FileConfig::default(), None).unwrap_err();
+    });
     assert_eq!(err.field, "--default-disk");
 }

@@ -205,6 +205,15 @@ impl Cluster {
         agent_tls(&self.layout)
     }
 
+    /// A started cluster, its agent's id once registered, and a new framework's
+    /// scheduler.
+    pub async fn with_scheduler() -> (Cluster, String, Scheduler) {
+        let cluster = Cluster::start().await;
+        let agent_id = cluster.wait_registered().await;
+        let s = cluster.scheduler("").await;
+        (cluster, agent_id, s)
+    }
+
     pub async fn scheduler(&self, framework_id: &str) -> Scheduler {
         let url = self.master.as_ref().expect("master").url();
         Scheduler::subscribe(&url, &self.client_tls(), framework_id).await

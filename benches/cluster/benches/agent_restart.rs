@@ -234,22 +234,20 @@ async fn main() -> Result<()> {
         (format!("(a) start → agent re-attached to all {n}"), &ra),
         (format!("(b) start → master: agent CONNECTED, {n} RUNNING"), &ms),
     ]);
+    let counts = |g: fn(&Run) -> usize| results.iter().map(g).collect::<Vec<_>>();
+    let (before, after) = (counts(|r| r.shims_before), counts(|r| r.shims_after_same));
+    let other: usize = counts(|r| r.other_updates).iter().sum();
+    let leftovers: usize = counts(|r| r.leftovers).iter().sum();
     println!(
-        "\nshims alive before: {:?}; same shim pid and alive after: {:?}; updates other than RUNNING: {}; leftovers: {}; launch of the {n} took {} s",
-        results.iter().map(|r| r.shims_before).collect::<Vec<_>>(),
-        results.iter().map(|r| r.shims_after_same).collect::<Vec<_>>(),
-        results.iter().map(|r| r.other_updates).sum::<usize>(),
-        results.iter().map(|r| r.leftovers).sum::<usize>(),
+        "\nshims alive before: {before:?}; same shim pid and alive after: {after:?}; updates other than RUNNING: {other}; leftovers: {leftovers}; launch of the {n} took {} s",
         samples_cell(&f(|r| r.launch_s), 3),
     );
     emit(&json!({
         "bench": "agent-restart", "tasks": n, "loads": loads,
         "reattached_s": ra, "master_s": ms,
         "reattached_median_s": median(&ra), "master_median_s": median(&ms),
-        "shims_before": results.iter().map(|r| r.shims_before).collect::<Vec<_>>(),
-        "shims_after_same": results.iter().map(|r| r.shims_after_same).collect::<Vec<_>>(),
-        "other_updates": results.iter().map(|r| r.other_updates).sum::<usize>(),
-        "leftovers": results.iter().map(|r| r.leftovers).sum::<usize>(),
+        "shims_before": before, "shims_after_same": after,
+        "other_updates": other, "leftovers": leftovers,
     }));
     Ok(())
 }

@@ -168,10 +168,10 @@ async fn main() -> Result<()> {
         (format!("start → all {a} CONNECTED in /api/v1/agents"), &c),
         (format!("(first registration of the {a}, fresh master)"), &fr),
     ]);
+    let counts = |g: fn(&Run) -> usize| results.iter().map(g).collect::<Vec<_>>();
+    let (known, failed) = (counts(|r| r.known_after_restart), counts(|r| r.failed_attempts));
     println!(
-        "\nagents known to the restarted master before any re-registration: {:?}; failed connection attempts after the kill: {:?}; registry size: {:?} bytes; master RSS after: {:?} MiB",
-        results.iter().map(|r| r.known_after_restart).collect::<Vec<_>>(),
-        results.iter().map(|r| r.failed_attempts).collect::<Vec<_>>(),
+        "\nagents known to the restarted master before any re-registration: {known:?}; failed connection attempts after the kill: {failed:?}; registry size: {:?} bytes; master RSS after: {:?} MiB",
         results.iter().map(|r| r.registry_bytes).collect::<Vec<_>>(),
         results.iter().map(|r| format!("{:.0}", r.rss_mib)).collect::<Vec<_>>(),
     );
@@ -179,8 +179,7 @@ async fn main() -> Result<()> {
         "bench": "master-restart", "agents": a, "tasks_per_agent": k, "loads": loads,
         "listening_s": l, "all_registered_s": r, "all_connected_s": c, "first_register_s": fr,
         "all_connected_median_s": median(&c), "all_registered_median_s": median(&r),
-        "known_after_restart": results.iter().map(|r| r.known_after_restart).collect::<Vec<_>>(),
-        "failed_attempts": results.iter().map(|r| r.failed_attempts).collect::<Vec<_>>(),
+        "known_after_restart": known, "failed_attempts": failed,
     }));
     Ok(())
 }

@@ -475,6 +475,12 @@ impl Sandbox {
     }
 
     /// Runs `sh -c script` with `opts`.
+    /// Runs `sh -c script` with `opts` in a sandbox of its own, removed once the
+    /// task has ended.
+    pub fn run_sh(opts: &[&str], script: &str) -> Outcome {
+        Sandbox::new().sh(opts, script)
+    }
+
     pub fn sh(&self, opts: &[&str], script: &str) -> Outcome {
         self.run(opts, &["sh", "-c", script])
     }

@@ -8,6 +8,11 @@
 // Each test binary uses a part of these helpers.
 #![allow(dead_code)]
 
+mod cluster;
+// Not every test binary uses these either.
+#[allow(unused_imports)]
+pub use cluster::{FrameworkOnAgent, TlsMaster, get_typed};
+
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -38,6 +43,14 @@ pub fn config(dir: &Path) -> MasterConfig {
         work_dir: Some(dir.to_path_buf()),
         ..MasterConfig::default()
     }
+}
+
+/// A master actor on `config` in a new work directory, which lives as long as the
+/// returned `TempDir`.
+pub fn spawned() -> (tempfile::TempDir, MasterHandle) {
+    let dir = tempfile::tempdir().unwrap();
+    let m = cella_master::master::try_spawn(config(dir.path())).unwrap();
+    (dir, m)
 }
 
 pub fn task_info(id: &str) -> v1::TaskInfo {
@@ -262,6 +275,19 @@ pub struct Scheduler {
     /// Offers received while waiting for an update (an offer is made once: dropping
     /// it would leave the test waiting for one that never comes).
     pub pending_offers: VecDeque<Vec<v1::Offer>>,
+}
+
+/// Framework `principal` subscribed, agent `agent` registered without tasks, and
+/// the first offers the framework gets.
+pub async fn offered(
+    m: &MasterHandle,
+    principal: &str,
+    agent: &str,
+) -> (Scheduler, Agent, Vec<v1::Offer>) {
+    let mut s = subscribe(m, "", principal).await.unwrap();
+    let a = register_agent(m, agent, vec![]).await;
+    let offers = s.next_offers().await;
+    (s, a, offers)
 }
 
 pub async fn subscribe(
