@@ -3,6 +3,7 @@
 //! agents' reports, the views) is in `master/usage.rs`.
 
 pub mod history;
+pub mod packed;
 pub mod point;
 
 pub use history::{History, Tier, Tiers};

@@ -8,13 +8,19 @@ use cella_proto::v1::{Pressure, TaskUsage};
 /// The scalar figures, by index. Gauges (a level, not a running total) keep the
 /// largest value when samples are folded, so a coarse point still shows the peak;
 /// counters and the kernel's own peaks keep the newest.
-const FIGURES: usize = 17;
+pub(super) const FIGURES: usize = 17;
 const GAUGES: [usize; 7] = [3, 5, 6, 7, 9, 12, 13];
 
 /// Bits of `Point::present` above the figures: per pressure, measured and "full" line.
 const PRESSURE_BIT: usize = FIGURES;
 
-/// A sample of a task's figures: 248 bytes (see `docs/configuration.md`).
+/// Every number of a point but its timestamp and presence bits, by index (what
+/// [`super::packed`] stores as differences): the figures, then per pressure its six
+/// averages and two totals.
+pub(super) const FIELDS: usize = FIGURES + 3 * 8;
+
+/// A sample of a task's figures: 248 bytes as it is folded; the history stores older
+/// points packed ([`super::packed`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Point {
     pub timestamp_ns: u64,
@@ -153,6 +159,44 @@ impl Point {
         u.memory_pressure = pressure(1);
         u.io_pressure = pressure(2);
         u
+    }
+
+    /// The presence bits: per figure, then per pressure measured and "full" line.
+    pub(super) fn present(&self) -> u32 {
+        self.present
+    }
+
+    pub(super) fn set_present(&mut self, present: u32) {
+        self.present = present;
+    }
+
+    /// Number `i` of [`FIELDS`], present or not (an absent one is 0).
+    pub(super) fn field(&self, i: usize) -> u64 {
+        if i < FIGURES {
+            return self.figures[i];
+        }
+        let (pressure, j) = ((i - FIGURES) / 8, (i - FIGURES) % 8);
+        let p = &self.pressure[pressure];
+        if j < 6 {
+            u64::from(p.avg[j])
+        } else {
+            p.total_us[j - 6]
+        }
+    }
+
+    /// Sets number `i` of [`FIELDS`]; an average past `u16::MAX` (never stored) is capped.
+    pub(super) fn set_field(&mut self, i: usize, value: u64) {
+        if i < FIGURES {
+            self.figures[i] = value;
+            return;
+        }
+        let (pressure, j) = ((i - FIGURES) / 8, (i - FIGURES) % 8);
+        let p = &mut self.pressure[pressure];
+        if j < 6 {
+            p.avg[j] = u16::try_from(value).unwrap_or(u16::MAX);
+        } else {
+            p.total_us[j - 6] = value;
+        }
     }
 
     fn figure(&self, i: usize) -> Option<u64> {
