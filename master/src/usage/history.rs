@@ -291,7 +291,7 @@ mod tests {
         // Irregular samples: jitter, a late one, gaps, levels up and down.
         let samples = (0..4 * 3600u64).filter(|s| s % 97 != 0).map(|s| {
             let t = s * S + (s * 7919 % 1000) * 1_000_000;
-            let late = if s % 1000 == 1 { 3 * S } else { 0 };
+            let late = if s % 1000 == 999 { 3 * S } else { 0 };
             let mut p = sample(t - late, s * s, s * 2_654_435_761 % 1_000_000);
             if s % 13 == 0 {
                 p.fold(&Point::from_wire(&TaskUsage {

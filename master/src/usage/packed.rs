@@ -42,12 +42,13 @@ fn unzigzag(z: u64) -> u64 {
 pub fn encode(prev: &Point, p: &Point, out: &mut Vec<u8>) {
     encode_varint(zigzag(p.timestamp_ns.wrapping_sub(prev.timestamp_ns)), out);
     encode_varint(u64::from(p.present() ^ prev.present()), out);
+    let (now, before) = (p.fields(), prev.fields());
     let changed = (0..FIELDS)
-        .filter(|&i| p.field(i) != prev.field(i))
+        .filter(|&i| now[i] != before[i])
         .fold(0u64, |mask, i| mask | 1 << i);
     encode_varint(changed, out);
     for i in (0..FIELDS).filter(|i| changed & 1 << i != 0) {
-        encode_varint(zigzag(p.field(i).wrapping_sub(prev.field(i))), out);
+        encode_varint(zigzag(now[i].wrapping_sub(before[i])), out);
     }
 }
 
@@ -60,8 +61,14 @@ pub fn decode(prev: &Point, bytes: &mut &[u8]) -> Point {
     p.timestamp_ns = prev.timestamp_ns.wrapping_add(unzigzag(next()));
     p.set_present(prev.present() ^ u32::try_from(next()).unwrap_or(0));
     let changed = next();
-    for i in (0..FIELDS).filter(|i| changed & 1 << i != 0) {
-        p.set_field(i, prev.field(i).wrapping_add(unzigzag(next())));
+    if changed != 0 {
+        let mut f = prev.fields();
+        for (i, v) in f.iter_mut().enumerate() {
+            if changed & 1 << i != 0 {
+                *v = v.wrapping_add(unzigzag(next()));
+            }
+        }
+        p.set_fields(&f);
     }
     p
 }
@@ -244,8 +251,9 @@ mod tests {
         let b = point(20_000_000_000, 9_000_000, Some(1 << 26), Some(1.5));
         let mut bytes = Vec::new();
         encode(&a, &b, &mut bytes);
-        // Timestamp (5 bytes), presence, mask (2), CPU (4), pressure totals (3 + 3).
-        assert!(bytes.len() <= 20, "{} bytes", bytes.len());
+        // Timestamp (5 bytes), presence (1), mask (6: the pressure's bits are the
+        // highest), CPU (4), pressure totals (4 + 4); 248 unpacked.
+        assert_eq!(bytes.len(), 24);
     }
 
     #[test]

@@ -170,32 +170,27 @@ impl Point {
         self.present = present;
     }
 
-    /// Number `i` of [`FIELDS`], present or not (an absent one is 0).
-    pub(super) fn field(&self, i: usize) -> u64 {
-        if i < FIGURES {
-            return self.figures[i];
+    /// The [`FIELDS`], present or not (an absent one is 0).
+    pub(super) fn fields(&self) -> [u64; FIELDS] {
+        let mut f = [0; FIELDS];
+        f[..FIGURES].copy_from_slice(&self.figures);
+        for (p, out) in self.pressure.iter().zip(f[FIGURES..].chunks_exact_mut(8)) {
+            for (o, a) in out.iter_mut().zip(p.avg) {
+                *o = u64::from(a);
+            }
+            out[6..].copy_from_slice(&p.total_us);
         }
-        let (pressure, j) = ((i - FIGURES) / 8, (i - FIGURES) % 8);
-        let p = &self.pressure[pressure];
-        if j < 6 {
-            u64::from(p.avg[j])
-        } else {
-            p.total_us[j - 6]
-        }
+        f
     }
 
-    /// Sets number `i` of [`FIELDS`]; an average past `u16::MAX` (never stored) is capped.
-    pub(super) fn set_field(&mut self, i: usize, value: u64) {
-        if i < FIGURES {
-            self.figures[i] = value;
-            return;
-        }
-        let (pressure, j) = ((i - FIGURES) / 8, (i - FIGURES) % 8);
-        let p = &mut self.pressure[pressure];
-        if j < 6 {
-            p.avg[j] = u16::try_from(value).unwrap_or(u16::MAX);
-        } else {
-            p.total_us[j - 6] = value;
+    /// Sets the [`FIELDS`]; an average past `u16::MAX` (never stored) is capped.
+    pub(super) fn set_fields(&mut self, f: &[u64; FIELDS]) {
+        self.figures.copy_from_slice(&f[..FIGURES]);
+        for (p, from) in self.pressure.iter_mut().zip(f[FIGURES..].chunks_exact(8)) {
+            for (a, v) in p.avg.iter_mut().zip(from) {
+                *a = u16::try_from(*v).unwrap_or(u16::MAX);
+            }
+            p.total_us.copy_from_slice(&from[6..]);
         }
     }
 
