@@ -102,6 +102,10 @@ impl PackedTier {
         self.packed + usize::from(self.open.is_some())
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.open.is_none()
+    }
+
     /// The newest point, which samples of its bucket are folded into.
     pub fn back(&self) -> Option<&Point> {
         self.open.as_ref()
@@ -287,6 +291,7 @@ mod tests {
         while let Some(p) = expected.pop_front() {
             assert_eq!(tier.pop_front(), Some(p));
         }
+        assert!(tier.is_empty());
         assert_eq!(
             (tier.len(), tier.pop_front(), tier.front_timestamp()),
             (0, None, None)
