@@ -6,7 +6,8 @@
 //! master's memory, and the size of one day of one task's history.
 //!
 //! Run: `cargo bench -p cella-master --bench usage_ingest` (release profile).
-//! `USAGE_BENCH_AGENTS`, `USAGE_BENCH_TASKS`, `USAGE_BENCH_SECONDS` change the sizes.
+//! `USAGE_BENCH_AGENTS`, `USAGE_BENCH_TASKS`, `USAGE_BENCH_SECONDS` change the sizes;
+//! `USAGE_BENCH_TRACE=1` prints every simulated second (time, CPU, RSS).
 
 use std::time::{Duration, Instant};
 
@@ -25,14 +26,31 @@ fn env(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// Resident memory of this process, in bytes.
-fn rss() -> u64 {
+/// A memory figure of this process from `/proc/self/status` (`VmRSS`, `VmHWM`), in bytes.
+fn memory(field: &str) -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map_or(0, |kb| kb * 1024)
+}
+
+fn rss() -> u64 {
+    memory("VmRSS")
+}
+
+/// CPU time (user + system) of this process so far, in clock ticks (1/100 s).
+fn cpu_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The fields after the command name (which may hold spaces): utime is the 14th
+    // field of the line, the 12th after the name's closing parenthesis.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<u64> = rest
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0)
 }
 
 /// A small deterministic generator (xorshift), so runs compare.
@@ -111,6 +129,8 @@ async fn barrier(m: &MasterHandle) {
 
 struct Run {
     per_second: Vec<Duration>,
+    /// CPU time of the process while the master handled the reports (the timed part).
+    cpu: Duration,
     wire_bytes_per_second: usize,
     rss_growth: u64,
 }
@@ -170,6 +190,8 @@ async fn run(agents: usize, tasks: usize, seconds: usize, delta: bool) -> Run {
         .collect();
     let mut sent: Vec<Option<agent_message::UsageReport>> = vec![None; agents];
     let mut per_second = Vec::new();
+    let mut cpu_ticks_spent = 0;
+    let trace = std::env::var_os("USAGE_BENCH_TRACE").is_some();
     let mut wire = 0;
     for t in 0..seconds as u64 {
         // The agents' side, outside the measurement.
@@ -198,6 +220,7 @@ async fn run(agents: usize, tasks: usize, seconds: usize, delta: bool) -> Run {
             reports.push(report);
         }
         let started = Instant::now();
+        let cpu_before = cpu_ticks();
         for ((id, conn), report) in conns.iter().zip(reports) {
             m.send(Command::AgentMessage {
                 agent: id.clone(),
@@ -207,6 +230,16 @@ async fn run(agents: usize, tasks: usize, seconds: usize, delta: bool) -> Run {
         }
         barrier(&m).await;
         per_second.push(started.elapsed());
+        let cpu = cpu_ticks() - cpu_before;
+        cpu_ticks_spent += cpu;
+        if trace {
+            println!(
+                "  second {t}: {:.1} ms, CPU {} ms, RSS {} MiB",
+                started.elapsed().as_secs_f64() * 1e3,
+                cpu * 10,
+                rss() >> 20
+            );
+        }
         // Drain what the master sent the agents (nothing expected but pings).
         for rx in &mut outbound {
             while rx.try_recv().is_ok() {}
@@ -216,6 +249,7 @@ async fn run(agents: usize, tasks: usize, seconds: usize, delta: bool) -> Run {
     m.stop().await;
     Run {
         per_second,
+        cpu: Duration::from_millis(cpu_ticks_spent * 10),
         wire_bytes_per_second: wire,
         rss_growth,
     }
@@ -247,8 +281,15 @@ fn main() {
         "usage ingest: {agents} agents x {tasks} tasks, {seconds} simulated seconds (1 report per agent per second)"
     );
     println!(
-        "{:<8} {:>12} {:>12} {:>12} {:>14} {:>12}",
-        "reports", "median ms/s", "p95 ms/s", "max ms/s", "wire MB/s", "RSS growth"
+        "{:<8} {:>12} {:>12} {:>12} {:>12} {:>14} {:>12} {:>12}",
+        "reports",
+        "median ms/s",
+        "p95 ms/s",
+        "max ms/s",
+        "CPU ms/s",
+        "wire MB/s",
+        "RSS growth",
+        "peak RSS"
     );
     for delta in [true, false] {
         let r = runtime.block_on(run(agents, tasks, seconds, delta));
@@ -261,24 +302,31 @@ fn main() {
         let mb = r.wire_bytes_per_second as f64 / 1e6;
         #[allow(clippy::cast_precision_loss)]
         let growth = r.rss_growth as f64 / (1 << 20) as f64;
+        // The peak so far: the delta run comes first, so its line holds its own peak.
+        let peak = memory("VmHWM") >> 20;
+        let cpu_per_second = r.cpu / u32::try_from(r.per_second.len()).unwrap_or(u32::MAX);
         println!(
-            "{:<8} {:>12.1} {:>12.1} {:>12.1} {:>14.2} {:>9.0} MiB",
+            "{:<8} {:>12.1} {:>12.1} {:>12.1} {:>12.1} {:>14.2} {:>9.0} MiB {:>8} MiB",
             if delta { "delta" } else { "full" },
             ms(sorted[sorted.len() / 2]),
             ms(sorted[sorted.len() * 95 / 100]),
             ms(*sorted.last().unwrap()),
+            ms(cpu_per_second),
             mb,
-            growth
+            growth,
+            peak
         );
     }
     let (points, bytes, per_push) = one_day_of_history();
     println!(
-        "one day of one task's history (default tiers {:?}): {points} points, {bytes} bytes (bound {} bytes); {per_push:?} per sample",
+        "one day of one task's history (default tiers {:?}): {points} points, {bytes} bytes \
+         ({} unpacked; bound {} bytes); {per_push:?} per sample",
         Tiers::default()
             .tiers()
             .iter()
             .map(|t| format!("{:?}:{:?}", t.resolution, t.span))
             .collect::<Vec<_>>(),
+        points * std::mem::size_of::<Point>(),
         Tiers::default().max_bytes()
     );
 }

@@ -364,6 +364,9 @@ struct Master {
     /// Messages held back until the audit log is synced (see `audit.rs`).
     held: std::cell::RefCell<Vec<audit::Held>>,
     usage: usage::UsageBook,
+    /// Something the gauges count may have changed since they were last set: they
+    /// count every task, which a batch of usage reports alone leaves as it was.
+    gauges_stale: bool,
 }
 
 impl Master {
@@ -404,6 +407,7 @@ impl Master {
             deferred_reconciles: Vec::new(),
             held: Default::default(),
             usage,
+            gauges_stale: true,
         };
         if let Some(loaded) = loaded {
             master.recover(loaded);
@@ -431,6 +435,7 @@ impl Master {
                     }
                 }
                 _ = tick.tick() => {
+                    self.gauges_stale = true;
                     let now = Instant::now();
                     if now.duration_since(last_ping) >= self.config.ping_interval {
                         last_ping = now;
@@ -453,7 +458,9 @@ impl Master {
                 last_allocation = Instant::now();
                 self.allocate();
             }
-            self.update_gauges();
+            if std::mem::take(&mut self.gauges_stale) {
+                self.update_gauges();
+            }
             self.flush();
             if let Some(reply) = self.stopping.take() {
                 self.registry.close();
@@ -474,6 +481,15 @@ impl Master {
     }
 
     fn handle(&mut self, command: Command) {
+        if !matches!(
+            &command,
+            Command::AgentMessage {
+                message: agent_message::Message::Usage(_) | agent_message::Message::Pong(_),
+                ..
+            }
+        ) {
+            self.gauges_stale = true;
+        }
         match command {
             Command::AgentRegister {
                 register,

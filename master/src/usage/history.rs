@@ -5,12 +5,13 @@
 //! dropped. Each tier holds at most two points more than (its span minus the previous
 //! span) / its resolution, so a task's history is bounded whatever the agents send,
 //! and ingest is amortized O(1): one fold or push, and the few points that aged out.
+//! Every tier but its newest point is stored packed ([`super::packed`]).
 
-use std::collections::VecDeque;
 use std::time::Duration;
 
 use cella_proto::time::parse_duration;
 
+use super::packed::{MAX_POINT_BYTES, PackedTier};
 use super::point::Point;
 
 /// One tier: points `resolution` apart, kept until they are `span` old.
@@ -76,10 +77,15 @@ impl Tiers {
         (0..self.0.len()).map(|k| bound(&self.0, k)).sum()
     }
 
-    /// The most bytes a task's history holds (the points; the deques' own headers
-    /// add 32 bytes per tier).
+    /// The most bytes a task's history can hold: every point packed at its largest
+    /// (figures jumping at random; a real task's points take a tenth of it or less),
+    /// the tiers' newest points, and per tier a block's spare room and the tier's
+    /// own fields.
     pub fn max_bytes(&self) -> usize {
-        self.max_points() * std::mem::size_of::<Point>()
+        let per_tier = std::mem::size_of::<PackedTier>()
+            + std::mem::size_of::<Point>()
+            + super::packed::BLOCK_POINTS as usize * MAX_POINT_BYTES / 8;
+        self.max_points() * MAX_POINT_BYTES + self.0.len() * per_tier
     }
 }
 
@@ -104,7 +110,7 @@ fn nanos(d: Duration) -> u64 {
 #[derive(Debug, Default, Clone)]
 pub struct History {
     /// Per tier, oldest first.
-    tiers: Vec<VecDeque<Point>>,
+    tiers: Vec<PackedTier>,
 }
 
 impl History {
@@ -116,29 +122,21 @@ impl History {
             return;
         }
         if self.tiers.len() != tiers.len() {
-            self.tiers.resize_with(tiers.len(), VecDeque::new);
+            self.tiers.resize_with(tiers.len(), PackedTier::default);
         }
-        add(
-            &mut self.tiers[0],
-            nanos(tiers[0].resolution),
-            bound(tiers, 0),
-            point,
-        );
+        add(&mut self.tiers[0], nanos(tiers[0].resolution), point);
         let newest = self.tiers[0].back().map_or(0, |p| p.timestamp_ns);
         for k in 0..tiers.len() {
             let horizon = newest.saturating_sub(nanos(tiers[k].span));
-            while let Some(old) = self.tiers[k].front().copied() {
-                if old.timestamp_ns >= horizon {
+            while self.tiers[k]
+                .front_timestamp()
+                .is_some_and(|oldest| oldest < horizon)
+            {
+                let Some(old) = self.tiers[k].pop_front() else {
                     break;
-                }
-                self.tiers[k].pop_front();
+                };
                 if k + 1 < tiers.len() {
-                    add(
-                        &mut self.tiers[k + 1],
-                        nanos(tiers[k + 1].resolution),
-                        bound(tiers, k + 1),
-                        old,
-                    );
+                    add(&mut self.tiers[k + 1], nanos(tiers[k + 1].resolution), old);
                 }
             }
         }
@@ -148,15 +146,15 @@ impl History {
     /// `resolution_ns` when given (coarser than the stored points is all it can do).
     pub fn points(&self, since_ns: u64, resolution_ns: Option<u64>) -> Vec<Point> {
         let mut out: Vec<Point> = Vec::new();
-        for p in self.tiers.iter().rev().flatten() {
+        for p in self.tiers.iter().rev().flat_map(PackedTier::iter) {
             if p.timestamp_ns < since_ns {
                 continue;
             }
             match (resolution_ns.filter(|r| *r > 0), out.last_mut()) {
                 (Some(r), Some(last)) if last.timestamp_ns / r == p.timestamp_ns / r => {
-                    last.fold(p);
+                    last.fold(&p);
                 }
-                _ => out.push(*p),
+                _ => out.push(p),
             }
         }
         out
@@ -164,11 +162,11 @@ impl History {
 
     /// The newest point.
     pub fn latest(&self) -> Option<&Point> {
-        self.tiers.first().and_then(VecDeque::back)
+        self.tiers.first().and_then(PackedTier::back)
     }
 
     pub fn len(&self) -> usize {
-        self.tiers.iter().map(VecDeque::len).sum()
+        self.tiers.iter().map(PackedTier::len).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -177,32 +175,19 @@ impl History {
 
     /// Bytes held, allocated capacity included.
     pub fn bytes(&self) -> usize {
-        std::mem::size_of::<Self>()
-            + self
-                .tiers
-                .iter()
-                .map(|t| {
-                    std::mem::size_of::<VecDeque<Point>>()
-                        + t.capacity() * std::mem::size_of::<Point>()
-                })
-                .sum::<usize>()
+        std::mem::size_of::<Self>() + self.tiers.iter().map(PackedTier::bytes).sum::<usize>()
     }
 }
 
 /// Adds `p` to a tier: folded into the newest point when it falls in the same bucket
-/// (or is older), otherwise appended. The deque grows by doubling but never past
-/// `bound`, so a full tier holds no spare capacity.
-fn add(tier: &mut VecDeque<Point>, resolution_ns: u64, bound: usize, p: Point) {
+/// (or is older), otherwise appended.
+fn add(tier: &mut PackedTier, resolution_ns: u64, p: Point) {
     if let Some(back) = tier.back_mut()
         && (p.timestamp_ns / resolution_ns == back.timestamp_ns / resolution_ns
             || p.timestamp_ns < back.timestamp_ns)
     {
         back.fold(&p);
         return;
-    }
-    if tier.len() == tier.capacity() {
-        let room = bound.saturating_sub(tier.len()).max(1);
-        tier.reserve_exact(tier.capacity().max(8).min(room));
     }
     tier.push_back(p);
 }
@@ -268,6 +253,67 @@ mod tests {
         let p = bucket.first().unwrap().to_wire("t");
         assert_eq!(p.mem_current_bytes, Some(9_999));
         assert_eq!(p.cpu_user_ns, Some(29));
+    }
+
+    /// The tiers kept as plain deques of points: what the packed history must match.
+    fn unpacked(tiers: &Tiers, samples: impl Iterator<Item = Point>) -> Vec<Point> {
+        let tiers = tiers.tiers();
+        let mut kept = vec![std::collections::VecDeque::<Point>::new(); tiers.len()];
+        let add = |tier: &mut std::collections::VecDeque<Point>, r: u64, p: Point| match tier
+            .back_mut()
+        {
+            Some(b)
+                if p.timestamp_ns / r == b.timestamp_ns / r || p.timestamp_ns < b.timestamp_ns =>
+            {
+                b.fold(&p);
+            }
+            _ => tier.push_back(p),
+        };
+        for p in samples {
+            add(&mut kept[0], nanos(tiers[0].resolution), p);
+            let newest = kept[0].back().unwrap().timestamp_ns;
+            for k in 0..tiers.len() {
+                let horizon = newest.saturating_sub(nanos(tiers[k].span));
+                while kept[k].front().is_some_and(|p| p.timestamp_ns < horizon) {
+                    let old = kept[k].pop_front().unwrap();
+                    if k + 1 < tiers.len() {
+                        add(&mut kept[k + 1], nanos(tiers[k + 1].resolution), old);
+                    }
+                }
+            }
+        }
+        kept.iter().rev().flatten().copied().collect()
+    }
+
+    #[test]
+    fn packed_tiers_keep_exactly_the_points_of_plain_ones() {
+        let tiers = Tiers::parse("1s:2m,10s:30m,1m:3h").unwrap();
+        // Irregular samples: jitter, a late one, gaps, levels up and down.
+        let samples = (0..4 * 3600u64).filter(|s| s % 97 != 0).map(|s| {
+            let t = s * S + (s * 7919 % 1000) * 1_000_000;
+            let late = if s % 1000 == 999 { 3 * S } else { 0 };
+            let mut p = sample(t - late, s * s, s * 2_654_435_761 % 1_000_000);
+            if s % 13 == 0 {
+                p.fold(&Point::from_wire(&TaskUsage {
+                    timestamp_ns: t - late,
+                    io_pressure: Some(cella_proto::v1::Pressure {
+                        some_avg10: f64::from(u32::try_from(s % 100).unwrap()) / 3.0,
+                        some_total_us: s,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }));
+            }
+            p
+        });
+        let mut h = History::default();
+        for p in samples.clone() {
+            h.push(&tiers, p);
+        }
+        let expected = unpacked(&tiers, samples);
+        assert_eq!(h.points(0, None), expected);
+        assert_eq!(h.len(), expected.len());
+        assert_eq!(h.latest(), expected.last());
     }
 
     #[test]

@@ -8,13 +8,19 @@ use cella_proto::v1::{Pressure, TaskUsage};
 /// The scalar figures, by index. Gauges (a level, not a running total) keep the
 /// largest value when samples are folded, so a coarse point still shows the peak;
 /// counters and the kernel's own peaks keep the newest.
-const FIGURES: usize = 17;
+pub(super) const FIGURES: usize = 17;
 const GAUGES: [usize; 7] = [3, 5, 6, 7, 9, 12, 13];
 
 /// Bits of `Point::present` above the figures: per pressure, measured and "full" line.
 const PRESSURE_BIT: usize = FIGURES;
 
-/// A sample of a task's figures: 248 bytes (see `docs/configuration.md`).
+/// Every number of a point but its timestamp and presence bits, by index (what
+/// [`super::packed`] stores as differences): the figures, then per pressure its six
+/// averages and two totals.
+pub(super) const FIELDS: usize = FIGURES + 3 * 8;
+
+/// A sample of a task's figures: 248 bytes as it is folded; the history stores older
+/// points packed ([`super::packed`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Point {
     pub timestamp_ns: u64,
@@ -153,6 +159,39 @@ impl Point {
         u.memory_pressure = pressure(1);
         u.io_pressure = pressure(2);
         u
+    }
+
+    /// The presence bits: per figure, then per pressure measured and "full" line.
+    pub(super) fn present(&self) -> u32 {
+        self.present
+    }
+
+    pub(super) fn set_present(&mut self, present: u32) {
+        self.present = present;
+    }
+
+    /// The [`FIELDS`], present or not (an absent one is 0).
+    pub(super) fn fields(&self) -> [u64; FIELDS] {
+        let mut f = [0; FIELDS];
+        f[..FIGURES].copy_from_slice(&self.figures);
+        for (p, out) in self.pressure.iter().zip(f[FIGURES..].chunks_exact_mut(8)) {
+            for (o, a) in out.iter_mut().zip(p.avg) {
+                *o = u64::from(a);
+            }
+            out[6..].copy_from_slice(&p.total_us);
+        }
+        f
+    }
+
+    /// Sets the [`FIELDS`]; an average past `u16::MAX` (never stored) is capped.
+    pub(super) fn set_fields(&mut self, f: &[u64; FIELDS]) {
+        self.figures.copy_from_slice(&f[..FIGURES]);
+        for (p, from) in self.pressure.iter_mut().zip(f[FIGURES..].chunks_exact(8)) {
+            for (a, v) in p.avg.iter_mut().zip(from) {
+                *a = u16::try_from(*v).unwrap_or(u16::MAX);
+            }
+            p.total_us.copy_from_slice(&from[6..]);
+        }
     }
 
     fn figure(&self, i: usize) -> Option<u64> {
