@@ -265,6 +265,14 @@ mod tests {
 ";
 
     /// `/proc/self/cgroup` and `/proc/self/mountinfo` as procfs reads them.
+    /// The CPU quota and memory limit found above `dirs` in a tree of `files`
+    /// (path, content).
+    fn limits(dirs: &CgroupDirs, files: &[(&str, &str)]) -> (Option<MilliCpus>, Option<u64>) {
+        let files: HashMap<&str, &str> = files.iter().copied().collect();
+        let read = |p: &Path| files.get(p.to_str().unwrap_or("")).map(|s| s.to_string());
+        (cpu_quota(dirs, read), memory_limit(dirs, read))
+    }
+
     fn parsed(proc_cgroup: &str, mountinfo: &str) -> CgroupDirs {
         let own = procfs::ProcessCGroups::from_read(proc_cgroup.as_bytes()).unwrap();
         let mounts = procfs::process::MountInfos::from_read(mountinfo.as_bytes()).unwrap();
@@ -335,7 +343,7 @@ VmallocChunk:          0 kB
         );
         assert!(dirs.unified.is_some());
         let v1 = dirs;
-        let files: HashMap<&str, &str> = [
+        let files = [
             (
                 "/sys/fs/cgroup/cpu,cpuacct/system.slice/agent.service/cpu.cfs_quota_us",
                 "-1\n",
@@ -360,12 +368,8 @@ VmallocChunk:          0 kB
                 "/sys/fs/cgroup/memory/memory.limit_in_bytes",
                 "9223372036854771712\n",
             ),
-        ]
-        .into_iter()
-        .collect();
-        let read = |p: &Path| files.get(p.to_str().unwrap_or("")).map(|s| s.to_string());
-        assert_eq!(cpu_quota(&v1, read), Some(MilliCpus(2500)));
-        assert_eq!(memory_limit(&v1, read), Some(1 << 30));
+        ];
+        assert_eq!(limits(&v1, &files), (Some(MilliCpus(2500)), Some(1 << 30)));
     }
 
     #[test]
@@ -379,17 +383,16 @@ VmallocChunk:          0 kB
                 PathBuf::from("/sys/fs/cgroup")
             ))
         );
-        let files: HashMap<&str, &str> = [
+        let files = [
             ("/sys/fs/cgroup/a/b/cpu.max", "max 100000\n"),
             ("/sys/fs/cgroup/a/cpu.max", "300000 100000\n"),
             ("/sys/fs/cgroup/a/b/memory.max", "max\n"),
             ("/sys/fs/cgroup/a/memory.max", "536870912\n"),
-        ]
-        .into_iter()
-        .collect();
-        let read = |p: &Path| files.get(p.to_str().unwrap_or("")).map(|s| s.to_string());
-        assert_eq!(cpu_quota(&dirs, read), Some(MilliCpus(3000)));
-        assert_eq!(memory_limit(&dirs, read), Some(512 << 20));
+        ];
+        assert_eq!(
+            limits(&dirs, &files),
+            (Some(MilliCpus(3000)), Some(512 << 20))
+        );
     }
 
     #[test]
