@@ -28,21 +28,33 @@ use crate::master::{MasterHandle, OperatorError, UsageQuery};
 /// peer can make it buffer).
 const MAX_BODY_BYTES: usize = 64 << 10;
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (
-        status,
-        Json(api::Error {
-            error: message.into(),
-        }),
-    )
-        .into_response()
+/// A request that failed: the status, and the message of the JSON error body.
+struct ApiError {
+    status: StatusCode,
+    message: String,
 }
 
-fn denied(d: &Denied) -> Response {
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = api::Error {
+            error: self.message,
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> ApiError {
+    ApiError {
+        status,
+        message: message.into(),
+    }
+}
+
+fn denied(d: &Denied) -> ApiError {
     error(StatusCode::FORBIDDEN, d.to_string())
 }
 
-fn unavailable() -> Response {
+fn unavailable() -> ApiError {
     error(
         StatusCode::SERVICE_UNAVAILABLE,
         "the master is shutting down",
@@ -111,12 +123,12 @@ struct Api {
 }
 
 impl FromRequestParts<MasterHandle> for Api {
-    type Rejection = Response;
+    type Rejection = ApiError;
 
     async fn from_request_parts(
         parts: &mut Parts,
         master: &MasterHandle,
-    ) -> Result<Self, Response> {
+    ) -> Result<Self, ApiError> {
         let caller = parts.extensions.get::<Caller>().cloned().ok_or_else(|| {
             error(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -132,7 +144,7 @@ impl FromRequestParts<MasterHandle> for Api {
 
 impl Api {
     /// Checks a permission (logged and counted if denied) for the request `what`.
-    fn require(&self, action: &Action<'_>, what: &str) -> Result<(), Response> {
+    fn require(&self, action: &Action<'_>, what: &str) -> Result<(), ApiError> {
         self.m
             .config
             .authorizer
@@ -141,12 +153,12 @@ impl Api {
     }
 
     /// Checks a permission that covers a whole endpoint, on no particular target.
-    fn require_view(&self, what: ViewKind, request: &str) -> Result<(), Response> {
+    fn require_view(&self, what: ViewKind, request: &str) -> Result<(), ApiError> {
         self.require(&Action::View { what, target: None }, request)
     }
 
     /// The master's state, or the answer that it is shutting down.
-    async fn state(&self) -> Result<api::State, Response> {
+    async fn state(&self) -> Result<api::State, ApiError> {
         self.m.state().await.ok_or_else(unavailable)
     }
 
@@ -187,7 +199,7 @@ impl Api {
 }
 
 /// What a handler answers: its view, or the refusal or error that stopped it.
-type Answer = Result<Response, Response>;
+type Answer = Result<Response, ApiError>;
 
 /// The owner and role of every framework, to decide what a caller may see of tasks.
 fn targets(s: &api::State) -> BTreeMap<String, (String, String)> {
@@ -272,7 +284,7 @@ fn parse_state(name: &str) -> Result<TaskState, String> {
     })
 }
 
-fn unknown_task(id: &str) -> Response {
+fn unknown_task(id: &str) -> ApiError {
     error(StatusCode::NOT_FOUND, format!("unknown task {id:?}"))
 }
 
@@ -348,7 +360,7 @@ async fn task_usage(api: Api, Path(id): Path<String>, Query(params): Query<Usage
     Ok(Json(answer.view).into_response())
 }
 
-fn operator_error(e: OperatorError) -> Response {
+fn operator_error(e: OperatorError) -> ApiError {
     match e {
         OperatorError::NotFound(m) => error(StatusCode::NOT_FOUND, m),
         OperatorError::Conflict(m) => error(StatusCode::CONFLICT, m),

@@ -241,6 +241,10 @@ impl Master {
                 "unknown framework {framework_id:?}"
             )));
         }
+        #[expect(
+            clippy::redundant_closure,
+            reason = "the variant alone is not general over the target's lifetime"
+        )]
         self.authorize_operator(
             caller,
             &id,

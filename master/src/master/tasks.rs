@@ -543,6 +543,10 @@ impl Master {
         let Some(task) = self.tasks.get(task_id) else {
             return Err(OperatorError::NotFound(format!("unknown task {task_id:?}")));
         };
+        #[expect(
+            clippy::redundant_closure,
+            reason = "the variant alone is not general over the target's lifetime"
+        )]
         self.authorize_operator(
             caller,
             &task.framework,
