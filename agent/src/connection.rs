@@ -113,15 +113,7 @@ fn register_message(shared: &Shared) -> v1::AgentMessage {
         message: Some(agent_message::Message::Register(agent_message::Register {
             agent_id: shared.agent_id().unwrap_or_default(),
             hostname: shared.hostname.clone(),
-            attributes: shared
-                .config
-                .attributes
-                .iter()
-                .map(|(k, v)| v1::Attribute {
-                    key: k.clone(),
-                    value: v.clone(),
-                })
-                .collect(),
+            attributes: v1::Attribute::list(shared.config.attributes.iter().cloned()),
             total: Some(shared.totals.to_wire()),
             tasks: shared.running_tasks(),
             http_endpoint: shared.http_endpoint.clone(),

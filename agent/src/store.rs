@@ -468,15 +468,7 @@ fn commit(db: &Database, batches: &[Batch]) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn status(task: &str, state: v1::TaskState) -> v1::TaskStatus {
-        v1::TaskStatus {
-            task_id: task.into(),
-            state: state as i32,
-            uuid: uuid::Uuid::new_v4().to_string(),
-            ..Default::default()
-        }
-    }
+    use crate::status_updates::queue::tests::status;
 
     #[tokio::test]
     async fn round_trip_and_group_commit() {

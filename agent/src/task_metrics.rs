@@ -153,32 +153,32 @@ impl Collector for TaskSeries {
             extra: None,
         }
         .encode(e, &samples, |u, _| u.pids_current.map(gauge))?;
-        Family {
-            name: "cella_task_io_bytes",
-            help: "Bytes the task read from and wrote to block devices, by direction (read, write)",
-            kind: MetricType::Counter,
-            extra: Some(("direction", &["read", "write"])),
-        }
-        .encode(e, &samples, |u, direction| {
-            match direction {
-                "read" => u.io_read_bytes,
-                _ => u.io_write_bytes,
+        // Block device traffic in bytes and in operations, by direction.
+        type ReadWrite = fn(&v1::TaskUsage) -> [Option<u64>; 2];
+        let io: [(&str, &str, ReadWrite); 2] = [
+            (
+                "cella_task_io_bytes",
+                "Bytes the task read from and wrote to block devices, by direction (read, write)",
+                |u| [u.io_read_bytes, u.io_write_bytes],
+            ),
+            (
+                "cella_task_io_operations",
+                "Block device operations of the task, by direction (read, write)",
+                |u| [u.io_read_ops, u.io_write_ops],
+            ),
+        ];
+        for (name, help, read_write) in io {
+            Family {
+                name,
+                help,
+                kind: MetricType::Counter,
+                extra: Some(("direction", &["read", "write"])),
             }
-            .map(ConstCounter::new)
-        })?;
-        Family {
-            name: "cella_task_io_operations",
-            help: "Block device operations of the task, by direction (read, write)",
-            kind: MetricType::Counter,
-            extra: Some(("direction", &["read", "write"])),
+            .encode(e, &samples, |u, direction| {
+                let [read, write] = read_write(u);
+                if direction == "read" { read } else { write }.map(ConstCounter::new)
+            })?;
         }
-        .encode(e, &samples, |u, direction| {
-            match direction {
-                "read" => u.io_read_ops,
-                _ => u.io_write_ops,
-            }
-            .map(ConstCounter::new)
-        })?;
         Family {
             name: "cella_task_disk_bytes",
             help: "Disk space used under the task's sandbox (and its private /tmp)",

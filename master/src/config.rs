@@ -108,24 +108,18 @@ mod tests {
         let text = include_str!("../../systemd/master.toml");
         let file: FileConfig = toml::from_str(text).expect("systemd/master.toml parses");
         assert_eq!(file.listen.as_deref(), Some("0.0.0.0:5050"));
-        let listen = setting(
-            Some("127.0.0.1:1".to_string()),
-            file.listen.as_ref(),
-            "listen",
-            None,
-            |s: &String| Ok(s.clone()),
-            String::new,
-        );
-        assert_eq!(listen.as_deref(), Ok("127.0.0.1:1"));
-        let from_file = setting(
-            None,
-            file.listen.as_ref(),
-            "listen",
-            None,
-            |s: &String| Ok(s.clone()),
-            String::new,
-        );
-        assert_eq!(from_file.as_deref(), Ok("0.0.0.0:5050"));
+        // The flag wins; without one the file's value counts.
+        for (flag, want) in [(Some("127.0.0.1:1"), "127.0.0.1:1"), (None, "0.0.0.0:5050")] {
+            let listen = setting(
+                flag.map(String::from),
+                file.listen.as_ref(),
+                "listen",
+                None,
+                |s: &String| Ok(s.clone()),
+                String::new,
+            );
+            assert_eq!(listen.as_deref(), Ok(want));
+        }
     }
 
     #[test]

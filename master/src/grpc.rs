@@ -21,6 +21,51 @@ use crate::master::{Command, MasterHandle};
 
 type OutStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
+/// Runs a stream session. The master accepts it first (`open` builds the command
+/// around the sender of the stream's outbound messages and the reply, which gives
+/// the session's id and connection number); then each inbound message goes to the
+/// master as the command `forward` makes of it (none for one that says nothing),
+/// and `closed` when the stream ends or breaks.
+async fn run_session<In, Out, Id>(
+    master: &MasterHandle,
+    mut inbound: Streaming<In>,
+    kind: &'static str,
+    open: impl FnOnce(mpsc::UnboundedSender<Out>, oneshot::Sender<Result<(Id, u64), Status>>) -> Command,
+    forward: impl Fn(&Id, u64, In) -> Option<Command> + Send + 'static,
+    closed: impl FnOnce(Id, u64) -> Command + Send + 'static,
+) -> Result<Response<OutStream<Out>>, Status>
+where
+    In: Send + 'static,
+    Out: Send + 'static,
+    Id: std::fmt::Display + Send + 'static,
+{
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (id, conn) = master
+        .ask(|reply| open(tx, reply))
+        .await
+        .ok_or_else(|| Status::unavailable("the master is shutting down"))??;
+    let master = master.clone();
+    tokio::spawn(async move {
+        while let Some(message) = inbound.next().await {
+            match message {
+                Ok(message) => {
+                    if let Some(command) = forward(&id, conn, message) {
+                        master.send(command);
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(%id, "{kind} stream error: {e}");
+                    break;
+                }
+            }
+        }
+        master.send(closed(id, conn));
+    });
+    Ok(Response::new(Box::pin(
+        UnboundedReceiverStream::new(rx).map(Ok),
+    )))
+}
+
 /// The verified identity of the peer (from its client certificate).
 fn identity<T>(request: &Request<T>) -> Result<Identity, Status> {
     cella_proto::tls::grpc_principal(request)?;
@@ -59,6 +104,7 @@ impl AgentService for AgentApi {
         let node = node.clone();
         let what = format!("registering the agent of node {node}");
         self.master
+            .config
             .authorizer
             .check(&identity, &Action::RegisterAgent, &what)
             .map_err(|d| denied_status(&what, &d))?;
@@ -72,43 +118,27 @@ impl AgentService for AgentApi {
                 "the first message of an agent stream must be Register",
             ));
         };
-        let (tx, rx) = mpsc::unbounded_channel();
-        let (reply, answer) = oneshot::channel();
-        self.master.send(Command::AgentRegister {
-            register,
-            node,
-            tx,
-            reply,
-        });
-        let (agent, conn) = answer
-            .await
-            .map_err(|_| Status::unavailable("the master is shutting down"))??;
-
-        let master = self.master.clone();
-        tokio::spawn(async move {
-            while let Some(message) = inbound.next().await {
-                match message {
-                    Ok(v1::AgentMessage {
-                        message: Some(message),
-                    }) => {
-                        master.send(Command::AgentMessage {
-                            agent: agent.clone(),
-                            conn,
-                            message,
-                        });
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::debug!(agent_id = %agent, "agent stream error: {e}");
-                        break;
-                    }
-                }
-            }
-            master.send(Command::AgentDisconnected { agent, conn });
-        });
-        Ok(Response::new(Box::pin(
-            UnboundedReceiverStream::new(rx).map(Ok),
-        )))
+        run_session(
+            &self.master,
+            inbound,
+            "agent",
+            |tx, reply| Command::AgentRegister {
+                register,
+                node,
+                tx,
+                reply,
+            },
+            |agent, conn, message| {
+                let message = message.message?;
+                Some(Command::AgentMessage {
+                    agent: agent.clone(),
+                    conn,
+                    message,
+                })
+            },
+            |agent, conn| Command::AgentDisconnected { agent, conn },
+        )
+        .await
     }
 }
 
@@ -147,45 +177,31 @@ impl SchedulerService for SchedulerApi {
             ));
         };
         let framework = subscribe.framework.unwrap_or_default();
-        let (tx, rx) = mpsc::unbounded_channel();
-        let (reply, answer) = oneshot::channel();
-        self.master.send(Command::Subscribe {
-            framework,
-            caller,
-            tx,
-            reply,
-        });
-        let (framework, conn) = answer
-            .await
-            .map_err(|_| Status::unavailable("the master is shutting down"))??;
-
-        let master = self.master.clone();
-        tokio::spawn(async move {
-            while let Some(call) = inbound.next().await {
-                match call {
-                    Ok(v1::Call { call: Some(call) }) => {
-                        master.send(Command::Call {
-                            framework: framework.clone(),
-                            conn,
-                            call,
-                        });
-                    }
-                    Ok(v1::Call { call: None }) => {
-                        master.send(Command::EmptyCall {
-                            framework: framework.clone(),
-                            conn,
-                        });
-                    }
-                    Err(e) => {
-                        tracing::debug!(framework_id = %framework, "scheduler stream error: {e}");
-                        break;
-                    }
-                }
-            }
-            master.send(Command::SchedulerDisconnected { framework, conn });
-        });
-        Ok(Response::new(Box::pin(
-            UnboundedReceiverStream::new(rx).map(Ok),
-        )))
+        run_session(
+            &self.master,
+            inbound,
+            "scheduler",
+            |tx, reply| Command::Subscribe {
+                framework,
+                caller,
+                tx,
+                reply,
+            },
+            |framework, conn, call| {
+                Some(match call.call {
+                    Some(call) => Command::Call {
+                        framework: framework.clone(),
+                        conn,
+                        call,
+                    },
+                    None => Command::EmptyCall {
+                        framework: framework.clone(),
+                        conn,
+                    },
+                })
+            },
+            |framework, conn| Command::SchedulerDisconnected { framework, conn },
+        )
+        .await
     }
 }

@@ -10,7 +10,8 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{DefaultBodyLimit, Extension, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -27,21 +28,33 @@ use crate::master::{MasterHandle, OperatorError, UsageQuery};
 /// peer can make it buffer).
 const MAX_BODY_BYTES: usize = 64 << 10;
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (
-        status,
-        Json(api::Error {
-            error: message.into(),
-        }),
-    )
-        .into_response()
+/// A request that failed: the status, and the message of the JSON error body.
+struct ApiError {
+    status: StatusCode,
+    message: String,
 }
 
-fn denied(d: &Denied) -> Response {
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = api::Error {
+            error: self.message,
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> ApiError {
+    ApiError {
+        status,
+        message: message.into(),
+    }
+}
+
+fn denied(d: &Denied) -> ApiError {
     error(StatusCode::FORBIDDEN, d.to_string())
 }
 
-fn unavailable() -> Response {
+fn unavailable() -> ApiError {
     error(
         StatusCode::SERVICE_UNAVAILABLE,
         "the master is shutting down",
@@ -61,7 +74,7 @@ pub fn router(master: MasterHandle) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/v1/audit", get(audit))
         .layer(axum::middleware::from_fn_with_state(
-            master.authenticator.clone(),
+            master.config.authenticator.clone(),
             require_caller,
         ));
     Router::new()
@@ -102,14 +115,91 @@ async fn index() -> Json<serde_json::Value> {
     }))
 }
 
-/// Checks a permission that covers a whole endpoint (logged and counted if denied):
-/// the answer to give instead, if denied.
-fn refusal(m: &MasterHandle, caller: &Caller, action: &Action<'_>, what: &str) -> Option<Response> {
-    m.authorizer
-        .check(&caller.identity, action, what)
-        .err()
-        .map(|d| denied(&d))
+/// What every authenticated handler starts from: the master and the caller that the
+/// authentication middleware let through.
+struct Api {
+    m: MasterHandle,
+    caller: Caller,
 }
+
+impl FromRequestParts<MasterHandle> for Api {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        master: &MasterHandle,
+    ) -> Result<Self, ApiError> {
+        let caller = parts.extensions.get::<Caller>().cloned().ok_or_else(|| {
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the request passed no authentication",
+            )
+        })?;
+        Ok(Api {
+            m: master.clone(),
+            caller,
+        })
+    }
+}
+
+impl Api {
+    /// Checks a permission (logged and counted if denied) for the request `what`.
+    fn require(&self, action: &Action<'_>, what: &str) -> Result<(), ApiError> {
+        self.m
+            .config
+            .authorizer
+            .check(&self.caller.identity, action, what)
+            .map_err(|d| denied(&d))
+    }
+
+    /// Checks a permission that covers a whole endpoint, on no particular target.
+    fn require_view(&self, what: ViewKind, request: &str) -> Result<(), ApiError> {
+        self.require(&Action::View { what, target: None }, request)
+    }
+
+    /// The master's state, or the answer that it is shutting down.
+    async fn state(&self) -> Result<api::State, ApiError> {
+        self.m.state().await.ok_or_else(unavailable)
+    }
+
+    /// `task` as the caller may see it: `None` if it may not see the task, without its
+    /// usage if it may not see that.
+    fn visible(
+        &self,
+        owners: &BTreeMap<String, (String, String)>,
+        mut task: api::Task,
+    ) -> Option<api::Task> {
+        let (owner, role) = owners.get(&task.framework_id).cloned().unwrap_or_default();
+        let target = Some(Target {
+            owner: &owner,
+            role: &role,
+        });
+        let may = |what| {
+            self.m
+                .config
+                .authorizer
+                .allows(&self.caller.identity, &Action::View { what, target })
+        };
+        if !may(ViewKind::Tasks) {
+            return None;
+        }
+        if !may(ViewKind::Usage) {
+            task.usage = None;
+        }
+        Some(task)
+    }
+
+    fn visible_tasks(&self, s: &api::State) -> Vec<api::Task> {
+        let owners = targets(s);
+        s.tasks
+            .iter()
+            .filter_map(|t| self.visible(&owners, t.clone()))
+            .collect()
+    }
+}
+
+/// What a handler answers: its view, or the refusal or error that stopped it.
+type Answer = Result<Response, ApiError>;
 
 /// The owner and role of every framework, to decide what a caller may see of tasks.
 fn targets(s: &api::State) -> BTreeMap<String, (String, String)> {
@@ -119,91 +209,35 @@ fn targets(s: &api::State) -> BTreeMap<String, (String, String)> {
         .collect()
 }
 
-/// `task` as `caller` may see it: `None` if it may not see the task, without its
-/// usage if it may not see that.
-fn visible(
-    m: &MasterHandle,
-    caller: &Caller,
-    owners: &BTreeMap<String, (String, String)>,
-    mut task: api::Task,
-) -> Option<api::Task> {
-    let (owner, role) = owners.get(&task.framework_id).cloned().unwrap_or_default();
-    let target = Some(Target {
-        owner: &owner,
-        role: &role,
-    });
-    let may = |what| {
-        m.authorizer
-            .allows(&caller.identity, &Action::View { what, target })
-    };
-    if !may(ViewKind::Tasks) {
-        return None;
-    }
-    if !may(ViewKind::Usage) {
-        task.usage = None;
-    }
-    Some(task)
+async fn state(api: Api) -> Answer {
+    api.require_view(ViewKind::State, "GET /api/v1/state")?;
+    let mut s = api.state().await?;
+    s.tasks = api.visible_tasks(&s);
+    Ok(Json(s).into_response())
 }
 
-fn visible_tasks(m: &MasterHandle, caller: &Caller, s: &api::State) -> Vec<api::Task> {
-    let owners = targets(s);
-    s.tasks
-        .iter()
-        .filter_map(|t| visible(m, caller, &owners, t.clone()))
-        .collect()
-}
-
-async fn state(State(m): State<MasterHandle>, Extension(caller): Extension<Caller>) -> Response {
-    let view = Action::View {
-        what: ViewKind::State,
-        target: None,
-    };
-    if let Some(r) = refusal(&m, &caller, &view, "GET /api/v1/state") {
-        return r;
-    }
-    let Some(mut s) = m.state().await else {
-        return unavailable();
-    };
-    s.tasks = visible_tasks(&m, &caller, &s);
-    Json(s).into_response()
-}
-
-async fn agents(State(m): State<MasterHandle>, Extension(caller): Extension<Caller>) -> Response {
-    let view = Action::View {
-        what: ViewKind::State,
-        target: None,
-    };
-    if let Some(r) = refusal(&m, &caller, &view, "GET /api/v1/agents") {
-        return r;
-    }
-    match m.state().await {
-        Some(s) => Json(s.agents).into_response(),
-        None => unavailable(),
-    }
+async fn agents(api: Api) -> Answer {
+    api.require_view(ViewKind::State, "GET /api/v1/agents")?;
+    Ok(Json(api.state().await?.agents).into_response())
 }
 
 /// Every framework with `view(state)`; otherwise the caller's own.
-async fn frameworks(
-    State(m): State<MasterHandle>,
-    Extension(caller): Extension<Caller>,
-) -> Response {
-    let Some(s) = m.state().await else {
-        return unavailable();
-    };
-    let all = m.authorizer.allows(
-        &caller.identity,
+async fn frameworks(api: Api) -> Answer {
+    let s = api.state().await?;
+    let all = api.m.config.authorizer.allows(
+        &api.caller.identity,
         &Action::View {
             what: ViewKind::State,
             target: None,
         },
     );
-    let principal = caller.principal();
+    let principal = api.caller.principal();
     let frameworks: Vec<api::Framework> = s
         .frameworks
         .into_iter()
         .filter(|f| all || f.principal == principal)
         .collect();
-    Json(frameworks).into_response()
+    Ok(Json(frameworks).into_response())
 }
 
 #[derive(Deserialize)]
@@ -213,19 +247,16 @@ struct TaskFilter {
     framework: Option<String>,
 }
 
-async fn tasks(
-    State(m): State<MasterHandle>,
-    Extension(caller): Extension<Caller>,
-    Query(filter): Query<TaskFilter>,
-) -> Response {
-    let wanted_state = match filter.state.as_deref().map(parse_state).transpose() {
-        Ok(state) => state,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e),
-    };
-    let Some(s) = m.state().await else {
-        return unavailable();
-    };
-    let tasks: Vec<api::Task> = visible_tasks(&m, &caller, &s)
+async fn tasks(api: Api, Query(filter): Query<TaskFilter>) -> Answer {
+    let wanted_state = filter
+        .state
+        .as_deref()
+        .map(parse_state)
+        .transpose()
+        .map_err(|e| error(StatusCode::BAD_REQUEST, e))?;
+    let s = api.state().await?;
+    let tasks: Vec<api::Task> = api
+        .visible_tasks(&s)
         .into_iter()
         .filter(|t| wanted_state.is_none_or(|w| w == t.state))
         .filter(|t| {
@@ -235,7 +266,7 @@ async fn tasks(
                 .is_none_or(|f| t.framework_id == f)
         })
         .collect();
-    Json(tasks).into_response()
+    Ok(Json(tasks).into_response())
 }
 
 /// A task state named in a query (any case, with or without `TASK_`).
@@ -253,18 +284,18 @@ fn parse_state(name: &str) -> Result<TaskState, String> {
     })
 }
 
-async fn task(
-    State(m): State<MasterHandle>,
-    Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
-) -> Response {
-    let Some(s) = m.state().await else {
-        return unavailable();
-    };
+fn unknown_task(id: &str) -> ApiError {
+    error(StatusCode::NOT_FOUND, format!("unknown task {id:?}"))
+}
+
+async fn task(api: Api, Path(id): Path<String>) -> Answer {
+    let s = api.state().await?;
     let owners = targets(&s);
-    let Some(t) = s.tasks.into_iter().find(|t| t.id == id) else {
-        return error(StatusCode::NOT_FOUND, format!("unknown task {id:?}"));
-    };
+    let t = s
+        .tasks
+        .into_iter()
+        .find(|t| t.id == id)
+        .ok_or_else(|| unknown_task(&id))?;
     let (owner, role) = owners.get(&t.framework_id).cloned().unwrap_or_default();
     let view = Action::View {
         what: ViewKind::Tasks,
@@ -273,12 +304,13 @@ async fn task(
             role: &role,
         }),
     };
-    if let Some(r) = refusal(&m, &caller, &view, &format!("GET /api/v1/tasks/{id}")) {
-        return r;
-    }
-    match visible(&m, &caller, &owners, t) {
-        Some(t) => Json(t).into_response(),
-        None => error(StatusCode::FORBIDDEN, format!("task {id:?} is not visible")),
+    api.require(&view, &format!("GET /api/v1/tasks/{id}"))?;
+    match api.visible(&owners, t) {
+        Some(t) => Ok(Json(t).into_response()),
+        None => Err(error(
+            StatusCode::FORBIDDEN,
+            format!("task {id:?} is not visible"),
+        )),
     }
 }
 
@@ -292,12 +324,7 @@ struct UsageParams {
 }
 
 /// `GET /api/v1/tasks/{id}/usage`: authorized as viewing the task and its usage.
-async fn task_usage(
-    State(m): State<MasterHandle>,
-    Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
-    Query(params): Query<UsageParams>,
-) -> Response {
+async fn task_usage(api: Api, Path(id): Path<String>, Query(params): Query<UsageParams>) -> Answer {
     let duration = |key: &str, value: &Option<String>| {
         value
             .as_deref()
@@ -309,34 +336,31 @@ async fn task_usage(
         duration("resolution", &params.resolution),
     ) {
         (Ok(s), Ok(r)) => (s, r),
-        (Err(e), _) | (_, Err(e)) => return error(StatusCode::BAD_REQUEST, e),
+        (Err(e), _) | (_, Err(e)) => return Err(error(StatusCode::BAD_REQUEST, e)),
     };
     let nanos = |d: std::time::Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
     let query = UsageQuery {
         since_ns: since.map_or(0, |s| cella_proto::time::now_ns().saturating_sub(nanos(s))),
         resolution_ns: resolution.map(nanos),
     };
-    let Some(answer) = m.task_usage(id.clone(), query).await else {
-        return unavailable();
-    };
-    let Some(answer) = answer else {
-        return error(StatusCode::NOT_FOUND, format!("unknown task {id:?}"));
-    };
+    let answer = api
+        .m
+        .task_usage(id.clone(), query)
+        .await
+        .ok_or_else(unavailable)?
+        .ok_or_else(|| unknown_task(&id))?;
     let target = Some(Target {
         owner: &answer.owner,
         role: &answer.role,
     });
     let what = format!("GET /api/v1/tasks/{id}/usage");
     for kind in [ViewKind::Tasks, ViewKind::Usage] {
-        let view = Action::View { what: kind, target };
-        if let Some(r) = refusal(&m, &caller, &view, &what) {
-            return r;
-        }
+        api.require(&Action::View { what: kind, target }, &what)?;
     }
-    Json(answer.view).into_response()
+    Ok(Json(answer.view).into_response())
 }
 
-fn operator_error(e: OperatorError) -> Response {
+fn operator_error(e: OperatorError) -> ApiError {
     match e {
         OperatorError::NotFound(m) => error(StatusCode::NOT_FOUND, m),
         OperatorError::Conflict(m) => error(StatusCode::CONFLICT, m),
@@ -346,6 +370,11 @@ fn operator_error(e: OperatorError) -> Response {
     }
 }
 
+/// The answer to an operator command the master accepted: `202 Accepted` with `body`.
+fn accepted(body: serde_json::Value) -> Response {
+    (StatusCode::ACCEPTED, Json(body)).into_response()
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct KillParams {
@@ -353,62 +382,44 @@ struct KillParams {
     grace_period_secs: Option<f64>,
 }
 
-async fn kill(
-    State(m): State<MasterHandle>,
-    Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
-    Query(params): Query<KillParams>,
-) -> Response {
+async fn kill(api: Api, Path(id): Path<String>, Query(params): Query<KillParams>) -> Answer {
     let grace = params.grace_period_secs;
     if let Some(g) = grace.filter(|g| !cella_proto::validate::is_grace_period(*g)) {
-        return error(
+        return Err(error(
             StatusCode::BAD_REQUEST,
             format!("grace_period_secs={g}: give seconds from 0 (SIGKILL at once) upwards"),
-        );
+        ));
     }
     let policy = grace.map(|g| v1::KillPolicy {
         grace_period_secs: Some(g),
     });
-    match m.kill(id.clone(), policy, caller.identity).await {
-        Ok(()) => (
-            StatusCode::ACCEPTED,
-            Json(serde_json::json!({ "task_id": id, "kill": "sent" })),
-        )
-            .into_response(),
-        Err(e) => operator_error(e),
-    }
+    api.m
+        .kill(id.clone(), policy, api.caller.identity)
+        .await
+        .map_err(operator_error)?;
+    Ok(accepted(
+        serde_json::json!({ "task_id": id, "kill": "sent" }),
+    ))
 }
 
-async fn teardown(
-    State(m): State<MasterHandle>,
-    Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
-) -> Response {
-    match m.teardown(id.clone(), caller.identity).await {
-        Ok(()) => (
-            StatusCode::ACCEPTED,
-            Json(serde_json::json!({ "framework_id": id, "teardown": "done" })),
-        )
-            .into_response(),
-        Err(e) => operator_error(e),
-    }
+async fn teardown(api: Api, Path(id): Path<String>) -> Answer {
+    api.m
+        .teardown(id.clone(), api.caller.identity)
+        .await
+        .map_err(operator_error)?;
+    Ok(accepted(
+        serde_json::json!({ "framework_id": id, "teardown": "done" }),
+    ))
 }
 
 /// `/metrics` in the format the client's `Accept` asks for (OpenMetrics, else the
 /// Prometheus text format).
-async fn metrics(
-    State(m): State<MasterHandle>,
-    Extension(caller): Extension<Caller>,
-    headers: HeaderMap,
-) -> Response {
-    let view = Action::View {
-        what: ViewKind::State,
-        target: None,
-    };
-    if let Some(r) = refusal(&m, &caller, &view, "GET /metrics") {
-        return r;
-    }
-    cella_proto::exposition::response(&headers, m.metrics.encode())
+async fn metrics(api: Api, headers: HeaderMap) -> Answer {
+    api.require_view(ViewKind::State, "GET /metrics")?;
+    Ok(cella_proto::exposition::response(
+        &headers,
+        api.m.metrics.encode(),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -419,31 +430,24 @@ struct AuditQuery {
 
 /// `GET /api/v1/audit`: the audit log's records of a period, as JSON lines exactly as
 /// stored (so their hashes can be checked); needs `view(audit)`.
-async fn audit(
-    State(m): State<MasterHandle>,
-    Extension(caller): Extension<Caller>,
-    Query(q): Query<AuditQuery>,
-) -> Response {
-    let view = Action::View {
-        what: ViewKind::Audit,
-        target: None,
-    };
-    if let Some(r) = refusal(&m, &caller, &view, "GET /api/v1/audit") {
-        return r;
-    }
-    let Some(log) = m.audit.clone() else {
-        return error(StatusCode::NOT_FOUND, "this master keeps no audit log");
-    };
+async fn audit(api: Api, Query(q): Query<AuditQuery>) -> Answer {
+    api.require_view(ViewKind::Audit, "GET /api/v1/audit")?;
+    let log = api
+        .m
+        .config
+        .audit
+        .clone()
+        .ok_or_else(|| error(StatusCode::NOT_FOUND, "this master keeps no audit log"))?;
     let now = cella_proto::time::now_ns();
-    let parse = |t: &Option<String>| {
+    let parse = |key: &str, t: &Option<String>| {
         t.as_deref()
             .map(|s| crate::audit::report::parse_time(s, now))
             .transpose()
+            .map_err(|e| error(StatusCode::BAD_REQUEST, format!("{key}: {e}")))
     };
-    let period = match (parse(&q.since), parse(&q.until)) {
-        (Ok(since_ns), Ok(until_ns)) => crate::audit::report::Period { since_ns, until_ns },
-        (Err(e), _) => return error(StatusCode::BAD_REQUEST, format!("since: {e}")),
-        (_, Err(e)) => return error(StatusCode::BAD_REQUEST, format!("until: {e}")),
+    let period = crate::audit::report::Period {
+        since_ns: parse("since", &q.since)?,
+        until_ns: parse("until", &q.until)?,
     };
     let read = tokio::task::spawn_blocking(move || {
         let mut out = Vec::new();
@@ -451,8 +455,8 @@ async fn audit(
     })
     .await;
     match read {
-        Ok(Ok(body)) => ([("content-type", "application/jsonl")], body).into_response(),
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
-        Err(_) => unavailable(),
+        Ok(Ok(body)) => Ok(([("content-type", "application/jsonl")], body).into_response()),
+        Ok(Err(e)) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e)),
+        Err(_) => Err(unavailable()),
     }
 }

@@ -23,7 +23,7 @@ pub use master::{MasterConfig, MasterHandle};
 pub fn router(master: MasterHandle) -> axum::Router {
     use cella_proto::v1::agent_service_server::AgentServiceServer;
     use cella_proto::v1::scheduler_service_server::SchedulerServiceServer;
-    let limit = master.max_message_bytes;
+    let limit = master.config.max_message_bytes;
     let routes = tonic::service::Routes::new(
         AgentServiceServer::new(grpc::AgentApi {
             master: master.clone(),
@@ -63,7 +63,7 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
     let options = cella_proto::tls::ServeOptions {
-        limits: master.limits.clone(),
+        limits: master.config.limits.clone(),
         stats: master.connections.clone(),
         ..Default::default()
     };

@@ -57,3 +57,13 @@ pub mod validate;
 pub mod v1 {
     tonic::include_proto!("cella.v1");
 }
+
+impl v1::Attribute {
+    /// The wire form of `key = value` attributes, in their order.
+    pub fn list(pairs: impl IntoIterator<Item = (String, String)>) -> Vec<Self> {
+        pairs
+            .into_iter()
+            .map(|(key, value)| Self { key, value })
+            .collect()
+    }
+}

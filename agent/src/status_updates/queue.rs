@@ -261,11 +261,12 @@ impl Updates {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use tokio::sync::mpsc;
 
-    fn status(task: &str, state: v1::TaskState) -> v1::TaskStatus {
+    /// A fresh update (new uuid) of `task` to `state`.
+    pub(crate) fn status(task: &str, state: v1::TaskState) -> v1::TaskStatus {
         v1::TaskStatus {
             task_id: task.into(),
             state: state as i32,

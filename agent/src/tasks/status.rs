@@ -87,9 +87,9 @@ pub fn terminal_status(
             format!("killed on request ({how})"),
         )
     } else if let Some(limitation) = t.limitation {
-        match limitation {
+        // A limit the task reached failed it; the message names the limit and its fix.
+        let (reason, message) = match limitation {
             Limitation::MemoryLimit => (
-                v1::TaskState::TaskFailed,
                 v1::Reason::MemoryLimit,
                 format!(
                     "memory limit of {} reached: the kernel killed the task ({how}); give it more memory (e.g. cella run --mem)",
@@ -97,7 +97,6 @@ pub fn terminal_status(
                 ),
             ),
             Limitation::DiskLimit => (
-                v1::TaskState::TaskFailed,
                 v1::Reason::DiskLimit,
                 format!(
                     "disk limit of {} reached: the task wrote more than that in its sandbox and Cella killed it; give it more disk (e.g. cella run --disk)",
@@ -105,14 +104,14 @@ pub fn terminal_status(
                 ),
             ),
             Limitation::PidsLimit => (
-                v1::TaskState::TaskFailed,
                 v1::Reason::PidsLimit,
                 format!(
                     "process limit of {} reached: a fork failed and the task then {how}; raise the task's pids limit",
                     info.pids_limit
                 ),
             ),
-        }
+        };
+        (v1::TaskState::TaskFailed, reason, message)
     } else if code == Some(0) {
         (
             v1::TaskState::TaskFinished,

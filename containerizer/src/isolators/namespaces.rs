@@ -1,25 +1,13 @@
 //! pid, mount, uts and ipc namespaces always (the shim clones with them); the
 //! network namespace per task; the hostname.
 
+use cella_proto::validate::is_valid_hostname;
+
 use super::{Isolator, IsolatorError, Prepared};
 use crate::spec::ShimSpec;
 use crate::task::{TaskConfig, TaskId};
 
 pub struct NamespacesIsolator;
-
-/// A hostname per RFC 1123: labels of letters, digits and '-', at most 64 bytes.
-pub fn valid_hostname(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        })
-}
 
 impl Isolator for NamespacesIsolator {
     fn name(&self) -> &'static str {
@@ -28,7 +16,7 @@ impl Isolator for NamespacesIsolator {
 
     fn prepare(&self, _id: &TaskId, config: &TaskConfig, spec: &mut ShimSpec) -> Prepared {
         if let Some(name) = &config.hostname {
-            if !valid_hostname(name) {
+            if !is_valid_hostname(name) {
                 return Err(IsolatorError::invalid(
                     "--hostname",
                     format!(
@@ -47,9 +35,9 @@ impl Isolator for NamespacesIsolator {
 mod tests {
     #[test]
     fn hostnames() {
-        assert!(super::valid_hostname("task-1.example"));
+        assert!(super::is_valid_hostname("task-1.example"));
         for bad in ["", "-a", "a-", "a..b", "a_b", &"x".repeat(65)] {
-            assert!(!super::valid_hostname(bad), "{bad:?}");
+            assert!(!super::is_valid_hostname(bad), "{bad:?}");
         }
     }
 }

@@ -133,19 +133,9 @@ impl RegistrySource {
     /// A small blob (the configuration) held in memory, verified.
     pub async fn small_blob(&self, digest: &Digest, size: u64) -> Result<Vec<u8>, FetchError> {
         let mut out = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
-        let stream = self
-            .client
-            .pull_blob_stream_partial(
-                &self.oci_reference(None),
-                digest.to_string().as_str(),
-                0,
-                None,
-            )
-            .await
-            .map_err(|e| self.map_error(e, "fetch the configuration"))?;
-        let mut stream = match stream {
-            BlobResponse::Full(s) | BlobResponse::Partial(s) => s.stream,
-        };
+        let (_, mut stream) = self
+            .fetch_range(digest, 0, "fetch the configuration")
+            .await?;
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| FetchError::Transfer {
                 registry: self.reference.registry.clone(),
@@ -214,7 +204,7 @@ impl RegistrySource {
             if hasher.len() < size {
                 attempts += 1;
                 let offset = hasher.len();
-                match self.fetch_range(digest, offset).await {
+                match self.fetch_range(digest, offset, "fetch a blob").await {
                     Ok((full, mut stream)) => {
                         if full && offset > 0 {
                             // The registry ignored the range: start over.
@@ -298,10 +288,13 @@ impl RegistrySource {
         }
     }
 
+    /// The blob from byte `offset` on, and whether the registry sent it whole instead
+    /// (it ignored the range); `op` names the operation in errors.
     async fn fetch_range(
         &self,
         digest: &Digest,
         offset: u64,
+        op: &'static str,
     ) -> Result<
         (
             bool,
@@ -318,7 +311,7 @@ impl RegistrySource {
                 None,
             )
             .await
-            .map_err(|e| self.map_error(e, "fetch a blob"))?;
+            .map_err(|e| self.map_error(e, op))?;
         Ok(match response {
             BlobResponse::Full(s) => (true, s.stream),
             BlobResponse::Partial(s) => (false, s.stream),

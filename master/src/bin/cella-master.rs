@@ -206,118 +206,60 @@ impl Args {
         } else {
             self.weights
         };
-        let log_level = setting(
-            self.log_level.clone(),
-            file.log_level.as_ref(),
-            "log_level",
-            p,
+        let reload_log_level_from = if self.log_level.is_none() {
+            path.clone()
+        } else {
+            None
+        };
+        // A setting: its flag, else the file's key of the same name parsed with
+        // `parse` (an error names the key and the file), else `default`.
+        macro_rules! pick {
+            ($name:ident, $parse:expr, $default:expr) => {
+                setting(
+                    self.$name,
+                    file.$name.as_ref(),
+                    stringify!($name),
+                    p,
+                    $parse,
+                    $default,
+                )?
+            };
+        }
+        let secs = |n| move || Duration::from_secs(n);
+        let size = |s: &String| cella_proto::acl::parse_size(s);
+        let log_level = pick!(
+            log_level,
             |s: &String| cella_proto::logging::check_level(s).map(|()| s.clone()),
-            || "info".to_string(),
-        )?;
+            || "info".to_string()
+        );
+        let address = |s: &String| {
+            s.parse()
+                .map_err(|e| format!("{s:?}: {e}; use ADDRESS:PORT, e.g. 0.0.0.0:5050"))
+        };
         Ok(Settings {
-            listen: setting(
-                self.listen,
-                file.listen.as_ref(),
-                "listen",
-                p,
-                |s: &String| {
-                    s.parse()
-                        .map_err(|e| format!("{s:?}: {e}; use ADDRESS:PORT, e.g. 0.0.0.0:5050"))
-                },
-                || SocketAddr::from(([127, 0, 0, 1], 5050)),
-            )?,
+            listen: pick!(listen, address, || SocketAddr::from(([127, 0, 0, 1], 5050))),
             tls_dir: self
                 .tls_dir
                 .or(file.tls_dir)
                 .unwrap_or_else(|| PathBuf::from("/etc/cella/tls")),
             acl: self.acl.or(file.acl),
             credentials: self.credentials.or(file.credentials),
-            offer_timeout: setting(
-                self.offer_timeout,
-                file.offer_timeout.as_ref(),
-                "offer_timeout",
-                p,
-                duration,
-                || Duration::from_secs(30),
-            )?,
-            ping_interval: setting(
-                self.ping_interval,
-                file.ping_interval.as_ref(),
-                "ping_interval",
-                p,
-                duration,
-                || Duration::from_secs(5),
-            )?,
-            agent_unreachable_after: setting(
-                self.agent_unreachable_after,
-                file.agent_unreachable_after.as_ref(),
-                "agent_unreachable_after",
-                p,
-                duration,
-                || Duration::from_secs(15),
-            )?,
-            agent_timeout: setting(
-                self.agent_timeout,
-                file.agent_timeout.as_ref(),
-                "agent_timeout",
-                p,
-                duration,
-                || Duration::from_secs(60),
-            )?,
-            kill_grace_period: setting(
-                self.kill_grace_period,
-                file.kill_grace_period.as_ref(),
-                "kill_grace_period",
-                p,
-                |s: &String| parse_grace(s),
-                || Duration::from_secs(5),
-            )?,
-            max_kill_grace_period: setting(
-                self.max_kill_grace_period,
-                file.max_kill_grace_period.as_ref(),
-                "max_kill_grace_period",
-                p,
-                duration,
-                || Duration::from_secs(300),
-            )?,
-            allocation_interval: setting(
-                self.allocation_interval,
-                file.allocation_interval.as_ref(),
-                "allocation_interval",
-                p,
-                duration,
-                || Duration::from_secs(1),
-            )?,
+            offer_timeout: pick!(offer_timeout, duration, secs(30)),
+            ping_interval: pick!(ping_interval, duration, secs(5)),
+            agent_unreachable_after: pick!(agent_unreachable_after, duration, secs(15)),
+            agent_timeout: pick!(agent_timeout, duration, secs(60)),
+            kill_grace_period: pick!(kill_grace_period, |s: &String| parse_grace(s), secs(5)),
+            max_kill_grace_period: pick!(max_kill_grace_period, duration, secs(300)),
+            allocation_interval: pick!(allocation_interval, duration, secs(1)),
             task_defaults: TaskDefaults {
-                disk_bytes: setting(
-                    self.default_task_disk,
-                    file.default_task_disk.as_ref(),
-                    "default_task_disk",
-                    p,
-                    |s: &String| cella_proto::acl::parse_size(s),
-                    || 0,
-                )?,
+                disk_bytes: pick!(default_task_disk, size, || 0),
                 pids_limit: self
                     .default_task_pids
                     .or(file.default_task_pids)
                     .unwrap_or(0),
             },
-            audit_segment_size: setting(
-                self.audit_segment_size,
-                file.audit_segment_size.as_ref(),
-                "audit_segment_size",
-                p,
-                |s: &String| cella_proto::acl::parse_size(s),
-                || 64 << 20,
-            )?,
-            audit_checkpoint_interval: setting(
-                self.audit_checkpoint_interval,
-                file.audit_checkpoint_interval.as_ref(),
-                "audit_checkpoint_interval",
-                p,
-                duration,
-                || Duration::from_secs(60),
-            )?,
+            audit_segment_size: pick!(audit_segment_size, size, || 64 << 20),
+            audit_checkpoint_interval: pick!(audit_checkpoint_interval, duration, secs(60)),
             audit_dir: self.audit_dir.or(file.audit_dir).unwrap_or_else(|| {
                 self.work_dir
                     .clone()
@@ -325,14 +267,7 @@ impl Args {
                     .unwrap_or_else(|| PathBuf::from("/var/lib/cella/master"))
                     .join("audit")
             }),
-            usage_history: setting(
-                self.usage_history,
-                file.usage_history.as_ref(),
-                "usage_history",
-                p,
-                |s: &String| Tiers::parse(s),
-                Tiers::default,
-            )?,
+            usage_history: pick!(usage_history, |s: &String| Tiers::parse(s), Tiers::default),
             work_dir: self
                 .work_dir
                 .or(file.work_dir)
@@ -346,23 +281,9 @@ impl Args {
                 .max_connections_per_address
                 .or(file.max_connections_per_address)
                 .unwrap_or(defaults.max_anonymous_per_address),
-            idle_timeout: setting(
-                self.idle_timeout,
-                file.idle_timeout.as_ref(),
-                "idle_timeout",
-                p,
-                duration,
-                || Duration::from_secs(60),
-            )?,
-            max_message_size: setting(
-                self.max_message_size,
-                file.max_message_size.as_ref(),
-                "max_message_size",
-                p,
-                |s: &String| cella_proto::acl::parse_size(s),
-                || 16 << 20,
-            )?,
-            reload_log_level_from: if self.log_level.is_none() { path } else { None },
+            idle_timeout: pick!(idle_timeout, duration, secs(60)),
+            max_message_size: pick!(max_message_size, size, || 16 << 20),
+            reload_log_level_from,
             log_level,
         })
     }

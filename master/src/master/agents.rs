@@ -120,14 +120,11 @@ impl Master {
             .filter(|t| t.state() != v1::TaskState::TaskStaging || !reg.agent_id.is_empty())
             .map(|t| t.info.task_id.clone())
             .collect();
-        for task_id in missing {
-            self.master_status(
-                &task_id,
-                v1::TaskState::TaskLost,
-                v1::Reason::AgentRestarted,
-                "the agent re-registered without this task: it is no longer running",
-            );
-        }
+        self.lose_tasks(
+            missing,
+            v1::Reason::AgentRestarted,
+            "the agent re-registered without this task: it is no longer running",
+        );
         self.sync_agent_allocation(&id);
         // After its tasks are known: the reconciliations that waited see them.
         self.agent_recovered(&id);
@@ -380,14 +377,11 @@ impl Master {
             .get(id)
             .map(|a| a.tasks.iter().cloned().collect())
             .unwrap_or_default();
-        for task_id in tasks {
-            self.master_status(
-                &task_id,
-                v1::TaskState::TaskLost,
-                v1::Reason::AgentLost,
-                "the agent running this task was unreachable for longer than the agent timeout",
-            );
-        }
+        self.lose_tasks(
+            tasks,
+            v1::Reason::AgentLost,
+            "the agent running this task was unreachable for longer than the agent timeout",
+        );
         self.agents.remove(id);
         self.usage.forget_agent(id);
         self.registry.agent_changed(id);

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use cella_proto::acl::{Action, Target};
+use cella_proto::acl::Action;
 use cella_proto::tls::Identity;
 use cella_proto::v1::{self, event};
 use cella_proto::validate;
@@ -241,13 +241,14 @@ impl Master {
                 "unknown framework {framework_id:?}"
             )));
         }
-        let (owner, role) = self.target_of(&id);
-        self.config.authorizer.check(
+        #[expect(
+            clippy::redundant_closure,
+            reason = "the variant alone is not general over the target's lifetime"
+        )]
+        self.authorize_operator(
             caller,
-            &Action::TeardownFramework(Target {
-                owner: &owner,
-                role: &role,
-            }),
+            &id,
+            |target| Action::TeardownFramework(target),
             &format!("tearing down framework {framework_id}"),
         )?;
         tracing::info!(framework_id = %id, by = %caller, "teardown by an operator: killing its tasks");

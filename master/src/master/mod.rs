@@ -215,19 +215,24 @@ pub enum Command {
 pub struct MasterHandle {
     tx: UnboundedSender<Command>,
     pub metrics: std::sync::Arc<Metrics>,
-    pub authorizer: Arc<Authorizer>,
-    pub authenticator: Arc<Authenticator>,
+    /// The settings the master started with: its authorizer, authenticator, port
+    /// limits and audit log serve the APIs too.
+    pub config: Arc<MasterConfig>,
     /// The connection counters of the master's port.
     pub connections: Arc<ConnectionStats>,
-    pub limits: Limits,
-    pub max_message_bytes: usize,
-    /// The audit log, for the operator API.
-    pub audit: Option<Arc<crate::audit::AuditLog>>,
 }
 
 impl MasterHandle {
     pub fn send(&self, command: Command) -> bool {
         self.tx.send(command).is_ok()
+    }
+
+    /// Sends the command `command` builds around a reply channel, and waits for the
+    /// answer: `None` when the master is stopping.
+    pub async fn ask<T>(&self, command: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {
+        let (reply, rx) = oneshot::channel();
+        self.send(command(reply));
+        rx.await.ok()
     }
 
     /// A task's usage: `None` when the master is stopping, `Some(None)` for an
@@ -237,28 +242,22 @@ impl MasterHandle {
         task_id: String,
         query: UsageQuery,
     ) -> Option<Option<TaskUsageAnswer>> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Command::TaskUsage {
+        self.ask(|reply| Command::TaskUsage {
             task_id,
             query,
             reply,
-        });
-        rx.await.ok()
+        })
+        .await
     }
 
     pub async fn state(&self) -> Option<api::State> {
-        let (tx, rx) = oneshot::channel();
-        self.send(Command::State(tx));
-        rx.await.ok()
+        self.ask(Command::State).await
     }
 
     /// Stops the actor after writing the registry; returns when the store is
     /// closed (a new master may then open the same work dir).
     pub async fn stop(&self) {
-        let (tx, rx) = oneshot::channel();
-        if self.send(Command::Stop(tx)) {
-            let _ = rx.await;
-        }
+        self.ask(Command::Stop).await;
     }
 
     /// An operator's kill of a task, if `caller` may (`kill_task`).
@@ -268,14 +267,14 @@ impl MasterHandle {
         policy: Option<v1::KillPolicy>,
         caller: Identity,
     ) -> Result<(), OperatorError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Command::Kill {
+        self.ask(|reply| Command::Kill {
             task_id,
             policy,
             caller,
             reply,
-        });
-        rx.await.unwrap_or(Err(OperatorError::Unavailable))
+        })
+        .await
+        .unwrap_or(Err(OperatorError::Unavailable))
     }
 
     /// An operator's teardown of a framework, if `caller` may (`teardown_framework`).
@@ -284,21 +283,20 @@ impl MasterHandle {
         framework_id: String,
         caller: Identity,
     ) -> Result<(), OperatorError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Command::Teardown {
+        self.ask(|reply| Command::Teardown {
             framework_id,
             caller,
             reply,
-        });
-        rx.await.unwrap_or(Err(OperatorError::Unavailable))
+        })
+        .await
+        .unwrap_or(Err(OperatorError::Unavailable))
     }
 
     /// Writes a consistent copy of the registry to `path` (the master keeps running).
     pub async fn backup(&self, path: PathBuf) -> Result<(), String> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Command::Backup { path, reply });
-        rx.await
-            .unwrap_or_else(|_| Err("the master is shutting down".into()))
+        self.ask(|reply| Command::Backup { path, reply })
+            .await
+            .unwrap_or_else(|| Err("the master is shutting down".into()))
     }
 }
 
@@ -328,12 +326,8 @@ pub fn try_spawn(config: MasterConfig) -> Result<MasterHandle, StoreError> {
     let handle = MasterHandle {
         tx,
         metrics: metrics.clone(),
-        authorizer: config.authorizer.clone(),
-        authenticator: config.authenticator.clone(),
+        config: Arc::new(config.clone()),
         connections,
-        limits: config.limits.clone(),
-        max_message_bytes: config.max_message_bytes,
-        audit: config.audit.clone(),
     };
     let master = Master::new(config, metrics, store);
     tokio::spawn(master.run(rx));

@@ -65,14 +65,7 @@ impl Master {
                     agent_id: offer.agent.to_string(),
                     hostname: agent.hostname.clone(),
                     resources: Some(to_wire(&offer.resources)),
-                    attributes: agent
-                        .attributes
-                        .iter()
-                        .map(|(k, v)| v1::Attribute {
-                            key: k.clone(),
-                            value: v.clone(),
-                        })
-                        .collect(),
+                    attributes: v1::Attribute::list(agent.attributes.clone()),
                 });
         }
         for (framework, offers) in by_framework {

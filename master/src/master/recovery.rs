@@ -106,14 +106,11 @@ impl Master {
         completed.sort();
         self.completed = completed.into_iter().map(|(_, id)| id).collect();
         self.forget_old_completed_tasks();
-        for id in orphans {
-            self.master_status(
-                &id,
-                v1::TaskState::TaskLost,
-                v1::Reason::AgentLost,
-                "the registry names no agent for this task",
-            );
-        }
+        self.lose_tasks(
+            orphans,
+            v1::Reason::AgentLost,
+            "the registry names no agent for this task",
+        );
         tracing::info!(
             agents = n_agents,
             frameworks = n_frameworks,

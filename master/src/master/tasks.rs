@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use cella_proto::acl::{Action, Target};
+use cella_proto::acl::{Action, Denied, Target};
 use cella_proto::time::now_ns;
 use cella_proto::tls::Identity;
 use cella_proto::v1::{self, agent_message::UsageReport, call, master_to_agent};
@@ -366,6 +366,18 @@ impl Master {
         }
     }
 
+    /// Marks tasks LOST for `reason` (a status the master decides itself).
+    pub(super) fn lose_tasks(
+        &mut self,
+        task_ids: impl IntoIterator<Item = String>,
+        reason: v1::Reason,
+        message: &str,
+    ) {
+        for task_id in task_ids {
+            self.master_status(&task_id, v1::TaskState::TaskLost, reason, message);
+        }
+    }
+
     /// A status the master decides itself (LOST, ERROR): no acknowledgement needed.
     pub(super) fn master_status(
         &mut self,
@@ -504,6 +516,23 @@ impl Master {
             .unwrap_or_default()
     }
 
+    /// Checks an operator's command (`action`) on a framework or its tasks, against
+    /// the framework's owner and role.
+    pub(super) fn authorize_operator(
+        &self,
+        caller: &Identity,
+        framework: &FrameworkId,
+        action: fn(Target<'_>) -> Action<'_>,
+        what: &str,
+    ) -> Result<(), Denied> {
+        let (owner, role) = self.target_of(framework);
+        let target = Target {
+            owner: &owner,
+            role: &role,
+        };
+        self.config.authorizer.check(caller, &action(target), what)
+    }
+
     /// An operator's kill (HTTP): allowed by `kill_task(own|role|any)`.
     pub(super) fn operator_kill(
         &mut self,
@@ -514,13 +543,14 @@ impl Master {
         let Some(task) = self.tasks.get(task_id) else {
             return Err(OperatorError::NotFound(format!("unknown task {task_id:?}")));
         };
-        let (owner, role) = self.target_of(&task.framework);
-        self.config.authorizer.check(
+        #[expect(
+            clippy::redundant_closure,
+            reason = "the variant alone is not general over the target's lifetime"
+        )]
+        self.authorize_operator(
             caller,
-            &Action::KillTask(Target {
-                owner: &owner,
-                role: &role,
-            }),
+            &task.framework,
+            |target| Action::KillTask(target),
             &format!("killing task {task_id}"),
         )?;
         let result = self.kill_task(task_id, policy);

@@ -161,6 +161,15 @@ impl HierarchicalDrf {
             .ok_or_else(|| AllocatorError::UnknownFramework(id.clone()))
     }
 
+    /// The slots of an agent and a framework (the agent's looked up first).
+    fn slots(
+        &self,
+        agent: &AgentId,
+        framework: &FrameworkId,
+    ) -> Result<(u32, u32), AllocatorError> {
+        Ok((self.agent_slot(agent)?, self.framework_slot(framework)?))
+    }
+
     fn framework_mut(&mut self, id: &FrameworkId) -> Result<&mut Framework, AllocatorError> {
         let slot = self.framework_slot(id)?;
         self.frameworks
@@ -384,8 +393,7 @@ impl Allocator for HierarchicalDrf {
         framework: &FrameworkId,
         allocated: Resources,
     ) -> Result<(), AllocatorError> {
-        let a = self.agent_slot(agent)?;
-        let f = self.framework_slot(framework)?;
+        let (a, f) = self.slots(agent, framework)?;
         self.set_allocation(a, f, allocated);
         Ok(())
     }
@@ -521,8 +529,7 @@ impl Allocator for HierarchicalDrf {
         framework: &FrameworkId,
         resources: Resources,
     ) -> Result<(), AllocatorError> {
-        let a = self.agent_slot(agent)?;
-        let f = self.framework_slot(framework)?;
+        let (a, f) = self.slots(agent, framework)?;
         let current = self.allocation(a, f);
         if !resources.fits(&current) {
             tracing::warn!(
