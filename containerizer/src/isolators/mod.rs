@@ -9,7 +9,7 @@
 //! | `isolate` | the task's pid is known (it is in its cgroups already) |
 //! | `watch` | given the latest usage, name the limit the task hit, if any |
 //! | `update` | change the limits of a running task |
-//! | `usage` | add measured figures |
+//! | `usage` | add measured figures (`final_usage`: the last ones, after the task ended) |
 //! | `cleanup` | undo everything; idempotent, unknown ids are fine |
 //!
 //! Only the disk isolator (a project quota) and the cgroups isolator create anything
@@ -96,6 +96,12 @@ pub trait Isolator: Send + Sync {
     }
 
     fn usage(&self, _id: &TaskId, _usage: &mut Usage) {}
+
+    /// The figures of a task that has ended, before its cgroups go: measured afresh
+    /// where `usage` may give an earlier figure.
+    fn final_usage(&self, id: &TaskId, usage: &mut Usage) {
+        self.usage(id, usage);
+    }
 
     /// Whether `usage` costs more than reading a few counters (a directory walk): the
     /// containerizer then measures it at most every [`COSTLY_USAGE_INTERVAL`] and
