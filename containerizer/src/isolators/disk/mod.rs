@@ -307,12 +307,22 @@ impl Isolator for DiskIsolator {
             }
             let (tx, rx) = mpsc::channel();
             w.stop = Some(tx);
-            // A sandbox known at launch needs no walk before a fast writer could
-            // have filled the rest: none on the launch path of a short task.
+            // A sandbox known at launch, far from its limit, needs no walk before a
+            // fast writer could have filled the rest (a second with the default
+            // 10 GiB): none on the launch path of a short task.
             let first_wait = match (w.at_launch, &w.meter.project) {
                 (None, _) => Duration::ZERO,
                 (Some(_), Some(_)) => QUOTA_INTERVAL,
-                (Some(used), None) => next_walk(limit.saturating_sub(used), Duration::ZERO, 0.0),
+                (Some(used), None) => {
+                    // Closer to the limit the first walk is what starts measuring
+                    // the task's rate: it comes at once, as without a known size.
+                    let wait = next_walk(limit.saturating_sub(used), Duration::ZERO, 0.0);
+                    if wait >= MAX_INTERVAL {
+                        wait
+                    } else {
+                        Duration::ZERO
+                    }
+                }
             };
             if let Some(used) = w.at_launch {
                 *lock(&w.latest) = Some(used);
