@@ -300,14 +300,15 @@ impl Containerizer {
         self.sample_with(running, false)
     }
 
-    fn sample_with(&self, running: &mut Running, every_figure: bool) -> Usage {
-        let costly_due = every_figure
+    /// `last`: the task has ended, every figure is measured afresh.
+    fn sample_with(&self, running: &mut Running, last: bool) -> Usage {
+        let costly_due = last
             || running
                 .costly_sampled
                 .is_none_or(|at| at.elapsed() >= COSTLY_USAGE_INTERVAL);
         let mut usage = Usage::default();
         for isolator in &self.isolators {
-            if every_figure {
+            if last {
                 isolator.final_usage(&running.id, &mut usage);
             } else if costly_due || !isolator.usage_is_costly() {
                 isolator.usage(&running.id, &mut usage);

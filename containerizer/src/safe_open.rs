@@ -83,12 +83,35 @@ fn refusal(meta: &std::fs::Metadata) -> Option<Refused> {
 /// `O_PATH` descriptor of `rel` beneath the directory `dir`, no link followed on the
 /// way or at the end (`RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`); `rel` may be `.`.
 fn path_beneath(dir: &File, rel: &Path) -> io::Result<File> {
+    open_beneath(dir, rel, libc::O_PATH)
+}
+
+/// Opens the directory `rel` beneath the directory `dir` for listing, in one call and
+/// with the same resolution as [`path_beneath`]: `O_DIRECTORY` makes the kernel
+/// refuse anything but a directory before opening it. `Ok(None)` when it is not a
+/// directory (a link included) or has vanished.
+pub fn open_dir_beneath(dir: &File, rel: &Path) -> io::Result<Option<File>> {
+    match open_beneath(dir, rel, libc::O_RDONLY | libc::O_DIRECTORY) {
+        Ok(file) => Ok(Some(file)),
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ENOENT | libc::ELOOP | libc::EXDEV | libc::ENOTDIR)
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn open_beneath(dir: &File, rel: &Path, flags: libc::c_int) -> io::Result<File> {
     let name = CString::new(rel.as_os_str().as_bytes())
         .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     // SAFETY: `open_how` is a plain struct of integers, for which all zeroes is valid
     // (and what the kernel expects of fields and padding we do not set).
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = u64::try_from(libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC).unwrap_or(0);
+    how.flags = u64::try_from(flags | libc::O_NOFOLLOW | libc::O_CLOEXEC).unwrap_or(0);
     how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
     // SAFETY: `dir` is an open directory descriptor for the whole call, `name` is a
     // NUL-terminated string, and `how` is a valid `open_how` whose size is passed.
@@ -199,6 +222,13 @@ mod tests {
             }
         }
         let parent = File::open(d).unwrap();
+        for name in ["fifo", "link", "file"] {
+            assert!(
+                open_dir_beneath(&parent, name.as_ref()).unwrap().is_none(),
+                "{name}"
+            );
+        }
+        assert!(open_dir_beneath(&parent, "sub".as_ref()).unwrap().is_some());
         assert!(open_entry(&parent, "fifo".as_ref()).unwrap().is_none());
         assert!(open_entry(&parent, "link".as_ref()).unwrap().is_none());
         assert!(open_entry(&parent, "sub".as_ref()).unwrap().is_some());

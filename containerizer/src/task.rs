@@ -167,6 +167,11 @@ pub struct TaskConfig {
     /// Measure the disk space used under the sandbox even without a disk limit
     /// (it walks the tree, so callers that do not report it can turn it off).
     pub measure_disk: bool,
+    /// Bytes the sandbox holds at launch, when the launcher knows them (it measured
+    /// them, or the sandbox is new): the disk watcher's first walk then waits as
+    /// long as a fast writer needs to fill the room left, instead of walking at once.
+    #[serde(default)]
+    pub sandbox_bytes_at_launch: Option<u64>,
 }
 
 /// The task's standard streams.
@@ -201,6 +206,7 @@ impl TaskConfig {
             rlimits: Vec::new(),
             stdio: Stdio::Inherit,
             measure_disk: true,
+            sandbox_bytes_at_launch: None,
         }
     }
 }

@@ -271,6 +271,7 @@ pub(super) fn run_with(mut args: ExecArgs, image: Option<super::exec_image::Imag
     // limit, and the figures shown subtract the baseline again.
     config.measure_disk = true;
     let disk_baseline = cella_containerizer::isolators::disk_usage(&config.sandbox).unwrap_or(0);
+    config.sandbox_bytes_at_launch = Some(disk_baseline);
     config.resources.disk_bytes = Some(
         args.disk
             .unwrap_or(DEFAULT_DISK_BYTES)

@@ -9,7 +9,7 @@
 //! | `isolate` | the task's pid is known (it is in its cgroups already) |
 //! | `watch` | given the latest usage, name the limit the task hit, if any |
 //! | `update` | change the limits of a running task |
-//! | `usage` | add measured figures |
+//! | `usage` | add measured figures (`final_usage`: the last ones, after the task ended) |
 //! | `cleanup` | undo everything; idempotent, unknown ids are fine |
 //!
 //! Only the disk isolator (a project quota) and the cgroups isolator create anything
@@ -97,8 +97,9 @@ pub trait Isolator: Send + Sync {
 
     fn usage(&self, _id: &TaskId, _usage: &mut Usage) {}
 
-    /// The task's last sample, taken after it ended (its figures are final): every
-    /// figure, also those [`Isolator::usage`] reads only now and then.
+    /// The task's last sample, taken after it ended and before its cgroups go (its
+    /// figures are final): every figure measured afresh, also those
+    /// [`Isolator::usage`] reads only now and then or takes from an earlier measurement.
     fn final_usage(&self, id: &TaskId, usage: &mut Usage) {
         self.usage(id, usage);
     }

@@ -12,6 +12,10 @@
 //!   a twentieth of its time walking, unless the task is seen writing fast enough to
 //!   reach its limit before the next walk. A task writing as fast as it can overshoots
 //!   by what it writes in one interval (see docs/benchmarks.md).
+//!
+//! One walk per task and interval: while a watcher runs, usage samples take its
+//! latest figure instead of walking again; only the last sample, after the task has
+//! ended, measures afresh.
 
 mod quota;
 mod walk;
@@ -76,10 +80,17 @@ impl Meter {
     }
 }
 
+/// The watcher's latest figure, shared with the usage samples.
+type Latest = Arc<Mutex<Option<u64>>>;
+
 struct Watched {
     meter: Meter,
     limit: Option<u64>,
     measure: bool,
+    /// What the sandbox held at launch, if the launcher knew (see
+    /// [`TaskConfig::sandbox_bytes_at_launch`]).
+    at_launch: Option<u64>,
+    latest: Latest,
     /// Set by the watcher thread once it has killed the task at its limit.
     hit: Arc<AtomicBool>,
     /// Dropped at cleanup, which ends the watcher thread.
@@ -101,12 +112,7 @@ impl DiskIsolator {
     }
 
     fn with<R>(&self, f: impl FnOnce(&mut HashMap<TaskId, Watched>) -> R) -> R {
-        // A poisoned lock only means another thread panicked mid-update of plain data.
-        let mut guard = self
-            .tasks
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        f(&mut guard)
+        f(&mut lock(&self.tasks))
     }
 
     fn watched(config: &TaskConfig, project: Option<(QuotaFs, u32)>) -> Watched {
@@ -119,6 +125,8 @@ impl DiskIsolator {
             },
             limit,
             measure: config.measure_disk || limit.is_some(),
+            at_launch: config.sandbox_bytes_at_launch,
+            latest: Arc::default(),
             hit: Arc::new(AtomicBool::new(false)),
             stop: None,
         }
@@ -162,23 +170,45 @@ fn release_project(meter: &Meter) {
     }
 }
 
-/// Measures until the task reaches `limit`, then kills it; ends when `stop` is dropped.
-fn watcher(
-    meter: &Meter,
+/// What one watcher thread works with.
+struct Watch {
+    meter: Meter,
     limit: u64,
-    hit: &AtomicBool,
-    stop: &mpsc::Receiver<()>,
-    cgroup: &TaskCgroup,
-) {
+    hit: Arc<AtomicBool>,
+    latest: Latest,
+    stop: mpsc::Receiver<()>,
+    cgroup: TaskCgroup,
+    /// Before the first walk: none when the sandbox's size at launch is unknown.
+    first_wait: Duration,
+}
+
+/// Measures until the task reaches `limit`, then kills it; ends as soon as `stop` is
+/// dropped (a wait is on the channel, never a plain sleep, so nothing waits for it).
+fn watcher(w: &Watch) {
+    let Watch {
+        meter, limit, hit, ..
+    } = w;
+    let limit = *limit;
+    if !w.first_wait.is_zero()
+        && !matches!(
+            w.stop.recv_timeout(w.first_wait),
+            Err(mpsc::RecvTimeoutError::Timeout)
+        )
+    {
+        return;
+    }
     // The previous walk: when, and what it found.
     let mut last: Option<(Instant, u64)> = None;
     loop {
         let started = Instant::now();
         let used = meter.measure();
         let cost = started.elapsed();
+        if used.is_some() {
+            *lock(&w.latest) = used;
+        }
         if used.is_some_and(|used| meter.reached(used, limit)) {
             hit.store(true, Ordering::SeqCst);
-            let _ = cgroup.kill();
+            let _ = w.cgroup.kill();
             return;
         }
         let wait = if meter.project.is_some() {
@@ -194,12 +224,17 @@ fn watcher(
             next_walk(limit.saturating_sub(used), cost, rate)
         };
         if !matches!(
-            stop.recv_timeout(wait),
+            w.stop.recv_timeout(wait),
             Err(mpsc::RecvTimeoutError::Timeout)
         ) {
             return;
         }
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A poisoned lock only means another thread panicked mid-update of plain data.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The wait before the next walk: the time a fast writer needs to fill `room`,
@@ -253,7 +288,10 @@ impl Isolator for DiskIsolator {
                 let project = quota::project_of(&config.sandbox).ok()?;
                 PROJECT_IDS.contains(&project).then_some((fs, project))
             });
-            let watched = Self::watched(config, project);
+            let mut watched = Self::watched(config, project);
+            // The task has run meanwhile: what the sandbox held at launch says
+            // nothing of it now.
+            watched.at_launch = None;
             self.with(|t| t.insert(id.clone(), watched));
         }
         Ok(())
@@ -269,24 +307,68 @@ impl Isolator for DiskIsolator {
             }
             let (tx, rx) = mpsc::channel();
             w.stop = Some(tx);
-            Some((w.meter.clone(), limit, w.hit.clone(), rx))
+            // A sandbox known at launch, far from its limit, needs no walk before a
+            // fast writer could have filled the rest (a second with the default
+            // 10 GiB): none on the launch path of a short task.
+            let first_wait = match (w.at_launch, &w.meter.project) {
+                (None, _) => Duration::ZERO,
+                (Some(_), Some(_)) => QUOTA_INTERVAL,
+                (Some(used), None) => {
+                    // Closer to the limit the first walk is what starts measuring
+                    // the task's rate: it comes at once, as without a known size.
+                    let wait = next_walk(limit.saturating_sub(used), Duration::ZERO, 0.0);
+                    if wait >= MAX_INTERVAL {
+                        wait
+                    } else {
+                        Duration::ZERO
+                    }
+                }
+            };
+            if let Some(used) = w.at_launch {
+                *lock(&w.latest) = Some(used);
+            }
+            Some(Watch {
+                meter: w.meter.clone(),
+                limit,
+                hit: w.hit.clone(),
+                latest: w.latest.clone(),
+                stop: rx,
+                cgroup: self.cgroups.open(id.as_str()),
+                first_wait,
+            })
         });
-        let Some((meter, limit, hit, stop)) = start else {
+        let Some(watch) = start else {
             return;
         };
-        let cgroup = self.cgroups.open(id.as_str());
         // One per task with a limit (every agent task): a small stack, as the walk
         // keeps its state on the heap.
         let spawned = std::thread::Builder::new()
             .name(format!("disk-{id}"))
             .stack_size(WATCHER_STACK)
-            .spawn(move || watcher(&meter, limit, &hit, &stop, &cgroup));
+            .spawn(move || watcher(&watch));
         if let Err(e) = spawned {
             tracing::warn!(task = %id, "no disk watcher (the limit is checked at each usage sample): {e}");
+            // The samples measure themselves.
+            self.with(|t| t.get_mut(id).map(|w| w.stop = None));
         }
     }
 
+    /// The watcher's latest figure while it walks the sandbox (as often as the limit
+    /// needs, so a sample does not walk again), else a measure (a quota is cheap).
     fn usage(&self, id: &TaskId, usage: &mut Usage) {
+        let Some((meter, watched)) = self.with(|t| {
+            let w = t.get(id).filter(|w| w.measure)?;
+            let walked = w.stop.is_some() && w.meter.project.is_none();
+            let watched = walked.then(|| *lock(&w.latest)).flatten();
+            Some((w.meter.clone(), watched))
+        }) else {
+            return;
+        };
+        usage.disk_used_bytes = watched.or_else(|| meter.measure());
+    }
+
+    /// Measured afresh: the last figure of a task that has ended.
+    fn final_usage(&self, id: &TaskId, usage: &mut Usage) {
         let Some(meter) = self.with(|t| t.get(id).filter(|w| w.measure).map(|w| w.meter.clone()))
         else {
             return;
@@ -294,7 +376,7 @@ impl Isolator for DiskIsolator {
         usage.disk_used_bytes = meter.measure();
     }
 
-    /// Without project quotas a measure walks the sandbox.
+    /// Without project quotas and without a watcher a measure walks the sandbox.
     fn usage_is_costly(&self) -> bool {
         true
     }

@@ -1,7 +1,8 @@
 //! Walking a sandbox the task controls: directories are opened only beneath the
 //! sandbox, without following any link (a directory swapped for a link to `/` during
 //! the walk is skipped, not followed), every other entry is only `lstat`ed by name
-//! relative to its directory, and nothing but directories is opened.
+//! relative to its directory, and nothing but directories is opened (`O_DIRECTORY`:
+//! the kernel refuses anything else before opening it).
 
 use std::collections::HashSet;
 use std::ffi::OsStr;
@@ -18,10 +19,18 @@ use crate::safe_open;
 pub fn walk(dir: &Path, mut visit: impl FnMut(&File, &OsStr, &Metadata)) -> io::Result<Metadata> {
     let top = safe_open::open_dir(dir).map_err(|e| io::Error::other(e.to_string()))?;
     let top_meta = top.metadata()?;
-    let mut stack = vec![PathBuf::from(".")];
+    // An empty stack entry stands for the top, which is open already.
+    let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
-        let Ok(Some(parent)) = safe_open::open_entry(&top, rel.as_os_str()) else {
-            continue;
+        let opened;
+        let parent = if rel.as_os_str().is_empty() {
+            &top
+        } else {
+            let Ok(Some(dir)) = safe_open::open_dir_beneath(&top, &rel) else {
+                continue;
+            };
+            opened = dir;
+            &opened
         };
         // Listed through the descriptor: the path may have changed since.
         let Ok(entries) = std::fs::read_dir(format!("/proc/self/fd/{}", parent.as_raw_fd())) else {
@@ -34,7 +43,7 @@ pub fn walk(dir: &Path, mut visit: impl FnMut(&File, &OsStr, &Metadata)) -> io::
                 continue;
             }
             let name = entry.file_name();
-            visit(&parent, &name, &meta);
+            visit(parent, &name, &meta);
             if meta.is_dir() {
                 stack.push(rel.join(name));
             }
