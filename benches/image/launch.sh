@@ -54,4 +54,9 @@ hyperfine -N --runs "$runs" --warmup 3 --export-markdown "$work/report.md" \
     -n "image (warm)" "$cella exec --image $ref --image-store $warm_store $image_flags -- /bin/true" \
     -n "image (cold)" --prepare "$cella images --image-store $cold_store gc" \
     "$cella exec --image $ref --image-store $cold_store $image_flags -- /bin/true" >&2
+# The last launch's sandbox is removed by a detached process: let it finish before
+# the work directory goes.
+for store in "$warm_store" "$cold_store"; do
+    flock "$store/sandboxes/lock" true 2>/dev/null || true
+done
 cat "$work/report.md"
