@@ -21,7 +21,6 @@
 use std::collections::HashSet;
 use std::io;
 use std::os::unix::fs::DirBuilderExt as _;
-use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 
 use cella_containerizer::task::IMAGE_UPPER_IN_SANDBOX;
@@ -59,25 +58,67 @@ pub fn take(store: &ImageStore, lease: &str) -> io::Result<PathBuf> {
 /// waits) when it cannot be started.
 pub fn tidy_later(store: &ImageStore) {
     let started = std::env::current_exe().and_then(|exe| {
-        std::process::Command::new(exe)
-            .arg("images")
-            .arg("--image-store")
-            .arg(store.paths().root())
-            .arg("tidy-sandboxes")
-            .env_remove("CELLA_AGENT")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            // Out of the terminal's process group: a Ctrl-C there does not stop it.
-            .process_group(0)
-            .spawn()
+        let root = store.paths().root().as_os_str();
+        spawn_detached(
+            &exe,
+            &[
+                exe.as_os_str(),
+                "images".as_ref(),
+                "--image-store".as_ref(),
+                root,
+                "tidy-sandboxes".as_ref(),
+            ],
+        )
     });
-    // Not waited for: it outlives this process, and init reaps it.
-    if let Err(e) = started.map(drop) {
+    if let Err(e) = started {
         tracing::debug!(error = %e, "tidying the sandboxes in this process");
         if let Err(e) = tidy(store) {
             eprintln!("cella: removing the task's sandbox: {e}");
         }
+    }
+}
+
+/// Runs `program` with `argv` in a process of its own group, its standard streams on
+/// /dev/null, and returns at once: unlike `std::process::Command`, which waits until
+/// the child has executed the program (a wait of milliseconds on a busy machine,
+/// right before this process reports the task's exit). Not waited for: init reaps it.
+fn spawn_detached(program: &Path, argv: &[&std::ffi::OsStr]) -> io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    use std::os::unix::ffi::OsStrExt as _;
+    let c_string = |s: &std::ffi::OsStr| {
+        std::ffi::CString::new(s.as_bytes())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+    };
+    let program = c_string(program.as_os_str())?;
+    let argv = argv
+        .iter()
+        .map(|a| c_string(a))
+        .collect::<io::Result<Vec<_>>>()?;
+    let mut pointers: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    pointers.push(std::ptr::null());
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?;
+    // SAFETY: between the fork and the exec the child calls only async-signal-safe
+    // functions (setpgid, dup2, execv, _exit) on what was prepared before the fork, so
+    // no lock that another thread held at the fork is waited for.
+    match unsafe { libc::fork() } {
+        -1 => Err(io::Error::last_os_error()),
+        0 => {
+            // SAFETY: as above; `pointers` ends with a null and points into `argv`,
+            // alive until the exec or the exit.
+            unsafe {
+                // Out of the terminal's process group: a Ctrl-C there does not stop it.
+                libc::setpgid(0, 0);
+                for fd in 0..=2 {
+                    libc::dup2(null.as_raw_fd(), fd);
+                }
+                libc::execv(program.as_ptr(), pointers.as_ptr());
+                libc::_exit(127)
+            }
+        }
+        _ => Ok(()),
     }
 }
 
