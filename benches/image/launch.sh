@@ -49,6 +49,10 @@ cold_store=$work/store-cold
 "$cella" images --image-store "$warm_store" $image_flags pull "$ref" >/dev/null 2>&1
 
 log "timing $runs runs of each"
+# From an empty directory: a --rootfs task's sandbox is the current directory, which
+# the launch measures (walks) for --disk, as an image task's fresh sandbox.
+mkdir "$work/empty"
+cd "$work/empty"
 hyperfine -N --runs "$runs" --warmup 3 --export-markdown "$work/report.md" \
     -n "rootfs dir" "$cella exec --rootfs $work/bundle/rootfs -- /bin/true" \
     -n "image (warm)" "$cella exec --image $ref --image-store $warm_store $image_flags -- /bin/true" \
