@@ -8,7 +8,8 @@
 //! * `POST /api/v1/images/remove` `{"reference"}`: removes a reference, or an image
 //!   given as `sha256:…`; 409 while a task holds it; needs `admin`.
 //! * `POST /api/v1/images/gc` `{"max_bytes"}`: removes unused images down to
-//!   `max_bytes` (default 0: every unused image); needs `admin`.
+//!   `max_bytes` (default: the agent's `--image-store-size`, as its own GC); needs
+//!   `admin`.
 //!
 //! A caller without the permission gets 403 and the denial is logged and counted, as
 //! for the rest of the API.
@@ -45,8 +46,9 @@ struct ReferenceBody {
 
 #[derive(Deserialize, Default)]
 struct GcBody {
+    /// None: the store's size (`--image-store-size`).
     #[serde(default)]
-    max_bytes: u64,
+    max_bytes: Option<u64>,
 }
 
 /// The refusal (logged and counted) when the caller may not do `action`.
@@ -176,6 +178,8 @@ async fn gc(
     if let Some(r) = refusal(&api, &caller, &Action::Admin, "POST /api/v1/images/gc") {
         return r;
     }
-    let max_bytes = body.map(|b| b.0).unwrap_or_default().max_bytes;
+    let max_bytes = body
+        .and_then(|b| b.0.max_bytes)
+        .unwrap_or(api.shared.images.store_size());
     blocking(&api, move |store| store.gc(max_bytes)).await
 }

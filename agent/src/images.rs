@@ -72,6 +72,11 @@ impl Images {
         &self.store
     }
 
+    /// The size GC keeps the store within (`--image-store-size`).
+    pub fn store_size(&self) -> u64 {
+        self.store_size
+    }
+
     /// Prepares `image` for the task `task_id` (its lease) and applies the image's
     /// configuration to the task's command, environment and user.
     pub async fn prepare(

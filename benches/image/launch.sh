@@ -49,9 +49,18 @@ cold_store=$work/store-cold
 "$cella" images --image-store "$warm_store" $image_flags pull "$ref" >/dev/null 2>&1
 
 log "timing $runs runs of each"
+# From an empty directory: a --rootfs task's sandbox is the current directory, which
+# the launch measures (walks) for --disk, as an image task's fresh sandbox.
+mkdir "$work/empty"
+cd "$work/empty"
 hyperfine -N --runs "$runs" --warmup 3 --export-markdown "$work/report.md" \
     -n "rootfs dir" "$cella exec --rootfs $work/bundle/rootfs -- /bin/true" \
     -n "image (warm)" "$cella exec --image $ref --image-store $warm_store $image_flags -- /bin/true" \
     -n "image (cold)" --prepare "$cella images --image-store $cold_store gc" \
     "$cella exec --image $ref --image-store $cold_store $image_flags -- /bin/true" >&2
+# The last launch's sandbox is removed by a detached process: let it finish before
+# the work directory goes.
+for store in "$warm_store" "$cold_store"; do
+    flock "$store/sandboxes/lock" true 2>/dev/null || true
+done
 cat "$work/report.md"

@@ -1,7 +1,8 @@
 //! `cella exec --image` with an OCI image layout the test writes itself (no registry,
 //! no tools but the host's busybox-static), so that it runs unchanged in the cgroup v2
 //! VM: the overlay root, the image's configuration, a command override, a read-only
-//! root, and the writable layer counted against `--disk`.
+//! root, the writable layer counted against `--disk`, and its sandbox made ahead and
+//! removed after the task.
 
 mod exec_harness;
 
@@ -132,6 +133,58 @@ fn writes_to_the_image_root_count_against_disk() {
         &[format!("head -c {bytes} /dev/zero > /big && sleep 30")],
     );
     out.check_eq(out.limitation(), Some("DISK_LIMIT"), "the disk limitation");
+}
+
+/// The names in `dir` (none when it is missing).
+fn names(dir: &Path) -> std::collections::BTreeSet<String> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// After a task its sandbox (with what it wrote) is removed and empty ones are made
+/// ahead; the next launch takes one of those.
+#[test]
+fn the_sandbox_goes_after_the_task_and_the_next_launch_takes_one_made_ahead() {
+    use exec_harness::poll_until;
+    use std::time::Duration;
+
+    let sb = Sandbox::new();
+    let opts = image_opts(&sb, &[]);
+    let sandboxes = sb.out().join("store/sandboxes");
+    let ready = sandboxes.join("ready");
+    // Only the pool's own entries: no sandbox in use, and two ready.
+    let tidied = || {
+        let all = names(&sandboxes);
+        all.iter().all(|n| n == "ready" || n == "lock") && names(&ready).len() == 2
+    };
+    let out = sb.run(&opts, &["echo x > /written".to_string()]);
+    out.assert_code(0);
+    assert!(
+        poll_until(Duration::from_secs(30), tidied),
+        "the task's sandbox was removed and two made ahead: {:?} {:?}",
+        names(&sandboxes),
+        names(&ready)
+    );
+    let before = names(&ready);
+    let out = sb.run(&opts, &["test ! -e /written && echo fresh".to_string()]);
+    out.assert_code(0);
+    out.check_eq(out.stdout.as_str(), "fresh\n", "an empty writable layer");
+    assert!(
+        poll_until(Duration::from_secs(30), tidied),
+        "{:?} {:?}",
+        names(&sandboxes),
+        names(&ready)
+    );
+    assert!(
+        !before.is_subset(&names(&ready)),
+        "the launch took a sandbox made ahead: {before:?} then {:?}",
+        names(&ready)
+    );
 }
 
 /// `cella images --image-store STORE ARGS…` (the store directly: no agent).

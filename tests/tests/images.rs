@@ -542,3 +542,55 @@ view = ["state"]
     assert_eq!(stored_images(&cluster), 0);
     cluster.finish();
 }
+
+/// GC through the API without a size keeps the store within the agent's
+/// `--image-store-size`, as the agent's own GC does; a size given (1 byte) removes
+/// every unused image.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_through_the_api_defaults_to_the_agents_store_size() {
+    image_common::require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let registry = registry_with_busybox(dir.path());
+    let cluster = cluster_for(&registry, &["--image-store-size=1GiB"]).await;
+    let agent = format!("https://{}", cluster.agents[0].http);
+    let images = async |args: &[&str]| {
+        let mut all = vec!["images", "--agent", &agent];
+        all.extend(args);
+        cluster.cella(&all).await
+    };
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while images(&[]).await.code != Some(0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            images(&[]).await.describe()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut pull = cluster.cella_command();
+    pull.args(["images", "--agent", &agent, "pull", "busybox:1"]);
+    let out = tokio::time::timeout(Duration::from_secs(300), pull.output())
+        .await
+        .expect("the pull through the agent ends")
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(stored_images(&cluster), 1);
+
+    let out = images(&["gc"]).await;
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    assert_eq!(
+        stored_images(&cluster),
+        1,
+        "within the agent's 1 GiB, the unused image stays: {}",
+        out.describe()
+    );
+    let out = images(&["gc", "--max-size", "1"]).await;
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    assert_eq!(
+        stored_images(&cluster),
+        0,
+        "a size of 1 byte removes it: {}",
+        out.describe()
+    );
+    cluster.finish();
+}

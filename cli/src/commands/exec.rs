@@ -224,7 +224,7 @@ pub(super) fn run_with(mut args: ExecArgs, image: Option<super::exec_image::Imag
         args.workdir = args.workdir.clone().or(image.settings.working_dir.clone());
     }
     let sandbox = match (&args.rootfs, &image) {
-        (_, Some(image)) => Ok(image.sandbox.path().to_path_buf()),
+        (_, Some(image)) => Ok(image.sandbox.clone()),
         (Some(_), None) => std::env::current_dir(),
         (None, None) => args.workdir.clone().map_or_else(std::env::current_dir, Ok),
     };

@@ -1,6 +1,7 @@
 //! `cella exec --image`: the image is prepared in the node's store (pulled if
 //! needed) and held by a lease named after the task while it runs; the task's
-//! writable layer lives in a sandbox of its own, removed when the task ends.
+//! writable layer lives in a sandbox of its own, removed once the task has ended
+//! (see `exec_sandbox`).
 
 use std::path::PathBuf;
 
@@ -18,7 +19,7 @@ pub struct ImageTask<'a> {
     pub layers: Vec<PathBuf>,
     pub settings: RunSettings,
     /// Holds the overlay's upper and work directories.
-    pub sandbox: tempfile::TempDir,
+    pub sandbox: PathBuf,
 }
 
 pub fn run(args: ExecArgs) -> i32 {
@@ -81,6 +82,8 @@ pub fn run(args: ExecArgs) -> i32 {
     if let Err(e) = store.release(&lease) {
         eprintln!("cella: releasing the image: {e}");
     }
+    // The sandbox goes now that its lease is released, off the path to the exit code.
+    super::exec_sandbox::tidy_later(&store);
     code
 }
 
@@ -99,15 +102,12 @@ fn task_for<'a>(
             args.user.as_deref(),
         )
         .map_err(|e| (EXIT_USAGE, e.to_string()))?;
-    let sandbox = tempfile::Builder::new()
-        .prefix("cella-exec-")
-        .tempdir()
-        .map_err(|e| {
-            (
-                EXIT_CELLA_FAILED,
-                format!("creating the task's sandbox: {e}"),
-            )
-        })?;
+    let sandbox = super::exec_sandbox::take(store, lease).map_err(|e| {
+        (
+            EXIT_CELLA_FAILED,
+            format!("creating the task's sandbox: {e}"),
+        )
+    })?;
     Ok(ImageTask {
         store,
         lease: lease.to_owned(),

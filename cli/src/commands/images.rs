@@ -44,15 +44,25 @@ enum ImagesCommand {
         references: Vec<String>,
     },
     /// Remove images no task uses, least recently used first, until the store takes
-    /// at most SIZE (default 0: every unused image).
+    /// at most SIZE (default 0: every unused image; with --agent, the agent's
+    /// --image-store-size).
     Gc {
         #[arg(long, value_name = "SIZE", value_parser = super::exec::parse_size_arg)]
         max_size: Option<u64>,
     },
+    /// Removes the sandboxes of `cella exec --image` tasks that have ended and makes
+    /// empty ones ahead (started by `cella exec` after a task).
+    #[command(hide = true)]
+    TidySandboxes,
 }
 
 pub fn run(args: ImagesArgs) -> i32 {
-    match args.agent.clone() {
+    // The sandboxes are `cella exec`'s, in the store directory: never an agent's.
+    let agent = match args.command {
+        Some(ImagesCommand::TidySandboxes) => None,
+        _ => args.agent.clone(),
+    };
+    match agent {
         Some(agent) => super::tasks::block_on(async move { through_agent(args, &agent).await }),
         None => local(args).map_or_else(
             |e| {
@@ -99,10 +109,17 @@ async fn through_agent(args: ImagesArgs, agent: &str) -> anyhow::Result<i32> {
             }
         }
         ImagesCommand::Gc { max_size } => {
-            let body = json!({ "max_bytes": max_size.unwrap_or(0) });
+            // Without a size the agent keeps its store within its own size.
+            let body = match max_size {
+                Some(max_bytes) => json!({ "max_bytes": max_bytes }),
+                None => json!({}),
+            };
             let report: GcReport =
                 cella_proto::tls::https_post_json(&url("/gc"), &body, &tls).await?;
             print_gc(&report);
+        }
+        ImagesCommand::TidySandboxes => {
+            anyhow::bail!("tidy-sandboxes works on the store directory: drop --agent")
         }
     }
     Ok(0)
@@ -138,6 +155,7 @@ fn local(args: ImagesArgs) -> anyhow::Result<()> {
             }
         }
         ImagesCommand::Gc { max_size } => print_gc(&store.gc(max_size.unwrap_or(0))?),
+        ImagesCommand::TidySandboxes => super::exec_sandbox::tidy(&store)?,
     }
     Ok(())
 }

@@ -5,6 +5,7 @@ pub mod certs;
 pub mod dev;
 pub mod exec;
 mod exec_image;
+mod exec_sandbox;
 pub mod images;
 pub mod logs;
 mod rates;

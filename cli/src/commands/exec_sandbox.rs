@@ -1,0 +1,194 @@
+//! The sandboxes of `cella exec --image` tasks: each holds the task's writable layer
+//! (the overlay's upper and work directories) and lives in the image store's
+//! `sandboxes/` directory (private to root like the rest of the store):
+//!
+//! ```text
+//! <store>/sandboxes/ready/<name>     empty sandboxes made ahead: .rootfs/{upper,work}
+//! <store>/sandboxes/<lease>.<name>   the sandbox of the task holding the lease <lease>
+//! <store>/sandboxes/new-<name>       one being made
+//! <store>/sandboxes/lock             held by the process tidying
+//! ```
+//!
+//! Creating and removing a writable layer's directories are metadata updates that a
+//! busy disk makes wait for milliseconds each. None of them is on the path from the
+//! launch to the task's exit code: a launch renames a sandbox made ahead to its
+//! lease's name (it makes an empty one only when none is ready), and once the task has
+//! ended and its lease is released, a detached `cella images tidy-sandboxes` removes
+//! every sandbox whose lease is gone (also those of a `cella exec` killed with -9,
+//! once its task has ended) and makes the next ones. The sandbox is the task's
+//! sandbox as before: `--disk` counts and limits the writable layer in it.
+
+use std::collections::HashSet;
+use std::io;
+use std::os::unix::fs::DirBuilderExt as _;
+use std::path::{Path, PathBuf};
+
+use cella_containerizer::task::IMAGE_UPPER_IN_SANDBOX;
+use cella_image::ImageStore;
+
+/// Empty sandboxes kept ready: enough for a few launches in quick succession.
+const READY: usize = 2;
+
+fn pool_dir(store: &ImageStore) -> PathBuf {
+    store.paths().root().join("sandboxes")
+}
+
+/// A sandbox for the task holding `lease`: one made ahead if there is, else a new
+/// empty one (the shim then makes the overlay's directories in it).
+pub fn take(store: &ImageStore, lease: &str) -> io::Result<PathBuf> {
+    let pool = pool_dir(store);
+    let ready = pool.join("ready");
+    if let Ok(entries) = std::fs::read_dir(&ready) {
+        for entry in entries.flatten() {
+            let taken = pool.join(format!("{lease}.{}", entry.file_name().to_string_lossy()));
+            // Another launch may take the same one first: then the next.
+            if std::fs::rename(entry.path(), &taken).is_ok() {
+                return Ok(taken);
+            }
+        }
+    }
+    std::fs::create_dir_all(&pool)?;
+    Ok(tempfile::Builder::new()
+        .prefix(&format!("{lease}."))
+        .tempdir_in(&pool)?
+        .keep())
+}
+
+/// Starts a detached `cella images tidy-sandboxes` on the store; tidies here (and
+/// waits) when it cannot be started.
+pub fn tidy_later(store: &ImageStore) {
+    let started = std::env::current_exe().and_then(|exe| {
+        let root = store.paths().root().as_os_str();
+        spawn_detached(
+            &exe,
+            &[
+                exe.as_os_str(),
+                "images".as_ref(),
+                "--image-store".as_ref(),
+                root,
+                "tidy-sandboxes".as_ref(),
+            ],
+        )
+    });
+    if let Err(e) = started {
+        tracing::debug!(error = %e, "tidying the sandboxes in this process");
+        if let Err(e) = tidy(store) {
+            eprintln!("cella: removing the task's sandbox: {e}");
+        }
+    }
+}
+
+/// Runs `program` with `argv` in a process of its own group, its standard streams on
+/// /dev/null, and returns at once: unlike `std::process::Command`, which waits until
+/// the child has executed the program (a wait of milliseconds on a busy machine,
+/// right before this process reports the task's exit). Not waited for: init reaps it.
+fn spawn_detached(program: &Path, argv: &[&std::ffi::OsStr]) -> io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    use std::os::unix::ffi::OsStrExt as _;
+    let c_string = |s: &std::ffi::OsStr| {
+        std::ffi::CString::new(s.as_bytes())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+    };
+    let program = c_string(program.as_os_str())?;
+    let argv = argv
+        .iter()
+        .map(|a| c_string(a))
+        .collect::<io::Result<Vec<_>>>()?;
+    let mut pointers: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    pointers.push(std::ptr::null());
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?;
+    // SAFETY: between the fork and the exec the child calls only async-signal-safe
+    // functions (setpgid, dup2, execv, _exit) on what was prepared before the fork, so
+    // no lock that another thread held at the fork is waited for.
+    match unsafe { libc::fork() } {
+        -1 => Err(io::Error::last_os_error()),
+        0 => {
+            // SAFETY: as above; `pointers` ends with a null and points into `argv`,
+            // alive until the exec or the exit.
+            unsafe {
+                // Out of the terminal's process group: a Ctrl-C there does not stop it.
+                libc::setpgid(0, 0);
+                for fd in 0..=2 {
+                    libc::dup2(null.as_raw_fd(), fd);
+                }
+                libc::execv(program.as_ptr(), pointers.as_ptr());
+                libc::_exit(127)
+            }
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Removes the sandboxes whose lease is gone and makes empty ones until [`READY`]
+/// are ready. One process at a time: another one tidying already is left to it.
+pub fn tidy(store: &ImageStore) -> io::Result<()> {
+    let pool = pool_dir(store);
+    let ready = pool.join("ready");
+    std::fs::create_dir_all(&ready)?;
+    let lock = std::fs::File::create(pool.join("lock"))?;
+    let _lock = match nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => lock,
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => return Ok(()),
+        Err((_, e)) => return Err(e.into()),
+    };
+    // Listed before the leases are read: a sandbox listed was taken after its lease
+    // was written, so a task still running has its lease in what is read next.
+    let names: Vec<String> = std::fs::read_dir(&pool)?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let leases: HashSet<String> = store
+        .leases()
+        .map_err(io::Error::other)?
+        .into_iter()
+        .map(|l| l.name)
+        .collect();
+    for name in names {
+        // A sandbox begun by a tidying process that did not finish (only the holder
+        // of the lock makes them).
+        let stale = name.starts_with("new-");
+        let ended = name
+            .rsplit_once('.')
+            .is_some_and(|(lease, _)| !leases.contains(lease));
+        if stale || ended {
+            remove(&pool.join(&name))?;
+        }
+    }
+    let have = std::fs::read_dir(&ready)?.count();
+    for _ in have..READY {
+        make_ready(&pool, &ready)?;
+    }
+    Ok(())
+}
+
+/// An empty sandbox with the overlay's directories, as the shim makes them.
+fn make_ready(pool: &Path, ready: &Path) -> io::Result<()> {
+    let new = tempfile::Builder::new()
+        .prefix("new-")
+        .tempdir_in(pool)?
+        .keep();
+    let upper_root = new.join(IMAGE_UPPER_IN_SANDBOX);
+    let mut dir = std::fs::DirBuilder::new();
+    dir.mode(0o700).create(&upper_root)?;
+    dir.mode(0o755).create(upper_root.join("upper"))?;
+    dir.mode(0o700).create(upper_root.join("work"))?;
+    let name = new
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("new-"))
+        .unwrap_or_default();
+    std::fs::rename(&new, ready.join(name))
+}
+
+fn remove(path: &Path) -> io::Result<()> {
+    match std::fs::remove_dir_all(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io::Error::new(
+            e.kind(),
+            format!("removing {}: {e}", path.display()),
+        )),
+        _ => Ok(()),
+    }
+}
