@@ -273,14 +273,6 @@ mod tests {
 ";
 
     /// `/proc/self/cgroup` and `/proc/self/mountinfo` as procfs reads them.
-    /// The CPU quota and memory limit found above `dirs` in a tree of `files`
-    /// (path, content).
-    fn limits(dirs: &CgroupDirs, files: &[(&str, &str)]) -> (Option<MilliCpus>, Option<u64>) {
-        let files: HashMap<&str, &str> = files.iter().copied().collect();
-        let read = |p: &Path| files.get(p.to_str().unwrap_or("")).map(|s| s.to_string());
-        (cpu_quota(dirs, read), memory_limit(dirs, read))
-    }
-
     fn parsed(proc_cgroup: &str, mountinfo: &str) -> CgroupDirs {
         let own = procfs::ProcessCGroups::from_read(proc_cgroup.as_bytes()).unwrap();
         let mounts = procfs::process::MountInfos::from_read(mountinfo.as_bytes()).unwrap();
