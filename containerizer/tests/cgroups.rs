@@ -503,3 +503,48 @@ fn pids_limit_is_enforced() {
     assert!(task.pids().expect("pids").len() <= 5);
     fx.finish();
 }
+
+/// Launchers at once, each with its own view of the same base (as concurrent `cella
+/// exec`s are): one removes the base when its last task is gone while another is
+/// making its task there. Every creation must still succeed.
+#[test]
+fn concurrent_launchers_share_a_base_that_comes_and_goes() {
+    let f = Fixture::new();
+    let base = f.root.base_dirs()[0]
+        .file_name()
+        .expect("base name")
+        .to_owned();
+    let failures: Vec<String> = std::thread::scope(|s| {
+        let launchers: Vec<_> = (0..3)
+            .map(|n| {
+                let base = base.clone();
+                s.spawn(move || {
+                    let root = CgroupRoot::discover(Some(Path::new(&base))).expect("discover");
+                    let mut failures = Vec::new();
+                    for i in 0..150 {
+                        match root.create(&format!("l{n}-{i}"), &CgroupLimits::default()) {
+                            Ok(task) => {
+                                if let Err(e) = task.remove() {
+                                    failures.push(format!("remove l{n}-{i}: {e}"));
+                                }
+                            }
+                            Err(e) => failures.push(format!("create l{n}-{i}: {e}")),
+                        }
+                        root.remove_base_if_empty();
+                    }
+                    failures
+                })
+            })
+            .collect();
+        launchers
+            .into_iter()
+            .flat_map(|l| l.join().expect("launcher thread"))
+            .collect()
+    });
+    assert!(
+        failures.is_empty(),
+        "{} failures: {failures:?}",
+        failures.len()
+    );
+    f.finish();
+}

@@ -130,6 +130,27 @@ pub fn mkdir(path: &Path) -> Result<bool, CgroupError> {
     }
 }
 
+/// Makes `dir`, a child of `base`, and `base` first when it is missing; `made_base`
+/// gets the directories that made (outermost first). Another launcher removes the base
+/// once its last task is gone, and may do so between the two steps: the base is then
+/// made again, a few times at most. False when `dir` exists already.
+pub fn mkdir_in(
+    base: &Path,
+    dir: &Path,
+    mut made_base: impl FnMut(Vec<PathBuf>) -> Result<(), CgroupError>,
+) -> Result<bool, CgroupError> {
+    for _ in 0..BASE_RACE_ATTEMPTS {
+        match mkdir(dir) {
+            Err(e) if is_kind(&e, ErrorKind::NotFound) => made_base(mkdir_all(base)?)?,
+            other => return other,
+        }
+    }
+    mkdir(dir)
+}
+
+/// How often [`mkdir_in`] makes a base that another launcher removed meanwhile.
+const BASE_RACE_ATTEMPTS: usize = 4;
+
 /// Creates `path` and any missing parents; returns the ones created, outermost first.
 pub fn mkdir_all(path: &Path) -> Result<Vec<PathBuf>, CgroupError> {
     match std::fs::create_dir(path) {

@@ -231,13 +231,10 @@ fn make_dirs(
     created: &mut Vec<PathBuf>,
 ) -> Result<(), CgroupError> {
     for (base, dir) in bases.iter().zip(dirs) {
-        let made = match fsx::mkdir(dir) {
-            Err(e) if fsx::is_kind(&e, ErrorKind::NotFound) => {
-                created.extend(fsx::mkdir_all(base)?);
-                fsx::mkdir(dir)?
-            }
-            other => other?,
-        };
+        let made = fsx::mkdir_in(base, dir, |made| {
+            created.extend(made);
+            Ok(())
+        })?;
         if !made {
             return Err(fsx::io(dir, ErrorKind::AlreadyExists.into()));
         }

@@ -90,15 +90,12 @@ impl Base {
         let mut enabled = false;
         let result = (|| {
             // The base exists for every task but the first: try the task dir alone.
-            let made = match fsx::mkdir(&group.dir) {
-                Err(e) if fsx::is_kind(&e, ErrorKind::NotFound) => {
-                    created = fsx::mkdir_all(&self.dir)?;
-                    self.enable_controllers(&created)?;
-                    enabled = true;
-                    fsx::mkdir(&group.dir)?
-                }
-                other => other?,
-            };
+            let made = fsx::mkdir_in(&self.dir, &group.dir, |made| {
+                self.enable_controllers(&made)?;
+                created.extend(made);
+                enabled = true;
+                Ok(())
+            })?;
             if !made {
                 return Err(fsx::io(&group.dir, ErrorKind::AlreadyExists.into()));
             }
