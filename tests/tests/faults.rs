@@ -399,9 +399,21 @@ async fn violations(c: &Cluster, w: &Workload, history: &[v1::TaskStatus]) -> Ve
             }
             Some(state) => bad.push(format!("{id} is still {}", state.name())),
             None => {
-                if ends.len() != 1 {
+                // A task refused at ACCEPT (ERROR) never reached the master's books:
+                // reconciling it later rightly answers LOST ("unknown").
+                let refused = updates
+                    .iter()
+                    .find(|u| u.state().is_terminal())
+                    .is_some_and(|u| u.state() == v1::TaskState::TaskError);
+                let refused_then_unknown =
+                    refused && ends.iter().all(|e| matches!(*e, "ERROR" | "LOST"));
+                if ends.len() != 1 && !refused_then_unknown {
+                    let told: Vec<String> = updates
+                        .iter()
+                        .map(|u| format!("{} ({})", u.state().name(), u.message))
+                        .collect();
                     bad.push(format!(
-                        "{id} is unknown to the master; the scheduler was told {ends:?}"
+                        "{id} is unknown to the master; the scheduler was told {told:?}"
                     ));
                 }
             }

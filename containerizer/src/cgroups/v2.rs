@@ -91,8 +91,9 @@ impl Base {
         let result = (|| {
             // The base exists for every task but the first: try the task dir alone.
             let made = fsx::mkdir_in(&self.dir, &group.dir, |made| {
+                // Recorded first: a base whose controllers cannot be enabled goes too.
+                created.extend(made.iter().cloned());
                 self.enable_controllers(&made)?;
-                created.extend(made);
                 enabled = true;
                 Ok(())
             })?;
