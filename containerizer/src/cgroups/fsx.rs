@@ -141,7 +141,11 @@ pub fn mkdir_in(
 ) -> Result<bool, CgroupError> {
     for _ in 0..BASE_RACE_ATTEMPTS {
         match mkdir(dir) {
-            Err(e) if is_kind(&e, ErrorKind::NotFound) => made_base(mkdir_all(base)?)?,
+            Err(e) if is_kind(&e, ErrorKind::NotFound) => match made_base(mkdir_all(base)?) {
+                // Removed again while it was being set up: once more.
+                Err(_) if !base.exists() => {}
+                other => other?,
+            },
             other => return other,
         }
     }

@@ -48,6 +48,10 @@ const URGENT_SHARE: u32 = 2;
 const WATCHER_STACK: usize = 256 * 1024;
 /// With a quota the kernel holds the limit; the watcher only notices it was reached.
 const QUOTA_INTERVAL: Duration = Duration::from_millis(100);
+/// Within this of its limit a sample walks the sandbox as well, instead of taking
+/// the watcher's figure: two walkers catch a fast writer sooner than one whose thread
+/// may not be scheduled in time (a loaded or emulated machine).
+const SAMPLE_WALKS_TOO_WITHIN: u64 = 256 << 20;
 
 /// How one task's disk usage is measured.
 #[derive(Clone)]
@@ -354,12 +358,16 @@ impl Isolator for DiskIsolator {
     }
 
     /// The watcher's latest figure while it walks the sandbox (as often as the limit
-    /// needs, so a sample does not walk again), else a measure (a quota is cheap).
+    /// needs, so a sample does not walk again) and the task is far from its limit,
+    /// else a measure (a quota is cheap).
     fn usage(&self, id: &TaskId, usage: &mut Usage) {
         let Some((meter, watched)) = self.with(|t| {
             let w = t.get(id).filter(|w| w.measure)?;
             let walked = w.stop.is_some() && w.meter.project.is_none();
-            let watched = walked.then(|| *lock(&w.latest)).flatten();
+            let watched = walked.then(|| *lock(&w.latest)).flatten().filter(|&used| {
+                w.limit
+                    .is_none_or(|limit| limit.saturating_sub(used) >= SAMPLE_WALKS_TOO_WITHIN)
+            });
             Some((w.meter.clone(), watched))
         }) else {
             return;
