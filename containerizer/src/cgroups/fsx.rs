@@ -143,7 +143,7 @@ pub fn mkdir_in(
         match mkdir(dir) {
             Err(e) if is_kind(&e, ErrorKind::NotFound) => match made_base(mkdir_all(base)?) {
                 // Removed again while it was being set up: once more.
-                Err(_) if !base.exists() => {}
+                Err(e) if is_kind(&e, ErrorKind::NotFound) || !base.exists() => {}
                 other => other?,
             },
             other => return other,

@@ -145,11 +145,18 @@ impl Base {
             }
             let request: Vec<String> = missing.iter().map(|c| format!("+{c}")).collect();
             if let Err(e) = fsx::write(&control, &request.join(" ")) {
+                if fsx::is_kind(&e, ErrorKind::NotFound) {
+                    // Removed meanwhile by another launcher: the caller makes it again.
+                    return Err(e);
+                }
                 return Err(setup_error(
                     dir,
                     &format!("cannot enable {} ({e})", request.join(" ")),
                 ));
             }
+        }
+        if !self.dir.exists() {
+            return Err(fsx::io(&self.dir, ErrorKind::NotFound.into()));
         }
         let enabled = words(&self.dir.join("cgroup.subtree_control"));
         let lacking: Vec<&str> = REQUIRED
