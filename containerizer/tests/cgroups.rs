@@ -508,7 +508,6 @@ fn pids_limit_is_enforced() {
 /// exec`s are): one removes the base when its last task is gone while another is
 /// making its task there. Every creation must still succeed.
 #[test]
-#[ignore = "passes on cgroup v1; on cgroup v2 a launcher can still find the base re-made by another without its controllers enabled yet (run with --ignored)"]
 fn concurrent_launchers_share_a_base_that_comes_and_goes() {
     let f = Fixture::new();
     let base = f.root.base_dirs()[0]

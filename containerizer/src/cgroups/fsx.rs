@@ -3,6 +3,7 @@ use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use nix::fcntl::{Flock, FlockArg};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -131,9 +132,10 @@ pub fn mkdir(path: &Path) -> Result<bool, CgroupError> {
 }
 
 /// Makes `dir`, a child of `base`, and `base` first when it is missing; `made_base`
-/// gets the directories that made (outermost first). Another launcher removes the base
-/// once its last task is gone, and may do so between the two steps: the base is then
-/// made again, a few times at most. False when `dir` exists already.
+/// gets the directories that made (outermost first) and sets them up. A missing base
+/// is made, set up and given `dir` under [`lock_base`], which its removal takes too:
+/// no launcher removes it half set up, nor between its making and `dir`'s. False
+/// when `dir` exists already.
 pub fn mkdir_in(
     base: &Path,
     dir: &Path,
@@ -141,15 +143,38 @@ pub fn mkdir_in(
 ) -> Result<bool, CgroupError> {
     for _ in 0..BASE_RACE_ATTEMPTS {
         match mkdir(dir) {
-            Err(e) if is_kind(&e, ErrorKind::NotFound) => match made_base(mkdir_all(base)?) {
-                // Removed again while it was being set up: once more.
-                Err(e) if is_kind(&e, ErrorKind::NotFound) || !base.exists() => {}
-                other => other?,
-            },
+            Err(e) if is_kind(&e, ErrorKind::NotFound) => {
+                let _lock = lock_base(base);
+                match made_base(mkdir_all(base)?) {
+                    // Removed while it was being set up (a remover that could not
+                    // take the lock): once more.
+                    Err(e) if is_kind(&e, ErrorKind::NotFound) || !base.exists() => {}
+                    Err(e) => return Err(e),
+                    Ok(()) => match mkdir(dir) {
+                        Err(e) if is_kind(&e, ErrorKind::NotFound) => {}
+                        other => return other,
+                    },
+                }
+            }
             other => return other,
         }
     }
     mkdir(dir)
+}
+
+/// Removes `base` if it is empty (its last task is gone), under [`lock_base`].
+/// Busy or missing is not an error.
+pub fn remove_base_if_empty(base: &Path) {
+    let _lock = lock_base(base);
+    let _ = std::fs::remove_dir(base);
+}
+
+/// An exclusive `flock` on the directory above `base` (a lock, not a write: nothing
+/// in the cgroup changes), shared by every launcher that makes or removes that base.
+/// None if it cannot be taken; [`mkdir_in`] then still makes a vanished base again.
+fn lock_base(base: &Path) -> Option<Flock<std::fs::File>> {
+    let parent = std::fs::File::open(base.parent()?).ok()?;
+    Flock::lock(parent, FlockArg::LockExclusive).ok()
 }
 
 /// How often [`mkdir_in`] makes a base that another launcher removed meanwhile.

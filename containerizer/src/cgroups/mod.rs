@@ -144,7 +144,7 @@ impl Placement {
             return;
         }
         for base in dirs.iter().filter_map(|d| d.parent()) {
-            let _ = std::fs::remove_dir(base);
+            fsx::remove_base_if_empty(base);
         }
     }
 }
@@ -311,7 +311,7 @@ impl CgroupRoot {
     /// Busy or missing bases are not an error.
     pub fn remove_base_if_empty(&self) {
         for dir in self.backend.base_dirs() {
-            let _ = std::fs::remove_dir(&dir);
+            fsx::remove_base_if_empty(&dir);
         }
     }
 }
