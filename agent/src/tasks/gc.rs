@@ -55,15 +55,31 @@ fn modified_ns(path: &Path) -> u64 {
         .map_or(0, unix_ns)
 }
 
-/// The used share of the filesystem holding `dir`.
+/// The used share of the filesystem holding `dir`, as `df` counts it: used blocks
+/// against used and available ones. Blocks the filesystem keeps back (ext4's
+/// reserve for root, or space a host's thin provisioning withholds) count neither
+/// way, so "90% full" here is what an operator's `df` says.
 fn disk_used_share(dir: &Path) -> Option<f64> {
     let st = nix::sys::statvfs::statvfs(dir).ok()?;
-    #[allow(clippy::cast_precision_loss, clippy::useless_conversion)]
-    let (total, avail) = (
-        u64::from(st.blocks()) as f64,
-        u64::from(st.blocks_available()) as f64,
+    #[allow(clippy::useless_conversion)]
+    let (blocks, free, avail) = (
+        u64::from(st.blocks()),
+        u64::from(st.blocks_free()),
+        u64::from(st.blocks_available()),
     );
-    (total > 0.0).then(|| 1.0 - avail / total)
+    Some(used_share(blocks, free, avail))
+}
+
+/// `df`'s use share from statvfs' block counts (zero for an empty filesystem).
+#[allow(clippy::cast_precision_loss)]
+fn used_share(blocks: u64, free: u64, avail: u64) -> f64 {
+    let used = blocks.saturating_sub(free);
+    let usable = used.saturating_add(avail);
+    if usable == 0 {
+        0.0
+    } else {
+        used as f64 / usable as f64
+    }
 }
 
 /// One garbage-collection sweep; returns the ids whose sandboxes were removed.
@@ -132,4 +148,18 @@ pub fn gc_sweep(shared: &Shared) -> Vec<String> {
         }
     }
     removed
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_used_share_is_dfs() {
+        // A filesystem keeping 161 of 252 blocks back: 68 used, 23 available is
+        // 75% (df), not 91%.
+        let share = super::used_share(252, 184, 23);
+        assert!((share - 68.0 / 91.0).abs() < 1e-9, "{share}");
+        assert!(super::used_share(100, 100, 100).abs() < 1e-9);
+        assert!((super::used_share(100, 0, 0) - 1.0).abs() < 1e-9);
+        assert!(super::used_share(0, 0, 0).abs() < 1e-9);
+    }
 }

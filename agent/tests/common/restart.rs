@@ -406,8 +406,11 @@ impl SmallFs {
     pub fn used_share(&self) -> f64 {
         let st = nix::sys::statvfs::statvfs(&self.0).expect("statvfs");
         #[allow(clippy::cast_precision_loss)]
-        let (total, avail) = (st.blocks() as f64, st.blocks_available() as f64);
-        1.0 - avail / total
+        let (used, avail) = (
+            (st.blocks() - st.blocks_free()) as f64,
+            st.blocks_available() as f64,
+        );
+        used / (used + avail)
     }
 }
 
