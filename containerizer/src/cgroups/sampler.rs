@@ -16,7 +16,9 @@
 //! The kernel's own peaks and counts that only the summary needs (memory and pids
 //! peak, pids limit hits) are read in full samples only: the first, the last, and
 //! every [`FULL_SAMPLE_INTERVAL`] while the task runs. In between they are carried
-//! over, a peak raised to the current figure if that is higher.
+//! over, a peak raised to the current figure if that is higher. The first interval
+//! is cut short by a random share, so tasks first sampled together (an agent's
+//! recovery) do not all have their full samples in the same round.
 
 use std::time::{Duration, Instant};
 
@@ -94,10 +96,30 @@ impl TaskSampler {
             raise_peaks(&mut usage);
         }
         if due || figures == Figures::Every {
-            self.full_at = Some(Instant::now());
+            let now = Instant::now();
+            // After the first sample, a share of the interval is taken as passed
+            // already: tasks sampled for the first time together (an agent that
+            // recovered them) are read in full in different seconds, not all in one.
+            let passed = if self.full_at.is_none() {
+                stagger(self.full_interval)
+            } else {
+                Duration::ZERO
+            };
+            self.full_at = Some(now.checked_sub(passed).unwrap_or(now));
         }
         self.last = Some((usage.clone(), cpu));
         usage
+    }
+}
+
+/// A random share of `interval` (std's per-instance random hash keys as the
+/// source: no generator is needed for this).
+fn stagger(interval: Duration) -> Duration {
+    use std::hash::BuildHasher;
+    let random = std::collections::hash_map::RandomState::new().hash_one(0u8);
+    match u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX) {
+        0 => Duration::ZERO,
+        interval => Duration::from_nanos(random % interval),
     }
 }
 
