@@ -7,8 +7,6 @@ use std::time::{Duration, Instant};
 use cella_proto::api;
 use cella_proto::v1::{self, call, event, scheduler_service_client::SchedulerServiceClient};
 use cella_tests::{Cluster, DEADLINE, Scheduler, framework, task};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 
 /// What each test agent offers.
 const RES: &str = "cpus:2;mem:2GiB;disk:1GiB";
@@ -579,13 +577,16 @@ async fn invalid_accepts_get_invalid_task_and_launch_nothing() {
     error_status(&s.any_update("../escape").await, "task id ../escape");
 
     // Nothing launched anywhere.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let containers = c.agent_containers(&agent).await;
+    // What the agent runs and what the master knows, a moment after the answers.
+    let settled = async || {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        (c.agent_containers(&agent).await, c.tasks().await)
+    };
+    let (containers, tasks) = settled().await;
     assert!(
         containers.is_empty(),
         "invalid tasks reached the agent: {containers:?}"
     );
-    let tasks = c.tasks().await;
     assert!(
         tasks.is_empty(),
         "the master keeps invalid tasks as if launched: {tasks:?}"
@@ -604,15 +605,13 @@ async fn invalid_accepts_get_invalid_task_and_launch_nothing() {
     );
     error_status(&s.any_update("t-ok").await, "a duplicate task id");
 
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let containers = c.agent_containers(&agent).await;
+    let (containers, tasks) = settled().await;
     assert_eq!(
         containers.len(),
         1,
         "exactly t-ok runs on the agent: {containers:?}"
     );
     assert_eq!(containers[0]["task_id"], "t-ok", "{containers:?}");
-    let tasks = c.tasks().await;
     assert_eq!(tasks.len(), 1, "the master knows only t-ok: {tasks:?}");
     assert_eq!(tasks[0].state.name(), "RUNNING", "{tasks:?}");
     assert_eq!(tasks[0].command, ["sleep", "100"], "{tasks:?}");
@@ -719,15 +718,12 @@ async fn clients_without_a_valid_certificate_are_refused() {
     }
 
     // The CLI with the wrong certificates: a clear message, a non-zero status.
-    let wrong = c
-        .cella(&[
-            "tasks",
-            "--master",
-            &c.master_url,
-            "--tls-dir",
-            other.to_str().expect("utf-8"),
-        ])
-        .await;
+    let tasks_with = async |tls_dir: &std::path::Path| {
+        let tls_dir = tls_dir.to_str().expect("utf-8");
+        c.cella(&["tasks", "--master", &c.master_url, "--tls-dir", tls_dir])
+            .await
+    };
+    let wrong = tasks_with(&other).await;
     assert_ne!(
         wrong.code,
         Some(0),
@@ -740,15 +736,7 @@ async fn clients_without_a_valid_certificate_are_refused() {
         wrong.describe()
     );
     let missing = c.path().join("no-such-dir");
-    let none = c
-        .cella(&[
-            "tasks",
-            "--master",
-            &c.master_url,
-            "--tls-dir",
-            missing.to_str().expect("utf-8"),
-        ])
-        .await;
+    let none = tasks_with(&missing).await;
     assert_ne!(none.code, Some(0), "{}", none.describe());
     assert!(
         none.stderr.contains(missing.to_str().expect("utf-8")),
@@ -837,18 +825,6 @@ async fn cella_dev_runs_tasks_and_stops_cleanly() {
     c.wait_task_state(&id, "RUNNING").await;
     assert!(!c.shims().is_empty(), "the detached task runs under a shim");
 
-    kill(Pid::from_raw(c.procs[idx].pid()), Signal::SIGINT).expect("SIGINT to cella dev");
-    let status = c.procs[idx].wait_timeout(DEADLINE);
-    let log = c.procs[idx].log_tail(40);
-    let status = status.unwrap_or_else(|| panic!("cella dev did not stop on SIGINT:\n{log}"));
-    assert_eq!(
-        status.code(),
-        Some(0),
-        "cella dev exit status after SIGINT:\n{log}"
-    );
-    assert!(
-        c.shims().is_empty(),
-        "cella dev left its task's shim running:\n{log}"
-    );
+    c.interrupt_dev(idx);
     c.finish();
 }

@@ -21,12 +21,15 @@ use image_common::registry::{PASSWORD, Registry, USER};
 const RES: &str = "cpus:2;mem:2GiB;disk:1GiB";
 
 /// A TLS registry with basic authentication holding the busybox image as
-/// `busybox:1` (and `busybox:2`, the same image under another tag).
-fn registry_with_busybox(dir: &Path) -> Registry {
+/// `busybox:1` (and `busybox:2`, the same image under another tag), and the test's
+/// temporary directory, which holds the image's layout. Needs root.
+fn registry_with_busybox() -> (tempfile::TempDir, Registry) {
+    image_common::require_root();
+    let dir = tempfile::tempdir().unwrap();
     let registry = Registry::secure();
-    let layout = busybox_layout(dir, "latest");
+    let layout = busybox_layout(dir.path(), "latest");
     registry.push(&layout, "latest", "library/busybox:1");
-    registry
+    (dir, registry)
 }
 
 /// `cella exec --image` options that reach `registry` with a store in `store`.
@@ -67,9 +70,7 @@ fn text(bytes: &[u8]) -> String {
 
 #[test]
 fn exec_runs_an_image_with_its_config_and_overrides() {
-    image_common::require_root();
-    let dir = tempfile::tempdir().unwrap();
-    let registry = registry_with_busybox(dir.path());
+    let (dir, registry) = registry_with_busybox();
     let flags = exec_image_flags(&registry, &dir.path().join("store"));
 
     // The image's own entrypoint and command.
@@ -123,9 +124,7 @@ fn exec_runs_an_image_with_its_config_and_overrides() {
 
 #[test]
 fn exec_names_the_image_that_cannot_be_pulled() {
-    image_common::require_root();
-    let dir = tempfile::tempdir().unwrap();
-    let registry = registry_with_busybox(dir.path());
+    let (dir, registry) = registry_with_busybox();
     let flags = exec_image_flags(&registry, &dir.path().join("store"));
     let out = cella_exec(&flags, "busybox:no-such-tag", &["true"]);
     assert_eq!(
@@ -215,11 +214,38 @@ async fn wait_no_images(cluster: &Cluster, what: &str) {
     assert_eq!(stored_images(cluster), 0, "{what}");
 }
 
+/// Waits up to [`DEADLINE`] for the images API of the agent at `agent` to answer,
+/// then pulls `busybox:1` through it into the (empty) store.
+async fn pull_busybox_through(cluster: &Cluster, agent: &str) {
+    let list = ["images", "--agent", agent];
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while cluster.cella(&list).await.code != Some(0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            cluster.cella(&list).await.describe()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The pull (three layers unpacked by a debug build on a shared machine) may take
+    // longer than other commands.
+    let mut pull = cluster.cella_command();
+    pull.args(["images", "--agent", agent, "pull", "busybox:1"]);
+    let out = tokio::time::timeout(Duration::from_secs(300), pull.output())
+        .await
+        .expect("the pull through the agent ends")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("library/busybox:1 sha256:"),
+        "{out:?}"
+    );
+    assert_eq!(stored_images(cluster), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_from_an_image_through_the_agent() {
-    image_common::require_root();
-    let dir = tempfile::tempdir().unwrap();
-    let registry = registry_with_busybox(dir.path());
+    let (_dir, registry) = registry_with_busybox();
     let cluster = cluster_for(&registry, &[]).await;
 
     // The image's user is root, which this agent refuses: the error says so.
@@ -260,9 +286,7 @@ async fn run_from_an_image_through_the_agent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_writable_layer_is_in_the_sandbox_and_counted() {
-    image_common::require_root();
-    let dir = tempfile::tempdir().unwrap();
-    let registry = registry_with_busybox(dir.path());
+    let (_dir, registry) = registry_with_busybox();
     // The image runs as root, which may write its / (nobody may not).
     let cluster = cluster_for(&registry, &["--allow-root-tasks"]).await;
     let out = cluster
@@ -295,9 +319,7 @@ async fn the_writable_layer_is_in_the_sandbox_and_counted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_tasks_share_one_pull_and_gc_follows_their_end() {
-    image_common::require_root();
-    let dir = tempfile::tempdir().unwrap();
-    let registry = registry_with_busybox(dir.path());
+    let (_dir, registry) = registry_with_busybox();
     // A store budget of one byte: an image goes as soon as no task uses it.
     let cluster = cluster_for(&registry, &["--image-store-size=1"]).await;
     let run = |name: &'static str| {
@@ -373,9 +395,7 @@ async fn two_tasks_share_one_pull_and_gc_follows_their_end() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_image_task_survives_an_agent_restart_with_its_image() {
-    image_common::require_root();
-    let dir = tempfile::tempdir().unwrap();
-    let registry = registry_with_busybox(dir.path());
+    let (_dir, registry) = registry_with_busybox();
     let mut cluster = cluster_for(&registry, &["--image-store-size=1"]).await;
     let out = cluster
         .cella(&[
@@ -437,7 +457,6 @@ async fn an_image_task_survives_an_agent_restart_with_its_image() {
 /// may do neither, and each refusal is logged by the agent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn images_through_the_agents_api_with_permissions() {
-    image_common::require_root();
     let acl = cella_tests::security::acl_with(
         r#""user:carol" = ["viewer"]
 "user:erin" = ["nobody"]
@@ -448,8 +467,7 @@ view = ["state"]
 [roles.nobody]
 "#,
     );
-    let dir = tempfile::tempdir().unwrap();
-    let registry = registry_with_busybox(dir.path());
+    let (_dir, registry) = registry_with_busybox();
     let cluster = cluster_with_acl(&registry, &[], Some(&acl)).await;
     let agent = format!("https://{}", cluster.agents[0].http);
     let images = async |tls_dir: Option<&Path>, args: &[&str]| {
@@ -462,30 +480,7 @@ view = ["state"]
         cluster.cella(&all).await
     };
     // The agent enforces the ACL once the master sent it.
-    let deadline = std::time::Instant::now() + DEADLINE;
-    while images(None, &[]).await.code != Some(0) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{}",
-            images(None, &[]).await.describe()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-
-    // The pull (three layers unpacked by a debug build on a shared machine) may take
-    // longer than other commands.
-    let mut pull = cluster.cella_command();
-    pull.args(["images", "--agent", &agent, "pull", "busybox:1"]);
-    let out = tokio::time::timeout(Duration::from_secs(300), pull.output())
-        .await
-        .expect("the pull through the agent ends")
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("library/busybox:1 sha256:"),
-        "{out:?}"
-    );
-    assert_eq!(stored_images(&cluster), 1);
+    pull_busybox_through(&cluster, &agent).await;
     let out = images(None, &["ls"]).await;
     assert!(
         out.stdout.contains("library/busybox:1"),
@@ -548,9 +543,7 @@ view = ["state"]
 /// every unused image.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gc_through_the_api_defaults_to_the_agents_store_size() {
-    image_common::require_root();
-    let dir = tempfile::tempdir().unwrap();
-    let registry = registry_with_busybox(dir.path());
+    let (_dir, registry) = registry_with_busybox();
     let cluster = cluster_for(&registry, &["--image-store-size=1GiB"]).await;
     let agent = format!("https://{}", cluster.agents[0].http);
     let images = async |args: &[&str]| {
@@ -558,23 +551,7 @@ async fn gc_through_the_api_defaults_to_the_agents_store_size() {
         all.extend(args);
         cluster.cella(&all).await
     };
-    let deadline = std::time::Instant::now() + DEADLINE;
-    while images(&[]).await.code != Some(0) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{}",
-            images(&[]).await.describe()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let mut pull = cluster.cella_command();
-    pull.args(["images", "--agent", &agent, "pull", "busybox:1"]);
-    let out = tokio::time::timeout(Duration::from_secs(300), pull.output())
-        .await
-        .expect("the pull through the agent ends")
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    assert_eq!(stored_images(&cluster), 1);
+    pull_busybox_through(&cluster, &agent).await;
 
     let out = images(&["gc"]).await;
     assert_eq!(out.code, Some(0), "{}", out.describe());
