@@ -384,6 +384,17 @@ async fn launch_sleep(c: &Cluster, s: &mut Scheduler, task_id: &str) {
     c.wait_task_state(task_id, "RUNNING").await;
 }
 
+/// A one-agent cluster where framework `name` (failover timeout `failover_secs`)
+/// launched `sleep 100` as `task_id` and then closed its stream; the framework's id.
+async fn left_after_launch(name: &str, failover_secs: f64, task_id: &str) -> (Cluster, String) {
+    let c = Cluster::start(1, RES).await;
+    let mut s = c.subscribe(framework(name, "*", failover_secs)).await;
+    let fid = s.framework_id.clone();
+    launch_sleep(&c, &mut s, task_id).await;
+    drop(s);
+    (c, fid)
+}
+
 async fn wait_framework(c: &Cluster, id: &str, connected: Option<bool>) {
     let deadline = Instant::now() + DEADLINE;
     loop {
@@ -411,12 +422,7 @@ async fn wait_framework(c: &Cluster, id: &str, connected: Option<bool>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scheduler_that_reconnects_within_its_failover_timeout_keeps_its_tasks() {
-    let c = Cluster::start(1, RES).await;
-    let mut s = c.subscribe(framework("failover", "*", 30.0)).await;
-    let fid = s.framework_id.clone();
-    launch_sleep(&c, &mut s, "fo-keep").await;
-
-    drop(s);
+    let (c, fid) = left_after_launch("failover", 30.0, "fo-keep").await;
     wait_framework(&c, &fid, Some(false)).await;
     let t = c.task("fo-keep").await.expect("task");
     assert_eq!(
@@ -464,12 +470,8 @@ async fn scheduler_that_reconnects_within_its_failover_timeout_keeps_its_tasks()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tasks_are_killed_when_the_failover_timeout_passes() {
-    let c = Cluster::start(1, RES).await;
-    let mut s = c.subscribe(framework("failover-short", "*", 1.0)).await;
-    let fid = s.framework_id.clone();
-    launch_sleep(&c, &mut s, "fo-short").await;
+    let (c, fid) = left_after_launch("failover-short", 1.0, "fo-short").await;
     let dropped = Instant::now();
-    drop(s);
     let t = c.wait_task_state("fo-short", "KILLED").await;
     assert!(
         dropped.elapsed() >= Duration::from_millis(900),
