@@ -32,6 +32,15 @@ fn registry_with_busybox() -> (tempfile::TempDir, Registry) {
     (dir, registry)
 }
 
+/// `cella run` arguments that run `script` in `busybox:1` as nobody, `extra` options
+/// first.
+fn busybox_as_nobody<'a>(extra: &[&'a str], script: &'a str) -> Vec<&'a str> {
+    let mut args = vec!["run"];
+    args.extend_from_slice(extra);
+    args.extend(["--user", "nobody", "--image", "busybox:1", "--", script]);
+    args
+}
+
 /// `cella exec --image` options that reach `registry` with a store in `store`.
 fn exec_image_flags(registry: &Registry, store: &Path) -> Vec<String> {
     let ca = registry.ca_file.as_ref().expect("a TLS registry");
@@ -62,6 +71,14 @@ fn cella_exec(flags: &[String], image: &str, command: &[&str]) -> std::process::
         c.arg("--").args(command);
     }
     c.output().expect("run cella exec")
+}
+
+/// Runs `true` in `image` with `cella exec`, which must exit with `code`; its stderr.
+fn exec_refused(flags: &[String], image: &str, code: i32) -> String {
+    let out = cella_exec(flags, image, &["true"]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "stderr: {err}");
+    err
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -126,31 +143,13 @@ fn exec_runs_an_image_with_its_config_and_overrides() {
 fn exec_names_the_image_that_cannot_be_pulled() {
     let (dir, registry) = registry_with_busybox();
     let flags = exec_image_flags(&registry, &dir.path().join("store"));
-    let out = cella_exec(&flags, "busybox:no-such-tag", &["true"]);
-    assert_eq!(
-        out.status.code(),
-        Some(125),
-        "stderr: {}",
-        text(&out.stderr)
-    );
-    let err = text(&out.stderr);
+    let err = exec_refused(&flags, "busybox:no-such-tag", 125);
     assert!(err.contains("library/busybox:no-such-tag"), "{err}");
     // A port nothing listens on.
-    let out = cella_exec(&flags, "127.0.0.1:1/library/busybox:1", &["true"]);
-    assert_eq!(
-        out.status.code(),
-        Some(125),
-        "stderr: {}",
-        text(&out.stderr)
-    );
-    assert!(
-        text(&out.stderr).contains("127.0.0.1:1/library/busybox:1"),
-        "{}",
-        text(&out.stderr)
-    );
+    let err = exec_refused(&flags, "127.0.0.1:1/library/busybox:1", 125);
+    assert!(err.contains("127.0.0.1:1/library/busybox:1"), "{err}");
     // A reference that names no image is a usage error.
-    let out = cella_exec(&flags, "Upper/Case:tag", &["true"]);
-    assert_eq!(out.status.code(), Some(2), "stderr: {}", text(&out.stderr));
+    exec_refused(&flags, "Upper/Case:tag", 2);
 }
 
 /// A cluster whose agent reaches `registry` (its CA, credentials in a Docker
@@ -254,17 +253,8 @@ async fn run_from_an_image_through_the_agent() {
     assert!(out.stderr.contains("root"), "{}", out.describe());
 
     // As nobody: the image's entrypoint with the command given, its env and working dir.
-    let out = cluster
-        .cella(&[
-            "run",
-            "--user",
-            "nobody",
-            "--image",
-            "busybox:1",
-            "--",
-            "echo $GREETING from $(pwd) as $(id -u); cat /etc/added",
-        ])
-        .await;
+    let script = "echo $GREETING from $(pwd) as $(id -u); cat /etc/added";
+    let out = cluster.cella(&busybox_as_nobody(&[], script)).await;
     assert_eq!(out.code, Some(0), "{}", out.describe());
     assert_eq!(out.stdout, "hello from /data as 65534\nadded in layer 2\n");
 
@@ -325,18 +315,8 @@ async fn two_tasks_share_one_pull_and_gc_follows_their_end() {
     let run = |name: &'static str| {
         let mut command = cluster.cella_command();
         async move {
-            let args = [
-                "run",
-                "--user",
-                "nobody",
-                "--name",
-                name,
-                "--image",
-                "busybox:1",
-                "--",
-                "sleep 2; echo done",
-            ];
-            command.args(args);
+            let args = busybox_as_nobody(&["--name", name], "sleep 2; echo done");
+            command.args(&args);
             cella_tests::run_cli(command, &args).await
         }
     };
@@ -398,16 +378,7 @@ async fn an_image_task_survives_an_agent_restart_with_its_image() {
     let (_dir, registry) = registry_with_busybox();
     let mut cluster = cluster_for(&registry, &["--image-store-size=1"]).await;
     let out = cluster
-        .cella(&[
-            "run",
-            "--detach",
-            "--user",
-            "nobody",
-            "--image",
-            "busybox:1",
-            "--",
-            "sleep 300",
-        ])
+        .cella(&busybox_as_nobody(&["--detach"], "sleep 300"))
         .await;
     assert_eq!(out.code, Some(0), "{}", out.describe());
     let id = out.stdout.trim().to_string();
