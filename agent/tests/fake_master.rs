@@ -140,6 +140,13 @@ impl Rig {
             .unwrap()
     }
 
+    /// The agent's next session, answered as registered under `id`.
+    async fn registered_session(&mut self, id: &str) -> Session {
+        let s = self.session().await;
+        registered(&s, id);
+        s
+    }
+
     async fn stop(mut self) {
         if let Some(a) = self.agent.take() {
             a.shutdown(true).await.unwrap();
@@ -188,6 +195,17 @@ fn launch(s: &Session, info: v1::TaskInfo) {
     );
 }
 
+fn kill(s: &Session, task_id: &str) {
+    send(
+        s,
+        master_to_agent::Message::Kill(master_to_agent::KillTask {
+            framework_id: "fw-1".into(),
+            task_id: task_id.into(),
+            grace_period_ms: None,
+        }),
+    );
+}
+
 fn ack(s: &Session, st: &v1::TaskStatus) {
     send(
         s,
@@ -210,6 +228,13 @@ async fn next_status(s: &mut Session, timeout: Duration) -> Option<v1::TaskStatu
             Ok(None) | Err(_) => return None,
         }
     }
+}
+
+/// Launches `info` and returns its terminal update.
+async fn run_task(s: &mut Session, info: v1::TaskInfo) -> v1::TaskStatus {
+    let task = info.task_id.clone();
+    launch(s, info);
+    run_to_end(s, &task).await.pop().unwrap()
 }
 
 /// Collects (and acknowledges) updates until `task` is terminal.
@@ -289,19 +314,18 @@ async fn launch_exit_code_memory_limit_kill_and_errors() {
         "hi\n"
     );
 
-    launch(
-        &s,
+    let end = run_task(
+        &mut s,
         common::task(
             "hog",
             &["sh", "-c", "head -c 100000000 /dev/zero | tail > /dev/null"],
             32 << 20,
         ),
-    );
-    let end = run_to_end(&mut s, "hog").await.pop().unwrap();
+    )
+    .await;
     common::assert_killed_at_32_mib(&end);
 
-    launch(&s, common::task("nf", &["/no/such/program"], 16 << 20));
-    let end = run_to_end(&mut s, "nf").await.pop().unwrap();
+    let end = run_task(&mut s, common::task("nf", &["/no/such/program"], 16 << 20)).await;
     assert_eq!(
         (end.state(), end.reason(), end.exit_code),
         (
@@ -312,8 +336,7 @@ async fn launch_exit_code_memory_limit_kill_and_errors() {
         "{end:?}"
     );
 
-    launch(&s, common::task("bad id/x", &["true"], 16 << 20));
-    let end = run_to_end(&mut s, "bad id/x").await.pop().unwrap();
+    let end = run_task(&mut s, common::task("bad id/x", &["true"], 16 << 20)).await;
     assert_eq!(
         (end.state(), end.reason()),
         (v1::TaskState::TaskError, v1::Reason::InvalidTask)
@@ -339,14 +362,7 @@ async fn launch_exit_code_memory_limit_kill_and_errors() {
     );
     assert!(dup.message.contains("already used"), "{}", dup.message);
 
-    send(
-        &s,
-        master_to_agent::Message::Kill(master_to_agent::KillTask {
-            framework_id: "fw-1".into(),
-            task_id: "sl".into(),
-            grace_period_ms: None,
-        }),
-    );
+    kill(&s, "sl");
     let end = run_to_end(&mut s, "sl").await.pop().unwrap();
     assert_eq!(
         (end.state(), end.reason(), end.signal),
@@ -359,14 +375,7 @@ async fn launch_exit_code_memory_limit_kill_and_errors() {
     );
 
     // Kill of an unknown task: LOST, with a message.
-    send(
-        &s,
-        master_to_agent::Message::Kill(master_to_agent::KillTask {
-            framework_id: "fw-1".into(),
-            task_id: "ghost".into(),
-            grace_period_ms: None,
-        }),
-    );
+    kill(&s, "ghost");
     let end = run_to_end(&mut s, "ghost").await.pop().unwrap();
     assert_eq!(end.state(), v1::TaskState::TaskLost);
     assert!(end.message.contains("does not know"), "{}", end.message);
@@ -377,8 +386,7 @@ async fn launch_exit_code_memory_limit_kill_and_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resent_with_backoff_and_after_reconnecting() {
     let mut rig = Rig::start().await;
-    let mut s = rig.session().await;
-    registered(&s, "agent-r");
+    let mut s = rig.registered_session("agent-r").await;
     launch(&s, common::task("r1", &["sleep", "100"], 16 << 20));
     let starting = next_status(&mut s, common::WAIT).await.unwrap();
     assert_eq!(starting.state(), v1::TaskState::TaskStarting);
@@ -422,14 +430,7 @@ async fn resent_with_backoff_and_after_reconnecting() {
     ack(&s, &running);
 
     // The checkpoint holds no acknowledged update, and the task.
-    send(
-        &s,
-        master_to_agent::Message::Kill(master_to_agent::KillTask {
-            framework_id: "fw-1".into(),
-            task_id: "r1".into(),
-            grace_period_ms: None,
-        }),
-    );
+    kill(&s, "r1");
     let end = next_status(&mut s, common::WAIT).await.unwrap();
     assert_eq!(end.state(), v1::TaskState::TaskKilled);
     // Unacknowledged terminal update: still listed on the next registration.
@@ -462,8 +463,7 @@ async fn resent_with_backoff_and_after_reconnecting() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_from_the_master_kills_everything() {
     let mut rig = Rig::start().await;
-    let mut s = rig.session().await;
-    registered(&s, "agent-s");
+    let mut s = rig.registered_session("agent-s").await;
     launch(&s, common::task("z", &["sleep", "100"], 16 << 20));
     loop {
         let st = next_status(&mut s, common::WAIT).await.unwrap();
@@ -497,12 +497,14 @@ async fn shutdown_from_the_master_kills_everything() {
 async fn a_short_task_s_summary_and_the_node_s_totals() {
     const MIB: u64 = 1 << 20;
     let mut rig = Rig::start().await;
-    let mut s = rig.session().await;
-    registered(&s, "agent-u");
+    let mut s = rig.registered_session("agent-u").await;
     let script =
         "dd if=/dev/zero of=big bs=1M count=64 2>/dev/null && cat big >/dev/null && rm big";
-    launch(&s, common::task("short", &["sh", "-c", script], 256 << 20));
-    let end = run_to_end(&mut s, "short").await.pop().unwrap();
+    let end = run_task(
+        &mut s,
+        common::task("short", &["sh", "-c", script], 256 << 20),
+    )
+    .await;
     assert_eq!(end.state(), v1::TaskState::TaskFinished, "{end:?}");
     let summary = end.summary.expect("a terminal update carries the summary");
     assert!(
@@ -564,8 +566,7 @@ async fn next_usage(s: &mut Session) -> agent_message::UsageReport {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usage_reports_are_full_first_then_deltas_and_full_after_reconnecting() {
     let mut rig = Rig::start().await;
-    let mut s = rig.session().await;
-    registered(&s, "agent-u");
+    let mut s = rig.registered_session("agent-u").await;
     launch(&s, common::task("u1", &["sleep", "100"], 16 << 20));
     // The stream's first report (sent before the task ran, with the node's totals
     // only) is full; a task new to the stream comes with every figure, even in a delta.
@@ -580,8 +581,7 @@ async fn usage_reports_are_full_first_then_deltas_and_full_after_reconnecting() 
     // A sleeping task is not OOM-killed: that figure is left out of the delta.
     assert_eq!(t.oom_kills, None, "{second:?}");
     drop(s);
-    let mut s = rig.session().await;
-    registered(&s, "agent-u");
+    let mut s = rig.registered_session("agent-u").await;
     let again = next_usage(&mut s).await;
     assert!(!again.delta, "full after a new registration: {again:?}");
     assert!(again.tasks[0].mem_current_bytes.is_some(), "{again:?}");

@@ -67,9 +67,7 @@ fn non_executable_file_exits_126() {
 #[test]
 fn bad_input_exits_2_and_creates_nothing() {
     let sb = Sandbox::new();
-    let bad_profile = sb.out().join("bad-seccomp.json");
-    fs::write(&bad_profile, "{ this is not json").expect("write profile");
-    let bad_profile = bad_profile.to_string_lossy().into_owned();
+    let bad_profile = sb.write_out("bad-seccomp.json", "{ this is not json");
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["--no-such-option"], "--no-such-option"),
         (vec!["--mem", "0"], "--mem"),

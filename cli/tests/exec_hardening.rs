@@ -200,11 +200,7 @@ fn the_shim_runs_from_a_sealed_copy() {
     let sb = Sandbox::new();
     let (mut command, _args, cgroup, _usage) = sb.command(&[], &["sleep", "30"]);
     let _guard = CgroupGuard(cgroup);
-    command
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    let mut cella = KillOnDrop(command.spawn().expect("start cella exec"));
+    let mut cella = KillOnDrop::spawn_quiet(&mut command);
     let run_dir = format!("exec-{}", cella.0.id());
     let shim = shim_bin().to_string_lossy().into_owned();
     let mut exe = None;

@@ -216,11 +216,7 @@ fn a_lease_of_a_killed_exec_is_released_when_its_task_ends() {
         &["while ! test -e /gate/go; do sleep 1; done".to_string()],
     );
     let _cgroup_guard = CgroupGuard(cgroup);
-    command
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    let mut cella = KillOnDrop(command.spawn().expect("start cella exec"));
+    let mut cella = KillOnDrop::spawn_quiet(&mut command);
     let lease = store.join("leases");
     let listed = |needle: &str| {
         let out = images(&store, &[]);

@@ -85,15 +85,13 @@ fn seccomp_denies_with_eperm_and_unconfined_lifts_it() {
 #[test]
 fn custom_seccomp_profile_denies_mkdir() {
     let sb = Sandbox::new();
-    let profile = sb.out().join("no-mkdir.json");
     let json = r#"{
         "defaultAction": "SCMP_ACT_ALLOW",
         "syscalls": [
             { "names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13 }
         ]
     }"#;
-    fs::write(&profile, json).expect("write profile");
-    let profile = profile.to_string_lossy().into_owned();
+    let profile = sb.write_out("no-mkdir.json", json);
     let out = sb.sh(
         &["--seccomp", &profile],
         "touch ./file && echo touch-ok; mkdir ./dir && echo mkdir-ok; true",
@@ -121,9 +119,7 @@ fn a_profile_that_kills_is_named_with_a_hint() {
                 { "names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_KILL_PROCESS" } ] }"#,
         ),
     ] {
-        let profile = sb.out().join(name);
-        fs::write(&profile, json).expect("write profile");
-        let profile = profile.to_string_lossy().into_owned();
+        let profile = sb.write_out(name, json);
         let out = sb.run(&["--seccomp", &profile], &["mkdir", "./dir"]);
         out.assert_code(128 + libc::SIGSYS);
         out.stderr_has(
@@ -140,9 +136,10 @@ fn a_profile_that_kills_is_named_with_a_hint() {
 #[test]
 fn a_profile_that_denies_start_up_is_named() {
     let sb = Sandbox::new();
-    let profile = sb.out().join("deny-all-errno.json");
-    fs::write(&profile, r#"{ "defaultAction": "SCMP_ACT_ERRNO" }"#).expect("write profile");
-    let profile = profile.to_string_lossy().into_owned();
+    let profile = sb.write_out(
+        "deny-all-errno.json",
+        r#"{ "defaultAction": "SCMP_ACT_ERRNO" }"#,
+    );
     let out = sb.run(&["--seccomp", &profile], &["true"]);
     out.check(
         out.code == 128 + libc::SIGSEGV,

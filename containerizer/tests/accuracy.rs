@@ -51,6 +51,13 @@ impl Bench {
         c.finish(running)
     }
 
+    /// [`Bench::run`], for a task that must exit 0.
+    fn run_ok(&self, name: &str, script: &str, resources: Resources) -> Termination {
+        let end = self.run(name, script, resources);
+        assert_eq!(end.status.code, Some(0), "{:?}", end.status);
+        end
+    }
+
     fn read_u64(&self, name: &str, file: &str) -> u64 {
         let path = self.sandbox(name).join(file);
         let text =
@@ -94,8 +101,7 @@ fn need_schedstat() {
 fn cpu_time_matches_the_task_s_own_runtime() {
     need_schedstat();
     let b = Bench::new();
-    let end = b.run("cpu", &burn_script(800_000_000), Resources::default());
-    assert_eq!(end.status.code, Some(0), "{:?}", end.status);
+    let end = b.run_ok("cpu", &burn_script(800_000_000), Resources::default());
     let truth = b.read_u64("cpu", "cpu_ns");
     let u = &end.usage;
     let total = u.cpu_user_ns.zip(u.cpu_system_ns).map(|(a, b)| a + b);
@@ -116,8 +122,7 @@ fn throttling_is_reported_when_the_cpu_limit_is_below_the_demand() {
         cpus: Some(MilliCpus(200)),
         ..Default::default()
     };
-    let end = b.run("throttled", &burn_script(200_000_000), limited);
-    assert_eq!(end.status.code, Some(0), "{:?}", end.status);
+    let end = b.run_ok("throttled", &burn_script(200_000_000), limited);
     let u = &end.usage;
     assert!(u.cpu_nr_throttled.is_some_and(|n| n > 0), "{u:?}");
     assert!(u.cpu_throttled_ns.is_some_and(|n| n > 0), "{u:?}");
@@ -137,12 +142,11 @@ fn throttling_is_reported_when_the_cpu_limit_is_below_the_demand() {
 fn anonymous_memory_matches_what_the_task_touched() {
     let b = Bench::new();
     // dd's one buffer of bs bytes, filled from /dev/zero again and again (~1 s).
-    let end = b.run(
+    let end = b.run_ok(
         "anon",
         "dd if=/dev/zero of=/dev/null bs=200M count=15 2>/dev/null",
         Resources::default(),
     );
-    assert_eq!(end.status.code, Some(0), "{:?}", end.status);
     within("anon peak", end.peaks.mem_anon_bytes, 200 * MIB, 0.02);
 }
 
@@ -151,12 +155,11 @@ fn a_short_task_s_written_file_is_page_cache_not_anon() {
     let b = Bench::new();
     // Written, read back and removed within a fraction of a second: only the dense
     // sampling of the first second sees it (the file is gone at the end).
-    let end = b.run(
+    let end = b.run_ok(
         "cache",
         "dd if=/dev/zero of=big bs=1M count=200 2>/dev/null && cat big > /dev/null && rm big",
         Resources::default(),
     );
-    assert_eq!(end.status.code, Some(0), "{:?}", end.status);
     let p = &end.peaks;
     assert!(
         p.mem_file_bytes.is_some_and(|f| f >= 150 * MIB),
@@ -194,12 +197,11 @@ fn an_oom_kill_is_reported() {
 #[test]
 fn disk_use_matches_what_the_task_wrote() {
     let b = Bench::new();
-    let end = b.run(
+    let end = b.run_ok(
         "disk",
         "dd if=/dev/zero of=data bs=1M count=64 2>/dev/null",
         Resources::default(),
     );
-    assert_eq!(end.status.code, Some(0), "{:?}", end.status);
     within("disk peak", end.peaks.disk_peak_bytes, 64 * MIB, 0.01);
 }
 
@@ -219,13 +221,12 @@ fn direct_io_is_attributed_to_the_task() {
         assert_eq!(end.usage.io_write_bytes, Some(0), "{:?}", end.usage);
         return;
     }
-    let end = b.run(
+    let end = b.run_ok(
         "io",
         "dd if=/dev/zero of=data bs=1M count=16 oflag=direct 2>/dev/null && \
          dd if=data of=/dev/null bs=1M iflag=direct 2>/dev/null",
         Resources::default(),
     );
-    assert_eq!(end.status.code, Some(0), "{:?}", end.status);
     let u = &end.usage;
     within("io written", u.io_write_bytes, 16 * MIB, 0.05);
     // Reads may add the programs' own pages when they were not cached yet.

@@ -76,6 +76,26 @@ fn identity<T>(request: &Request<T>) -> Result<Identity, Status> {
         .ok_or_else(|| Status::unauthenticated("the client certificate names no identity"))
 }
 
+/// Refuses a stream opened with a certificate of the wrong kind: logs that the
+/// `stream` came from a certificate that is not `wanted`, and answers `only` (what
+/// may open it) with the caller's principal.
+fn wrong_certificate(identity: &Identity, stream: &str, wanted: &str, only: &str) -> Status {
+    let principal = identity.principal();
+    tracing::warn!(
+        principal,
+        "refused {stream} from a certificate that is not {wanted}"
+    );
+    Status::permission_denied(format!("{only}; this one is {principal}"))
+}
+
+/// The first message of a stream, which must be `what`.
+async fn first_message<In>(inbound: &mut Streaming<In>, what: &str) -> Result<In, Status> {
+    inbound
+        .next()
+        .await
+        .ok_or_else(|| Status::invalid_argument(format!("the stream ended before {what}")))?
+}
+
 pub struct AgentApi {
     pub master: MasterHandle,
 }
@@ -90,16 +110,14 @@ impl AgentService for AgentApi {
     ) -> Result<Response<Self::SessionStream>, Status> {
         let identity = identity(&request)?;
         let Identity::Agent { node } = &identity else {
-            let principal = identity.principal();
             self.master.metrics.agent_refused("not_an_agent");
-            tracing::warn!(
-                principal,
-                "refused an agent stream from a certificate that is not an agent's"
-            );
-            return Err(Status::permission_denied(format!(
+            return Err(wrong_certificate(
+                &identity,
+                "an agent stream",
+                "an agent's",
                 "only an agent's certificate (CN=agent:<node>, from `cella certs issue agent`) may \
-                 open the agent stream; this one is {principal}"
-            )));
+                 open the agent stream",
+            ));
         };
         let node = node.clone();
         let what = format!("registering the agent of node {node}");
@@ -109,10 +127,7 @@ impl AgentService for AgentApi {
             .check(&identity, &Action::RegisterAgent, &what)
             .map_err(|d| denied_status(&what, &d))?;
         let mut inbound = request.into_inner();
-        let first = inbound
-            .next()
-            .await
-            .ok_or_else(|| Status::invalid_argument("the stream ended before Register"))??;
+        let first = first_message(&mut inbound, "Register").await?;
         let Some(agent_message::Message::Register(register)) = first.message else {
             return Err(Status::invalid_argument(
                 "the first message of an agent stream must be Register",
@@ -156,21 +171,16 @@ impl SchedulerService for SchedulerApi {
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let caller = identity(&request)?;
         if !matches!(caller, Identity::User { .. }) {
-            let principal = caller.principal();
-            tracing::warn!(
-                principal,
-                "refused a scheduler stream from a certificate that is not a user's"
-            );
-            return Err(Status::permission_denied(format!(
+            return Err(wrong_certificate(
+                &caller,
+                "a scheduler stream",
+                "a user's",
                 "only a user's certificate (CN=user:<name>, from `cella certs issue user`) may \
-                 subscribe a framework; this one is {principal}"
-            )));
+                 subscribe a framework",
+            ));
         }
         let mut inbound = request.into_inner();
-        let first = inbound
-            .next()
-            .await
-            .ok_or_else(|| Status::invalid_argument("the stream ended before SUBSCRIBE"))??;
+        let first = first_message(&mut inbound, "SUBSCRIBE").await?;
         let Some(call::Call::Subscribe(subscribe)) = first.call else {
             return Err(Status::invalid_argument(
                 "the first call of a scheduler stream must be SUBSCRIBE",

@@ -9,7 +9,6 @@ mod common;
 use std::time::{Duration, Instant};
 
 use cella_proto::api;
-use cella_proto::tls;
 use cella_proto::v1::{self, agent_message};
 use common::*;
 use serde_json::Value;
@@ -242,29 +241,13 @@ async fn operator_api_json_round_trips_through_the_cli_types() {
     .await;
     assert_eq!(filtered, std::slice::from_ref(ended));
     // A name that is no state is refused (400), naming the states.
-    let r = tls::https_request(
-        axum::http::Method::GET,
-        &format!("{url}/api/v1/tasks?state=PAUSED"),
-        None,
-        &client,
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.status, axum::http::StatusCode::BAD_REQUEST);
-    let e: api::Error = serde_json::from_slice(&r.body).unwrap();
+    let (status, e) = get_error(&url, &client, "/api/v1/tasks?state=PAUSED").await;
+    assert_eq!(status, axum::http::StatusCode::BAD_REQUEST);
     assert!(e.error.contains("RUNNING"), "{e:?}");
 
     // Errors are {"error": "..."}.
-    let r = tls::https_request(
-        axum::http::Method::GET,
-        &format!("{url}/api/v1/tasks/no-such-task"),
-        None,
-        &client,
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.status.as_u16(), 404);
-    let error: api::Error = serde_json::from_slice(&r.body).unwrap();
+    let (status, error) = get_error(&url, &client, "/api/v1/tasks/no-such-task").await;
+    assert_eq!(status.as_u16(), 404);
     assert!(error.error.contains("unknown task"), "{error:?}");
 
     drop(f);

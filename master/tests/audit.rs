@@ -80,13 +80,23 @@ fn records(dir: &Path) -> Vec<Record> {
         .collect()
 }
 
+/// The events of one kind (`Event::Kill`, say) among `records`, in order.
+macro_rules! events_of {
+    ($records:expr, $kind:path) => {
+        $records
+            .iter()
+            .filter_map(|r| match &r.event {
+                $kind(e) => Some(e),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+}
+
 fn task_ends(records: &[Record]) -> Vec<&cella_master::audit::TaskEnd> {
-    records
-        .iter()
-        .filter_map(|r| match &r.event {
-            Event::TaskEnd(t) => Some(&**t),
-            _ => None,
-        })
+    events_of!(records, Event::TaskEnd)
+        .into_iter()
+        .map(|t| &**t)
         .collect()
 }
 
@@ -251,13 +261,7 @@ async fn finished_tasks_are_recorded_once_before_the_scheduler_sees_them() {
         ("FAILED", Some(3))
     );
     assert!(ends[1].started_ns.is_some(), "from the RUNNING update");
-    let kills: Vec<_> = records
-        .iter()
-        .filter_map(|r| match &r.event {
-            Event::Kill(k) => Some(k),
-            _ => None,
-        })
-        .collect();
+    let kills = events_of!(records, Event::Kill);
     assert_eq!(kills.len(), 1, "{records:?}");
     assert_eq!(
         (
@@ -421,13 +425,7 @@ async fn denials_are_recorded() {
     assert!(subscribe(&m, "", "mallory").await.is_err());
     m.stop().await;
     let records = setup.records();
-    let denied: Vec<_> = records
-        .iter()
-        .filter_map(|r| match &r.event {
-            Event::Denied(d) => Some(d),
-            _ => None,
-        })
-        .collect();
+    let denied = events_of!(records, Event::Denied);
     assert_eq!(denied.len(), 1, "{records:?}");
     assert_eq!(denied[0].principal, "user:mallory");
     assert!(

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use cella_master::master::{self, Command, MasterConfig};
 use cella_master::store::{self, Batch, FrameworkRecord, Store, TaskRecord};
 use cella_proto::api;
-use cella_proto::v1::{self, call, event, master_to_agent};
+use cella_proto::v1::{self, call, event};
 use common::*;
 
 /// A new framework of alice's (with its id) and agent-a, registered without tasks.
@@ -513,20 +513,10 @@ async fn an_agent_back_after_its_tasks_were_lost_cannot_end_them_twice() {
         vec![(fw.as_str(), "t1", v1::TaskState::TaskRunning)],
     )
     .await;
-    let k = a
-        .next_picked("kill", |m| match m {
-            master_to_agent::Message::Kill(k) => Some(k),
-            _ => None,
-        })
-        .await;
+    let k = a.next_kill().await;
     assert_eq!(k.task_id, "t1");
     a.status(&m, &fw, "t1", v1::TaskState::TaskKilled, "u2");
-    let ack = a
-        .next_picked("acknowledgement", |m| match m {
-            master_to_agent::Message::Acknowledge(ack) => Some(ack),
-            _ => None,
-        })
-        .await;
+    let ack = a.next_acknowledge().await;
     assert_eq!((ack.task_id.as_str(), ack.uuid.as_str()), ("t1", "u2"));
     s.expect_no_update(&m).await;
     assert_eq!(task_state(&m, "t1").await.0, "LOST");

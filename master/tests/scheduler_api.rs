@@ -6,7 +6,7 @@
 mod common;
 
 use cella_master::master;
-use cella_proto::v1::{self, agent_message, call, event, master_to_agent};
+use cella_proto::v1::{self, agent_message, call, event};
 use common::*;
 
 /// A framework of alice with `tasks` launched on one agent.
@@ -21,6 +21,15 @@ async fn launched(
     for _ in 0..n {
         a.next_launch().await;
     }
+    (s, a)
+}
+
+/// [`launched`] with the one task `t1`, whose RUNNING update (uuid `u1`) has reached
+/// the scheduler.
+async fn t1_running(m: &master::MasterHandle, agent: &str) -> (Scheduler, Agent) {
+    let (mut s, a) = launched(m, agent, vec![task_info("t1")]).await;
+    a.send(m, running(&a, &s.id, "t1", "u1"));
+    assert_eq!(s.update_for("t1").await.uuid, "u1");
     (s, a)
 }
 
@@ -172,10 +181,7 @@ async fn implicit_reconciliation_answers_every_task_not_fully_acknowledged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledgements_of_no_update_get_an_error_event() {
     let (_dir, m) = spawned();
-    let (mut s, mut a) = launched(&m, "agent-k", vec![task_info("t1")]).await;
-    let fw = s.id.clone();
-    a.send(&m, running(&a, &fw, "t1", "u1"));
-    assert_eq!(s.update_for("t1").await.uuid, "u1");
+    let (mut s, mut a) = t1_running(&m, "agent-k").await;
 
     s.call(&m, ack("t1", "no-such-uuid"));
     let e = next_error(&mut s).await;
@@ -193,12 +199,7 @@ async fn acknowledgements_of_no_update_get_an_error_event() {
     // The real one reaches the agent (the refused ones did not); a second copy of it
     // is harmless: the next error is about the next bad uuid.
     s.call(&m, ack("t1", "u1"));
-    let first = a
-        .next_picked("an acknowledgement", |msg| match msg {
-            master_to_agent::Message::Acknowledge(ack) => Some(ack.uuid),
-            _ => None,
-        })
-        .await;
+    let first = a.next_acknowledge().await.uuid;
     assert_eq!(first, "u1");
     s.call(&m, ack("t1", "u1"));
     s.call(&m, ack("t1", "bogus-2"));
@@ -210,20 +211,13 @@ async fn acknowledgements_of_no_update_get_an_error_event() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn teardown_kills_with_the_grace_period_and_reason_framework_removed() {
     let (_dir, m) = spawned();
-    let (mut s, mut a) = launched(&m, "agent-t", vec![task_info("t1")]).await;
+    let (s, mut a) = t1_running(&m, "agent-t").await;
     let fw = s.id.clone();
     use v1::TaskState::TaskKilled;
-    a.send(&m, running(&a, &fw, "t1", "u1"));
-    s.update_for("t1").await;
     s.call(&m, ack("t1", "u1"));
 
     s.call(&m, call::Call::Teardown(call::Teardown {}));
-    let kill = a
-        .next_picked("kill", |msg| match msg {
-            master_to_agent::Message::Kill(k) => Some(k),
-            _ => None,
-        })
-        .await;
+    let kill = a.next_kill().await;
     assert_eq!(kill.task_id, "t1");
     assert_eq!(kill.grace_period_ms, Some(5_000), "the cluster's default");
 
@@ -240,12 +234,7 @@ async fn teardown_kills_with_the_grace_period_and_reason_framework_removed() {
             "u2",
         ),
     );
-    let acked = a
-        .next_picked("acknowledgement", |msg| match msg {
-            master_to_agent::Message::Acknowledge(ack) => Some(ack.uuid),
-            _ => None,
-        })
-        .await;
+    let acked = a.next_acknowledge().await.uuid;
     assert_eq!(acked, "u2");
     assert_eq!(
         task_state(&m, "t1").await,
@@ -290,12 +279,7 @@ async fn kills_carry_the_grace_period_of_the_call_the_task_or_the_cluster() {
     kill("own", Some(0.0));
     let mut graces = Vec::new();
     while graces.len() < 4 {
-        let k = a
-            .next_picked("kill", |msg| match msg {
-                master_to_agent::Message::Kill(k) => Some(k),
-                _ => None,
-            })
-            .await;
+        let k = a.next_kill().await;
         graces.push((k.task_id, k.grace_period_ms));
     }
     assert_eq!(

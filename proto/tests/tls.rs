@@ -96,6 +96,25 @@ impl Server {
         format!("https://127.0.0.1:{}", self.addr.port())
     }
 
+    /// `GET /health` as the client configured by `client`.
+    async fn health(&self, client: &rustls::ClientConfig) -> tls::Result<tls::HttpResponse> {
+        tls::https_request(Method::GET, &format!("{}/health", self.url()), None, client).await
+    }
+
+    /// The TLS version a raw handshake of `client` with the server settles on.
+    async fn negotiated_version(
+        &self,
+        client: &rustls::ClientConfig,
+    ) -> Option<rustls::ProtocolVersion> {
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client.clone()));
+        let tcp = TcpStream::connect(self.addr).await.unwrap();
+        let stream = connector
+            .connect("localhost".try_into().unwrap(), tcp)
+            .await
+            .unwrap();
+        stream.get_ref().1.protocol_version()
+    }
+
     async fn stop(mut self) -> std::io::Result<()> {
         let _ = self.stop.take().unwrap().send(());
         tokio::time::timeout(Duration::from_secs(10), self.task)
@@ -285,9 +304,7 @@ async fn grpc_and_json_share_the_port_over_mtls() {
             .unwrap();
     assert_eq!(who["principal"], "user:local");
     assert_eq!(who["loopback"], true);
-    let resp = tls::https_request(Method::GET, &format!("{}/health", server.url()), None, &cfg)
-        .await
-        .unwrap();
+    let resp = server.health(&cfg).await.unwrap();
     assert_eq!(resp.status, StatusCode::OK);
     assert_eq!(&resp.body[..], b"ok");
 
@@ -328,14 +345,7 @@ async fn no_client_certificate_health_only() {
     let (_dir, layout, server) = serve(ServeOptions::default()).await;
     let anon = tls::client_config_anonymous(&layout.ca_cert).unwrap();
 
-    let resp = tls::https_request(
-        Method::GET,
-        &format!("{}/health", server.url()),
-        None,
-        &anon,
-    )
-    .await
-    .unwrap();
+    let resp = server.health(&anon).await.unwrap();
     assert_eq!(resp.status, StatusCode::OK);
 
     // Extractor-protected and middleware-protected JSON routes: 401 with a message.
@@ -377,9 +387,7 @@ async fn certificates_of_another_ca_fail_the_handshake() {
     // A client certificate signed by another CA (the client trusts our server).
     let cfg =
         tls::client_config(&layout.ca_cert, &foreign.client_cert, &foreign.client_key).unwrap();
-    let err = tls::https_request(Method::GET, &format!("{}/health", server.url()), None, &cfg)
-        .await
-        .unwrap_err();
+    let err = server.health(&cfg).await.unwrap_err();
     assert!(matches!(err, Error::Connect { .. }), "{err:?}");
     assert!(err.to_string().contains("UnknownCA"), "{err}");
     let grpc = match tls::grpc_channel(&server.url(), &cfg).await {
@@ -391,9 +399,7 @@ async fn certificates_of_another_ca_fail_the_handshake() {
 
     // A client that trusts only another CA rejects our server.
     let cfg = client(&foreign);
-    let err = tls::https_request(Method::GET, &format!("{}/health", server.url()), None, &cfg)
-        .await
-        .unwrap_err();
+    let err = server.health(&cfg).await.unwrap_err();
     assert!(err.to_string().contains("UnknownIssuer"), "{err}");
     assert!(tls::grpc_channel(&server.url(), &cfg).await.is_err());
 
@@ -460,17 +466,10 @@ async fn tls12_client_is_accepted() {
         .unwrap();
 
     // Check the negotiated version with a raw handshake.
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg.clone()));
-    let tcp = TcpStream::connect(server.addr).await.unwrap();
-    let stream = connector
-        .connect("localhost".try_into().unwrap(), tcp)
-        .await
-        .unwrap();
     assert_eq!(
-        stream.get_ref().1.protocol_version(),
+        server.negotiated_version(&cfg).await,
         Some(rustls::ProtocolVersion::TLSv1_2)
     );
-    drop(stream);
 
     let who: serde_json::Value =
         tls::https_get_json(&format!("{}/api/v1/whoami", server.url()), &cfg)
@@ -481,14 +480,8 @@ async fn tls12_client_is_accepted() {
     subscribe(ch, "tls12").await.unwrap();
 
     // The default client negotiates TLS 1.3.
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(client(&layout)));
-    let tcp = TcpStream::connect(server.addr).await.unwrap();
-    let stream = connector
-        .connect("localhost".try_into().unwrap(), tcp)
-        .await
-        .unwrap();
     assert_eq!(
-        stream.get_ref().1.protocol_version(),
+        server.negotiated_version(&client(&layout)).await,
         Some(rustls::ProtocolVersion::TLSv1_3)
     );
 
@@ -506,14 +499,7 @@ async fn slow_handshakes_do_not_block_and_time_out() {
     // A client that connects and says nothing.
     let silent = TcpStream::connect(server.addr).await.unwrap();
     // Others are served meanwhile.
-    let resp = tls::https_request(
-        Method::GET,
-        &format!("{}/health", server.url()),
-        None,
-        &client(&layout),
-    )
-    .await
-    .unwrap();
+    let resp = server.health(&client(&layout)).await.unwrap();
     assert_eq!(resp.status, StatusCode::OK);
     // The silent one is dropped after the handshake timeout.
     let started = std::time::Instant::now();

@@ -246,23 +246,21 @@ pub fn issue_agent(bins: &Bins, ca: &Path, node: &str) -> PathBuf {
 /// The client TLS configuration of a TLS directory made by [`certs_init`], for the
 /// master.
 pub fn client_tls(dir: &Path) -> rustls::ClientConfig {
-    ensure_crypto_provider();
-    cella_proto::tls::client_config(
-        &dir.join("ca.pem"),
-        &dir.join("client.pem"),
-        &dir.join("client-key.pem"),
-    )
-    .expect("loading the client certificate")
+    client_tls_for(dir, cella_proto::tls::ExpectedServer::Master)
 }
 
 /// The same, for the agents' APIs.
 pub fn agent_client_tls(dir: &Path) -> rustls::ClientConfig {
+    client_tls_for(dir, cella_proto::tls::ExpectedServer::Agent)
+}
+
+fn client_tls_for(dir: &Path, expected: cella_proto::tls::ExpectedServer) -> rustls::ClientConfig {
     ensure_crypto_provider();
     cella_proto::tls::client_config_for(
         &dir.join("ca.pem"),
         &dir.join("client.pem"),
         &dir.join("client-key.pem"),
-        cella_proto::tls::ExpectedServer::Agent,
+        expected,
     )
     .expect("loading the client certificate")
 }
@@ -330,6 +328,17 @@ impl Cluster {
 
     pub fn path(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// [`Cluster::spawn`] named `prefix` and the number of processes started under
+    /// that prefix before (`master-0`, `master-1` after a restart, ...).
+    fn spawn_numbered(&mut self, prefix: &str, command: &mut Command) -> usize {
+        let n = self
+            .procs
+            .iter()
+            .filter(|p| p.name.starts_with(prefix))
+            .count();
+        self.spawn(&format!("{prefix}{n}"), command)
     }
 
     /// Starts a process with its stdout and stderr in `logs/<name>.log`.
@@ -417,12 +426,7 @@ impl Cluster {
             .arg("--work-dir")
             .arg(self.path().join("master"))
             .args(&self.master_flags);
-        let n = self
-            .procs
-            .iter()
-            .filter(|p| p.name.starts_with("master"))
-            .count();
-        let idx = self.spawn(&format!("master-{n}"), &mut command);
+        let idx = self.spawn_numbered("master-", &mut command);
         let url = format!("https://{addr}");
         if !self
             .wait_healthy(idx, &url, cella_proto::tls::ExpectedServer::Master)
@@ -537,12 +541,7 @@ impl Cluster {
                 .arg(&cgroup_root)
                 .arg("--kill-tasks-on-exit")
                 .args(&self.agent_flags);
-            let n = self
-                .procs
-                .iter()
-                .filter(|p| p.name.starts_with(&format!("agent{k}-")))
-                .count();
-            let idx = self.spawn(&format!("agent{k}-{n}"), &mut command);
+            let idx = self.spawn_numbered(&format!("agent{k}-"), &mut command);
             if !self
                 .wait_healthy(
                     idx,
@@ -627,12 +626,7 @@ impl Cluster {
                 .arg(format!("127.0.0.1:{agent_listen}"))
                 .arg("--cgroup-root")
                 .arg(format!("{}-dev", self.name));
-            let n = self
-                .procs
-                .iter()
-                .filter(|p| p.name.starts_with("dev"))
-                .count();
-            let idx = self.spawn(&format!("dev-{n}"), &mut command);
+            let idx = self.spawn_numbered("dev-", &mut command);
             let deadline = Instant::now() + DEADLINE;
             loop {
                 if std::fs::read_to_string(&self.procs[idx].log)
@@ -790,6 +784,24 @@ impl Cluster {
             })
             .map(|(pid, _)| pid)
             .collect()
+    }
+
+    /// Stops the `cella dev` process `idx` with SIGINT (Ctrl-C) and checks that it
+    /// exits with status 0 and leaves no task shim running.
+    pub fn interrupt_dev(&mut self, idx: usize) {
+        kill(Pid::from_raw(self.procs[idx].pid()), Signal::SIGINT).expect("SIGINT to cella dev");
+        let status = self.procs[idx].wait_timeout(DEADLINE);
+        let log = self.procs[idx].log_tail(40);
+        let status = status.unwrap_or_else(|| panic!("cella dev did not stop on SIGINT:\n{log}"));
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "cella dev exit status after SIGINT:\n{log}"
+        );
+        assert!(
+            self.shims().is_empty(),
+            "Ctrl-C leaves no task shim of cella dev running:\n{log}"
+        );
     }
 
     /// Task id → pids of the `cella-shim`s running for it on agent `k` (a shim's

@@ -7,8 +7,6 @@ use std::time::{Duration, Instant};
 use cella_proto::api;
 use cella_proto::v1::{self, call, event, scheduler_service_client::SchedulerServiceClient};
 use cella_tests::{Cluster, DEADLINE, Scheduler, framework, task};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 
 /// What each test agent offers.
 const RES: &str = "cpus:2;mem:2GiB;disk:1GiB";
@@ -386,6 +384,17 @@ async fn launch_sleep(c: &Cluster, s: &mut Scheduler, task_id: &str) {
     c.wait_task_state(task_id, "RUNNING").await;
 }
 
+/// A one-agent cluster where framework `name` (failover timeout `failover_secs`)
+/// launched `sleep 100` as `task_id` and then closed its stream; the framework's id.
+async fn left_after_launch(name: &str, failover_secs: f64, task_id: &str) -> (Cluster, String) {
+    let c = Cluster::start(1, RES).await;
+    let mut s = c.subscribe(framework(name, "*", failover_secs)).await;
+    let fid = s.framework_id.clone();
+    launch_sleep(&c, &mut s, task_id).await;
+    drop(s);
+    (c, fid)
+}
+
 async fn wait_framework(c: &Cluster, id: &str, connected: Option<bool>) {
     let deadline = Instant::now() + DEADLINE;
     loop {
@@ -413,12 +422,7 @@ async fn wait_framework(c: &Cluster, id: &str, connected: Option<bool>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scheduler_that_reconnects_within_its_failover_timeout_keeps_its_tasks() {
-    let c = Cluster::start(1, RES).await;
-    let mut s = c.subscribe(framework("failover", "*", 30.0)).await;
-    let fid = s.framework_id.clone();
-    launch_sleep(&c, &mut s, "fo-keep").await;
-
-    drop(s);
+    let (c, fid) = left_after_launch("failover", 30.0, "fo-keep").await;
     wait_framework(&c, &fid, Some(false)).await;
     let t = c.task("fo-keep").await.expect("task");
     assert_eq!(
@@ -466,12 +470,8 @@ async fn scheduler_that_reconnects_within_its_failover_timeout_keeps_its_tasks()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tasks_are_killed_when_the_failover_timeout_passes() {
-    let c = Cluster::start(1, RES).await;
-    let mut s = c.subscribe(framework("failover-short", "*", 1.0)).await;
-    let fid = s.framework_id.clone();
-    launch_sleep(&c, &mut s, "fo-short").await;
+    let (c, fid) = left_after_launch("failover-short", 1.0, "fo-short").await;
     let dropped = Instant::now();
-    drop(s);
     let t = c.wait_task_state("fo-short", "KILLED").await;
     assert!(
         dropped.elapsed() >= Duration::from_millis(900),
@@ -579,13 +579,16 @@ async fn invalid_accepts_get_invalid_task_and_launch_nothing() {
     error_status(&s.any_update("../escape").await, "task id ../escape");
 
     // Nothing launched anywhere.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let containers = c.agent_containers(&agent).await;
+    // What the agent runs and what the master knows, a moment after the answers.
+    let settled = async || {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        (c.agent_containers(&agent).await, c.tasks().await)
+    };
+    let (containers, tasks) = settled().await;
     assert!(
         containers.is_empty(),
         "invalid tasks reached the agent: {containers:?}"
     );
-    let tasks = c.tasks().await;
     assert!(
         tasks.is_empty(),
         "the master keeps invalid tasks as if launched: {tasks:?}"
@@ -604,15 +607,13 @@ async fn invalid_accepts_get_invalid_task_and_launch_nothing() {
     );
     error_status(&s.any_update("t-ok").await, "a duplicate task id");
 
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let containers = c.agent_containers(&agent).await;
+    let (containers, tasks) = settled().await;
     assert_eq!(
         containers.len(),
         1,
         "exactly t-ok runs on the agent: {containers:?}"
     );
     assert_eq!(containers[0]["task_id"], "t-ok", "{containers:?}");
-    let tasks = c.tasks().await;
     assert_eq!(tasks.len(), 1, "the master knows only t-ok: {tasks:?}");
     assert_eq!(tasks[0].state.name(), "RUNNING", "{tasks:?}");
     assert_eq!(tasks[0].command, ["sleep", "100"], "{tasks:?}");
@@ -719,15 +720,12 @@ async fn clients_without_a_valid_certificate_are_refused() {
     }
 
     // The CLI with the wrong certificates: a clear message, a non-zero status.
-    let wrong = c
-        .cella(&[
-            "tasks",
-            "--master",
-            &c.master_url,
-            "--tls-dir",
-            other.to_str().expect("utf-8"),
-        ])
-        .await;
+    let tasks_with = async |tls_dir: &std::path::Path| {
+        let tls_dir = tls_dir.to_str().expect("utf-8");
+        c.cella(&["tasks", "--master", &c.master_url, "--tls-dir", tls_dir])
+            .await
+    };
+    let wrong = tasks_with(&other).await;
     assert_ne!(
         wrong.code,
         Some(0),
@@ -740,15 +738,7 @@ async fn clients_without_a_valid_certificate_are_refused() {
         wrong.describe()
     );
     let missing = c.path().join("no-such-dir");
-    let none = c
-        .cella(&[
-            "tasks",
-            "--master",
-            &c.master_url,
-            "--tls-dir",
-            missing.to_str().expect("utf-8"),
-        ])
-        .await;
+    let none = tasks_with(&missing).await;
     assert_ne!(none.code, Some(0), "{}", none.describe());
     assert!(
         none.stderr.contains(missing.to_str().expect("utf-8")),
@@ -837,18 +827,6 @@ async fn cella_dev_runs_tasks_and_stops_cleanly() {
     c.wait_task_state(&id, "RUNNING").await;
     assert!(!c.shims().is_empty(), "the detached task runs under a shim");
 
-    kill(Pid::from_raw(c.procs[idx].pid()), Signal::SIGINT).expect("SIGINT to cella dev");
-    let status = c.procs[idx].wait_timeout(DEADLINE);
-    let log = c.procs[idx].log_tail(40);
-    let status = status.unwrap_or_else(|| panic!("cella dev did not stop on SIGINT:\n{log}"));
-    assert_eq!(
-        status.code(),
-        Some(0),
-        "cella dev exit status after SIGINT:\n{log}"
-    );
-    assert!(
-        c.shims().is_empty(),
-        "cella dev left its task's shim running:\n{log}"
-    );
+    c.interrupt_dev(idx);
     c.finish();
 }

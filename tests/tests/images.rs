@@ -21,12 +21,24 @@ use image_common::registry::{PASSWORD, Registry, USER};
 const RES: &str = "cpus:2;mem:2GiB;disk:1GiB";
 
 /// A TLS registry with basic authentication holding the busybox image as
-/// `busybox:1` (and `busybox:2`, the same image under another tag).
-fn registry_with_busybox(dir: &Path) -> Registry {
+/// `busybox:1` (and `busybox:2`, the same image under another tag), and the test's
+/// temporary directory, which holds the image's layout. Needs root.
+fn registry_with_busybox() -> (tempfile::TempDir, Registry) {
+    image_common::require_root();
+    let dir = tempfile::tempdir().unwrap();
     let registry = Registry::secure();
-    let layout = busybox_layout(dir, "latest");
+    let layout = busybox_layout(dir.path(), "latest");
     registry.push(&layout, "latest", "library/busybox:1");
-    registry
+    (dir, registry)
+}
+
+/// `cella run` arguments that run `script` in `busybox:1` as nobody, `extra` options
+/// first.
+fn busybox_as_nobody<'a>(extra: &[&'a str], script: &'a str) -> Vec<&'a str> {
+    let mut args = vec!["run"];
+    args.extend_from_slice(extra);
+    args.extend(["--user", "nobody", "--image", "busybox:1", "--", script]);
+    args
 }
 
 /// `cella exec --image` options that reach `registry` with a store in `store`.
@@ -61,15 +73,21 @@ fn cella_exec(flags: &[String], image: &str, command: &[&str]) -> std::process::
     c.output().expect("run cella exec")
 }
 
+/// Runs `true` in `image` with `cella exec`, which must exit with `code`; its stderr.
+fn exec_refused(flags: &[String], image: &str, code: i32) -> String {
+    let out = cella_exec(flags, image, &["true"]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "stderr: {err}");
+    err
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
 #[test]
 fn exec_runs_an_image_with_its_config_and_overrides() {
-    image_common::require_root();
-    let dir = tempfile::tempdir().unwrap();
-    let registry = registry_with_busybox(dir.path());
+    let (dir, registry) = registry_with_busybox();
     let flags = exec_image_flags(&registry, &dir.path().join("store"));
 
     // The image's own entrypoint and command.
@@ -123,35 +141,15 @@ fn exec_runs_an_image_with_its_config_and_overrides() {
 
 #[test]
 fn exec_names_the_image_that_cannot_be_pulled() {
-    image_common::require_root();
-    let dir = tempfile::tempdir().unwrap();
-    let registry = registry_with_busybox(dir.path());
+    let (dir, registry) = registry_with_busybox();
     let flags = exec_image_flags(&registry, &dir.path().join("store"));
-    let out = cella_exec(&flags, "busybox:no-such-tag", &["true"]);
-    assert_eq!(
-        out.status.code(),
-        Some(125),
-        "stderr: {}",
-        text(&out.stderr)
-    );
-    let err = text(&out.stderr);
+    let err = exec_refused(&flags, "busybox:no-such-tag", 125);
     assert!(err.contains("library/busybox:no-such-tag"), "{err}");
     // A port nothing listens on.
-    let out = cella_exec(&flags, "127.0.0.1:1/library/busybox:1", &["true"]);
-    assert_eq!(
-        out.status.code(),
-        Some(125),
-        "stderr: {}",
-        text(&out.stderr)
-    );
-    assert!(
-        text(&out.stderr).contains("127.0.0.1:1/library/busybox:1"),
-        "{}",
-        text(&out.stderr)
-    );
+    let err = exec_refused(&flags, "127.0.0.1:1/library/busybox:1", 125);
+    assert!(err.contains("127.0.0.1:1/library/busybox:1"), "{err}");
     // A reference that names no image is a usage error.
-    let out = cella_exec(&flags, "Upper/Case:tag", &["true"]);
-    assert_eq!(out.status.code(), Some(2), "stderr: {}", text(&out.stderr));
+    exec_refused(&flags, "Upper/Case:tag", 2);
 }
 
 /// A cluster whose agent reaches `registry` (its CA, credentials in a Docker
@@ -215,11 +213,38 @@ async fn wait_no_images(cluster: &Cluster, what: &str) {
     assert_eq!(stored_images(cluster), 0, "{what}");
 }
 
+/// Waits up to [`DEADLINE`] for the images API of the agent at `agent` to answer,
+/// then pulls `busybox:1` through it into the (empty) store.
+async fn pull_busybox_through(cluster: &Cluster, agent: &str) {
+    let list = ["images", "--agent", agent];
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while cluster.cella(&list).await.code != Some(0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            cluster.cella(&list).await.describe()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The pull (three layers unpacked by a debug build on a shared machine) may take
+    // longer than other commands.
+    let mut pull = cluster.cella_command();
+    pull.args(["images", "--agent", agent, "pull", "busybox:1"]);
+    let out = tokio::time::timeout(Duration::from_secs(300), pull.output())
+        .await
+        .expect("the pull through the agent ends")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("library/busybox:1 sha256:"),
+        "{out:?}"
+    );
+    assert_eq!(stored_images(cluster), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_from_an_image_through_the_agent() {
-    image_common::require_root();
-    let dir = tempfile::tempdir().unwrap();
-    let registry = registry_with_busybox(dir.path());
+    let (_dir, registry) = registry_with_busybox();
     let cluster = cluster_for(&registry, &[]).await;
 
     // The image's user is root, which this agent refuses: the error says so.
@@ -228,17 +253,8 @@ async fn run_from_an_image_through_the_agent() {
     assert!(out.stderr.contains("root"), "{}", out.describe());
 
     // As nobody: the image's entrypoint with the command given, its env and working dir.
-    let out = cluster
-        .cella(&[
-            "run",
-            "--user",
-            "nobody",
-            "--image",
-            "busybox:1",
-            "--",
-            "echo $GREETING from $(pwd) as $(id -u); cat /etc/added",
-        ])
-        .await;
+    let script = "echo $GREETING from $(pwd) as $(id -u); cat /etc/added";
+    let out = cluster.cella(&busybox_as_nobody(&[], script)).await;
     assert_eq!(out.code, Some(0), "{}", out.describe());
     assert_eq!(out.stdout, "hello from /data as 65534\nadded in layer 2\n");
 
@@ -260,9 +276,7 @@ async fn run_from_an_image_through_the_agent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_writable_layer_is_in_the_sandbox_and_counted() {
-    image_common::require_root();
-    let dir = tempfile::tempdir().unwrap();
-    let registry = registry_with_busybox(dir.path());
+    let (_dir, registry) = registry_with_busybox();
     // The image runs as root, which may write its / (nobody may not).
     let cluster = cluster_for(&registry, &["--allow-root-tasks"]).await;
     let out = cluster
@@ -295,26 +309,14 @@ async fn the_writable_layer_is_in_the_sandbox_and_counted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_tasks_share_one_pull_and_gc_follows_their_end() {
-    image_common::require_root();
-    let dir = tempfile::tempdir().unwrap();
-    let registry = registry_with_busybox(dir.path());
+    let (_dir, registry) = registry_with_busybox();
     // A store budget of one byte: an image goes as soon as no task uses it.
     let cluster = cluster_for(&registry, &["--image-store-size=1"]).await;
     let run = |name: &'static str| {
         let mut command = cluster.cella_command();
         async move {
-            let args = [
-                "run",
-                "--user",
-                "nobody",
-                "--name",
-                name,
-                "--image",
-                "busybox:1",
-                "--",
-                "sleep 2; echo done",
-            ];
-            command.args(args);
+            let args = busybox_as_nobody(&["--name", name], "sleep 2; echo done");
+            command.args(&args);
             cella_tests::run_cli(command, &args).await
         }
     };
@@ -373,21 +375,10 @@ async fn two_tasks_share_one_pull_and_gc_follows_their_end() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_image_task_survives_an_agent_restart_with_its_image() {
-    image_common::require_root();
-    let dir = tempfile::tempdir().unwrap();
-    let registry = registry_with_busybox(dir.path());
+    let (_dir, registry) = registry_with_busybox();
     let mut cluster = cluster_for(&registry, &["--image-store-size=1"]).await;
     let out = cluster
-        .cella(&[
-            "run",
-            "--detach",
-            "--user",
-            "nobody",
-            "--image",
-            "busybox:1",
-            "--",
-            "sleep 300",
-        ])
+        .cella(&busybox_as_nobody(&["--detach"], "sleep 300"))
         .await;
     assert_eq!(out.code, Some(0), "{}", out.describe());
     let id = out.stdout.trim().to_string();
@@ -437,7 +428,6 @@ async fn an_image_task_survives_an_agent_restart_with_its_image() {
 /// may do neither, and each refusal is logged by the agent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn images_through_the_agents_api_with_permissions() {
-    image_common::require_root();
     let acl = cella_tests::security::acl_with(
         r#""user:carol" = ["viewer"]
 "user:erin" = ["nobody"]
@@ -448,8 +438,7 @@ view = ["state"]
 [roles.nobody]
 "#,
     );
-    let dir = tempfile::tempdir().unwrap();
-    let registry = registry_with_busybox(dir.path());
+    let (_dir, registry) = registry_with_busybox();
     let cluster = cluster_with_acl(&registry, &[], Some(&acl)).await;
     let agent = format!("https://{}", cluster.agents[0].http);
     let images = async |tls_dir: Option<&Path>, args: &[&str]| {
@@ -462,30 +451,7 @@ view = ["state"]
         cluster.cella(&all).await
     };
     // The agent enforces the ACL once the master sent it.
-    let deadline = std::time::Instant::now() + DEADLINE;
-    while images(None, &[]).await.code != Some(0) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{}",
-            images(None, &[]).await.describe()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-
-    // The pull (three layers unpacked by a debug build on a shared machine) may take
-    // longer than other commands.
-    let mut pull = cluster.cella_command();
-    pull.args(["images", "--agent", &agent, "pull", "busybox:1"]);
-    let out = tokio::time::timeout(Duration::from_secs(300), pull.output())
-        .await
-        .expect("the pull through the agent ends")
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("library/busybox:1 sha256:"),
-        "{out:?}"
-    );
-    assert_eq!(stored_images(&cluster), 1);
+    pull_busybox_through(&cluster, &agent).await;
     let out = images(None, &["ls"]).await;
     assert!(
         out.stdout.contains("library/busybox:1"),
@@ -548,9 +514,7 @@ view = ["state"]
 /// every unused image.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gc_through_the_api_defaults_to_the_agents_store_size() {
-    image_common::require_root();
-    let dir = tempfile::tempdir().unwrap();
-    let registry = registry_with_busybox(dir.path());
+    let (_dir, registry) = registry_with_busybox();
     let cluster = cluster_for(&registry, &["--image-store-size=1GiB"]).await;
     let agent = format!("https://{}", cluster.agents[0].http);
     let images = async |args: &[&str]| {
@@ -558,23 +522,7 @@ async fn gc_through_the_api_defaults_to_the_agents_store_size() {
         all.extend(args);
         cluster.cella(&all).await
     };
-    let deadline = std::time::Instant::now() + DEADLINE;
-    while images(&[]).await.code != Some(0) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{}",
-            images(&[]).await.describe()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let mut pull = cluster.cella_command();
-    pull.args(["images", "--agent", &agent, "pull", "busybox:1"]);
-    let out = tokio::time::timeout(Duration::from_secs(300), pull.output())
-        .await
-        .expect("the pull through the agent ends")
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    assert_eq!(stored_images(&cluster), 1);
+    pull_busybox_through(&cluster, &agent).await;
 
     let out = images(&["gc"]).await;
     assert_eq!(out.code, Some(0), "{}", out.describe());

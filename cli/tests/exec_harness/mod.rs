@@ -164,6 +164,17 @@ pub fn poll_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
 /// A child process killed (SIGKILL) and reaped when dropped.
 pub struct KillOnDrop(pub Child);
 
+impl KillOnDrop {
+    /// Starts `command` with its standard streams closed.
+    pub fn spawn_quiet(command: &mut std::process::Command) -> Self {
+        command
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        Self(command.spawn().expect("start cella exec"))
+    }
+}
+
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -330,6 +341,14 @@ impl Sandbox {
     /// A private directory for the test's own files (usage JSON, profiles, volumes).
     pub fn out(&self) -> &Path {
         self.out.path()
+    }
+
+    /// Writes `contents` to `name` in [`Sandbox::out`] and returns its path as an
+    /// argument (a seccomp profile, say).
+    pub fn write_out(&self, name: &str, contents: &str) -> String {
+        let path = self.out().join(name);
+        fs::write(&path, contents).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        path.to_string_lossy().into_owned()
     }
 
     /// `cella exec --cgroup-root <unique> --usage-json <file> OPTS -- CMD` in the

@@ -105,3 +105,27 @@ pub async fn get_typed<T: DeserializeOwned + Serialize>(
     );
     (typed, raw)
 }
+
+/// GET `path` from the master's API at `url`, expected to fail: the status and the
+/// `{"error": "..."}` body.
+pub async fn get_error(
+    url: &str,
+    client: &rustls::ClientConfig,
+    path: &str,
+) -> (axum::http::StatusCode, cella_proto::api::Error) {
+    let r = tls::https_request(
+        axum::http::Method::GET,
+        &format!("{url}{path}"),
+        None,
+        client,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+    let error = serde_json::from_slice(&r.body).unwrap_or_else(|e| {
+        panic!(
+            "GET {path}: not an error body ({e}): {}",
+            String::from_utf8_lossy(&r.body)
+        )
+    });
+    (r.status, error)
+}

@@ -11,7 +11,7 @@
 mod cluster;
 // Not every test binary uses these either.
 #[allow(unused_imports)]
-pub use cluster::{FrameworkOnAgent, TlsMaster, get_typed};
+pub use cluster::{FrameworkOnAgent, TlsMaster, get_error, get_typed};
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -237,6 +237,24 @@ impl Agent {
             m,
             agent_message::Message::StatusUpdate(status_update(&self.id, fw, task, state, uuid)),
         );
+    }
+
+    /// The next kill the master sends; other messages are skipped.
+    pub async fn next_kill(&mut self) -> master_to_agent::KillTask {
+        self.next_picked("kill", |msg| match msg {
+            master_to_agent::Message::Kill(k) => Some(k),
+            _ => None,
+        })
+        .await
+    }
+
+    /// The next acknowledgement the master forwards; other messages are skipped.
+    pub async fn next_acknowledge(&mut self) -> master_to_agent::Acknowledge {
+        self.next_picked("acknowledgement", |msg| match msg {
+            master_to_agent::Message::Acknowledge(ack) => Some(ack),
+            _ => None,
+        })
+        .await
     }
 
     /// The next message from the master that `pick` selects; others are skipped.
