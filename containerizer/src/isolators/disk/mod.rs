@@ -8,10 +8,11 @@
 //!   usage is read from the quota;
 //! - elsewhere the sandbox is measured by walking it (as Mesos' `disk/du`), by a
 //!   thread per task that measures again sooner the closer the task is to its limit,
-//!   as often as a fast writer needs to fill what is left but spending no more than
-//!   a twentieth of its time walking (CPU time), unless the task is seen writing fast enough to
-//!   reach its limit before the next walk. A task writing as fast as it can overshoots
-//!   by what it writes in one interval (see docs/benchmarks.md).
+//!   as often as a fast writer needs to fill half of what is left but spending no
+//!   more than a twentieth of its CPU time walking, unless the task is seen writing
+//!   fast enough to reach its limit before the next walk (at four times the rate
+//!   seen). A task writing as fast as it can overshoots by what it writes in one
+//!   interval (see docs/benchmarks.md).
 //!
 //! One walk per task and interval: while a watcher runs, usage samples take its
 //! latest figure instead of walking again; only the last sample, after the task has
@@ -46,6 +47,11 @@ const MAX_INTERVAL: Duration = Duration::from_secs(1);
 const WALK_SHARE: u32 = 20;
 /// A writer about to reach its limit: up to 1/2 of the time is spent walking.
 const URGENT_SHARE: u32 = 2;
+/// How much faster than seen a writer may be by the next walk: one seen starting
+/// (its first walk's interval held its start-up too) speeds up, and on a slow CPU
+/// (an emulated one walks ~50× slower) a walk's share would otherwise leave it a
+/// whole interval of 100 ms and more.
+const SPEED_UP: f64 = 4.0;
 const WATCHER_STACK: usize = 256 * 1024;
 /// With a quota the kernel holds the limit; the watcher only notices it was reached.
 const QUOTA_INTERVAL: Duration = Duration::from_millis(100);
@@ -352,7 +358,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// The wait before the next walk: the time a fast writer needs to fill half `room`,
 /// within the bounds, and long enough that walking (`cost` each) stays a small share.
 /// A task seen writing (`rate`, bytes per second) that would reach its limit sooner
-/// is walked again within half that time, as often as every other walk's time: only
+/// at [`SPEED_UP`] times that rate is walked again within half that time, as often as every other walk's time: only
 /// a fast writer near its limit costs that much, and not for long.
 fn next_walk(room: u64, cost: Duration, rate: f64) -> Duration {
     #[allow(clippy::cast_precision_loss)]
@@ -360,9 +366,10 @@ fn next_walk(room: u64, cost: Duration, rate: f64) -> Duration {
     let steady = fill
         .clamp(MIN_INTERVAL, MAX_INTERVAL)
         .max(cost * WALK_SHARE);
-    // Seconds until the limit at the rate seen (infinite when not growing).
+    // Seconds until the limit at SPEED_UP times the rate seen (infinite when not
+    // growing).
     #[allow(clippy::cast_precision_loss)]
-    let reach = room as f64 / rate;
+    let reach = room as f64 / (rate * SPEED_UP);
     if reach < steady.as_secs_f64() {
         Duration::from_secs_f64(reach / 2.0).max(cost * URGENT_SHARE)
     } else {
