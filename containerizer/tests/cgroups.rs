@@ -548,3 +548,34 @@ fn concurrent_launchers_share_a_base_that_comes_and_goes() {
     );
     f.finish();
 }
+
+/// Whoever can read the directory above the base can `flock` it, a task included:
+/// holding that lock delays making and removing the base by about a second at the
+/// most, and never hangs a launcher.
+#[test]
+fn a_lock_held_above_the_base_never_hangs_a_launcher() {
+    let f = Fixture::new();
+    let base = f.root.base_dirs()[0].clone();
+    let above = std::fs::File::open(base.parent().expect("base's parent")).expect("open");
+    let _held = nix::fcntl::Flock::lock(above, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .expect("flock");
+    let started = Instant::now();
+    let task = f
+        .root
+        .create("under-a-held-lock", &CgroupLimits::default())
+        .expect("create while the lock is held");
+    task.remove().expect("remove");
+    f.root.remove_base_if_empty();
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(10),
+        "a task made and removed, and its base, took {took:?} while the lock was held"
+    );
+    assert!(
+        !base.exists(),
+        "the base was left behind: {}",
+        base.display()
+    );
+    f.finish();
+}

@@ -133,9 +133,9 @@ pub fn mkdir(path: &Path) -> Result<bool, CgroupError> {
 
 /// Makes `dir`, a child of `base`, and `base` first when it is missing; `made_base`
 /// gets the directories that made (outermost first) and sets them up. A missing base
-/// is made, set up and given `dir` under [`lock_base`], which its removal takes too:
-/// no launcher removes it half set up, nor between its making and `dir`'s. False
-/// when `dir` exists already.
+/// is made, set up and given `dir` under [`lock_base`], which
+/// [`remove_base_if_empty`] takes too: no launcher removes it half set up, nor
+/// between its making and `dir`'s. False when `dir` exists already.
 pub fn mkdir_in(
     base: &Path,
     dir: &Path,
@@ -163,19 +163,53 @@ pub fn mkdir_in(
 }
 
 /// Removes `base` if it is empty (its last task is gone), under [`lock_base`].
-/// Busy or missing is not an error.
+/// Busy or missing is not an error. A base that still holds a task's directory is
+/// left at once, without the lock: a task (which can see the directory above the
+/// base and `flock` it) never delays the removal while it runs.
 pub fn remove_base_if_empty(base: &Path) {
+    let holds_a_task = std::fs::read_dir(base)
+        .map(|entries| {
+            entries
+                .flatten()
+                .any(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        })
+        .unwrap_or(false);
+    if holds_a_task {
+        return;
+    }
     let _lock = lock_base(base);
     let _ = std::fs::remove_dir(base);
 }
 
 /// An exclusive `flock` on the directory above `base` (a lock, not a write: nothing
-/// in the cgroup changes), shared by every launcher that makes or removes that base.
-/// None if it cannot be taken; [`mkdir_in`] then still makes a vanished base again.
+/// in the cgroup changes), shared by every launcher that makes or removes that base;
+/// each holds it for microseconds. Anyone who can read that directory can take it,
+/// so it is only tried for [`LOCK_WAIT`]: past that, or if it cannot be had at all,
+/// the caller goes on without it and [`mkdir_in`] still makes a vanished base again.
 fn lock_base(base: &Path) -> Option<Flock<std::fs::File>> {
-    let parent = std::fs::File::open(base.parent()?).ok()?;
-    Flock::lock(parent, FlockArg::LockExclusive).ok()
+    let mut parent = Some(std::fs::File::open(base.parent()?).ok()?);
+    let mut lock = None;
+    wait_until(LOCK_WAIT, || {
+        let Some(file) = parent.take() else {
+            return true;
+        };
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(held) => {
+                lock = Some(held);
+                true
+            }
+            Err((file, nix::errno::Errno::EAGAIN)) => {
+                parent = Some(file);
+                false
+            }
+            Err(_) => true,
+        }
+    });
+    lock
 }
+
+/// How long [`lock_base`] tries for the lock.
+const LOCK_WAIT: Duration = Duration::from_secs(1);
 
 /// How often [`mkdir_in`] makes a base that another launcher removed meanwhile.
 const BASE_RACE_ATTEMPTS: usize = 4;

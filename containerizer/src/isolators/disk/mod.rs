@@ -43,7 +43,7 @@ const FAST_WRITER: f64 = 2.0 * 1024.0 * 1024.0 * 1024.0;
 /// Bounds of the interval between two walks of the sandbox.
 const MIN_INTERVAL: Duration = Duration::from_millis(1);
 const MAX_INTERVAL: Duration = Duration::from_secs(1);
-/// At most 1/20 of the watcher's time is spent walking.
+/// At most 1/20 of the watcher's CPU time is spent walking.
 const WALK_SHARE: u32 = 20;
 /// A writer about to reach its limit: up to 1/2 of the time is spent walking.
 const URGENT_SHARE: u32 = 2;
@@ -59,9 +59,10 @@ const QUOTA_INTERVAL: Duration = Duration::from_millis(100);
 /// the watcher's figure: two walkers catch a fast writer sooner than one whose thread
 /// may not be scheduled in time (a loaded or emulated machine).
 const SAMPLE_WALKS_TOO_WITHIN: u64 = 256 << 20;
-/// The watcher's thread is ahead of the tasks for the CPU (their nice is 0): on a
-/// busy machine a waking watcher preempts the writer it watches instead of waiting
-/// a scheduling period, in which a fast writer adds tens of MiB.
+/// The watcher's thread runs ahead of processes at nice 0 in its own cgroup's share
+/// of the CPU: on a busy machine a waking watcher preempts them instead of waiting a
+/// scheduling period, in which a fast writer adds tens of MiB. (Tasks are in other
+/// cgroups, whose CPU shares nice does not change.)
 const WATCHER_NICE: i32 = -10;
 
 /// How one task's disk usage is measured.
@@ -238,6 +239,10 @@ fn watcher(w: &Watch) {
         if used.is_some_and(|used| meter.reached(used, limit))
             && (meter.task_pid().is_some() || w.cgroup.pids().is_ok_and(|p| !p.is_empty()))
         {
+            // Stopped during the walk: the task is gone, and its id may be another's.
+            if matches!(w.stop.try_recv(), Err(mpsc::TryRecvError::Disconnected)) {
+                return;
+            }
             hit.store(true, Ordering::SeqCst);
             let _ = w.cgroup.kill();
             return;
@@ -283,7 +288,7 @@ fn run_ahead_of_tasks() {
 
 impl DiskIsolator {
     /// Starts the thread that walks the sandbox of a task with a limit and kills the
-    /// task when it passes it, unless one runs already. A launched task's starts
+    /// task when it passes it, unless one was started for it already. A launched task's starts
     /// before the task does, so how soon it first walks does not depend on how soon
     /// the launcher hears that the task runs (tens of milliseconds on a busy machine,
     /// in which a fast writer adds tens of MiB).
@@ -371,7 +376,9 @@ fn next_walk(room: u64, cost: Duration, rate: f64) -> Duration {
     #[allow(clippy::cast_precision_loss)]
     let reach = room as f64 / (rate * SPEED_UP);
     if reach < steady.as_secs_f64() {
-        Duration::from_secs_f64(reach / 2.0).max(cost * URGENT_SHARE)
+        Duration::from_secs_f64(reach / 2.0)
+            .max(cost * URGENT_SHARE)
+            .max(MIN_INTERVAL)
     } else {
         steady
     }
@@ -388,6 +395,13 @@ impl Isolator for DiskIsolator {
         config: &TaskConfig,
         spec: &mut ShimSpec,
     ) -> Result<(), IsolatorError> {
+        if self.with(|t| t.contains_key(id)) {
+            // Another task of that id is still here: its watcher must not be lost.
+            return Err(IsolatorError::Invalid {
+                field: "task id",
+                message: format!("a task {id} is still running or being cleaned up here"),
+            });
+        }
         let limit = config.resources.disk_bytes;
         spec.filesystem.tmp_size_bytes = limit;
         let project = limit.and_then(|limit| take_project(id, config, limit));
