@@ -6,7 +6,7 @@
 
 use std::fs;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{FcntlArg, SealFlag, fcntl};
@@ -45,6 +45,7 @@ impl SealedExe {
             ),
         )
         .map_err(|e| with_path(e.into()))?;
+        let memfd = above_fixed_descriptors(memfd).map_err(|e| with_path(e.into()))?;
         Ok(Self {
             memfd,
             source: path.to_path_buf(),
@@ -66,6 +67,23 @@ impl SealedExe {
     }
 }
 
+/// The lowest descriptor the copy may have. Below it are those a shim is given at
+/// fixed numbers (0-2, and its lock at 3), which the launcher's child puts in place
+/// with dup2 just before it execs the copy by its number: a copy among them would be
+/// replaced (another thread of the launcher may free descriptor 3 just before the
+/// copy is made).
+const LOWEST_FD: RawFd = 10;
+
+/// `fd`, or a close-on-exec duplicate of it at [`LOWEST_FD`] or above.
+fn above_fixed_descriptors(fd: OwnedFd) -> nix::Result<OwnedFd> {
+    if fd.as_raw_fd() >= LOWEST_FD {
+        return Ok(fd);
+    }
+    let moved = fcntl(&fd, FcntlArg::F_DUPFD_CLOEXEC(LOWEST_FD))?;
+    // SAFETY: fcntl has just made this descriptor; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(moved) })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,5 +103,20 @@ mod tests {
         assert_eq!(err.raw_os_error(), Some(libc::EPERM), "{err}");
         let seals = fcntl(&exe.memfd, FcntlArg::F_GET_SEALS).expect("F_GET_SEALS");
         assert_ne!(seals & libc::F_SEAL_WRITE, 0);
+    }
+
+    #[test]
+    fn the_copy_is_never_at_a_descriptor_a_shim_gets_by_number() {
+        // In a test process 3 is free: without the move the copy would be there.
+        let exe = SealedExe::copy_of(Path::new("/bin/true")).expect("copy /bin/true");
+        assert!(
+            exe.raw_fd() >= LOWEST_FD,
+            "the copy is at fd {}",
+            exe.raw_fd()
+        );
+        let status = std::process::Command::new(exe.exec_path())
+            .status()
+            .expect("run the copy");
+        assert!(status.success());
     }
 }
