@@ -235,6 +235,10 @@ impl Containerizer {
             )));
         }
         let run_dir = RunDir::new(&self.config.runtime_dir, id.as_str());
+        // The run directory is the task's claim on its id: made before anything else,
+        // so a second launch of an id that is still running (or not yet cleaned up)
+        // is refused here, having touched nothing of the first task.
+        claim_run_dir(&run_dir, id)?;
         let mut spec = ShimSpec {
             task_id: id.to_string(),
             run_dir: run_dir.path().to_path_buf(),
@@ -265,6 +269,7 @@ impl Containerizer {
         for isolator in &self.isolators {
             if let Err(e) = isolator.prepare(id, config, &mut spec) {
                 self.cleanup_isolators(id, prepared);
+                let _ = fs::remove_dir_all(run_dir.path());
                 return Err(match e {
                     IsolatorError::Invalid { .. } => LaunchError::Invalid(e),
                     IsolatorError::Failed { .. } => LaunchError::Setup(e.to_string()),
@@ -573,6 +578,30 @@ impl Containerizer {
         self.cleanup_isolators(id, self.isolators.len());
         let _ = fs::remove_dir_all(RunDir::new(&self.config.runtime_dir, id.as_str()).path());
         self.cgroups.remove_base_if_empty();
+    }
+}
+
+/// Makes task `id`'s run directory (and the runtime directory above it). An existing
+/// one belongs to a task of that id that runs or has not been destroyed yet.
+fn claim_run_dir(run_dir: &RunDir, id: &TaskId) -> Result<(), LaunchError> {
+    let dir = run_dir.path();
+    if let Some(parent) = dir.parent() {
+        fs::create_dir_all(parent)
+            .map_err(|e| LaunchError::setup(&parent.display().to_string(), e))?;
+    }
+    match fs::create_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            Err(LaunchError::Invalid(IsolatorError::invalid(
+                "task id",
+                format!(
+                    "a task {id} is still running or being cleaned up here ({} exists); \
+                     use another id or wait for it to end",
+                    dir.display()
+                ),
+            )))
+        }
+        Err(e) => Err(LaunchError::setup(&dir.display().to_string(), e)),
     }
 }
 

@@ -194,6 +194,43 @@ fn a_missing_run_directory_or_a_reused_pid_is_not_taken_for_the_task() {
     assert!(!run.exists(), "the leftovers were removed");
 }
 
+/// A second launch under the id of a running task is refused before anything is
+/// prepared: the running task keeps its run directory, cgroup and disk watcher.
+#[test]
+fn a_second_launch_of_a_running_id_is_refused_and_leaves_the_first_untouched() {
+    let l = Launcher::new();
+    let c = l.containerizer();
+    let (id, config) = l.task("t-twice", "echo up; exec sleep 1000");
+    let mut first = c.launch(&id, &config).expect("launch");
+    let Err(err) = c.launch(&id, &config) else {
+        panic!("a second task of the same id must be refused");
+    };
+    let text = err.to_string();
+    assert!(
+        matches!(err, cella_containerizer::LaunchError::Invalid(_)) && text.contains("task id"),
+        "{text}"
+    );
+    assert!(
+        first.run_dir().spec().exists(),
+        "the first task's run directory stays"
+    );
+    assert!(
+        !c.wait(&mut first, Duration::from_millis(100)),
+        "the first task still runs"
+    );
+    assert!(
+        c.sample(&mut first).pids_current.is_some_and(|n| n >= 1),
+        "the first task's cgroup is still there"
+    );
+    c.kill(&first).expect("kill");
+    let end = c.finish(first);
+    assert_eq!(end.status.signal, Some(9), "{:?}", end.status);
+    // Once it is gone, the id can be used again.
+    let again = c.launch(&id, &config).expect("the id is free again");
+    c.kill(&again).expect("kill");
+    c.finish(again);
+}
+
 fn process_alive(pid: i32) -> bool {
     // A zombie (our dropped child) counts as ended.
     procfs::process::Process::new(pid)

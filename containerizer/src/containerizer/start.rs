@@ -39,14 +39,6 @@ impl Containerizer {
         config: &TaskConfig,
         started: Instant,
     ) -> Result<Running, LaunchError> {
-        let dir = run_dir.path();
-        if dir.exists() {
-            return Err(LaunchError::Setup(format!(
-                "run directory {} already exists: task {id} is running or was not cleaned up",
-                dir.display()
-            )));
-        }
-        fs::create_dir_all(dir).map_err(|e| LaunchError::setup(&dir.display().to_string(), e))?;
         let spec_json = serde_json::to_vec(spec)
             .map_err(|e| LaunchError::setup("encoding the launch spec", e))?;
         // The spec holds the task's environment, secrets included: only root reads it.
@@ -107,7 +99,7 @@ impl Containerizer {
                 (c, None)
             }
         };
-        command.arg(dir);
+        command.arg(run_dir.path());
         let lock_fd = lock.as_raw_fd();
         // SAFETY: between fork and exec the closure only calls dup2 and fcntl, which
         // are async-signal-safe, and allocates nothing.

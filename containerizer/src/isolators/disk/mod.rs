@@ -395,13 +395,6 @@ impl Isolator for DiskIsolator {
         config: &TaskConfig,
         spec: &mut ShimSpec,
     ) -> Result<(), IsolatorError> {
-        if self.with(|t| t.contains_key(id)) {
-            // Another task of that id is still here: its watcher must not be lost.
-            return Err(IsolatorError::Invalid {
-                field: "task id",
-                message: format!("a task {id} is still running or being cleaned up here"),
-            });
-        }
         let limit = config.resources.disk_bytes;
         spec.filesystem.tmp_size_bytes = limit;
         let project = limit.and_then(|limit| take_project(id, config, limit));
