@@ -385,9 +385,10 @@ fn held_files_follow_the_task_and_let_its_cgroup_go() {
     fx.finish();
 }
 
-/// A busy task's live figures are fresh at every sample; its memory breakdown, read
-/// only when its memory moved by more than the slack (1 MiB here), is fresh within
-/// the full sample interval.
+/// A busy task's live figures (CPU time, memory, processes) are fresh at every
+/// sample; its memory breakdown, read again in full samples and when its memory moved
+/// by more than the slack (1 MiB here), shows a write of less than that within the
+/// full sample interval (plus the kernel's own delay in flushing its statistics).
 #[test]
 fn a_busy_task_s_live_figures_move_every_sample_and_the_costly_ones_follow() {
     const BOUND: Duration = Duration::from_secs(2);
