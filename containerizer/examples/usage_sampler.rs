@@ -7,7 +7,8 @@
 //! - the floor: opening and reading one small file (`cgroup.procs`) of every task as
 //!   many times as `stats` reads files, by path and through a held directory;
 //! - `TaskSampler` (what the agent's usage loop uses): a full sample through held
-//!   files, then, as it was before it had live figures and as it is now, samples while
+//!   files, then, as it was before it had live figures and as it is now (with and
+//!   without its budget of full samples), samples while
 //!   every task sleeps, while 10% of them are busy and while all are (a busy worker
 //!   wakes every 50 ms and writes to a page; the rounds are 200 ms apart so that every
 //!   busy task has run between two samples, and the samplers' intervals are shortened
