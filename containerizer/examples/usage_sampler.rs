@@ -6,11 +6,15 @@
 //! - `TaskCgroup::stats`, every file opened by path at every sample (the old way);
 //! - the floor: opening and reading one small file (`cgroup.procs`) of every task as
 //!   many times as `stats` reads files, by path and through a held directory;
-//! - `TaskSampler` (what the agent's usage loop now uses): the memory read of sleeping
-//!   tasks it does every 10 s, a full sample through held files, then samples while
+//! - `TaskSampler` (what the agent's usage loop uses): a full sample through held
+//!   files, then, as it was before it had live figures and as it is now (with and
+//!   without its budget of full samples), samples while
 //!   every task sleeps, while 10% of them are busy and while all are (a busy worker
 //!   wakes every 50 ms and writes to a page; the rounds are 200 ms apart so that every
-//!   busy task has run between two samples).
+//!   busy task has run between two samples, and the samplers' intervals are shortened
+//!   by the same factor, so that a round costs what a sample at 1 s does);
+//! - what one `pread` of each held file costs, while every task sleeps and while all
+//!   are busy.
 //!
 //! Run as root: `cargo run --release --example usage_sampler -- [TASKS] [ROUNDS]`
 //! (default 1000 tasks, 20 rounds). Everything it creates is removed at the end, also
@@ -21,7 +25,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cella_containerizer::cgroups::{
-    CgroupLimits, CgroupRoot, FULL_SAMPLE_INTERVAL, TaskCgroup, TaskSampler, held_descriptors,
+    CgroupLimits, CgroupRoot, FULL_SAMPLE_INTERVAL, FullSampleBudget, TaskCgroup, TaskSampler,
+    held_descriptors,
 };
 use cella_containerizer::units::MilliCpus;
 
@@ -99,6 +104,62 @@ fn measure(n: usize, rounds: u32, pause: Duration, mut sample: impl FnMut()) -> 
         cpu.as_secs_f64() * 1e6 / samples,
         wall.as_secs_f64() * 1e6 / samples,
     )
+}
+
+/// Every interface file a sample may read, on either cgroup version (those this
+/// kernel does not offer are left out of the per-file rows).
+const FILES: &[&str] = &[
+    "cpuacct.usage",
+    "cpuacct.usage_all",
+    "cpuacct.stat",
+    "cpu.stat",
+    "memory.usage_in_bytes",
+    "memory.current",
+    "memory.max_usage_in_bytes",
+    "memory.peak",
+    "memory.stat",
+    "memory.kmem.usage_in_bytes",
+    "memory.memsw.usage_in_bytes",
+    "memory.swap.current",
+    "memory.oom_control",
+    "memory.events",
+    "pids.current",
+    "pids.peak",
+    "pids.events",
+    "blkio.throttle.io_service_bytes_recursive",
+    "blkio.throttle.io_serviced_recursive",
+    "io.stat",
+    "cpu.pressure",
+    "memory.pressure",
+    "io.pressure",
+];
+
+/// CPU µs per task of one `pread` from offset 0 of each file of [`FILES`] held open,
+/// `rounds` rounds `pause` apart.
+fn per_file(cgroups: &[TaskCgroup], rounds: u32, pause: Duration) -> Vec<(&'static str, f64)> {
+    use std::os::unix::fs::FileExt;
+    let mut buffer = vec![0u8; 1 << 16];
+    let mut costs = Vec::new();
+    for &name in FILES {
+        let files: Vec<std::fs::File> = cgroups
+            .iter()
+            .filter_map(|c| {
+                let dirs = c.placement().dirs();
+                dirs.iter()
+                    .find_map(|d| std::fs::File::open(d.join(name)).ok())
+            })
+            .collect();
+        if files.len() != cgroups.len() {
+            continue;
+        }
+        let (cpu, _) = measure(cgroups.len(), rounds, pause, || {
+            for file in &files {
+                std::hint::black_box(file.read_at(&mut buffer, 0).ok());
+            }
+        });
+        costs.push((name, cpu));
+    }
+    costs
 }
 
 /// Slab memory of the machine (kB), for the kernel's share of held files.
@@ -212,24 +273,8 @@ fn main() {
     );
     drop(dirs);
 
-    // A sleeping task's memory figures, read again every FULL_SAMPLE_INTERVAL.
-    let mut refreshing: Vec<TaskSampler> = tasks
-        .cgroups
-        .iter()
-        .map(|c| TaskSampler::new(c.clone()).with_full_interval(Duration::ZERO))
-        .collect();
-    for sampler in &mut refreshing {
-        std::hint::black_box(sampler.sample(true));
-    }
-    let refresh = row(
-        "TaskSampler, all tasks asleep, their memory read again",
-        measure(n, rounds, Duration::ZERO, || {
-            for sampler in &mut refreshing {
-                std::hint::black_box(sampler.sample(false));
-            }
-        }),
-    );
-    drop(refreshing);
+    // Each file alone, held open and read from offset 0, while every task sleeps.
+    let asleep_files = per_file(&tasks.cgroups, rounds, Duration::ZERO);
 
     let slab0 = slab_kb();
     let mut samplers: Vec<TaskSampler> = tasks
@@ -249,49 +294,93 @@ fn main() {
         i64::try_from(slab_kb()).unwrap_or(0) - i64::try_from(slab0).unwrap_or(0),
         (slab_kb() as f64 - slab0 as f64) / n as f64
     );
-    let mut sample_all = |every: bool| {
-        for sampler in &mut samplers {
-            std::hint::black_box(sampler.sample(every));
+    row(
+        "TaskSampler, every figure through held files",
+        measure(n, rounds, Duration::ZERO, || {
+            for sampler in &mut samplers {
+                std::hint::black_box(sampler.sample(true));
+            }
+        }),
+    );
+    drop(samplers);
+
+    // The sampler before it had live figures and now, one after the other in each
+    // state. A round stands for a sample at --usage-interval 1s: rounds are PAUSE
+    // apart (so that every busy task has run between two), and the samplers'
+    // intervals are shortened by the same factor, so that one round in ten reads
+    // every figure, as one sample in ten does at 1 s.
+    const PAUSE: Duration = Duration::from_millis(200);
+    const PER_SECOND: u32 = 5;
+    // How a task's sampler is set up: as it was before it had live figures, as it is
+    // now, and as it would be with a running task's every figure read less often.
+    // As it was before it had live figures, as it is now (a running task's every
+    // figure read as the budget lets, up to 40 tasks a second), and without the
+    // budget (every 10 s).
+    let ways = [
+        ("before (every figure of a task that ran)", false, u32::MAX),
+        (
+            "now (live figures, full samples as the budget lets)",
+            true,
+            40,
+        ),
+        (
+            "live figures, no budget (full samples every 10 s)",
+            true,
+            u32::MAX,
+        ),
+    ];
+    let compare = |what: &str| {
+        let mut before = 0.0;
+        for (i, (how, live, per_period)) in ways.iter().enumerate() {
+            // One budget for all the tasks, as the agent's process has.
+            let budget = FullSampleBudget::new(*per_period, PAUSE);
+            let mut samplers: Vec<TaskSampler> = tasks
+                .cgroups
+                .iter()
+                .map(|c| {
+                    TaskSampler::new(c.clone())
+                        .with_full_interval(FULL_SAMPLE_INTERVAL / PER_SECOND)
+                        .with_live_figures(*live)
+                        .with_budget(budget.clone())
+                })
+                .collect();
+            for sampler in &mut samplers {
+                std::hint::black_box(sampler.sample(true));
+            }
+            let cost = row(
+                &format!("TaskSampler {how}, {what}"),
+                measure(n, rounds, PAUSE, || {
+                    for sampler in &mut samplers {
+                        std::hint::black_box(sampler.sample(false));
+                    }
+                }),
+            );
+            if i == 0 {
+                before = cost;
+            } else {
+                println!("  {:.2}× before", cost / before);
+            }
         }
     };
-    let full = row(
-        "TaskSampler, every figure through held files",
-        measure(n, rounds, Duration::ZERO, || sample_all(true)),
-    );
-    let pause = Duration::from_millis(200);
-    let idle = row(
-        "TaskSampler, all tasks asleep",
-        measure(n, rounds, Duration::ZERO, || sample_all(false)),
-    );
     let wake = |share: usize| {
         for child in tasks.children.iter().step_by(share) {
             let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGUSR1);
         }
     };
+    compare("all tasks asleep");
     wake(10);
-    let mix = row(
-        "TaskSampler, 10% of the tasks busy",
-        measure(n, rounds, pause, || sample_all(false)),
-    );
+    compare("10% of the tasks busy");
     wake(1);
-    let busy = row(
-        "TaskSampler, all tasks busy",
-        measure(n, rounds, pause, || sample_all(false)),
-    );
-    // At a 1 s interval one sample in FULL_SAMPLE_INTERVAL / 1 s reads more: a
-    // sleeping task's memory, a busy task's every figure.
-    let k = FULL_SAMPLE_INTERVAL.as_secs_f64();
-    for (what, steady, every_kth) in [
-        ("asleep", idle, refresh),
-        ("10% busy", mix, 0.9 * refresh + 0.1 * full),
-        ("busy", busy, full),
-    ] {
-        let mean = (steady * (k - 1.0) + every_kth) / k;
-        println!(
-            "at 1 s, one sample in {k:.0} reading more, {what}: {mean:.1} µs per task per \
-             sample, {:.2}% of one core for {n} tasks",
-            mean * n as f64 / 1e6 * 100.0
-        );
+    compare("all tasks busy");
+
+    let busy_files = per_file(&tasks.cgroups, rounds, Duration::from_millis(50));
+    println!("one pread of a held file, CPU µs per task (all asleep / all busy):");
+    for (name, asleep) in asleep_files {
+        let busy = busy_files
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or(f64::NAN, |(_, c)| *c);
+        println!("  {name}: {asleep:.1} / {busy:.1}");
     }
 }

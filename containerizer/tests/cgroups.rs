@@ -385,6 +385,71 @@ fn held_files_follow_the_task_and_let_its_cgroup_go() {
     fx.finish();
 }
 
+/// A busy task's live figures (CPU time, memory, processes) are fresh at every
+/// sample; its memory breakdown, read again in full samples and when its memory moved
+/// by more than the slack (1 MiB here), shows a write of less than that within the
+/// full sample interval (plus the kernel's own delay in flushing its statistics).
+#[test]
+fn a_busy_task_s_live_figures_move_every_sample_and_the_costly_ones_follow() {
+    const BOUND: Duration = Duration::from_secs(2);
+    // The kernel flushes its memory statistics at least every 2 s by itself, and
+    // earlier only after enough changes: memory.stat may lag that much.
+    const KERNEL_FLUSH: Duration = Duration::from_millis(2500);
+    let mut fx = Fixture::new();
+    let task = fx.create("live", every_limit(1000, 256 * MIB, 20));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (go, written) = (dir.path().join("go"), dir.path().join("written"));
+    // Spins, writes 768 KiB of page cache (less than the slack) when told, spins on.
+    fx.spawn(
+        &task,
+        &format!(
+            "while [ ! -e {go} ]; do :; done; head -c 786432 /dev/zero > {file}; \
+             touch {written}; while :; do :; done",
+            go = go.display(),
+            file = dir.path().join("file").display(),
+            written = written.display(),
+        ),
+    );
+    let mut sampler = TaskSampler::new(task.clone()).with_full_interval(BOUND);
+    let first = sampler.sample(true);
+    let cpu = |u: &Usage| u.cpu_user_ns.unwrap_or(0) + u.cpu_system_ns.unwrap_or(0);
+    let mut last = first.clone();
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = sampler.sample(false);
+        assert!(cpu(&now) > cpu(&last), "CPU time stood still: {now:?}");
+        assert_eq!(now.pids_current, Some(1), "{now:?}");
+        last = now;
+    }
+
+    std::fs::write(&go, "").expect("tell the task");
+    assert!(
+        eventually(Duration::from_secs(10), || written.exists().then_some(())).is_some(),
+        "the task wrote no file"
+    );
+    let moved = Instant::now();
+    let now = sampler.sample(false);
+    assert!(cpu(&now) > cpu(&last), "{now:?}");
+    assert!(
+        now.mem_current_bytes >= first.mem_current_bytes.map(|m| m + 700 * 1024),
+        "the memory figure missed the page cache at once: {now:?}, first {first:?}"
+    );
+    let want = first.mem_file_bytes.map(|f| f + 700 * 1024);
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = sampler.sample(false);
+        if now.mem_file_bytes >= want {
+            break;
+        }
+        assert!(
+            moved.elapsed() < BOUND + KERNEL_FLUSH,
+            "the page cache is not in the breakdown {:?} after it was written: {now:?}",
+            moved.elapsed()
+        );
+    }
+    fx.finish();
+}
+
 #[test]
 fn kill_reaches_daemonized_processes() {
     let mut fx = Fixture::new();

@@ -23,7 +23,7 @@ mod v1;
 mod v2;
 
 pub use host::{Host, Mode, detect_mode, parse_mode, unescape_mountinfo};
-pub use sampler::{FULL_SAMPLE_INTERVAL, TaskSampler};
+pub use sampler::{FULL_SAMPLE_INTERVAL, FullSampleBudget, RUNNING_FULL_SAMPLE_BOUND, TaskSampler};
 pub use scope::{SLICE as SYSTEMD_SLICE, enter_scope};
 pub use stat_files::{StatFiles, held_descriptors};
 
@@ -160,6 +160,12 @@ pub enum Figures {
     /// All but those the kernel keeps as a running maximum or count that only a
     /// task's summary needs: its memory and pids peaks and pids limit hits.
     Running,
+    /// Those people watch live, each one short read: CPU time (`cpu` given: its
+    /// exact total, divided in the proportion of the user/system split in `usage`),
+    /// memory and processes.
+    Live,
+    /// Only the memory breakdown: anon, file, kernel and swap.
+    Breakdown,
     /// Only those the kernel changes while no process of the task runs: memory
     /// (reclaim of page cache and swap-out, socket buffers) and, on v2, I/O
     /// (writeback) and pressure.
@@ -342,9 +348,48 @@ impl Deref for TaskCgroup {
     }
 }
 
+/// Scales a sampled user/system split so that it adds up to the exact `total`.
+fn split_exact_total(
+    total: Option<u64>,
+    user: Option<u64>,
+    system: Option<u64>,
+) -> (Option<u64>, Option<u64>) {
+    match (total, user, system) {
+        (Some(total), Some(user), Some(system)) => {
+            let sampled = u128::from(user) + u128::from(system);
+            if sampled == 0 {
+                // No tick landed yet (a short task): without evidence of the split,
+                // the time is counted as user time.
+                return (Some(total), Some(0));
+            }
+            let user_share = u128::from(total) * u128::from(user) / sampled;
+            let user_share = u64::try_from(user_share).unwrap_or(total);
+            (Some(user_share), Some(total - user_share.min(total)))
+        }
+        (_, user, system) => (user, system),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn split_adds_up_to_the_exact_total() {
+        assert_eq!(
+            split_exact_total(Some(1000), Some(300), Some(100)),
+            (Some(750), Some(250))
+        );
+        assert_eq!(
+            split_exact_total(Some(1000), Some(0), Some(0)),
+            (Some(1000), Some(0))
+        );
+        assert_eq!(
+            split_exact_total(None, Some(3), Some(4)),
+            (Some(3), Some(4))
+        );
+        assert_eq!(split_exact_total(Some(10), None, None), (None, None));
+    }
 
     /// A layout injected through [`Host::parse`]: the backends find their bases under
     /// whatever mount points it names.

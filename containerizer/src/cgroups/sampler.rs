@@ -1,6 +1,6 @@
 //! Sampling one running task's usage again and again, cheaply: its cgroup files are
-//! held open ([`StatFiles::held`]), and a task that has not run since the last
-//! sample is not read again.
+//! held open ([`StatFiles::held`]), a task that has not run since the last sample is
+//! not read again, and a task that has run has its live figures read, not all.
 //!
 //! Each sample first reads the task's CPU time counter (the kernel charges a running
 //! task at least every scheduler tick). When it has not moved, no process of the
@@ -13,21 +13,103 @@
 //! [`FULL_SAMPLE_INTERVAL`] old: they are read again that often
 //! ([`Figures::Asleep`]).
 //!
+//! When the counter has moved, only the figures people watch live are read
+//! ([`Figures::Live`]): CPU time (the counter itself: the exact total, divided into
+//! user and system in the last full sample's proportion), memory
+//! (`mem_current_bytes`) and processes. Three short reads: every other figure costs
+//! as much as one of them or more, and `memory.stat` as much as five (the kernel
+//! sums its statistics at every read). The memory breakdown (anon, file, kernel,
+//! swap) is read again as soon as the memory has moved by more than 1/128 of itself
+//! (at least 1 MiB) since it was last read ([`Figures::Breakdown`]), so it stays
+//! within that of the memory figure. Every other figure of a running task (the
+//! user/system split, throttling, OOM kills, I/O, on v2 pressure; the breakdown of a
+//! task whose memory stands still) is read in its full samples: every
+//! [`FULL_SAMPLE_INTERVAL`] while the process's [`FullSampleBudget`] (40 running
+//! tasks a second) has room, and at least every [`RUNNING_FULL_SAMPLE_BOUND`]
+//! whatever it says. So up to 400 busy tasks are read in full every 10 s, 1,000
+//! every 25 s, and a running task's figures other than the live ones are never
+//! older than 30 s.
+//!
 //! The kernel's own peaks and counts that only the summary needs (memory and pids
-//! peak, pids limit hits) are read in full samples only: the first, the last, and
-//! every [`FULL_SAMPLE_INTERVAL`] while the task runs. In between they are carried
-//! over, a peak raised to the current figure if that is higher. The first interval
-//! is cut short by a random share, so tasks first sampled together (an agent's
-//! recovery) do not all have their full samples in the same round.
+//! peak, pids limit hits) are read in full samples only. In between they are carried
+//! over, a peak raised to the current figure if that is higher. The first and the
+//! last sample of a task (its summary) read every figure. The first interval is cut
+//! short by a random share, so tasks first sampled together (an agent's recovery) do
+//! not all have their full samples in the same round.
 
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::{Figures, StatFiles, TaskCgroup};
 use crate::usage::Usage;
 
-/// How old the figures of a task that does not run may get: every figure is read
-/// again at least this often.
+/// How often a task's figures are read in full: a sleeping task's always (what the
+/// kernel changes without it running), a running task's as [`FullSampleBudget`]
+/// lets.
 pub const FULL_SAMPLE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// How old a running task's figures other than its live ones may get when the
+/// process has more running tasks than [`FullSampleBudget`] lets it read in full
+/// every [`FULL_SAMPLE_INTERVAL`].
+pub const RUNNING_FULL_SAMPLE_BOUND: Duration = Duration::from_secs(30);
+
+/// How many full samples of running tasks the process takes per second at most
+/// before the bound ([`RUNNING_FULL_SAMPLE_BOUND`]) forces them. A full sample of a
+/// running task costs about 55 µs of CPU and a live one 7 µs (cgroup v1, 1,000
+/// busy tasks, docs/benchmarks.md): 40 a second is 0.22% of a core, and keeps 1,000
+/// busy tasks sampled every second within 1% of a core, each read in full every
+/// 25 s; up to 400 busy tasks are read in full every 10 s.
+const FULL_SAMPLES_PER_SECOND: u32 = 40;
+
+/// The full samples of running tasks that the samplers sharing it may take per
+/// period; one due beyond that waits (the task gets live samples) until a later
+/// period has room or the bound has passed.
+#[derive(Debug)]
+pub struct FullSampleBudget {
+    per_period: u32,
+    period: Duration,
+    /// When the current period began and how many it has taken.
+    window: Mutex<(Instant, u32)>,
+}
+
+impl FullSampleBudget {
+    /// At most `per_period` full samples of running tasks every `period`.
+    pub fn new(per_period: u32, period: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            per_period,
+            period,
+            window: Mutex::new((Instant::now(), 0)),
+        })
+    }
+
+    /// The process's budget, which every sampler shares unless given another.
+    fn process() -> Arc<Self> {
+        static PROCESS: LazyLock<Arc<FullSampleBudget>> = LazyLock::new(|| {
+            FullSampleBudget::new(FULL_SAMPLES_PER_SECOND, Duration::from_secs(1))
+        });
+        PROCESS.clone()
+    }
+
+    /// Takes one full sample from the budget; `force` takes it even past the limit.
+    fn take(&self, force: bool) -> bool {
+        let mut window = self.window.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        if now.duration_since(window.0) >= self.period {
+            *window = (now, 0);
+        }
+        let room = window.1 < self.per_period;
+        if room || force {
+            window.1 = window.1.saturating_add(1);
+        }
+        room || force
+    }
+}
+
+/// By how much a running task's memory (`mem_current_bytes`) must have moved since
+/// its breakdown was last read for the breakdown to be read again: 1/128 of it, and
+/// at least this (the kernel charges memory to a cgroup in batches of 64 pages per
+/// CPU, so smaller moves say little).
+const BREAKDOWN_SLACK_BYTES: u64 = 1 << 20;
 
 /// One task's usage sampler (see the module's comment). Dropping it closes the
 /// task's cgroup files: drop it before the cgroup is removed.
@@ -39,8 +121,17 @@ pub struct TaskSampler {
     last: Option<(Usage, Option<u64>)>,
     /// When every figure that can change was last read.
     full_at: Option<Instant>,
-    /// How often that happens at least.
+    /// How often that happens at least while the task sleeps.
     full_interval: Duration,
+    /// How often that happens at most while it runs, and how often at least
+    /// whatever the budget says.
+    running_interval: Duration,
+    running_bound: Duration,
+    budget: Arc<FullSampleBudget>,
+    /// Whether a running task has its live figures read rather than all.
+    live: bool,
+    /// The task's memory when its breakdown was last read.
+    breakdown_of: Option<u64>,
 }
 
 impl TaskSampler {
@@ -52,14 +143,37 @@ impl TaskSampler {
             last: None,
             full_at: None,
             full_interval: FULL_SAMPLE_INTERVAL,
+            running_interval: FULL_SAMPLE_INTERVAL,
+            running_bound: RUNNING_FULL_SAMPLE_BOUND,
+            budget: FullSampleBudget::process(),
+            live: true,
+            breakdown_of: None,
         }
     }
 
-    /// Reads every figure that can change at least every `interval` rather than
+    /// Reads every figure that can change every `interval` rather than
     /// [`FULL_SAMPLE_INTERVAL`] (zero: at every sample, which is what a benchmark of
-    /// those reads takes).
+    /// those reads takes), and a running task's at least every three times that
+    /// rather than [`RUNNING_FULL_SAMPLE_BOUND`].
     pub fn with_full_interval(mut self, interval: Duration) -> Self {
         self.full_interval = interval;
+        self.running_interval = interval;
+        self.running_bound = interval.saturating_mul(3);
+        self
+    }
+
+    /// Takes the full samples of running tasks from `budget` rather than from the
+    /// process's.
+    pub fn with_budget(mut self, budget: Arc<FullSampleBudget>) -> Self {
+        self.budget = budget;
+        self
+    }
+
+    /// Whether a task that ran has only its live figures read (the default) or all
+    /// but the kernel's peaks, as before this sampler had live figures (a benchmark
+    /// compares the two).
+    pub fn with_live_figures(mut self, live: bool) -> Self {
+        self.live = live;
         self
     }
 
@@ -72,14 +186,22 @@ impl TaskSampler {
     /// (the last sample, for the summary).
     pub fn sample(&mut self, every: bool) -> Usage {
         let cpu = self.cgroup.cpu_counter(&mut self.files);
-        let due = self
-            .full_at
-            .is_none_or(|at| at.elapsed() >= self.full_interval);
         let (figures, mut usage) = match self.last.take() {
             Some((last, at)) if !every => {
                 let ran = cpu.is_none() || cpu != at;
+                let since = self.full_at.map(|at| at.elapsed());
+                let due = if ran {
+                    // Within the bound, only as the budget lets.
+                    since.is_none_or(|since| {
+                        since >= self.running_interval
+                            && self.budget.take(since >= self.running_bound)
+                    })
+                } else {
+                    since.is_none_or(|since| since >= self.full_interval)
+                };
                 match (ran, due) {
                     (true, true) => (Figures::Every, Usage::default()),
+                    (true, false) if self.live => (Figures::Live, last),
                     (true, false) => (Figures::Running, last),
                     (false, true) => (Figures::Asleep, last),
                     (false, false) => {
@@ -92,10 +214,22 @@ impl TaskSampler {
         };
         self.cgroup
             .read_usage(&mut self.files, figures, cpu, &mut usage);
-        if figures == Figures::Running || figures == Figures::Asleep {
+        let breakdown = match figures {
+            Figures::Live if moved(usage.mem_current_bytes, self.breakdown_of) => {
+                self.cgroup
+                    .read_usage(&mut self.files, Figures::Breakdown, cpu, &mut usage);
+                true
+            }
+            Figures::Live => false,
+            _ => true,
+        };
+        if breakdown {
+            self.breakdown_of = usage.mem_current_bytes;
+        }
+        if figures != Figures::Every {
             raise_peaks(&mut usage);
         }
-        if due || figures == Figures::Every {
+        if figures == Figures::Every || figures == Figures::Asleep {
             let now = Instant::now();
             // After the first sample, a share of the interval is taken as passed
             // already: tasks sampled for the first time together (an agent that
@@ -109,6 +243,19 @@ impl TaskSampler {
         }
         self.last = Some((usage.clone(), cpu));
         usage
+    }
+}
+
+/// Whether memory at `now` has moved far enough from `then` (when the breakdown was
+/// last read) that the breakdown no longer describes it ([`BREAKDOWN_SLACK_BYTES`]).
+fn moved(now: Option<u64>, then: Option<u64>) -> bool {
+    match (now, then) {
+        (Some(now), Some(then)) => {
+            let slack = (now.max(then) / 128).max(BREAKDOWN_SLACK_BYTES);
+            now.abs_diff(then) > slack
+        }
+        (Some(_), None) => true,
+        (None, _) => false,
     }
 }
 
@@ -137,6 +284,21 @@ fn raise_peaks(usage: &mut Usage) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_breakdown_follows_moves_of_memory_beyond_the_slack() {
+        const MIB: u64 = 1 << 20;
+        assert!(
+            !moved(Some(10 * MIB), Some(10 * MIB + MIB / 2)),
+            "below 1 MiB"
+        );
+        assert!(moved(Some(10 * MIB), Some(12 * MIB)));
+        // 1/128 of 1 GiB is 8 MiB.
+        assert!(!moved(Some(1024 * MIB), Some(1030 * MIB)));
+        assert!(moved(Some(1024 * MIB), Some(1040 * MIB)));
+        assert!(moved(Some(MIB), None), "never read");
+        assert!(!moved(None, Some(MIB)), "no memory figure");
+    }
 
     #[test]
     fn partial_samples_raise_the_kernel_peaks() {

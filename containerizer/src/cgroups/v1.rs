@@ -8,6 +8,7 @@ use super::host::Host;
 use super::stat_files::StatFiles;
 use super::{
     CgroupBackend, CgroupError, CgroupLimits, CgroupManager, Figures, Placement, TaskCgroup, fsx,
+    split_exact_total,
 };
 use crate::devices::AllowedDevice;
 use crate::usage::Usage;
@@ -345,8 +346,14 @@ impl CgroupManager for TaskGroup {
     }
 
     fn read_usage(&self, files: &mut StatFiles, figures: Figures, cpu: Option<u64>, s: &mut Usage) {
+        let m = self.dir(self.roles.memory);
+        if figures == Figures::Breakdown {
+            breakdown(files, m, s);
+            return;
+        }
         let every = figures == Figures::Every;
         let asleep = figures == Figures::Asleep;
+        let live = figures == Figures::Live;
 
         if asleep {
             // Only memory changes while the task sleeps (v1 charges writeback to
@@ -355,58 +362,50 @@ impl CgroupManager for TaskGroup {
             let d = self.dir(i);
             // cpuacct.usage is exact (scheduler runtime); the user/system split the
             // kernel keeps is sampled at ticks and can be off by several percent. So
-            // the total comes from cpuacct.usage, divided in the ticks' proportion.
+            // the total comes from cpuacct.usage, divided in the ticks' proportion
+            // (a live sample keeps the last sample's proportion).
             let total = cpu.or_else(|| files.number(d, "cpuacct.usage"));
-            let (user, system) = files
-                .text(d, "cpuacct.usage_all", usage_all_totals)
-                .flatten()
-                .or_else(|| {
-                    files.text(d, "cpuacct.stat", |text| {
-                        let ticks = |key| {
-                            fsx::keyed(text, key).map(|t| t.saturating_mul(NS_PER_USER_HZ_TICK))
-                        };
-                        (ticks("user"), ticks("system"))
+            let (user, system) = if live {
+                (s.cpu_user_ns, s.cpu_system_ns)
+            } else {
+                files
+                    .text(d, "cpuacct.usage_all", usage_all_totals)
+                    .flatten()
+                    .or_else(|| {
+                        files.text(d, "cpuacct.stat", |text| {
+                            let ticks = |key| {
+                                fsx::keyed(text, key).map(|t| t.saturating_mul(NS_PER_USER_HZ_TICK))
+                            };
+                            (ticks("user"), ticks("system"))
+                        })
                     })
-                })
-                .unwrap_or((None, None));
+                    .unwrap_or((None, None))
+            };
             (s.cpu_user_ns, s.cpu_system_ns) = split_exact_total(total, user, system);
         }
-        if !asleep {
+        if !asleep && !live {
             files.text(self.dir(self.roles.cpu), "cpu.stat", |text| {
                 s.cpu_nr_throttled = fsx::keyed(text, "nr_throttled");
                 s.cpu_throttled_ns = fsx::keyed(text, "throttled_time");
             });
         }
 
-        let m = self.dir(self.roles.memory);
         s.mem_current_bytes = files.number(m, "memory.usage_in_bytes");
         if every {
             s.mem_peak_bytes = files.number(m, "memory.max_usage_in_bytes");
         }
-        files.text(m, "memory.stat", |text| {
-            // total_rss already includes transparent huge pages (total_rss_huge is a
-            // subset of it, see Documentation/admin-guide/cgroup-v1/memory.rst).
-            s.mem_anon_bytes = fsx::keyed(text, "total_rss");
-            s.mem_file_bytes = fsx::keyed(text, "total_cache");
-            // Present only when swap is accounted, exactly like the memsw files.
-            s.mem_swap_bytes = fsx::keyed(text, "total_swap");
-        });
-        if s.mem_swap_bytes.is_none()
-            && let (Some(memsw), Some(usage)) = (
-                files.number(m, "memory.memsw.usage_in_bytes"),
-                s.mem_current_bytes,
-            )
-        {
-            s.mem_swap_bytes = Some(memsw.saturating_sub(usage));
+        if !live {
+            breakdown(files, m, s);
         }
-        s.mem_kernel_bytes = files.number(m, "memory.kmem.usage_in_bytes");
         if asleep {
             return;
         }
-        s.oom_kills = files.keyed(m, "memory.oom_control", "oom_kill");
-
         let p = self.dir(self.roles.pids);
         s.pids_current = files.number(p, "pids.current");
+        if live {
+            return;
+        }
+        s.oom_kills = files.keyed(m, "memory.oom_control", "oom_kill");
         if every {
             s.pids_peak = files.number(p, "pids.peak");
             s.pids_limit_hits = files.keyed(p, "pids.events", "max");
@@ -498,6 +497,28 @@ impl CgroupManager for TaskGroup {
     }
 }
 
+/// The memory breakdown of the task whose memory cgroup is `m`: anon, file, swap
+/// (`s.mem_current_bytes` read already) and kernel.
+fn breakdown(files: &mut StatFiles, m: &Path, s: &mut Usage) {
+    files.text(m, "memory.stat", |text| {
+        // total_rss already includes transparent huge pages (total_rss_huge is a
+        // subset of it, see Documentation/admin-guide/cgroup-v1/memory.rst).
+        s.mem_anon_bytes = fsx::keyed(text, "total_rss");
+        s.mem_file_bytes = fsx::keyed(text, "total_cache");
+        // Present only when swap is accounted, exactly like the memsw files.
+        s.mem_swap_bytes = fsx::keyed(text, "total_swap");
+    });
+    if s.mem_swap_bytes.is_none()
+        && let (Some(memsw), Some(usage)) = (
+            files.number(m, "memory.memsw.usage_in_bytes"),
+            s.mem_current_bytes,
+        )
+    {
+        s.mem_swap_bytes = Some(memsw.saturating_sub(usage));
+    }
+    s.mem_kernel_bytes = files.number(m, "memory.kmem.usage_in_bytes");
+}
+
 /// User and system time summed over the CPUs of `cpuacct.usage_all` (a `cpu user
 /// system` header, then one line per CPU); `None` if a line does not parse.
 fn usage_all_totals(text: &str) -> Option<(Option<u64>, Option<u64>)> {
@@ -553,47 +574,5 @@ mod tests {
         let text = "cpu user system\n0 100 20\n1 5 1\n";
         assert_eq!(usage_all_totals(text), Some((Some(105), Some(21))));
         assert_eq!(usage_all_totals("cpu user system\n0 x 1\n"), None);
-    }
-}
-
-/// Scales a sampled user/system split so that it adds up to the exact `total`.
-fn split_exact_total(
-    total: Option<u64>,
-    user: Option<u64>,
-    system: Option<u64>,
-) -> (Option<u64>, Option<u64>) {
-    match (total, user, system) {
-        (Some(total), Some(user), Some(system)) => {
-            let sampled = u128::from(user) + u128::from(system);
-            if sampled == 0 {
-                // No tick landed yet (a short task): without evidence of the split,
-                // the time is counted as user time.
-                return (Some(total), Some(0));
-            }
-            let user_share = u128::from(total) * u128::from(user) / sampled;
-            let user_share = u64::try_from(user_share).unwrap_or(total);
-            (Some(user_share), Some(total - user_share.min(total)))
-        }
-        (_, user, system) => (user, system),
-    }
-}
-
-#[cfg(test)]
-mod split_tests {
-    #[test]
-    fn split_adds_up_to_the_exact_total() {
-        assert_eq!(
-            super::split_exact_total(Some(1000), Some(300), Some(100)),
-            (Some(750), Some(250))
-        );
-        assert_eq!(
-            super::split_exact_total(Some(1000), Some(0), Some(0)),
-            (Some(1000), Some(0))
-        );
-        assert_eq!(
-            super::split_exact_total(None, Some(3), Some(4)),
-            (Some(3), Some(4))
-        );
-        assert_eq!(super::split_exact_total(Some(10), None, None), (None, None));
     }
 }

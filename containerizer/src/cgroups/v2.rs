@@ -8,6 +8,7 @@ use super::host::Host;
 use super::stat_files::StatFiles;
 use super::{
     CgroupBackend, CgroupError, CgroupLimits, CgroupManager, Figures, Placement, TaskCgroup, fsx,
+    split_exact_total,
 };
 use crate::devices::AllowedDevice;
 use crate::usage::{Pressure, Usage};
@@ -318,19 +319,24 @@ impl CgroupManager for TaskGroup {
         files.keyed(&self.dir, "cpu.stat", "usage_usec")
     }
 
-    fn read_usage(
-        &self,
-        files: &mut StatFiles,
-        figures: Figures,
-        _cpu: Option<u64>,
-        s: &mut Usage,
-    ) {
+    fn read_usage(&self, files: &mut StatFiles, figures: Figures, cpu: Option<u64>, s: &mut Usage) {
+        let d = self.dir.as_path();
+        if figures == Figures::Breakdown {
+            breakdown(files, d, s);
+            return;
+        }
         let every = figures == Figures::Every;
         let asleep = figures == Figures::Asleep;
+        let live = figures == Figures::Live;
         let us = |v: Option<u64>| v.map(|v| v.saturating_mul(1000));
-        let d = self.dir.as_path();
 
-        if !asleep {
+        if live {
+            // The counter is cpu.stat's exact total: divided in the last sample's
+            // proportion rather than read again.
+            let total = us(cpu);
+            (s.cpu_user_ns, s.cpu_system_ns) =
+                split_exact_total(total, s.cpu_user_ns, s.cpu_system_ns);
+        } else if !asleep {
             files.text(d, "cpu.stat", |text| {
                 s.cpu_user_ns = us(fsx::keyed(text, "user_usec"));
                 s.cpu_system_ns = us(fsx::keyed(text, "system_usec"));
@@ -344,15 +350,17 @@ impl CgroupManager for TaskGroup {
         if every {
             s.mem_peak_bytes = files.number(d, "memory.peak");
         }
-        files.text(d, "memory.stat", |text| {
-            s.mem_anon_bytes = fsx::keyed(text, "anon");
-            s.mem_file_bytes = fsx::keyed(text, "file");
-            s.mem_kernel_bytes = fsx::keyed(text, "kernel").or_else(|| kernel_parts(text));
-        });
-        s.mem_swap_bytes = files.number(d, "memory.swap.current");
+        if !live {
+            breakdown(files, d, s);
+        }
+        if !asleep {
+            s.pids_current = files.number(d, "pids.current");
+        }
+        if live {
+            return;
+        }
         if !asleep {
             s.oom_kills = files.keyed(d, "memory.events", "oom_kill");
-            s.pids_current = files.number(d, "pids.current");
         }
         if every {
             s.pids_peak = files.number(d, "pids.peak");
@@ -409,6 +417,16 @@ impl CgroupManager for TaskGroup {
         }
         fsx::rmdir(&self.dir)
     }
+}
+
+/// The memory breakdown of the task whose cgroup is `d`: anon, file, kernel, swap.
+fn breakdown(files: &mut StatFiles, d: &Path, s: &mut Usage) {
+    files.text(d, "memory.stat", |text| {
+        s.mem_anon_bytes = fsx::keyed(text, "anon");
+        s.mem_file_bytes = fsx::keyed(text, "file");
+        s.mem_kernel_bytes = fsx::keyed(text, "kernel").or_else(|| kernel_parts(text));
+    });
+    s.mem_swap_bytes = files.number(d, "memory.swap.current");
 }
 
 /// Kernel memory before 5.18 added the `kernel` key: the sum of its parts.
