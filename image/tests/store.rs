@@ -256,3 +256,59 @@ async fn docker_archives_and_oci_layouts_are_sources() {
         .to_string();
     assert!(err.contains("not an OCI image layout"), "{err}");
 }
+
+#[tokio::test]
+async fn a_stored_image_is_prepared_without_waiting_only_when_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let name = noise_image(dir.path(), "img", 4, 64 << 10);
+    let pulled = common::prepared(&open(dir.path()), &name, "pull").await;
+
+    let store =
+        ImageStore::open_existing(dir.path().join("store"), StoreSettings::default()).unwrap();
+    let reference = common::parse(&store, &name);
+    let options = cella_image::PrepareOptions::default();
+    let image = store
+        .prepare_stored(&reference, "fast", &options)
+        .unwrap()
+        .expect("a stored image needs no pull");
+    assert_eq!(
+        (image.digest.clone(), image.layers.clone()),
+        (pulled.digest.clone(), pulled.layers.clone())
+    );
+    assert!(
+        store
+            .leases()
+            .unwrap()
+            .iter()
+            .any(|l| l.name == "fast" && l.image == image.digest),
+        "the lease is written"
+    );
+
+    // GC or a removal holds the store: no lease is taken behind its back.
+    let paths = store.paths().clone();
+    let gc = std::fs::File::create(paths.lock("store")).unwrap();
+    let held = nix::fcntl::Flock::lock(gc, nix::fcntl::FlockArg::LockExclusive).unwrap();
+    assert!(
+        store
+            .prepare_stored(&reference, "waits", &options)
+            .unwrap()
+            .is_none()
+    );
+    drop(held);
+
+    // A layer without its summary (an unpack a crash cut short) is never handed out.
+    let summary = pulled.layers[0].parent().unwrap().join("layer.json");
+    std::fs::remove_file(&summary).unwrap();
+    assert!(
+        store
+            .prepare_stored(&reference, "half", &options)
+            .unwrap()
+            .is_none()
+    );
+    assert!(!store.leases().unwrap().iter().any(|l| l.name == "half"));
+
+    // A store missing a directory is set up again, as by `open`.
+    std::fs::remove_dir_all(paths.tmp()).unwrap();
+    let store = ImageStore::open_existing(paths.root(), StoreSettings::default()).unwrap();
+    assert!(store.paths().tmp().is_dir());
+}

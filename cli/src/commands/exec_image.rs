@@ -26,7 +26,7 @@ pub fn run(args: ExecArgs) -> i32 {
     let Some(text) = args.image.clone() else {
         return run_with(args, None);
     };
-    let store = match args.store.open() {
+    let store = match args.store.open_existing() {
         Ok(store) => store,
         Err(e) => {
             eprintln!("cella: {e:#}");
@@ -56,15 +56,20 @@ pub fn run(args: ExecArgs) -> i32 {
         progress: Some(progress_printer()),
         ..PrepareOptions::default()
     };
-    let prepared = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("starting the runtime: {e}"))
-        .and_then(|runtime| {
-            runtime
-                .block_on(store.prepare(&reference, &lease, &options))
-                .map_err(|e| e.to_string())
-        });
+    // An image in the store needs no runtime: only a pull does.
+    let prepared = match store.prepare_stored(&reference, &lease, &options) {
+        Ok(Some(image)) => Ok(image),
+        Ok(None) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("starting the runtime: {e}"))
+            .and_then(|runtime| {
+                runtime
+                    .block_on(store.prepare(&reference, &lease, &options))
+                    .map_err(|e| e.to_string())
+            }),
+        Err(e) => Err(e.to_string()),
+    };
     let image = match prepared {
         Ok(image) => image,
         Err(e) => {

@@ -49,11 +49,17 @@ impl LeaseHolder {
     }
 }
 
+/// Read once per process: it changes only with a reboot.
 fn boot_id() -> Option<String> {
-    procfs::sys::kernel::random::boot_id()
-        .ok()
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
+    static BOOT_ID: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    BOOT_ID
+        .get_or_init(|| {
+            procfs::sys::kernel::random::boot_id()
+                .ok()
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+        })
+        .clone()
 }
 
 #[cfg(test)]

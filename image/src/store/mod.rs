@@ -145,6 +145,29 @@ impl ImageStore {
         Ok(store)
     }
 
+    /// Opens a store that [`ImageStore::open`] set up before, without its per-open
+    /// work: when the root is private and every directory is there, nothing is created
+    /// and `tmp/` is not scanned (what a crash left there is never used: unpacks are
+    /// renamed into place only when complete, and `open` or GC discards the rest).
+    /// Otherwise the same as `open`. For launches, which open the store each time.
+    pub fn open_existing(
+        root: impl AsRef<Path>,
+        settings: StoreSettings,
+    ) -> Result<Self, ImageError> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let paths = StorePaths::new(root.as_ref());
+        let private = std::fs::metadata(paths.root())
+            .is_ok_and(|m| m.is_dir() && m.permissions().mode() & 0o777 == 0o700);
+        if !private || !paths.dirs().iter().all(|dir| dir.is_dir()) {
+            return Self::open(root, settings);
+        }
+        Ok(Self {
+            paths,
+            settings,
+            keyed: KeyedMutex::default(),
+        })
+    }
+
     pub fn paths(&self) -> &StorePaths {
         &self.paths
     }
@@ -163,6 +186,19 @@ impl ImageStore {
         options: &PrepareOptions,
     ) -> Result<PreparedImage, ImageError> {
         pull::prepare(self, reference, lease, options).await
+    }
+
+    /// [`ImageStore::prepare`] of an image already in the store, without waiting and
+    /// without an async runtime: `None` when the image must be pulled, or when GC or
+    /// a removal holds the store (then `prepare` waits for it). The store's shared
+    /// lock is held while the lease is written, as in `prepare`.
+    pub fn prepare_stored(
+        &self,
+        reference: &crate::ImageReference,
+        lease: &str,
+        options: &PrepareOptions,
+    ) -> Result<Option<PreparedImage>, ImageError> {
+        pull::prepare_stored(self, reference, lease, options)
     }
 
     /// Records `lease` on the stored image `digest` (re-establishing a task's lease
