@@ -100,6 +100,9 @@ pub struct PreparedImage {
     pub platform: Platform,
     /// The lease that keeps the image from GC.
     pub lease: String,
+    /// The image's last use as recorded when the lease was taken (milliseconds since
+    /// the epoch; see [`ImageStore::release_prepared`]).
+    pub last_used_ms: u64,
 }
 
 /// One image as listed (also the JSON of the agent's `/api/v1/images`).
@@ -227,6 +230,22 @@ impl ImageStore {
         if let Some(held) = held {
             self.touch(&held.image)?;
         }
+        self.remove_lease(lease)
+    }
+
+    /// [`ImageStore::release`] of the lease that `prepare` took for `image`, without
+    /// reading back the lease or the image's record: the record's last use is
+    /// rewritten only if the one `prepare` saw is stale by now. For a lease name only
+    /// this caller uses (`cella exec`'s), which nobody moved to another image.
+    pub fn release_prepared(&self, image: &PreparedImage) -> Result<bool, ImageError> {
+        if records::now_ms().saturating_sub(image.last_used_ms) >= LAST_USE_GRANULARITY_MS {
+            self.touch(&image.digest)?;
+        }
+        self.remove_lease(&image.lease)
+    }
+
+    fn remove_lease(&self, lease: &str) -> Result<bool, ImageError> {
+        let path = self.paths.lease(lease);
         // Leases live within one boot: no fsync (see `write_lease`).
         match std::fs::remove_file(&path) {
             Ok(()) => Ok(true),
@@ -317,22 +336,6 @@ impl ImageStore {
 
     async fn lock_store(&self, exclusive: bool) -> Result<FileLock, ImageError> {
         FileLock::acquire(self.paths.lock("store"), exclusive).await
-    }
-
-    /// Adds `holder` to the processes holding `lease` (`cella exec` adds the shim
-    /// that outlives it: the task's overlay lives as long as the shim).
-    pub fn hold(&self, lease: &str, holder: LeaseHolder) -> Result<(), ImageError> {
-        let path = self.paths.lease(lease);
-        let Some(mut record) = records::read::<Lease>(&path)? else {
-            return Err(ImageError::NotFound {
-                reference: format!("lease {lease}"),
-            });
-        };
-        if !record.holders.is_empty() && !record.holders.contains(&holder) {
-            record.holders.push(holder);
-            records::write_volatile(&path, &record)?;
-        }
-        Ok(())
     }
 
     fn write_lease(

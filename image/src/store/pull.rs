@@ -249,6 +249,7 @@ fn finish(
         config: record.config,
         platform: options.platform.clone(),
         lease: lease.to_owned(),
+        last_used_ms: record.last_used_ms,
     })
 }
 
