@@ -343,7 +343,7 @@ async fn a_lease_written_once_holds_the_image_until_its_process_and_lock_are_gon
 
     // Starting: the launcher lives, its shim's lock is not there yet.
     let report = store.gc(0).unwrap();
-    assert_eq!(report.kept_leased, [image.digest.clone()]);
+    assert_eq!(report.kept_leased, std::slice::from_ref(&image.digest));
     assert!(report.released_leases.is_empty());
 
     // Running: the shim holds the lock; the launcher is killed (-9).
@@ -352,7 +352,7 @@ async fn a_lease_written_once_holds_the_image_until_its_process_and_lock_are_gon
     launcher.kill().unwrap();
     launcher.wait().unwrap();
     let report = store.gc(0).unwrap();
-    assert_eq!(report.kept_leased, [image.digest.clone()]);
+    assert_eq!(report.kept_leased, std::slice::from_ref(&image.digest));
     assert!(report.released_leases.is_empty());
     assert_eq!(
         std::fs::metadata(&lease_file).unwrap().modified().unwrap(),

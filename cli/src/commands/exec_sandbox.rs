@@ -137,12 +137,12 @@ fn spawn_detached(program: &Path, argv: &[&std::ffi::OsStr]) -> io::Result<()> {
     Ok(())
 }
 
-/// Forks a process of its own group with its standard streams on `null`; `true` in
-/// the child. Not waited for: init reaps it.
+/// Forks a process of its own group, at the lowest priority, with its standard
+/// streams on `null`; `true` in the child. Not waited for: init reaps it.
 fn fork_detached(null: &std::fs::File) -> io::Result<bool> {
     use std::os::fd::AsRawFd as _;
-    // SAFETY: the child calls only async-signal-safe functions (setpgid, dup2) here,
-    // on a descriptor opened before the fork.
+    // SAFETY: the child calls only async-signal-safe functions (setpgid, setpriority,
+    // dup2) here, on a descriptor opened before the fork.
     match unsafe { libc::fork() } {
         -1 => Err(io::Error::last_os_error()),
         0 => {
@@ -150,6 +150,9 @@ fn fork_detached(null: &std::fs::File) -> io::Result<bool> {
             unsafe {
                 // Out of the terminal's process group: a Ctrl-C there does not stop it.
                 libc::setpgid(0, 0);
+                // Nothing waits for it: the next launches, which may start while it
+                // runs, go first (a launch that finds no sandbox ready makes one).
+                libc::setpriority(libc::PRIO_PROCESS, 0, 19);
                 for fd in 0..=2 {
                     libc::dup2(null.as_raw_fd(), fd);
                 }
