@@ -11,11 +11,16 @@
 #   sudo benches/image/launch.sh [RUNS]     (default 50; needs docker-registry, umoci,
 #                                            skopeo, busybox-static, hyperfine)
 #   CELLA_BENCH_PROFILE=debug ...           the debug build instead of release
+#   CELLA_BENCH_BEFORE=DIR ...              also: warm launches of this build and of the
+#                                           one in DIR (its cella and cella-shim), each
+#                                           against rootfs launches, interleaved
+#                                           (interleave.py; RUNS rounds)
 #
 # Everything lives in a temporary directory, removed at the end (also on failure).
 set -euo pipefail
 
 runs=${1:-50}
+bench_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 bench_setup image-launch docker-registry umoci skopeo hyperfine
 log() { printf '[image-launch] %s\n' "$*" >&2; }
@@ -58,9 +63,20 @@ hyperfine -N --runs "$runs" --warmup 3 --export-markdown "$work/report.md" \
     -n "image (warm)" "$cella exec --image $ref --image-store $warm_store $image_flags -- /bin/true" \
     -n "image (cold)" --prepare "$cella images --image-store $cold_store gc" \
     "$cella exec --image $ref --image-store $cold_store $image_flags -- /bin/true" >&2
+before_store=$work/store-before
+if [ -n "${CELLA_BENCH_BEFORE:-}" ]; then
+    mkdir "$work/before"
+    cp "$CELLA_BENCH_BEFORE/cella" "$CELLA_BENCH_BEFORE/cella-shim" "$work/before/"
+    CELLA_SHIM=$work/before/cella-shim "$work/before/cella" images --image-store "$before_store" \
+        $image_flags pull "$ref" >/dev/null 2>&1
+    log "interleaving $runs rounds: this build against $CELLA_BENCH_BEFORE"
+    python3 "$bench_dir/interleave.py" "$runs" "$work/bundle/rootfs" "$ref" "$host" \
+        "before=$work/before:$before_store" "this=$work:$warm_store" >"$work/interleaved.md"
+fi
 # The last launch's sandbox is removed by a detached process: let it finish before
 # the work directory goes.
-for store in "$warm_store" "$cold_store"; do
+for store in "$warm_store" "$cold_store" "$before_store"; do
     flock "$store/sandboxes/lock" true 2>/dev/null || true
 done
 cat "$work/report.md"
+[ ! -f "$work/interleaved.md" ] || { echo; cat "$work/interleaved.md"; }

@@ -38,6 +38,18 @@ pub struct StoreArgs {
 
 impl StoreArgs {
     pub fn open(&self) -> anyhow::Result<ImageStore> {
+        ImageStore::open(&self.image_store, self.settings())
+            .map_err(|e| anyhow::anyhow!("{e} (--image-store)"))
+    }
+
+    /// [`StoreArgs::open`] for a launch: a store set up before is opened without
+    /// its checks (see [`ImageStore::open_existing`]).
+    pub fn open_existing(&self) -> anyhow::Result<ImageStore> {
+        ImageStore::open_existing(&self.image_store, self.settings())
+            .map_err(|e| anyhow::anyhow!("{e} (--image-store)"))
+    }
+
+    fn settings(&self) -> StoreSettings {
         let docker_config = self.docker_config.clone().or_else(|| {
             std::env::var_os("DOCKER_CONFIG")
                 .map(|d| PathBuf::from(d).join("config.json"))
@@ -52,15 +64,10 @@ impl StoreArgs {
             docker_config,
             ..RegistrySettings::default()
         };
-        let store = ImageStore::open(
-            &self.image_store,
-            StoreSettings {
-                registries,
-                ..StoreSettings::default()
-            },
-        )
-        .map_err(|e| anyhow::anyhow!("{e} (--image-store)"))?;
-        Ok(store)
+        StoreSettings {
+            registries,
+            ..StoreSettings::default()
+        }
     }
 
     /// Credentials from the environment, for the pull at hand.

@@ -223,13 +223,20 @@ fn a_lease_of_a_killed_exec_is_released_when_its_task_ends() {
         String::from_utf8_lossy(&out.stdout).contains(needle)
     };
     let holder = format!("exec-{}", cella.0.id());
-    // The task runs once the shim holds the lease too (two holders in the record).
+    // The lease, written once, names cella exec and the lock its shim holds (the run
+    // directory's spec.json); the task runs once the shim has recorded its pid.
+    let run_dir = Path::new("/run/cella/exec/tasks").join(&holder);
     let running = poll_until(Duration::from_secs(30), || {
-        std::fs::read_dir(&lease).is_ok_and(|d| {
+        let spec = run_dir.join("spec.json").display().to_string();
+        let named = std::fs::read_dir(&lease).is_ok_and(|d| {
             d.flatten().any(|e| {
-                std::fs::read_to_string(e.path()).is_ok_and(|t| t.matches("\"pid\"").count() == 2)
+                std::fs::read_to_string(e.path()).is_ok_and(|t| {
+                    t.matches("\"pid\"").count() == 1
+                        && t.contains(&format!("\"lock\": \"{spec}\""))
+                })
             })
-        })
+        });
+        named && run_dir.join("task.pid").exists()
     });
     assert!(running, "cella exec did not start the task");
     assert!(listed(&holder), "{:?}", images(&store, &[]));

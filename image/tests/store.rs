@@ -256,3 +256,146 @@ async fn docker_archives_and_oci_layouts_are_sources() {
         .to_string();
     assert!(err.contains("not an OCI image layout"), "{err}");
 }
+
+#[tokio::test]
+async fn a_stored_image_is_prepared_without_waiting_only_when_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let name = noise_image(dir.path(), "img", 4, 64 << 10);
+    let pulled = common::prepared(&open(dir.path()), &name, "pull").await;
+
+    let store =
+        ImageStore::open_existing(dir.path().join("store"), StoreSettings::default()).unwrap();
+    let reference = common::parse(&store, &name);
+    let options = cella_image::PrepareOptions::default();
+    let image = store
+        .prepare_stored(&reference, "fast", &options)
+        .unwrap()
+        .expect("a stored image needs no pull");
+    assert_eq!(
+        (image.digest.clone(), image.layers.clone()),
+        (pulled.digest.clone(), pulled.layers.clone())
+    );
+    assert!(
+        store
+            .leases()
+            .unwrap()
+            .iter()
+            .any(|l| l.name == "fast" && l.image == image.digest),
+        "the lease is written"
+    );
+
+    // GC or a removal holds the store: no lease is taken behind its back.
+    let paths = store.paths().clone();
+    let gc = std::fs::File::create(paths.lock("store")).unwrap();
+    let held = nix::fcntl::Flock::lock(gc, nix::fcntl::FlockArg::LockExclusive).unwrap();
+    assert!(
+        store
+            .prepare_stored(&reference, "waits", &options)
+            .unwrap()
+            .is_none()
+    );
+    drop(held);
+
+    // A layer without its summary (an unpack a crash cut short) is never handed out.
+    let summary = pulled.layers[0].parent().unwrap().join("layer.json");
+    std::fs::remove_file(&summary).unwrap();
+    assert!(
+        store
+            .prepare_stored(&reference, "half", &options)
+            .unwrap()
+            .is_none()
+    );
+    assert!(!store.leases().unwrap().iter().any(|l| l.name == "half"));
+
+    // A store missing a directory is set up again, as by `open`.
+    std::fs::remove_dir_all(paths.tmp()).unwrap();
+    let store = ImageStore::open_existing(paths.root(), StoreSettings::default()).unwrap();
+    assert!(store.paths().tmp().is_dir());
+}
+
+/// A lease written once by a starting `cella exec` names it and the lock its shim
+/// inherits: GC keeps the image while either lives, and releases the lease (then
+/// collects the image) only once both are gone.
+#[tokio::test]
+async fn a_lease_written_once_holds_the_image_until_its_process_and_lock_are_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let name = noise_image(dir.path(), "img", 6, 64 << 10);
+    let reference = common::parse(&store, &name);
+    let lock = dir.path().join("spec.json");
+    // The launcher, started as its own process so that it can be killed.
+    let mut launcher = Command::new("sleep").arg("30").spawn().unwrap();
+    let holder = cella_image::LeaseHolder::of(i32::try_from(launcher.id()).unwrap())
+        .unwrap()
+        .with_lock(lock.clone());
+    let options = cella_image::PrepareOptions {
+        holder: Some(holder),
+        ..cella_image::PrepareOptions::default()
+    };
+    let image = store.prepare(&reference, "exec-1", &options).await.unwrap();
+    let lease_file = std::fs::read_dir(store.paths().leases())
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let written = std::fs::metadata(&lease_file).unwrap().modified().unwrap();
+
+    // Starting: the launcher lives, its shim's lock is not there yet.
+    let report = store.gc(0).unwrap();
+    assert_eq!(report.kept_leased, std::slice::from_ref(&image.digest));
+    assert!(report.released_leases.is_empty());
+
+    // Running: the shim holds the lock; the launcher is killed (-9).
+    let shim = std::fs::File::create(&lock).unwrap();
+    let shim = nix::fcntl::Flock::lock(shim, nix::fcntl::FlockArg::LockExclusive).unwrap();
+    launcher.kill().unwrap();
+    launcher.wait().unwrap();
+    let report = store.gc(0).unwrap();
+    assert_eq!(report.kept_leased, std::slice::from_ref(&image.digest));
+    assert!(report.released_leases.is_empty());
+    assert_eq!(
+        std::fs::metadata(&lease_file).unwrap().modified().unwrap(),
+        written,
+        "the lease was written once"
+    );
+    assert_eq!(store.list().unwrap()[0].leases, ["exec-1"]);
+
+    // Ended: the lease of a holder that is gone is released, and the image goes.
+    drop(shim);
+    let report = store.gc(0).unwrap();
+    assert_eq!(report.released_leases, ["exec-1"]);
+    assert_eq!(report.removed, [image.digest]);
+    assert!(store.list().unwrap().is_empty());
+    assert!(store.leases().unwrap().is_empty());
+}
+
+/// Releasing a prepared image drops its lease without reading it back, and rewrites
+/// the image's last use only when the one seen at prepare time is stale.
+#[tokio::test]
+async fn a_prepared_image_is_released_without_reading_its_lease_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let name = noise_image(dir.path(), "img", 7, 64 << 10);
+    let image = common::prepared(&store, &name, "exec-2").await;
+    let recorded = store.image(&image.digest).unwrap().unwrap().last_used_ms;
+    assert_eq!(image.last_used_ms, recorded);
+
+    assert!(store.release_prepared(&image).unwrap());
+    assert!(store.leases().unwrap().is_empty());
+    assert_eq!(
+        store.image(&image.digest).unwrap().unwrap().last_used_ms,
+        recorded,
+        "a use within the last minute is not written again"
+    );
+    assert!(!store.release_prepared(&image).unwrap(), "released once");
+
+    // Prepared long ago (as seen then): the record is looked at again.
+    let image = common::prepared(&store, &name, "exec-3").await;
+    let stale = cella_image::PreparedImage {
+        last_used_ms: 0,
+        ..image
+    };
+    assert!(store.release_prepared(&stale).unwrap());
+    assert_eq!(store.gc(0).unwrap().removed, [stale.digest]);
+}

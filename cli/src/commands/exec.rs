@@ -30,7 +30,7 @@ const SAMPLE_INTERVAL: Duration = Duration::from_millis(100);
 /// How long a task may take to exit after a forwarded Ctrl-C or SIGTERM.
 const STOP_GRACE: Duration = Duration::from_secs(3);
 /// Run directories of `cella exec` (a tmpfs on most systems).
-const RUNTIME_DIR: &str = "/run/cella/exec";
+pub(super) const RUNTIME_DIR: &str = "/run/cella/exec";
 
 /// Run a command isolated, limited and measured, like a Cella task.
 #[derive(Args, Debug)]
@@ -216,7 +216,7 @@ pub fn run(args: ExecArgs) -> i32 {
 
 /// Runs the task; `image` gives the image's layers, its settings applied, and the
 /// sandbox that holds the task's writable layer.
-pub(super) fn run_with(mut args: ExecArgs, image: Option<super::exec_image::ImageTask<'_>>) -> i32 {
+pub(super) fn run_with(mut args: ExecArgs, image: Option<super::exec_image::ImageTask>) -> i32 {
     if let Some(image) = &image {
         args.command = image.settings.command.clone();
         args.env = image.settings.env.clone();
@@ -301,15 +301,6 @@ pub(super) fn run_with(mut args: ExecArgs, image: Option<super::exec_image::Imag
         Err(LaunchError::Setup(e)) => return fail(EXIT_CELLA_FAILED, e),
         Err(LaunchError::Start { code, message }) => return fail(code, message),
     };
-    if let Some(image) = &image {
-        // The shim outlives a `kill -9` of this process until the task has ended:
-        // it holds the image's lease too.
-        if let Some(shim) = cella_image::LeaseHolder::of(running.shim_pid()) {
-            if let Err(e) = image.store.hold(&image.lease, shim) {
-                eprintln!("cella: holding the image for the shim: {e}");
-            }
-        }
-    }
 
     let mut stop_deadline: Option<Instant> = None;
     loop {

@@ -3,18 +3,16 @@
 //! writable layer lives in a sandbox of its own, removed once the task has ended
 //! (see `exec_sandbox`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use cella_containerizer::paths::RunDir;
 use cella_image::{ImageReference, ImageStore, LeaseHolder, PrepareOptions, RunSettings};
 
-use super::exec::{EXIT_CELLA_FAILED, EXIT_USAGE, ExecArgs, run_with, task_id};
+use super::exec::{EXIT_CELLA_FAILED, EXIT_USAGE, ExecArgs, RUNTIME_DIR, run_with, task_id};
 use crate::image_store::{StoreArgs, progress_printer};
 
 /// An image ready for the task.
-pub struct ImageTask<'a> {
-    /// The store and the lease that holds the image.
-    pub store: &'a ImageStore,
-    pub lease: String,
+pub struct ImageTask {
     /// Unpacked layers, lowest first.
     pub layers: Vec<PathBuf>,
     pub settings: RunSettings,
@@ -26,7 +24,7 @@ pub fn run(args: ExecArgs) -> i32 {
     let Some(text) = args.image.clone() else {
         return run_with(args, None);
     };
-    let store = match args.store.open() {
+    let store = match args.store.open_existing() {
         Ok(store) => store,
         Err(e) => {
             eprintln!("cella: {e:#}");
@@ -41,10 +39,13 @@ pub fn run(args: ExecArgs) -> i32 {
         }
     };
     let lease = task_id();
-    // Named with this process: a `kill -9` of it leaves a lease that counts as
-    // released (the shim then ends the task too).
+    // Named with this process and the lock its shim inherits and holds for its whole
+    // life (the run directory's `spec.json`, locked before the shim starts): the
+    // lease, written once, holds the image until both are gone; a `kill -9` of this
+    // process leaves it held while the shim ends the task.
+    let shim_lock = RunDir::new(Path::new(RUNTIME_DIR), &lease).spec();
     let holder = match LeaseHolder::this_process() {
-        Ok(holder) => holder,
+        Ok(holder) => holder.with_lock(shim_lock),
         Err(e) => {
             eprintln!("cella: {e}");
             return EXIT_CELLA_FAILED;
@@ -56,15 +57,20 @@ pub fn run(args: ExecArgs) -> i32 {
         progress: Some(progress_printer()),
         ..PrepareOptions::default()
     };
-    let prepared = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("starting the runtime: {e}"))
-        .and_then(|runtime| {
-            runtime
-                .block_on(store.prepare(&reference, &lease, &options))
-                .map_err(|e| e.to_string())
-        });
+    // An image in the store needs no runtime: only a pull does.
+    let prepared = match store.prepare_stored(&reference, &lease, &options) {
+        Ok(Some(image)) => Ok(image),
+        Ok(None) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("starting the runtime: {e}"))
+            .and_then(|runtime| {
+                runtime
+                    .block_on(store.prepare(&reference, &lease, &options))
+                    .map_err(|e| e.to_string())
+            }),
+        Err(e) => Err(e.to_string()),
+    };
     let image = match prepared {
         Ok(image) => image,
         Err(e) => {
@@ -72,14 +78,15 @@ pub fn run(args: ExecArgs) -> i32 {
             return EXIT_CELLA_FAILED;
         }
     };
-    let code = match task_for(&args, image, &store, &lease) {
+    let code = match task_for(&args, &image, &store) {
         Ok(task) => run_with(args, Some(task)),
         Err((code, message)) => {
             eprintln!("cella: {message}");
             code
         }
     };
-    if let Err(e) = store.release(&lease) {
+    // The lease and the image's record as prepared: neither is read back.
+    if let Err(e) = store.release_prepared(&image) {
         eprintln!("cella: releasing the image: {e}");
     }
     // The sandbox goes now that its lease is released, off the path to the exit code.
@@ -87,12 +94,11 @@ pub fn run(args: ExecArgs) -> i32 {
     code
 }
 
-fn task_for<'a>(
+fn task_for(
     args: &ExecArgs,
-    image: cella_image::PreparedImage,
-    store: &'a ImageStore,
-    lease: &str,
-) -> Result<ImageTask<'a>, (i32, String)> {
+    image: &cella_image::PreparedImage,
+    store: &ImageStore,
+) -> Result<ImageTask, (i32, String)> {
     let settings = image
         .config
         .run_settings(
@@ -102,16 +108,14 @@ fn task_for<'a>(
             args.user.as_deref(),
         )
         .map_err(|e| (EXIT_USAGE, e.to_string()))?;
-    let sandbox = super::exec_sandbox::take(store, lease).map_err(|e| {
+    let sandbox = super::exec_sandbox::take(store, &image.lease).map_err(|e| {
         (
             EXIT_CELLA_FAILED,
             format!("creating the task's sandbox: {e}"),
         )
     })?;
     Ok(ImageTask {
-        store,
-        lease: lease.to_owned(),
-        layers: image.layers,
+        layers: image.layers.clone(),
         settings,
         sandbox,
     })

@@ -13,7 +13,7 @@
 //! busy disk makes wait for milliseconds each. None of them is on the path from the
 //! launch to the task's exit code: a launch renames a sandbox made ahead to its
 //! lease's name (it makes an empty one only when none is ready), and once the task has
-//! ended and its lease is released, a detached `cella images tidy-sandboxes` removes
+//! ended and its lease is released, a detached process (see [`tidy_later`]) removes
 //! every sandbox whose lease is gone (also those of a `cella exec` killed with -9,
 //! once its task has ended) and makes the next ones. The sandbox is the task's
 //! sandbox as before: `--disk` counts and limits the writable layer in it.
@@ -54,9 +54,34 @@ pub fn take(store: &ImageStore, lease: &str) -> io::Result<PathBuf> {
         .keep())
 }
 
-/// Starts a detached `cella images tidy-sandboxes` on the store; tidies here (and
-/// waits) when it cannot be started.
+/// Tidies the store's sandboxes in a detached process: a fork of this one when it
+/// has a single thread left, else a new `cella images tidy-sandboxes`; tidies here
+/// (and waits) when neither can be started.
 pub fn tidy_later(store: &ImageStore) {
+    // A fork tidies without starting the program again (exec, loading, parsing the
+    // command line, opening the store: CPU time that would compete with the next
+    // launch). Only without other threads: the fork has just this one, and any lock
+    // another thread held would stay locked in it for good.
+    if single_threaded() {
+        let null = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null");
+        match null.and_then(|null| fork_detached(&null)) {
+            Ok(true) => {
+                // Nothing of this process stays open in the fork (a lock file's
+                // descriptor would keep its lock held until the tidying is done).
+                // SAFETY: closes descriptors only; none is used by the code below.
+                unsafe { libc::syscall(libc::SYS_close_range, 3, u32::MAX, 0) };
+                let code = i32::from(tidy(store).is_err());
+                // SAFETY: ends the fork without running the parent's destructors or
+                // flushing its buffers a second time.
+                unsafe { libc::_exit(code) }
+            }
+            Ok(false) => return,
+            Err(e) => tracing::debug!(error = %e, "forking to tidy the sandboxes"),
+        }
+    }
     let started = std::env::current_exe().and_then(|exe| {
         let root = store.paths().root().as_os_str();
         spawn_detached(
@@ -83,7 +108,6 @@ pub fn tidy_later(store: &ImageStore) {
 /// the child has executed the program (a wait of milliseconds on a busy machine,
 /// right before this process reports the task's exit). Not waited for: init reaps it.
 fn spawn_detached(program: &Path, argv: &[&std::ffi::OsStr]) -> io::Result<()> {
-    use std::os::fd::AsRawFd as _;
     use std::os::unix::ffi::OsStrExt as _;
     let c_string = |s: &std::ffi::OsStr| {
         std::ffi::CString::new(s.as_bytes())
@@ -100,26 +124,52 @@ fn spawn_detached(program: &Path, argv: &[&std::ffi::OsStr]) -> io::Result<()> {
         .read(true)
         .write(true)
         .open("/dev/null")?;
-    // SAFETY: between the fork and the exec the child calls only async-signal-safe
-    // functions (setpgid, dup2, execv, _exit) on what was prepared before the fork, so
-    // no lock that another thread held at the fork is waited for.
+    if fork_detached(&null)? {
+        // SAFETY: between the fork and the exec the child calls only async-signal-safe
+        // functions (execv, _exit) on what was prepared before the fork, so no lock
+        // that another thread held at the fork is waited for; `pointers` ends with a
+        // null and points into `argv`, alive until the exec or the exit.
+        unsafe {
+            libc::execv(program.as_ptr(), pointers.as_ptr());
+            libc::_exit(127)
+        }
+    }
+    Ok(())
+}
+
+/// Forks a process of its own group, at the lowest priority, with its standard
+/// streams on `null`; `true` in the child. Not waited for: init reaps it.
+fn fork_detached(null: &std::fs::File) -> io::Result<bool> {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: the child calls only async-signal-safe functions (setpgid, setpriority,
+    // dup2) here, on a descriptor opened before the fork.
     match unsafe { libc::fork() } {
         -1 => Err(io::Error::last_os_error()),
         0 => {
-            // SAFETY: as above; `pointers` ends with a null and points into `argv`,
-            // alive until the exec or the exit.
+            // SAFETY: as above.
             unsafe {
                 // Out of the terminal's process group: a Ctrl-C there does not stop it.
                 libc::setpgid(0, 0);
+                // Nothing waits for it: the next launches, which may start while it
+                // runs, go first (a launch that finds no sandbox ready makes one).
+                libc::setpriority(libc::PRIO_PROCESS, 0, 19);
                 for fd in 0..=2 {
                     libc::dup2(null.as_raw_fd(), fd);
                 }
-                libc::execv(program.as_ptr(), pointers.as_ptr());
-                libc::_exit(127)
             }
+            Ok(true)
         }
-        _ => Ok(()),
+        _ => Ok(false),
     }
+}
+
+/// Whether this process runs one thread (`/proc/self/stat`, field 20).
+fn single_threaded() -> bool {
+    std::fs::read_to_string("/proc/self/stat").is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(17))
+            == Some("1")
+    })
 }
 
 /// Removes the sandboxes whose lease is gone and makes empty ones until [`READY`]

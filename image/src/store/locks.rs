@@ -80,8 +80,17 @@ impl FileLock {
 
     /// Takes the lock only if nobody holds it.
     pub fn try_acquire(path: &Path) -> Result<Option<Self>, ImageError> {
+        Self::try_lock(path, FlockArg::LockExclusiveNonblock)
+    }
+
+    /// Takes the lock shared, only if nobody holds it exclusively.
+    pub fn try_acquire_shared(path: &Path) -> Result<Option<Self>, ImageError> {
+        Self::try_lock(path, FlockArg::LockSharedNonblock)
+    }
+
+    fn try_lock(path: &Path, arg: FlockArg) -> Result<Option<Self>, ImageError> {
         let file = Self::open(path)?;
-        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        match Flock::lock(file, arg) {
             Ok(lock) => Ok(Some(Self { _lock: lock })),
             Err((_, Errno::EWOULDBLOCK)) => Ok(None),
             Err((_, errno)) => Err(ImageError::Io {

@@ -100,6 +100,9 @@ pub struct PreparedImage {
     pub platform: Platform,
     /// The lease that keeps the image from GC.
     pub lease: String,
+    /// The image's last use as recorded when the lease was taken (milliseconds since
+    /// the epoch; see [`ImageStore::release_prepared`]).
+    pub last_used_ms: u64,
 }
 
 /// One image as listed (also the JSON of the agent's `/api/v1/images`).
@@ -145,6 +148,29 @@ impl ImageStore {
         Ok(store)
     }
 
+    /// Opens a store that [`ImageStore::open`] set up before, without its per-open
+    /// work: when the root is private and every directory is there, nothing is created
+    /// and `tmp/` is not scanned (what a crash left there is never used: unpacks are
+    /// renamed into place only when complete, and `open` or GC discards the rest).
+    /// Otherwise the same as `open`. For launches, which open the store each time.
+    pub fn open_existing(
+        root: impl AsRef<Path>,
+        settings: StoreSettings,
+    ) -> Result<Self, ImageError> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let paths = StorePaths::new(root.as_ref());
+        let private = std::fs::metadata(paths.root())
+            .is_ok_and(|m| m.is_dir() && m.permissions().mode() & 0o777 == 0o700);
+        if !private || !paths.dirs().iter().all(|dir| dir.is_dir()) {
+            return Self::open(root, settings);
+        }
+        Ok(Self {
+            paths,
+            settings,
+            keyed: KeyedMutex::default(),
+        })
+    }
+
     pub fn paths(&self) -> &StorePaths {
         &self.paths
     }
@@ -163,6 +189,19 @@ impl ImageStore {
         options: &PrepareOptions,
     ) -> Result<PreparedImage, ImageError> {
         pull::prepare(self, reference, lease, options).await
+    }
+
+    /// [`ImageStore::prepare`] of an image already in the store, without waiting and
+    /// without an async runtime: `None` when the image must be pulled, or when GC or
+    /// a removal holds the store (then `prepare` waits for it). The store's shared
+    /// lock is held while the lease is written, as in `prepare`.
+    pub fn prepare_stored(
+        &self,
+        reference: &crate::ImageReference,
+        lease: &str,
+        options: &PrepareOptions,
+    ) -> Result<Option<PreparedImage>, ImageError> {
+        pull::prepare_stored(self, reference, lease, options)
     }
 
     /// Records `lease` on the stored image `digest` (re-establishing a task's lease
@@ -191,6 +230,22 @@ impl ImageStore {
         if let Some(held) = held {
             self.touch(&held.image)?;
         }
+        self.remove_lease(lease)
+    }
+
+    /// [`ImageStore::release`] of the lease that `prepare` took for `image`, without
+    /// reading back the lease or the image's record: the record's last use is
+    /// rewritten only if the one `prepare` saw is stale by now. For a lease name only
+    /// this caller uses (`cella exec`'s), which nobody moved to another image.
+    pub fn release_prepared(&self, image: &PreparedImage) -> Result<bool, ImageError> {
+        if records::now_ms().saturating_sub(image.last_used_ms) >= LAST_USE_GRANULARITY_MS {
+            self.touch(&image.digest)?;
+        }
+        self.remove_lease(&image.lease)
+    }
+
+    fn remove_lease(&self, lease: &str) -> Result<bool, ImageError> {
+        let path = self.paths.lease(lease);
         // Leases live within one boot: no fsync (see `write_lease`).
         match std::fs::remove_file(&path) {
             Ok(()) => Ok(true),
@@ -281,22 +336,6 @@ impl ImageStore {
 
     async fn lock_store(&self, exclusive: bool) -> Result<FileLock, ImageError> {
         FileLock::acquire(self.paths.lock("store"), exclusive).await
-    }
-
-    /// Adds `holder` to the processes holding `lease` (`cella exec` adds the shim
-    /// that outlives it: the task's overlay lives as long as the shim).
-    pub fn hold(&self, lease: &str, holder: LeaseHolder) -> Result<(), ImageError> {
-        let path = self.paths.lease(lease);
-        let Some(mut record) = records::read::<Lease>(&path)? else {
-            return Err(ImageError::NotFound {
-                reference: format!("lease {lease}"),
-            });
-        };
-        if !record.holders.is_empty() && !record.holders.contains(&holder) {
-            record.holders.push(holder);
-            records::write_volatile(&path, &record)?;
-        }
-        Ok(())
     }
 
     fn write_lease(

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use futures::future::join_all;
 use tokio::sync::Semaphore;
 
-use super::locks::KeyLock;
+use super::locks::{FileLock, KeyLock};
 use super::records::{self, ImageRecord, RefRecord};
 use super::{ImageStore, PrepareOptions, PreparedImage, PullPolicy, check_lease_name, remove_tree};
 use crate::digest::Digest;
@@ -34,7 +34,9 @@ pub(super) async fn prepare(
     lease: &str,
     options: &PrepareOptions,
 ) -> Result<PreparedImage, ImageError> {
-    check_lease_name(lease)?;
+    if let Some(image) = prepare_stored(store, reference, lease, options)? {
+        return Ok(image);
+    }
     let name = reference.to_string();
     // Pulls share the store; GC and removal wait for them (and they for GC).
     let _shared = store.lock_store(false).await?;
@@ -46,8 +48,8 @@ pub(super) async fn prepare(
     )
     .await?;
 
-    if let Some(record) = stored_image(store, reference, &name, options)? {
-        return finish(store, &name, record, lease, options, false);
+    if let Some((record, named)) = stored_image(store, reference, &name, options)? {
+        return finish(store, &name, record, lease, options, named);
     }
 
     let tracker = Arc::new(Tracker::new(name.clone(), options.progress.clone()));
@@ -148,24 +150,52 @@ pub(super) async fn prepare(
     };
     records::write(&image_path, &record)?;
     tracker.done(&record.digest);
-    finish(store, &name, record, lease, options, true)
+    finish(store, &name, record, lease, options, false)
+}
+
+/// An image already in the store, prepared without waiting: `None` when it must be
+/// pulled, or when GC or a removal holds the store exclusively.
+///
+/// Without the reference's lock, which only orders pulls of the same name: every
+/// record read here is replaced atomically; an image record is written only once
+/// all its layers are complete, and GC (which removes records before their layers)
+/// waits for the store's shared lock, held until the lease is written. The only
+/// record this may write besides the lease is a digest-pinned reference's, whose
+/// content every writer agrees on.
+pub(super) fn prepare_stored(
+    store: &ImageStore,
+    reference: &ImageReference,
+    lease: &str,
+    options: &PrepareOptions,
+) -> Result<Option<PreparedImage>, ImageError> {
+    check_lease_name(lease)?;
+    let Some(_shared) = FileLock::try_acquire_shared(&store.paths.lock("store"))? else {
+        return Ok(None);
+    };
+    let name = reference.to_string();
+    let Some((record, named)) = stored_image(store, reference, &name, options)? else {
+        return Ok(None);
+    };
+    finish(store, &name, record, lease, options, named).map(Some)
 }
 
 /// The stored image for `reference` when no pull is needed: a digest-pinned
-/// reference already stored, or (if-not-present) the image the name last resolved to.
+/// reference already stored, or (if-not-present) the image the name last resolved
+/// to; with it, whether the reference's record was read and names it.
 fn stored_image(
     store: &ImageStore,
     reference: &ImageReference,
     name: &str,
     options: &PrepareOptions,
-) -> Result<Option<ImageRecord>, ImageError> {
+) -> Result<Option<(ImageRecord, bool)>, ImageError> {
     let pinned = reference.as_registry().and_then(|r| r.digest.clone());
-    let digest = match (pinned, options.pull_policy) {
-        (Some(digest), _) => Some(digest),
-        (None, PullPolicy::IfNotPresent) => {
-            records::read::<RefRecord>(&store.paths.reference(name))?.map(|r| r.digest)
-        }
-        (None, PullPolicy::Always) => None,
+    let (digest, named) = match (pinned, options.pull_policy) {
+        (Some(digest), _) => (Some(digest), false),
+        (None, PullPolicy::IfNotPresent) => (
+            records::read::<RefRecord>(&store.paths.reference(name))?.map(|r| r.digest),
+            true,
+        ),
+        (None, PullPolicy::Always) => (None, false),
     };
     let Some(digest) = digest else {
         return Ok(None);
@@ -178,26 +208,27 @@ fn stored_image(
             .layers
             .iter()
             .all(|l| store.paths.layer_summary(&l.diff_id).is_file());
-    Ok(complete.then_some(record))
+    Ok(complete.then_some((record, named)))
 }
 
-/// Records the reference and the lease, and hands out the layer paths.
+/// Records the reference (unless its record, just read, names the image already) and
+/// the lease, and hands out the layer paths.
 fn finish(
     store: &ImageStore,
     name: &str,
     mut record: ImageRecord,
     lease: &str,
     options: &PrepareOptions,
-    pulled: bool,
+    named: bool,
 ) -> Result<PreparedImage, ImageError> {
+    // A pulled image's record has just been written with its last use.
     let now = records::now_ms();
-    if !pulled && now.saturating_sub(record.last_used_ms) >= super::LAST_USE_GRANULARITY_MS {
+    if now.saturating_sub(record.last_used_ms) >= super::LAST_USE_GRANULARITY_MS {
         record.last_used_ms = now;
         records::write(&store.paths.image(&record.digest), &record)?;
     }
     let ref_path = store.paths.reference(name);
-    let current = records::read::<RefRecord>(&ref_path)?;
-    if current.as_ref().is_none_or(|r| r.digest != record.digest) {
+    if !named && records::read::<RefRecord>(&ref_path)?.is_none_or(|r| r.digest != record.digest) {
         records::write(
             &ref_path,
             &RefRecord {
@@ -218,6 +249,7 @@ fn finish(
         config: record.config,
         platform: options.platform.clone(),
         lease: lease.to_owned(),
+        last_used_ms: record.last_used_ms,
     })
 }
 
