@@ -67,3 +67,14 @@ impl v1::Attribute {
             .collect()
     }
 }
+
+impl v1::Call {
+    /// SUBSCRIBE: the first call of a scheduler's stream, naming its framework.
+    pub fn subscribe(framework: v1::FrameworkInfo) -> Self {
+        Self {
+            call: Some(v1::call::Call::Subscribe(v1::call::Subscribe {
+                framework: Some(framework),
+            })),
+        }
+    }
+}

@@ -167,15 +167,11 @@ fn client(layout: &Layout) -> rustls::ClientConfig {
 }
 
 fn subscribe_call(name: &str) -> Call {
-    Call {
-        call: Some(call::Call::Subscribe(call::Subscribe {
-            framework: Some(FrameworkInfo {
-                name: name.into(),
-                role: "*".into(),
-                ..Default::default()
-            }),
-        })),
-    }
+    Call::subscribe(FrameworkInfo {
+        name: name.into(),
+        role: "*".into(),
+        ..Default::default()
+    })
 }
 
 /// Sends SUBSCRIBE; returns the first event or the error status.

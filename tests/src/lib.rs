@@ -1204,11 +1204,7 @@ impl Scheduler {
             .map_err(|e| format!("connecting: {e}"))?;
         let mut client = SchedulerServiceClient::new(channel);
         let (calls, rx) = mpsc::unbounded_channel();
-        let _ = calls.send(v1::Call {
-            call: Some(call::Call::Subscribe(call::Subscribe {
-                framework: Some(info),
-            })),
-        });
+        let _ = calls.send(v1::Call::subscribe(info));
         let mut events = client
             .subscribe(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
             .await

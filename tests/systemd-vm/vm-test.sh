@@ -186,6 +186,18 @@ task_survived() {
     same_task
     task_running_in_master && usage_flowing
 }
+# unit_ctl VERB UNIT SECONDS: systemctl VERB UNIT.service within SECONDS; a failure
+# is one of the REASONS.
+unit_ctl() {
+    timeout "$3" systemctl "$1" "$2.service" || REASONS+=("systemctl $1 $2 failed (exit $?)")
+}
+# agent_step_report SINCE LABEL DETAIL: after the agent was stopped or replaced, the
+# task survived, then what systemd said about the agent since SINCE, then the line.
+agent_step_report() {
+    task_survived
+    agent_journal_reasons "$1"
+    report "$2" "$3"
+}
 # report LABEL DETAIL: PASS with DETAIL if REASONS is empty, FAIL with the reasons.
 report() {
     if [ "${#REASONS[@]}" -eq 0 ]; then
@@ -347,11 +359,9 @@ step1_restart() {
     old=$(main_pid cella-agent)
     since=$(now_stamp)
     t0=$SECONDS
-    timeout 240 systemctl restart cella-agent.service || REASONS+=("systemctl restart cella-agent failed (exit $?)")
+    unit_ctl restart cella-agent 240
     agent_back "$old" 60
-    task_survived
-    agent_journal_reasons "$since"
-    report 1-restart "systemctl restart cella-agent took $((SECONDS - t0)) s; task pid $TASK_PID kept running, RUNNING in the master, usage growing"
+    agent_step_report "$since" 1-restart "systemctl restart cella-agent took $((SECONDS - t0)) s; task pid $TASK_PID kept running, RUNNING in the master, usage growing"
 }
 
 step2_stop_start() {
@@ -359,16 +369,14 @@ step2_stop_start() {
     local old since
     old=$(main_pid cella-agent)
     since=$(now_stamp)
-    timeout 120 systemctl stop cella-agent.service || REASONS+=("systemctl stop cella-agent failed (exit $?)")
+    unit_ctl stop cella-agent 120
     same_task
     # Past a few of the master's pings (every 5 s).
     sleep 16
     same_task
-    timeout 240 systemctl start cella-agent.service || REASONS+=("systemctl start cella-agent failed (exit $?)")
+    unit_ctl start cella-agent 240
     agent_back "$old" 60
-    task_survived
-    agent_journal_reasons "$since"
-    report 2-stop-start "stopped for 16 s and started again; task pid $TASK_PID kept running, RUNNING in the master, usage growing"
+    agent_step_report "$since" 2-stop-start "stopped for 16 s and started again; task pid $TASK_PID kept running, RUNNING in the master, usage growing"
 }
 
 step3_kill9() {
@@ -381,9 +389,7 @@ step3_kill9() {
     agent_back "$old" 120
     [ "$(systemctl show -P NRestarts cella-agent)" -gt "$restarts" ] \
         || REASONS+=("systemd did not count a restart (NRestarts stayed $restarts)")
-    task_survived
-    agent_journal_reasons "$since"
-    report 3-kill-9 "agent pid $old killed with SIGKILL, systemd restarted it as pid $(main_pid cella-agent); task pid $TASK_PID recovered"
+    agent_step_report "$since" 3-kill-9 "agent pid $old killed with SIGKILL, systemd restarted it as pid $(main_pid cella-agent); task pid $TASK_PID recovered"
 }
 
 step4_task_killed() {
@@ -434,7 +440,7 @@ step6_master_restart() {
     local agent master
     agent=$(main_pid cella-agent)
     master=$(main_pid cella-master)
-    timeout 240 systemctl restart cella-master.service || REASONS+=("systemctl restart cella-master failed (exit $?)")
+    unit_ctl restart cella-master 240
     unit_back cella-master "$master" 60
     wait_until 60 agent_connected || REASONS+=("the agent did not reconnect to the restarted master")
     [ "$(main_pid cella-agent)" = "$agent" ] || REASONS+=("the agent was restarted too (pid $agent -> $(main_pid cella-agent))")
@@ -458,9 +464,7 @@ package_upgrade() {
     grep -q '^# edited by the administrator' /etc/cella/agent.toml || REASONS+=("the edited /etc/cella/agent.toml was replaced")
     unit_back cella-master "$master" 240
     agent_back "$agent" 240
-    task_survived
-    agent_journal_reasons "$since"
-    report package-upgrade "dpkg -i over the installed package restarted both daemons; task pid $TASK_PID kept running, RUNNING, usage growing; the edited conffile kept"
+    agent_step_report "$since" package-upgrade "dpkg -i over the installed package restarted both daemons; task pid $TASK_PID kept running, RUNNING, usage growing; the edited conffile kept"
 }
 
 phase1() {

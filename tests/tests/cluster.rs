@@ -661,11 +661,7 @@ async fn clients_without_a_valid_certificate_are_refused() {
         .await
         .expect("TLS without a client certificate is allowed; the API refuses");
     let mut client = SchedulerServiceClient::new(channel);
-    let subscribe = v1::Call {
-        call: Some(call::Call::Subscribe(call::Subscribe {
-            framework: Some(framework("anonymous", "*", 0.0)),
-        })),
-    };
+    let subscribe = v1::Call::subscribe(framework("anonymous", "*", 0.0));
     let result = client
         .subscribe(tokio_stream::iter(vec![subscribe.clone()]))
         .await;

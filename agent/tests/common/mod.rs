@@ -273,16 +273,12 @@ impl Scheduler {
         };
         let mut client = SchedulerServiceClient::new(channel);
         let (tx, rx) = mpsc::unbounded_channel();
-        tx.send(v1::Call {
-            call: Some(call::Call::Subscribe(call::Subscribe {
-                framework: Some(v1::FrameworkInfo {
-                    framework_id: framework_id.to_string(),
-                    name: "agent-test".into(),
-                    role: "*".into(),
-                    failover_timeout_secs: 120.0,
-                }),
-            })),
-        })
+        tx.send(v1::Call::subscribe(v1::FrameworkInfo {
+            framework_id: framework_id.to_string(),
+            name: "agent-test".into(),
+            role: "*".into(),
+            failover_timeout_secs: 120.0,
+        }))
         .expect("send");
         let mut events = client
             .subscribe(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))

@@ -353,14 +353,10 @@ impl Scheduler {
             .max_decoding_message_size(256 << 20)
             .max_encoding_message_size(256 << 20);
         let (tx, rx) = mpsc::unbounded_channel();
-        tx.send(v1::Call {
-            call: Some(call::Call::Subscribe(call::Subscribe {
-                framework: Some(v1::FrameworkInfo {
-                    name: name.into(),
-                    ..Default::default()
-                }),
-            })),
-        })?;
+        tx.send(v1::Call::subscribe(v1::FrameworkInfo {
+            name: name.into(),
+            ..Default::default()
+        }))?;
         let mut events = client
             .subscribe(UnboundedReceiverStream::new(rx))
             .await?

@@ -503,16 +503,12 @@ pub async fn grpc_scheduler(
 ) {
     let channel = tls::grpc_channel(url, cfg).await.unwrap();
     let (tx, rx) = mpsc::unbounded_channel();
-    tx.send(v1::Call {
-        call: Some(call::Call::Subscribe(call::Subscribe {
-            framework: Some(v1::FrameworkInfo {
-                framework_id: framework_id.into(),
-                name: "tls".into(),
-                role: "*".into(),
-                failover_timeout_secs: 600.0,
-            }),
-        })),
-    })
+    tx.send(v1::Call::subscribe(v1::FrameworkInfo {
+        framework_id: framework_id.into(),
+        name: "tls".into(),
+        role: "*".into(),
+        failover_timeout_secs: 600.0,
+    }))
     .unwrap();
     let mut events = SchedulerServiceClient::new(channel)
         .subscribe(UnboundedReceiverStream::new(rx))
