@@ -24,6 +24,16 @@ fn open(dir: &Path) -> ImageStore {
     ImageStore::open(dir.join("store"), StoreSettings::default()).unwrap()
 }
 
+/// A store in a new directory and, beside it, the layout of a one-layer image of
+/// `size` bytes of noise (see [`noise_image`]); returns the directory (removed on
+/// drop), the store and the image's reference.
+fn store_with_noise_image(seed: u64, size: usize) -> (tempfile::TempDir, ImageStore, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let name = noise_image(dir.path(), "img", seed, size);
+    (dir, store, name)
+}
+
 #[tokio::test]
 async fn gc_removes_least_recently_used_images_and_never_a_leased_one() {
     let dir = tempfile::tempdir().unwrap();
@@ -111,9 +121,7 @@ async fn leases_survive_a_restart_and_can_be_re_established() {
 
 #[tokio::test]
 async fn remove_refuses_an_image_in_use_and_then_frees_its_content() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
-    let name = noise_image(dir.path(), "img", 9, 256 << 10);
+    let (_dir, store, name) = store_with_noise_image(9, 256 << 10);
     common::prepared(&store, &name, "task-1").await;
     let err = store.remove(&name).unwrap_err().to_string();
     assert!(err.contains("is in use by task-1"), "{err}");
@@ -318,9 +326,7 @@ async fn a_stored_image_is_prepared_without_waiting_only_when_whole() {
 /// collects the image) only once both are gone.
 #[tokio::test]
 async fn a_lease_written_once_holds_the_image_until_its_process_and_lock_are_gone() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
-    let name = noise_image(dir.path(), "img", 6, 64 << 10);
+    let (dir, store, name) = store_with_noise_image(6, 64 << 10);
     let reference = common::parse(&store, &name);
     let lock = dir.path().join("spec.json");
     // The launcher, started as its own process so that it can be killed.
@@ -374,9 +380,7 @@ async fn a_lease_written_once_holds_the_image_until_its_process_and_lock_are_gon
 /// the image's last use only when the one seen at prepare time is stale.
 #[tokio::test]
 async fn a_prepared_image_is_released_without_reading_its_lease_back() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
-    let name = noise_image(dir.path(), "img", 7, 64 << 10);
+    let (_dir, store, name) = store_with_noise_image(7, 64 << 10);
     let image = common::prepared(&store, &name, "exec-2").await;
     let recorded = store.image(&image.digest).unwrap().unwrap().last_used_ms;
     assert_eq!(image.last_used_ms, recorded);
