@@ -1349,6 +1349,17 @@ impl Scheduler {
         .await
     }
 
+    /// Waits for OFFERS and accepts the first of them with `tasks`, declining the
+    /// others (with one agent there are none).
+    pub async fn accept_next_offer(&mut self, tasks: Vec<v1::TaskInfo>) {
+        let offers = self.offers().await;
+        let (first, rest) = offers.split_first().expect("OFFERS with no offer");
+        self.accept(&first.offer_id, tasks);
+        for offer in rest {
+            self.decline(&offer.offer_id);
+        }
+    }
+
     /// Waits for an UPDATE of `task_id` with `state`.
     pub async fn update(&mut self, task_id: &str, state: v1::TaskState) -> v1::TaskStatus {
         self.wait_for(

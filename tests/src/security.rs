@@ -172,13 +172,8 @@ pub fn registration(id: &str, hostname: &str) -> agent_message::Register {
 /// Launches `task` on the next offer (declining the others) and returns its first
 /// status that is RUNNING or an end.
 pub async fn launch_one(s: &mut super::Scheduler, task: v1::TaskInfo) -> v1::TaskStatus {
-    let offers = s.offers().await;
-    let (first, rest) = offers.split_first().expect("OFFERS with no offer");
     let id = task.task_id.clone();
-    s.accept(&first.offer_id, vec![task]);
-    for offer in rest {
-        s.decline(&offer.offer_id);
-    }
+    s.accept_next_offer(vec![task]).await;
     loop {
         let status = s.any_update(&id).await;
         let state = status.state();

@@ -43,6 +43,15 @@ async fn wait_stdout(c: &Cluster, task_id: &str, text: &str) -> String {
     panic!("{task_id}: {text:?} not in its stdout within {DEADLINE:?}: {last:?}");
 }
 
+/// A cluster of one agent, and framework `name` that has accepted its first offer
+/// with `tasks`.
+async fn launched(name: &str, tasks: Vec<v1::TaskInfo>) -> (Cluster, Scheduler) {
+    let c = Cluster::start(1, RES).await;
+    let mut s = c.subscribe(framework(name, "*", 0.0)).await;
+    s.accept_next_offer(tasks).await;
+    (c, s)
+}
+
 /// Kills `task_id` and returns its end and how long it took.
 async fn kill_and_time(s: &mut Scheduler, task_id: &str) -> (v1::TaskStatus, Duration) {
     let asked = Instant::now();
@@ -53,13 +62,10 @@ async fn kill_and_time(s: &mut Scheduler, task_id: &str) -> (v1::TaskStatus, Dur
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_sends_sigterm_then_sigkill_after_the_grace_period() {
-    let c = Cluster::start(1, RES).await;
-    let mut s = c.subscribe(framework("grace", "*", 0.0)).await;
-    let offer = s.offers().await.remove(0);
     let traps = "trap 'echo got TERM; exit 0' TERM; echo ready; while true; do sleep 0.1; done";
     let ignores = "trap '' TERM; echo ready; sleep 1000";
-    s.accept(
-        &offer.offer_id,
+    let (c, mut s) = launched(
+        "grace",
         vec![
             with_grace(task("traps", &["sh", "-c", traps], 0.1, 32), 30.0),
             with_grace(task("ignores", &["sh", "-c", ignores], 0.1, 32), 2.0),
@@ -68,7 +74,8 @@ async fn kill_sends_sigterm_then_sigkill_after_the_grace_period() {
             task("plain", &["sleep", "1000"], 0.1, 32),
             with_grace(task("by-cli", &["sh", "-c", traps], 0.1, 32), 30.0),
         ],
-    );
+    )
+    .await;
     for id in ["traps", "ignores", "by-cli"] {
         wait_stdout(&c, id, "ready").await;
     }
@@ -109,14 +116,13 @@ async fn kill_sends_sigterm_then_sigkill_after_the_grace_period() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn masters_view_follows_a_task_whose_scheduler_never_acknowledges() {
-    let c = Cluster::start(1, RES).await;
-    let mut s = c.subscribe(framework("never-acks", "*", 0.0)).await;
-    s.acknowledge = false;
-    let offer = s.offers().await.remove(0);
-    s.accept(
-        &offer.offer_id,
+    let (c, mut s) = launched(
+        "never-acks",
         vec![task("no-ack", &["sleep", "1000"], 0.1, 32)],
-    );
+    )
+    .await;
+    // Set before the first update is read: none is ever acknowledged.
+    s.acknowledge = false;
     let starting = s.update("no-ack", v1::TaskState::TaskStarting).await;
     let sent = Instant::now();
     // STARTING is never acknowledged, so RUNNING never reaches the scheduler; the
@@ -149,11 +155,8 @@ async fn masters_view_follows_a_task_whose_scheduler_never_acknowledges() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_api_errors_are_json_and_both_metrics_pass_promtool() {
-    let c = Cluster::start(1, RES).await;
     // A task, so that labelled families have samples.
-    let mut s = c.subscribe(framework("metrics", "*", 0.0)).await;
-    let offer = s.offers().await.remove(0);
-    s.accept(&offer.offer_id, vec![task("m1", &["true"], 0.1, 32)]);
+    let (c, mut s) = launched("metrics", vec![task("m1", &["true"], 0.1, 32)]).await;
     s.update("m1", v1::TaskState::TaskFinished).await;
 
     let agent = format!("https://{}", c.agents[0].http);

@@ -371,15 +371,8 @@ async fn offers_go_to_the_framework_with_the_lower_dominant_share() {
 
 /// Subscribes, launches `sleep 100` as `task_id` and waits until it is RUNNING.
 async fn launch_sleep(c: &Cluster, s: &mut Scheduler, task_id: &str) {
-    let offers = s.offers().await;
-    let (first, rest) = offers.split_first().expect("OFFERS with no offer");
-    s.accept(
-        &first.offer_id,
-        vec![task(task_id, &["sleep", "100"], 0.1, 32)],
-    );
-    for offer in rest {
-        s.decline(&offer.offer_id);
-    }
+    s.accept_next_offer(vec![task(task_id, &["sleep", "100"], 0.1, 32)])
+        .await;
     s.update(task_id, v1::TaskState::TaskRunning).await;
     c.wait_task_state(task_id, "RUNNING").await;
 }
@@ -570,11 +563,11 @@ async fn invalid_accepts_get_invalid_task_and_launch_nothing() {
     error_status(&st, "a task needing 64 cpus on an offer of 2");
 
     // Empty command, and a malformed task id.
-    let offer = s.offers().await.remove(0);
-    s.accept(
-        &offer.offer_id,
-        vec![task("empty-command", &[], 0.1, 32), sleep("../escape")],
-    );
+    s.accept_next_offer(vec![
+        task("empty-command", &[], 0.1, 32),
+        sleep("../escape"),
+    ])
+    .await;
     error_status(&s.any_update("empty-command").await, "an empty command");
     error_status(&s.any_update("../escape").await, "task id ../escape");
 
@@ -595,16 +588,12 @@ async fn invalid_accepts_get_invalid_task_and_launch_nothing() {
     );
 
     // A valid task, then the same id again.
-    let offer = s.offers().await.remove(0);
-    s.accept(&offer.offer_id, vec![sleep("t-ok")]);
+    s.accept_next_offer(vec![sleep("t-ok")]).await;
     s.update("t-ok", v1::TaskState::TaskRunning).await;
     // Forget t-ok's earlier updates: the next one answers the duplicate.
     s.forget_updates("t-ok");
-    let offer = s.offers().await.remove(0);
-    s.accept(
-        &offer.offer_id,
-        vec![task("t-ok", &["sh", "-c", "echo second"], 0.1, 32)],
-    );
+    s.accept_next_offer(vec![task("t-ok", &["sh", "-c", "echo second"], 0.1, 32)])
+        .await;
     error_status(&s.any_update("t-ok").await, "a duplicate task id");
 
     let (containers, tasks) = settled().await;
