@@ -493,7 +493,6 @@ impl Sandbox {
         self.run_with_stdin(opts, cmd, None)
     }
 
-    /// Runs `sh -c script` with `opts`.
     /// Runs `sh -c script` with `opts` in a sandbox of its own, removed once the
     /// task has ended.
     pub fn run_sh(opts: &[&str], script: &str) -> Outcome {
