@@ -12,6 +12,7 @@
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
+use cella_proto::validate::is_device_path;
 use serde::{Deserialize, Serialize};
 
 /// Character or block device.
@@ -123,12 +124,7 @@ pub enum DeviceError {
 
 /// The node for host device `path`, to appear at the same path in the task.
 pub fn host_device(path: &Path) -> Result<DeviceNode, DeviceError> {
-    if !path.starts_with("/dev")
-        || path
-            .components()
-            .any(|c| c == std::path::Component::ParentDir)
-        || path == Path::new("/dev")
-    {
+    if !is_device_path(path) {
         return Err(DeviceError::BadPath(path.to_path_buf()));
     }
     let meta = std::fs::metadata(path).map_err(|source| DeviceError::Stat {

@@ -175,8 +175,8 @@ fn devices(devices: &[String]) -> Result<(), InvalidTask> {
 }
 
 /// Whether `path` can name a host device node: absolute, under /dev, without '..'.
-pub fn is_device_path(path: &str) -> bool {
-    let p = Path::new(path);
+pub fn is_device_path(path: impl AsRef<Path>) -> bool {
+    let p = path.as_ref();
     is_confined_absolute(p) && p.starts_with("/dev") && p != Path::new("/dev")
 }
 
@@ -242,7 +242,7 @@ pub fn is_valid_id(id: &str) -> bool {
 }
 
 /// `KEY=VALUE` with a non-empty key.
-fn is_env_pair(kv: &str) -> bool {
+pub fn is_env_pair(kv: &str) -> bool {
     kv.split_once('=').is_some_and(|(key, _)| !key.is_empty())
 }
 
@@ -274,7 +274,7 @@ pub fn is_valid_hostname(name: &str) -> bool {
 }
 
 /// An absolute path that cannot climb out with `..`.
-fn is_confined_absolute(path: &Path) -> bool {
+pub fn is_confined_absolute(path: &Path) -> bool {
     path.is_absolute() && !path.components().any(|c| c == Component::ParentDir)
 }
 

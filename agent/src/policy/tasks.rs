@@ -19,6 +19,7 @@
 use std::path::{Path, PathBuf};
 
 use cella_proto::v1;
+use cella_proto::validate::is_confined_absolute;
 
 /// The user tasks run as when they name none.
 pub const DEFAULT_TASK_USER: &str = "nobody";
@@ -41,11 +42,7 @@ impl VolumeAllow {
             _ => (s, false),
         };
         let prefix = PathBuf::from(path);
-        let normal = prefix.is_absolute()
-            && !prefix
-                .components()
-                .any(|c| matches!(c, std::path::Component::ParentDir));
-        if !normal {
+        if !is_confined_absolute(&prefix) {
             return Err(format!(
                 "{s:?}: give an absolute directory without '..', optionally with :ro or :rw \
                  (e.g. /srv/data:rw)"

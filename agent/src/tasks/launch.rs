@@ -13,9 +13,7 @@ use crate::images::ImageFailure;
 use crate::state::{Task, lock};
 use crate::tasks::TaskRunner;
 use crate::tasks::kill::kill_slot;
-use crate::tasks::spec::{
-    Launchable, SpecError, admit, admit_image, check_image_task, prepare_sandbox,
-};
+use crate::tasks::spec::{Launchable, SpecError, admit, admit_image, check_task, prepare_sandbox};
 use crate::tasks::status::{report, report_detached, start_failure_reason, status};
 use crate::tasks::watch::{attach, watch};
 
@@ -76,7 +74,7 @@ pub async fn launch(runner: Arc<TaskRunner>, owner: Owner, mut info: v1::TaskInf
     // An image task is checked first and admitted once its image is ready: the
     // user it runs as comes from the image.
     let admitted = if info.image.is_some() {
-        check_image_task(&info, &shared.config.tasks).map(|()| None)
+        check_task(&info, &shared.config.tasks).map(|()| None)
     } else {
         admit(&info, &sandbox, &shared.config.tasks).map(Some)
     };

@@ -33,17 +33,14 @@ pub struct Launchable {
     pub identity: Identity,
 }
 
-/// Admits a task for launch: the task rules, the agent's allowlist, its user
-/// resolved; then its configuration ([`task_config`]).
+/// Admits a task for launch: the task rules and the agent's allowlist of paths
+/// ([`check_task`]), its user resolved; then its configuration ([`task_config`]).
 pub fn admit(
     info: &v1::TaskInfo,
     sandbox: &Path,
     policy: &TaskPolicy,
 ) -> Result<Launchable, SpecError> {
-    // The same rules the master applied before it sent the task: a master that was
-    // compromised or is older cannot make the agent run what it should have refused.
-    cella_proto::validate::task(info).map_err(|e| SpecError::Invalid(e.to_string()))?;
-    policy.check_paths(info)?;
+    check_task(info, policy)?;
     let user = policy.user_of(info);
     let root = if info.rootfs.is_empty() {
         PathBuf::from("/")
@@ -59,15 +56,17 @@ pub fn admit(
     })
 }
 
-/// The checks of [`admit`] that come before an image task's image is prepared: the
-/// task rules and the agent's allowlist of paths.
-pub fn check_image_task(info: &v1::TaskInfo, policy: &TaskPolicy) -> Result<(), SpecError> {
+/// The checks that come before a task's user is resolved (for an image task, before
+/// its image is prepared): the task rules and the agent's allowlist of paths.
+pub fn check_task(info: &v1::TaskInfo, policy: &TaskPolicy) -> Result<(), SpecError> {
+    // The same rules the master applied before it sent the task: a master that was
+    // compromised or is older cannot make the agent run what it should have refused.
     cella_proto::validate::task(info).map_err(|e| SpecError::Invalid(e.to_string()))?;
     policy.check_paths(info)?;
     Ok(())
 }
 
-/// Admits an image task once its image is ready ([`check_image_task`] passed): the
+/// Admits an image task once its image is ready ([`check_task`] passed): the
 /// user (the task's, else the image's, else the agent's task user) resolved in the
 /// image's `/etc/passwd`; the image's command, environment and working directory
 /// applied.

@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+use cella_proto::validate::is_confined_absolute;
+
 use super::{Isolator, IsolatorError, Prepared};
 use crate::paths::RunDir;
 use crate::spec::{BindMount, FilesystemSpec, OverlaySpec, ShimSpec};
@@ -175,11 +177,7 @@ impl Isolator for FilesystemIsolator {
             let source = v.host.canonicalize().map_err(|e| {
                 IsolatorError::invalid("--volume", format!("host path {}: {e}", v.host.display()))
             })?;
-            if !v.task.is_absolute()
-                || v.task
-                    .components()
-                    .any(|c| c == std::path::Component::ParentDir)
-            {
+            if !is_confined_absolute(&v.task) {
                 return Err(IsolatorError::invalid(
                     "--volume",
                     format!(

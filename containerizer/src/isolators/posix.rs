@@ -2,6 +2,8 @@
 
 use std::path::Path;
 
+use cella_proto::validate::is_env_pair;
+
 use super::{Isolator, IsolatorError, Prepared};
 use crate::spec::ShimSpec;
 use crate::task::{TaskConfig, TaskId};
@@ -28,7 +30,7 @@ impl Isolator for PosixIsolator {
             spec.identity = Some(id);
         }
         for kv in &config.env {
-            if !kv.contains('=') || kv.starts_with('=') {
+            if !is_env_pair(kv) {
                 return Err(IsolatorError::invalid(
                     "--env",
                     format!("{kv:?} is not KEY=VALUE"),

@@ -5,8 +5,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use rustls::client::WantsClientCert;
 use rustls::crypto::CryptoProvider;
-use rustls::{ClientConfig, ServerConfig, SupportedProtocolVersion};
+use rustls::{ClientConfig, ConfigBuilder, ServerConfig, SupportedProtocolVersion};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -62,9 +63,21 @@ pub fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
     })
 }
 
-/// The `crl.pem` beside a CA file.
-fn crl_beside(ca_path: &Path) -> std::path::PathBuf {
-    ca_path.with_file_name("crl.pem")
+/// The CA in `ca_path` and the revocation list in the `crl.pem` beside it, if any.
+fn trust_with_crl_beside(ca_path: &Path) -> Result<Arc<Trust>> {
+    Trust::load(ca_path, &ca_path.with_file_name("crl.pem"))
+}
+
+/// A client configuration's first steps: this module's provider and protocol
+/// versions, and the server verified by `trust` as one of the `expected` kind.
+fn client_builder(
+    trust: &Arc<Trust>,
+    expected: ExpectedServer,
+) -> Result<ConfigBuilder<ClientConfig, WantsClientCert>> {
+    Ok(ClientConfig::builder_with_provider(crypto_provider())
+        .with_protocol_versions(PROTOCOL_VERSIONS)?
+        .dangerous()
+        .with_custom_certificate_verifier(trust.server_verifier(expected)))
 }
 
 /// Server configuration for the one Cella port: certificate `cert_path` / `key_path`,
@@ -82,7 +95,7 @@ pub fn server_config_with(
     key_path: &Path,
     auth: ClientAuth,
 ) -> Result<ServerConfig> {
-    let trust = Trust::load(ca_path, &crl_beside(ca_path))?;
+    let trust = trust_with_crl_beside(ca_path)?;
     server_config_trusting(&trust, cert_path, key_path, auth)
 }
 
@@ -125,7 +138,7 @@ pub fn client_config_for(
     key_path: &Path,
     expected: ExpectedServer,
 ) -> Result<ClientConfig> {
-    let trust = Trust::load(ca_path, &crl_beside(ca_path))?;
+    let trust = trust_with_crl_beside(ca_path)?;
     client_config_trusting(&trust, cert_path, key_path, expected)
 }
 
@@ -138,11 +151,7 @@ pub fn client_config_trusting(
 ) -> Result<ClientConfig> {
     let certs = load_certs(cert_path)?;
     let key = load_private_key(key_path)?;
-    Ok(ClientConfig::builder_with_provider(crypto_provider())
-        .with_protocol_versions(PROTOCOL_VERSIONS)?
-        .dangerous()
-        .with_custom_certificate_verifier(trust.server_verifier(expected))
-        .with_client_auth_cert(certs, key)?)
+    Ok(client_builder(trust, expected)?.with_client_auth_cert(certs, key)?)
 }
 
 /// Client configuration without a client certificate (enough for `GET /health`, or for
@@ -156,10 +165,6 @@ pub fn client_config_anonymous_for(
     ca_path: &Path,
     expected: ExpectedServer,
 ) -> Result<ClientConfig> {
-    let trust = Trust::load(ca_path, &crl_beside(ca_path))?;
-    Ok(ClientConfig::builder_with_provider(crypto_provider())
-        .with_protocol_versions(PROTOCOL_VERSIONS)?
-        .dangerous()
-        .with_custom_certificate_verifier(trust.server_verifier(expected))
-        .with_no_client_auth())
+    let trust = trust_with_crl_beside(ca_path)?;
+    Ok(client_builder(&trust, expected)?.with_no_client_auth())
 }
