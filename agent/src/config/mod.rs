@@ -214,15 +214,8 @@ impl FileConfig {
     }
 
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let field = format!("--config {}", path.display());
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::new(&field, format!("cannot read the file: {e}")))?;
-        Self::parse(&text).map_err(|e| {
-            ConfigError::new(
-                &field,
-                format!("{e}\n(keys are the flag names with underscores, e.g. work_dir = \"/var/lib/cella/agent\")"),
-            )
-        })
+        cella_proto::config_file::load(path, "work_dir = \"/var/lib/cella/agent\"")
+            .map_err(|m| ConfigError::new(format!("--config {}", path.display()), m))
     }
 }
 
