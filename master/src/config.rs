@@ -54,21 +54,12 @@ pub struct FileError {
 impl FileConfig {
     /// Reads and parses `path`.
     pub fn load(path: &Path) -> Result<FileConfig, FileError> {
-        let err = |key: &str, message: String| FileError {
-            key: key.into(),
-            file: path.display().to_string(),
-            message,
-        };
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| err("--config", format!("cannot read the file: {e}")))?;
-        toml::from_str(&text).map_err(|e| {
-            err(
-                "--config",
-                format!(
-                    "{}\n(keys are the flag names with underscores, e.g. agent_timeout = \"60s\")",
-                    e.to_string().trim()
-                ),
-            )
+        cella_proto::config_file::load(path, "agent_timeout = \"60s\"").map_err(|message| {
+            FileError {
+                key: "--config".into(),
+                file: path.display().to_string(),
+                message,
+            }
         })
     }
 }

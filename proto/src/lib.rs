@@ -15,6 +15,7 @@
 //! * [`perms`]: the modes of key, credential and state files, checked as ssh does.
 //! * [`path_io`]: I/O errors that name their path.
 //! * [`reload`]: re-reading edited files on change or SIGHUP.
+//! * [`config_file`]: the daemons' TOML configuration files.
 //! * [`time`]: timestamps in nanoseconds and durations as people write them.
 //! * [`usage_delta`]: usage reports that carry only the figures that changed.
 //! * [`signals`]: the signals that stop a daemon.
@@ -25,6 +26,7 @@
 pub mod acl;
 pub mod api;
 pub mod auth;
+pub mod config_file;
 pub mod exposition;
 pub mod http_errors;
 pub mod journal;

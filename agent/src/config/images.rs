@@ -8,32 +8,25 @@ use std::path::{Path, PathBuf};
 use cella_image::{Credentials, RegistrySettings};
 use serde::Deserialize;
 
-/// A setting that cannot be used: the flag or key, and what to do.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    pub field: String,
-    pub message: String,
-}
-
-impl ConfigError {
-    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
-}
+use super::ConfigError;
+use super::sources::Sources;
 
 /// The store's size when none is configured.
 pub const DEFAULT_STORE_SIZE: u64 = 10 << 30;
 
-#[derive(Debug, Clone, Default, clap::Args)]
+/// The image settings, both as flags and as the TOML file's `[images]` table (where
+/// `--insecure-registry` is `insecure_registries`, `--image-store-size` is
+/// `store_size`, and `credentials` has no flag). All are optional, so that
+/// [`ImageArgs::resolve`] can let the flags win over the file.
+#[derive(Debug, Clone, Default, clap::Args, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ImageArgs {
     /// Where short image names (`busybox`) are looked up: HOST[:PORT] [default: docker.io].
     #[arg(long, value_name = "HOST[:PORT]")]
     pub default_registry: Option<String>,
     /// A registry spoken to over plain HTTP (repeatable); every other one is HTTPS only.
     #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
+    #[serde(default)]
     pub insecure_registries: Vec<String>,
     /// A PEM file of CA certificates trusted for registries, besides the system's.
     #[arg(long, value_name = "FILE")]
@@ -44,22 +37,16 @@ pub struct ImageArgs {
     /// Images no task uses are removed, least recently used first, while the image
     /// store (`<work-dir>/images`) takes more than this [default: 10GiB].
     #[arg(long, value_name = "SIZE")]
+    #[serde(rename = "store_size")]
     pub image_store_size: Option<String>,
-}
-
-/// `[images]` in the TOML file.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ImagesFile {
-    pub default_registry: Option<String>,
-    pub insecure_registries: Option<Vec<String>>,
-    pub registry_ca: Option<PathBuf>,
-    pub registry_auth: Option<PathBuf>,
-    pub store_size: Option<String>,
     /// `[images.credentials."HOST:PORT"]` with `username` and `password` (or
-    /// `password_file`); these win over `registry_auth`.
+    /// `password_file`); these win over `registry_auth`. Only in the file.
+    #[arg(skip)]
     pub credentials: Option<BTreeMap<String, CredentialsFile>>,
 }
+
+/// `[images]` in the TOML file: the same settings as the flags.
+pub type ImagesFile = ImageArgs;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -110,61 +97,43 @@ impl ImageArgs {
     ) -> Result<ImagesConfig, ConfigError> {
         let empty = ImagesFile::default();
         let file = file.unwrap_or(&empty);
-        let origin = |flag: &str, key: &str, from_flag: bool| {
-            if from_flag {
-                format!("--{flag}")
-            } else {
-                match source {
-                    Some(p) => format!("images.{key} (in {})", p.display()),
-                    None => format!("images.{key}"),
-                }
-            }
+        let from = Sources {
+            file: source,
+            table: "images.",
         };
         let mut config = ImagesConfig::default();
         let registries = &mut config.registries;
-        if let Some(host) = self
-            .default_registry
-            .clone()
-            .or_else(|| file.default_registry.clone())
-        {
-            let field = origin(
-                "default-registry",
-                "default_registry",
-                self.default_registry.is_some(),
-            );
+        let default_registry = from.pick(
+            "default-registry",
+            &self.default_registry,
+            &file.default_registry,
+        );
+        if let Some((host, field)) = default_registry {
             check_registry(&field, &host)?;
             registries.default_registry = host;
         }
-        let (insecure, from_flag) = if self.insecure_registries.is_empty() {
-            (file.insecure_registries.clone().unwrap_or_default(), false)
-        } else {
-            (self.insecure_registries.clone(), true)
-        };
+        let (insecure, field) = from.list(
+            "insecure-registry",
+            "insecure_registries",
+            &self.insecure_registries,
+            Some(file.insecure_registries.as_slice()),
+        );
         for host in &insecure {
-            check_registry(
-                &origin("insecure-registry", "insecure_registries", from_flag),
-                host,
-            )?;
+            check_registry(&field, host)?;
         }
         registries.insecure_registries = insecure;
-        registries.ca_file = self
-            .registry_ca
-            .clone()
-            .or_else(|| file.registry_ca.clone());
-        if registries.ca_file.is_some() {
-            registries.ca_pem().map_err(|e| {
-                ConfigError::new(
-                    origin("registry-ca", "registry_ca", self.registry_ca.is_some()),
-                    e.to_string(),
-                )
-            })?;
+        if let Some((ca, field)) = from.pick("registry-ca", &self.registry_ca, &file.registry_ca) {
+            registries.ca_file = Some(ca);
+            registries
+                .ca_pem()
+                .map_err(|e| ConfigError::new(field, e.to_string()))?;
         }
         registries.docker_config = self
             .registry_auth
             .clone()
             .or_else(|| file.registry_auth.clone());
         for (host, entry) in file.credentials.iter().flatten() {
-            let field = origin("", &format!("credentials.\"{host}\""), false);
+            let field = from.field("", &format!("credentials.\"{host}\""), false);
             check_registry(&field, host)?;
             let password = match (&entry.password, &entry.password_file) {
                 (Some(p), None) => p.clone(),
@@ -188,20 +157,15 @@ impl ImageArgs {
                 },
             );
         }
-        if let Some(size) = self
-            .image_store_size
-            .clone()
-            .or_else(|| file.store_size.clone())
-        {
+        let size = from.pick_as(
+            "image-store-size",
+            "store_size",
+            &self.image_store_size,
+            &file.image_store_size,
+        );
+        if let Some((size, field)) = size {
             config.store_size = cella_containerizer::units::parse_size(&size).map_err(|e| {
-                ConfigError::new(
-                    origin(
-                        "image-store-size",
-                        "store_size",
-                        self.image_store_size.is_some(),
-                    ),
-                    format!("{size:?}: {e}; give a size such as 20GiB"),
-                )
+                ConfigError::new(field, format!("{size:?}: {e}; give a size such as 20GiB"))
             })?;
         }
         Ok(config)

@@ -14,10 +14,12 @@ use serde::Deserialize;
 
 pub mod images;
 pub mod parse;
+mod sources;
 
 pub use images::{ImageArgs, ImagesConfig, ImagesFile};
 use parse::check_attribute;
 pub use parse::{ResourceSpec, parse_attributes, parse_resources};
+use sources::Sources;
 
 use crate::policy::{TaskPolicy, VolumeAllow};
 
@@ -212,15 +214,8 @@ impl FileConfig {
     }
 
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let field = format!("--config {}", path.display());
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::new(&field, format!("cannot read the file: {e}")))?;
-        Self::parse(&text).map_err(|e| {
-            ConfigError::new(
-                &field,
-                format!("{e}\n(keys are the flag names with underscores, e.g. work_dir = \"/var/lib/cella/agent\")"),
-            )
-        })
+        cella_proto::config_file::load(path, "work_dir = \"/var/lib/cella/agent\"")
+            .map_err(|m| ConfigError::new(format!("--config {}", path.display()), m))
     }
 }
 
@@ -338,31 +333,21 @@ impl AgentArgs {
         file: &FileConfig,
         source: Option<&Path>,
     ) -> Result<AgentConfig, ConfigError> {
-        // Names the origin of a value: the flag, or the TOML key and its file.
-        let origin = |flag: &str, from_flag: bool| {
-            if from_flag {
-                format!("--{flag}")
-            } else {
-                let key = flag.replace('-', "_");
-                match source {
-                    Some(p) => format!("{key} (in {})", p.display()),
-                    None => key,
-                }
-            }
+        let from = Sources {
+            file: source,
+            table: "",
         };
         let mut config = AgentConfig::default();
-        if let Some(level) = self.log_level.clone().or_else(|| file.log_level.clone()) {
-            cella_proto::logging::check_level(&level)
-                .map_err(|m| ConfigError::new(origin("log-level", self.log_level.is_some()), m))?;
+        if let Some((level, field)) = from.pick("log-level", &self.log_level, &file.log_level) {
+            cella_proto::logging::check_level(&level).map_err(|m| ConfigError::new(field, m))?;
             config.log_level = level;
         }
         if self.log_level.is_none() {
             config.reload_log_level_from = source.map(Path::to_path_buf);
         }
 
-        if let Some(master) = self.master.clone().or_else(|| file.master.clone()) {
-            check_master_url(&master)
-                .map_err(|m| ConfigError::new(origin("master", self.master.is_some()), m))?;
+        if let Some((master, field)) = from.pick("master", &self.master, &file.master) {
+            check_master_url(&master).map_err(|m| ConfigError::new(field, m))?;
             config.master = master;
         }
         if let Some(dir) = self.tls_dir.clone().or_else(|| file.tls_dir.clone()) {
@@ -389,19 +374,19 @@ impl AgentArgs {
                 ));
             }
         }
-        if let Some(spec) = self.resources.clone().or_else(|| file.resources.clone()) {
-            config.resources = parse_resources(&spec, false)
-                .map_err(|m| ConfigError::new(origin("resources", self.resources.is_some()), m))?;
+        if let Some((spec, field)) = from.pick("resources", &self.resources, &file.resources) {
+            config.resources =
+                parse_resources(&spec, false).map_err(|m| ConfigError::new(field, m))?;
         }
-        if let Some(spec) = self.reserve.clone().or_else(|| file.reserve.clone()) {
-            config.reserve = parse_resources(&spec, true)
-                .map_err(|m| ConfigError::new(origin("reserve", self.reserve.is_some()), m))?;
+        if let Some((spec, field)) = from.pick("reserve", &self.reserve, &file.reserve) {
+            config.reserve =
+                parse_resources(&spec, true).map_err(|m| ConfigError::new(field, m))?;
         }
         if let Some(attrs) = &self.attributes {
             config.attributes =
                 parse_attributes(attrs).map_err(|m| ConfigError::new("--attributes", m))?;
         } else if let Some(attrs) = &file.attributes {
-            let field = origin("attributes", false);
+            let field = from.field("attributes", "attributes", false);
             config.attributes = match attrs {
                 Attributes::Text(text) => {
                     parse_attributes(text).map_err(|m| ConfigError::new(&field, m))?
@@ -416,7 +401,7 @@ impl AgentArgs {
                 }
             };
         }
-        if let Some(hostname) = self.hostname.clone().or_else(|| file.hostname.clone()) {
+        if let Some((hostname, field)) = from.pick("hostname", &self.hostname, &file.hostname) {
             let ok = !hostname.is_empty()
                 && hostname.len() <= 253
                 && !hostname
@@ -424,36 +409,30 @@ impl AgentArgs {
                     .any(|c| c.is_whitespace() || c.is_control());
             if !ok {
                 return Err(ConfigError::new(
-                    origin("hostname", self.hostname.is_some()),
+                    field,
                     format!("{hostname:?}: give a non-empty name without spaces"),
                 ));
             }
             config.hostname = Some(hostname);
         }
-        if let Some(listen) = self
-            .http_listen
-            .clone()
-            .or_else(|| file.http_listen.clone())
-        {
+        let listen = from.pick("http-listen", &self.http_listen, &file.http_listen);
+        if let Some((listen, field)) = listen {
             config.http_listen = listen.trim().parse().map_err(|_| {
                 ConfigError::new(
-                    origin("http-listen", self.http_listen.is_some()),
+                    field,
                     format!("{listen:?} is not ADDRESS:PORT; use e.g. {DEFAULT_HTTP_LISTEN} or [::1]:5051"),
                 )
             })?;
         }
-        if let Some(root) = self
-            .cgroup_root
-            .clone()
-            .or_else(|| file.cgroup_root.clone())
-        {
+        let cgroup_root = from.pick("cgroup-root", &self.cgroup_root, &file.cgroup_root);
+        if let Some((root, field)) = cgroup_root {
             let bad = root.as_os_str().is_empty()
                 || root
                     .components()
                     .any(|c| matches!(c, std::path::Component::ParentDir));
             if bad {
                 return Err(ConfigError::new(
-                    origin("cgroup-root", self.cgroup_root.is_some()),
+                    field,
                     format!(
                         "{}: give a path without '..', e.g. /cella or cella",
                         root.display()
@@ -462,17 +441,12 @@ impl AgentArgs {
             }
             config.cgroup_root = Some(root);
         }
-        if let Some(interval) = self
-            .usage_interval
-            .clone()
-            .or_else(|| file.usage_interval.clone())
-        {
-            let d = parse_duration(&interval).map_err(|m| {
-                ConfigError::new(origin("usage-interval", self.usage_interval.is_some()), m)
-            })?;
+        let interval = from.pick("usage-interval", &self.usage_interval, &file.usage_interval);
+        if let Some((interval, field)) = interval {
+            let d = parse_duration(&interval).map_err(|m| ConfigError::new(&field, m))?;
             if d < Duration::from_millis(100) {
                 return Err(ConfigError::new(
-                    origin("usage-interval", self.usage_interval.is_some()),
+                    field,
                     "at least 100ms: sampling every task more often costs more than it tells",
                 ));
             }
@@ -480,13 +454,13 @@ impl AgentArgs {
         }
         config.kill_tasks_on_exit =
             self.kill_tasks_on_exit || file.kill_tasks_on_exit.unwrap_or(false);
-        if let Some(mode) = self.recover.clone().or_else(|| file.recover.clone()) {
+        if let Some((mode, field)) = from.pick("recover", &self.recover, &file.recover) {
             config.recover = match mode.trim() {
                 "reconnect" => RecoverMode::Reconnect,
                 "cleanup" => RecoverMode::Cleanup,
                 other => {
                     return Err(ConfigError::new(
-                        origin("recover", self.recover.is_some()),
+                        field,
                         format!(
                             "{other:?}: use reconnect (keep the tasks) or cleanup (kill them and exit)"
                         ),
@@ -499,15 +473,11 @@ impl AgentArgs {
         } else {
             self.strict.or(file.strict).unwrap_or(true)
         };
-        if let Some(delay) = self.gc_delay.clone().or_else(|| file.gc_delay.clone()) {
-            config.gc_delay = parse_duration(&delay)
-                .map_err(|m| ConfigError::new(origin("gc-delay", self.gc_delay.is_some()), m))?;
+        if let Some((delay, field)) = from.pick("gc-delay", &self.gc_delay, &file.gc_delay) {
+            config.gc_delay = parse_duration(&delay).map_err(|m| ConfigError::new(field, m))?;
         }
-        self.resolve_policy(file, &origin, &mut config)?;
-        config.images = self
-            .images
-            .resolve(file.images.as_ref(), source)
-            .map_err(|e| ConfigError::new(e.field, e.message))?;
+        self.resolve_policy(file, from, &mut config)?;
+        config.images = self.images.resolve(file.images.as_ref(), source)?;
         Ok(config)
     }
 
@@ -515,35 +485,36 @@ impl AgentArgs {
     fn resolve_policy(
         &self,
         file: &FileConfig,
-        origin: &dyn Fn(&str, bool) -> String,
+        from: Sources<'_>,
         config: &mut AgentConfig,
     ) -> Result<(), ConfigError> {
-        if let Some(user) = self.task_user.clone().or_else(|| file.task_user.clone()) {
+        if let Some((user, field)) = from.pick("task-user", &self.task_user, &file.task_user) {
             if cella_proto::validate::is_valid_user(&user) {
                 config.tasks.task_user = user;
             } else {
                 return Err(ConfigError::new(
-                    origin("task-user", self.task_user.is_some()),
+                    field,
                     format!("{user:?}: use NAME, UID, NAME:GROUP or UID:GID"),
                 ));
             }
         }
         config.tasks.allow_root = self.allow_root_tasks || file.allow_root_tasks.unwrap_or(false);
-        if let Some(n) = self.default_pids_limit.or(file.default_pids_limit) {
+        let pids = from.pick(
+            "default-pids-limit",
+            &self.default_pids_limit,
+            &file.default_pids_limit,
+        );
+        if let Some((n, field)) = pids {
             if n == 0 {
                 return Err(ConfigError::new(
-                    origin("default-pids-limit", self.default_pids_limit.is_some()),
+                    field,
                     "0: every task needs a process limit; give a number of processes, e.g. 4096",
                 ));
             }
             config.tasks.default_pids = n;
         }
-        let disk = self
-            .default_disk
-            .clone()
-            .or_else(|| file.default_disk.clone());
-        if let Some(text) = disk {
-            let field = origin("default-disk", self.default_disk.is_some());
+        let disk = from.pick("default-disk", &self.default_disk, &file.default_disk);
+        if let Some((text, field)) = disk {
             match cella_containerizer::units::parse_size(&text) {
                 Ok(0) => {
                     return Err(ConfigError::new(
@@ -555,52 +526,43 @@ impl AgentArgs {
                 Err(e) => return Err(ConfigError::new(field, format!("{text:?}: {e}"))),
             }
         }
-        let (volumes, from_flag) = if self.allow_volumes.is_empty() {
-            (file.allow_volumes.clone().unwrap_or_default(), false)
-        } else {
-            (self.allow_volumes.clone(), true)
-        };
+        let (volumes, field) = from.list(
+            "allow-volume",
+            "allow_volumes",
+            &self.allow_volumes,
+            file.allow_volumes.as_deref(),
+        );
         config.tasks.volumes = volumes
             .iter()
             .map(|v| VolumeAllow::parse(v))
             .collect::<Result<_, _>>()
-            .map_err(|m| {
-                let field = if from_flag {
-                    "--allow-volume".to_string()
-                } else {
-                    origin("allow-volumes", false)
-                };
-                ConfigError::new(field, m)
-            })?;
-        let (rootfs, from_flag) = if self.allow_rootfs.is_empty() {
-            (file.allow_rootfs.clone().unwrap_or_default(), false)
-        } else {
-            (self.allow_rootfs.clone(), true)
-        };
+            .map_err(|m| ConfigError::new(field, m))?;
+        let (rootfs, field) = from.list(
+            "allow-rootfs",
+            "allow_rootfs",
+            &self.allow_rootfs,
+            file.allow_rootfs.as_deref(),
+        );
         config.tasks.rootfs = Vec::new();
         for r in rootfs {
             let p = PathBuf::from(&r);
             if !p.is_absolute() {
                 return Err(ConfigError::new(
-                    origin("allow-rootfs", from_flag),
+                    field,
                     format!("{r:?}: give an absolute directory"),
                 ));
             }
             config.tasks.rootfs.push(p);
         }
-        let (devices, from_flag) = if self.allow_devices.is_empty() {
-            (file.allow_devices.clone().unwrap_or_default(), false)
-        } else {
-            (self.allow_devices.clone(), true)
-        };
+        let (devices, field) = from.list(
+            "allow-device",
+            "allow_devices",
+            &self.allow_devices,
+            file.allow_devices.as_deref(),
+        );
         config.tasks.devices = Vec::new();
         for d in devices {
             if !cella_proto::validate::is_device_path(&d) {
-                let field = if from_flag {
-                    "--allow-device".to_string()
-                } else {
-                    origin("allow-devices", false)
-                };
                 return Err(ConfigError::new(
                     field,
                     format!("{d:?}: give the absolute path of a device under /dev, e.g. /dev/fuse"),
