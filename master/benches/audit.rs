@@ -1,8 +1,9 @@
 //! Audit log benchmark: what one task end costs the master (encode, hash, write,
-//! fdatasync; alone, and when 20 end in one batch of commands), side by side with the floor of the same disk (the same bytes written
-//! and fdatasynced by a plain loop) and with the encoding and hashing alone; and how
-//! long a master takes to open a log of 20,000 records (the chain's head and the set
-//! of recorded ends are rebuilt from it).
+//! fdatasync; alone, and when 20 end in one batch of commands), side by side with the
+//! floor of the same disk (the same bytes written and fdatasynced by a plain loop)
+//! and with the encoding and hashing alone; and how long a master takes to open logs
+//! of 20,000 and 200,000 records in segments of the default size (the chain's head
+//! and the newest task ends are read back from them), and the memory it then holds.
 //!
 //! Run: `cargo bench -p cella-master --bench audit` (release profile); the log is
 //! written under `$CELLA_BENCH_DIR` (default: the system's temporary directory), which
@@ -11,12 +12,14 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
+use cella_master::audit::ends::RecentEnds;
 use cella_master::audit::record::{GENESIS, line_hash};
-use cella_master::audit::{AuditConfig, AuditLog, Event, Record, TaskEnd};
+use cella_master::audit::segment::segment_name;
+use cella_master::audit::{AuditConfig, AuditLog, DEFAULT_ENDS_KEPT, Event, Record, TaskEnd};
 use cella_proto::v1;
 
 const APPENDS: usize = 500;
-const OPENED: usize = 20_000;
+const OPENED: [usize; 2] = [20_000, 200_000];
 const BATCH: usize = 20;
 
 fn task_end(i: usize) -> TaskEnd {
@@ -51,7 +54,21 @@ fn per_op(d: Duration, n: usize) -> f64 {
     d.as_secs_f64() * 1e6 / n as f64
 }
 
+/// The memory `DEFAULT_ENDS_KEPT` remembered ends hold (task ids and update uuids of
+/// 36 characters, as uuids are), in MiB: measured first, on fresh memory.
+fn ends_memory() -> f64 {
+    let before = rss_kib();
+    let mut ends = RecentEnds::new(DEFAULT_ENDS_KEPT);
+    for i in 0..DEFAULT_ENDS_KEPT {
+        ends.push(&format!("{i:036}"), &format!("{:036}", i + 1));
+    }
+    let held = rss_kib().saturating_sub(before);
+    std::hint::black_box(&ends);
+    held as f64 / 1024.0
+}
+
 fn main() {
+    let ends_mib = ends_memory();
     let base = std::env::var_os("CELLA_BENCH_DIR").map_or_else(std::env::temp_dir, Into::into);
     let dir = tempfile::tempdir_in(base).expect("a temporary directory");
     let config = AuditConfig {
@@ -59,6 +76,7 @@ fn main() {
         segment_bytes: 64 << 20,
         checkpoint_interval: Duration::from_secs(3600),
         signer: None,
+        ends_kept: DEFAULT_ENDS_KEPT,
     };
 
     // 1. Through the audit log: encode, hash, write, fdatasync.
@@ -114,29 +132,12 @@ fn main() {
     }
     let cpu = start.elapsed();
 
-    // 4. Opening a log of OPENED records (written without fsync: only reading counts).
-    let big = dir.path().join("big");
-    std::fs::create_dir_all(&big).expect("big/");
-    let mut f = std::fs::File::create(big.join("segment-00000001.jsonl")).expect("segment");
-    let mut prev = GENESIS.to_string();
-    let mut bytes = 0;
-    for seq in 1..=OPENED {
-        let line = Record {
-            seq: seq as u64,
-            prev: prev.clone(),
-            time_ns: seq as u64,
-            event: Event::TaskEnd(Box::new(task_end(seq))),
-        }
-        .encode();
-        prev = line_hash(line.as_bytes());
-        bytes += line.len() + 1;
-        writeln!(f, "{line}").expect("writing");
-    }
-    drop(f);
-    let start = Instant::now();
-    let opened = AuditLog::open(&AuditConfig { dir: big, ..config }).expect("opening the big log");
-    let open_time = start.elapsed();
-    assert_eq!(opened.head().0, OPENED as u64);
+    // 4. Opening logs of OPENED records (written without fsync: only reading counts),
+    // in segments of the default size.
+    let opens: Vec<String> = OPENED
+        .iter()
+        .map(|&n| open_log(&dir.path().join(format!("big-{n}")), n, &config))
+        .collect();
 
     let line_bytes = lines.iter().map(String::len).sum::<usize>() / APPENDS;
     println!("audit log, {APPENDS} task ends of ~{line_bytes} bytes each:");
@@ -159,10 +160,68 @@ fn main() {
         per_op(cpu, APPENDS),
         cpu.as_secs_f64() / floor.as_secs_f64()
     );
-    println!(
-        "open a log of {OPENED} records ({:.1} MiB): {:.0} ms ({:.1} µs/record)",
+    for line in opens {
+        println!("{line}");
+    }
+    println!("{DEFAULT_ENDS_KEPT} task ends remembered: {ends_mib:.1} MiB");
+}
+
+/// The resident memory of this process, in KiB.
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Writes a log of `records` task ends in `dir`, opens it, and says how long that
+/// took and how much memory the opened log holds.
+fn open_log(dir: &std::path::Path, records: usize, config: &AuditConfig) -> String {
+    std::fs::create_dir_all(dir).expect("the log's directory");
+    let mut segment = 1;
+    let mut f = std::fs::File::create(dir.join(segment_name(segment))).expect("segment");
+    let mut size = 0;
+    let mut bytes = 0;
+    let mut prev = GENESIS.to_string();
+    for seq in 1..=records {
+        let line = Record {
+            seq: seq as u64,
+            prev: prev.clone(),
+            time_ns: seq as u64,
+            event: Event::TaskEnd(Box::new(task_end(seq))),
+        }
+        .encode();
+        prev = line_hash(line.as_bytes());
+        if size > 0 && size + line.len() as u64 + 1 > config.segment_bytes {
+            segment += 1;
+            size = 0;
+            f = std::fs::File::create(dir.join(segment_name(segment))).expect("segment");
+        }
+        size += line.len() as u64 + 1;
+        bytes += line.len() + 1;
+        writeln!(f, "{line}").expect("writing");
+    }
+    drop(f);
+    let rss = rss_kib();
+    let start = Instant::now();
+    let opened = AuditLog::open(&AuditConfig {
+        dir: dir.to_path_buf(),
+        ..config.clone()
+    })
+    .expect("opening the big log");
+    let open_time = start.elapsed();
+    let held = rss_kib().saturating_sub(rss);
+    assert_eq!(opened.head().0, records as u64);
+    format!(
+        "open a log of {records} records ({:.1} MiB, {segment} segments): {:.0} ms \
+         ({:.1} µs/record of the log), memory held after open +{:.1} MiB",
         bytes as f64 / f64::from(1 << 20),
         open_time.as_secs_f64() * 1e3,
-        per_op(open_time, OPENED)
-    );
+        per_op(open_time, records),
+        held as f64 / 1024.0
+    )
 }

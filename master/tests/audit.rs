@@ -1,16 +1,21 @@
 //! The audit log of a master: finished tasks, kills and denials are recorded once
 //! (also when an agent sends an update again after a restart), the record is on
 //! disk before the scheduler sees the update, the chain and its signed checkpoint
-//! verify, and a changed, a removed and a cut-off record are each caught and named.
+//! verify, and a changed, a removed and a cut-off record are each caught and named;
+//! a master opens a long log by reading only its newest task ends.
 
 mod common;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
+use cella_master::audit::checkpoint::{self, Checkpoint};
+use cella_master::audit::record::line_hash;
 use cella_master::audit::report::{self, GroupBy, Period};
+use cella_master::audit::segment::Head;
 use cella_master::audit::verify::{self, EXIT_CHECKPOINT, EXIT_RECORD};
-use cella_master::audit::{AuditConfig, AuditLog, Event, Record};
+use cella_master::audit::{AuditConfig, AuditLog, DEFAULT_ENDS_KEPT, Event, Record};
 use cella_master::authz::Authorizer;
 use cella_master::master::{self, MasterConfig, MasterHandle};
 use cella_proto::tls::{Identity, Layout};
@@ -44,19 +49,24 @@ impl Setup {
         std::fs::read(&self.tls.ca_cert).unwrap()
     }
 
+    /// The log's configuration: segments of `segment_bytes`, signed checkpoints.
+    fn audit_config(&self, segment_bytes: u64) -> AuditConfig {
+        AuditConfig {
+            dir: self.audit_dir(),
+            segment_bytes,
+            checkpoint_interval: Duration::from_millis(50),
+            signer: Some((self.tls.master_cert.clone(), self.tls.master_key.clone())),
+            ends_kept: DEFAULT_ENDS_KEPT,
+        }
+    }
+
     /// A master whose audit log rotates at `segment_bytes`.
     fn master(
         &self,
         segment_bytes: u64,
         authorizer: Option<std::sync::Arc<Authorizer>>,
     ) -> MasterHandle {
-        let log = AuditLog::open(&AuditConfig {
-            dir: self.audit_dir(),
-            segment_bytes,
-            checkpoint_interval: Duration::from_millis(50),
-            signer: Some((self.tls.master_cert.clone(), self.tls.master_key.clone())),
-        })
-        .unwrap();
+        let log = AuditLog::open(&self.audit_config(segment_bytes)).unwrap();
         let mut config = MasterConfig {
             audit: Some(log),
             ..config(&self.work())
@@ -325,6 +335,20 @@ async fn log_of(setup: &Setup, n: usize) -> PathBuf {
     setup.audit_dir()
 }
 
+/// How many files in `dir` have names starting with `prefix`.
+fn files_named(dir: &Path, prefix: &str) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with(prefix)
+        })
+        .count()
+}
+
 /// A copy of the audit directory `from`, changed by `change` (seq → line).
 fn tampered(from: &Path, to: &Path, change: impl Fn(u64, String) -> Option<String>) {
     std::fs::create_dir_all(to).unwrap();
@@ -352,16 +376,7 @@ fn tampered(from: &Path, to: &Path, change: impl Fn(u64, String) -> Option<Strin
 async fn a_changed_removed_or_cut_off_record_is_named() {
     let setup = Setup::new();
     let dir = log_of(&setup, 6).await;
-    let segments = std::fs::read_dir(&dir)
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .file_name()
-                .to_string_lossy()
-                .starts_with("segment-")
-        })
-        .count();
+    let segments = files_named(&dir, "segment-");
     assert!(segments >= 3, "the log rotated: {segments} segments");
     let v = verify::verify(&dir, &setup.ca()).expect("the rotated log verifies");
     assert_eq!(v.records, 6);
@@ -476,4 +491,106 @@ async fn the_operator_api_serves_the_records_as_stored() {
     assert_eq!(bad.status.as_u16(), 400, "{bad:?}");
     let _ = stop.send(());
     served.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_log_opens_by_reading_its_newest_ends_and_still_records_each_end_once() {
+    let setup = Setup::new();
+    // 8 ends, two per segment; the master will track the 3 newest ended tasks and
+    // remember twice as many ends.
+    let dir = log_of(&setup, 8).await;
+    let fw = task_ends(&setup.records())[0].framework_id.clone();
+    let kept = 3;
+    let log = AuditLog::open(&AuditConfig {
+        ends_kept: 2 * kept,
+        ..setup.audit_config(2500)
+    })
+    .unwrap();
+    assert_eq!(log.head().0, 8);
+    // The newest 6 records hold the ends kept, and the head the checkpoint names.
+    assert_eq!(log.records_read_at_open(), 6);
+    let m = master::try_spawn(MasterConfig {
+        audit: Some(Arc::clone(&log)),
+        completed_tasks_kept: kept,
+        ..config(&setup.work())
+    })
+    .unwrap();
+    let mut s = subscribe(&m, &fw, "alice").await.unwrap();
+    let a = register_agent(&m, "agent-a", vec![]).await;
+    // task-5's end (record 6) is in a segment older than the newest: the master
+    // still tracks the task, and its end is among those read back.
+    end(&m, &mut s, &a, "task-5", v1::TaskState::TaskFinished, None).await;
+    // task-0's end (record 1) was not read back: the master no longer tracks the
+    // task either, so the update is refused, not recorded.
+    a.send(
+        &m,
+        terminal(
+            "agent-a",
+            &fw,
+            "task-0",
+            v1::TaskState::TaskFinished,
+            "task-0-end",
+            None,
+        ),
+    );
+    handled(&m).await;
+    m.stop().await;
+    drop((s, a));
+
+    let records = setup.records();
+    let ids: Vec<&str> = task_ends(&records)
+        .iter()
+        .map(|t| t.task_id.as_str())
+        .collect();
+    let expected: Vec<String> = (0..8).map(|i| format!("task-{i}")).collect();
+    assert_eq!(ids, expected, "each end once: {records:?}");
+    verify::verify(&dir, &setup.ca()).expect("the log verifies");
+}
+
+#[test]
+fn a_checkpoint_older_than_the_ends_read_back_is_checked_against_its_record() {
+    let setup = Setup::new();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let dir = runtime.block_on(log_of(&setup, 8));
+    let lines = report::records(&dir, report::Period::default()).unwrap();
+    let third = Head {
+        seq: 3,
+        hash: line_hash(&lines[2].1),
+    };
+    let open = || {
+        AuditLog::open(&AuditConfig {
+            ends_kept: 1,
+            ..setup.audit_config(2500)
+        })
+        .unwrap()
+    };
+    checkpoint::unsigned(&third, 1)
+        .write(&dir, checkpoint::FILE)
+        .unwrap();
+    let log = open();
+    assert_eq!(
+        files_named(&dir, "checkpoint-mismatch-"),
+        0,
+        "record 3 is what the checkpoint says"
+    );
+    // The head, then the first record of each segment back to record 3's, and that
+    // segment's records (two per segment).
+    assert!(
+        log.records_read_at_open() < 8,
+        "{}",
+        log.records_read_at_open()
+    );
+    drop(log);
+
+    let wrong = Checkpoint {
+        head: line_hash(b"something else"),
+        ..checkpoint::unsigned(&third, 1)
+    };
+    wrong.write(&dir, checkpoint::FILE).unwrap();
+    drop(open());
+    assert_eq!(
+        files_named(&dir, "checkpoint-mismatch-"),
+        1,
+        "record 3 is not what the checkpoint says"
+    );
 }

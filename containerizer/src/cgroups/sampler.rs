@@ -121,11 +121,9 @@ pub struct TaskSampler {
     last: Option<(Usage, Option<u64>)>,
     /// When every figure that can change was last read.
     full_at: Option<Instant>,
-    /// How often that happens at least while the task sleeps.
+    /// How often that happens while the task sleeps, and at most while it runs.
     full_interval: Duration,
-    /// How often that happens at most while it runs, and how often at least
-    /// whatever the budget says.
-    running_interval: Duration,
+    /// How often that happens at least while it runs, whatever the budget says.
     running_bound: Duration,
     budget: Arc<FullSampleBudget>,
     /// Whether a running task has its live figures read rather than all.
@@ -143,7 +141,6 @@ impl TaskSampler {
             last: None,
             full_at: None,
             full_interval: FULL_SAMPLE_INTERVAL,
-            running_interval: FULL_SAMPLE_INTERVAL,
             running_bound: RUNNING_FULL_SAMPLE_BOUND,
             budget: FullSampleBudget::process(),
             live: true,
@@ -157,7 +154,6 @@ impl TaskSampler {
     /// rather than [`RUNNING_FULL_SAMPLE_BOUND`].
     pub fn with_full_interval(mut self, interval: Duration) -> Self {
         self.full_interval = interval;
-        self.running_interval = interval;
         self.running_bound = interval.saturating_mul(3);
         self
     }
@@ -189,16 +185,13 @@ impl TaskSampler {
         let (figures, mut usage) = match self.last.take() {
             Some((last, at)) if !every => {
                 let ran = cpu.is_none() || cpu != at;
-                let since = self.full_at.map(|at| at.elapsed());
-                let due = if ran {
-                    // Within the bound, only as the budget lets.
-                    since.is_none_or(|since| {
-                        since >= self.running_interval
-                            && self.budget.take(since >= self.running_bound)
-                    })
-                } else {
-                    since.is_none_or(|since| since >= self.full_interval)
-                };
+                let due = full_sample_due(
+                    ran,
+                    self.full_at.map(|at| at.elapsed()),
+                    self.full_interval,
+                    self.running_bound,
+                    &self.budget,
+                );
                 match (ran, due) {
                     (true, true) => (Figures::Every, Usage::default()),
                     (true, false) if self.live => (Figures::Live, last),
@@ -244,6 +237,19 @@ impl TaskSampler {
         self.last = Some((usage.clone(), cpu));
         usage
     }
+}
+
+/// Whether a task's next sample reads every figure, `since` its last full one
+/// (`None`: it had none): a sleeping task's every `interval`; a running task's every
+/// `interval` as `budget` lets, and whatever it says once `bound` has passed.
+fn full_sample_due(
+    ran: bool,
+    since: Option<Duration>,
+    interval: Duration,
+    bound: Duration,
+    budget: &FullSampleBudget,
+) -> bool {
+    since.is_none_or(|since| since >= interval && (!ran || budget.take(since >= bound)))
 }
 
 /// Whether memory at `now` has moved far enough from `then` (when the breakdown was
@@ -298,6 +304,32 @@ mod tests {
         assert!(moved(Some(1024 * MIB), Some(1040 * MIB)));
         assert!(moved(Some(MIB), None), "never read");
         assert!(!moved(None, Some(MIB)), "no memory figure");
+    }
+
+    #[test]
+    fn a_running_task_is_read_in_full_at_least_every_bound_whatever_the_budget() {
+        let ms = Duration::from_millis;
+        let (interval, bound) = (FULL_SAMPLE_INTERVAL, RUNNING_FULL_SAMPLE_BOUND);
+        // A budget with no room in this test's lifetime.
+        let spent = FullSampleBudget::new(0, Duration::from_secs(3600));
+        let due = |ran, since| full_sample_due(ran, since, interval, bound, &spent);
+        assert!(due(true, None), "the first sample");
+        assert!(!due(true, Some(interval)), "no room, within the bound");
+        assert!(!due(true, Some(bound - ms(1))), "no room, within the bound");
+        assert!(due(true, Some(bound)), "the bound has passed");
+        assert!(due(true, Some(bound * 4)), "the bound has passed");
+        // A sleeping task is read in full every interval, whatever the budget.
+        assert!(!due(false, Some(interval - ms(1))));
+        assert!(due(false, Some(interval)));
+
+        // With room for one: a running task is read in full once the interval has
+        // passed, and that takes the room.
+        let one = FullSampleBudget::new(1, Duration::from_secs(3600));
+        let due = |since| full_sample_due(true, Some(since), interval, bound, &one);
+        assert!(!due(interval - ms(1)));
+        assert!(due(interval));
+        assert!(!due(interval), "the room is taken");
+        assert!(due(bound));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! |---|---|
 //! | `record` | a record and its line; the hash of a line |
 //! | `segment` | segment files, the appending writer, reading lines back |
+//! | `ends` | the newest task ends recorded, that a resent update is checked against |
 //! | `checkpoint` | the signed checkpoint of the head |
 //! | `verify` | checking a log: chain, segment links, checkpoints |
 //! | `report` | export (JSON lines, CSV) and totals by role, framework or user |
@@ -18,12 +19,14 @@
 //! lets an agent drop a terminal update leaves before its record is on disk.
 
 pub mod checkpoint;
+pub mod ends;
 pub mod record;
 pub mod report;
 pub mod segment;
 pub mod verify;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -31,6 +34,8 @@ use std::time::{Duration, Instant};
 use cella_proto::time::now_ns;
 
 use checkpoint::{Checkpoint, Signer};
+use ends::RecentEnds;
+use record::line_hash;
 pub use record::{Event, Record, TaskEnd};
 use segment::{Head, Writer};
 
@@ -45,16 +50,26 @@ pub struct AuditConfig {
     /// The master's certificate and key (PEM) the checkpoints are signed with;
     /// `None`: unsigned checkpoints (which `cella audit verify` refuses).
     pub signer: Option<(PathBuf, PathBuf)>,
+    /// How many of the newest task ends are remembered (and read back when the log
+    /// is opened) to keep a resent terminal update from being recorded twice:
+    /// twice the ended tasks the master keeps (see `ends`).
+    pub ends_kept: usize,
 }
 
+/// [`AuditConfig::ends_kept`] for a master that keeps the default 10,000 ended
+/// tasks.
+pub const DEFAULT_ENDS_KEPT: usize = 20_000;
+
 impl AuditConfig {
-    /// The defaults: `<work_dir>/audit`, 64 MiB segments, a checkpoint a minute.
+    /// The defaults: `<work_dir>/audit`, 64 MiB segments, a checkpoint a minute,
+    /// [`DEFAULT_ENDS_KEPT`] ends remembered.
     pub fn in_work_dir(work_dir: &Path) -> AuditConfig {
         AuditConfig {
             dir: work_dir.join("audit"),
             segment_bytes: 64 << 20,
             checkpoint_interval: Duration::from_secs(60),
             signer: None,
+            ends_kept: DEFAULT_ENDS_KEPT,
         }
     }
 }
@@ -68,14 +83,12 @@ struct Times {
 
 struct Inner {
     writer: Writer,
-    /// (task id, update uuid) of every task end recorded: a resent update (after
-    /// a master or agent restart) is not recorded twice.
-    ended: HashSet<(String, String)>,
-    /// The tasks with an end recorded: a state the master decides later (LOST, from
-    /// a registry older than the log) is not a second end.
-    ended_tasks: HashSet<String>,
-    /// Task ends written since the last sync.
-    unsynced_ends: Vec<(String, String)>,
+    /// The newest task ends recorded (task id, update uuid): a resent update (after
+    /// a master or agent restart) is not recorded twice, and a state the master
+    /// decides later (LOST, from a registry older than the log) is not a second end.
+    ends: RecentEnds,
+    /// Task ends written since the last sync (the newest of `ends`).
+    unsynced_ends: usize,
     times: HashMap<String, Times>,
     signer: Option<Signer>,
     checkpointed: Head,
@@ -86,6 +99,8 @@ struct Inner {
 /// The log of a running master; shared by its actor and its authorizer.
 pub struct AuditLog {
     dir: PathBuf,
+    /// How many records opening the log read.
+    read_at_open: u64,
     inner: Mutex<Inner>,
 }
 
@@ -96,30 +111,51 @@ impl std::fmt::Debug for AuditLog {
 }
 
 impl AuditLog {
-    /// Opens (or creates) the log, rebuilds the set of recorded task ends from it,
-    /// checks it against the last checkpoint and writes a new one.
+    /// Opens (or creates) the log: finds its head, reads back the newest
+    /// `ends_kept` task ends, checks the log against the last checkpoint and writes a
+    /// new one. What it reads does not depend on the log's length: the records back
+    /// to the oldest end kept, and the segment of the record the checkpoint names
+    /// when that is older.
     pub fn open(config: &AuditConfig) -> Result<Arc<AuditLog>, String> {
         let context = |e: std::io::Error| format!("the audit log in {}: {e}", config.dir.display());
         let signer = match &config.signer {
             Some((cert, key)) => Some(Signer::load(cert, key)?),
             None => None,
         };
-        let mut ended = HashSet::new();
-        let mut ended_tasks = HashSet::new();
-        let mut hashes = HashMap::new();
+        let mut ends = RecentEnds::new(config.ends_kept);
+        let mut newest_ends = Vec::new();
+        let mut checkpointed_hash = None;
+        let mut read_at_open = 0;
         let previous = Checkpoint::read(&config.dir.join(checkpoint::FILE)).ok();
-        let writer = Writer::open(&config.dir, config.segment_bytes, |r, hash| {
-            if let Event::TaskEnd(end) = &r.event {
-                ended.insert((end.task_id.clone(), end.update_uuid.clone()));
-                ended_tasks.insert(end.task_id.clone());
+        let writer = Writer::open(&config.dir, config.segment_bytes, |r, line| {
+            read_at_open += 1;
+            if r.is_task_end() {
+                newest_ends.push((r.task_id.clone(), r.update_uuid.clone()));
             }
             if previous.as_ref().is_some_and(|c| c.records == r.seq) {
-                hashes.insert(r.seq, hash.to_string());
+                checkpointed_hash = Some(line_hash(line));
+            }
+            if newest_ends.len() >= config.ends_kept.max(1) {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
             }
         })
         .map_err(context)?;
+        for (task, uuid) in newest_ends.iter().rev() {
+            ends.push(task, uuid);
+        }
+        if let Some(c) = &previous
+            && checkpointed_hash.is_none()
+            && c.records > 0
+            && c.records <= writer.head.seq
+        {
+            let (line, read) = segment::find_record(&config.dir, c.records).map_err(context)?;
+            read_at_open += read;
+            checkpointed_hash = line.map(|l| line_hash(&l));
+        }
         if let Some(c) = previous
-            && hashes.get(&c.records) != Some(&c.head)
+            && checkpointed_hash.as_ref() != Some(&c.head)
             && c.records > 0
         {
             // Keep the evidence: `cella audit verify` checks every checkpoint file.
@@ -135,15 +171,15 @@ impl AuditLog {
         }
         let log = AuditLog {
             dir: config.dir.clone(),
+            read_at_open,
             inner: Mutex::new(Inner {
                 checkpointed: Head {
                     seq: u64::MAX,
                     hash: String::new(),
                 },
                 writer,
-                ended,
-                ended_tasks,
-                unsynced_ends: Vec::new(),
+                ends,
+                unsynced_ends: 0,
                 times: HashMap::new(),
                 signer,
                 last_checkpoint: Instant::now(),
@@ -165,6 +201,12 @@ impl AuditLog {
         self.inner
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// How many records opening the log read (the head, the newest task ends, and
+    /// the record of the last checkpoint).
+    pub fn records_read_at_open(&self) -> u64 {
+        self.read_at_open
     }
 
     /// The number of records and the hash of the newest.
@@ -215,15 +257,13 @@ impl AuditLog {
         let mut inner = self.lock();
         match inner.writer.sync() {
             Ok(()) => {
-                inner.unsynced_ends.clear();
+                inner.unsynced_ends = 0;
                 Ok(())
             }
             Err(e) => {
                 tracing::error!("audit log: fdatasync failed, the newest records are dropped: {e}");
-                for (task, uuid) in std::mem::take(&mut inner.unsynced_ends) {
-                    inner.ended.remove(&(task.clone(), uuid));
-                    inner.ended_tasks.remove(&task);
-                }
+                let unsynced = std::mem::take(&mut inner.unsynced_ends);
+                inner.ends.forget_newest(unsynced);
                 Err(e)
             }
         }
@@ -236,16 +276,14 @@ impl AuditLog {
         if has_ended(&inner, &end.task_id, &end.update_uuid) {
             return Ok(());
         }
-        let key = (end.task_id.clone(), end.update_uuid.clone());
         let times = inner.times.get(&end.task_id).copied().unwrap_or_default();
         end.submitted_ns = end.submitted_ns.or(times.submitted_ns);
         end.started_ns = end.started_ns.or(times.started_ns);
-        let task_id = end.task_id.clone();
+        let (task_id, uuid) = (end.task_id.clone(), end.update_uuid.clone());
         append(&mut inner, Event::TaskEnd(Box::new(end)))?;
         inner.times.remove(&task_id);
-        inner.ended.insert(key.clone());
-        inner.unsynced_ends.push(key);
-        inner.ended_tasks.insert(task_id);
+        inner.ends.push(&task_id, &uuid);
+        inner.unsynced_ends += 1;
         Ok(())
     }
 
@@ -290,11 +328,9 @@ impl AuditLog {
 
 fn has_ended(inner: &Inner, task_id: &str, uuid: &str) -> bool {
     if uuid.is_empty() {
-        inner.ended_tasks.contains(task_id)
+        inner.ends.contains_task(task_id)
     } else {
-        inner
-            .ended
-            .contains(&(task_id.to_string(), uuid.to_string()))
+        inner.ends.contains(task_id, uuid)
     }
 }
 

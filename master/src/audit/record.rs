@@ -104,6 +104,25 @@ pub struct Denied {
     pub what: String,
 }
 
+/// What opening the log needs of a record: its number and, for a task end, whose
+/// end and which update; the rest of the line is skipped, not kept.
+#[derive(Debug, Deserialize)]
+pub struct Glance {
+    pub seq: u64,
+    pub kind: String,
+    #[serde(default)]
+    pub task_id: String,
+    #[serde(default)]
+    pub update_uuid: String,
+}
+
+impl Glance {
+    /// Whether the record is a task's end.
+    pub fn is_task_end(&self) -> bool {
+        self.kind == "task_end"
+    }
+}
+
 /// The hash of a line (its exact bytes, no newline), in lowercase hex.
 pub fn line_hash(line: &[u8]) -> String {
     hex::encode(ring::digest::digest(&ring::digest::SHA256, line))

@@ -1,14 +1,16 @@
 //! The segment files of the log (`segment-NNNNNNNN.jsonl`, numbered from 1) and the
 //! appending writer: records are written, then made durable by [`Writer::sync`]
 //! (one `fdatasync` for all written since the last); a segment past the size limit
-//! is synced and closed, and the next record starts a new one.
+//! is synced and closed, and the next record starts a new one. Opening the log
+//! reads it from its end, newest record first, only as far as the caller needs.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Seek, Write};
+use std::io::{self, BufRead, BufReader, Read, Seek, Write};
+use std::ops::ControlFlow;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use super::record::{GENESIS, Record, line_hash};
+use super::record::{GENESIS, Glance, Record, line_hash};
 
 const PREFIX: &str = "segment-";
 const SUFFIX: &str = ".jsonl";
@@ -71,6 +73,90 @@ pub fn read_lines(path: &Path) -> io::Result<Vec<Line>> {
     }
 }
 
+/// How much of a segment is read at a time when reading it from its end.
+const BACK_CHUNK: u64 = 64 << 10;
+
+/// The lines of a segment file, newest first, read in chunks from its end, until
+/// `each` breaks.
+pub fn each_line_back(
+    path: &Path,
+    mut each: impl FnMut(Line) -> ControlFlow<()>,
+) -> io::Result<ControlFlow<()>> {
+    let mut file = File::open(path)?;
+    let mut start = file.metadata()?.len();
+    if start == 0 {
+        return Ok(ControlFlow::Continue(()));
+    }
+    // The file's bytes from `start` to the end of the newest line not yet passed
+    // on (without its newline).
+    let mut pending: Vec<u8> = Vec::new();
+    let mut complete = None;
+    loop {
+        if complete.is_some()
+            && let Some(i) = pending.iter().rposition(|&b| b == b'\n')
+        {
+            let line = Line {
+                bytes: pending.split_off(i + 1),
+                complete: complete == Some(true),
+                offset: start + i as u64 + 1,
+            };
+            pending.truncate(i);
+            complete = Some(true);
+            if each(line).is_break() {
+                return Ok(ControlFlow::Break(()));
+            }
+            continue;
+        }
+        if start == 0 {
+            return Ok(each(Line {
+                bytes: pending,
+                complete: complete == Some(true),
+                offset: 0,
+            }));
+        }
+        let n = BACK_CHUNK.min(start);
+        start -= n;
+        let mut chunk = vec![0; usize::try_from(n).unwrap_or(usize::MAX)];
+        file.seek(io::SeekFrom::Start(start))?;
+        file.read_exact(&mut chunk)?;
+        chunk.append(&mut pending);
+        pending = chunk;
+        if complete.is_none() {
+            // The last line of a torn write has no newline.
+            complete = Some(pending.last() == Some(&b'\n'));
+            if complete == Some(true) {
+                pending.pop();
+            }
+        }
+    }
+}
+
+/// The line of record `seq` (and how many lines were read to find it): looked for
+/// in the one segment that can hold it, found by the first record of each segment,
+/// newest segment first.
+pub fn find_record(dir: &Path, seq: u64) -> io::Result<(Option<Vec<u8>>, u64)> {
+    let mut read = 0;
+    for (_, path) in segments(dir)?.iter().rev() {
+        let mut first = Vec::new();
+        BufReader::new(File::open(path)?).read_until(b'\n', &mut first)?;
+        read += 1;
+        let Ok(first) = serde_json::from_slice::<Glance>(first.trim_ascii_end()) else {
+            continue;
+        };
+        if first.seq > seq {
+            continue;
+        }
+        for line in read_lines(path)? {
+            read += 1;
+            if serde_json::from_slice::<Glance>(&line.bytes).is_ok_and(|r| r.seq == seq) {
+                return Ok((Some(line.bytes), read));
+            }
+        }
+        break;
+    }
+    Ok((None, read))
+}
+
 /// Fsyncs a directory, so that a file created or renamed in it stays.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
@@ -107,44 +193,34 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Opens the log in `dir` (created if missing) and finds its head. A torn last
-    /// line (a write the master did not finish, so nothing it stands for was
-    /// acknowledged) is cut off. `each` sees every record and its hash, oldest
-    /// first.
+    /// Opens the log in `dir` (created if missing) and finds its head (its newest
+    /// record). A torn last line (a write the master did not finish, so nothing it
+    /// stands for was acknowledged) is cut off. `each` sees records newest first,
+    /// with their line, the head first, until it breaks: only what it asks for is
+    /// read.
     pub fn open(
         dir: &Path,
         segment_bytes: u64,
-        mut each: impl FnMut(&Record, &str),
+        mut each: impl FnMut(&Glance, &[u8]) -> ControlFlow<()>,
     ) -> io::Result<Writer> {
         std::fs::create_dir_all(dir)?;
         // Records name users, commands and hosts: the master's alone, like its
         // registry.
         std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
         let segments = segments(dir)?;
-        let mut head = Head::default();
-        for (i, (_, path)) in segments.iter().enumerate() {
-            let last_segment = i + 1 == segments.len();
-            let lines = read_lines(path)?;
-            for (j, line) in lines.iter().enumerate() {
-                let parsed = serde_json::from_slice::<Record>(&line.bytes);
-                match parsed {
+        if let Some((_, path)) = segments.last() {
+            cut_torn_end(path)?;
+        }
+        let mut head = None;
+        for (_, path) in segments.iter().rev() {
+            let walked = each_line_back(path, |line| {
+                match serde_json::from_slice::<Glance>(&line.bytes) {
                     Ok(r) if line.complete => {
-                        head = Head {
+                        head.get_or_insert_with(|| Head {
                             seq: r.seq,
                             hash: line_hash(&line.bytes),
-                        };
-                        each(&r, &head.hash);
-                    }
-                    _ if last_segment && j + 1 == lines.len() => {
-                        tracing::warn!(
-                            segment = %path.display(),
-                            offset = line.offset,
-                            "the audit log's last record was not completely written \
-                             (the master stopped while writing it): removed"
-                        );
-                        let f = OpenOptions::new().write(true).open(path)?;
-                        f.set_len(line.offset)?;
-                        f.sync_all()?;
+                        });
+                        each(&r, &line.bytes)
                     }
                     _ => {
                         // Kept as it is: `cella audit verify` names it.
@@ -154,10 +230,15 @@ impl Writer {
                             "the audit log holds a record that cannot be read: \
                              run `cella audit verify`"
                         );
+                        ControlFlow::Continue(())
                     }
                 }
+            })?;
+            if walked.is_break() {
+                break;
             }
         }
+        let head = head.unwrap_or_default();
         let (segment, size) = match segments.last() {
             Some((n, path)) => (*n, std::fs::metadata(path)?.len()),
             None => (1, 0),
@@ -261,5 +342,85 @@ impl Writer {
             hash,
         };
         Ok(self.head.clone())
+    }
+}
+
+/// Cuts off the last line of the newest segment when it was not completely
+/// written (no newline, or not a record).
+fn cut_torn_end(path: &Path) -> io::Result<()> {
+    let mut torn = None;
+    // Only the last line is read: the walk stops there.
+    let _: ControlFlow<()> = each_line_back(path, |line| {
+        if !line.complete || serde_json::from_slice::<Record>(&line.bytes).is_err() {
+            torn = Some(line.offset);
+        }
+        ControlFlow::Break(())
+    })?;
+    if let Some(offset) = torn {
+        tracing::warn!(
+            segment = %path.display(),
+            offset,
+            "the audit log's last record was not completely written \
+             (the master stopped while writing it): removed"
+        );
+        let f = OpenOptions::new().write(true).open(path)?;
+        f.set_len(offset)?;
+        f.sync_all()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The lines `each_line_back` passes on, newest first.
+    fn lines_back(path: &Path) -> Vec<(Vec<u8>, bool, u64)> {
+        let mut lines = Vec::new();
+        let _: ControlFlow<()> = each_line_back(path, |l| {
+            lines.push((l.bytes, l.complete, l.offset));
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+        lines
+    }
+
+    #[test]
+    fn lines_read_from_the_end_are_the_lines_read_from_the_start_reversed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("segment");
+        // Lines shorter and longer than a chunk, an empty one, and a torn end.
+        let mut text = Vec::new();
+        for (byte, len) in (b'a'..).zip([10, 70_000, 0, 3, 150_000, 65_535]) {
+            text.extend(std::iter::repeat_n(byte, len));
+            text.push(b'\n');
+        }
+        text.extend(b"torn");
+        for end in [text.len() - 4, text.len()] {
+            std::fs::write(&path, &text[..end]).unwrap();
+            let mut forward: Vec<_> = read_lines(&path)
+                .unwrap()
+                .into_iter()
+                .map(|l| (l.bytes, l.complete, l.offset))
+                .collect();
+            forward.reverse();
+            assert_eq!(lines_back(&path), forward);
+        }
+        std::fs::write(&path, b"").unwrap();
+        assert!(lines_back(&path).is_empty());
+        // Stops where `each` breaks.
+        std::fs::write(&path, b"1\n2\n3\n").unwrap();
+        let mut seen = Vec::new();
+        let flow = each_line_back(&path, |l| {
+            seen.push(l.bytes);
+            if seen.len() == 2 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .unwrap();
+        assert!(flow.is_break());
+        assert_eq!(seen, [b"3".to_vec(), b"2".to_vec()]);
     }
 }
