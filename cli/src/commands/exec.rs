@@ -270,7 +270,10 @@ pub(super) fn run_with(mut args: ExecArgs, image: Option<super::exec_image::Imag
     // containerizer limits the whole tree, so its limit is what is there now plus the
     // limit, and the figures shown subtract the baseline again.
     config.measure_disk = true;
-    let disk_baseline = cella_containerizer::isolators::disk_usage(&config.sandbox).unwrap_or(0);
+    let known = image.as_ref().and_then(|image| image.sandbox_bytes);
+    let disk_baseline = known
+        .or_else(|| cella_containerizer::isolators::disk_usage(&config.sandbox).ok())
+        .unwrap_or(0);
     config.sandbox_bytes_at_launch = Some(disk_baseline);
     config.resources.disk_bytes = Some(
         args.disk

@@ -18,6 +18,8 @@ pub struct ImageTask {
     pub settings: RunSettings,
     /// Holds the overlay's upper and work directories.
     pub sandbox: PathBuf,
+    /// What the sandbox holds at launch, when known without walking it.
+    pub sandbox_bytes: Option<u64>,
 }
 
 pub fn run(args: ExecArgs) -> i32 {
@@ -117,6 +119,7 @@ fn task_for(
     Ok(ImageTask {
         layers: image.layers.clone(),
         settings,
-        sandbox,
+        sandbox: sandbox.dir,
+        sandbox_bytes: sandbox.bytes,
     })
 }

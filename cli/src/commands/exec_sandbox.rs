@@ -3,7 +3,8 @@
 //! `sandboxes/` directory (private to root like the rest of the store):
 //!
 //! ```text
-//! <store>/sandboxes/ready/<name>     empty sandboxes made ahead: .rootfs/{upper,work}
+//! <store>/sandboxes/ready/<name>     empty sandboxes made ahead: .rootfs/{upper,work};
+//!                                    <name> ends in `+<bytes>`, their size when made
 //! <store>/sandboxes/<lease>.<name>   the sandbox of the task holding the lease <lease>
 //! <store>/sandboxes/new-<name>       one being made
 //! <store>/sandboxes/lock             held by the process tidying
@@ -16,7 +17,10 @@
 //! ended and its lease is released, a detached process (see [`tidy_later`]) removes
 //! every sandbox whose lease is gone (also those of a `cella exec` killed with -9,
 //! once its task has ended) and makes the next ones. The sandbox is the task's
-//! sandbox as before: `--disk` counts and limits the writable layer in it.
+//! sandbox as before: `--disk` counts and limits the writable layer in it. A sandbox
+//! made ahead carries its size in its name, measured when it was made: nothing but
+//! this store's tidying process writes in it before a task takes it, so the launch
+//! need not walk it for `--disk`'s baseline.
 
 use std::collections::HashSet;
 use std::io;
@@ -33,25 +37,43 @@ fn pool_dir(store: &ImageStore) -> PathBuf {
     store.paths().root().join("sandboxes")
 }
 
+/// A task's sandbox and, when known without walking it, the bytes it holds.
+pub struct Taken {
+    pub dir: PathBuf,
+    /// Its size as measured when it was made ahead (see [`make_ready`]).
+    pub bytes: Option<u64>,
+}
+
 /// A sandbox for the task holding `lease`: one made ahead if there is, else a new
 /// empty one (the shim then makes the overlay's directories in it).
-pub fn take(store: &ImageStore, lease: &str) -> io::Result<PathBuf> {
+pub fn take(store: &ImageStore, lease: &str) -> io::Result<Taken> {
     let pool = pool_dir(store);
     let ready = pool.join("ready");
     if let Ok(entries) = std::fs::read_dir(&ready) {
         for entry in entries.flatten() {
-            let taken = pool.join(format!("{lease}.{}", entry.file_name().to_string_lossy()));
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let taken = pool.join(format!("{lease}.{name}"));
             // Another launch may take the same one first: then the next.
             if std::fs::rename(entry.path(), &taken).is_ok() {
-                return Ok(taken);
+                return Ok(Taken {
+                    dir: taken,
+                    bytes: size_in_name(&name),
+                });
             }
         }
     }
     std::fs::create_dir_all(&pool)?;
-    Ok(tempfile::Builder::new()
+    let dir = tempfile::Builder::new()
         .prefix(&format!("{lease}."))
         .tempdir_in(&pool)?
-        .keep())
+        .keep();
+    Ok(Taken { dir, bytes: None })
+}
+
+/// The size a ready sandbox's name ends with (`<random>+<bytes>`); none for a name
+/// without one.
+fn size_in_name(name: &str) -> Option<u64> {
+    name.rsplit_once('+')?.1.parse().ok()
 }
 
 /// Tidies the store's sandboxes in a detached process: a fork of this one when it
@@ -214,7 +236,8 @@ pub fn tidy(store: &ImageStore) -> io::Result<()> {
     Ok(())
 }
 
-/// An empty sandbox with the overlay's directories, as the shim makes them.
+/// An empty sandbox with the overlay's directories, as the shim makes them, named
+/// with its size (what `--disk`'s walk finds in it: its directories' own blocks).
 fn make_ready(pool: &Path, ready: &Path) -> io::Result<()> {
     let new = tempfile::Builder::new()
         .prefix("new-")
@@ -230,7 +253,8 @@ fn make_ready(pool: &Path, ready: &Path) -> io::Result<()> {
         .and_then(|n| n.to_str())
         .and_then(|n| n.strip_prefix("new-"))
         .unwrap_or_default();
-    std::fs::rename(&new, ready.join(name))
+    let bytes = cella_containerizer::isolators::disk_usage(&new)?;
+    std::fs::rename(&new, ready.join(format!("{name}+{bytes}")))
 }
 
 fn remove(path: &Path) -> io::Result<()> {
@@ -240,5 +264,17 @@ fn remove(path: &Path) -> io::Result<()> {
             format!("removing {}: {e}", path.display()),
         )),
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_ready_sandbox_names_its_size() {
+        assert_eq!(super::size_in_name("Ab3xYz+16384"), Some(16384));
+        assert_eq!(super::size_in_name("Ab3xYz+0"), Some(0));
+        // Made by a build that did not record it: walked at launch as before.
+        assert_eq!(super::size_in_name("Ab3xYz"), None);
+        assert_eq!(super::size_in_name("Ab3xYz+"), None);
     }
 }

@@ -256,7 +256,7 @@ fn mount_overlay(overlay: &OverlaySpec) -> Result<(), MountError> {
         Mode::empty(),
     )
     .map_err(err("opening (it must be a directory, not a link)", parent))?;
-    nix::sys::stat::fchmod(&parent_fd, Mode::S_IRWXU).map_err(err("making private", parent))?;
+    set_mode(&parent_fd, Mode::S_IRWXU).map_err(err("making private", parent))?;
     let in_parent = |dir: &Path, mode: Mode| {
         let name = dir.file_name().unwrap_or_default();
         match nix::sys::stat::mkdirat(&parent_fd, name, mode) {
@@ -271,7 +271,7 @@ fn mount_overlay(overlay: &OverlaySpec) -> Result<(), MountError> {
         )
         .map_err(err("opening (it must be a directory, not a link)", dir))?;
         // Whatever the umask: see the upper directory's mode below.
-        nix::sys::stat::fchmod(&fd, mode).map_err(err("setting the mode of", dir))?;
+        set_mode(&fd, mode).map_err(err("setting the mode of", dir))?;
         Ok(fd)
     };
     // The overlay's root takes the upper directory's mode: 0755, so that a task running
@@ -333,6 +333,18 @@ fn mount_overlay(overlay: &OverlaySpec) -> Result<(), MountError> {
             options.len()
         )),
     })
+}
+
+/// Gives the directory open at `fd` exactly `mode`. A sandbox made ahead has its
+/// directories in their modes already: a chmod to the same mode would only update
+/// their change times, a metadata write to the sandbox's disk on every launch.
+fn set_mode(fd: &OwnedFd, mode: Mode) -> nix::Result<()> {
+    let perms = Mode::from_bits_truncate(0o7777);
+    let current = nix::sys::stat::fstat(fd)?;
+    if Mode::from_bits_truncate(current.st_mode) & perms == mode {
+        return Ok(());
+    }
+    nix::sys::stat::fchmod(fd, mode)
 }
 
 /// Makes `path` (and with `recursive` every mount below it) read-only.
