@@ -16,6 +16,7 @@
 //! * [`path_io`]: I/O errors that name their path.
 //! * [`reload`]: re-reading edited files on change or SIGHUP.
 //! * [`time`]: timestamps in nanoseconds and durations as people write them.
+//! * [`usage`]: what a task used, the figures every crate shares.
 //! * [`usage_delta`]: usage reports that carry only the figures that changed.
 //! * [`signals`]: the signals that stop a daemon.
 //!
@@ -38,6 +39,7 @@ pub mod signals;
 mod states;
 pub mod time;
 pub mod tls;
+pub mod usage;
 pub mod usage_delta;
 pub mod validate;
 
