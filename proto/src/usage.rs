@@ -7,6 +7,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::v1;
 
+/// Pressure stall information of one resource, as the kernel's `*.pressure` files
+/// give it: the share of wall time (percent) in which some (or all) runnable tasks
+/// waited for the resource, over 10, 60 and 300 s, and the total stall time in
+/// microseconds. The `full_*` figures are `None` where the kernel writes no `full`
+/// line (cpu before Linux 5.13). The wire's message, used as it is.
+pub use crate::v1::Pressure;
+
 /// Measured figures of one task, in the order the operator API's JSON lists them.
 /// A figure missing from the JSON (written before it was measured) reads as `None`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -48,7 +55,6 @@ impl Usage {
     /// The wire form of these figures: a sample of task `task_id` taken at
     /// `timestamp_ns` (`pids_peak` and `pids_limit_hits` stay on the node).
     pub fn to_wire(&self, task_id: &str, timestamp_ns: u64) -> v1::TaskUsage {
-        let pressure = |p: &Option<Pressure>| p.as_ref().map(v1::Pressure::from);
         v1::TaskUsage {
             task_id: task_id.to_string(),
             timestamp_ns,
@@ -69,9 +75,9 @@ impl Usage {
             cpu_nr_throttled: self.cpu_nr_throttled,
             io_read_ops: self.io_read_ops,
             io_write_ops: self.io_write_ops,
-            cpu_pressure: pressure(&self.cpu_pressure),
-            memory_pressure: pressure(&self.memory_pressure),
-            io_pressure: pressure(&self.io_pressure),
+            cpu_pressure: self.cpu_pressure,
+            memory_pressure: self.memory_pressure,
+            io_pressure: self.io_pressure,
         }
     }
 }
@@ -79,7 +85,6 @@ impl Usage {
 /// The figures of a sample from the wire (its task id and timestamp aside).
 impl From<&v1::TaskUsage> for Usage {
     fn from(u: &v1::TaskUsage) -> Self {
-        let pressure = |p: &Option<v1::Pressure>| p.as_ref().map(Pressure::from);
         Self {
             cpu_user_ns: u.cpu_user_ns,
             cpu_system_ns: u.cpu_system_ns,
@@ -100,28 +105,11 @@ impl From<&v1::TaskUsage> for Usage {
             cpu_nr_throttled: u.cpu_nr_throttled,
             io_read_ops: u.io_read_ops,
             io_write_ops: u.io_write_ops,
-            cpu_pressure: pressure(&u.cpu_pressure),
-            memory_pressure: pressure(&u.memory_pressure),
-            io_pressure: pressure(&u.io_pressure),
+            cpu_pressure: u.cpu_pressure,
+            memory_pressure: u.memory_pressure,
+            io_pressure: u.io_pressure,
         }
     }
-}
-
-/// Pressure stall information of one resource, as the kernel's `*.pressure` files
-/// give it: the share of wall time (percent) in which some (or all) runnable tasks
-/// waited for the resource, over 10, 60 and 300 s, and the total stall time in
-/// microseconds. The `full_*` figures are `None` where the kernel writes no `full`
-/// line (cpu before Linux 5.13).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-pub struct Pressure {
-    pub some_avg10: f64,
-    pub some_avg60: f64,
-    pub some_avg300: f64,
-    pub some_total_us: u64,
-    pub full_avg10: Option<f64>,
-    pub full_avg60: Option<f64>,
-    pub full_avg300: Option<f64>,
-    pub full_total_us: Option<u64>,
 }
 
 /// One line of a pressure file.
@@ -172,36 +160,6 @@ impl Pressure {
             full_avg300: full.as_ref().map(|f| f.avg300),
             full_total_us: full.as_ref().map(|f| f.total_us),
         })
-    }
-}
-
-impl From<&v1::Pressure> for Pressure {
-    fn from(p: &v1::Pressure) -> Self {
-        Self {
-            some_avg10: p.some_avg10,
-            some_avg60: p.some_avg60,
-            some_avg300: p.some_avg300,
-            some_total_us: p.some_total_us,
-            full_avg10: p.full_avg10,
-            full_avg60: p.full_avg60,
-            full_avg300: p.full_avg300,
-            full_total_us: p.full_total_us,
-        }
-    }
-}
-
-impl From<&Pressure> for v1::Pressure {
-    fn from(p: &Pressure) -> Self {
-        Self {
-            some_avg10: p.some_avg10,
-            some_avg60: p.some_avg60,
-            some_avg300: p.some_avg300,
-            some_total_us: p.some_total_us,
-            full_avg10: p.full_avg10,
-            full_avg60: p.full_avg60,
-            full_avg300: p.full_avg300,
-            full_total_us: p.full_total_us,
-        }
     }
 }
 

@@ -138,7 +138,6 @@ pub fn node_usage(tasks_running: u32) -> v1::NodeUsage {
         std::fs::read_to_string(format!("/proc/pressure/{name}"))
             .ok()
             .and_then(|text| Pressure::parse(&text))
-            .map(|p| v1::Pressure::from(&p))
     };
     v1::NodeUsage {
         timestamp_ns: now_ns(),
