@@ -22,6 +22,9 @@ fn main() -> io::Result<()> {
         // Resources are part of the operator API's JSON (`cella_proto::api`), which
         // is read back as well as written.
         .type_attribute("cella.v1.Resources", "#[derive(serde::Deserialize)]")
+        // Pressure figures are part of a task's usage (`cella_proto::usage`), which the
+        // operator API's JSON carries and the CLI reads back.
+        .type_attribute("cella.v1.Pressure", "#[derive(serde::Deserialize)]")
         // A task's summary is kept in the master's audit log, which is read back.
         .type_attribute("cella.v1.TaskSummary", "#[derive(serde::Deserialize)]")
         // A secret's value never appears in a debug print (logs) or in JSON (APIs):

@@ -10,9 +10,11 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::usage::Usage as Figures;
 use crate::v1;
 
 mod usage;
+pub use crate::usage::Pressure;
 pub use usage::{NodeUsage, Summary, TaskUsage};
 
 /// `GET /api/v1/state`: everything the master knows.
@@ -147,96 +149,31 @@ pub struct Task {
 }
 
 /// A task's measured usage: every figure of the agent's latest sample
-/// ([`v1::TaskUsage`]); `null` when the agent's kernel does not offer it.
+/// ([`v1::TaskUsage`]), `null` when the agent's kernel does not offer it, and when
+/// the sample was taken.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Usage {
-    pub cpu_user_ns: Option<u64>,
-    pub cpu_system_ns: Option<u64>,
-    pub mem_current_bytes: Option<u64>,
-    pub mem_peak_bytes: Option<u64>,
-    pub mem_anon_bytes: Option<u64>,
-    pub mem_file_bytes: Option<u64>,
-    pub disk_used_bytes: Option<u64>,
-    pub cpu_throttled_ns: Option<u64>,
-    pub mem_kernel_bytes: Option<u64>,
-    pub oom_kills: Option<u64>,
-    pub pids_current: Option<u64>,
-    pub io_read_bytes: Option<u64>,
-    pub io_write_bytes: Option<u64>,
-    #[serde(default)]
-    pub mem_swap_bytes: Option<u64>,
-    #[serde(default)]
-    pub cpu_nr_throttled: Option<u64>,
-    #[serde(default)]
-    pub io_read_ops: Option<u64>,
-    #[serde(default)]
-    pub io_write_ops: Option<u64>,
-    /// Pressure stall figures; `null` where the kernel keeps none for the task.
-    #[serde(default)]
-    pub cpu_pressure: Option<Pressure>,
-    #[serde(default)]
-    pub memory_pressure: Option<Pressure>,
-    #[serde(default)]
-    pub io_pressure: Option<Pressure>,
+    #[serde(flatten)]
+    pub figures: Figures,
     /// When the agent took the sample.
     #[serde(default)]
     pub timestamp_ns: u64,
 }
 
-/// Pressure stall information of one resource ([`v1::Pressure`]): percentages of wall
-/// time over 10, 60 and 300 s, and the total stall time in microseconds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-pub struct Pressure {
-    pub some_avg10: f64,
-    pub some_avg60: f64,
-    pub some_avg300: f64,
-    pub some_total_us: u64,
-    pub full_avg10: Option<f64>,
-    pub full_avg60: Option<f64>,
-    pub full_avg300: Option<f64>,
-    pub full_total_us: Option<u64>,
-}
-
-impl From<&v1::Pressure> for Pressure {
-    fn from(p: &v1::Pressure) -> Self {
+impl From<&v1::TaskUsage> for Usage {
+    fn from(u: &v1::TaskUsage) -> Self {
         Self {
-            some_avg10: p.some_avg10,
-            some_avg60: p.some_avg60,
-            some_avg300: p.some_avg300,
-            some_total_us: p.some_total_us,
-            full_avg10: p.full_avg10,
-            full_avg60: p.full_avg60,
-            full_avg300: p.full_avg300,
-            full_total_us: p.full_total_us,
+            figures: Figures::from(u),
+            timestamp_ns: u.timestamp_ns,
         }
     }
 }
 
-impl From<&v1::TaskUsage> for Usage {
-    fn from(u: &v1::TaskUsage) -> Self {
-        Self {
-            cpu_user_ns: u.cpu_user_ns,
-            cpu_system_ns: u.cpu_system_ns,
-            mem_current_bytes: u.mem_current_bytes,
-            mem_peak_bytes: u.mem_peak_bytes,
-            mem_anon_bytes: u.mem_anon_bytes,
-            mem_file_bytes: u.mem_file_bytes,
-            disk_used_bytes: u.disk_used_bytes,
-            cpu_throttled_ns: u.cpu_throttled_ns,
-            mem_kernel_bytes: u.mem_kernel_bytes,
-            oom_kills: u.oom_kills,
-            pids_current: u.pids_current,
-            io_read_bytes: u.io_read_bytes,
-            io_write_bytes: u.io_write_bytes,
-            mem_swap_bytes: u.mem_swap_bytes,
-            cpu_nr_throttled: u.cpu_nr_throttled,
-            io_read_ops: u.io_read_ops,
-            io_write_ops: u.io_write_ops,
-            cpu_pressure: u.cpu_pressure.as_ref().map(Pressure::from),
-            memory_pressure: u.memory_pressure.as_ref().map(Pressure::from),
-            io_pressure: u.io_pressure.as_ref().map(Pressure::from),
-            timestamp_ns: u.timestamp_ns,
-        }
+/// The figures read as fields of the sample (`usage.cpu_user_ns`), as in its JSON.
+impl std::ops::Deref for Usage {
+    type Target = Figures;
+    fn deref(&self) -> &Figures {
+        &self.figures
     }
 }
 
@@ -319,11 +256,13 @@ mod tests {
             },
             agent_endpoint: "https://10.0.0.5:5051".into(),
             usage: Some(Usage {
-                cpu_user_ns: Some(5),
-                mem_peak_bytes: Some(64 << 20),
-                oom_kills: Some(1),
+                figures: Figures {
+                    cpu_user_ns: Some(5),
+                    mem_peak_bytes: Some(64 << 20),
+                    oom_kills: Some(1),
+                    ..Figures::default()
+                },
                 timestamp_ns: 7,
-                ..Usage::default()
             }),
             updated_ns: 1_700_000_000_000_000_000,
             image_digest: String::new(),
@@ -364,6 +303,30 @@ mod tests {
             assert_eq!(serde_json::from_value::<AgentState>(json).unwrap(), state);
         }
         assert_eq!(AgentState::Unreachable.name(), "UNREACHABLE");
+    }
+
+    #[test]
+    fn usage_json_keeps_its_fields_in_order() {
+        // The figures are flattened from `usage::Usage`; the node-only ones (pids peak,
+        // pids limit hits) never appear, the timestamp comes last.
+        let expected = concat!(
+            r#"{"cpu_user_ns":1,"cpu_system_ns":null,"mem_current_bytes":null,"#,
+            r#""mem_peak_bytes":null,"mem_anon_bytes":null,"mem_file_bytes":null,"#,
+            r#""disk_used_bytes":null,"cpu_throttled_ns":null,"mem_kernel_bytes":null,"#,
+            r#""oom_kills":null,"pids_current":null,"io_read_bytes":null,"#,
+            r#""io_write_bytes":null,"mem_swap_bytes":null,"cpu_nr_throttled":null,"#,
+            r#""io_read_ops":null,"io_write_ops":null,"cpu_pressure":null,"#,
+            r#""memory_pressure":null,"io_pressure":null,"timestamp_ns":7}"#
+        );
+        let usage = Usage {
+            figures: Figures {
+                cpu_user_ns: Some(1),
+                ..Figures::default()
+            },
+            timestamp_ns: 7,
+        };
+        assert_eq!(serde_json::to_string(&usage).unwrap(), expected);
+        assert_eq!(serde_json::from_str::<Usage>(expected).unwrap(), usage);
     }
 
     #[test]

@@ -17,6 +17,7 @@
 //! * [`reload`]: re-reading edited files on change or SIGHUP.
 //! * [`config_file`]: the daemons' TOML configuration files.
 //! * [`time`]: timestamps in nanoseconds and durations as people write them.
+//! * [`usage`]: what a task used, the figures every crate shares.
 //! * [`usage_delta`]: usage reports that carry only the figures that changed.
 //! * [`signals`]: the signals that stop a daemon.
 //!
@@ -40,6 +41,7 @@ pub mod signals;
 mod states;
 pub mod time;
 pub mod tls;
+pub mod usage;
 pub mod usage_delta;
 pub mod validate;
 

@@ -1,8 +1,8 @@
 //! Usage sampling: every `--usage-interval` each running task is sampled through the
 //! containerizer (which also enforces disk limits), the latest sample is kept with
 //! the task (for `GET /api/v1/containers`) and one report of them all is published
-//! for the connection to send to the master. The conversion of the containerizer's
-//! `Usage` to the wire's `TaskUsage` is here, once.
+//! for the connection to send to the master. Samples are stamped and put in the
+//! wire's `TaskUsage` here (the figures convert in [`cella_proto::usage`]).
 
 use std::sync::Arc;
 
@@ -18,43 +18,7 @@ use crate::task_metrics::TaskSample;
 
 /// The wire form of a task's measured usage, stamped now.
 pub fn usage_to_wire(task_id: &str, u: &Usage) -> v1::TaskUsage {
-    v1::TaskUsage {
-        task_id: task_id.to_string(),
-        timestamp_ns: now_ns(),
-        cpu_user_ns: u.cpu_user_ns,
-        cpu_system_ns: u.cpu_system_ns,
-        cpu_throttled_ns: u.cpu_throttled_ns,
-        mem_current_bytes: u.mem_current_bytes,
-        mem_peak_bytes: u.mem_peak_bytes,
-        mem_anon_bytes: u.mem_anon_bytes,
-        mem_file_bytes: u.mem_file_bytes,
-        mem_kernel_bytes: u.mem_kernel_bytes,
-        oom_kills: u.oom_kills,
-        pids_current: u.pids_current,
-        io_read_bytes: u.io_read_bytes,
-        io_write_bytes: u.io_write_bytes,
-        disk_used_bytes: u.disk_used_bytes,
-        mem_swap_bytes: u.mem_swap_bytes,
-        cpu_nr_throttled: u.cpu_nr_throttled,
-        io_read_ops: u.io_read_ops,
-        io_write_ops: u.io_write_ops,
-        cpu_pressure: u.cpu_pressure.as_ref().map(pressure_to_wire),
-        memory_pressure: u.memory_pressure.as_ref().map(pressure_to_wire),
-        io_pressure: u.io_pressure.as_ref().map(pressure_to_wire),
-    }
-}
-
-pub fn pressure_to_wire(p: &Pressure) -> v1::Pressure {
-    v1::Pressure {
-        some_avg10: p.some_avg10,
-        some_avg60: p.some_avg60,
-        some_avg300: p.some_avg300,
-        some_total_us: p.some_total_us,
-        full_avg10: p.full.as_ref().map(|f| f.avg10),
-        full_avg60: p.full.as_ref().map(|f| f.avg60),
-        full_avg300: p.full.as_ref().map(|f| f.avg300),
-        full_total_us: p.full.as_ref().map(|f| f.total_us),
-    }
+    u.to_wire(task_id, now_ns())
 }
 
 /// What a task used over its life, from its last sample (taken after it ended,
@@ -174,7 +138,6 @@ pub fn node_usage(tasks_running: u32) -> v1::NodeUsage {
         std::fs::read_to_string(format!("/proc/pressure/{name}"))
             .ok()
             .and_then(|text| Pressure::parse(&text))
-            .map(|p| pressure_to_wire(&p))
     };
     v1::NodeUsage {
         timestamp_ns: now_ns(),

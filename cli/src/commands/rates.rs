@@ -91,23 +91,29 @@ pub fn sparkline(values: &[f64]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use cella_proto::usage::Usage as Figures;
+
     use super::*;
 
     #[test]
     fn rates_are_per_second_of_wall_time() {
         let a = Usage {
             timestamp_ns: 1_000_000_000,
-            cpu_user_ns: Some(0),
-            cpu_system_ns: Some(0),
-            io_read_bytes: Some(0),
-            ..Default::default()
+            figures: Figures {
+                cpu_user_ns: Some(0),
+                cpu_system_ns: Some(0),
+                io_read_bytes: Some(0),
+                ..Figures::default()
+            },
         };
         let b = Usage {
             timestamp_ns: 3_000_000_000,
-            cpu_user_ns: Some(1_000_000_000),
-            cpu_system_ns: Some(500_000_000),
-            io_read_bytes: Some(2048),
-            ..Default::default()
+            figures: Figures {
+                cpu_user_ns: Some(1_000_000_000),
+                cpu_system_ns: Some(500_000_000),
+                io_read_bytes: Some(2048),
+                ..Figures::default()
+            },
         };
         let r = Rates::between(&a, &b);
         assert_eq!(r.cores, Some(0.75));

@@ -126,9 +126,9 @@ impl From<&v1::NodeUsage> for NodeUsage {
             mem_total_bytes: n.mem_total_bytes,
             mem_available_bytes: n.mem_available_bytes,
             tasks_running: n.tasks_running,
-            cpu_pressure: n.cpu_pressure.as_ref().map(Pressure::from),
-            memory_pressure: n.memory_pressure.as_ref().map(Pressure::from),
-            io_pressure: n.io_pressure.as_ref().map(Pressure::from),
+            cpu_pressure: n.cpu_pressure,
+            memory_pressure: n.memory_pressure,
+            io_pressure: n.io_pressure,
         }
     }
 }

@@ -231,15 +231,17 @@ mod bench {
                 image_digest: String::new(),
                 usage: Some(api::Usage {
                     timestamp_ns: t * 1_000_000_000,
-                    cpu_user_ns: Some(t * i * 1_000_000),
-                    cpu_system_ns: Some(t * 1_000_000),
-                    cpu_throttled_ns: Some(0),
-                    mem_current_bytes: Some(i << 16),
-                    io_read_bytes: Some(t * i),
-                    io_write_bytes: Some(t),
-                    pids_current: Some(3),
-                    cpu_pressure: Some(api::Pressure::default()),
-                    ..Default::default()
+                    figures: cella_proto::usage::Usage {
+                        cpu_user_ns: Some(t * i * 1_000_000),
+                        cpu_system_ns: Some(t * 1_000_000),
+                        cpu_throttled_ns: Some(0),
+                        mem_current_bytes: Some(i << 16),
+                        io_read_bytes: Some(t * i),
+                        io_write_bytes: Some(t),
+                        pids_current: Some(3),
+                        cpu_pressure: Some(api::Pressure::default()),
+                        ..Default::default()
+                    },
                 }),
                 updated_ns: 1,
             })
