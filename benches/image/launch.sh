@@ -53,6 +53,9 @@ warm_store=$work/store-warm
 cold_store=$work/store-cold
 "$cella" images --image-store "$warm_store" $image_flags pull "$ref" >/dev/null 2>&1
 
+# The setup above wrote the image several times over: let the disk write it back
+# now rather than during the timed launches (the later commands would pay for it).
+sync
 log "timing $runs runs of each"
 # From an empty directory: a --rootfs task's sandbox is the current directory, which
 # the launch measures (walks) for --disk, as an image task's fresh sandbox.
