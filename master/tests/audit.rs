@@ -426,16 +426,21 @@ async fn a_changed_removed_or_cut_off_record_is_named() {
     assert_eq!(f.record, Some(5), "{f}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn denials_are_recorded() {
-    let setup = Setup::new();
+/// An authorizer whose ACL lets alice subscribe in role web, and nobody else.
+fn alice_may_subscribe(setup: &Setup) -> Arc<Authorizer> {
     let acl = setup.dir.path().join("acl.toml");
     std::fs::write(
         &acl,
         "[principals]\n\"user:alice\" = [\"web\"]\n\n[roles.web]\nsubscribe = [\"web\"]\n",
     )
     .unwrap();
-    let m = setup.master(64 << 20, Some(Authorizer::from_file(&acl).unwrap()));
+    Authorizer::from_file(&acl).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denials_are_recorded() {
+    let setup = Setup::new();
+    let m = setup.master(64 << 20, Some(alice_may_subscribe(&setup)));
     assert!(subscribe(&m, "", "alice").await.is_ok());
     assert!(subscribe(&m, "", "mallory").await.is_err());
     m.stop().await;
@@ -447,6 +452,55 @@ async fn denials_are_recorded() {
         denied[0].permission.contains("subscribe"),
         "{:?}",
         denied[0]
+    );
+    verify::verify(&setup.audit_dir(), &setup.ca()).expect("verifies");
+}
+
+#[tokio::test]
+async fn a_principal_refused_in_a_loop_has_a_bounded_share_of_the_log() {
+    let setup = Setup::new();
+    let authorizer = alice_may_subscribe(&setup);
+    let m = setup.master(64 << 20, Some(Arc::clone(&authorizer)));
+    let flood = 200;
+    for _ in 0..flood - 1 {
+        assert!(subscribe(&m, "", "mallory").await.is_err());
+    }
+    // Once the budget has regained a record, the next denial is recorded again.
+    tokio::time::sleep(Duration::from_secs_f64(
+        1.0 / f64::from(cella_master::authz::denial_budget::PER_SECOND),
+    ))
+    .await;
+    assert!(subscribe(&m, "", "mallory").await.is_err());
+    m.stop().await;
+    let records = setup.records();
+    let denied = events_of!(records, Event::Denied);
+    let burst: usize = usize::try_from(cella_master::authz::denial_budget::BURST).unwrap();
+    // The burst, and what the budget regained while the flood went on.
+    assert!(
+        denied.len() >= burst && denied.len() < flood / 2,
+        "{} of {flood} denials recorded",
+        denied.len()
+    );
+    let left_out: u64 = denied.iter().map(|d| d.left_out).sum();
+    assert!(
+        denied.last().unwrap().left_out > 0,
+        "the record after the pause names the denials left out: {denied:?}"
+    );
+    assert_eq!(
+        usize::try_from(left_out).unwrap() + denied.len(),
+        flood,
+        "every denial is recorded or named as left out"
+    );
+    let mut metrics = String::new();
+    prometheus_client::encoding::text::encode_registry(&mut metrics, &{
+        let mut r = prometheus_client::registry::Registry::default();
+        r.register("denied", "", authorizer.denials().clone());
+        r
+    })
+    .unwrap();
+    assert!(
+        metrics.contains(&format!("}} {flood}")),
+        "every denial is counted: {metrics}"
     );
     verify::verify(&setup.audit_dir(), &setup.ca()).expect("verifies");
 }
@@ -593,4 +647,69 @@ fn a_checkpoint_older_than_the_ends_read_back_is_checked_against_its_record() {
         1,
         "record 3 is not what the checkpoint says"
     );
+}
+
+/// A tmpfs of `size` mounted on `dir` (made if missing), unmounted when dropped: a
+/// file system that fills up for real.
+struct SmallFs(PathBuf);
+
+impl SmallFs {
+    fn mount(dir: &Path, size: &str) -> SmallFs {
+        std::fs::create_dir_all(dir).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700")])
+            .arg("cella-audit-test")
+            .arg(dir)
+            .status()
+            .expect("running mount");
+        assert!(status.success(), "mounting a tmpfs needs root");
+        SmallFs(dir.to_path_buf())
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_record_that_finds_the_disk_full_leaves_a_log_that_verifies() {
+    let setup = Setup::new();
+    let fs = SmallFs::mount(&setup.audit_dir(), "96k");
+    // Room to free later.
+    let filler = fs.0.join("filler");
+    std::fs::write(&filler, vec![0u8; 32 << 10]).unwrap();
+    let log = AuditLog::open(&setup.audit_config(64 << 20)).unwrap();
+    let end = |i: usize| cella_master::audit::TaskEnd {
+        task_id: format!("task-{i}"),
+        update_uuid: format!("end-{i}"),
+        command: vec!["x".repeat(1000)],
+        ..Default::default()
+    };
+    // One batch: ends written until the disk is full, then one sync.
+    let mut written = 0;
+    while log.task_end_unsynced(end(written)).is_ok() {
+        written += 1;
+        assert!(written < 1000, "the tmpfs never filled up");
+    }
+    assert!(written > 0);
+    log.sync()
+        .expect("the ends written before the disk filled up are synced");
+    assert!(log.has_ended(
+        &format!("task-{}", written - 1),
+        &format!("end-{}", written - 1)
+    ));
+    assert!(!log.has_ended(&format!("task-{written}"), &format!("end-{written}")));
+    // With room again, the next end follows the synced ones.
+    std::fs::remove_file(&filler).unwrap();
+    log.task_end(end(written)).unwrap();
+    drop(log);
+
+    let records = setup.records();
+    let seqs: Vec<u64> = records.iter().map(|r| r.seq).collect();
+    let expected: Vec<u64> = (1..=written as u64 + 1).collect();
+    assert_eq!(seqs, expected, "every record once, in order");
+    verify::verify(&setup.audit_dir(), &setup.ca()).expect("the log verifies");
+    drop(fs);
 }

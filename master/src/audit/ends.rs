@@ -1,6 +1,7 @@
 //! The task ends the master remembers having recorded, so that a resent terminal
 //! update is not recorded twice: the newest `capacity` of them, in the order they
-//! were written; recording one more forgets the oldest.
+//! were written; once a sync makes new ones durable, the oldest beyond `capacity`
+//! are forgotten.
 //!
 //! Why the newest ones are enough: the master writes an end only for a task it
 //! still tracks, and it tracks ended tasks only until `completed_tasks_kept` newer
@@ -48,11 +49,6 @@ impl RecentEnds {
         self.order.is_empty()
     }
 
-    /// Whether no more is remembered without forgetting one.
-    pub fn is_full(&self) -> bool {
-        self.order.len() >= self.capacity
-    }
-
     /// Whether the end of `task_id` with update `uuid` is remembered.
     pub fn contains(&self, task_id: &str, uuid: &str) -> bool {
         self.by_task
@@ -65,12 +61,10 @@ impl RecentEnds {
         self.by_task.contains_key(task_id)
     }
 
-    /// Remembers an end written after every one remembered; forgets the oldest
-    /// when full.
+    /// Remembers an end written after every one remembered. Nothing is forgotten
+    /// here: until the end is synced it may be lost again ([`RecentEnds::forget_newest`]),
+    /// and the ends forgotten to make room for it would be gone for nothing.
     pub fn push(&mut self, task_id: &str, uuid: &str) {
-        if self.is_full() {
-            self.forget_oldest();
-        }
         let task = match self.by_task.get_key_value(task_id) {
             Some((task, _)) => Arc::clone(task),
             None => Arc::from(task_id),
@@ -92,8 +86,12 @@ impl RecentEnds {
         }
     }
 
-    fn forget_oldest(&mut self) {
-        if let Some(task) = self.order.pop_front() {
+    /// Forgets the oldest ends beyond the capacity (once the newest are synced).
+    pub fn trim(&mut self) {
+        while self.order.len() > self.capacity {
+            let Some(task) = self.order.pop_front() else {
+                return;
+            };
             self.forget_end_of(&task, |uuids| (!uuids.is_empty()).then(|| uuids.remove(0)));
         }
     }
@@ -124,14 +122,17 @@ mod tests {
         ends.push("a", "1");
         ends.push("b", "2");
         ends.push("a", "3");
-        assert!(ends.is_full());
         ends.push("c", "4");
+        assert_eq!(ends.len(), 4, "nothing is forgotten before the trim");
+        assert!(ends.contains("a", "1"));
+        ends.trim();
         assert_eq!(ends.len(), 3);
         assert!(!ends.contains("a", "1"));
         assert!(ends.contains("a", "3"));
         assert!(ends.contains_task("a"));
         ends.push("d", "5");
         ends.push("e", "6");
+        ends.trim();
         assert!(!ends.contains_task("a"), "both of a's ends are forgotten");
         assert!(!ends.contains_task("b"));
         assert!(ends.contains("e", "6"));
@@ -148,5 +149,19 @@ mod tests {
         assert!(!ends.contains_task("b"));
         ends.forget_newest(5);
         assert!(ends.is_empty());
+    }
+
+    #[test]
+    fn ends_lost_with_a_failed_sync_do_not_push_older_ones_out() {
+        let mut ends = RecentEnds::new(2);
+        ends.push("a", "1");
+        ends.push("b", "2");
+        // Two more written, then lost again: a and b stay remembered.
+        ends.push("c", "3");
+        ends.push("d", "4");
+        ends.forget_newest(2);
+        ends.trim();
+        assert!(ends.contains("a", "1"));
+        assert!(ends.contains("b", "2"));
     }
 }

@@ -258,6 +258,7 @@ impl AuditLog {
         match inner.writer.sync() {
             Ok(()) => {
                 inner.unsynced_ends = 0;
+                inner.ends.trim();
                 Ok(())
             }
             Err(e) => {

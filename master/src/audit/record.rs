@@ -102,6 +102,15 @@ pub struct Denied {
     pub permission: String,
     /// What was attempted.
     pub what: String,
+    /// How many denials of the same principal were left out of the log since its
+    /// record before this one (more than its budget of records: see
+    /// `authz::denial_budget`); absent when none was.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub left_out: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// What opening the log needs of a record: its number and, for a task end, whose

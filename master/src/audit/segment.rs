@@ -77,7 +77,9 @@ pub fn read_lines(path: &Path) -> io::Result<Vec<Line>> {
 const BACK_CHUNK: u64 = 64 << 10;
 
 /// The lines of a segment file, newest first, read in chunks from its end, until
-/// `each` breaks.
+/// `each` breaks. Linear in what it reads, however long a line is: each chunk is
+/// searched for newlines once, and a line's pieces are joined once, when its start
+/// is found.
 pub fn each_line_back(
     path: &Path,
     mut each: impl FnMut(Line) -> ControlFlow<()>,
@@ -87,48 +89,44 @@ pub fn each_line_back(
     if start == 0 {
         return Ok(ControlFlow::Continue(()));
     }
-    // The file's bytes from `start` to the end of the newest line not yet passed
-    // on (without its newline).
-    let mut pending: Vec<u8> = Vec::new();
+    // The pieces of the newest line not yet passed on, newest piece first.
+    let mut pieces: Vec<Vec<u8>> = Vec::new();
+    // Whether that line ends in a newline (only the file's last line may not: a
+    // torn write); `None` before the first chunk is read.
     let mut complete = None;
-    loop {
-        if complete.is_some()
-            && let Some(i) = pending.iter().rposition(|&b| b == b'\n')
-        {
-            let line = Line {
-                bytes: pending.split_off(i + 1),
-                complete: complete == Some(true),
-                offset: start + i as u64 + 1,
-            };
-            pending.truncate(i);
-            complete = Some(true);
-            if each(line).is_break() {
-                return Ok(ControlFlow::Break(()));
-            }
-            continue;
-        }
-        if start == 0 {
-            return Ok(each(Line {
-                bytes: pending,
-                complete: complete == Some(true),
-                offset: 0,
-            }));
-        }
+    while start > 0 {
         let n = BACK_CHUNK.min(start);
         start -= n;
         let mut chunk = vec![0; usize::try_from(n).unwrap_or(usize::MAX)];
         file.seek(io::SeekFrom::Start(start))?;
         file.read_exact(&mut chunk)?;
-        chunk.append(&mut pending);
-        pending = chunk;
         if complete.is_none() {
-            // The last line of a torn write has no newline.
-            complete = Some(pending.last() == Some(&b'\n'));
+            complete = Some(chunk.last() == Some(&b'\n'));
             if complete == Some(true) {
-                pending.pop();
+                chunk.pop();
             }
         }
+        while let Some(i) = chunk.iter().rposition(|&b| b == b'\n') {
+            let mut bytes = chunk.split_off(i + 1);
+            chunk.pop();
+            bytes.extend(pieces.drain(..).rev().flatten());
+            let line = Line {
+                bytes,
+                complete: complete == Some(true),
+                offset: start + i as u64 + 1,
+            };
+            complete = Some(true);
+            if each(line).is_break() {
+                return Ok(ControlFlow::Break(()));
+            }
+        }
+        pieces.push(chunk);
     }
+    Ok(each(Line {
+        bytes: pieces.into_iter().rev().flatten().collect(),
+        complete: complete == Some(true),
+        offset: 0,
+    }))
 }
 
 /// The line of record `seq` (and how many lines were read to find it): looked for
@@ -190,6 +188,10 @@ pub struct Writer {
     /// to).
     synced_size: u64,
     pub synced_head: Head,
+    /// Records written since the last sync were cut off again by a sync or a write
+    /// that failed inside [`Writer::append`]: the next [`Writer::sync`] fails, so
+    /// that its caller treats them as never written.
+    lost_unsynced: bool,
 }
 
 impl Writer {
@@ -252,6 +254,7 @@ impl Writer {
             synced_size: size,
             synced_head: head.clone(),
             head,
+            lost_unsynced: false,
         })
     }
 
@@ -269,6 +272,12 @@ impl Writer {
     /// last sync are cut off again and the head goes back: the caller must treat
     /// them as never written.
     pub fn sync(&mut self) -> io::Result<()> {
+        if std::mem::take(&mut self.lost_unsynced) {
+            return Err(io::Error::other(
+                "writing the audit log failed since the last sync: the records written \
+                 since were cut off",
+            ));
+        }
         if !self.unsynced() {
             return Ok(());
         }
@@ -303,7 +312,10 @@ impl Writer {
         line.push('\n');
         if self.size > 0 && self.size + line.len() as u64 > self.segment_bytes {
             // The closed segment is complete on disk before the next one starts.
-            self.sync()?;
+            if let Err(e) = self.sync() {
+                self.lost_unsynced = true;
+                return Err(e);
+            }
             self.segment += 1;
             self.size = 0;
             self.synced_size = 0;
@@ -330,10 +342,17 @@ impl Writer {
             }
         };
         if let Err(e) = file.write_all(line.as_bytes()) {
-            // Whatever part of the line was written is cut off again (or, should
-            // that fail too, when the log is opened next).
-            let _ = file.set_len(self.size);
-            self.file = None;
+            // Whatever part of the line was written is cut off again; the file stays
+            // open, so the records written before it are synced (or cut off) by the
+            // next sync. Should the cut fail too, everything since the last sync is
+            // treated as lost (and the torn line is cut when the log is opened next).
+            if file.set_len(self.size).is_err() {
+                let _ = file.set_len(self.synced_size);
+                self.file = None;
+                self.size = self.synced_size;
+                self.head = self.synced_head.clone();
+                self.lost_unsynced = true;
+            }
             return Err(e);
         }
         self.size += line.len() as u64;

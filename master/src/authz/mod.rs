@@ -4,7 +4,8 @@
 //! * [`Authorizer`] holds the ACL in force ([`cella_proto::acl::Policy`]: permissive
 //!   without an ACL file, default deny with one), reloads it when the file changes or
 //!   on SIGHUP, and logs and counts every denial (`cella_master_authz_denied_total`,
-//!   labelled by permission). Its [`Authorizer::check`] is the call other code makes;
+//!   labelled by permission; a principal refused in a loop has only some of its
+//!   denials logged and recorded, [`denial_budget`]). Its [`Authorizer::check`] is the call other code makes;
 //!   [`Authorizer::allows`] answers quietly, for filtering lists.
 //! * [`agents`] holds what an agent may say for itself whatever the ACL: it registers
 //!   as the node its certificate names, never twice at once, and reports only its own
@@ -13,6 +14,7 @@
 //! What is checked where is listed in `docs/api.md` (the permission of each call).
 
 pub mod agents;
+pub mod denial_budget;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -27,6 +29,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
 use crate::audit::{AuditLog, Event, record};
+use denial_budget::DenialBudget;
 
 /// The label of a denial counter: the permission that was missing.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -57,6 +60,8 @@ pub struct Authorizer {
     denials: Family<PermissionLabel, Counter>,
     /// Where denials are recorded besides the log and the counter.
     audit: std::sync::RwLock<Option<Arc<AuditLog>>>,
+    /// How many of each principal's denials are recorded there.
+    budget: DenialBudget,
 }
 
 impl std::fmt::Debug for Authorizer {
@@ -74,6 +79,7 @@ impl Authorizer {
             file: None,
             denials: Family::default(),
             audit: Default::default(),
+            budget: DenialBudget::default(),
         })
     }
 
@@ -83,6 +89,7 @@ impl Authorizer {
             file: Some(Watched::load(path, read_acl)?),
             denials: Family::default(),
             audit: Default::default(),
+            budget: DenialBudget::default(),
         }))
     }
 
@@ -142,9 +149,17 @@ impl Authorizer {
                     permission: denied.permission_name().to_string(),
                 })
                 .inc();
+            // A principal refused in a loop: counted, not logged nor recorded.
+            let Some(left_out) = self
+                .budget
+                .take(&denied.principal, std::time::Instant::now())
+            else {
+                return;
+            };
             tracing::warn!(
                 principal = %denied.principal,
                 permission = %denied.permission,
+                left_out,
                 "denied: {what}: {denied}"
             );
             let audit = self.audit.read().unwrap_or_else(PoisonError::into_inner);
@@ -153,6 +168,7 @@ impl Authorizer {
                     principal: denied.principal.clone(),
                     permission: denied.permission.clone(),
                     what: what.to_string(),
+                    left_out,
                 }));
             }
         })

@@ -248,6 +248,8 @@ impl Master {
                 a.tasks.insert(task_id);
             }
         }
+        // Ended tasks adopted above count against the ones kept, like any other.
+        self.forget_old_completed_tasks();
         reported
     }
 
