@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use cella_image::{Credentials, RegistrySettings};
 use serde::Deserialize;
 
-use super::ConfigError;
+use super::error::ConfigError;
 use super::sources::Sources;
 
 /// The store's size when none is configured.

@@ -10,42 +10,21 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use cella_containerizer::units::MilliCpus;
+use cella_proto::time::parse_duration;
 use serde::Deserialize;
 
+mod error;
 pub mod images;
 pub mod parse;
 mod sources;
 
+pub use error::ConfigError;
 pub use images::{ImageArgs, ImagesConfig, ImagesFile};
 use parse::check_attribute;
 pub use parse::{ResourceSpec, parse_attributes, parse_resources};
 use sources::Sources;
 
 use crate::policy::{TaskPolicy, VolumeAllow};
-
-/// A configuration value that cannot be used.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {message}")]
-pub struct ConfigError {
-    /// The flag or TOML key, e.g. `--resources` or `resources (in /etc/cella/agent.toml)`.
-    pub field: String,
-    /// What is wrong and how to fix it.
-    pub message: String,
-}
-
-impl ConfigError {
-    /// The process exit status for a bad configuration.
-    pub const EXIT_CODE: i32 = 2;
-
-    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
-}
-
-use cella_proto::time::parse_duration;
 
 /// Command-line flags of `cella-agent` (also embeddable in other tools' clap parsers).
 /// Every flag is optional so that [`AgentArgs::resolve`] can tell "not given" (take
