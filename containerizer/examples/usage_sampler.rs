@@ -164,14 +164,8 @@ fn per_file(cgroups: &[TaskCgroup], rounds: u32, pause: Duration) -> Vec<(&'stat
 
 /// Slab memory of the machine (kB), for the kernel's share of held files.
 fn slab_kb() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find_map(|l| l.strip_prefix("Slab:"))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0)
+    use procfs::Current;
+    procfs::Meminfo::current().map_or(0, |m| m.slab >> 10)
 }
 
 fn main() {

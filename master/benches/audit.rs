@@ -166,15 +166,13 @@ fn main() {
     println!("{DEFAULT_ENDS_KEPT} task ends remembered: {ends_mib:.1} MiB");
 }
 
-/// The resident memory of this process, in KiB.
+/// The resident memory of this process, in KiB (`VmRSS`); 0 where the kernel gives
+/// none.
 fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+    procfs::process::Process::myself()
+        .and_then(|p| p.status())
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
+        .and_then(|s| s.vmrss)
         .unwrap_or(0)
 }
 

@@ -26,31 +26,26 @@ fn env(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// A memory figure of this process from `/proc/self/status` (`VmRSS`, `VmHWM`), in bytes.
-fn memory(field: &str) -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
+/// A memory figure of this process (`VmRSS`, `VmHWM` of `/proc/self/status`), in
+/// bytes; 0 where the kernel gives none.
+fn memory(field: fn(&procfs::process::Status) -> Option<u64>) -> u64 {
+    procfs::process::Process::myself()
+        .and_then(|p| p.status())
+        .ok()
+        .as_ref()
+        .and_then(field)
+        .map_or(0, |kib| kib * 1024)
 }
 
 fn rss() -> u64 {
-    memory("VmRSS")
+    memory(|s| s.vmrss)
 }
 
 /// CPU time (user + system) of this process so far, in clock ticks (1/100 s).
 fn cpu_ticks() -> u64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // The fields after the command name (which may hold spaces): utime is the 14th
-    // field of the line, the 12th after the name's closing parenthesis.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<u64> = rest
-        .split_whitespace()
-        .map(|f| f.parse().unwrap_or(0))
-        .collect();
-    fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0)
+    procfs::process::Process::myself()
+        .and_then(|p| p.stat())
+        .map_or(0, |s| s.utime + s.stime)
 }
 
 /// A small deterministic generator (xorshift), so runs compare.
@@ -303,7 +298,7 @@ fn main() {
         #[allow(clippy::cast_precision_loss)]
         let growth = r.rss_growth as f64 / (1 << 20) as f64;
         // The peak so far: the delta run comes first, so its line holds its own peak.
-        let peak = memory("VmHWM") >> 20;
+        let peak = memory(|s| s.vmhwm) >> 20;
         let cpu_per_second = r.cpu / u32::try_from(r.per_second.len()).unwrap_or(u32::MAX);
         println!(
             "{:<8} {:>12.1} {:>12.1} {:>12.1} {:>12.1} {:>14.2} {:>9.0} MiB {:>8} MiB",
