@@ -45,9 +45,6 @@ pub struct ImageArgs {
     pub credentials: Option<BTreeMap<String, CredentialsFile>>,
 }
 
-/// `[images]` in the TOML file: the same settings as the flags.
-pub type ImagesFile = ImageArgs;
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CredentialsFile {
@@ -92,10 +89,10 @@ impl ImageArgs {
     /// Combines the flags with the file's `[images]` (`source` names the file).
     pub fn resolve(
         &self,
-        file: Option<&ImagesFile>,
+        file: Option<&ImageArgs>,
         source: Option<&Path>,
     ) -> Result<ImagesConfig, ConfigError> {
-        let empty = ImagesFile::default();
+        let empty = ImageArgs::default();
         let file = file.unwrap_or(&empty);
         let from = Sources {
             file: source,
@@ -178,7 +175,7 @@ mod tests {
 
     #[test]
     fn flags_win_and_errors_name_the_key() {
-        let file: ImagesFile = toml::from_str(
+        let file: ImageArgs = toml::from_str(
             r#"
             default_registry = "registry.example:5000"
             insecure_registries = ["localhost:5000"]
@@ -215,7 +212,7 @@ mod tests {
         };
         let err = bad.resolve(None, None).unwrap_err();
         assert_eq!(err.field, "--default-registry");
-        let bad_file: ImagesFile = toml::from_str("store_size = \"lots\"").unwrap();
+        let bad_file: ImageArgs = toml::from_str("store_size = \"lots\"").unwrap();
         let err = ImageArgs::default()
             .resolve(Some(&bad_file), Some(Path::new("/etc/cella/agent.toml")))
             .unwrap_err();

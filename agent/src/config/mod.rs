@@ -19,7 +19,7 @@ pub mod parse;
 mod sources;
 
 pub use error::ConfigError;
-pub use images::{ImageArgs, ImagesConfig, ImagesFile};
+pub use images::{ImageArgs, ImagesConfig};
 use parse::check_attribute;
 pub use parse::{ResourceSpec, parse_attributes, parse_resources};
 use sources::Sources;
@@ -174,7 +174,7 @@ pub struct FileConfig {
     pub acl: Option<PathBuf>,
     pub credentials: Option<PathBuf>,
     /// `[images]`: registries and the image store.
-    pub images: Option<ImagesFile>,
+    pub images: Option<ImageArgs>,
     pub log_level: Option<String>,
 }
 
