@@ -21,7 +21,8 @@
 //! sums its statistics at every read). The memory breakdown (anon, file, kernel,
 //! swap) is read again as soon as the memory has moved by more than 1/128 of itself
 //! (at least 1 MiB) since it was last read ([`Figures::Breakdown`]), so it stays
-//! within that of the memory figure. Every other figure of a running task (the
+//! within that of the memory figure, and once more at the first sample after the task
+//! stops running if its memory moved at all, so that what it holds asleep is exact. Every other figure of a running task (the
 //! user/system split, throttling, OOM kills, I/O, on v2 pressure; the breakdown of a
 //! task whose memory stands still) is read in its full samples: every
 //! [`FULL_SAMPLE_INTERVAL`] while the process's [`FullSampleBudget`] (40 running
@@ -198,6 +199,20 @@ impl TaskSampler {
                     (true, false) => (Figures::Running, last),
                     (false, true) => (Figures::Asleep, last),
                     (false, false) => {
+                        let mut last = last;
+                        // The task has stopped running with memory its breakdown was
+                        // not read at (it moved by less than the slack): read it once
+                        // now, so that what the task holds while it sleeps, often its
+                        // peak, is in its figures and its summary.
+                        if self.breakdown_of != last.mem_current_bytes {
+                            self.cgroup.read_usage(
+                                &mut self.files,
+                                Figures::Breakdown,
+                                cpu,
+                                &mut last,
+                            );
+                            self.breakdown_of = last.mem_current_bytes;
+                        }
                         self.last = Some((last.clone(), at));
                         return last;
                     }
