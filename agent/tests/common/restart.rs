@@ -291,6 +291,11 @@ impl Env {
     pub async fn assert_task_gone(&self, id: &str, cmd: &[&str], shim: i32) {
         wait_until("the task's shim to be gone", async || !alive(shim)).await;
         assert!(processes(cmd).is_empty(), "{id}: {cmd:?} still runs");
+        // The cgroups are removed just after the shim exits, not before.
+        wait_until("the task's cgroups to be removed", async || {
+            task_cgroups(&self.cgroup, id).is_empty()
+        })
+        .await;
         assert!(
             task_cgroups(&self.cgroup, id).is_empty(),
             "{id}: cgroups left {:?}",
