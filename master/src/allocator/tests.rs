@@ -76,8 +76,9 @@ fn drf_shares_converge_when_one_framework_starts_ahead() {
     // Agents 0 and 1 still have 3 cpus free; all ten agents get offered.
     assert_eq!(offers.len(), 10);
     let held = |f: &str| a.framework_share(&fid(f)).unwrap();
-    // a catches up first: it gets the first offers until it passes b.
-    assert_eq!(&frameworks_of(&offers)[..3], ["a", "a", "a"]);
+    // a catches up first: it gets the first offers until it reaches b's share (0.2
+    // each after two); at equal shares b, offered less, goes next.
+    assert_eq!(&frameworks_of(&offers)[..3], ["a", "a", "b"]);
     let diff = (held("a") - held("b")).abs();
     assert!(diff <= 0.1 + 1e-9, "shares {} vs {}", held("a"), held("b"));
 }
@@ -138,6 +139,35 @@ fn declined_agent_goes_to_the_next_framework() {
     a.decline_offer(first[0].id, Duration::from_secs(5), t0)
         .unwrap();
     assert_eq!(frameworks_of(&a.allocate(t0)), ["b"]);
+}
+
+#[test]
+fn equal_shares_take_turns_when_offers_come_back_unfiltered() {
+    // "a" lets its offers go (rescinded at the offer timeout, or declined with no
+    // filter): "b", equal in share, must get the agent next, and so on in turn.
+    let t0 = Instant::now();
+    let mut a = cluster_with_framework(1, "a");
+    a.add_framework(fid("b"), "r", true).unwrap();
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        let offers = a.allocate(t0);
+        assert_eq!(offers.len(), 1);
+        got.push(offers[0].framework.as_str().to_owned());
+        a.rescind_offer(offers[0].id).unwrap();
+    }
+    assert_eq!(got, ["a", "b", "a", "b"]);
+
+    // The same between two roles of equal share.
+    let mut a = cluster(1);
+    a.add_framework(fid("x1"), "x", true).unwrap();
+    a.add_framework(fid("y1"), "y", true).unwrap();
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        let offers = a.allocate(t0);
+        got.push(offers[0].framework.as_str().to_owned());
+        a.decline_offer(offers[0].id, Duration::ZERO, t0).unwrap();
+    }
+    assert_eq!(got, ["x1", "y1", "x1", "y1"]);
 }
 
 #[test]

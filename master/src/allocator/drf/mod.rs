@@ -189,6 +189,7 @@ impl HierarchicalDrf {
             name: name.clone(),
             weight: 1.0,
             held: Resources::ZERO,
+            offers_received: 0,
         });
         self.role_index.insert(name, slot);
         slot
@@ -419,6 +420,7 @@ impl Allocator for HierarchicalDrf {
                 agents: BTreeSet::new(),
                 offers: BTreeSet::new(),
                 filters: HashMap::new(),
+                offers_received: 0,
             },
             "frameworks",
         )?;
@@ -576,6 +578,7 @@ impl Allocator for HierarchicalDrf {
             if let Some(set) = per_role.get_mut(f.role as usize) {
                 set.insert(Key {
                     share: shares.dominant(&f.held()),
+                    offers_received: f.offers_received,
                     name: f.id.0.clone(),
                     slot,
                 });
@@ -586,6 +589,7 @@ impl Allocator for HierarchicalDrf {
             if !set.is_empty() {
                 role_order.insert(Key {
                     share: shares.dominant(&role.held) / role.weight,
+                    offers_received: role.offers_received,
                     name: role.name.clone(),
                     slot,
                 });
@@ -655,23 +659,29 @@ impl Allocator for HierarchicalDrf {
             // Re-key the framework and its role with their new shares.
             let mut fkey = Key {
                 share: shares.dominant(&fw.held()),
+                offers_received: fw.offers_received,
                 name: fw.id.0.clone(),
                 slot: f,
             };
             set.remove(&fkey);
             fw.offered.add_or_warn(&offerable, "framework offered");
             fw.offers.insert(id);
+            fw.offers_received = fw.offers_received.saturating_add(1);
             fkey.share = shares.dominant(&fw.held());
+            fkey.offers_received = fw.offers_received;
             set.insert(fkey);
 
             let mut rkey = Key {
                 share: shares.dominant(&role.held) / role.weight,
+                offers_received: role.offers_received,
                 name: role.name.clone(),
                 slot: r,
             };
             role_order.remove(&rkey);
             role.held.add_or_warn(&offerable, "role held");
+            role.offers_received = role.offers_received.saturating_add(1);
             rkey.share = shares.dominant(&role.held) / role.weight;
+            rkey.offers_received = role.offers_received;
             role_order.insert(rkey);
         }
         offers
