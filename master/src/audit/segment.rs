@@ -138,10 +138,13 @@ pub fn find_record(dir: &Path, seq: u64) -> io::Result<(Option<Vec<u8>>, u64)> {
         let mut first = Vec::new();
         BufReader::new(File::open(path)?).read_until(b'\n', &mut first)?;
         read += 1;
-        let Ok(first) = serde_json::from_slice::<Glance>(first.trim_ascii_end()) else {
-            continue;
-        };
-        if first.seq > seq {
+        // A first line that does not decode (changed, or torn) does not say where the
+        // segment starts: the record may still be in it, so it is searched, and the
+        // search goes on in the older segments if it is not there.
+        let starts_after = serde_json::from_slice::<Glance>(first.trim_ascii_end())
+            .ok()
+            .map(|first| first.seq > seq);
+        if starts_after == Some(true) {
             continue;
         }
         for line in read_lines(path)? {
@@ -150,7 +153,9 @@ pub fn find_record(dir: &Path, seq: u64) -> io::Result<(Option<Vec<u8>>, u64)> {
                 return Ok((Some(line.bytes), read));
             }
         }
-        break;
+        if starts_after == Some(false) {
+            break;
+        }
     }
     Ok((None, read))
 }
@@ -402,6 +407,25 @@ mod tests {
         })
         .unwrap();
         lines
+    }
+
+    #[test]
+    fn a_record_is_found_in_a_segment_whose_first_line_does_not_decode() {
+        let dir = tempfile::tempdir().unwrap();
+        let line = |seq: u64| format!(r#"{{"seq":{seq},"kind":"denied"}}"#);
+        let write = |n: u64, lines: &[String]| {
+            let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+            std::fs::write(dir.path().join(segment_name(n)), text).unwrap();
+        };
+        write(1, &[line(1), line(2)]);
+        // Segment 2 holds records 3 and 4; its first line was changed.
+        write(2, &["{not json".to_string(), line(4)]);
+        write(3, &[line(5)]);
+        let found = |seq| find_record(dir.path(), seq).unwrap().0.map(String::from_utf8);
+        assert_eq!(found(4), Some(Ok(line(4))));
+        assert_eq!(found(2), Some(Ok(line(2))), "searched on past the changed segment");
+        assert_eq!(found(5), Some(Ok(line(5))));
+        assert_eq!(found(3), None);
     }
 
     #[test]
