@@ -421,9 +421,18 @@ mod tests {
         // Segment 2 holds records 3 and 4; its first line was changed.
         write(2, &["{not json".to_string(), line(4)]);
         write(3, &[line(5)]);
-        let found = |seq| find_record(dir.path(), seq).unwrap().0.map(String::from_utf8);
+        let found = |seq| {
+            find_record(dir.path(), seq)
+                .unwrap()
+                .0
+                .map(String::from_utf8)
+        };
         assert_eq!(found(4), Some(Ok(line(4))));
-        assert_eq!(found(2), Some(Ok(line(2))), "searched on past the changed segment");
+        assert_eq!(
+            found(2),
+            Some(Ok(line(2))),
+            "searched on past the changed segment"
+        );
         assert_eq!(found(5), Some(Ok(line(5))));
         assert_eq!(found(3), None);
     }
