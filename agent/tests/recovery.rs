@@ -279,10 +279,7 @@ async fn sandboxes_of_ended_tasks_are_collected_after_the_delay() {
     let end = s.wait_terminal("quick").await;
     s.wait_for("stays", WAIT, |st| st.state() == v1::TaskState::TaskRunning)
         .await;
-    wait_until("the ended task's sandbox to go", async || {
-        !env.sandbox("quick").exists()
-    })
-    .await;
+    env.wait_sandbox_gone("quick").await;
     // Not before the delay: the end is stamped before it is reported.
     let gone_after = Duration::from_nanos(now_ns().saturating_sub(end.timestamp_ns));
     assert!(gone_after >= delay, "removed {gone_after:?} after the end");
@@ -292,10 +289,7 @@ async fn sandboxes_of_ended_tasks_are_collected_after_the_delay() {
     s.launch(&agent_id, vec![task("later", &["true"], 16 << 20)])
         .await;
     s.wait_terminal("later").await;
-    wait_until("the later task's sandbox to go", async || {
-        !env.sandbox("later").exists()
-    })
-    .await;
+    env.wait_sandbox_gone("later").await;
     assert!(env.sandbox("stays").exists(), "{}", agent.log());
     s.kill("stays");
     s.wait_terminal("stays").await;
@@ -402,10 +396,8 @@ async fn sandboxes_go_early_when_the_disk_is_almost_full() {
         assert_eq!(end.state(), v1::TaskState::TaskFinished, "{end:?}");
     }
     eprintln!("work directory {:.1}% full", fs.used_share() * 100.0);
-    wait_until("the oldest sandbox to go early", async || {
-        !env.sandbox("fill-1").exists()
-    })
-    .await;
+    // The oldest goes early: its delay of an hour has not passed.
+    env.wait_sandbox_gone("fill-1").await;
     assert!(
         env.sandbox("fill-2").exists() && env.sandbox("fill-3").exists(),
         "only as many as needed go, oldest first\n{}",

@@ -139,6 +139,12 @@ impl Env {
         paths::sandbox_dir(&self.work_dir(), task)
     }
 
+    /// Waits (up to [`WAIT`]) until the garbage collector has removed `task`'s sandbox.
+    pub async fn wait_sandbox_gone(&self, task: &str) {
+        let what = format!("the sandbox of {task} to go");
+        wait_until(&what, async || !self.sandbox(task).exists()).await;
+    }
+
     pub fn master_url(&self) -> String {
         self.master.as_ref().expect("master").url()
     }
