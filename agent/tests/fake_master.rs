@@ -237,6 +237,21 @@ async fn run_task(s: &mut Session, info: v1::TaskInfo) -> v1::TaskStatus {
     run_to_end(s, &task).await.pop().unwrap()
 }
 
+/// Launches `info` and acknowledges its updates until it is RUNNING.
+async fn launch_running(s: &mut Session, info: v1::TaskInfo) {
+    let task = info.task_id.clone();
+    launch(s, info);
+    loop {
+        let st = next_status(s, common::WAIT)
+            .await
+            .unwrap_or_else(|| panic!("{task}: no RUNNING update"));
+        ack(s, &st);
+        if st.state() == v1::TaskState::TaskRunning {
+            return;
+        }
+    }
+}
+
 /// Collects (and acknowledges) updates until `task` is terminal.
 async fn run_to_end(s: &mut Session, task: &str) -> Vec<v1::TaskStatus> {
     let mut out = Vec::new();
@@ -342,16 +357,7 @@ async fn launch_exit_code_memory_limit_kill_and_errors() {
         (v1::TaskState::TaskError, v1::Reason::InvalidTask)
     );
 
-    launch(&s, common::task("sl", &["sleep", "100"], 16 << 20));
-    let mut seen = Vec::new();
-    while !seen
-        .iter()
-        .any(|u: &v1::TaskStatus| u.state() == v1::TaskState::TaskRunning)
-    {
-        let st = next_status(&mut s, common::WAIT).await.unwrap();
-        ack(&s, &st);
-        seen.push(st);
-    }
+    launch_running(&mut s, common::task("sl", &["sleep", "100"], 16 << 20)).await;
     // A duplicate launch is refused.
     launch(&s, common::task("sl", &["sleep", "100"], 16 << 20));
     let dup = next_status(&mut s, common::WAIT).await.unwrap();
@@ -464,14 +470,7 @@ async fn resent_with_backoff_and_after_reconnecting() {
 async fn shutdown_from_the_master_kills_everything() {
     let mut rig = Rig::start().await;
     let mut s = rig.registered_session("agent-s").await;
-    launch(&s, common::task("z", &["sleep", "100"], 16 << 20));
-    loop {
-        let st = next_status(&mut s, common::WAIT).await.unwrap();
-        ack(&s, &st);
-        if st.state() == v1::TaskState::TaskRunning {
-            break;
-        }
-    }
+    launch_running(&mut s, common::task("z", &["sleep", "100"], 16 << 20)).await;
     send(
         &s,
         master_to_agent::Message::Shutdown(master_to_agent::Shutdown {

@@ -12,7 +12,7 @@ use cella_agent::store::Write;
 use cella_agent::{Agent, AgentConfig, AgentError};
 use cella_proto::time::now_ns;
 use cella_proto::v1;
-use common::restart::{Env, Launched, SmallFs, alive, processes, shim_pid, wait_until};
+use common::restart::{Env, Launched, alive, processes, shim_pid, wait_until};
 use common::{WAIT, task};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -263,10 +263,9 @@ async fn recover_cleanup_kills_the_tasks_reports_them_and_exits() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sandboxes_of_ended_tasks_are_collected_after_the_delay() {
     let delay = Duration::from_secs(1);
-    let env = Env::new().await;
     // A work directory of its own, nearly empty: the host's disk, however full, does
     // not make the collector remove sandboxes early.
-    let fs = SmallFs::mount(&env.work_dir(), "256m");
+    let env = Env::on_small_work_fs("256m").await;
     let (agent, mut s, agent_id) = env.start_with_scheduler(&["--gc-delay", "1s"]).await;
     s.launch(
         &agent_id,
@@ -279,10 +278,7 @@ async fn sandboxes_of_ended_tasks_are_collected_after_the_delay() {
     let end = s.wait_terminal("quick").await;
     s.wait_for("stays", WAIT, |st| st.state() == v1::TaskState::TaskRunning)
         .await;
-    wait_until("the ended task's sandbox to go", async || {
-        !env.sandbox("quick").exists()
-    })
-    .await;
+    env.wait_sandbox_gone("quick").await;
     // Not before the delay: the end is stamped before it is reported.
     let gone_after = Duration::from_nanos(now_ns().saturating_sub(end.timestamp_ns));
     assert!(gone_after >= delay, "removed {gone_after:?} after the end");
@@ -292,16 +288,12 @@ async fn sandboxes_of_ended_tasks_are_collected_after_the_delay() {
     s.launch(&agent_id, vec![task("later", &["true"], 16 << 20)])
         .await;
     s.wait_terminal("later").await;
-    wait_until("the later task's sandbox to go", async || {
-        !env.sandbox("later").exists()
-    })
-    .await;
+    env.wait_sandbox_gone("later").await;
     assert!(env.sandbox("stays").exists(), "{}", agent.log());
     s.kill("stays");
     s.wait_terminal("stays").await;
     drop(agent);
     env.stop().await;
-    drop(fs);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -390,10 +382,9 @@ async fn a_truncated_checkpoint_is_refused_or_set_aside() {
 /// before their `--gc-delay`, oldest first, until it is not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sandboxes_go_early_when_the_disk_is_almost_full() {
-    let env = Env::new().await;
     // 16 MiB for the checkpoint (~0.1 MiB) and three sandboxes of 5 MiB of output
     // each: ~94% full.
-    let fs = SmallFs::mount(&env.work_dir(), "16m");
+    let env = Env::on_small_work_fs("16m").await;
     let (agent, mut s, agent_id) = env.start_with_scheduler(&["--gc-delay", "1h"]).await;
     for id in ["fill-1", "fill-2", "fill-3"] {
         let cmd = ["head", "-c", "5242880", "/dev/zero"];
@@ -401,17 +392,19 @@ async fn sandboxes_go_early_when_the_disk_is_almost_full() {
         let end = s.wait_terminal(id).await;
         assert_eq!(end.state(), v1::TaskState::TaskFinished, "{end:?}");
     }
-    eprintln!("work directory {:.1}% full", fs.used_share() * 100.0);
-    wait_until("the oldest sandbox to go early", async || {
-        !env.sandbox("fill-1").exists()
-    })
-    .await;
+    eprintln!(
+        "work directory {:.1}% full",
+        env.work_fs_used_share() * 100.0
+    );
+    // The oldest goes early: its delay of an hour has not passed.
+    env.wait_sandbox_gone("fill-1").await;
     assert!(
         env.sandbox("fill-2").exists() && env.sandbox("fill-3").exists(),
         "only as many as needed go, oldest first\n{}",
         agent.log()
     );
-    assert!(fs.used_share() <= 0.9, "{}", fs.used_share());
+    let used = env.work_fs_used_share();
+    assert!(used <= 0.9, "{used}");
     assert!(
         agent.log().contains("more than 90% full"),
         "the agent says why:\n{}",
@@ -419,7 +412,6 @@ async fn sandboxes_go_early_when_the_disk_is_almost_full() {
     );
     drop(agent);
     env.stop().await;
-    drop(fs);
 }
 
 /// SIGTERM stops the agent (status 0) without killing its tasks: they keep running

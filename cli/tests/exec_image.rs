@@ -84,6 +84,15 @@ fn image_opts(sb: &Sandbox, extra: &[&str]) -> Vec<String> {
     opts
 }
 
+/// Runs `script` as the command of the image (whose entrypoint is `sh -c`) and
+/// asserts that it exits 0 having printed exactly `stdout`.
+#[track_caller]
+fn assert_prints(sb: &Sandbox, opts: &[String], script: &str, stdout: &str, what: &str) {
+    let out = sb.run(opts, &[script.to_string()]);
+    out.assert_code(0);
+    out.check_eq(out.stdout.as_str(), stdout, what);
+}
+
 #[test]
 fn the_image_config_applies_and_a_command_replaces_its_command() {
     let sb = Sandbox::new();
@@ -98,10 +107,10 @@ fn the_image_config_applies_and_a_command_replaces_its_command() {
 
     let script =
         "echo $GREETING from $(pwd) as $(id -u); cat /etc/hello; echo x > /written && cat /written";
-    let out = sb.run(&opts, &[script.to_string()]);
-    out.assert_code(0);
-    out.check_eq(
-        out.stdout.as_str(),
+    assert_prints(
+        &sb,
+        &opts,
+        script,
         "hello from /data as 0\nfrom the second layer\nx\n",
         "the override with the image's env, working dir, layers and a writable root",
     );
@@ -111,13 +120,10 @@ fn the_image_config_applies_and_a_command_replaces_its_command() {
 fn a_read_only_image_root_refuses_writes() {
     let sb = Sandbox::new();
     let opts = image_opts(&sb, &["--read-only"]);
-    let out = sb.run(
+    assert_prints(
+        &sb,
         &opts,
-        &["echo x > /written || echo refused; echo y > /tmp/y && cat /tmp/y".to_string()],
-    );
-    out.assert_code(0);
-    out.check_eq(
-        out.stdout.as_str(),
+        "echo x > /written || echo refused; echo y > /tmp/y && cat /tmp/y",
         "refused\ny\n",
         "/ read-only, /tmp writable",
     );
@@ -171,9 +177,13 @@ fn the_sandbox_goes_after_the_task_and_the_next_launch_takes_one_made_ahead() {
         names(&ready)
     );
     let before = names(&ready);
-    let out = sb.run(&opts, &["test ! -e /written && echo fresh".to_string()]);
-    out.assert_code(0);
-    out.check_eq(out.stdout.as_str(), "fresh\n", "an empty writable layer");
+    assert_prints(
+        &sb,
+        &opts,
+        "test ! -e /written && echo fresh",
+        "fresh\n",
+        "an empty writable layer",
+    );
     assert!(
         poll_until(Duration::from_secs(30), tidied),
         "{:?} {:?}",

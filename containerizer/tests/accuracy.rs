@@ -68,6 +68,11 @@ impl Bench {
     }
 }
 
+/// [`Bench::run_ok`] without limits, in a bench of its own.
+fn run_unlimited_ok(name: &str, script: &str) -> Termination {
+    Bench::new().run_ok(name, script, Resources::default())
+}
+
 fn within(what: &str, measured: Option<u64>, truth: u64, tolerance: f64) {
     let m = measured.unwrap_or_else(|| panic!("{what}: no figure"));
     let error = (m as f64 - truth as f64).abs() / truth as f64;
@@ -140,25 +145,21 @@ fn throttling_is_reported_when_the_cpu_limit_is_below_the_demand() {
 
 #[test]
 fn anonymous_memory_matches_what_the_task_touched() {
-    let b = Bench::new();
     // dd's one buffer of bs bytes, filled from /dev/zero again and again (~1 s).
-    let end = b.run_ok(
+    let end = run_unlimited_ok(
         "anon",
         "dd if=/dev/zero of=/dev/null bs=200M count=15 2>/dev/null",
-        Resources::default(),
     );
     within("anon peak", end.peaks.mem_anon_bytes, 200 * MIB, 0.02);
 }
 
 #[test]
 fn a_short_task_s_written_file_is_page_cache_not_anon() {
-    let b = Bench::new();
     // Written, read back and removed within a fraction of a second: only the dense
     // sampling of the first second sees it (the file is gone at the end).
-    let end = b.run_ok(
+    let end = run_unlimited_ok(
         "cache",
         "dd if=/dev/zero of=big bs=1M count=200 2>/dev/null && cat big > /dev/null && rm big",
-        Resources::default(),
     );
     let p = &end.peaks;
     assert!(
@@ -196,12 +197,7 @@ fn an_oom_kill_is_reported() {
 
 #[test]
 fn disk_use_matches_what_the_task_wrote() {
-    let b = Bench::new();
-    let end = b.run_ok(
-        "disk",
-        "dd if=/dev/zero of=data bs=1M count=64 2>/dev/null",
-        Resources::default(),
-    );
+    let end = run_unlimited_ok("disk", "dd if=/dev/zero of=data bs=1M count=64 2>/dev/null");
     within("disk peak", end.peaks.disk_peak_bytes, 64 * MIB, 0.01);
 }
 

@@ -150,10 +150,7 @@ async fn master_restart_keeps_frameworks_tasks_and_agents() {
     let u = s.update_for("t3").await;
     assert_eq!(u.state(), v1::TaskState::TaskLost);
     assert_eq!(u.reason(), v1::Reason::AgentLost);
-    assert_eq!(
-        task_state(&m, "t3").await,
-        ("LOST".to_string(), "AGENT_LOST".to_string())
-    );
+    assert_eq!(task_state(&m, "t3").await, ("LOST", "AGENT_LOST"));
     m.stop().await;
 
     // ---- third master: the outcome of the second one was written too.
@@ -161,10 +158,7 @@ async fn master_restart_keeps_frameworks_tasks_and_agents() {
     let state = m.state().await.unwrap();
     assert_eq!(state.agents.len(), 1, "agent-b was lost and forgotten");
     assert_eq!(task_state(&m, "t2").await.0, "RUNNING");
-    assert_eq!(
-        task_state(&m, "t3").await,
-        ("LOST".to_string(), "AGENT_LOST".to_string())
-    );
+    assert_eq!(task_state(&m, "t3").await, ("LOST", "AGENT_LOST"));
     m.stop().await;
 }
 

@@ -236,10 +236,7 @@ async fn teardown_kills_with_the_grace_period_and_reason_framework_removed() {
     );
     let acked = a.next_acknowledge().await.uuid;
     assert_eq!(acked, "u2");
-    assert_eq!(
-        task_state(&m, "t1").await,
-        ("KILLED".to_string(), "FRAMEWORK_REMOVED".to_string())
-    );
+    assert_eq!(task_state(&m, "t1").await, ("KILLED", "FRAMEWORK_REMOVED"));
     m.stop().await;
 }
 

@@ -1026,31 +1026,16 @@ mod cella_proto_http {
 /// `(pid, argv)` of processes with an argument inside `dir`.
 fn processes_under(dir: &Path) -> Vec<(i32, Vec<String>)> {
     let needle = dir.to_string_lossy().to_string();
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return out;
+    let Ok(processes) = procfs::process::all_processes() else {
+        return Vec::new();
     };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let argv: Vec<String> = raw
-            .split(|b| *b == 0)
-            .filter(|a| !a.is_empty())
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        if argv.iter().skip(1).any(|a| a.starts_with(&needle)) {
-            out.push((pid, argv));
-        }
-    }
-    out
+    // A process that exits meanwhile, or whose command line is not UTF-8 (no path
+    // of ours is), is left out.
+    processes
+        .flatten()
+        .filter_map(|p| Some((p.pid(), p.cmdline().ok()?)))
+        .filter(|(_, argv)| argv.iter().skip(1).any(|a| a.starts_with(&needle)))
+        .collect()
 }
 
 fn find_cgroups(dir: &Path, prefix: &str, found: &mut Vec<PathBuf>, depth: usize) {

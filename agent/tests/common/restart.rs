@@ -19,6 +19,9 @@ static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 /// A master, a work directory and a test cgroup; the agent binary comes and goes.
 pub struct Env {
+    /// A filesystem of its own on the work directory, if any. Declared before `dir`,
+    /// so it is unmounted before the directory is removed (a mount point cannot be).
+    work_fs: Option<SmallFs>,
     pub dir: tempfile::TempDir,
     pub layout: cella_proto::tls::Layout,
     pub master: Option<Master>,
@@ -115,11 +118,28 @@ impl Env {
         let master = Master::start(&layout, "127.0.0.1:0".parse().expect("addr")).await;
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         Env {
+            work_fs: None,
             dir,
             layout,
             master: Some(master),
             cgroup: format!("cella-rtest-{}-{n}", std::process::id()),
         }
+    }
+
+    /// [`Env::new`] with the work directory on a tmpfs of `size`: what the agent
+    /// keeps there, not the host's disk, decides how full it is.
+    pub async fn on_small_work_fs(size: &str) -> Env {
+        let mut env = Env::new().await;
+        env.work_fs = Some(SmallFs::mount(&env.work_dir(), size));
+        env
+    }
+
+    /// The share of the work directory's tmpfs in use.
+    pub fn work_fs_used_share(&self) -> f64 {
+        self.work_fs
+            .as_ref()
+            .expect("an environment made by on_small_work_fs")
+            .used_share()
     }
 
     pub fn work_dir(&self) -> PathBuf {
@@ -137,6 +157,12 @@ impl Env {
 
     pub fn sandbox(&self, task: &str) -> PathBuf {
         paths::sandbox_dir(&self.work_dir(), task)
+    }
+
+    /// Waits (up to [`WAIT`]) until the garbage collector has removed `task`'s sandbox.
+    pub async fn wait_sandbox_gone(&self, task: &str) {
+        let what = format!("the sandbox of {task} to go");
+        wait_until(&what, async || !self.sandbox(task).exists()).await;
     }
 
     pub fn master_url(&self) -> String {
@@ -392,10 +418,10 @@ pub async fn wait_until(what: &str, mut f: impl AsyncFnMut() -> bool) {
 }
 
 /// A tmpfs mounted for one test, lazily unmounted on drop (also when it fails).
-pub struct SmallFs(PathBuf);
+struct SmallFs(PathBuf);
 
 impl SmallFs {
-    pub fn mount(at: &Path, size: &str) -> SmallFs {
+    fn mount(at: &Path, size: &str) -> SmallFs {
         std::fs::create_dir_all(at).expect("mount point");
         nix::mount::mount(
             Some("tmpfs"),
@@ -408,7 +434,7 @@ impl SmallFs {
         SmallFs(at.to_path_buf())
     }
 
-    pub fn used_share(&self) -> f64 {
+    fn used_share(&self) -> f64 {
         let st = nix::sys::statvfs::statvfs(&self.0).expect("statvfs");
         #[allow(clippy::cast_precision_loss)]
         let (used, avail) = (

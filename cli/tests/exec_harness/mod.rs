@@ -131,21 +131,13 @@ pub fn leftovers(cgroup: &str, pid: u32) -> Vec<String> {
 
 /// Command lines (NULs as spaces) of every process on the host, by pid.
 pub fn all_cmdlines() -> Vec<(u32, String)> {
-    let mut out = Vec::new();
-    for entry in fs::read_dir("/proc").expect("read /proc").flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if let Ok(raw) = fs::read(entry.path().join("cmdline")) {
-            let text: String = String::from_utf8_lossy(&raw).replace('\0', " ");
-            out.push((pid, text.trim_end().to_string()));
-        }
-    }
-    out
+    // A process that exits meanwhile, or whose command line is not UTF-8 (none of
+    // the tests' is), is left out.
+    procfs::process::all_processes()
+        .expect("read /proc")
+        .flatten()
+        .filter_map(|p| Some((u32::try_from(p.pid()).ok()?, p.cmdline().ok()?.join(" "))))
+        .collect()
 }
 
 pub fn poll_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {

@@ -147,14 +147,14 @@ pub async fn wait_allocations(m: &MasterHandle, n: u32) {
 }
 
 /// The state and reason names the master shows for task `id`.
-pub async fn task_state(m: &MasterHandle, id: &str) -> (String, String) {
+pub async fn task_state(m: &MasterHandle, id: &str) -> (&'static str, &'static str) {
     let state = m.state().await.unwrap();
     let t = state
         .tasks
         .iter()
         .find(|t| t.id == id)
         .unwrap_or_else(|| panic!("task {id} in state"));
-    (t.state.name().to_string(), t.reason.name().to_string())
+    (t.state.name(), t.reason.name())
 }
 
 pub fn offer_number(offer: &v1::Offer) -> u64 {
