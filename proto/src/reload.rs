@@ -143,6 +143,15 @@ pub fn log(why: Trigger, what: &str, result: Result<Option<String>, String>) {
     }
 }
 
+/// Puts in force the `log_level` of a daemon's re-read configuration file: `file_level`
+/// is what the file sets (`None`: `info`, the level of a daemon told none) or why the
+/// file could not be read, which leaves the level as it is.
+pub fn log_level(why: Trigger, file_level: Result<Option<String>, String>) {
+    let result =
+        file_level.and_then(|level| crate::logging::set_level(level.as_deref().unwrap_or("info")));
+    log(why, "log level", result);
+}
+
 /// The outcome of a reload that says only whether something new is in force.
 pub fn changed(result: Result<bool, String>) -> Result<Option<String>, String> {
     result.map(|new| new.then(String::new))

@@ -494,12 +494,10 @@ fn reload_log_level(why: Trigger, config: Option<&Path>) {
         );
         return;
     };
-    let level = FileConfig::load(path)
-        .map_err(|e| e.to_string())
-        .and_then(|file| {
-            cella_proto::logging::set_level(file.log_level.as_deref().unwrap_or("info"))
-        });
-    log(why, "log level", level);
+    let file_level = FileConfig::load(path)
+        .map(|file| file.log_level)
+        .map_err(|e| e.to_string());
+    cella_proto::reload::log_level(why, file_level);
     tracing::info!(
         "SIGHUP: re-read the revocation list, the ACL and the credentials files in use, and \
          the log level of {}",
