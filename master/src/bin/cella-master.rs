@@ -408,9 +408,10 @@ async fn serve(args: Settings) -> anyhow::Result<()> {
         segment_bytes: args.audit_segment_size,
         checkpoint_interval: args.audit_checkpoint_interval,
         signer: Some((layout.master_cert.clone(), layout.master_key.clone())),
-        // Every ended task the master tracks can have its end resent (see
-        // `cella_master::audit::ends`).
-        ends_kept: 2 * MasterConfig::default().completed_tasks_kept,
+        // Every ended task the master tracks can have its end resent.
+        ends_kept: cella_master::audit::ends::ends_to_keep(
+            MasterConfig::default().completed_tasks_kept,
+        ),
     })
     .map_err(anyhow::Error::msg)?;
     let config = MasterConfig {
