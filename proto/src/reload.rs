@@ -1,6 +1,7 @@
 //! Reloading what an operator edits while a daemon runs (the ACL, the credentials, the
 //! revocation list): when one of the watched files changes, checked every couple of
-//! seconds, or at once when the process receives SIGHUP.
+//! seconds, or at once when the process receives SIGHUP, which also re-reads the log
+//! level of the daemon's configuration file.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
