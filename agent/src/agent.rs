@@ -513,12 +513,10 @@ fn reload(
     log(why, "credentials", changed(auth.reload(why.forced())));
     if why == Trigger::Hangup {
         if let Some(path) = config {
-            let level = crate::config::FileConfig::load(path)
-                .map_err(|e| e.to_string())
-                .and_then(|file| {
-                    cella_proto::logging::set_level(file.log_level.as_deref().unwrap_or("info"))
-                });
-            log(why, "log level", level);
+            let file_level = crate::config::FileConfig::load(path)
+                .map(|file| file.log_level)
+                .map_err(|e| e.to_string());
+            cella_proto::reload::log_level(why, file_level);
         }
         tracing::info!(
             "SIGHUP: re-read the revocation list{}, the credentials file (if any){}",

@@ -23,13 +23,6 @@ pub fn boot_ticks_to_epoch_ns(ticks: u64) -> Option<u64> {
     )
 }
 
-/// Now, in ns since the epoch.
-pub fn now_epoch_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-}
-
 /// Whether `pid` is a zombie: it has exited and waits to be reaped.
 pub fn process_is_zombie(pid: i32) -> bool {
     Process::new(pid)

@@ -131,21 +131,25 @@ pub fn parse_cpus(input: &str) -> Result<MilliCpus, UnitError> {
     Ok(MilliCpus(total))
 }
 
-/// Formats bytes for people: `64 MiB`, `1.5 GiB`, `512 B`.
-pub fn format_bytes(bytes: u64) -> String {
+/// `value` (bytes, or bytes per second) in the largest binary unit up to TiB in which
+/// it is still at least 1: the scaled value and the unit (`B` below 1 KiB).
+pub fn in_binary_unit(value: f64) -> (f64, &'static str) {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
+    let mut value = value;
     let mut unit = 0;
     while value >= 1024.0 && unit < UNITS.len() - 1 {
         value /= 1024.0;
         unit += 1;
     }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else if (value - value.round()).abs() < 0.005 {
-        format!("{value:.0} {}", UNITS[unit])
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
+    (value, UNITS[unit])
+}
+
+/// Formats bytes for people: `64 MiB`, `1.5 GiB`, `512 B`.
+pub fn format_bytes(bytes: u64) -> String {
+    match in_binary_unit(bytes as f64) {
+        (_, "B") => format!("{bytes} B"),
+        (value, unit) if (value - value.round()).abs() < 0.005 => format!("{value:.0} {unit}"),
+        (value, unit) => format!("{value:.1} {unit}"),
     }
 }
 

@@ -405,9 +405,7 @@ pub fn restore(work_dir: &Path, from: &Path) -> Result<Option<PathBuf>, StoreErr
         .and_then(|f| f.sync_all())
         .map_err(|e| err(&e))?;
     let kept = if dest.exists() {
-        let secs = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let secs = cella_proto::time::now_secs();
         let aside = work_dir.join(format!("{FILE_NAME}.before-restore-{secs}"));
         std::fs::rename(&dest, &aside).map_err(|e| err(&e))?;
         Some(aside)

@@ -14,6 +14,7 @@
 //! * [`secrets`]: secret environment variables, kept out of logs, APIs and storage.
 //! * [`perms`]: the modes of key, credential and state files, checked as ssh does.
 //! * [`path_io`]: I/O errors that name their path.
+//! * [`atomic_file`]: files replaced whole, never seen half written.
 //! * [`reload`]: re-reading edited files on change or SIGHUP.
 //! * [`config_file`]: the daemons' TOML configuration files.
 //! * [`time`]: timestamps in nanoseconds and durations as people write them.
@@ -26,6 +27,7 @@
 
 pub mod acl;
 pub mod api;
+pub mod atomic_file;
 pub mod auth;
 pub mod config_file;
 pub mod exposition;

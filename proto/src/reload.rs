@@ -1,6 +1,7 @@
 //! Reloading what an operator edits while a daemon runs (the ACL, the credentials, the
 //! revocation list): when one of the watched files changes, checked every couple of
-//! seconds, or at once when the process receives SIGHUP.
+//! seconds, or at once when the process receives SIGHUP, which also re-reads the log
+//! level of the daemon's configuration file.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -141,6 +142,15 @@ pub fn log(why: Trigger, what: &str, result: Result<Option<String>, String>) {
             "{what} not reloaded, the previous one stays in force: {e}"
         ),
     }
+}
+
+/// Puts in force the `log_level` of a daemon's re-read configuration file: `file_level`
+/// is what the file sets (`None`: `info`, the level of a daemon told none) or why the
+/// file could not be read, which leaves the level as it is.
+pub fn log_level(why: Trigger, file_level: Result<Option<String>, String>) {
+    let result =
+        file_level.and_then(|level| crate::logging::set_level(level.as_deref().unwrap_or("info")));
+    log(why, "log level", result);
 }
 
 /// The outcome of a reload that says only whether something new is in force.

@@ -8,6 +8,13 @@ pub fn now_ns() -> u64 {
     unix_ns(SystemTime::now())
 }
 
+/// Whole seconds since the Unix epoch (0 if the clock is before it).
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// Nanoseconds since the Unix epoch of `t` (0 before the epoch, saturating far after it).
 pub fn unix_ns(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)

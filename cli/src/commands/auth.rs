@@ -62,10 +62,7 @@ fn expires_line(days: Option<u32>) -> String {
     let Some(days) = days else {
         return String::new();
     };
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-        + u64::from(days) * 86_400;
+    let secs = cella_proto::time::now_secs() + u64::from(days) * 86_400;
     let days_since_epoch = i64::try_from(secs / 86_400).unwrap_or(0);
     let rest = secs % 86_400;
     let (y, m, d) = civil_from_days(days_since_epoch);

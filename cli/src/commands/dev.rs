@@ -62,9 +62,7 @@ fn set_aside_older_certificates(tls_dir: &std::path::Path) -> anyhow::Result<()>
     if is_agent && layout.crl.exists() {
         return Ok(());
     }
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let secs = cella_proto::time::now_secs();
     let aside = tls_dir.with_file_name(format!("tls.older-{secs}"));
     std::fs::rename(tls_dir, &aside)
         .with_context(|| format!("moving {} aside", tls_dir.display()))?;

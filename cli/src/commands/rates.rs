@@ -1,6 +1,7 @@
 //! Rates from two samples of a task's cumulative counters (CPU time, I/O), as
 //! `cella usage` and `cella top` show them.
 
+use cella_containerizer::units::in_binary_unit;
 use cella_proto::api::Usage;
 
 /// What a task did per second between two samples; `None` where a figure is missing
@@ -52,17 +53,9 @@ impl Rates {
 /// A rate of bytes for people: `1.5 MiB/s`.
 pub fn bytes_per_second(rate: Option<f64>) -> String {
     let Some(r) = rate else { return "-".into() };
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = r;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < units.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{v:.0} B/s")
-    } else {
-        format!("{v:.1} {}/s", units[unit])
+    match in_binary_unit(r) {
+        (v, "B") => format!("{v:.0} B/s"),
+        (v, unit) => format!("{v:.1} {unit}/s"),
     }
 }
 

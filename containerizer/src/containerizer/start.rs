@@ -192,7 +192,7 @@ impl Containerizer {
             run_dir: run_dir.clone(),
             _events: Some(events),
             started,
-            started_ns: crate::proc_info::now_epoch_ns()
+            started_ns: cella_proto::time::now_ns()
                 .saturating_sub(u64::try_from(started.elapsed().as_nanos()).unwrap_or(0)),
             costly_sampled: None,
             peaks: Peaks::default(),

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use cella_proto::atomic_file::sync_dir;
 use futures::future::join_all;
 use tokio::sync::Semaphore;
 
@@ -299,18 +300,8 @@ fn store_small_blob(store: &ImageStore, digest: &Digest, bytes: &[u8]) -> Result
         .paths
         .tmp()
         .join(format!("{}.small.{}", digest.hex(), std::process::id()));
-    let write = || -> std::io::Result<()> {
-        use std::io::Write as _;
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
-        records::sync_dir(&store.paths.blobs())
-    };
-    write().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        ImageError::io(&path, "store a blob")(e)
-    })
+    cella_proto::atomic_file::replace(&path, &tmp, bytes)
+        .map_err(ImageError::io(&path, "store a blob"))
 }
 
 /// Makes one layer ready: unpacked already, or downloaded (if its blob is not
@@ -368,8 +359,7 @@ async fn ensure_layer(
             })?;
         std::fs::rename(&partial, &blob)
             .map_err(ImageError::io(&blob, "store the verified blob"))?;
-        records::sync_dir(&store.paths.blobs())
-            .map_err(ImageError::io(store.paths.blobs(), "fsync"))?;
+        sync_dir(&store.paths.blobs()).map_err(ImageError::io(store.paths.blobs(), "fsync"))?;
     }
     tracker.layer_unpacking(index, &layer.blob);
 
@@ -448,7 +438,7 @@ impl UnpackJob {
             &self.target,
             "move the unpacked layer into place",
         ))?;
-        records::sync_dir(&self.layers_dir).map_err(ImageError::io(&self.layers_dir, "fsync"))?;
+        sync_dir(&self.layers_dir).map_err(ImageError::io(&self.layers_dir, "fsync"))?;
         // Tasks use the unpacked tree; the compressed copy is not needed any more.
         let _ = std::fs::remove_file(&self.blob);
         Ok(summary)

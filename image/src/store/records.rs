@@ -2,11 +2,11 @@
 //! atomically (temp file, fsync, rename, fsync of the directory), so a crash leaves
 //! either the old or the new record, never half of one.
 
-use std::io::Write as _;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use cella_proto::atomic_file::{self, sync_dir};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -93,19 +93,12 @@ fn write_with<T: Serialize>(path: &Path, value: &T, durable: bool) -> Result<(),
         path: path.to_owned(),
         problem: e.to_string(),
     })?;
-    let result = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(&bytes)?;
-        if durable {
-            file.sync_all()?;
-        }
-        std::fs::rename(&tmp, path)?;
-        if durable { sync_dir(dir) } else { Ok(()) }
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+    if durable {
+        atomic_file::replace(path, &tmp, &bytes)
+    } else {
+        atomic_file::replace_volatile(path, &tmp, &bytes)
     }
-    result.map_err(ImageError::io(path, "write the record"))
+    .map_err(ImageError::io(path, "write the record"))
 }
 
 /// Reads a record; `None` when the file does not exist.
@@ -175,9 +168,4 @@ pub fn remove(path: &Path) -> Result<(), ImageError> {
         sync_dir(dir).map_err(ImageError::io(dir, "fsync the directory"))?;
     }
     Ok(())
-}
-
-/// Makes a rename or removal in `dir` durable.
-pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
 }

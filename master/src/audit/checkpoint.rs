@@ -16,7 +16,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use serde::{Deserialize, Serialize};
 
-use super::segment::{Head, sync_dir};
+use super::segment::Head;
 
 /// The newest checkpoint's file in the audit directory.
 pub const FILE: &str = "checkpoint.json";
@@ -60,14 +60,7 @@ impl Checkpoint {
         let path = dir.join(name);
         let tmp = dir.join(format!(".{name}.tmp"));
         let text = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
-        {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&text)?;
-            f.sync_all()?;
-        }
-        std::fs::rename(&tmp, &path)?;
-        sync_dir(dir)?;
+        cella_proto::atomic_file::replace(&path, &tmp, &text)?;
         Ok(path)
     }
 

@@ -18,6 +18,12 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
+/// How many ends a master that keeps `completed_tasks_kept` ended tasks remembers, so
+/// that every end it can still be sent again is among them (see above).
+pub const fn ends_to_keep(completed_tasks_kept: usize) -> usize {
+    2 * completed_tasks_kept
+}
+
 /// The newest task ends recorded: (task id, update uuid), oldest first.
 #[derive(Debug, Default)]
 pub struct RecentEnds {
@@ -115,6 +121,14 @@ impl RecentEnds {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_covers_the_ended_tasks_a_default_master_keeps() {
+        assert_eq!(
+            crate::audit::DEFAULT_ENDS_KEPT,
+            ends_to_keep(crate::MasterConfig::default().completed_tasks_kept)
+        );
+    }
 
     #[test]
     fn the_oldest_end_is_forgotten_first() {

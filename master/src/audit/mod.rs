@@ -58,7 +58,7 @@ pub struct AuditConfig {
 
 /// [`AuditConfig::ends_kept`] for a master that keeps the default 10,000 ended
 /// tasks.
-pub const DEFAULT_ENDS_KEPT: usize = 20_000;
+pub const DEFAULT_ENDS_KEPT: usize = ends::ends_to_keep(10_000);
 
 impl AuditConfig {
     /// The defaults: `<work_dir>/audit`, 64 MiB segments, a checkpoint a minute,

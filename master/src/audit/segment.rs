@@ -10,6 +10,8 @@ use std::ops::ControlFlow;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use cella_proto::atomic_file::sync_dir;
+
 use super::record::{GENESIS, Glance, Record, line_hash};
 
 const PREFIX: &str = "segment-";
@@ -158,11 +160,6 @@ pub fn find_record(dir: &Path, seq: u64) -> io::Result<(Option<Vec<u8>>, u64)> {
         }
     }
     Ok((None, read))
-}
-
-/// Fsyncs a directory, so that a file created or renamed in it stays.
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
 }
 
 /// The end of the chain: the newest record's number and hash.

@@ -408,9 +408,10 @@ async fn serve(args: Settings) -> anyhow::Result<()> {
         segment_bytes: args.audit_segment_size,
         checkpoint_interval: args.audit_checkpoint_interval,
         signer: Some((layout.master_cert.clone(), layout.master_key.clone())),
-        // Every ended task the master tracks can have its end resent (see
-        // `cella_master::audit::ends`).
-        ends_kept: 2 * MasterConfig::default().completed_tasks_kept,
+        // Every ended task the master tracks can have its end resent.
+        ends_kept: cella_master::audit::ends::ends_to_keep(
+            MasterConfig::default().completed_tasks_kept,
+        ),
     })
     .map_err(anyhow::Error::msg)?;
     let config = MasterConfig {
@@ -494,12 +495,10 @@ fn reload_log_level(why: Trigger, config: Option<&Path>) {
         );
         return;
     };
-    let level = FileConfig::load(path)
-        .map_err(|e| e.to_string())
-        .and_then(|file| {
-            cella_proto::logging::set_level(file.log_level.as_deref().unwrap_or("info"))
-        });
-    log(why, "log level", level);
+    let file_level = FileConfig::load(path)
+        .map(|file| file.log_level)
+        .map_err(|e| e.to_string());
+    cella_proto::reload::log_level(why, file_level);
     tracing::info!(
         "SIGHUP: re-read the revocation list, the ACL and the credentials files in use, and \
          the log level of {}",
