@@ -326,9 +326,20 @@ fn stats_of_sleeping_and_busy_processes() {
 fn held_files_follow_the_task_and_let_its_cgroup_go() {
     let mut fx = Fixture::new();
     let task = fx.create("held", every_limit(1000, 256 * MIB, 20));
-    fx.spawn(&task, "exec sleep 1000");
+    let child = fx.spawn(&task, "exec sleep 1000");
     let mut sampler = TaskSampler::new(task.clone());
-    // The shell has been released: wait until it is the sleep, which never wakes.
+    // The shell has been released: wait until it is the sleep, which never wakes
+    // (before the shell has run at all its figures stand still too, at zero).
+    let pid = fx.child_pid(child);
+    let is_sleep = || {
+        procfs::process::Process::new(pid)
+            .and_then(|p| p.stat())
+            .is_ok_and(|stat| stat.comm == "sleep")
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || is_sleep().then_some(())).is_some(),
+        "the task did not exec sleep"
+    );
     let first = eventually(Duration::from_secs(10), || {
         let a = sampler.sample(true);
         let b = sampler.sample(true);

@@ -2,7 +2,7 @@
 //! that a reader sees the old content or the new, never a part; with the fsyncs, a
 //! crash or power loss leaves one or the other too.
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::Path;
 
@@ -11,7 +11,8 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Puts `contents` at `path` through `tmp` (a name of its own on the same filesystem):
+/// Puts `contents` at `path` through `tmp` (a name on the same filesystem that no
+/// other process or thread writing at the same time uses):
 /// written and fsynced, renamed over `path`, then the directory of `path` fsynced. On
 /// failure `tmp` is removed.
 pub fn replace(path: &Path, tmp: &Path, contents: &[u8]) -> io::Result<()> {
@@ -26,15 +27,23 @@ pub fn replace_volatile(path: &Path, tmp: &Path, contents: &[u8]) -> io::Result<
 }
 
 fn replace_with(path: &Path, tmp: &Path, contents: &[u8], durable: bool) -> io::Result<()> {
+    // A leftover of a process that died with this name (or anything else put there)
+    // goes first; the file is then made new, so that a link planted in its place
+    // could not make the write land elsewhere.
+    match std::fs::remove_file(tmp) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
     let result = (|| {
-        let mut file = File::create(tmp)?;
+        let mut file = OpenOptions::new().write(true).create_new(true).open(tmp)?;
         file.write_all(contents)?;
         if durable {
             file.sync_all()?;
         }
         std::fs::rename(tmp, path)?;
         if durable {
-            sync_dir(path.parent().unwrap_or(Path::new(".")))
+            let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+            sync_dir(dir.unwrap_or(Path::new(".")))
         } else {
             Ok(())
         }
@@ -60,6 +69,18 @@ mod tests {
         replace_volatile(&path, &tmp, b"newer").unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"newer");
         assert!(!tmp.exists());
+    }
+
+    #[test]
+    fn a_link_planted_as_the_temporary_file_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "untouched").unwrap();
+        let tmp = dir.path().join(".record.tmp");
+        std::os::unix::fs::symlink(&victim, &tmp).unwrap();
+        replace(&dir.path().join("record"), &tmp, b"new").unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"untouched");
+        assert_eq!(std::fs::read(dir.path().join("record")).unwrap(), b"new");
     }
 
     #[test]

@@ -57,11 +57,14 @@ fn acknowledged_ends(history: &[v1::TaskStatus]) -> BTreeSet<String> {
 }
 
 /// The ids of the tasks of which the scheduler heard nothing but reconciliation's
-/// answer that the master does not know them (LOST, reason RECONCILIATION): their
-/// ACCEPT died with the master.
+/// answer that the master does not know them (LOST, reason RECONCILIATION, on no
+/// agent; a task the master knows is answered with its agent): their ACCEPT died
+/// with the master.
 fn never_taken(history: &[v1::TaskStatus]) -> BTreeSet<String> {
     let unknown = |s: &v1::TaskStatus| {
-        s.state() == v1::TaskState::TaskLost && s.reason() == v1::Reason::Reconciliation
+        s.state() == v1::TaskState::TaskLost
+            && s.reason() == v1::Reason::Reconciliation
+            && s.agent_id.is_empty()
     };
     let heard_of: BTreeSet<&str> = history
         .iter()
@@ -136,6 +139,15 @@ async fn master_killed_while_tasks_finish_keeps_one_record_per_acknowledged_end(
             && pending == 0.0
         {
             eprintln!("launches lost with the master: {never_taken:?}");
+            // The agent (never restarted here) launched exactly the others.
+            let launched = c
+                .agent_metric(&c.agents[0], "task_launches_total{outcome=\"running\"}")
+                .await;
+            assert_eq!(
+                launched,
+                Some((ids.len() - never_taken.len()) as f64),
+                "tasks the agent launched, against those the master took"
+            );
             assert!(
                 never_taken.len() < ids.len() / 2,
                 "most launches were lost: {never_taken:?}"

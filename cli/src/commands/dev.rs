@@ -175,32 +175,42 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         },
     )?;
 
-    eprintln!("cella dev: a master and an agent are running on this machine");
-    eprintln!("  master      https://{}", args.listen);
-    eprintln!(
+    // One write for the whole banner: the agent's and master's log lines, written
+    // from other threads, cannot land in the middle of it, and whoever reads it sees
+    // all of it or nothing.
+    let mut banner = String::new();
+    let mut line = |text: String| {
+        banner.push_str(&text);
+        banner.push('\n');
+    };
+    line("cella dev: a master and an agent are running on this machine".into());
+    line(format!("  master      https://{}", args.listen));
+    line(format!(
         "  agent       https://{} (its tasks' sandboxes: {})",
         agent.http_addr(),
         work_dir.join("agent/sandboxes").display()
-    );
-    eprintln!("  state       {}", work_dir.display());
+    ));
+    line(format!("  state       {}", work_dir.display()));
     let recovered = agent.running_tasks();
     if recovered > 0 {
-        eprintln!(
+        line(format!(
             "  recovered   {recovered} running task{} of the previous run (cella tasks lists them)",
             if recovered == 1 { "" } else { "s" }
-        );
+        ));
     }
-    eprintln!("  certificates {}", tls_dir.display());
-    eprintln!(
+    line(format!("  certificates {}", tls_dir.display()));
+    line(
         "  access      permissive: no ACL (every certificate of this CA may do everything); \
          tasks run as root unless they name a --user; any volume or rootfs"
+            .into(),
     );
-    eprintln!(
+    line(format!(
         "  profile     {} (cella run, tasks, agents, logs and kill read it)",
         profile.display()
-    );
-    eprintln!("try, in another terminal:  cella run -- echo hello");
-    eprintln!("Ctrl-C stops both and kills their tasks.");
+    ));
+    line("try, in another terminal:  cella run -- echo hello".into());
+    line("Ctrl-C stops both and kills their tasks.".into());
+    eprint!("{banner}");
 
     let stopped_by_master = tokio::select! {
         _ = cella_proto::signals::shutdown_signal() => None,

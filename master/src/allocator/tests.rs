@@ -77,7 +77,7 @@ fn drf_shares_converge_when_one_framework_starts_ahead() {
     assert_eq!(offers.len(), 10);
     let held = |f: &str| a.framework_share(&fid(f)).unwrap();
     // a catches up first: it gets the first offers until it reaches b's share (0.2
-    // each after two); at equal shares b, offered less, goes next.
+    // each after two); at equal shares b, offered to less recently, goes next.
     assert_eq!(&frameworks_of(&offers)[..3], ["a", "a", "b"]);
     let diff = (held("a") - held("b")).abs();
     assert!(diff <= 0.1 + 1e-9, "shares {} vs {}", held("a"), held("b"));
@@ -168,6 +168,21 @@ fn equal_shares_take_turns_when_offers_come_back_unfiltered() {
         a.decline_offer(offers[0].id, Duration::ZERO, t0).unwrap();
     }
     assert_eq!(got, ["x1", "y1", "x1", "y1"]);
+
+    // A framework that comes late gets one turn, not as many as the others had.
+    let mut a = cluster_with_framework(1, "a");
+    for _ in 0..5 {
+        let offers = a.allocate(t0);
+        a.rescind_offer(offers[0].id).unwrap();
+    }
+    a.add_framework(fid("b"), "r", true).unwrap();
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        let offers = a.allocate(t0);
+        got.push(offers[0].framework.as_str().to_owned());
+        a.rescind_offer(offers[0].id).unwrap();
+    }
+    assert_eq!(got, ["b", "a", "b", "a"]);
 }
 
 #[test]

@@ -132,8 +132,9 @@ pub fn each_line_back(
 }
 
 /// The line of record `seq` (and how many lines were read to find it): looked for
-/// in the one segment that can hold it, found by the first record of each segment,
-/// newest segment first.
+/// in the segment that can hold it, found by the first record of each segment,
+/// newest segment first; a segment whose first record does not decode is searched
+/// too, on the way.
 pub fn find_record(dir: &Path, seq: u64) -> io::Result<(Option<Vec<u8>>, u64)> {
     let mut read = 0;
     for (_, path) in segments(dir)?.iter().rev() {

@@ -104,8 +104,9 @@ pub(super) struct Framework {
     pub(super) offers: BTreeSet<OfferId>,
     /// Agent slot → refusal expiry.
     pub(super) filters: HashMap<u32, FilterExpiry>,
-    /// Offers made to it so far: breaks ties between equal shares (see [`Key`]).
-    pub(super) offers_received: u64,
+    /// When it last received an offer (the allocator's count of offers made then;
+    /// 0: never): breaks ties between equal shares (see [`Key`]).
+    pub(super) last_offered: u64,
 }
 
 impl Framework {
@@ -136,8 +137,9 @@ pub(super) struct Role {
     pub(super) weight: f64,
     /// Allocated + offered over all frameworks of the role.
     pub(super) held: Resources,
-    /// Offers made to its frameworks so far: breaks ties between equal shares.
-    pub(super) offers_received: u64,
+    /// When one of its frameworks last received an offer (as for a framework):
+    /// breaks ties between equal shares.
+    pub(super) last_offered: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -172,16 +174,17 @@ impl Shares {
     }
 }
 
-/// A sort key: (share, offers received, name, slot). Totally ordered
-/// (`f64::total_cmp`). Between equal shares the one that has received fewer offers
-/// goes first, as in Mesos' DRF sorter: otherwise a framework that lets its offers
-/// time out or declines them without a filter would get every offer back before an
-/// equal one with a larger name, for ever. The name makes the remaining ties
-/// deterministic and the slot finds the entry again without a lookup.
+/// A sort key: (share, last offered, name, slot). Totally ordered
+/// (`f64::total_cmp`). Between equal shares the one offered to least recently goes
+/// first: otherwise a framework that lets its offers time out or declines them
+/// without a filter would get every offer back before an equal one with a larger
+/// name, for ever; and unlike a count of offers received, a newcomer (or a new
+/// role) gets one turn, not as many as the others have had. The name makes the
+/// remaining ties deterministic and the slot finds the entry again without a lookup.
 #[derive(Debug, Clone)]
 pub(super) struct Key {
     pub(super) share: f64,
-    pub(super) offers_received: u64,
+    pub(super) last_offered: u64,
     pub(super) name: Arc<str>,
     pub(super) slot: u32,
 }
@@ -190,7 +193,7 @@ impl Ord for Key {
     fn cmp(&self, other: &Self) -> Ordering {
         self.share
             .total_cmp(&other.share)
-            .then(self.offers_received.cmp(&other.offers_received))
+            .then(self.last_offered.cmp(&other.last_offered))
             .then_with(|| self.name.cmp(&other.name))
             .then(self.slot.cmp(&other.slot))
     }

@@ -57,6 +57,8 @@ pub struct HierarchicalDrf {
     role_index: HashMap<Arc<str>, u32>,
     offers: HashMap<OfferId, OfferEntry>,
     next_offer: u64,
+    /// Offers made since this allocator was created: the clock of `last_offered`.
+    offers_made: u64,
     /// Sum of the agents' totals.
     total: Resources,
 }
@@ -73,6 +75,7 @@ impl HierarchicalDrf {
     pub fn new(config: AllocatorConfig) -> Self {
         HierarchicalDrf {
             next_offer: config.first_offer_id,
+            offers_made: 0,
             config,
             agents: Slots::new(),
             agent_index: BTreeMap::new(),
@@ -189,7 +192,7 @@ impl HierarchicalDrf {
             name: name.clone(),
             weight: 1.0,
             held: Resources::ZERO,
-            offers_received: 0,
+            last_offered: 0,
         });
         self.role_index.insert(name, slot);
         slot
@@ -420,7 +423,7 @@ impl Allocator for HierarchicalDrf {
                 agents: BTreeSet::new(),
                 offers: BTreeSet::new(),
                 filters: HashMap::new(),
-                offers_received: 0,
+                last_offered: 0,
             },
             "frameworks",
         )?;
@@ -578,7 +581,7 @@ impl Allocator for HierarchicalDrf {
             if let Some(set) = per_role.get_mut(f.role as usize) {
                 set.insert(Key {
                     share: shares.dominant(&f.held()),
-                    offers_received: f.offers_received,
+                    last_offered: f.last_offered,
                     name: f.id.0.clone(),
                     slot,
                 });
@@ -589,7 +592,7 @@ impl Allocator for HierarchicalDrf {
             if !set.is_empty() {
                 role_order.insert(Key {
                     share: shares.dominant(&role.held) / role.weight,
-                    offers_received: role.offers_received,
+                    last_offered: role.last_offered,
                     name: role.name.clone(),
                     slot,
                 });
@@ -659,29 +662,30 @@ impl Allocator for HierarchicalDrf {
             // Re-key the framework and its role with their new shares.
             let mut fkey = Key {
                 share: shares.dominant(&fw.held()),
-                offers_received: fw.offers_received,
+                last_offered: fw.last_offered,
                 name: fw.id.0.clone(),
                 slot: f,
             };
             set.remove(&fkey);
             fw.offered.add_or_warn(&offerable, "framework offered");
             fw.offers.insert(id);
-            fw.offers_received = fw.offers_received.saturating_add(1);
+            self.offers_made += 1;
+            fw.last_offered = self.offers_made;
             fkey.share = shares.dominant(&fw.held());
-            fkey.offers_received = fw.offers_received;
+            fkey.last_offered = fw.last_offered;
             set.insert(fkey);
 
             let mut rkey = Key {
                 share: shares.dominant(&role.held) / role.weight,
-                offers_received: role.offers_received,
+                last_offered: role.last_offered,
                 name: role.name.clone(),
                 slot: r,
             };
             role_order.remove(&rkey);
             role.held.add_or_warn(&offerable, "role held");
-            role.offers_received = role.offers_received.saturating_add(1);
+            role.last_offered = self.offers_made;
             rkey.share = shares.dominant(&role.held) / role.weight;
-            rkey.offers_received = role.offers_received;
+            rkey.last_offered = role.last_offered;
             role_order.insert(rkey);
         }
         offers
