@@ -1,8 +1,8 @@
 //! `cella exec --image` with an OCI image layout the test writes itself (no registry,
 //! no tools but the host's busybox-static), so that it runs unchanged in the cgroup v2
 //! VM: the overlay root, the image's configuration, a command override, a read-only
-//! root, the writable layer counted against `--disk`, and its sandbox made ahead and
-//! removed after the task.
+//! root, the writable layer counted against `--disk`, its sandbox made ahead and
+//! removed after the task, and tasks at once on the shared mount point of their roots.
 
 mod exec_harness;
 
@@ -197,6 +197,16 @@ fn the_sandbox_goes_after_the_task_and_the_next_launch_takes_one_made_ahead() {
     );
 }
 
+/// A directory the test opens a gate in (a file `go`), seen by the task as `/gate`,
+/// and the image options with it as a volume.
+fn gated_image_opts(sb: &Sandbox) -> (PathBuf, Vec<String>) {
+    let gate = sb.out().join("gate");
+    std::fs::create_dir(&gate).unwrap();
+    let volume = format!("{}:/gate", gate.display());
+    let opts = image_opts(sb, &["--volume", &volume]);
+    (gate, opts)
+}
+
 /// `cella images --image-store STORE ARGS…` (the store directly: no agent).
 fn images(store: &Path, args: &[&str]) -> std::process::Output {
     std::process::Command::new(exec_harness::cella_bin())
@@ -216,10 +226,7 @@ fn a_lease_of_a_killed_exec_is_released_when_its_task_ends() {
     use std::time::Duration;
 
     let sb = Sandbox::new();
-    let gate = sb.out().join("gate");
-    std::fs::create_dir(&gate).unwrap();
-    let volume = format!("{}:/gate", gate.display());
-    let opts = image_opts(&sb, &["--volume", &volume]);
+    let (gate, opts) = gated_image_opts(&sb);
     let store = sb.out().join("store");
     let (mut command, _, cgroup, _) = sb.command(
         &opts,
@@ -273,4 +280,67 @@ fn a_lease_of_a_killed_exec_is_released_when_its_task_ends() {
         std::fs::read_dir(&lease).is_ok_and(|d| d.count() == 0),
         "the abandoned lease was removed"
     );
+}
+
+/// Every image task's root is mounted on one directory of the runtime directory, each
+/// in its own mount namespace: two tasks running at once see their own roots only, the
+/// host sees an empty directory, and no task has a mount point of its own to remove.
+#[test]
+fn image_tasks_at_once_share_the_mount_point_and_see_their_own_roots() {
+    use exec_harness::{CgroupGuard, KillOnDrop, poll_until};
+    use std::io::Read as _;
+    use std::time::Duration;
+
+    let sb = Sandbox::new();
+    let (gate, opts) = gated_image_opts(&sb);
+    let mut running = Vec::new();
+    for name in ["a", "b"] {
+        let script = format!(
+            "touch /written-by-{name} && touch /gate/{name} && \
+             while ! test -e /gate/go; do sleep 1; done; ls / | grep written-by"
+        );
+        let (mut command, _, cgroup, _) = sb.command(&opts, &[script]);
+        command
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null());
+        let child = KillOnDrop(command.spawn().expect("start cella exec"));
+        running.push((name, child, CgroupGuard(cgroup)));
+    }
+    let both = poll_until(Duration::from_secs(30), || {
+        gate.join("a").exists() && gate.join("b").exists()
+    });
+    assert!(both, "the two tasks did not start");
+    let shared = Path::new("/run/cella/exec/image-root");
+    assert!(
+        shared.is_dir() && names(shared).is_empty(),
+        "the host sees the shared mount point empty: {:?}",
+        names(shared)
+    );
+    for (_, child, _) in &running {
+        let run_dir = Path::new("/run/cella/exec/tasks").join(format!("exec-{}", child.0.id()));
+        assert!(
+            !run_dir.join("rootfs").exists(),
+            "no mount point in the run directory: {:?}",
+            names(&run_dir)
+        );
+    }
+    std::fs::write(gate.join("go"), "").unwrap();
+    for (name, mut child, _guard) in running {
+        let status = child.0.wait().expect("wait for cella exec");
+        let mut stdout = String::new();
+        child
+            .0
+            .stdout
+            .take()
+            .expect("piped")
+            .read_to_string(&mut stdout)
+            .unwrap();
+        assert!(status.success(), "task {name}: {status:?}");
+        assert_eq!(
+            stdout,
+            format!("written-by-{name}\n"),
+            "task {name}'s own root"
+        );
+    }
 }

@@ -51,7 +51,8 @@ impl RunDir {
     }
 
     /// Where an image task's overlay root is mounted (in the task's mount namespace
-    /// only: the host sees an empty directory).
+    /// only: the host sees an empty directory) when the runtime directory's shared
+    /// mount point cannot be made.
     pub fn rootfs(&self) -> PathBuf {
         self.0.join("rootfs")
     }

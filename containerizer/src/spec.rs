@@ -28,7 +28,8 @@ pub struct OverlaySpec {
     pub layers: Vec<PathBuf>,
     pub upper: PathBuf,
     pub work: PathBuf,
-    /// Where the overlay is mounted (in the run directory); it becomes `rootfs`.
+    /// Where the overlay is mounted, in the task's mount namespace (a directory of
+    /// the runtime directory shared by image tasks); it becomes `rootfs`.
     pub mount_point: PathBuf,
     /// Keep the root read-only (the upper directory then only holds mount points).
     pub read_only: bool,

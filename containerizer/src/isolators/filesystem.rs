@@ -73,7 +73,7 @@ fn existing_dir(field: &'static str, path: &Path, what: &str) -> Result<PathBuf,
 }
 
 /// The overlay of an image task: its layers, the upper and work directories in the
-/// sandbox, the mount point in the run directory.
+/// sandbox, the mount point shared by every image task of the runtime directory.
 fn overlay_spec(
     image: &ImageRootfs,
     sandbox: &Path,
@@ -100,6 +100,15 @@ fn overlay_spec(
     // The mount points as a layer of their own on top (when one more layer fits), so
     // that the task's writable layer stays untouched by the launch.
     let runtime_dir = run_dir.parent().and_then(Path::parent);
+    let own_mount_point = || RunDir::from_path(run_dir.to_path_buf()).rootfs();
+    let mount_point = match runtime_dir.map(super::mount_points::root) {
+        Some(Ok(root)) => root,
+        Some(Err(e)) => {
+            tracing::warn!("the shared image root mount point: {e}; mounting in the run directory");
+            own_mount_point()
+        }
+        None => own_mount_point(),
+    };
     if let (Some(runtime_dir), true) = (runtime_dir, layers.len() < MAX_IMAGE_LAYERS) {
         match super::mount_points::layer(runtime_dir) {
             Ok(layer) => layers.push(layer),
@@ -115,7 +124,7 @@ fn overlay_spec(
         layers,
         upper: upper_root.join("upper"),
         work: upper_root.join("work"),
-        mount_point: RunDir::from_path(run_dir.to_path_buf()).rootfs(),
+        mount_point,
         read_only: image.read_only,
         create_dirs,
         hide: Some(Path::new(SANDBOX_IN_ROOTFS).join(IMAGE_UPPER_IN_SANDBOX)),
