@@ -5,6 +5,15 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A temporary file name no other process or thread of this machine makes at the
+/// same time: `{prefix}.{pid}.{n}{suffix}`, `n` counted in this process.
+pub fn unique_name(prefix: &str, suffix: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}.{}.{n}{suffix}", std::process::id())
+}
 
 /// Makes a file created, renamed or removed in `dir` durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {

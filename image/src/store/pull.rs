@@ -296,15 +296,10 @@ fn store_small_blob(store: &ImageStore, digest: &Digest, bytes: &[u8]) -> Result
     if path.is_file() {
         return Ok(());
     }
-    // Unique to this process and call: two pulls of the same manifest (its tag and
-    // its digest) may run at once in one agent.
-    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let call = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = store.paths.tmp().join(format!(
-        "{}.small.{}.{call}",
-        digest.hex(),
-        std::process::id()
-    ));
+    // Unique to this call: two pulls of the same manifest (its tag and its digest)
+    // may run at once in one agent.
+    let name = cella_proto::atomic_file::unique_name(&format!("{}.small", digest.hex()), "");
+    let tmp = store.paths.tmp().join(name);
     cella_proto::atomic_file::replace(&path, &tmp, bytes)
         .map_err(ImageError::io(&path, "store a blob"))
 }

@@ -3,7 +3,6 @@
 //! either the old or the new record, never half of one.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use cella_proto::atomic_file::{self, sync_dir};
@@ -78,17 +77,12 @@ pub fn write_volatile<T: Serialize>(path: &Path, value: &T) -> Result<(), ImageE
 }
 
 fn write_with<T: Serialize>(path: &Path, value: &T, durable: bool) -> Result<(), ImageError> {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(
-        ".{name}.{}.{}.tmp",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
+    let tmp = dir.join(atomic_file::unique_name(&format!(".{name}"), ".tmp"));
     let bytes = serde_json::to_vec_pretty(value).map_err(|e| ImageError::Damaged {
         path: path.to_owned(),
         problem: e.to_string(),
