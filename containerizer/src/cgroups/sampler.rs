@@ -22,7 +22,10 @@
 //! swap) is read again as soon as the memory has moved by more than 1/128 of itself
 //! (at least 1 MiB) since it was last read ([`Figures::Breakdown`]), so it stays
 //! within that of the memory figure, and once more at the first sample after the task
-//! stops running if its memory moved at all, so that what it holds asleep is exact. Every other figure of a running task (the
+//! stops running, so that what it holds asleep is exact: a read while it ran may
+//! have been stale (cgroup v2's `memory.stat` skips its flush of the per-CPU
+//! counts when another reader is flushing at that moment), and a read at rest is
+//! not left to chance. Every other figure of a running task (the
 //! user/system split, throttling, OOM kills, I/O, on v2 pressure; the breakdown of a
 //! task whose memory stands still) is read in its full samples: every
 //! [`FULL_SAMPLE_INTERVAL`] while the process's [`FullSampleBudget`] (40 running
@@ -131,6 +134,9 @@ pub struct TaskSampler {
     live: bool,
     /// The task's memory when its breakdown was last read.
     breakdown_of: Option<u64>,
+    /// Whether the breakdown was last read with the task at rest (it had not run
+    /// since the sample before), rather than while it ran.
+    breakdown_at_rest: bool,
 }
 
 impl TaskSampler {
@@ -146,6 +152,7 @@ impl TaskSampler {
             budget: FullSampleBudget::process(),
             live: true,
             breakdown_of: None,
+            breakdown_at_rest: false,
         }
     }
 
@@ -183,7 +190,7 @@ impl TaskSampler {
     /// (the last sample, for the summary).
     pub fn sample(&mut self, every: bool) -> Usage {
         let cpu = self.cgroup.cpu_counter(&mut self.files);
-        let (figures, mut usage) = match self.last.take() {
+        let (figures, mut usage, ran) = match self.last.take() {
             Some((last, at)) if !every => {
                 let ran = cpu.is_none() || cpu != at;
                 let due = full_sample_due(
@@ -194,17 +201,16 @@ impl TaskSampler {
                     &self.budget,
                 );
                 match (ran, due) {
-                    (true, true) => (Figures::Every, Usage::default()),
-                    (true, false) if self.live => (Figures::Live, last),
-                    (true, false) => (Figures::Running, last),
-                    (false, true) => (Figures::Asleep, last),
+                    (true, true) => (Figures::Every, Usage::default(), true),
+                    (true, false) if self.live => (Figures::Live, last, true),
+                    (true, false) => (Figures::Running, last, true),
+                    (false, true) => (Figures::Asleep, last, false),
                     (false, false) => {
                         let mut last = last;
-                        // The task has stopped running with memory its breakdown was
-                        // not read at (it moved by less than the slack): read it once
-                        // now, so that what the task holds while it sleeps, often its
-                        // peak, is in its figures and its summary.
-                        if self.breakdown_of != last.mem_current_bytes {
+                        // The task has stopped running since its breakdown was last
+                        // read: read it once now, so that what the task holds while it
+                        // sleeps, often its peak, is in its figures and its summary.
+                        if !self.breakdown_at_rest {
                             self.cgroup.read_usage(
                                 &mut self.files,
                                 Figures::Breakdown,
@@ -212,13 +218,14 @@ impl TaskSampler {
                                 &mut last,
                             );
                             self.breakdown_of = last.mem_current_bytes;
+                            self.breakdown_at_rest = true;
                         }
                         self.last = Some((last.clone(), at));
                         return last;
                     }
                 }
             }
-            _ => (Figures::Every, Usage::default()),
+            _ => (Figures::Every, Usage::default(), false),
         };
         self.cgroup
             .read_usage(&mut self.files, figures, cpu, &mut usage);
@@ -234,6 +241,10 @@ impl TaskSampler {
         if breakdown {
             self.breakdown_of = usage.mem_current_bytes;
         }
+        // At rest: asleep since the sample before; or the first sample or the last,
+        // where that is not known (had the task been running, its CPU counter moves
+        // before the next sample, which then counts as a run).
+        self.breakdown_at_rest = !ran;
         if figures != Figures::Every {
             raise_peaks(&mut usage);
         }
