@@ -4,6 +4,14 @@
 
 # bench_setup NAME TOOL...: root, the tools, the repository's top as the current
 # directory, and $work.
+#
+# With CELLA_BENCH_FS=ext4 (or ext4-nojournal) $work is on a new ext4 file system with
+# (or without) a journal, on a loop device over a sparse file beside it, mounted with
+# `discard` like this machine's root: two runs that differ in the journal alone. On
+# ext4 without a journal the kernel, allocating an inode, steps over every inode of
+# the block group freed in the last 30-35 seconds (`recently_deleted` in
+# fs/ext4/ialloc.c), so the time of anything that creates files depends on what was
+# deleted nearby just before (see docs/benchmarks.md, "Launch from an image").
 bench_setup() {
     local name=$1 tool
     shift
@@ -12,9 +20,28 @@ bench_setup() {
     for tool in "$@"; do
         command -v "$tool" >/dev/null || { echo "$name: $tool missing: scripts/install-test-deps.sh" >&2; exit 2; }
     done
-    work=$(mktemp -d "${TMPDIR:-/var/tmp}/cella-$name.XXXXXX")
-    registry_pid=
+    registry_pid= work= fs_mount= fs_loop=
     trap bench_cleanup EXIT
+    case "${CELLA_BENCH_FS:-}" in
+    "")
+        work=$(mktemp -d "${TMPDIR:-/var/tmp}/cella-$name.XXXXXX")
+        ;;
+    ext4 | ext4-nojournal)
+        local features=()
+        [ "$CELLA_BENCH_FS" = ext4 ] || features=(-O ^has_journal)
+        fs_mount=$(mktemp -d "${TMPDIR:-/var/tmp}/cella-$name-fs.XXXXXX")
+        truncate -s 8G "$fs_mount.img"
+        mkfs.ext4 -q -F "${features[@]}" "$fs_mount.img"
+        fs_loop=$(losetup -f --show "$fs_mount.img")
+        mount -o discard "$fs_loop" "$fs_mount"
+        work=$fs_mount/work
+        mkdir "$work"
+        ;;
+    *)
+        echo "$name: CELLA_BENCH_FS is ext4 or ext4-nojournal, not '$CELLA_BENCH_FS'" >&2
+        exit 2
+        ;;
+    esac
 }
 
 bench_cleanup() {
@@ -23,7 +50,13 @@ bench_cleanup() {
         kill "$registry_pid" 2>/dev/null || true
         wait "$registry_pid" 2>/dev/null || true
     fi
-    rm -rf "$work"
+    [ -z "$work" ] || rm -rf "$work"
+    if [ -n "$fs_mount" ]; then
+        umount "$fs_mount" 2>/dev/null || umount -l "$fs_mount" 2>/dev/null || true
+        [ -z "$fs_loop" ] || losetup -d "$fs_loop" 2>/dev/null || true
+        rm -f "$fs_mount.img"
+        rmdir "$fs_mount" 2>/dev/null || true
+    fi
     exit "$status"
 }
 

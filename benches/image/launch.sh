@@ -11,6 +11,11 @@
 #   sudo benches/image/launch.sh [RUNS]     (default 50; needs docker-registry, umoci,
 #                                            skopeo, busybox-static, hyperfine)
 #   CELLA_BENCH_PROFILE=debug ...           the debug build instead of release
+#   CELLA_BENCH_FS=ext4 ...                 the temporary directory on a new ext4 file system with a
+#                                           journal on a loop device (ext4-nojournal:
+#                                           without one); see common.sh
+#   CELLA_BENCH_CHURN=N ...                 N files made and removed beside the stores
+#                                           right before the timed launches
 #   CELLA_BENCH_BEFORE=DIR ...              also: warm launches of this build and of the
 #                                           one in DIR (its cella and cella-shim), each
 #                                           against rootfs launches, interleaved
@@ -56,6 +61,20 @@ cold_store=$work/store-cold
 # The setup above wrote the image several times over: let the disk write it back
 # now rather than during the timed launches (the later commands would pay for it).
 sync
+if [ -n "${CELLA_BENCH_CHURN:-}" ]; then
+    # What a busy node does beside the store now and then (a large image collected,
+    # a build's tree removed): that many files made and removed just before timing.
+    log "making and removing $CELLA_BENCH_CHURN files beside the stores"
+    python3 - "$work/churn" "$CELLA_BENCH_CHURN" <<'PY'
+import os, sys
+d, n = sys.argv[1], int(sys.argv[2])
+os.mkdir(d)
+for i in range(n):
+    open(f"{d}/{i}", "w").close()
+for i in range(n):
+    os.unlink(f"{d}/{i}")
+PY
+fi
 log "timing $runs runs of each"
 # From an empty directory: a --rootfs task's sandbox is the current directory, which
 # the launch measures (walks) for --disk, as an image task's fresh sandbox.
