@@ -513,7 +513,7 @@ fn reload(
     log(why, "credentials", changed(auth.reload(why.forced())));
     if why == Trigger::Hangup {
         if let Some(path) = config {
-            let file_level = crate::config::FileConfig::load(path)
+            let file_level = crate::config::AgentArgs::load_file(path)
                 .map(|file| file.log_level)
                 .map_err(|e| e.to_string());
             cella_proto::reload::log_level(why, file_level);

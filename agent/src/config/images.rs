@@ -89,11 +89,9 @@ impl ImageArgs {
     /// Combines the flags with the file's `[images]` (`source` names the file).
     pub fn resolve(
         &self,
-        file: Option<&ImageArgs>,
+        file: &ImageArgs,
         source: Option<&Path>,
     ) -> Result<ImagesConfig, ConfigError> {
-        let empty = ImageArgs::default();
-        let file = file.unwrap_or(&empty);
         let from = Sources {
             file: source,
             table: "images.",
@@ -113,7 +111,7 @@ impl ImageArgs {
             "insecure-registry",
             "insecure_registries",
             &self.insecure_registries,
-            Some(file.insecure_registries.as_slice()),
+            &file.insecure_registries,
         );
         for host in &insecure {
             check_registry(&field, host)?;
@@ -186,7 +184,7 @@ mod tests {
             "#,
         )
         .unwrap();
-        let config = ImageArgs::default().resolve(Some(&file), None).unwrap();
+        let config = ImageArgs::default().resolve(&file, None).unwrap();
         assert_eq!(config.registries.default_registry, "registry.example:5000");
         assert!(config.registries.is_insecure("localhost:5000"));
         assert_eq!(config.store_size, 2 << 30);
@@ -202,7 +200,7 @@ mod tests {
             image_store_size: Some("1MiB".into()),
             ..ImageArgs::default()
         };
-        let config = flags.resolve(Some(&file), None).unwrap();
+        let config = flags.resolve(&file, None).unwrap();
         assert_eq!(config.registries.default_registry, "127.0.0.1:5001");
         assert_eq!(config.store_size, 1 << 20);
 
@@ -210,11 +208,11 @@ mod tests {
             default_registry: Some("https://x".into()),
             ..ImageArgs::default()
         };
-        let err = bad.resolve(None, None).unwrap_err();
+        let err = bad.resolve(&ImageArgs::default(), None).unwrap_err();
         assert_eq!(err.field, "--default-registry");
         let bad_file: ImageArgs = toml::from_str("store_size = \"lots\"").unwrap();
         let err = ImageArgs::default()
-            .resolve(Some(&bad_file), Some(Path::new("/etc/cella/agent.toml")))
+            .resolve(&bad_file, Some(Path::new("/etc/cella/agent.toml")))
             .unwrap_err();
         assert!(
             err.field

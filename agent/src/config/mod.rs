@@ -26,14 +26,19 @@ use sources::Sources;
 
 use crate::policy::{TaskPolicy, VolumeAllow};
 
-/// Command-line flags of `cella-agent` (also embeddable in other tools' clap parsers).
-/// Every flag is optional so that [`AgentArgs::resolve`] can tell "not given" (take
-/// the TOML file's value or the default) from "given".
-#[derive(Debug, Clone, Default, clap::Args)]
+/// The agent's settings as they are given: command-line flags of `cella-agent` (also
+/// embeddable in other tools' clap parsers) and the keys of its TOML file, one list
+/// for both (a key is its flag's name with underscores; `config` and `no_strict` are
+/// flags only). Every setting is optional so that [`AgentArgs::resolve`] can tell "not
+/// given" (take the file's value or the default) from "given"; a switch (`bool`) can
+/// only turn its setting on, from either side.
+#[derive(Debug, Clone, Default, clap::Args, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AgentArgs {
     /// A TOML file with the same settings as the flags (keys with underscores,
     /// e.g. `work_dir`); flags win over the file.
     #[arg(long, value_name = "FILE", env = "CELLA_AGENT_CONFIG")]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
     /// The master's URL.
     #[arg(long, value_name = "URL")]
@@ -54,9 +59,10 @@ pub struct AgentArgs {
     /// [default: "cpus:0;mem:256MiB;disk:1GiB"].
     #[arg(long, value_name = "SPEC")]
     pub reserve: Option<String>,
-    /// Attributes offered with this agent's resources: "rack=r1,zone=z1".
+    /// Attributes offered with this agent's resources: "rack=r1,zone=z1" (in the
+    /// file also a table `{ rack = "r1", zone = "z1" }`).
     #[arg(long, value_name = "K=V,...")]
-    pub attributes: Option<String>,
+    pub attributes: Option<Attributes>,
     /// The name the master shows for this agent [default: the machine's hostname].
     #[arg(long)]
     pub hostname: Option<String>,
@@ -73,6 +79,7 @@ pub struct AgentArgs {
     /// Kill every task when the agent stops (development). By default tasks keep
     /// running under their shims when the agent stops.
     #[arg(long)]
+    #[serde(default)]
     pub kill_tasks_on_exit: bool,
     /// What to do with the tasks of a previous agent run found in the checkpoint:
     /// `reconnect` re-attaches to them (they keep running); `cleanup` kills them all,
@@ -87,6 +94,7 @@ pub struct AgentArgs {
     pub strict: Option<bool>,
     /// Same as `--strict=false`.
     #[arg(long, conflicts_with = "strict")]
+    #[serde(skip)]
     pub no_strict: bool,
     /// Sandboxes of ended tasks are removed this long after the end (earlier when the
     /// work directory's filesystem is more than 90% full) [default: 1h].
@@ -98,6 +106,7 @@ pub struct AgentArgs {
     /// Run tasks whose user is root (uid 0). Off by default: the master cannot make
     /// this node run a root task unless this is on.
     #[arg(long)]
+    #[serde(default)]
     pub allow_root_tasks: bool,
     /// The process limit of tasks that set none (0 is refused: every task has one)
     /// [default: 4096].
@@ -110,14 +119,17 @@ pub struct AgentArgs {
     /// A host directory tasks may mount as a volume, PREFIX[:ro|rw] (read-only unless
     /// :rw; repeatable). None by default.
     #[arg(long = "allow-volume", value_name = "PREFIX[:ro|rw]")]
+    #[serde(default)]
     pub allow_volumes: Vec<String>,
     /// A directory under which tasks may take their root filesystem (repeatable).
     /// None by default.
     #[arg(long = "allow-rootfs", value_name = "PREFIX")]
+    #[serde(default)]
     pub allow_rootfs: Vec<String>,
     /// A host device tasks may be given, e.g. /dev/fuse (an exact path; repeatable).
     /// None by default.
     #[arg(long = "allow-device", value_name = "PATH")]
+    #[serde(default)]
     pub allow_devices: Vec<String>,
     /// An ACL file for this agent's HTTP API; without one the master's ACL applies.
     #[arg(long, value_name = "FILE")]
@@ -125,7 +137,9 @@ pub struct AgentArgs {
     /// Bearer tokens and passwords for this agent's HTTP API (TOML, mode 0600).
     #[arg(long, value_name = "FILE")]
     pub credentials: Option<PathBuf>,
+    // `[images]` in the file.
     #[command(flatten)]
+    #[serde(default)]
     pub images: ImageArgs,
     /// What is logged: "info", "debug", or per module ("info,cella_agent=debug");
     /// `$CELLA_LOG` wins. On SIGHUP the `log_level` of the --config file is re-read
@@ -144,41 +158,7 @@ pub enum RecoverMode {
     Cleanup,
 }
 
-/// The TOML file: the same settings as the flags.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileConfig {
-    pub master: Option<String>,
-    pub tls_dir: Option<PathBuf>,
-    pub work_dir: Option<PathBuf>,
-    pub runtime_dir: Option<PathBuf>,
-    pub resources: Option<String>,
-    pub reserve: Option<String>,
-    /// `"rack=r1,zone=z1"` or a table `{ rack = "r1", zone = "z1" }`.
-    pub attributes: Option<Attributes>,
-    pub hostname: Option<String>,
-    pub http_listen: Option<String>,
-    pub cgroup_root: Option<PathBuf>,
-    pub usage_interval: Option<String>,
-    pub kill_tasks_on_exit: Option<bool>,
-    pub recover: Option<String>,
-    pub strict: Option<bool>,
-    pub gc_delay: Option<String>,
-    pub task_user: Option<String>,
-    pub allow_root_tasks: Option<bool>,
-    pub default_pids_limit: Option<u64>,
-    pub default_disk: Option<String>,
-    pub allow_volumes: Option<Vec<String>>,
-    pub allow_rootfs: Option<Vec<String>>,
-    pub allow_devices: Option<Vec<String>>,
-    pub acl: Option<PathBuf>,
-    pub credentials: Option<PathBuf>,
-    /// `[images]`: registries and the image store.
-    pub images: Option<ImageArgs>,
-    pub log_level: Option<String>,
-}
-
-/// Attributes in the TOML file: a string or a table.
+/// Attributes: a string (a flag, or the file) or a table (the file).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 pub enum Attributes {
@@ -186,13 +166,41 @@ pub enum Attributes {
     Table(std::collections::BTreeMap<String, String>),
 }
 
-impl FileConfig {
+impl std::str::FromStr for Attributes {
+    type Err = std::convert::Infallible;
+
+    /// The flag's text, checked by [`Attributes::resolve`].
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Ok(Self::Text(text.to_string()))
+    }
+}
+
+impl Attributes {
+    /// The `(key, value)` pairs, each checked; an error says why, for `field`.
+    fn resolve(&self, field: &str) -> Result<Vec<(String, String)>, ConfigError> {
+        match self {
+            Attributes::Text(text) => {
+                parse_attributes(text).map_err(|m| ConfigError::new(field, m))
+            }
+            Attributes::Table(table) => table
+                .iter()
+                .map(|(k, v)| {
+                    check_attribute(k, v).map_err(|m| ConfigError::new(field, m))?;
+                    Ok((k.clone(), v.clone()))
+                })
+                .collect(),
+        }
+    }
+}
+
+impl AgentArgs {
     /// Parses the text of a TOML configuration file.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse_file(text: &str) -> Result<Self, String> {
         toml::from_str(text).map_err(|e| e.to_string().trim().to_string())
     }
 
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+    /// Reads and parses the TOML configuration file `path`.
+    pub fn load_file(path: &Path) -> Result<Self, ConfigError> {
         cella_proto::config_file::load(path, "work_dir = \"/var/lib/cella/agent\"")
             .map_err(|m| ConfigError::new(format!("--config {}", path.display()), m))
     }
@@ -300,8 +308,8 @@ impl AgentArgs {
     /// Reads `--config` (if given) and combines it with the flags.
     pub fn resolve(&self) -> Result<AgentConfig, ConfigError> {
         let file = match &self.config {
-            Some(path) => FileConfig::load(path)?,
-            None => FileConfig::default(),
+            Some(path) => AgentArgs::load_file(path)?,
+            None => AgentArgs::default(),
         };
         self.resolve_with(&file, self.config.as_deref())
     }
@@ -309,7 +317,7 @@ impl AgentArgs {
     /// Combines the flags with an already parsed file (`source` names it in errors).
     pub fn resolve_with(
         &self,
-        file: &FileConfig,
+        file: &AgentArgs,
         source: Option<&Path>,
     ) -> Result<AgentConfig, ConfigError> {
         let from = Sources {
@@ -361,24 +369,8 @@ impl AgentArgs {
             config.reserve =
                 parse_resources(&spec, true).map_err(|m| ConfigError::new(field, m))?;
         }
-        if let Some(attrs) = &self.attributes {
-            config.attributes =
-                parse_attributes(attrs).map_err(|m| ConfigError::new("--attributes", m))?;
-        } else if let Some(attrs) = &file.attributes {
-            let field = from.field("attributes", "attributes", false);
-            config.attributes = match attrs {
-                Attributes::Text(text) => {
-                    parse_attributes(text).map_err(|m| ConfigError::new(&field, m))?
-                }
-                Attributes::Table(table) => {
-                    let mut out = Vec::new();
-                    for (k, v) in table {
-                        check_attribute(k, v).map_err(|m| ConfigError::new(&field, m))?;
-                        out.push((k.clone(), v.clone()));
-                    }
-                    out
-                }
-            };
+        if let Some((attrs, field)) = from.pick("attributes", &self.attributes, &file.attributes) {
+            config.attributes = attrs.resolve(&field)?;
         }
         if let Some((hostname, field)) = from.pick("hostname", &self.hostname, &file.hostname) {
             let ok = !hostname.is_empty()
@@ -431,8 +423,7 @@ impl AgentArgs {
             }
             config.usage_interval = d;
         }
-        config.kill_tasks_on_exit =
-            self.kill_tasks_on_exit || file.kill_tasks_on_exit.unwrap_or(false);
+        config.kill_tasks_on_exit = self.kill_tasks_on_exit || file.kill_tasks_on_exit;
         if let Some((mode, field)) = from.pick("recover", &self.recover, &file.recover) {
             config.recover = match mode.trim() {
                 "reconnect" => RecoverMode::Reconnect,
@@ -456,14 +447,14 @@ impl AgentArgs {
             config.gc_delay = parse_duration(&delay).map_err(|m| ConfigError::new(field, m))?;
         }
         self.resolve_policy(file, from, &mut config)?;
-        config.images = self.images.resolve(file.images.as_ref(), source)?;
+        config.images = self.images.resolve(&file.images, source)?;
         Ok(config)
     }
 
     /// The task policy and the API's ACL and credentials.
     fn resolve_policy(
         &self,
-        file: &FileConfig,
+        file: &AgentArgs,
         from: Sources<'_>,
         config: &mut AgentConfig,
     ) -> Result<(), ConfigError> {
@@ -477,7 +468,7 @@ impl AgentArgs {
                 ));
             }
         }
-        config.tasks.allow_root = self.allow_root_tasks || file.allow_root_tasks.unwrap_or(false);
+        config.tasks.allow_root = self.allow_root_tasks || file.allow_root_tasks;
         let pids = from.pick(
             "default-pids-limit",
             &self.default_pids_limit,
@@ -509,7 +500,7 @@ impl AgentArgs {
             "allow-volume",
             "allow_volumes",
             &self.allow_volumes,
-            file.allow_volumes.as_deref(),
+            &file.allow_volumes,
         );
         config.tasks.volumes = volumes
             .iter()
@@ -520,7 +511,7 @@ impl AgentArgs {
             "allow-rootfs",
             "allow_rootfs",
             &self.allow_rootfs,
-            file.allow_rootfs.as_deref(),
+            &file.allow_rootfs,
         );
         config.tasks.rootfs = Vec::new();
         for r in rootfs {
@@ -537,7 +528,7 @@ impl AgentArgs {
             "allow-device",
             "allow_devices",
             &self.allow_devices,
-            file.allow_devices.as_deref(),
+            &file.allow_devices,
         );
         config.tasks.devices = Vec::new();
         for d in devices {

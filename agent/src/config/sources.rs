@@ -60,11 +60,10 @@ impl Sources<'_> {
         flag: &str,
         key: &str,
         from_flag: &[String],
-        from_file: Option<&[String]>,
+        from_file: &[String],
     ) -> (Vec<String>, String) {
         if from_flag.is_empty() {
-            let values = from_file.unwrap_or_default().to_vec();
-            (values, self.field(flag, key, false))
+            (from_file.to_vec(), self.field(flag, key, false))
         } else {
             (from_flag.to_vec(), self.field(flag, key, true))
         }
@@ -98,12 +97,8 @@ mod tests {
         let picked = images.pick_as("image-store-size", "store_size", &None, &Some(3));
         assert_eq!(picked, Some((3, "images.store_size".to_string())));
         let from_file = ["a".to_string()];
-        let (values, field) = images.list(
-            "insecure-registry",
-            "insecure_registries",
-            &[],
-            Some(&from_file),
-        );
+        let (values, field) =
+            images.list("insecure-registry", "insecure_registries", &[], &from_file);
         assert_eq!(
             (values, field.as_str()),
             (vec!["a".to_string()], "images.insecure_registries")
@@ -112,7 +107,7 @@ mod tests {
             "insecure-registry",
             "insecure_registries",
             &["b".to_string()],
-            Some(&from_file),
+            &from_file,
         );
         assert_eq!(
             (values, field.as_str()),

@@ -3,12 +3,12 @@ use proptest::prelude::*;
 
 /// Why `args` do not resolve without a configuration file.
 fn flags_error(args: AgentArgs) -> ConfigError {
-    args.resolve_with(&FileConfig::default(), None).unwrap_err()
+    args.resolve_with(&AgentArgs::default(), None).unwrap_err()
 }
 
 /// Why the configuration file `source` holding `text` does not resolve.
 fn file_error(text: &str, source: &str) -> ConfigError {
-    let file = FileConfig::parse(text).unwrap();
+    let file = AgentArgs::parse_file(text).unwrap();
     AgentArgs::default()
         .resolve_with(&file, Some(Path::new(source)))
         .unwrap_err()
@@ -25,10 +25,10 @@ fn the_shipped_file_documents_known_keys() {
         .filter(|l| l.split_once(" = ").is_some_and(|(k, _)| !k.contains(' ')))
         .map(|l| format!("{l}\n"))
         .collect();
-    let file = FileConfig::parse(&keys).unwrap_or_else(|e| panic!("{keys}\n{e}"));
+    let file = AgentArgs::parse_file(&keys).unwrap_or_else(|e| panic!("{keys}\n{e}"));
     assert_eq!(file.log_level.as_deref(), Some("info"));
-    assert!(file.task_user.is_some() && file.allow_volumes.is_some());
-    let shipped = FileConfig::parse(text).expect("agent.toml parses");
+    assert!(file.task_user.is_some() && !file.allow_volumes.is_empty());
+    let shipped = AgentArgs::parse_file(text).expect("agent.toml parses");
     let config = AgentArgs::default()
         .resolve_with(&shipped, Some(Path::new("agent.toml")))
         .expect("agent.toml resolves");
@@ -95,7 +95,7 @@ fn durations() {
 
 #[test]
 fn flags_win_over_the_file() {
-    let file = FileConfig::parse(
+    let file = AgentArgs::parse_file(
         r#"
 master = "https://master.example:5050"
 work_dir = "/srv/agent"
@@ -138,7 +138,20 @@ fn errors_name_the_field() {
         .field,
         "--http-listen"
     );
-    assert!(FileConfig::parse("wrok_dir = \"/x\"").is_err());
+    assert!(AgentArgs::parse_file("wrok_dir = \"/x\"").is_err());
+    // Flags only: the file cannot name another file nor use the negated switch.
+    for key in ["config = \"/x\"", "no_strict = true"] {
+        assert!(AgentArgs::parse_file(key).is_err(), "{key}");
+    }
+    // Attributes from the flag are checked and named as the flag; from the file, as
+    // the key and its file.
+    let err = flags_error(AgentArgs {
+        attributes: Some("rack".parse().unwrap()),
+        ..Default::default()
+    });
+    assert_eq!(err.field, "--attributes");
+    let err = file_error("attributes = { \"\" = \"r1\" }", "agent.toml");
+    assert_eq!(err.field, "attributes (in agent.toml)");
     let err = flags_error(AgentArgs {
         recover: Some("restart".into()),
         ..Default::default()
@@ -149,11 +162,11 @@ fn errors_name_the_field() {
 #[test]
 fn task_policy_settings() {
     let c = AgentArgs::default()
-        .resolve_with(&FileConfig::default(), None)
+        .resolve_with(&AgentArgs::default(), None)
         .unwrap();
     assert_eq!(c.tasks, TaskPolicy::default());
     assert_eq!(c.tasks.task_user, "nobody");
-    let file = FileConfig::parse(
+    let file = AgentArgs::parse_file(
         r#"
 task_user = "1000"
 allow_root_tasks = true
@@ -216,7 +229,7 @@ credentials = "/etc/cella/agent-credentials.toml"
 #[test]
 fn recovery_flags() {
     let c = AgentArgs::default()
-        .resolve_with(&FileConfig::default(), None)
+        .resolve_with(&AgentArgs::default(), None)
         .unwrap();
     assert_eq!(c.recover, RecoverMode::Reconnect);
     assert!(c.strict);
@@ -227,11 +240,11 @@ fn recovery_flags() {
         gc_delay: Some("10m".into()),
         ..Default::default()
     };
-    let c = args.resolve_with(&FileConfig::default(), None).unwrap();
+    let c = args.resolve_with(&AgentArgs::default(), None).unwrap();
     assert_eq!(c.recover, RecoverMode::Cleanup);
     assert!(!c.strict);
     assert_eq!(c.gc_delay, Duration::from_secs(600));
-    let file = FileConfig::parse("strict = false").unwrap();
+    let file = AgentArgs::parse_file("strict = false").unwrap();
     assert!(
         !AgentArgs::default()
             .resolve_with(&file, None)
@@ -257,13 +270,13 @@ proptest! {
 
     #[test]
     fn toml_parser_never_panics(s in "\\PC{0,80}") {
-        let _ = FileConfig::parse(&s);
+        let _ = AgentArgs::parse_file(&s);
     }
 
     #[test]
     fn toml_values_never_panic(key in "(master|resources|reserve|attributes|http_listen|usage_interval|hostname)", value in "[ -~]{0,20}") {
         let text = format!("{key} = {value:?}");
-        if let Ok(file) = FileConfig::parse(&text) {
+        if let Ok(file) = AgentArgs::parse_file(&text) {
             let _ = AgentArgs::default().resolve_with(&file, None);
         }
     }
@@ -272,11 +285,11 @@ proptest! {
 #[test]
 fn default_task_limits() {
     let c = AgentArgs::default()
-        .resolve_with(&FileConfig::default(), None)
+        .resolve_with(&AgentArgs::default(), None)
         .unwrap();
     assert_eq!(c.tasks.default_pids, 4096);
     assert_eq!(c.tasks.default_disk_bytes, 10 << 30);
-    let file = FileConfig::parse("default_pids_limit = 100\ndefault_disk = \"1GiB\"").unwrap();
+    let file = AgentArgs::parse_file("default_pids_limit = 100\ndefault_disk = \"1GiB\"").unwrap();
     let c = AgentArgs::default().resolve_with(&file, None).unwrap();
     assert_eq!(
         (c.tasks.default_pids, c.tasks.default_disk_bytes),

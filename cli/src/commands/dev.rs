@@ -158,7 +158,7 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
     }
     config.images = args
         .images
-        .resolve(None, None)
+        .resolve(&Default::default(), None)
         .map_err(|e| anyhow::anyhow!("{}: {}", e.field, e.message))?;
     if args.images.insecure_registries.is_empty() {
         config.images.registries.insecure_registries =
