@@ -100,6 +100,7 @@ fi
 if [ "$run_vm" = 1 ]; then
     t=$(date +%s)
     section "VM tests (cgroup v2): tests/vm/run.sh"
+    rm -f tests/vm/work/failure.txt
     if ./tests/vm/run.sh; then
         vm_status=ok
     else
@@ -118,6 +119,10 @@ if [ "$run_vm" = 1 ]; then
 fi
 
 section "done"
+# CI may keep only the end of this output: repeat why the VM step failed.
+if [ "$vm_status" = FAILED ] && [ -s tests/vm/work/failure.txt ]; then
+    cat tests/vm/work/failure.txt
+fi
 echo "total elapsed: $(elapsed_since "$start")"
 echo "cella tests: lint $lint_status, host $host_status, vm $vm_status, systemd-vm $systemd_vm_status"
 case "$lint_status $host_status $vm_status $systemd_vm_status" in

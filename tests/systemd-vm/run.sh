@@ -27,6 +27,7 @@
 #   CELLA_SYSTEMD_VM_KEEP=1          keep the work dir (tests/systemd-vm/work/run.*)
 #   CELLA_SYSTEMD_VM_KERNEL=/boot/vmlinuz-...  (default: the newest; its initrd too)
 #   CELLA_SYSTEMD_VM_MEM=2048 CELLA_SYSTEMD_VM_SMP=2
+#   CELLA_SYSTEMD_VM_TCG_THREAD=single  or multi (one host thread per emulated CPU)
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -41,6 +42,8 @@ boot1_timeout=${CELLA_SYSTEMD_VM_BOOT1_TIMEOUT:-720}
 boot2_timeout=${CELLA_SYSTEMD_VM_BOOT2_TIMEOUT:-420}
 mem=${CELLA_SYSTEMD_VM_MEM:-2048}
 smp=${CELLA_SYSTEMD_VM_SMP:-2}
+# One host thread runs every emulated CPU: see tests/vm/README.md ("A kernel that locks up").
+tcg_thread=${CELLA_SYSTEMD_VM_TCG_THREAD:-single}
 suite=bookworm
 # What the guest needs besides the minimal base: systemd as PID 1, ip and ps for
 # the daemons and the test, jq to read `cella tasks --json`.
@@ -211,11 +214,11 @@ clean_console() {
 }
 boot() { # $1 = boot number, $2 = timeout
     local console="$workbase/console-boot$1.log" rc=0 t=$SECONDS
-    log "boot $1: qemu (tcg, ${mem} MiB, ${smp} CPUs, $cgroup_mode cgroups, timeout $2 s); console: ${console#"$repo"/}"
+    log "boot $1: qemu (tcg thread=$tcg_thread, ${mem} MiB, ${smp} CPUs, $cgroup_mode cgroups, timeout $2 s); console: ${console#"$repo"/}"
     : > "$console"
     # shellcheck disable=SC2086 # cgroup_arg is empty or one word
     timeout -k 10 "$2" qemu-system-x86_64 \
-        -accel tcg -m "$mem" -smp "$smp" -nographic -no-reboot -nic none \
+        -accel "tcg,thread=$tcg_thread" -m "$mem" -smp "$smp" -nographic -no-reboot -nic none \
         -kernel "$kernel" -initrd "$initrd" \
         -drive "file=$img,format=raw,if=virtio" \
         -append "console=ttyS0 root=/dev/vda rw quiet panic=-1 $cgroup_arg" \
