@@ -17,6 +17,8 @@
 #   CELLA_VM_TEST_ARGS=        extra libtest arguments, e.g. a test name filter or "--exact x"
 #   CELLA_VM_KEEP=1            keep the work dir (tests/vm/work/run.*) for inspection
 #   CELLA_VM_KERNEL=/boot/...  kernel image (default: newest /boot/vmlinuz-*)
+#   CELLA_VM_TCG_THREAD=single or multi: one host thread for every emulated CPU, or one
+#                              each (see tests/vm/README.md, "A kernel that locks up")
 #   CELLA_VM_MEM=4096 CELLA_VM_SMP=2   (the image is unpacked into RAM, then copied
 #                              to a tmpfs, and /tmp once more when the checkout is there)
 #   CELLA_VM_MODULES="veth overlay loop crc32c_generic xfs"  kernel modules to load (with
