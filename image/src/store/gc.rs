@@ -26,15 +26,11 @@ pub struct GcReport {
 
 pub(super) fn gc(store: &ImageStore, max_bytes: u64) -> Result<GcReport, ImageError> {
     let _exclusive = super::locks::FileLock::acquire_blocking(&store.paths.lock("store"), true)?;
-    let released_leases = store.release_abandoned()?;
+    let (released_leases, held) = store.release_abandoned()?;
+    let leased: HashSet<Digest> = held.into_iter().map(|l: Lease| l.image).collect();
     let bytes_before = disk_usage(store)?;
     let mut images: Vec<ImageRecord> = records::read_all(&store.paths.images())?;
     sweep(store, &images)?;
-    let leased: HashSet<Digest> = store
-        .leases()?
-        .into_iter()
-        .map(|l: Lease| l.image)
-        .collect();
     images.sort_by_key(|i| (i.last_used_ms, i.pulled_at_ms));
     let mut report = GcReport {
         bytes_before,

@@ -262,17 +262,21 @@ impl ImageStore {
         Ok(all.into_iter().filter(|l| !l.abandoned()).collect())
     }
 
-    /// Removes the leases whose holder is gone; their names. Only with the store's
-    /// exclusive lock held: no lease is being written meanwhile, so a lease taken
-    /// again under the same name is never removed by mistake.
-    fn release_abandoned(&self) -> Result<Vec<String>, ImageError> {
+    /// Removes the leases whose holder is gone; their names, and the leases that still
+    /// hold their image. Only with the store's exclusive lock held: no lease is being
+    /// written meanwhile, so a lease taken again under the same name is never removed
+    /// by mistake. One reading decides both: a holder that ends between two readings
+    /// would otherwise leave its lease behind with its image removed.
+    fn release_abandoned(&self) -> Result<(Vec<String>, Vec<Lease>), ImageError> {
         let all: Vec<Lease> = records::read_all_lenient(&self.paths.leases())?;
+        let (abandoned, held): (Vec<Lease>, Vec<Lease>) =
+            all.into_iter().partition(Lease::abandoned);
         let mut released = Vec::new();
-        for lease in all.into_iter().filter(Lease::abandoned) {
+        for lease in abandoned {
             self.release(&lease.name)?;
             released.push(lease.name);
         }
-        Ok(released)
+        Ok((released, held))
     }
 
     /// Every image, most recently used first.
