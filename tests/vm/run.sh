@@ -432,7 +432,15 @@ fi
 passed=$(sed -n 's/^CELLA-VM-RESULT: \([0-9]*\) passed, \([0-9]*\) failed.*/\1/p' <<< "$result")
 failed=$(sed -n 's/^CELLA-VM-RESULT: \([0-9]*\) passed, \([0-9]*\) failed.*/\2/p' <<< "$result")
 if [ "${failed:-1}" != 0 ]; then
-    clean_console < "$console" | grep -aE '^(CELLA-VM: =====|test .* FAILED$|thread .* panicked)' > "$excerpt" || true
+    # Each failed test with its binary, each panic with the line after it (the
+    # assertion's message), and each binary that failed without a test failing.
+    clean_console < "$console" | awk '
+        /^CELLA-VM: ===== running / { binary = $0; shown = 0; next }
+        /^test .* FAILED$/ || /^thread .* panicked at / || /^CELLA-VM: .*counted as 1 failure$/ {
+            if (!shown) { print binary; shown = 1 }
+            print
+            if ($0 ~ /panicked at/ && (getline message) > 0) print message
+        }' > "$excerpt"
     fail_with "VM tests failed$retried: $passed passed, $failed failed (${elapsed}s)"
 fi
 if [ "${passed:-0}" -le 0 ]; then
